@@ -1,0 +1,129 @@
+"""Service discovery: the only place that knows about Consul.
+
+The rest of the code depends on the :class:`Registry` / :class:`Watch` protocols and on
+:class:`ServiceInstance`; production code uses :class:`ConsulRegistry`, tests of other parts
+can use :class:`StaticRegistry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class DiscoveryError(RuntimeError):
+    """The discovery backend could not answer (e.g. Consul is unreachable)."""
+
+
+class FrozenMeta(Mapping[str, str]):
+    """An immutable, hashable ``str -> str`` mapping (so ServiceInstance stays hashable)."""
+
+    __slots__ = ("_items", "_hash")
+
+    def __init__(self, items: Mapping[str, str] | None = None) -> None:
+        self._items: dict[str, str] = {str(k): str(v) for k, v in (items or {}).items()}
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._items.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._items == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMeta({self._items!r})"
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self._items)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInstance:
+    """One registration of a service: where to reach it and its metadata."""
+
+    service: str  # e.g. "peer-server"
+    instance_id: str  # unique id of this registration, e.g. the node id
+    address: str  # host
+    port: int
+    meta: Mapping[str, str] = field(default_factory=FrozenMeta)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, FrozenMeta):
+            object.__setattr__(self, "meta", FrozenMeta(self.meta))
+        object.__setattr__(self, "port", int(self.port))
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as grpc wants it (IPv6 literals bracketed)."""
+        host = self.address
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+
+@runtime_checkable
+class Watch(Protocol):
+    def current(self) -> list[ServiceInstance]:
+        """Latest known passing set; never blocks; ``[]`` before the first answer."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Registry(Protocol):
+    def register(
+        self,
+        service: str,
+        instance_id: str,
+        address: str,
+        port: int,
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
+        """Register with a health check (gRPC grpc.health.v1 against address:port)."""
+        ...
+
+    def deregister(self, instance_id: str) -> None: ...
+
+    def healthy(self, service: str) -> list[ServiceInstance]:
+        """One-shot: the instances passing now. Raises DiscoveryError if the backend is down."""
+        ...
+
+    def watch(self, service: str, on_change: Callable[[list[ServiceInstance]], None]) -> Watch:
+        """Call ``on_change`` with the full passing set once at start and on every change."""
+        ...
+
+    def close(self) -> None:
+        """Stop watches and background threads; does NOT deregister."""
+        ...
+
+
+from discovery.agent import ConsulDevAgent, free_port  # noqa: E402
+from discovery.consul import ConsulRegistry  # noqa: E402
+from discovery.static import StaticRegistry  # noqa: E402
+
+__all__ = [
+    "ConsulDevAgent",
+    "ConsulRegistry",
+    "DiscoveryError",
+    "FrozenMeta",
+    "Registry",
+    "ServiceInstance",
+    "StaticRegistry",
+    "Watch",
+    "free_port",
+]

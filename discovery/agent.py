@@ -1,0 +1,265 @@
+"""Run a real ``consul agent -dev`` on free loopback ports (tests and the demo cluster)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONSUL_STAMP = REPO_ROOT / ".cache" / "consul" / "path"
+
+
+def free_port(udp: bool = False) -> int:
+    """A loopback TCP port that is free right now (and free for UDP too if ``udp``).
+
+    There is an unavoidable race between picking and using the port; callers that start
+    processes should retry on "address in use".
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not udp:
+            return port
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("could not find a free loopback port")
+
+
+def find_consul_binary() -> str:
+    """The Consul binary recorded by ``make consul``, else ``consul`` on PATH."""
+    if CONSUL_STAMP.is_file():
+        path = CONSUL_STAMP.read_text().strip()
+        if path and os.access(path, os.X_OK):
+            return path
+    found = shutil.which("consul")
+    if found:
+        return found
+    raise FileNotFoundError(
+        f"no Consul binary: {CONSUL_STAMP} is missing or stale and `consul` is not on PATH; "
+        "run `make consul` (scripts/ensure-consul.sh) first"
+    )
+
+
+class ConsulDevAgent:
+    """A ``consul agent -dev`` child process bound to 127.0.0.1 only.
+
+    Dev mode keeps everything in memory: :meth:`restart` loses every registration, which is
+    exactly what the fault tests want to exercise.
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        data_dir: Path | None = None,
+        log_file: Path | None = None,
+        http_port: int | None = None,
+        node_name: str | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self._binary = binary or find_consul_binary()
+        if data_dir is None:
+            data_dir = Path(tempfile.mkdtemp(prefix="consul-dev-"))
+        self._data_dir = Path(data_dir)
+        self._log_file = Path(log_file) if log_file else self._data_dir / "consul.log"
+        self._requested_http_port = http_port
+        self._node = node_name or f"dev-{uuid.uuid4().hex[:8]}"
+        self._start_timeout = start_timeout
+        self._ports: dict[str, int] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def http_port(self) -> int:
+        if self._ports is None:
+            raise RuntimeError("Consul agent not started yet")
+        return self._ports["http"]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self._log_file
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def binary(self) -> str:
+        return self._binary
+
+    def version(self) -> str:
+        out = subprocess.run([self._binary, "version"], capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()[0] if out.stdout else ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> ConsulDevAgent:
+        """Start (on the same ports as before if it ran already) and wait for a leader."""
+        if self.running:
+            return self
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file.parent.mkdir(parents=True, exist_ok=True)
+        reuse = self._ports is not None
+        attempts = 1 if reuse else 3
+        last_error: Exception | None = None
+        for _ in range(attempts):
+            if not reuse:
+                self._ports = self._pick_ports()
+            try:
+                self._spawn_and_wait()
+                return self
+            except _EarlyExit as e:  # most likely a port race: pick new ports and retry
+                last_error = e
+        assert last_error is not None
+        raise RuntimeError(str(last_error)) from last_error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the agent's process group, SIGKILL it after ``timeout`` seconds."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal(proc, signal.SIGKILL)
+                proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash rather than a clean stop)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self._signal(proc, signal.SIGKILL)
+            proc.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> ConsulDevAgent:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def read_log(self) -> str:
+        try:
+            return self._log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- internals --------------------------------------------------------------------------
+    def _pick_ports(self) -> dict[str, int]:
+        ports: dict[str, int] = {}
+        used: set[int] = set()
+
+        def pick(udp: bool) -> int:
+            while True:
+                p = free_port(udp=udp)
+                if p not in used:
+                    used.add(p)
+                    return p
+
+        ports["http"] = self._requested_http_port or pick(False)
+        used.add(ports["http"])
+        ports["dns"] = pick(True)
+        ports["serf_lan"] = pick(True)
+        ports["serf_wan"] = pick(True)
+        ports["server"] = pick(False)
+        ports["grpc"] = pick(False)
+        return ports
+
+    def _command(self) -> list[str]:
+        assert self._ports is not None
+        p = self._ports
+        return [
+            self._binary,
+            "agent",
+            "-dev",
+            "-bind=127.0.0.1",
+            "-client=127.0.0.1",
+            f"-node={self._node}",
+            f"-http-port={p['http']}",
+            f"-dns-port={p['dns']}",
+            f"-serf-lan-port={p['serf_lan']}",
+            f"-serf-wan-port={p['serf_wan']}",
+            f"-server-port={p['server']}",
+            f"-grpc-port={p['grpc']}",
+            "-log-level=info",
+            # nothing may need the network: no update check, no anonymous usage signature
+            "-hcl=disable_update_check = true",
+            "-hcl=disable_anonymous_signature = true",
+        ]
+
+    def _spawn_and_wait(self) -> None:
+        cmd = self._command()
+        with open(self._log_file, "ab") as log:
+            log.write(f"\n==> {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self._data_dir,
+            )
+        deadline = time.monotonic() + self._start_timeout
+        url = f"http://{self.address}/v1/status/leader"
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                raise _EarlyExit(
+                    f"consul agent exited with code {code} during start; log {self._log_file}:\n"
+                    + self.read_log()[-3000:]
+                )
+            with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as resp:
+                if json.loads(resp.read() or b'""'):
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"consul agent did not elect a leader within {self._start_timeout}s; "
+                    f"log {self._log_file}:\n" + self.read_log()[-3000:]
+                )
+            time.sleep(0.05)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # start_new_session=True: pgid == pid
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+
+
+class _EarlyExit(RuntimeError):
+    pass

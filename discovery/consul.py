@@ -1,0 +1,356 @@
+"""Registry backed by a Consul agent (py-consul), with blocking-query watches.
+
+Resilience rules (Consul may be down or restarted at any time, a ``-dev`` restart loses all state):
+- a watch keeps its last known set while Consul is unreachable, and for ``recovery_grace``
+  after Consul comes back it only adds instances (others re-register during that time), so
+  peers are not dropped because of a Consul restart;
+- every registration made through this registry is remembered and re-registered when Consul
+  comes back (detected by watches and by a keeper thread polling the local agent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import consul
+from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, NotFound
+
+from discovery import DiscoveryError, ServiceInstance
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MIN = 0.2
+_BACKOFF_MAX = 2.0
+
+
+@dataclass
+class _Registration:
+    service: str
+    instance_id: str
+    address: str
+    port: int
+    meta: dict[str, str]
+    registered_once: bool = False  # Consul accepted it at least once
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_entries(service: str, entries: list[dict[str, Any]] | None) -> list[ServiceInstance]:
+    out: dict[str, ServiceInstance] = {}
+    for e in entries or []:
+        svc = e.get("Service") or {}
+        node = e.get("Node") or {}
+        address = svc.get("Address") or node.get("Address") or ""
+        inst = ServiceInstance(
+            service=svc.get("Service") or service,
+            instance_id=svc.get("ID") or "",
+            address=address,
+            port=int(svc.get("Port") or 0),
+            meta=svc.get("Meta") or {},
+        )
+        out[inst.instance_id] = inst
+    return sorted(out.values(), key=lambda i: i.instance_id)
+
+
+class ConsulRegistry:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        check_interval: str = "1s",
+        deregister_after: str = "30s",
+        *,
+        check_timeout: str | None = None,
+        wait: str = "30s",
+        keeper_interval: float = 1.0,
+        recovery_grace: float = 5.0,
+        request_timeout: float = 5.0,
+    ) -> None:
+        """Never contacts Consul: constructing it works while Consul is still down.
+
+        ``deregister_after``: Consul reaps a service whose check stays critical that long
+        (Consul enforces a minimum of 1 minute and reaps every ~30 s).
+        """
+        self.host = host
+        self.port = port
+        self.check_interval = check_interval
+        self.deregister_after = deregister_after
+        self.check_timeout = check_timeout
+        self.wait = wait
+        self.keeper_interval = keeper_interval
+        self.recovery_grace = recovery_grace
+        self.request_timeout = request_timeout
+        self._lock = threading.RLock()
+        self._client = self._new_client(request_timeout)
+        self._registrations: dict[str, _Registration] = {}
+        self._watches: list[ConsulWatch] = []
+        self._closed = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._keeper_outage = False
+
+    def _new_client(self, timeout: float | None) -> consul.Consul:
+        return consul.Consul(host=self.host, port=self.port, connections_timeout=timeout)
+
+    # -- registration -----------------------------------------------------------------------
+    def register(
+        self,
+        service: str,
+        instance_id: str,
+        address: str,
+        port: int,
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
+        """Register (or update) with a gRPC health check on ``address:port``.
+
+        If Consul is unreachable the registration is kept and made as soon as Consul answers
+        (a warning is logged); Consul rejecting the request (4xx) raises DiscoveryError.
+        """
+        reg = _Registration(
+            service, instance_id, address, int(port), {str(k): str(v) for k, v in (meta or {}).items()}
+        )
+        with self._lock:
+            self._registrations[instance_id] = reg
+            try:
+                self._put(reg)
+            except (consul.ConsulException, OSError) as e:
+                if _is_client_error(e):
+                    self._registrations.pop(instance_id, None)
+                    raise DiscoveryError(f"Consul rejected registration of {instance_id}: {e}") from e
+                log.warning(
+                    "Consul at %s:%s unreachable, will register %s/%s when it answers: %s",
+                    self.host,
+                    self.port,
+                    service,
+                    instance_id,
+                    e,
+                )
+        self._ensure_keeper()
+
+    def _put(self, reg: _Registration) -> None:
+        check = consul.Check.grpc(
+            f"{reg.address}:{reg.port}",
+            self.check_interval,
+            timeout=self.check_timeout,
+            deregister=self.deregister_after,
+        )
+        if reg.registered_once:
+            # Re-registration after a Consul restart: this process is alive and was passing, so
+            # start passing instead of Consul's default "critical until the first check run".
+            check["Status"] = "passing"
+        self._client.agent.service.register(
+            reg.service,
+            service_id=reg.instance_id,
+            address=reg.address,
+            port=reg.port,
+            meta=reg.meta or None,
+            check=check,
+        )
+        reg.registered_once = True
+
+    def deregister(self, instance_id: str) -> None:
+        """Forget and deregister; idempotent; never raises (logs if Consul is unreachable)."""
+        with self._lock:
+            self._registrations.pop(instance_id, None)
+            try:
+                self._client.agent.service.deregister(instance_id)
+            except Exception as e:  # shutdown must not crash
+                log.warning(
+                    "could not deregister %s from Consul at %s:%s: %s", instance_id, self.host, self.port, e
+                )
+
+    def _reregister_missing(self) -> None:
+        """Re-register every remembered registration the local agent does not know (any more)."""
+        with self._lock:
+            if not self._registrations:
+                return
+            try:
+                known = self._client.agent.services() or {}
+            except Exception as e:
+                log.debug("Consul still unreachable while re-registering: %s", e)
+                return
+            for reg in list(self._registrations.values()):
+                if reg.instance_id in known:
+                    continue
+                try:
+                    self._put(reg)
+                    log.info("registered %s/%s in Consul (again or deferred)", reg.service, reg.instance_id)
+                except Exception as e:
+                    log.warning("re-registering %s in Consul failed: %s", reg.instance_id, e)
+
+    def _ensure_keeper(self) -> None:
+        with self._lock:
+            if self._keeper is not None or self._closed.is_set():
+                return
+            self._keeper = threading.Thread(target=self._keep, name="consul-registry-keeper", daemon=True)
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        """Notice Consul restarts even without watches, and put our registrations back."""
+        client = self._new_client(self.request_timeout)
+        while not self._closed.wait(self.keeper_interval):
+            try:
+                known = client.agent.services() or {}
+            except Exception as e:
+                if not self._keeper_outage:
+                    log.warning("Consul at %s:%s unreachable: %s", self.host, self.port, e)
+                    self._keeper_outage = True
+                continue
+            if self._keeper_outage:
+                log.info("Consul at %s:%s reachable again", self.host, self.port)
+                self._keeper_outage = False
+            with self._lock:
+                missing = any(i not in known for i in self._registrations)
+            if missing:
+                self._reregister_missing()
+
+    # -- queries ----------------------------------------------------------------------------
+    def healthy(self, service: str) -> list[ServiceInstance]:
+        try:
+            with self._lock:
+                _, entries = self._client.health.service(service, passing=True)
+        except Exception as e:
+            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer: {e}") from e
+        return _parse_entries(service, entries)
+
+    def watch(self, service: str, on_change: Callable[[list[ServiceInstance]], None]) -> ConsulWatch:
+        w = ConsulWatch(self, service, on_change)
+        with self._lock:
+            self._watches.append(w)
+        w._start()
+        return w
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for w in watches:
+            w.stop()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=1.0)
+
+    def __enter__(self) -> ConsulRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _forget_watch(self, w: ConsulWatch) -> None:
+        with self._lock:
+            if w in self._watches:
+                self._watches.remove(w)
+
+
+def _is_client_error(e: BaseException) -> bool:
+    """Consul answered 4xx: our request is wrong, retrying later will not help."""
+    return isinstance(e, (BadRequest, ClientError, ACLDisabled, ACLPermissionDenied, NotFound))
+
+
+class ConsulWatch:
+    """Blocking-query loop on /v1/health/service/<name>?passing in a daemon thread."""
+
+    def __init__(
+        self, registry: ConsulRegistry, service: str, on_change: Callable[[list[ServiceInstance]], None]
+    ) -> None:
+        self._registry = registry
+        self.service = service
+        self._on_change = on_change
+        self._current: list[ServiceInstance] = []
+        self._published: list[ServiceInstance] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"consul-watch-{service}", daemon=True)
+
+    def current(self) -> list[ServiceInstance]:
+        return list(self._current)  # a read of the cached list, never a Consul request
+
+    def stop(self) -> None:
+        """Returns promptly: the thread is a daemon stuck in a blocking query for up to ``wait``."""
+        self._stop.set()
+        self._registry._forget_watch(self)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def _publish(self, instances: list[ServiceInstance]) -> None:
+        if self._stop.is_set() or instances == self._published:
+            return
+        self._published = instances
+        self._current = instances
+        try:
+            self._on_change(list(instances))
+        except Exception:
+            log.exception("discovery watch callback for %r failed", self.service)
+
+    def _run(self) -> None:
+        reg = self._registry
+        client = reg._new_client(reg.request_timeout)
+        index = 0  # 0: non-blocking query
+        backoff = _BACKOFF_MIN
+        outage = False
+        grace_until = 0.0
+        held: dict[str, ServiceInstance] = {}  # the set before an outage, kept during the grace
+        while not self._stop.is_set():
+            wait = reg.wait
+            now = time.monotonic()
+            if grace_until > now:
+                wait = f"{max(1, int((grace_until - now) * 1000))}ms"
+            started = now
+            try:
+                new_index, entries = client.health.service(
+                    self.service, passing=True, index=index or None, wait=wait
+                )
+                new_index = int(new_index)
+            except Exception as e:
+                if self._stop.is_set():
+                    break
+                if not outage:
+                    log.warning(
+                        "Consul at %s:%s unreachable, watch %r keeps its %d known instance(s): %s",
+                        reg.host,
+                        reg.port,
+                        self.service,
+                        len(self._current),
+                        e,
+                    )
+                    outage = True
+                    held = {i.instance_id: i for i in self._current}
+                index = 0
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if self._stop.is_set():
+                break
+            restarted = index and new_index < index  # the index went backwards: a new Consul state
+            if outage or restarted:
+                log.info(
+                    "Consul at %s:%s answers again (%s), re-registering",
+                    reg.host,
+                    reg.port,
+                    "index reset" if restarted and not outage else "after outage",
+                )
+                if restarted and not outage:
+                    held = {i.instance_id: i for i in self._current}
+                outage = False
+                backoff = _BACKOFF_MIN
+                reg._reregister_missing()
+                grace_until = time.monotonic() + reg.recovery_grace
+                index = 0  # re-query: the answer we got predates our re-registration
+                continue
+            instances = _parse_entries(self.service, entries)
+            if grace_until > time.monotonic():
+                merged = dict(held)
+                merged.update({i.instance_id: i for i in instances})
+                instances = sorted(merged.values(), key=lambda i: i.instance_id)
+            else:
+                held = {}
+                grace_until = 0.0
+            self._publish(instances)
+            if new_index == index and time.monotonic() - started < 0.05:
+                self._stop.wait(0.05)  # rate limit if Consul answers immediately with no change
+            index = max(new_index, 1)

@@ -1,0 +1,149 @@
+"""`exchange-cli`: place, amend and cancel orders, look at a book live, and check a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+
+import grpc
+
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, types_pb2
+
+ORDER_TYPES = {name: value for name, value in types_pb2.OrderType.items() if value}
+
+
+def _stub(address: str) -> exchange_pb2_grpc.ExchangeNodeStub:
+    return exchange_pb2_grpc.ExchangeNodeStub(grpc.insecure_channel(address))
+
+
+def format_book(book: pb.GetOrderBookResponse) -> str:
+    lines = [f"{book.market}  seq {book.seq}  checksum {book.checksum:08x}"
+             + (f"  (LAGGING: sequencer at {book.known_seq})" if book.known_seq > book.seq else "")]
+    lines.append(f"{'orders':>8} {'size':>12} {'bid':>12} | {'ask':<12} {'size':<12} {'orders':<8}")
+    for i in range(max(len(book.bids), len(book.asks))):
+        bid = book.bids[i] if i < len(book.bids) else None
+        ask = book.asks[i] if i < len(book.asks) else None
+        left = f"{bid.order_count:>8} {bid.size:>12} {bid.price:>12}" if bid else " " * 34
+        right = f"{ask.price:<12} {ask.size:<12} {ask.order_count:<8}" if ask else ""
+        lines.append(f"{left} | {right}")
+    if not book.bids and not book.asks:
+        lines.append(f"{'(empty book)':^70}")
+    return "\n".join(lines)
+
+
+def format_order_result(result: pb.CreateOrderResponse) -> str:
+    status = pb.OrderStatus.Name(result.status)
+    lines = [f"order {result.order_id} ({result.market}, seq {result.seq}): {status}"
+             f"  filled {result.filled_size}  resting {result.remaining_size}"
+             + (f"  cancelled {result.cancelled_size}" if result.cancelled_size else "")
+             + (f"  reason {result.reject_reason}" if result.reject_reason else "")
+             + ("  (duplicate: first result)" if result.duplicate else "")]
+    for trade in result.trades:
+        lines.append(f"  trade {trade.trade_id}: {trade.size} @ {trade.price}  "
+                     f"maker {trade.maker_order_id} / taker {trade.taker_order_id}")
+    return "\n".join(lines)
+
+
+def print_cluster_status(addresses: list[str]) -> int:
+    rows = []
+    failures = 0
+    for address in addresses:
+        try:
+            status = _stub(address).GetStatus(pb.GetStatusRequest(), timeout=3)
+        except grpc.RpcError as error:
+            failures += 1
+            rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code().name))  # type: ignore[attr-defined]
+            continue
+        for market in status.markets:
+            rows.append((address, status.node_id, status.state, market.market, str(market.applied_seq),
+                         f"{market.checksum:08x}", str(market.lag), f"{len(status.peers)} peers"))
+    header = ("address", "node", "state", "market", "seq", "checksum", "lag", "peers")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    by_market: dict[str, set[tuple[str, str]]] = {}
+    for row in rows:
+        if row[2] != "DOWN":
+            by_market.setdefault(row[3], set()).add((row[4], row[5]))
+    agree = all(len(views) == 1 for views in by_market.values())
+    print("replicas agree" if agree and not failures else "replicas DIFFER or are down (may be in flight)")
+    return 0 if agree and not failures else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exchange-cli", description=__doc__)
+    parser.add_argument("--node", default=os.environ.get("EXCHANGE_NODE", "127.0.0.1:50051"),
+                        help="node address host:port (env EXCHANGE_NODE)")
+    parser.add_argument("--market", default="", help="market symbol (default: the cluster's default market)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for side in ("buy", "sell"):
+        order = commands.add_parser(side, help=f"place a {side} order")
+        order.add_argument("size", type=int, help="size in lots")
+        order.add_argument("--price", type=int, default=0, help="limit price in ticks (not for market orders)")
+        order.add_argument("--type", choices=list(ORDER_TYPES), default="LIMIT")
+        order.add_argument("--client-order-id", default=None, help="idempotency key (default: a new random one)")
+    cancel = commands.add_parser("cancel", help="cancel a resting order")
+    cancel.add_argument("order_id", type=int)
+    amend = commands.add_parser("amend", help="change a resting order's size and/or price")
+    amend.add_argument("order_id", type=int)
+    amend.add_argument("--size", type=int, required=True, help="new remaining size in lots")
+    amend.add_argument("--price", type=int, default=0, help="new price in ticks (default: keep)")
+    book = commands.add_parser("book", help="show the book; --watch refreshes it live")
+    book.add_argument("--depth", type=int, default=10)
+    book.add_argument("--watch", action="store_true")
+    order = commands.add_parser("order", help="show one order")
+    order.add_argument("order_id", type=int)
+    events = commands.add_parser("events", help="stream a market's events")
+    events.add_argument("--from-seq", type=int, default=1)
+    status = commands.add_parser("status", help="sequence and checksum of every node: do the replicas agree?")
+    status.add_argument("addresses", nargs="*", help="node addresses (default: --node)")
+    args = parser.parse_args(argv)
+
+    stub = _stub(args.node)
+    try:
+        if args.command in ("buy", "sell"):
+            side = types_pb2.BUY if args.command == "buy" else types_pb2.SELL
+            result = stub.CreateOrder(pb.CreateOrderRequest(
+                market=args.market, size=args.size, limit_price=args.price, side=side,
+                order_type=ORDER_TYPES[args.type], client_order_id=args.client_order_id or uuid.uuid4().hex,
+            ), timeout=30)
+            print(format_order_result(result))
+        elif args.command == "cancel":
+            cancelled = stub.CancelOrder(pb.CancelOrderRequest(market=args.market, order_id=args.order_id), timeout=30)
+            print(f"order {cancelled.order_id} cancelled ({cancelled.cancelled_size} lots), seq {cancelled.seq}")
+        elif args.command == "amend":
+            amended = stub.AmendOrder(pb.AmendOrderRequest(
+                market=args.market, order_id=args.order_id, size=args.size, limit_price=args.price), timeout=30)
+            print(f"order {amended.order_id} now {amended.remaining_size} @ {amended.price}"
+                  f" ({'kept' if amended.priority_kept else 'lost'} priority), seq {amended.seq}")
+        elif args.command == "book":
+            request = pb.GetOrderBookRequest(market=args.market, depth=args.depth)
+            while True:
+                text = format_book(stub.GetOrderBook(request, timeout=5))
+                if not args.watch:
+                    print(text)
+                    break
+                print("\033[2J\033[H" + f"{args.node}  {time.strftime('%H:%M:%S')}\n" + text, flush=True)
+                time.sleep(0.5)
+        elif args.command == "order":
+            print(stub.GetOrder(pb.GetOrderRequest(market=args.market, order_id=args.order_id), timeout=5))
+        elif args.command == "events":
+            for event in stub.StreamEvents(pb.StreamEventsRequest(market=args.market, from_seq=args.from_seq)):
+                kind = event.WhichOneof("event")
+                print(f"{event.market} #{event.seq} {kind}: {getattr(event, kind)}".replace("\n", " "), flush=True)
+        elif args.command == "status":
+            return print_cluster_status(args.addresses or [args.node])
+    except grpc.RpcError as error:
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""A local cluster of real processes: a Consul dev agent, the Sequencer and N exchange nodes.
+
+Used three ways, one code path: `make cluster-up/-down/-status` (the demo, processes outlive the
+command and their pids are kept in `.cluster/state.json`), the integration tests (free ports, stopped
+by the fixture), and fault tools that kill, stop and restart single processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from discovery.agent import ConsulDevAgent, free_port
+from exchange.v1 import exchange_pb2, exchange_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / ".cluster"
+DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
+DEFAULT_MARKETS = "BTC-USD,ETH-USD"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Polls `condition` until it holds; raises TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServiceProcess:
+    """One Python service of the cluster, run as `python -m MODULE ARGS` with its output in a log file."""
+
+    name: str
+    module: str
+    args: list[str]
+    log_file: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=ROOT, env={**os.environ, **self.env}, start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.pid is not None and _pid_alive(self.pid)
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.pid is not None and self.running:
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (graceful: health NOT_SERVING, deregister), SIGKILL if it does not exit in time."""
+        if not self.running:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            wait_until(lambda: not self.running, timeout, f"{self.name} to exit")
+        except TimeoutError:
+            self.kill()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        wait_until(lambda: not self.running, 10, f"{self.name} to die")
+
+    def exit_code(self) -> int | None:
+        return self.popen.poll() if self.popen is not None else None
+
+    def read_log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class Cluster:
+    def __init__(
+        self, workdir: Path, nodes: int = 3, markets: str = DEFAULT_MARKETS, consul_port: int | None = None,
+        sequencer_port: int | None = None, node_ports: list[int] | None = None, max_retries: int = 5,
+        secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.markets = markets
+        self.secret = secret
+        self.max_retries = max_retries
+        self.extra_node_args = extra_node_args or []
+        self.consul = ConsulDevAgent(
+            data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port
+        )
+        self.sequencer_port = sequencer_port or free_port()
+        self.node_ports = node_ports or [free_port() for _ in range(nodes)]
+        self.sequencer: ServiceProcess | None = None
+        self.nodes: list[ServiceProcess] = []
+
+    # -- addresses --------------------------------------------------------------------------------
+
+    @property
+    def consul_address(self) -> str:
+        return self.consul.address
+
+    @property
+    def sequencer_address(self) -> str:
+        return f"127.0.0.1:{self.sequencer_port}"
+
+    def node_address(self, index: int) -> str:
+        return f"127.0.0.1:{self.node_ports[index]}"
+
+    @property
+    def node_addresses(self) -> list[str]:
+        return [self.node_address(i) for i in range(len(self.node_ports))]
+
+    def node_id(self, index: int) -> str:
+        return f"node-{index + 1}"
+
+    def _env(self) -> dict[str, str]:
+        return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address,
+                "PYTHONUNBUFFERED": "1"}
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def make_sequencer(self) -> ServiceProcess:
+        return ServiceProcess(
+            "sequencer", "sequencer.main",
+            ["--listen", self.sequencer_address, "--data-dir", str(self.workdir / "sequencer")],
+            self.workdir / "logs" / "sequencer.log", self._env(),
+        )
+
+    def make_node(self, index: int) -> ServiceProcess:
+        return ServiceProcess(
+            self.node_id(index), "exchange.node.main",
+            ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
+             "--max-retries", str(self.max_retries), *self.extra_node_args],
+            self.workdir / "logs" / f"{self.node_id(index)}.log", self._env(),
+        )
+
+    def start(self, timeout: float = 60.0, nodes: int | None = None) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.consul.start()
+        self.start_sequencer()
+        count = len(self.node_ports) if nodes is None else nodes
+        self.nodes = [self.make_node(i) for i in range(len(self.node_ports))]
+        for node in self.nodes[:count]:
+            node.start()
+        for index in range(count):
+            self.wait_node_serving(index, timeout)
+
+    def start_sequencer(self) -> None:
+        self.sequencer = self.make_sequencer()
+        self.sequencer.start()
+        wait_until(lambda: _serving(self.sequencer_address) or not self.sequencer.running, 30,
+                   "the Sequencer to serve")
+        if not self.sequencer.running:
+            raise RuntimeError(f"the Sequencer exited:\n{self.sequencer.read_log()[-3000:]}")
+
+    def start_node(self, index: int, timeout: float = 60.0) -> None:
+        self.nodes[index] = self.make_node(index)
+        self.nodes[index].start()
+        self.wait_node_serving(index, timeout)
+
+    def wait_node_serving(self, index: int, timeout: float = 60.0) -> None:
+        node = self.nodes[index]
+        wait_until(lambda: _serving(self.node_address(index)) or not node.running, timeout,
+                   f"{node.name} to serve")
+        if not node.running:
+            raise RuntimeError(f"{node.name} exited:\n{node.read_log()[-3000:]}")
+
+    def processes(self) -> list[ServiceProcess]:
+        return [p for p in [self.sequencer, *self.nodes] if p is not None]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes()):
+            process.stop()
+        self.consul.stop()
+
+    def logs(self, tail: int = 4000) -> str:
+        parts = [f"===== consul ({self.consul.log_file}) =====\n{self.consul.read_log()[-tail:]}"]
+        for process in self.processes():
+            parts.append(f"===== {process.name} ({process.log_file}) =====\n{process.read_log()[-tail:]}")
+        return "\n".join(parts)
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def status(self, index: int, timeout: float = 5.0) -> exchange_pb2.GetStatusResponse:
+        with grpc.insecure_channel(self.node_address(index)) as channel:
+            return exchange_pb2_grpc.ExchangeNodeStub(channel).GetStatus(
+                exchange_pb2.GetStatusRequest(), timeout=timeout
+            )
+
+    def wait_converged(self, timeout: float = 30.0, nodes: list[int] | None = None) -> dict[str, tuple[int, int]]:
+        """Waits until the given nodes report the same (seq, checksum) for every market, lag 0."""
+        indexes = nodes if nodes is not None else [i for i, n in enumerate(self.nodes) if n.running]
+        views: list[dict[str, tuple[int, int]]] = []
+
+        def converged() -> bool:
+            views.clear()
+            try:
+                for index in indexes:
+                    status = self.status(index)
+                    if any(m.lag or m.buffered for m in status.markets) or status.state != "SERVING":
+                        return False
+                    views.append({m.market: (m.applied_seq, m.checksum) for m in status.markets})
+            except grpc.RpcError:
+                return False
+            return all(view == views[0] for view in views)
+
+        wait_until(converged, timeout, "the nodes to converge", interval=0.2)
+        return views[0]
+
+
+def _serving(address: str) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+# -- the demo: make cluster-up / cluster-down / cluster-status ---------------------------------------
+
+STATE_FILE = DEMO_DIR / "state.json"
+
+
+def _demo_cluster() -> Cluster:
+    return Cluster(
+        DEMO_DIR, nodes=3, consul_port=DEMO_PORTS["consul"], sequencer_port=DEMO_PORTS["sequencer"],
+        node_ports=list(DEMO_PORTS["nodes"]), secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"),
+    )
+
+
+def cluster_up() -> int:
+    if STATE_FILE.exists():
+        print(f"a demo cluster seems to be running already ({STATE_FILE}); run `make cluster-down` first")
+        return 1
+    cluster = _demo_cluster()
+    print(f"starting Consul on 127.0.0.1:{DEMO_PORTS['consul']}, the Sequencer on {cluster.sequencer_address}, "
+          f"nodes on {', '.join(cluster.node_addresses)} ...", flush=True)
+    try:
+        cluster.start()
+    except Exception:
+        print(cluster.logs())
+        cluster.stop()
+        raise
+    STATE_FILE.write_text(json.dumps({
+        "consul_pid": cluster.consul.pid,
+        "processes": {p.name: p.pid for p in cluster.processes()},
+        "nodes": cluster.node_addresses,
+    }, indent=2))
+    grpcurl = Path(sys.executable).parent / "grpcurl"
+    node1, node2 = cluster.node_addresses[0], cluster.node_addresses[1]
+    print(f"""
+cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}
+
+try (grpcurl is {grpcurl}):
+  {grpcurl} -plaintext {node1} list
+  {grpcurl} -plaintext -d '{{"size": -10, "limit_price": 100}}' {node1} exchange.v1.ExchangeNode/CreateOrder
+  {grpcurl} -plaintext -d '{{"size": 15, "limit_price": 100}}' {node2} exchange.v1.ExchangeNode/CreateOrder
+  {grpcurl} -plaintext -d '{{"depth": 5}}' {cluster.node_addresses[2]} exchange.v1.ExchangeNode/GetOrderBook
+  {grpcurl} -plaintext {node1} exchange.v1.ExchangeNode/GetStatus
+
+or the CLI:
+  .venv/bin/exchange-cli --node {node1} buy 10 --price 100
+  .venv/bin/exchange-cli --node {node2} book
+  .venv/bin/exchange-cli status {' '.join(cluster.node_addresses)}
+
+stop everything with: make cluster-down""")
+    return 0
+
+
+def cluster_down() -> int:
+    if not STATE_FILE.exists():
+        print("no demo cluster is running (no .cluster/state.json)")
+        return 0
+    state = json.loads(STATE_FILE.read_text())
+    pids = [*state["processes"].items(), ("consul", state.get("consul_pid"))]
+    for name, pid in pids:
+        if pid and _pid_alive(pid):
+            print(f"stopping {name} (pid {pid})")
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+    for name, pid in pids:
+        if not pid:
+            continue
+        try:
+            wait_until(lambda pid=pid: not _pid_alive(pid), 10, name)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+    STATE_FILE.unlink()
+    print("demo cluster stopped; logs stay in", DEMO_DIR / "logs")
+    return 0
+
+
+def cluster_status(addresses: list[str] | None = None) -> int:
+    from exchange.cli import print_cluster_status
+
+    if addresses is None:
+        if not STATE_FILE.exists():
+            print("no demo cluster is running; start one with `make cluster-up`")
+            return 1
+        addresses = json.loads(STATE_FILE.read_text())["nodes"]
+    return print_cluster_status(addresses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exchange.devcluster", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    return {"up": cluster_up, "down": cluster_down, "status": cluster_status}[args.command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The ``Engine``: every configured market's book, the sequence check, queries, checksum and snapshots."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+
+from exchange.engine.book import Book, _Order
+from exchange.engine.model import (
+    AmendOrder,
+    CancelOrder,
+    Command,
+    Event,
+    MarketConfig,
+    OrderView,
+    SequenceError,
+    Side,
+    SubmitOrder,
+    UnknownMarketError,
+)
+
+SNAPSHOT_MAGIC = b"P2PXENG\x00"
+SNAPSHOT_VERSION = 1
+_HEADER = struct.Struct(">8sHI")  # magic, version, crc32 of the body
+_CONFIG_FIELDS = ("symbol", "tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
+
+Level = tuple[int, int, int]  # (price, total open size, order count)
+
+
+class Engine:
+    """Deterministic matching over one or more markets. See the ``exchange.engine`` package docstring."""
+
+    __slots__ = ("_books", "_markets")
+
+    def __init__(self, markets: Iterable[MarketConfig]) -> None:
+        self._books: dict[str, Book] = {}
+        for config in markets:
+            if not isinstance(config, MarketConfig):
+                raise TypeError(f"expected MarketConfig, got {type(config).__name__}")
+            if config.symbol in self._books:
+                raise ValueError(f"market {config.symbol!r} configured twice")
+            self._books[config.symbol] = Book(config)
+        if not self._books:
+            raise ValueError("an Engine needs at least one market")
+        self._markets = MappingProxyType({symbol: book.config for symbol, book in self._books.items()})
+
+    # ---------------------------------------------------------------------------------------- apply
+
+    def apply(self, command: Command) -> list[Event]:
+        """Apply the next command of its market; return the events it produced, in order.
+
+        Raises UnknownMarketError for an unknown market and SequenceError unless ``command.seq`` is
+        exactly ``last_seq(market) + 1``; in both cases nothing changes. Every market-level failure is an
+        ``OrderRejected`` event instead, and a rejected command still consumes its seq.
+        """
+        book = self._books.get(command.market)
+        if book is None:
+            raise UnknownMarketError(command.market)
+        seq = command.seq
+        if seq != book.last_seq + 1 or type(seq) is not int:
+            raise SequenceError(book.market, book.last_seq + 1, seq)
+        kind = type(command)
+        if kind is SubmitOrder:
+            events = book.submit(seq, command.side, command.order_type, command.size, command.price)
+        elif kind is CancelOrder:
+            events = book.cancel(seq, command.order_id)
+        elif kind is AmendOrder:
+            events = book.amend(seq, command.order_id, command.new_size, command.new_price)
+        else:
+            raise TypeError(f"not an engine command: {kind.__name__}")
+        book.last_seq = seq
+        return events
+
+    # -------------------------------------------------------------------------------------- queries
+
+    def _book(self, market: str) -> Book:
+        book = self._books.get(market)
+        if book is None:
+            raise UnknownMarketError(market)
+        return book
+
+    @property
+    def markets(self) -> Mapping[str, MarketConfig]:
+        """Configured markets in configuration order; the first one is the default market."""
+        return self._markets
+
+    def last_seq(self, market: str) -> int:
+        return self._book(market).last_seq
+
+    def depth(self, market: str, levels: int) -> tuple[list[Level], list[Level]]:
+        """(bids, asks), each best first, at most ``levels`` levels of (price, total size, order count)."""
+        book = self._book(market)
+        return book.depth(book.bids, levels), book.depth(book.asks, levels)
+
+    def order(self, market: str, order_id: int) -> OrderView | None:
+        """The resting order ``order_id``, or None if it is unknown, filled or cancelled."""
+        order = self._book(market).orders.get(order_id)
+        return None if order is None else _view(order)
+
+    def resting_orders(self, market: str) -> Iterator[OrderView]:
+        """Resting orders in priority order: bids best first (FIFO per level), then asks best first."""
+        return map(_view, self._book(market).iter_orders())
+
+    def checksum(self, market: str) -> int:
+        """Unsigned CRC32 of the canonical book encoding (see the package docstring)."""
+        book = self._book(market)
+        flat: list[int] = []
+        for order in book.bids.iter_orders():
+            flat += (order.order_id, order.price, order.remaining)
+        bid_count = len(flat) // 3
+        for order in book.asks.iter_orders():
+            flat += (order.order_id, order.price, order.remaining)
+        return zlib.crc32(struct.pack(f">{1 + len(flat)}q", bid_count, *flat))
+
+    def check_consistency(self) -> None:
+        """Raise AssertionError describing the first broken internal invariant, if any."""
+        for book in self._books.values():
+            book.check()
+
+    # ------------------------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        """The whole state as deterministic bytes: header (magic, version, CRC32 of body) + canonical JSON."""
+        markets = []
+        for book in self._books.values():
+            markets.append(
+                {
+                    "config": {name: getattr(book.config, name) for name in _CONFIG_FIELDS},
+                    "last_seq": book.last_seq,
+                    "next_trade_id": book.next_trade_id,
+                    "bids": [_encode_order(o) for o in book.bids.iter_orders()],
+                    "asks": [_encode_order(o) for o in book.asks.iter_orders()],
+                }
+            )
+        body = json.dumps({"markets": markets}, sort_keys=True, separators=(",", ":")).encode("ascii")
+        return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, zlib.crc32(body)) + body
+
+    @classmethod
+    def restore(cls, data: bytes) -> Engine:
+        """Rebuild an engine from ``snapshot()`` bytes. Raises ValueError if they are not a valid snapshot."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ValueError(f"snapshot must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < _HEADER.size:
+            raise ValueError(f"snapshot too short: {len(data)} bytes")
+        magic, version, crc = _HEADER.unpack_from(data)
+        if magic != SNAPSHOT_MAGIC:
+            raise ValueError(f"not an engine snapshot: magic {magic!r}")
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported snapshot version {version}, this engine reads {SNAPSHOT_VERSION}")
+        body = data[_HEADER.size :]
+        if zlib.crc32(body) != crc:
+            raise ValueError("snapshot corrupt: body CRC32 mismatch")
+        try:
+            state = json.loads(body)
+            return cls._from_state(state)
+        except ValueError as exc:
+            raise ValueError(f"invalid snapshot: {exc}") from exc
+        except (KeyError, TypeError, AssertionError) as exc:
+            raise ValueError(f"invalid snapshot: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _from_state(cls, state: dict) -> Engine:
+        markets = state["markets"]
+        if not isinstance(markets, list) or not markets:
+            raise ValueError("no markets")
+        engine = cls(MarketConfig(**{name: m["config"][name] for name in _CONFIG_FIELDS}) for m in markets)
+        for m, book in zip(markets, engine._books.values(), strict=True):
+            book.last_seq = _int(m["last_seq"], "last_seq", 0)
+            book.next_trade_id = _int(m["next_trade_id"], "next_trade_id", 1)
+            for side, key in ((Side.BUY, "bids"), (Side.SELL, "asks")):
+                side_book = book.bids if side is Side.BUY else book.asks
+                previous_key = None
+                for entry in m[key]:
+                    order = _decode_order(entry, side, book)
+                    if order.order_id in book.orders or order.order_id > book.last_seq:
+                        raise ValueError(f"{book.market}: bad or duplicate order id {order.order_id}")
+                    order_key = side_book.sign * order.price
+                    if previous_key is not None and order_key < previous_key:
+                        raise ValueError(f"{book.market}: {key} not in priority order")
+                    previous_key = order_key
+                    side_book.rest(order)
+                    book.orders[order.order_id] = order
+            book.check()
+        return engine
+
+
+def _view(order: _Order) -> OrderView:
+    return OrderView(
+        order.order_id, order.side, order.price, order.size, order.remaining, order.size - order.remaining
+    )
+
+
+def _encode_order(order: _Order) -> list[int]:
+    return [order.order_id, order.price, order.size, order.remaining, int(order.post_only)]
+
+
+def _int(value: object, what: str, minimum: int) -> int:
+    if type(value) is not int or value < minimum or value > 2**63 - 1:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _decode_order(entry: object, side: Side, book: Book) -> _Order:
+    if not isinstance(entry, list) or len(entry) != 5:
+        raise ValueError(f"{book.market}: order entry must be [id, price, size, remaining, post_only]")
+    order_id = _int(entry[0], "order id", 1)
+    price = _int(entry[1], "price", 1)
+    size = _int(entry[2], "size", 1)
+    remaining = _int(entry[3], "remaining", 1)
+    post_only = _int(entry[4], "post_only", 0)
+    if remaining > size or post_only > 1 or book._price_error(price) is not None:
+        raise ValueError(f"{book.market}: invalid order entry {entry!r}")
+    return _Order(order_id, side, price, size, remaining, bool(post_only))

@@ -1,0 +1,251 @@
+"""Value types of the matching engine: enums, market configuration, commands, events, errors.
+
+Commands are frozen slotted dataclasses. Their constructors do not validate market rules on purpose: a
+command is a logged fact, and a malformed one must replay into the same ``OrderRejected`` event on every
+node rather than fail at construction time on some of them.
+
+Events are ``NamedTuple`` classes: building one with ``tuple.__new__`` costs about a seventh of a frozen
+dataclass (measured: ~100 ns against ~700 ns), and the engine builds two or more per command. Equality is
+made type-aware, so an event never equals a plain tuple or an event of another class with the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+INT64_MAX = 2**63 - 1
+
+
+class Side(IntEnum):
+    BUY = 1
+    SELL = 2
+
+
+class OrderType(IntEnum):
+    LIMIT = 1
+    MARKET = 2  # takes liquidity at any price, never rests
+    IOC = 3  # immediate-or-cancel: matches up to its limit price, the rest is cancelled
+    FOK = 4  # fill-or-kill: fills completely at once or is rejected without trading
+    POST_ONLY = 5  # rests like LIMIT, rejected if it would take liquidity
+
+
+class RejectReason(IntEnum):
+    PRICE_REQUIRED = 1  # a limit-priced type without a price
+    PRICE_NOT_ALLOWED = 2  # a market order with a price
+    PRICE_OUT_OF_BOUNDS = 3
+    PRICE_NOT_ON_TICK = 4
+    SIZE_OUT_OF_BOUNDS = 5
+    SIZE_NOT_ON_LOT = 6
+    POST_ONLY_WOULD_TAKE = 7
+    FOK_CANNOT_FILL = 8
+    NO_LIQUIDITY = 9  # a market order facing an empty opposite side
+    ORDER_NOT_FOUND = 10  # cancel/amend of an unknown or finished order
+    AMEND_SIZE_INVALID = 11  # amend with new_size <= 0 (or not an integer)
+    AMEND_NO_CHANGE = 12  # amend to the same price and the same remaining size
+    INVALID_SIDE = 13  # side is neither BUY nor SELL
+    INVALID_ORDER_TYPE = 14  # order_type is not one of OrderType
+
+
+class CancelReason(IntEnum):
+    USER = 1  # CancelOrder
+    IOC_REMAINDER = 2  # what an IOC order could not fill (a FOK never has a remainder)
+    MARKET_REMAINDER = 3  # what a market order could not fill once liquidity ran out
+
+
+@dataclass(frozen=True, slots=True)
+class MarketConfig:
+    """One market's trading rules. Prices are in ticks, sizes in lots, all exact ints in int64 range.
+
+    A price is valid when it is a multiple of ``tick_size`` within ``[min_price, max_price]``; a size when it
+    is a multiple of ``lot_size`` within ``[min_size, max_size]``. Prices are strictly positive.
+    """
+
+    symbol: str
+    tick_size: int = 1
+    lot_size: int = 1
+    min_price: int = 1
+    max_price: int = 2**62
+    min_size: int = 1
+    max_size: int = 2**62
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.symbol, str) or not self.symbol:
+            raise ValueError(f"MarketConfig.symbol must be a non-empty string, got {self.symbol!r}")
+        for name in ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise ValueError(f"MarketConfig.{name} must be an int, got {value!r}")
+            if not 1 <= value <= INT64_MAX:
+                raise ValueError(f"MarketConfig.{name} must be in [1, 2**63-1], got {value}")
+        if self.min_price > self.max_price:
+            raise ValueError(f"MarketConfig.min_price {self.min_price} > max_price {self.max_price}")
+        if self.min_size > self.max_size:
+            raise ValueError(f"MarketConfig.min_size {self.min_size} > max_size {self.max_size}")
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOrder:
+    """A new order. ``size`` is positive; ``price`` is None for MARKET and required for every other type.
+
+    The order's id is ``seq``.
+    """
+
+    market: str
+    seq: int
+    side: Side
+    order_type: OrderType
+    size: int
+    price: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """Cancel what is left of resting order ``order_id``."""
+
+    market: str
+    seq: int
+    order_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AmendOrder:
+    """Change a resting order. ``new_size`` is the new remaining (open) size; ``new_price`` None keeps it.
+
+    A smaller size at the same price keeps time priority; a larger size or a new price loses it. A new price
+    that crosses the book makes the order trade as an aggressive limit order first (see ``exchange.engine``).
+    """
+
+    market: str
+    seq: int
+    order_id: int
+    new_size: int
+    new_price: int | None = None
+
+
+Command = SubmitOrder | CancelOrder | AmendOrder
+
+
+# ----------------------------------------------------------------------------------------------- events
+
+
+def _event_eq(self: tuple, other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _event_ne(self: tuple, other: object) -> bool:
+    return not _event_eq(self, other)
+
+
+class OrderAccepted(NamedTuple):
+    market: str
+    seq: int
+    order_id: int
+    side: Side
+    order_type: OrderType
+    price: int | None
+    size: int
+
+
+class OrderRejected(NamedTuple):
+    """``order_id`` is the command's seq for a submit, the target order id for a cancel or amend."""
+
+    market: str
+    seq: int
+    order_id: int
+    reason: RejectReason
+
+
+class OrderFilled(NamedTuple):
+    """One trade, at the maker's price. ``*_remaining`` are the open sizes right after this trade."""
+
+    market: str
+    seq: int
+    trade_id: int
+    price: int
+    size: int
+    maker_order_id: int
+    taker_order_id: int
+    taker_side: Side
+    maker_remaining: int
+    taker_remaining: int
+
+
+class OrderRested(NamedTuple):
+    """The order (or what is left of it) now rests in the book with ``size`` open."""
+
+    market: str
+    seq: int
+    order_id: int
+    side: Side
+    price: int
+    size: int
+
+
+class OrderCancelled(NamedTuple):
+    """``size`` is the quantity cancelled."""
+
+    market: str
+    seq: int
+    order_id: int
+    size: int
+    reason: CancelReason
+
+
+class OrderAmended(NamedTuple):
+    """The order now has ``price`` and open size ``size``; ``priority_kept`` False: re-queued at the back."""
+
+    market: str
+    seq: int
+    order_id: int
+    price: int
+    size: int
+    priority_kept: bool
+
+
+Event = OrderAccepted | OrderRejected | OrderFilled | OrderRested | OrderCancelled | OrderAmended
+
+for _cls in (OrderAccepted, OrderRejected, OrderFilled, OrderRested, OrderCancelled, OrderAmended):
+    _cls.__eq__ = _event_eq  # type: ignore[assignment,method-assign]
+    _cls.__ne__ = _event_ne  # type: ignore[assignment,method-assign]
+    _cls.__hash__ = tuple.__hash__  # type: ignore[assignment,method-assign]
+del _cls
+
+
+class OrderView(NamedTuple):
+    """A resting order as seen from outside. ``size`` is the order's total size: ``filled + remaining``."""
+
+    order_id: int
+    side: Side
+    price: int
+    size: int
+    remaining: int
+    filled: int
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+class SequenceError(Exception):
+    """A command's seq is not exactly ``last_seq + 1`` for its market: a caller bug, not a market event."""
+
+    def __init__(self, market: str, expected: int, got: object) -> None:
+        super().__init__(f"market {market!r}: expected seq {expected}, got {got!r}")
+        self.market = market
+        self.expected = expected
+        self.got = got
+
+
+class UnknownMarketError(KeyError):
+    """The command or query names a market the engine was not configured with."""
+
+    def __init__(self, market: object) -> None:
+        super().__init__(market)
+        self.market = market
+
+    def __str__(self) -> str:
+        return f"unknown market {self.market!r}"

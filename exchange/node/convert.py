@@ -1,0 +1,245 @@
+"""Conversions between the node's protobuf messages and the engine's domain types, and request
+validation. Everything the node checks before an order is sequenced lives here, with messages
+that say what was wrong and what would be right."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from exchange import engine as eng
+from exchange.errors import InvalidArgument, NotFound
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
+
+MAX_CLIENT_ORDER_ID = 64
+MAX_DEPTH = 1000
+DEFAULT_DEPTH = 10
+PRICED_TYPES = (eng.OrderType.LIMIT, eng.OrderType.IOC, eng.OrderType.FOK, eng.OrderType.POST_ONLY)
+
+
+def resolve_market(markets: Mapping[str, eng.MarketConfig], name: str) -> eng.MarketConfig:
+    """The market a request names; empty means the default (first configured) market."""
+    if not name:
+        return next(iter(markets.values()))
+    config = markets.get(name)
+    if config is None:
+        raise NotFound(f"unknown market {name!r}; this cluster trades: {', '.join(markets)}")
+    return config
+
+
+def _check_int64(value: int, field: str) -> None:
+    if not -(2**63) <= value < 2**63:
+        raise InvalidArgument(f"{field} {value} is outside the int64 range")
+
+
+def _check_price(config: eng.MarketConfig, price: int, field: str) -> None:
+    if not config.min_price <= price <= config.max_price:
+        raise InvalidArgument(
+            f"{field} {price} is outside {config.symbol}'s bounds [{config.min_price}, {config.max_price}] (ticks)"
+        )
+    if price % config.tick_size:
+        raise InvalidArgument(f"{field} {price} is not a multiple of {config.symbol}'s tick size {config.tick_size}")
+
+
+def _check_size(config: eng.MarketConfig, size: int, field: str) -> None:
+    if not config.min_size <= size <= config.max_size:
+        raise InvalidArgument(
+            f"{field} {size} is outside {config.symbol}'s bounds [{config.min_size}, {config.max_size}] (lots)"
+        )
+    if size % config.lot_size:
+        raise InvalidArgument(f"{field} {size} is not a multiple of {config.symbol}'s lot size {config.lot_size}")
+
+
+def _check_client_order_id(client_order_id: str) -> None:
+    if len(client_order_id) > MAX_CLIENT_ORDER_ID:
+        raise InvalidArgument(
+            f"client_order_id is {len(client_order_id)} characters long; at most {MAX_CLIENT_ORDER_ID} are allowed"
+        )
+    if not client_order_id.isprintable():
+        raise InvalidArgument("client_order_id must contain printable characters only")
+
+
+def new_order_command(
+    request: pb.CreateOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
+) -> types_pb2.Command:
+    """Validates a CreateOrderRequest and turns it into the command to sequence."""
+    config = resolve_market(markets, request.market)
+    size = request.size
+    if size == 0:
+        raise InvalidArgument("size must not be 0: give a positive size to buy or a negative size to sell (lots)")
+    if request.side == types_pb2.SIDE_UNSPECIFIED:
+        side = types_pb2.BUY if size > 0 else types_pb2.SELL
+    elif request.side in (types_pb2.BUY, types_pb2.SELL):
+        side = request.side
+        if size < 0 and side == types_pb2.BUY:
+            raise InvalidArgument(
+                f"side BUY contradicts the negative size {size}: use a positive size to buy, or side SELL"
+            )
+    else:
+        raise InvalidArgument(f"unknown side {request.side}: use BUY (1) or SELL (2), or leave it unset")
+    size = abs(size)
+    order_type = request.order_type or types_pb2.LIMIT
+    if order_type not in eng.OrderType._value2member_map_:
+        names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
+        raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
+    _check_size(config, size, "size")
+    if order_type == eng.OrderType.MARKET:
+        if request.limit_price != 0:
+            raise InvalidArgument("a MARKET order takes no limit_price: leave it unset, or use a LIMIT or IOC order")
+    else:
+        if request.limit_price <= 0:
+            kind = eng.OrderType(order_type).name
+            raise InvalidArgument(
+                f"a {kind} order needs a positive limit_price (ticks), got {request.limit_price}"
+            )
+        _check_price(config, request.limit_price, "limit_price")
+    _check_client_order_id(request.client_order_id)
+    return types_pb2.Command(
+        market=config.symbol,
+        new_order=types_pb2.NewOrderCommand(
+            side=side, order_type=order_type, size=size, price=request.limit_price
+        ),
+        client_order_id=request.client_order_id,
+        origin_node=node_id,
+    )
+
+
+def cancel_command(
+    request: pb.CancelOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
+) -> types_pb2.Command:
+    config = resolve_market(markets, request.market)
+    if request.order_id <= 0:
+        raise InvalidArgument(f"order_id must be positive (the order's sequence number), got {request.order_id}")
+    return types_pb2.Command(
+        market=config.symbol,
+        cancel_order=types_pb2.CancelOrderCommand(order_id=request.order_id),
+        origin_node=node_id,
+    )
+
+
+def amend_command(
+    request: pb.AmendOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
+) -> types_pb2.Command:
+    config = resolve_market(markets, request.market)
+    if request.order_id <= 0:
+        raise InvalidArgument(f"order_id must be positive (the order's sequence number), got {request.order_id}")
+    if request.size <= 0:
+        raise InvalidArgument(
+            f"size must be the new positive remaining size (lots), got {request.size}; to remove an order, cancel it"
+        )
+    _check_size(config, request.size, "size")
+    if request.limit_price < 0:
+        raise InvalidArgument(f"limit_price must be positive, or 0 to keep the price; got {request.limit_price}")
+    if request.limit_price:
+        _check_price(config, request.limit_price, "limit_price")
+    return types_pb2.Command(
+        market=config.symbol,
+        amend_order=types_pb2.AmendOrderCommand(
+            order_id=request.order_id, new_size=request.size, new_price=request.limit_price
+        ),
+        origin_node=node_id,
+    )
+
+
+def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
+    """The engine command for a sequenced protobuf command (engine validates market rules itself)."""
+    kind = command.WhichOneof("kind")
+    if kind == "new_order":
+        order = command.new_order
+        order_type = eng.OrderType(order.order_type) if order.order_type in _ORDER_TYPES else order.order_type
+        side = eng.Side(order.side) if order.side in _SIDES else order.side
+        price = order.price if order_type != eng.OrderType.MARKET else (order.price or None)
+        return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price)  # type: ignore[arg-type]
+    if kind == "cancel_order":
+        return eng.CancelOrder(command.market, seq, command.cancel_order.order_id)
+    if kind == "amend_order":
+        amend = command.amend_order
+        return eng.AmendOrder(command.market, seq, amend.order_id, amend.new_size, amend.new_price or None)
+    raise ValueError(f"sequenced command {seq} of {command.market} has no kind")
+
+
+_ORDER_TYPES = frozenset(t.value for t in eng.OrderType)
+_SIDES = frozenset(s.value for s in eng.Side)
+
+
+# -- events to protobuf ---------------------------------------------------------------------------
+
+
+def trade(event: eng.OrderFilled) -> pb.Trade:
+    return pb.Trade(
+        trade_id=event.trade_id,
+        price=event.price,
+        size=event.size,
+        maker_order_id=event.maker_order_id,
+        taker_order_id=event.taker_order_id,
+        taker_side=int(event.taker_side),
+    )
+
+
+def market_event(event: eng.Event) -> pb.MarketEvent:
+    message = pb.MarketEvent(market=event.market, seq=event.seq)
+    if isinstance(event, eng.OrderFilled):
+        message.trade.CopyFrom(trade(event))
+    elif isinstance(event, eng.OrderAccepted):
+        message.order_accepted.CopyFrom(
+            pb.OrderAccepted(
+                order_id=event.order_id, side=int(event.side), order_type=int(event.order_type),
+                price=event.price or 0, size=event.size,
+            )
+        )
+    elif isinstance(event, eng.OrderRested):
+        message.order_rested.CopyFrom(
+            pb.OrderRested(order_id=event.order_id, side=int(event.side), price=event.price, size=event.size)
+        )
+    elif isinstance(event, eng.OrderCancelled):
+        message.order_cancelled.CopyFrom(
+            pb.OrderCancelled(order_id=event.order_id, size=event.size, reason=event.reason.name)
+        )
+    elif isinstance(event, eng.OrderRejected):
+        message.order_rejected.CopyFrom(pb.OrderRejected(order_id=event.order_id, reason=event.reason.name))
+    elif isinstance(event, eng.OrderAmended):
+        message.order_amended.CopyFrom(
+            pb.OrderAmended(
+                order_id=event.order_id, price=event.price, size=event.size, priority_kept=event.priority_kept
+            )
+        )
+    return message
+
+
+def create_order_response(
+    command: types_pb2.Command, seq: int, events: Sequence[eng.Event], duplicate: bool
+) -> pb.CreateOrderResponse:
+    """The client's answer for a new order, from the events its command produced."""
+    response = pb.CreateOrderResponse(
+        market=command.market, order_id=seq, seq=seq, duplicate=duplicate,
+        client_order_id=command.client_order_id, side=command.new_order.side,
+    )
+    filled = 0
+    for event in events:
+        if isinstance(event, eng.OrderFilled):
+            response.trades.append(trade(event))
+            filled += event.size
+        elif isinstance(event, eng.OrderRested):
+            response.status = pb.RESTING
+            response.remaining_size = event.size
+        elif isinstance(event, eng.OrderCancelled):
+            response.status = pb.CANCELLED
+            response.cancelled_size = event.size
+        elif isinstance(event, eng.OrderRejected):
+            response.status = pb.REJECTED
+            response.reject_reason = event.reason.name
+    response.filled_size = filled
+    if response.status == pb.ORDER_STATUS_UNSPECIFIED:
+        response.status = pb.FILLED
+    return response
+
+
+def rejection(events: Iterable[eng.Event]) -> eng.OrderRejected | None:
+    for event in events:
+        if isinstance(event, eng.OrderRejected):
+            return event
+    return None
+
+
+def book_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
+    return [pb.PriceLevel(price=p, size=s, order_count=n) for p, s, n in levels]

@@ -1,0 +1,181 @@
+"""The node's connections: to the Sequencer and to its peers, both found through discovery.
+
+Discovery runs in the background (a Consul watch with blocking queries); the node only ever reads
+the latest passing set, so no order costs a Consul lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from discovery import Registry, ServiceInstance, Watch
+from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
+from exchange.runtime import CHANNEL_OPTIONS
+from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
+
+log = logging.getLogger(__name__)
+
+SEQUENCER_SERVICE = "sequencer"
+PEER_SERVICE = "peer-server"
+TOKEN_HEADER = "x-cluster-token"
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+def peer_token(secret: bytes) -> str:
+    """What peers present in `x-cluster-token`: derived from the secret, never the secret itself."""
+    return hashlib.sha256(b"p2p-exchange peer token\x00" + secret).hexdigest()
+
+
+class SequencerLink:
+    """Calls to the Sequencer, retried across short outages until `outage_s` has passed."""
+
+    def __init__(
+        self, registry: Registry | None, static_target: str | None = None, outage_s: float = 5.0,
+        call_timeout_s: float = 5.0,
+    ) -> None:
+        self.static_target = static_target
+        self.watch: Watch | None = None
+        if static_target is None:
+            assert registry is not None, "either a registry or a static Sequencer address is needed"
+            self.watch = registry.watch(SEQUENCER_SERVICE, lambda instances: None)
+        self.outage_s = outage_s
+        self.call_timeout_s = call_timeout_s
+        self._target: str | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: sequencer_pb2_grpc.SequencerStub | None = None
+
+    @property
+    def target(self) -> str | None:
+        if self.static_target is not None:
+            return self.static_target
+        assert self.watch is not None
+        instances = self.watch.current()
+        return instances[0].target if instances else None
+
+    def stub(self) -> sequencer_pb2_grpc.SequencerStub:
+        target = self.target
+        if target is None:
+            raise Unavailable("no passing Sequencer is registered in Consul (service 'sequencer')")
+        if target != self._target or self._stub is None:
+            if self._channel is not None:
+                asyncio.get_running_loop().create_task(self._channel.close())
+            self._target = target
+            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._stub = sequencer_pb2_grpc.SequencerStub(self._channel)
+        return self._stub
+
+    async def _retrying(self, what: str, call):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.outage_s
+        delay = 0.05
+        while True:
+            try:
+                return await call(self.stub())
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgument(f"Sequencer refused {what}: {error.details()}") from error
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise FailedPrecondition(f"Sequencer refused {what}: {error.details()}") from error
+                if code not in RETRYABLE or loop.time() + delay > deadline:
+                    raise Unavailable(
+                        f"Sequencer at {self._target} unreachable for {what}: {code.name} {error.details()}"
+                    ) from error
+            except Unavailable:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
+        return await self._retrying(
+            "Sequence", lambda stub: stub.Sequence(request, timeout=self.call_timeout_s)
+        )
+
+    async def current_seq(self, market: str) -> int:
+        response = await self._retrying(
+            "GetSequence",
+            lambda stub: stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=2.0),
+        )
+        return response.current_seq
+
+    async def read_log(
+        self, market: str, from_seq: int, to_seq: int = 0
+    ) -> AsyncIterator[list[types_pb2.SequencedCommand]]:
+        """Batches of log entries from_seq..to_seq (0: up to the current sequence)."""
+        request = sequencer_pb2.ReadLogRequest(market=market, from_seq=from_seq, to_seq=to_seq)
+        try:
+            async for batch in self.stub().ReadLog(request, timeout=120):
+                yield list(batch.entries)
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(f"reading the Sequencer's log failed: {error.code().name} {error.details()}") from error
+
+    async def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class PeerSet:
+    """The passing `peer-server` instances except this node, with one channel each."""
+
+    def __init__(self, registry: Registry | None, node_id: str, secret: bytes,
+                 static_peers: list[str] | None = None) -> None:
+        self.node_id = node_id
+        self.metadata = ((TOKEN_HEADER, peer_token(secret)),)
+        self.static_peers = static_peers
+        self.watch: Watch | None = None
+        if static_peers is None:
+            assert registry is not None
+            self.watch = registry.watch(PEER_SERVICE, lambda instances: None)
+        self._stubs: dict[str, exchange_pb2_grpc.ExchangeNodeStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.failures: dict[str, int] = {}
+
+    def targets(self) -> list[str]:
+        if self.static_peers is not None:
+            return list(self.static_peers)
+        assert self.watch is not None
+        return [i.target for i in self.watch.current() if not self._is_self(i)]
+
+    def _is_self(self, instance: ServiceInstance) -> bool:
+        return instance.instance_id == self.node_id
+
+    def _stub(self, target: str) -> exchange_pb2_grpc.ExchangeNodeStub:
+        stub = self._stubs.get(target)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channels[target] = channel
+            stub = self._stubs[target] = exchange_pb2_grpc.ExchangeNodeStub(channel)
+        return stub
+
+    def broadcast(self, entries: list[types_pb2.SequencedCommand]) -> None:
+        """Sends entries to every peer in the background; a peer that misses them fills the gap
+        from the Sequencer's log, so a failed broadcast is logged, never retried here."""
+        if not entries:
+            return
+        request = exchange_pb2.BroadcastOrderRequest(origin_node=self.node_id, commands=entries)
+        loop = asyncio.get_running_loop()
+        for target in self.targets():
+            loop.create_task(self._send(target, request))
+
+    async def _send(self, target: str, request: exchange_pb2.BroadcastOrderRequest) -> None:
+        try:
+            await self._stub(target).BroadcastOrder(request, timeout=2.0, metadata=self.metadata)
+            self.failures.pop(target, None)
+        except grpc.aio.AioRpcError as error:
+            count = self.failures[target] = self.failures.get(target, 0) + 1
+            if count == 1 or count % 100 == 0:
+                log.warning("broadcast to %s failed (%d in a row): %s", target, count, error.code().name)
+
+    async def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        for channel in self._channels.values():
+            await channel.close()

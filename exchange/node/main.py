@@ -1,0 +1,134 @@
+"""`exchange-node`: one exchange node, a full replica of every book of the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+
+from discovery.consul import ConsulRegistry
+from exchange import engine as eng
+from exchange.config import add_cluster_arguments, split_host_port
+from exchange.errors import ExchangeError
+from exchange.node.links import PEER_SERVICE, PeerSet, SequencerLink
+from exchange.node.replica import Replica
+from exchange.node.sequencing import MarketPipeline
+from exchange.node.service import SERVING, STOPPING, ExchangeNodeService
+from exchange.runtime import GrpcServer, configure_logging, run, wait_for_signal
+from exchange.v1 import exchange_pb2, exchange_pb2_grpc
+
+log = logging.getLogger("node")
+MARKET_FIELDS = ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
+
+
+def parse_markets(spec: str) -> list[eng.MarketConfig]:
+    """`SYMBOL[:field=value...][,SYMBOL...]`, fields among tick_size, lot_size, min/max_price, min/max_size."""
+    markets = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        symbol, *settings = item.split(":")
+        values: dict[str, int] = {}
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            if name not in MARKET_FIELDS or not value.lstrip("-").isdigit():
+                raise argparse.ArgumentTypeError(
+                    f"bad market setting {setting!r} in {item!r}: use name=integer with name in {', '.join(MARKET_FIELDS)}"
+                )
+            values[name] = int(value)
+        try:
+            markets.append(eng.MarketConfig(symbol, **values))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+    if not markets:
+        raise argparse.ArgumentTypeError("at least one market is needed")
+    return markets
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="exchange-node", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="gRPC listen address host:port")
+    parser.add_argument("--node-id", default=None, help="unique node id (default: node-<host>-<port>)")
+    parser.add_argument(
+        "--markets", type=parse_markets, default=parse_markets("BTC-USD"),
+        help="markets traded, the first is the default; e.g. 'BTC-USD,ETH-USD:tick_size=5' (same on every node)",
+    )
+    parser.add_argument("--max-retries", type=int, default=5,
+                        help="times an order may be invalidated by a stale view before it is ABORTED")
+    parser.add_argument("--sequencer", default=None,
+                        help="fixed Sequencer address instead of Consul discovery (tests only)")
+    parser.add_argument("--journal-size", type=int, default=200_000,
+                        help="commands per market whose events are kept for retries and StreamEvents resume")
+    add_cluster_arguments(parser)
+    return parser.parse_args(argv)
+
+
+async def initial_catch_up(pipelines: dict[str, MarketPipeline], sequencer: SequencerLink) -> None:
+    """Applies the whole log before the node serves; waits for the Sequencer as long as it takes."""
+    delay = 0.2
+    for market, pipeline in pipelines.items():
+        while True:
+            try:
+                current = await sequencer.current_seq(market)
+                await pipeline.catch_up(current)
+                log.info("%s: caught up to %d", market, current)
+                break
+            except ExchangeError as error:
+                log.warning("%s: waiting for the Sequencer: %s", market, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    host, port = split_host_port(args.listen)
+    secret = args.cluster_secret.encode()
+    server = GrpcServer(args.listen, [exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"]])
+    node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
+    consul_host, consul_port = split_host_port(args.consul)
+    registry = ConsulRegistry(consul_host, consul_port)
+    replica = Replica(args.markets, journal_size=args.journal_size)
+    sequencer = SequencerLink(registry if args.sequencer is None else None, args.sequencer)
+    peers = PeerSet(registry, node_id, secret)
+    pipelines = {
+        market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)
+        for market in replica.engine.markets
+    }
+    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret)
+    exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
+    await server.start()
+    await server.set_serving(False)
+    log.info("node %s listening on %s:%d (markets %s); catching up", node_id, host, server.port,
+             ", ".join(replica.engine.markets))
+    stop = asyncio.ensure_future(wait_for_signal())
+    catch_up = asyncio.ensure_future(initial_catch_up(pipelines, sequencer))
+    await asyncio.wait([stop, catch_up], return_when=asyncio.FIRST_COMPLETED)
+    if catch_up.done():
+        for pipeline in pipelines.values():
+            pipeline.start()
+        service.state = SERVING
+        await server.set_serving(True)
+        await asyncio.to_thread(
+            registry.register, PEER_SERVICE, node_id, host, server.port, {"node_id": node_id}
+        )
+        log.info("node %s serving", node_id)
+    signal_name = await stop
+    catch_up.cancel()
+    log.info("%s received: stopping", signal_name)
+    service.state = STOPPING
+    await server.set_serving(False)
+    await asyncio.to_thread(registry.deregister, node_id)
+    await server.stop(grace=2)
+    for pipeline in pipelines.values():
+        await pipeline.stop()
+    await peers.close()
+    await sequencer.close()
+    registry.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging("node", args.log_level)
+    run(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Getting a node's commands into the log, and keeping the node current: one pipeline per market.
+
+The gate batcher. Client commands queue up; while one Sequence call is in flight, the next ones
+wait, and then all of them go in the next call. So a node has at most one gated request per market in
+flight, and its own orders can never invalidate each other. A stale answer carries the entries the
+node lacks; the node applies them and retries at once, and the Sequencer holds the market for it
+meanwhile, so with no fault a retry always succeeds: no order is ABORTED by load. Only when the
+Sequencer keeps saying "stale" `max_retries` times (faults: the node cannot apply, reservations
+expire) is an order ABORTED, and then it was never numbered.
+
+Results reach the waiting client through the replica: every applied entry whose origin is this node
+resolves the pending command with the same `origin_ref`, whichever path delivered it (the grant, a
+stale answer after a lost reply, a log read). So an ambiguous Sequence call never numbers a
+command twice and never loses its answer.
+
+Catch-up. A gap in front of buffered broadcasts, or a known Sequencer position ahead of the applied
+one, that makes no progress for `gap_wait_s` is filled from the Sequencer's log; the Sequencer's
+position is polled every `poll_s`, so even a lost broadcast of the last command is found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from exchange.errors import Aborted, ExchangeError, Unavailable
+from exchange.node.links import PeerSet, SequencerLink
+from exchange.node.replica import Applied, Replica
+from exchange.v1 import sequencer_pb2, types_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A command's place in the log and what it did."""
+
+    seq: int
+    applied: Applied
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class Pending:
+    command: types_pb2.Command
+    future: asyncio.Future[Outcome]
+    attempts: int = 0
+
+
+class MarketPipeline:
+    def __init__(
+        self, market: str, replica: Replica, sequencer: SequencerLink, peers: PeerSet, node_id: str,
+        max_retries: int = 5, gap_wait_s: float = 0.1, poll_s: float = 1.0,
+    ) -> None:
+        self.market = market
+        self.replica = replica
+        self.sequencer = sequencer
+        self.peers = peers
+        self.node_id = node_id
+        self.max_retries = max_retries
+        self.gap_wait_s = gap_wait_s
+        self.poll_s = poll_s
+        self._incarnation = random.getrandbits(31) << 32
+        self._next_ref = 0
+        self._queue: deque[Pending] = deque()
+        self._by_ref: dict[int, Pending] = {}
+        self._wakeup = asyncio.Event()
+        self._catch_up_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.aborted = 0
+        replica.on_applied.append(self._resolve_own)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._gate_loop(), name=f"gate-{self.market}"),
+            asyncio.create_task(self._sync_loop(), name=f"sync-{self.market}"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pending in self._by_ref.values():
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("node is shutting down; retry on another node"))
+
+    # -- the gate ---------------------------------------------------------------------------------
+
+    async def submit(self, command: types_pb2.Command) -> Outcome:
+        """Sequences a command through the gate and returns its outcome once applied here."""
+        self._next_ref += 1
+        command.origin_ref = self._incarnation | self._next_ref
+        pending = Pending(command, asyncio.get_running_loop().create_future())
+        self._by_ref[command.origin_ref] = pending
+        self._queue.append(pending)
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(pending.future)
+        finally:
+            if pending.future.done():
+                self._by_ref.pop(command.origin_ref, None)
+
+    def _resolve_own(self, applied: Applied) -> None:
+        command = applied.command
+        if command.origin_node != self.node_id:
+            return
+        pending = self._by_ref.pop(command.origin_ref, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(Outcome(applied.seq, applied, duplicate=False))
+
+    async def _gate_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch: list[Pending] = []
+                while self._queue and len(batch) < MAX_BATCH:
+                    pending = self._queue.popleft()
+                    if not pending.future.done():
+                        batch.append(pending)
+                try:
+                    await self._sequence(batch)
+                except Exception as error:  # noqa: BLE001 - a failed round fails its orders, not the node
+                    if not isinstance(error, ExchangeError):
+                        log.exception("%s: sequencing round failed", self.market)
+                        error = Unavailable(f"sequencing failed on this node: {type(error).__name__}")
+                    self._fail(batch, error)
+
+    def _fail(self, batch: list[Pending], error: Exception) -> None:
+        for pending in batch:
+            self._by_ref.pop(pending.command.origin_ref, None)
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    async def _sequence(self, batch: list[Pending]) -> None:
+        while batch:
+            request = sequencer_pb2.SequenceRequest(
+                market=self.market,
+                applied_seq=self.replica.applied_seq(self.market),
+                node_id=self.node_id,
+                commands=[pending.command for pending in batch],
+            )
+            response = await self.sequencer.sequence(request)
+            self.replica.note_known(self.market, response.current_seq)
+            if response.granted:
+                self._granted(batch, response)
+                return
+            for entry in response.missing:
+                self.replica.offer(entry)
+            if self.replica.applied_seq(self.market) < response.current_seq:
+                await self.catch_up(response.current_seq)
+            retry: list[Pending] = []
+            for pending in batch:
+                if pending.future.done():
+                    continue
+                pending.attempts += 1
+                if pending.attempts > self.max_retries:
+                    self.aborted += 1
+                    self._fail([pending], Aborted(
+                        f"order invalidated {pending.attempts} times by a stale view of {self.market} "
+                        f"(Sequencer at {response.current_seq}, node at "
+                        f"{self.replica.applied_seq(self.market)}); it was not placed, retry it"
+                    ))
+                else:
+                    retry.append(pending)
+            batch = retry
+
+    def _granted(self, batch: list[Pending], response: sequencer_pb2.SequenceResponse) -> None:
+        fresh: list[types_pb2.SequencedCommand] = []
+        for pending, assignment in zip(batch, response.assignments, strict=True):
+            if assignment.duplicate:
+                applied = self.replica.journal_entry(self.market, assignment.seq)
+                self._by_ref.pop(pending.command.origin_ref, None)
+                if applied is None:
+                    pending.future.set_exception(Unavailable(
+                        f"client_order_id {pending.command.client_order_id!r} is order {assignment.seq}, "
+                        "whose result this node no longer retains; query it with GetOrder"
+                    ))
+                elif not pending.future.done():
+                    pending.future.set_result(Outcome(assignment.seq, applied, duplicate=True))
+                continue
+            self.replica.offer(assignment.entry)  # resolves the pending command via _resolve_own
+            fresh.append(assignment.entry)
+        self.peers.broadcast(fresh)
+
+    # -- catch-up ---------------------------------------------------------------------------------
+
+    async def catch_up(self, to_seq: int = 0) -> None:
+        """Reads the log from the first entry not applied here up to `to_seq` (0: the current end)."""
+        async with self._catch_up_lock:
+            start = self.replica.applied_seq(self.market) + 1
+            if to_seq and start > to_seq:
+                return
+            async for entries in self.sequencer.read_log(self.market, start, to_seq):
+                for entry in entries:
+                    self.replica.offer(entry)
+
+    async def _sync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_applied = self.replica.applied_seq(self.market)
+        stuck_since = loop.time()
+        next_poll = 0.0
+        while True:
+            await asyncio.sleep(self.gap_wait_s / 2)
+            now = loop.time()
+            try:
+                if now >= next_poll:
+                    next_poll = now + self.poll_s
+                    self.replica.note_known(self.market, await self.sequencer.current_seq(self.market))
+                applied = self.replica.applied_seq(self.market)
+                if applied != last_applied or (
+                    self.replica.lag(self.market) == 0 and self.replica.first_gap(self.market) is None
+                ):
+                    last_applied, stuck_since = applied, now
+                    continue
+                if now - stuck_since >= self.gap_wait_s:
+                    log.info("%s: filling gap after %d from the Sequencer's log", self.market, applied)
+                    await self.catch_up()
+                    stuck_since = loop.time()
+            except ExchangeError as error:
+                log.warning("%s: catch-up check failed: %s", self.market, error)
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("%s: catch-up check crashed", self.market)

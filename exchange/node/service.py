@@ -1,0 +1,270 @@
+"""The ExchangeNode gRPC service: a thin adapter over the replica and the sequencing pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from exchange import engine as eng
+from exchange.entries import entry_is_authentic
+from exchange.errors import (
+    ExchangeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    Unavailable,
+    rpc,
+)
+from exchange.node import convert
+from exchange.node.links import TOKEN_HEADER, PeerSet, SequencerLink, peer_token
+from exchange.node.replica import Applied, Replica
+from exchange.node.sequencing import MarketPipeline, Outcome
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, types_pb2
+
+SYNCING, SERVING, STOPPING = "SYNCING", "SERVING", "STOPPING"
+STREAM_QUEUE_LIMIT = 100_000
+
+# How a market rejection of a cancel or amend is reported (new orders report REJECTED in the answer).
+REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
+    eng.RejectReason.ORDER_NOT_FOUND: NotFound,
+    eng.RejectReason.POST_ONLY_WOULD_TAKE: FailedPrecondition,
+}
+
+
+class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
+    def __init__(
+        self, node_id: str, replica: Replica, pipelines: Mapping[str, MarketPipeline],
+        sequencer: SequencerLink, peers: PeerSet, secret: bytes,
+    ) -> None:
+        self.node_id = node_id
+        self.replica = replica
+        self.pipelines = pipelines
+        self.sequencer = sequencer
+        self.peers = peers
+        self.secret = secret
+        self.token = peer_token(secret)
+        self.state = SYNCING
+        self._in_flight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
+
+    @property
+    def markets(self) -> Mapping[str, eng.MarketConfig]:
+        return self.replica.engine.markets
+
+    def _require_serving(self) -> None:
+        if self.state != SERVING:
+            raise Unavailable(f"node {self.node_id} is {self.state}; retry shortly or use another node")
+
+    # -- orders -----------------------------------------------------------------------------------
+
+    @rpc
+    async def CreateOrder(
+        self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateOrderResponse:
+        command = convert.new_order_command(request, self.markets, self.node_id)
+        self._require_serving()
+        market, client_order_id = command.market, command.client_order_id
+        if client_order_id:
+            outcome = await self._once_per_client_id(command)
+        else:
+            outcome = await self.pipelines[market].submit(command)
+        return convert.create_order_response(
+            outcome.applied.command, outcome.seq, outcome.applied.events, outcome.duplicate
+        )
+
+    async def _once_per_client_id(self, command: types_pb2.Command) -> Outcome:
+        """The first outcome for a client_order_id, however many times and wherever it is sent."""
+        market, client_order_id = command.market, command.client_order_id
+        seq = self.replica.order_of_client_id(market, client_order_id)
+        if seq is not None:
+            applied = self.replica.journal_entry(market, seq)
+            if applied is None:
+                raise FailedPrecondition(
+                    f"client_order_id {client_order_id!r} is order {seq}, whose result this node no longer "
+                    "retains; query it with GetOrder"
+                )
+            return Outcome(seq, applied, duplicate=True)
+        key = (market, client_order_id)
+        running = self._in_flight.get(key)
+        if running is not None:
+            outcome = await asyncio.shield(running)
+            return Outcome(outcome.seq, outcome.applied, duplicate=True)
+        task = asyncio.ensure_future(self.pipelines[market].submit(command))
+        self._in_flight[key] = task
+        task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _sequenced_change(self, command: types_pb2.Command, order_id: int) -> Applied:
+        """Sequences a cancel or amend and raises the matching error if the market rejected it."""
+        self._require_serving()
+        market = command.market
+        if self.replica.engine.order(market, order_id) is None and self.replica.lag(market) == 0:
+            raise NotFound(f"order {order_id} is not resting in {market}: it is unknown, filled or cancelled")
+        outcome = await self.pipelines[market].submit(command)
+        rejected = convert.rejection(outcome.applied.events)
+        if rejected is not None:
+            error = REJECTION_ERRORS.get(rejected.reason, InvalidArgument)
+            raise error(f"order {order_id} in {market}: {rejected.reason.name} (sequence {outcome.seq})")
+        return outcome.applied
+
+    @rpc
+    async def CancelOrder(
+        self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelOrderResponse:
+        command = convert.cancel_command(request, self.markets, self.node_id)
+        applied = await self._sequenced_change(command, request.order_id)
+        cancelled = sum(e.size for e in applied.events if isinstance(e, eng.OrderCancelled))
+        return pb.CancelOrderResponse(
+            market=command.market, order_id=request.order_id, seq=applied.seq, cancelled_size=cancelled
+        )
+
+    @rpc
+    async def AmendOrder(
+        self, request: pb.AmendOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AmendOrderResponse:
+        command = convert.amend_command(request, self.markets, self.node_id)
+        applied = await self._sequenced_change(command, request.order_id)
+        response = pb.AmendOrderResponse(market=command.market, order_id=request.order_id, seq=applied.seq)
+        for event in applied.events:
+            if isinstance(event, eng.OrderAmended):
+                response.price, response.remaining_size = event.price, event.size
+                response.priority_kept = event.priority_kept
+            elif isinstance(event, eng.OrderFilled):
+                response.trades.append(convert.trade(event))
+                response.remaining_size = event.taker_remaining
+            elif isinstance(event, eng.OrderRested):
+                response.remaining_size = event.size
+        return response
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    @rpc
+    async def GetOrderBook(
+        self, request: pb.GetOrderBookRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOrderBookResponse:
+        config = convert.resolve_market(self.markets, request.market)
+        if not 0 <= request.depth <= convert.MAX_DEPTH:
+            raise InvalidArgument(f"depth must be between 1 and {convert.MAX_DEPTH} (0 means "
+                                  f"{convert.DEFAULT_DEPTH}), got {request.depth}")
+        self._require_serving()
+        market = config.symbol
+        bids, asks = self.replica.engine.depth(market, request.depth or convert.DEFAULT_DEPTH)
+        return pb.GetOrderBookResponse(
+            market=market,
+            seq=self.replica.applied_seq(market),
+            bids=convert.book_levels(bids),
+            asks=convert.book_levels(asks),
+            checksum=self.replica.engine.checksum(market),
+            known_seq=max(self.replica.states[market].known_seq, self.replica.applied_seq(market)),
+        )
+
+    @rpc
+    async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
+        config = convert.resolve_market(self.markets, request.market)
+        market = config.symbol
+        if request.order_id <= 0:
+            raise InvalidArgument(f"order_id must be positive, got {request.order_id}")
+        submitted = self.replica.journal_entry(market, request.order_id)
+        order = pb.Order(market=market, order_id=request.order_id)
+        if submitted is not None and submitted.command.WhichOneof("kind") == "new_order":
+            new_order = submitted.command.new_order
+            order.side, order.order_type = new_order.side, new_order.order_type
+            order.price, order.size = new_order.price, new_order.size
+            order.client_order_id = submitted.command.client_order_id
+        view = self.replica.engine.order(market, request.order_id)
+        if view is not None:
+            order.side, order.price, order.size = int(view.side), view.price, view.size
+            order.filled_size, order.remaining_size = view.filled, view.remaining
+            order.status = pb.RESTING
+            return order
+        finished = self.replica.finished_order(market, request.order_id)
+        if finished is None:
+            raise NotFound(
+                f"order {request.order_id} of {market} is not resting and this node has no record of it "
+                f"(unknown, or finished longer ago than this node retains)"
+            )
+        order.status, cancelled = finished
+        if order.status == pb.CANCELLED and order.size:
+            order.filled_size = order.size - cancelled
+        elif order.status == pb.FILLED:
+            order.filled_size = order.size
+        return order
+
+    @rpc
+    async def StreamEvents(
+        self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MarketEvent]:
+        config = convert.resolve_market(self.markets, request.market)
+        if request.from_seq < 0:
+            raise InvalidArgument(f"from_seq must be >= 0, got {request.from_seq}")
+        market = config.symbol
+        state = self.replica.states[market]
+        queue: asyncio.Queue[Applied | None] = asyncio.Queue()
+        state.listeners.add(queue)
+        try:
+            next_seq = self.replica.applied_seq(market) + 1
+            if request.from_seq:
+                journal = state.journal
+                oldest = next(iter(journal)) if journal else next_seq
+                if request.from_seq < oldest:
+                    raise OutOfRange(
+                        f"events of {market} before sequence {oldest} are no longer retained by this node; "
+                        f"resume from {oldest} or later"
+                    )
+                for seq in range(request.from_seq, next_seq):
+                    for event in journal[seq].events:
+                        yield convert.market_event(event)
+                next_seq = max(next_seq, request.from_seq)
+            while True:
+                applied = await queue.get()
+                if applied is None:
+                    return
+                if applied.seq < next_seq:
+                    continue
+                if queue.qsize() > STREAM_QUEUE_LIMIT:
+                    raise Unavailable("event stream fell too far behind; resume it from the last sequence seen")
+                for event in applied.events:
+                    yield convert.market_event(event)
+        finally:
+            state.listeners.discard(queue)
+
+    @rpc
+    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
+        response = pb.GetStatusResponse(
+            node_id=self.node_id, state=self.state, peers=self.peers.targets(),
+            sequencer=self.sequencer.target or "",
+        )
+        for market, state in self.replica.states.items():
+            applied = self.replica.applied_seq(market)
+            known = max(state.known_seq, applied)
+            response.markets.add(
+                market=market, applied_seq=applied, known_seq=known, lag=known - applied,
+                checksum=self.replica.engine.checksum(market), buffered=len(state.buffer),
+                resting_orders=sum(1 for _ in self.replica.engine.resting_orders(market)),
+            )
+        return response
+
+    # -- replication ------------------------------------------------------------------------------
+
+    @rpc
+    async def BroadcastOrder(
+        self, request: pb.BroadcastOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BroadcastOrderResponse:
+        token = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER)
+        if token != self.token:
+            raise PermissionDenied(
+                "BroadcastOrder is for peers of this cluster only: the x-cluster-token metadata is missing or wrong"
+            )
+        for entry in request.commands:
+            if entry.market not in self.markets:
+                raise InvalidArgument(f"broadcast entry {entry.seq} is for unknown market {entry.market!r}")
+            if not entry_is_authentic(self.secret, entry):
+                raise InvalidArgument(
+                    f"broadcast entry {entry.market}#{entry.seq} is not signed by the Sequencer; nothing applied"
+                )
+        accepted = sum(1 for entry in request.commands if self.replica.offer(entry))
+        return pb.BroadcastOrderResponse(accepted=accepted)

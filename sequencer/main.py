@@ -1,0 +1,65 @@
+"""`exchange-sequencer`: runs the Sequencer and registers it in Consul as `sequencer`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from discovery.consul import ConsulRegistry
+from exchange.config import add_cluster_arguments, split_host_port
+from exchange.runtime import GrpcServer, configure_logging, run, wait_for_signal
+from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
+from sequencer.service import SequencerService
+from sequencer.store import LogStore
+
+log = logging.getLogger("sequencer")
+SERVICE_NAME = "sequencer"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="exchange-sequencer", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:50050", help="gRPC listen address host:port")
+    parser.add_argument("--data-dir", type=Path, default=Path(".cluster/sequencer"), help="where the log lives")
+    parser.add_argument("--id", default="sequencer-1", help="Consul service id")
+    parser.add_argument(
+        "--reservation-ms", type=int, default=500,
+        help="how long the next grant of a market is held for a node that was just told it is stale",
+    )
+    add_cluster_arguments(parser)
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    store = LogStore(args.data_dir / "log.sqlite3")
+    store.start(asyncio.get_running_loop())
+    service = SequencerService(store, args.cluster_secret.encode(), args.reservation_ms / 1000)
+    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]])
+    sequencer_pb2_grpc.add_SequencerServicer_to_server(service, server.server)
+    await server.start()
+    await server.set_serving(True)
+    host, _ = split_host_port(args.listen)
+    consul_host, consul_port = split_host_port(args.consul)
+    registry = ConsulRegistry(consul_host, consul_port)
+    await asyncio.to_thread(registry.register, SERVICE_NAME, args.id, host, server.port, {"role": "sequencer"})
+    markets = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values()) or "none yet"
+    log.info("sequencer %s listening on %s:%d; log %s; markets %s", args.id, host, server.port,
+             store.path, markets)
+    signal_name = await wait_for_signal()
+    log.info("%s received: stopping", signal_name)
+    await server.set_serving(False)
+    await asyncio.to_thread(registry.deregister, args.id)
+    registry.close()
+    await server.stop(grace=2)
+    store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging("sequencer", args.log_level)
+    run(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    main()

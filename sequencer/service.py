@@ -1,0 +1,226 @@
+"""The Sequencer service: per-market gap-free numbering behind the gate, and the log reader.
+
+The gate (CONTRACT section 3): a node states the sequence it has applied. If the market is further,
+the node is stale: nothing is granted, the answer carries the entries the node is missing, and the
+market is *reserved* for that node for `reservation_s`: other nodes' requests wait until the stale
+node's retry has been granted (or the reservation expires). So, with no fault, a stale node is
+current after one round and its retry cannot be invalidated again: no order is ever ABORTED by load.
+
+Every answer waits until what it mentions is durable (see store.py), so no node ever applies an
+entry that a Sequencer crash could take back, and a restarted Sequencer resumes at exactly the last
+number it handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import AsyncIterator
+
+import grpc
+
+from exchange.entries import entry_mac
+from exchange.errors import FailedPrecondition, InvalidArgument, rpc
+from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from sequencer.store import LogStore, StoredEntry
+
+log = logging.getLogger(__name__)
+
+MAX_COMMANDS_PER_REQUEST = 10_000
+MAX_MISSING_PER_ANSWER = 10_000
+TAIL_ENTRIES = 50_000
+READ_CHUNK = 5_000
+
+
+def to_proto(entry: StoredEntry) -> types_pb2.SequencedCommand:
+    return types_pb2.SequencedCommand(
+        market=entry.market, seq=entry.seq, command=entry.command, mac=entry.mac
+    )
+
+
+class MarketLog:
+    """In-memory state of one market's sequence: numbers assigned, numbers durable, recent tail."""
+
+    def __init__(self, market: str, current: int) -> None:
+        self.market = market
+        self.current = current  # highest number assigned (maybe not yet durable)
+        self.durable = current  # highest number known to be on disk
+        self.tail: deque[StoredEntry] = deque(maxlen=TAIL_ENTRIES)
+        self.client_order_ids: dict[str, int] = {}
+        self.last_write: asyncio.Future[None] | None = None
+        self.reserved_for: str | None = None
+        self.reserved_until = 0.0
+        self.released = asyncio.Event()
+
+    def tail_entry(self, seq: int) -> StoredEntry | None:
+        first = self.current - len(self.tail) + 1
+        if first <= seq <= self.current:
+            return self.tail[seq - first]
+        return None
+
+    def reserve(self, node_id: str, until: float) -> None:
+        if self.reserved_for != node_id:
+            self.released = asyncio.Event()
+        self.reserved_for = node_id
+        self.reserved_until = until
+
+    def release(self) -> None:
+        self.reserved_for = None
+        self.released.set()
+
+    def mark_durable(self, seq: int, write: asyncio.Future[None]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            return
+        self.durable = max(self.durable, seq)
+
+    async def until_durable(self) -> None:
+        if self.last_write is not None and not self.last_write.done():
+            await asyncio.shield(self.last_write)
+
+
+class SequencerService(sequencer_pb2_grpc.SequencerServicer):
+    def __init__(self, store: LogStore, secret: bytes, reservation_s: float = 0.5) -> None:
+        self.store = store
+        self.secret = secret
+        self.reservation_s = reservation_s
+        self.markets: dict[str, MarketLog] = {}
+        for market, seq in store.last_seqs().items():
+            self.markets[market] = MarketLog(market, seq)
+        for market, client_order_id, seq in store.client_order_ids():
+            self.markets[market].client_order_ids[client_order_id] = seq
+
+    def market(self, name: str) -> MarketLog:
+        if not name:
+            raise InvalidArgument("market is empty: name the market to sequence in")
+        market = self.markets.get(name)
+        if market is None:
+            market = self.markets[name] = MarketLog(name, 0)
+        return market
+
+    async def _entries(self, market: MarketLog, from_seq: int, to_seq: int) -> list[StoredEntry]:
+        """Entries from_seq..to_seq (inclusive), from the in-memory tail or the store."""
+        if from_seq > to_seq:
+            return []
+        if market.tail_entry(from_seq) is not None:
+            return [market.tail_entry(seq) for seq in range(from_seq, to_seq + 1)]  # type: ignore[misc]
+        return await asyncio.to_thread(
+            self.store.read, market.market, from_seq, to_seq, to_seq - from_seq + 1
+        )
+
+    async def _wait_for_reservation(self, market: MarketLog, node_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        while market.reserved_for not in (None, node_id):
+            remaining = market.reserved_until - loop.time()
+            if remaining <= 0:
+                log.warning("%s: reservation for %s expired", market.market, market.reserved_for)
+                market.release()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(market.released.wait(), remaining)
+
+    @rpc
+    async def Sequence(
+        self, request: sequencer_pb2.SequenceRequest, context: grpc.aio.ServicerContext
+    ) -> sequencer_pb2.SequenceResponse:
+        market = self.market(request.market)
+        if not request.commands:
+            raise InvalidArgument("no commands to sequence")
+        if len(request.commands) > MAX_COMMANDS_PER_REQUEST:
+            raise InvalidArgument(f"at most {MAX_COMMANDS_PER_REQUEST} commands per request")
+        for command in request.commands:
+            if command.market != request.market:
+                raise InvalidArgument(
+                    f"command for market {command.market!r} in a request for {request.market!r}"
+                )
+            if command.WhichOneof("kind") is None:
+                raise InvalidArgument("a command has no new_order, cancel_order or amend_order")
+        await self._wait_for_reservation(market, request.node_id)
+
+        if request.applied_seq > market.current:
+            raise FailedPrecondition(
+                f"node {request.node_id} has applied {market.market} up to {request.applied_seq} but the "
+                f"Sequencer's log ends at {market.current}: the node's state is not from this log"
+            )
+        if request.applied_seq < market.current:
+            loop = asyncio.get_running_loop()
+            market.reserve(request.node_id, loop.time() + self.reservation_s)
+            last = min(market.current, request.applied_seq + MAX_MISSING_PER_ANSWER)
+            missing = await self._entries(market, request.applied_seq + 1, last)
+            await market.until_durable()
+            return sequencer_pb2.SequenceResponse(
+                granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing]
+            )
+
+        if market.reserved_for == request.node_id:
+            market.release()
+        assignments: list[tuple[StoredEntry | int, bool]] = []
+        fresh: list[StoredEntry] = []
+        for command in request.commands:
+            client_order_id = command.client_order_id or None
+            if client_order_id is not None and client_order_id in market.client_order_ids:
+                assignments.append((market.client_order_ids[client_order_id], True))
+                continue
+            market.current += 1
+            data = command.SerializeToString(deterministic=True)
+            entry = StoredEntry(
+                market.market, market.current, client_order_id, data,
+                entry_mac(self.secret, market.market, market.current, data),
+            )
+            market.tail.append(entry)
+            if client_order_id is not None:
+                market.client_order_ids[client_order_id] = entry.seq
+            fresh.append(entry)
+            assignments.append((entry, False))
+        if fresh:
+            write = self.store.append(fresh)
+            write.add_done_callback(lambda done, seq=fresh[-1].seq: market.mark_durable(seq, done))
+            write.add_done_callback(_crash_on_write_failure)
+            market.last_write = write
+        await market.until_durable()
+
+        response = sequencer_pb2.SequenceResponse(granted=True, current_seq=market.current)
+        for assigned, duplicate in assignments:
+            if isinstance(assigned, int):
+                (entry,) = await self._entries(market, assigned, assigned)
+            else:
+                entry = assigned
+            response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
+        return response
+
+    @rpc
+    async def ReadLog(
+        self, request: sequencer_pb2.ReadLogRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[sequencer_pb2.LogBatch]:
+        if request.from_seq < 1:
+            raise InvalidArgument(f"from_seq must be >= 1, got {request.from_seq}")
+        if request.to_seq and request.to_seq < request.from_seq:
+            raise InvalidArgument(f"to_seq {request.to_seq} is before from_seq {request.from_seq}")
+        market = self.market(request.market)
+        end = market.durable if not request.to_seq else min(request.to_seq, market.durable)
+        seq = request.from_seq
+        while seq <= end:
+            chunk = await self._entries(market, seq, min(end, seq + READ_CHUNK - 1))
+            if not chunk:
+                break
+            yield sequencer_pb2.LogBatch(entries=[to_proto(e) for e in chunk])
+            seq = chunk[-1].seq + 1
+
+    @rpc
+    async def GetSequence(
+        self, request: sequencer_pb2.GetSequenceRequest, context: grpc.aio.ServicerContext
+    ) -> sequencer_pb2.GetSequenceResponse:
+        market = self.markets.get(request.market)
+        return sequencer_pb2.GetSequenceResponse(
+            market=request.market, current_seq=market.durable if market else 0
+        )
+
+
+def _crash_on_write_failure(write: asyncio.Future[None]) -> None:
+    """A number was assigned but could not be stored: stop at once, so that no later number is
+    handed out past a hole. A restart resumes from what is durable."""
+    if not write.cancelled() and write.exception() is not None:
+        log.critical("log write failed; exiting so no number is handed out past a hole")
+        os._exit(70)

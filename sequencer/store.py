@@ -1,0 +1,160 @@
+"""The Sequencer's durable log: SQLite in WAL mode with synchronous=FULL, written by one thread.
+
+Durability choice: a number may only be handed out once its command is on disk, and "on disk" must
+survive a power cut, not just a process crash. WAL + synchronous=FULL fsyncs the WAL on every commit;
+group commit (every command queued while one transaction is being written goes into the next one)
+amortises that fsync over all concurrent requests, so durability costs one fsync per batch rather
+than per order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    market TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    client_order_id TEXT,
+    command BLOB NOT NULL,
+    mac BLOB NOT NULL,
+    PRIMARY KEY (market, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS log_client_order_id ON log (market, client_order_id)
+    WHERE client_order_id IS NOT NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    market: str
+    seq: int
+    client_order_id: str | None
+    command: bytes
+    mac: bytes
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+class LogStore:
+    """Appends entries in group-committed transactions and reads them back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(path)
+        self._writer.executescript(SCHEMA)
+        self._pending: queue.SimpleQueue[tuple[list[StoredEntry], asyncio.Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def last_seqs(self) -> dict[str, int]:
+        rows = self._writer.execute("SELECT market, MAX(seq) FROM log GROUP BY market").fetchall()
+        return {market: seq for market, seq in rows}
+
+    def client_order_ids(self) -> Iterator[tuple[str, str, int]]:
+        yield from self._writer.execute(
+            "SELECT market, client_order_id, seq FROM log WHERE client_order_id IS NOT NULL"
+        )
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._pending.put(None)
+            self._thread.join(timeout=5)
+        self._writer.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(self, entries: list[StoredEntry]) -> asyncio.Future[None]:
+        """Queues entries for the next group commit; the future resolves once they are durable."""
+        assert self._loop is not None, "LogStore.start() was not called"
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._pending.put((entries, done))
+        return done
+
+    def _write_loop(self) -> None:
+        assert self._loop is not None
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            error: BaseException | None = None
+            try:
+                self._writer.execute("BEGIN")
+                self._writer.executemany(
+                    "INSERT INTO log (market, seq, client_order_id, command, mac) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (e.market, e.seq, e.client_order_id, e.command, e.mac)
+                        for entries, _ in batch
+                        for e in entries
+                    ],
+                )
+                self._writer.execute("COMMIT")
+            except BaseException as exc:  # noqa: BLE001 - reported to every waiter
+                log.exception("log write failed")
+                error = exc
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("ROLLBACK")
+            for _, done in batch:
+                self._loop.call_soon_threadsafe(_settle, done, error)
+            if stop:
+                return
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, market: str, from_seq: int, to_seq: int, limit: int) -> list[StoredEntry]:
+        """Entries with from_seq <= seq <= to_seq, at most `limit` of them (blocking: call in a thread)."""
+        connection = _connect(self.path)
+        try:
+            rows = connection.execute(
+                "SELECT seq, client_order_id, command, mac FROM log"
+                " WHERE market = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+                (market, from_seq, to_seq, limit),
+            ).fetchall()
+        finally:
+            connection.close()
+        return [StoredEntry(market, seq, coid, command, mac) for seq, coid, command, mac in rows]
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

@@ -1,0 +1,75 @@
+"""Shared fixtures of the engine unit tests: a seeded random command stream."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+
+from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, Side, SubmitOrder
+
+StreamFactory = Callable[..., list[Command]]
+
+
+def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spread: int = 8) -> list[Command]:
+    """``count`` commands of every kind over a small price range around a drifting mid, so orders cross.
+
+    Cancels and amends pick ids the generator believes may still rest (it cannot know about fills, so some
+    hit finished orders and are rejected, which is part of the test); ~2% of commands are invalid on purpose.
+    The live book stays small (tens to a few hundred orders), which keeps the naive reference model fast.
+    """
+    rng = random.Random(seed)
+    maybe_live: list[int] = []
+    commands: list[Command] = []
+    for seq in range(1, count + 1):
+        if rng.random() < 0.01:
+            mid = min(max(mid + rng.choice((-1, 1)), spread + 2), 10_000)
+        roll = rng.random()
+        if roll < 0.30 and maybe_live:
+            index = rng.randrange(len(maybe_live))
+            maybe_live[index] = maybe_live[-1]
+            commands.append(CancelOrder(market, seq, maybe_live.pop()))
+            continue
+        if roll < 0.38 and maybe_live:
+            previous = commands[-1]
+            if isinstance(previous, AmendOrder) and rng.random() < 0.2:  # repeated: usually AMEND_NO_CHANGE
+                commands.append(
+                    AmendOrder(market, seq, previous.order_id, previous.new_size, previous.new_price)
+                )
+                continue
+            target = maybe_live[rng.randrange(len(maybe_live))]
+            new_price = None if rng.random() < 0.5 else mid + rng.randint(-spread, spread)
+            new_size = rng.randint(0, 12) if rng.random() < 0.05 else rng.randint(1, 12)
+            commands.append(AmendOrder(market, seq, target, new_size, new_price))
+            continue
+        side = Side.BUY if rng.random() < 0.5 else Side.SELL
+        kind = rng.random()
+        if kind < 0.70:
+            order_type = OrderType.LIMIT
+        elif kind < 0.78:
+            order_type = OrderType.POST_ONLY
+        elif kind < 0.86:
+            order_type = OrderType.IOC
+        elif kind < 0.93:
+            order_type = OrderType.FOK
+        else:
+            order_type = OrderType.MARKET
+        size = rng.randint(1, 12)
+        offset = rng.randint(-spread, spread)
+        # passive on average: buys below the mid, sells above, with enough overlap to trade often
+        price = mid - offset if side is Side.BUY else mid + offset
+        price = price - 2 if side is Side.BUY else price + 2
+        if order_type is OrderType.MARKET:
+            price = None
+        if rng.random() < 0.02:  # invalid on purpose
+            size, price = rng.choice([(0, price), (size, None), (size, 0), (-size, price)])
+        commands.append(SubmitOrder(market, seq, side, order_type, size, price))
+        if order_type in (OrderType.LIMIT, OrderType.POST_ONLY):
+            maybe_live.append(seq)
+    return commands
+
+
+@pytest.fixture
+def make_stream() -> StreamFactory:
+    return random_stream
