@@ -2,31 +2,37 @@
 
 Data layout
 -----------
+An order is a list ``[remaining, order_id, price, size, side, post_only]`` (a record, indexed by the
+``REMAINING``..``POST_ONLY`` constants; the hot paths use the literal indexes, with the field named in a
+comment). ``size`` is the order's total size, ``filled + remaining``. Lists are used rather than slotted
+objects because building one costs a quarter as much, and a passive order builds one per command.
+
 Each side (``_SideBook``) keeps
 
-* ``levels``: dict price -> ``_Level``; a level holds a FIFO ``deque`` of ``_Order`` plus its live order
-  count and total open size;
-* ``keys``: a ``SortedList`` of the *keys* of the levels, best first: ``price`` for asks, ``-price`` for bids,
-  so that one matching loop serves both sides ("better" is always "smaller key");
-* ``best``: the cached smallest key, or ``_EMPTY`` when the side has no level. A passive order is decided by
-  one comparison against the opposite side's ``best``; the ``SortedList`` is only touched when a level is
-  created or emptied.
+* ``levels``: dict price -> ``deque`` of orders, FIFO;
+* ``keys``: a ``SortedList`` of the level *keys*, best first: ``price`` for asks, ``-price`` for bids, so
+  that one matching loop serves both sides ("better" is always "smaller key");
+* ``best``: the cached smallest key, or ``_EMPTY`` when the side has no level. Whether an incoming order can
+  trade is one comparison against the opposite ``best``; the ``SortedList`` is only touched when a level is
+  created or emptied;
+* ``tombs``: price -> number of tombstones in that level (absent means 0).
 
-The book keeps an index ``orders``: order id -> ``_Order`` of every resting order.
+The book keeps an index ``orders``: order id -> order, of every resting order.
 
-Cancelling is O(1) plus O(log n) when the level disappears: the order leaves the index, its ``remaining``
-becomes 0 and it stays in its level's deque as a *tombstone* that matching pops when it reaches the front
-and that every iteration skips. A level whose deque holds more tombstones than ``live + _SLACK`` orders is
-compacted, so memory stays proportional to the resting orders. An order that loses priority (amend) leaves
-a tombstone behind and re-enters as a new ``_Order`` object at the back of its (new) level.
+Cancelling is O(1) (plus O(log n) when the level disappears): the order leaves the index and becomes a
+*tombstone* (``remaining = 0``) in its level's deque. Tombstones are popped as soon as they reach the front
+of a level, so the front order of every level is live and a level is empty exactly when its deque is.
+A level holding more than ``live + _SLACK`` tombstones is compacted, so memory stays proportional to the
+resting orders. An order that loses priority (amend) leaves a tombstone and re-enters as a new record.
+Level totals are not maintained (the hot paths do not need them); ``depth`` and FOK sum on demand.
 
 Invariants (``Book.check`` verifies them)
 ------------------------------------------
-1. ``orders`` holds exactly the live (``remaining > 0``) orders found in the level deques, by identity.
-2. Every live order has ``0 < remaining <= size``, and sits in the level of its own side and price.
-3. Every deque entry that is not live is a tombstone: ``remaining == 0`` and absent from ``orders``.
-4. ``level.live`` and ``level.total`` equal the count and sum of remaining of the level's live orders;
-   ``live > 0`` (empty levels are removed at once); ``len(queue) <= 2 * live + _SLACK``.
+1. ``orders`` holds exactly the live (``remaining > 0``) records found in the level deques, by identity.
+2. Every live order has ``0 < remaining <= size`` and sits in the level of its own side and price.
+3. Every deque entry that is not live is a tombstone: ``remaining == 0``, absent from ``orders``, counted
+   in ``tombs``; tombstones <= live + ``_SLACK`` per level.
+4. No level is empty, and the front of every level is live.
 5. ``keys`` is exactly the set of level keys; ``best`` is its first element (or ``_EMPTY``).
 6. The book is not crossed: best bid < best ask.
 7. FIFO: within a level, live orders are in the order they were accepted or re-queued.
@@ -40,6 +46,8 @@ from collections.abc import Iterator
 from sortedcontainers import SortedList
 
 from exchange.engine.model import (
+    AmendOrder,
+    CancelOrder,
     CancelReason,
     Event,
     MarketConfig,
@@ -52,7 +60,12 @@ from exchange.engine.model import (
     OrderType,
     RejectReason,
     Side,
+    SubmitOrder,
 )
+
+# fields of an order record
+REMAINING, ORDER_ID, PRICE, SIZE, SIDE, POST_ONLY_FLAG = range(6)
+Order = list  # [remaining, order_id, price, size, side, post_only]
 
 _EMPTY = 2**64  # ``best`` of a side without levels: larger than every key
 _ANY_PRICE = 2**63  # limit key of a market order: larger than every real key, smaller than _EMPTY
@@ -71,167 +84,151 @@ _SIDES: dict[object, Side] = {1: BUY, 2: SELL}
 _TYPES: dict[object, OrderType] = {t.value: t for t in OrderType}
 
 
-class _Order:
-    """A resting order. ``size`` is the total size (filled + remaining); ``remaining == 0`` is a tombstone."""
-
-    __slots__ = ("order_id", "side", "price", "size", "remaining", "post_only")
-
-    def __init__(self, order_id: int, side: Side, price: int, size: int, remaining: int, post_only: bool):
-        self.order_id = order_id
-        self.side = side
-        self.price = price
-        self.size = size
-        self.remaining = remaining
-        self.post_only = post_only
-
-
-class _Level:
-    """All orders at one price on one side, FIFO, with tombstones (see module docstring)."""
-
-    __slots__ = ("queue", "live", "total")
-
-    def __init__(self) -> None:
-        self.queue: deque[_Order] = deque()
-        self.live = 0
-        self.total = 0
-
-
 class _SideBook:
-    __slots__ = ("levels", "keys", "best", "sign")
+    __slots__ = ("levels", "keys", "best", "sign", "tombs")
 
     def __init__(self, sign: int) -> None:
-        self.levels: dict[int, _Level] = {}
+        self.levels: dict[int, deque[Order]] = {}
         self.keys = SortedList()
         self.best = _EMPTY
         self.sign = sign  # key = sign * price: +1 for asks, -1 for bids
+        self.tombs: dict[int, int] = {}
 
-    def add_level(self, price: int) -> _Level:
-        level = self.levels[price] = _Level()
+    def add_level(self, price: int) -> deque[Order]:
+        queue: deque[Order] = deque()
+        self.levels[price] = queue
         key = self.sign * price
         self.keys.add(key)
         if key < self.best:
             self.best = key
-        return level
+        return queue
 
     def drop_level(self, price: int) -> None:
         del self.levels[price]
+        self.tombs.pop(price, None)
         key = self.sign * price
         keys = self.keys
-        keys.remove(key)
         if key == self.best:
+            del keys[0]
             self.best = keys[0] if keys else _EMPTY
+        else:
+            keys.remove(key)
 
-    def rest(self, order: _Order) -> None:
-        level = self.levels.get(order.price)
-        if level is None:
-            level = self.add_level(order.price)
-        level.queue.append(order)
-        level.live += 1
-        level.total += order.remaining
+    def rest(self, order: Order) -> None:
+        queue = self.levels.get(order[PRICE])
+        if queue is None:
+            queue = self.add_level(order[PRICE])
+        queue.append(order)
 
-    def unlink(self, order: _Order) -> int:
+    def pop_front_tombstones(self, price: int, queue: deque[Order]) -> None:
+        """Restore "the front of a level is live" after its front order left; drop the level if empty."""
+        while queue and not queue[0][REMAINING]:
+            queue.popleft()
+            self.tombs[price] -= 1
+        if not queue:
+            self.drop_level(price)
+
+    def unlink(self, order: Order) -> int:
         """Take a live order out of its level (leaving a tombstone); return the open size it had."""
-        level = self.levels[order.price]
-        remaining = order.remaining
-        order.remaining = 0
-        level.live -= 1
-        level.total -= remaining
-        if level.live == 0:
-            self.drop_level(order.price)
-        elif len(level.queue) > 2 * level.live + _SLACK:
-            level.queue = deque([o for o in level.queue if o.remaining])
+        price = order[PRICE]
+        queue = self.levels[price]
+        remaining = order[REMAINING]
+        order[REMAINING] = 0
+        if queue[0] is order:
+            queue.popleft()
+            self.pop_front_tombstones(price, queue)
+            return remaining
+        self.tombs[price] = self.tombs.get(price, 0) + 1
+        self.compact(price)
         return remaining
+
+    def compact(self, price: int) -> None:
+        """Rebuild level ``price`` without tombstones if they outnumber its live orders by ``_SLACK``."""
+        tombs = self.tombs.get(price)
+        if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
+            self.levels[price] = deque([o for o in self.levels[price] if o[REMAINING]])
+            del self.tombs[price]
 
     def available(self, limit_key: int, wanted: int) -> bool:
         """Whether at least ``wanted`` is resting at keys <= ``limit_key`` (for FOK)."""
         levels = self.levels
         sign = self.sign
         for key in self.keys.irange(maximum=limit_key):
-            wanted -= levels[sign * key].total
+            for order in levels[sign * key]:
+                wanted -= order[REMAINING]
             if wanted <= 0:
                 return True
         return False
 
-    def iter_orders(self) -> Iterator[_Order]:
+    def iter_orders(self) -> Iterator[Order]:
         """Live orders in priority order: best level first, FIFO within a level."""
         levels = self.levels
         sign = self.sign
         for key in self.keys:
-            for order in levels[sign * key].queue:
-                if order.remaining:
+            for order in levels[sign * key]:
+                if order[REMAINING]:
                     yield order
 
 
 class Book:
     """The state of one market and the rules that change it. Driven by ``Engine.apply``."""
 
-    __slots__ = (
-        "config",
-        "market",
-        "bids",
-        "asks",
-        "orders",
-        "last_seq",
-        "next_trade_id",
-        "_tick",
-        "_lot",
-        "_min_price",
-        "_max_price",
-        "_min_size",
-        "_max_size",
-    )
+    __slots__ = ("config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "_limits")
 
     def __init__(self, config: MarketConfig) -> None:
         self.config = config
         self.market = config.symbol
         self.bids = _SideBook(-1)
         self.asks = _SideBook(1)
-        self.orders: dict[int, _Order] = {}
+        self.orders: dict[int, Order] = {}
         self.last_seq = 0
         self.next_trade_id = 1
-        self._tick = config.tick_size
-        self._lot = config.lot_size
-        self._min_price = config.min_price
-        self._max_price = config.max_price
-        self._min_size = config.min_size
-        self._max_size = config.max_size
+        c = config
+        self._limits = (c.min_size, c.max_size, c.lot_size, c.min_price, c.max_price, c.tick_size)
 
-    # ------------------------------------------------------------------------------------- validation
-
-    def _price_error(self, price: object) -> RejectReason | None:
-        if type(price) is not int or not self._min_price <= price <= self._max_price:
+    def price_error(self, price: object) -> RejectReason | None:
+        _, _, _, min_price, max_price, tick = self._limits
+        if type(price) is not int or not min_price <= price <= max_price:
             return RejectReason.PRICE_OUT_OF_BOUNDS
-        if price % self._tick:
+        if price % tick:
             return RejectReason.PRICE_NOT_ON_TICK
         return None
 
     # -------------------------------------------------------------------------------------- commands
 
-    def submit(self, seq: int, side_in: object, type_in: object, size: int, price: int | None) -> list[Event]:
-        """A new order with id ``seq``. Rejections are decided before any trade (nothing changes then).
+    def submit(self, cmd: SubmitOrder) -> list[Event]:
+        """A new order with id ``cmd.seq``. Rejections are decided before any trade (nothing changes then).
 
         Check order: side, order type, size (bounds, lot), price (presence, bounds, tick), then the book:
         POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY.
         """
-        side = _SIDES.get(side_in)
-        otype = _TYPES.get(type_in)
+        seq = cmd.seq
+        side = cmd.side
+        otype = cmd.order_type
+        size = cmd.size
+        price = cmd.price
+        if side is not BUY and side is not SELL:
+            side = _SIDES.get(side)  # a plain int 1/2 becomes the enum; anything else None
+        if type(otype) is not OrderType:
+            otype = _TYPES.get(otype)
+        min_size, max_size, lot, min_price, max_price, tick = self._limits
         reason = None
         if side is None:
             reason = RejectReason.INVALID_SIDE
         elif otype is None:
             reason = RejectReason.INVALID_ORDER_TYPE
-        elif type(size) is not int or not self._min_size <= size <= self._max_size:
+        elif type(size) is not int or not min_size <= size <= max_size:
             reason = RejectReason.SIZE_OUT_OF_BOUNDS
-        elif size % self._lot:
+        elif size % lot:
             reason = RejectReason.SIZE_NOT_ON_LOT
         elif otype is MARKET:
             if price is not None:
                 reason = RejectReason.PRICE_NOT_ALLOWED
         elif price is None:
             reason = RejectReason.PRICE_REQUIRED
-        elif type(price) is not int or not self._min_price <= price <= self._max_price:
+        elif type(price) is not int or not min_price <= price <= max_price:
             reason = RejectReason.PRICE_OUT_OF_BOUNDS
-        elif price % self._tick:
+        elif price % tick:
             reason = RejectReason.PRICE_NOT_ON_TICK
         market = self.market
         if reason is not None:
@@ -246,8 +243,11 @@ class Book:
 
         if opp.best > limit_key:  # cannot trade: the common, passive case
             if otype is LIMIT or otype is POST_ONLY:
-                order = _Order(seq, side, price, size, size, otype is POST_ONLY)  # type: ignore[arg-type]
-                own.rest(order)
+                order = [size, seq, price, size, side, otype is POST_ONLY]
+                queue = own.levels.get(price)
+                if queue is None:
+                    queue = own.add_level(price)  # type: ignore[arg-type]
+                queue.append(order)
                 self.orders[seq] = order
                 return [
                     _new(OrderAccepted, (market, seq, seq, side, otype, price, size)),
@@ -271,7 +271,7 @@ class Book:
         remaining = self._take(seq, seq, side, size, limit_key, opp, events)
         if remaining:
             if otype is LIMIT:
-                order = _Order(seq, side, price, size, remaining, False)  # type: ignore[arg-type]
+                order = [remaining, seq, price, size, side, False]
                 own.rest(order)
                 self.orders[seq] = order
                 events.append(_new(OrderRested, (market, seq, seq, side, price, remaining)))
@@ -299,104 +299,107 @@ class Book:
         levels = opp.levels
         sign = opp.sign
         trade_id = self.next_trade_id
-        best = opp.best
-        while remaining and best <= limit_key:
-            price = sign * best
-            level = levels[price]
-            queue = level.queue
-            while remaining and queue:
+        append = events.append
+        price = 0  # callers only call this when the order crosses, so the loop runs at least once
+        while remaining and opp.best <= limit_key:
+            price = sign * opp.best
+            queue = levels[price]
+            while True:  # the front order of a level is always live
                 maker = queue[0]
-                available = maker.remaining
-                if not available:  # tombstone of a cancelled or re-queued order
-                    queue.popleft()
-                    continue
-                if available <= remaining:
-                    qty = available
-                    queue.popleft()
-                    del orders[maker.order_id]
-                    level.live -= 1
-                else:
-                    qty = remaining
-                maker.remaining = available - qty
-                level.total -= qty
-                remaining -= qty
-                events.append(
+                available = maker[0]  # remaining
+                if available > remaining:  # the maker keeps a remainder; the taker is done
+                    maker[0] = available - remaining
+                    append(
+                        _new(
+                            OrderFilled,
+                            (
+                                market,
+                                seq,
+                                trade_id,
+                                price,
+                                remaining,
+                                maker[1],
+                                taker_id,
+                                taker_side,
+                                available - remaining,
+                                0,
+                            ),
+                        )
+                    )
+                    trade_id += 1
+                    remaining = 0
+                    break
+                queue.popleft()
+                del orders[maker[1]]  # order_id
+                remaining -= available
+                append(
                     _new(
                         OrderFilled,
-                        (
-                            market,
-                            seq,
-                            trade_id,
-                            price,
-                            qty,
-                            maker.order_id,
-                            taker_id,
-                            taker_side,
-                            available - qty,
-                            remaining,
-                        ),
+                        (market, seq, trade_id, price, available, maker[1], taker_id, taker_side, 0, remaining),
                     )
                 )
                 trade_id += 1
-            if level.live:  # the taker is done; this level keeps its remaining orders
-                if len(queue) > 2 * level.live + _SLACK:  # fills may have left it tombstone-heavy
-                    level.queue = deque([o for o in queue if o.remaining])
-                break
-            opp.drop_level(price)
-            best = opp.best
+                if not queue or not queue[0][0]:  # level exhausted, or a tombstone reached the front
+                    opp.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
+                    if price not in levels:
+                        break
+                if not remaining:
+                    break
+        if opp.tombs:  # fills at the last level visited may have left it tombstone-heavy
+            opp.compact(price)
         self.next_trade_id = trade_id
         return remaining
 
-    def cancel(self, seq: int, order_id: int) -> list[Event]:
+    def cancel(self, cmd: CancelOrder) -> list[Event]:
+        order_id = cmd.order_id
         order = self.orders.pop(order_id, None) if type(order_id) is int else None
         if order is None:
-            return [_new(OrderRejected, (self.market, seq, order_id, RejectReason.ORDER_NOT_FOUND))]
-        side = self.bids if order.side is BUY else self.asks
-        size = side.unlink(order)
-        return [_new(OrderCancelled, (self.market, seq, order_id, size, CancelReason.USER))]
+            return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND))]
+        size = (self.bids if order[SIDE] is BUY else self.asks).unlink(order)
+        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, size, CancelReason.USER))]
 
-    def amend(self, seq: int, order_id: int, new_size: int, new_price: int | None) -> list[Event]:
+    def amend(self, cmd: AmendOrder) -> list[Event]:
         """Change a resting order's open size and/or price (see the package docstring for the rules).
 
         Check order: AMEND_SIZE_INVALID (new_size not a positive int), ORDER_NOT_FOUND, size (total
         ``filled + new_size`` above max_size, lot), price (bounds, tick), AMEND_NO_CHANGE,
         POST_ONLY_WOULD_TAKE (a post-only order amended to a crossing price).
         """
-        market = self.market
+        market, seq, order_id, new_size, new_price = self.market, cmd.seq, cmd.order_id, cmd.new_size, cmd.new_price
         order = self.orders.get(order_id) if type(order_id) is int else None
+        _, max_size, lot, _, _, _ = self._limits
         reason = None
         if type(new_size) is not int or new_size <= 0:
             reason = RejectReason.AMEND_SIZE_INVALID
         elif order is None:
             reason = RejectReason.ORDER_NOT_FOUND
-        elif order.size - order.remaining + new_size > self._max_size:
+        elif order[SIZE] - order[REMAINING] + new_size > max_size:
             reason = RejectReason.SIZE_OUT_OF_BOUNDS
-        elif new_size % self._lot:
+        elif new_size % lot:
             reason = RejectReason.SIZE_NOT_ON_LOT
         elif new_price is not None:
-            reason = self._price_error(new_price)
+            reason = self.price_error(new_price)
         if reason is None:
             assert order is not None
-            price = order.price if new_price is None else new_price
-            if price == order.price and new_size == order.remaining:
+            price = order[PRICE] if new_price is None else new_price
+            if price == order[PRICE] and new_size == order[REMAINING]:
                 reason = RejectReason.AMEND_NO_CHANGE
         if reason is not None:
             return [_new(OrderRejected, (market, seq, order_id, reason))]
         assert order is not None
 
-        side = order.side
+        side = order[SIDE]
         own, opp = (self.bids, self.asks) if side is BUY else (self.asks, self.bids)
-        if price == order.price and new_size < order.remaining:  # a pure reduction keeps priority
-            own.levels[price].total -= order.remaining - new_size
-            order.size -= order.remaining - new_size
-            order.remaining = new_size
+        filled = order[SIZE] - order[REMAINING]
+        if price == order[PRICE] and new_size < order[REMAINING]:  # a pure reduction keeps priority
+            order[SIZE] = filled + new_size
+            order[REMAINING] = new_size
             return [_new(OrderAmended, (market, seq, order_id, price, new_size, True))]
 
         limit_key = price if side is BUY else -price
         crosses = opp.best <= limit_key
-        if crosses and order.post_only:
+        if crosses and order[POST_ONLY_FLAG]:
             return [_new(OrderRejected, (market, seq, order_id, RejectReason.POST_ONLY_WOULD_TAKE))]
-        filled = order.size - order.remaining
         own.unlink(order)
         del self.orders[order_id]
         events: list[Event] = [_new(OrderAmended, (market, seq, order_id, price, new_size, False))]
@@ -406,14 +409,14 @@ class Book:
             if not remaining:
                 return events
             events.append(_new(OrderRested, (market, seq, order_id, side, price, remaining)))
-        requeued = _Order(order_id, side, price, filled + new_size, remaining, order.post_only)
+        requeued = [remaining, order_id, price, filled + new_size, side, order[POST_ONLY_FLAG]]
         own.rest(requeued)
         self.orders[order_id] = requeued
         return events
 
     # --------------------------------------------------------------------------------------- queries
 
-    def iter_orders(self) -> Iterator[_Order]:
+    def iter_orders(self) -> Iterator[Order]:
         """Every resting order in priority order: bids best first, then asks best first; FIFO per level."""
         yield from self.bids.iter_orders()
         yield from self.asks.iter_orders()
@@ -421,39 +424,40 @@ class Book:
     def depth(self, side: _SideBook, levels: int) -> list[tuple[int, int, int]]:
         out = []
         for key in side.keys.islice(0, max(levels, 0)):
-            level = side.levels[side.sign * key]
-            out.append((side.sign * key, level.total, level.live))
+            queue = side.levels[side.sign * key]
+            live = [o[REMAINING] for o in queue if o[REMAINING]]
+            out.append((side.sign * key, sum(live), len(live)))
         return out
 
     def check(self) -> None:
         """Assert every invariant of the module docstring; raise AssertionError naming the broken one."""
         m = self.market
-        seen: dict[int, _Order] = {}
+        seen: dict[int, Order] = {}
         for side, book, sign in ((BUY, self.bids, -1), (SELL, self.asks, 1)):
             assert book.sign == sign, f"{m}: {side.name} sign"
             keys = list(book.keys)
             assert keys == sorted(set(keys)), f"{m}: {side.name} keys not sorted/unique"
             assert sorted(sign * p for p in book.levels) == keys, f"{m}: {side.name} keys != levels"
             assert book.best == (keys[0] if keys else _EMPTY), f"{m}: {side.name} best cache stale"
-            for price, level in book.levels.items():
-                live = [o for o in level.queue if o.remaining]
+            assert set(book.tombs) <= set(book.levels), f"{m}: {side.name} tombstone count of a dropped level"
+            for price, queue in book.levels.items():
                 where = f"{m}: {side.name} level {price}"
-                assert live, f"{where} is empty"
-                assert level.live == len(live), f"{where} live count {level.live} != {len(live)}"
-                total = sum(o.remaining for o in live)
-                assert level.total == total, f"{where} total {level.total} != {total}"
-                assert len(level.queue) <= 2 * level.live + _SLACK, f"{where} too many tombstones"
-                for o in level.queue:
-                    if not o.remaining:
-                        tomb = f"{where}: tombstone {o.order_id} in index"
-                        assert self.orders.get(o.order_id) is not o, tomb
+                assert queue and queue[0][REMAINING] > 0, f"{where} is empty or has a tombstone in front"
+                tombs = sum(1 for o in queue if not o[REMAINING])
+                assert book.tombs.get(price, 0) == tombs, f"{where}: {tombs} tombstones, counted {book.tombs}"
+                assert tombs <= len(queue) - tombs + _SLACK, f"{where}: too many tombstones"
+                for o in queue:
+                    assert len(o) == 6, f"{where}: malformed order record {o!r}"
+                    if not o[REMAINING]:
+                        indexed = self.orders.get(o[ORDER_ID]) is o
+                        assert not indexed, f"{where}: tombstone {o[ORDER_ID]} in the index"
                         continue
-                    assert o.remaining > 0, f"{where}: order {o.order_id} remaining {o.remaining}"
-                    assert o.remaining <= o.size, f"{where}: order {o.order_id} remaining > size"
-                    assert o.price == price and o.side is side, f"{where}: order {o.order_id} misplaced"
-                    assert o.order_id not in seen, f"{where}: order {o.order_id} twice"
-                    assert self.orders.get(o.order_id) is o, f"{where}: order {o.order_id} not indexed"
-                    seen[o.order_id] = o
+                    oid = o[ORDER_ID]
+                    assert 0 < o[REMAINING] <= o[SIZE], f"{where}: order {oid} remaining {o[REMAINING]}"
+                    assert o[PRICE] == price and o[SIDE] is side, f"{where}: order {oid} misplaced"
+                    assert oid not in seen, f"{where}: order {oid} twice"
+                    assert self.orders.get(oid) is o, f"{where}: order {oid} not indexed"
+                    seen[oid] = o
         assert len(seen) == len(self.orders), f"{m}: index has {len(self.orders)} orders, levels {len(seen)}"
         assert self.bids.best == _EMPTY or self.asks.best == _EMPTY or -self.bids.best < self.asks.best, (
             f"{m}: book crossed: bid {-self.bids.best} >= ask {self.asks.best}"

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
-from exchange.engine.book import Book, _Order
+from exchange.engine.book import ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, Book, Order
 from exchange.engine.model import (
     AmendOrder,
     CancelOrder,
@@ -64,11 +64,11 @@ class Engine:
             raise SequenceError(book.market, book.last_seq + 1, seq)
         kind = type(command)
         if kind is SubmitOrder:
-            events = book.submit(seq, command.side, command.order_type, command.size, command.price)
+            events = book.submit(command)
         elif kind is CancelOrder:
-            events = book.cancel(seq, command.order_id)
+            events = book.cancel(command)
         elif kind is AmendOrder:
-            events = book.amend(seq, command.order_id, command.new_size, command.new_price)
+            events = book.amend(command)
         else:
             raise TypeError(f"not an engine command: {kind.__name__}")
         book.last_seq = seq
@@ -109,10 +109,10 @@ class Engine:
         book = self._book(market)
         flat: list[int] = []
         for order in book.bids.iter_orders():
-            flat += (order.order_id, order.price, order.remaining)
+            flat += (order[ORDER_ID], order[PRICE], order[REMAINING])
         bid_count = len(flat) // 3
         for order in book.asks.iter_orders():
-            flat += (order.order_id, order.price, order.remaining)
+            flat += (order[ORDER_ID], order[PRICE], order[REMAINING])
         return zlib.crc32(struct.pack(f">{1 + len(flat)}q", bid_count, *flat))
 
     def check_consistency(self) -> None:
@@ -176,26 +176,27 @@ class Engine:
                 previous_key = None
                 for entry in m[key]:
                     order = _decode_order(entry, side, book)
-                    if order.order_id in book.orders or order.order_id > book.last_seq:
-                        raise ValueError(f"{book.market}: bad or duplicate order id {order.order_id}")
-                    order_key = side_book.sign * order.price
+                    order_id = order[ORDER_ID]
+                    if order_id in book.orders or order_id > book.last_seq:
+                        raise ValueError(f"{book.market}: bad or duplicate order id {order_id}")
+                    order_key = side_book.sign * order[PRICE]
                     if previous_key is not None and order_key < previous_key:
                         raise ValueError(f"{book.market}: {key} not in priority order")
                     previous_key = order_key
                     side_book.rest(order)
-                    book.orders[order.order_id] = order
+                    book.orders[order_id] = order
             book.check()
         return engine
 
 
-def _view(order: _Order) -> OrderView:
+def _view(order: Order) -> OrderView:
     return OrderView(
-        order.order_id, order.side, order.price, order.size, order.remaining, order.size - order.remaining
+        order[ORDER_ID], order[SIDE], order[PRICE], order[SIZE], order[REMAINING], order[SIZE] - order[REMAINING]
     )
 
 
-def _encode_order(order: _Order) -> list[int]:
-    return [order.order_id, order.price, order.size, order.remaining, int(order.post_only)]
+def _encode_order(order: Order) -> list[int]:
+    return [order[ORDER_ID], order[PRICE], order[SIZE], order[REMAINING], int(order[POST_ONLY_FLAG])]
 
 
 def _int(value: object, what: str, minimum: int) -> int:
@@ -204,7 +205,7 @@ def _int(value: object, what: str, minimum: int) -> int:
     return value
 
 
-def _decode_order(entry: object, side: Side, book: Book) -> _Order:
+def _decode_order(entry: object, side: Side, book: Book) -> Order:
     if not isinstance(entry, list) or len(entry) != 5:
         raise ValueError(f"{book.market}: order entry must be [id, price, size, remaining, post_only]")
     order_id = _int(entry[0], "order id", 1)
@@ -212,6 +213,6 @@ def _decode_order(entry: object, side: Side, book: Book) -> _Order:
     size = _int(entry[2], "size", 1)
     remaining = _int(entry[3], "remaining", 1)
     post_only = _int(entry[4], "post_only", 0)
-    if remaining > size or post_only > 1 or book._price_error(price) is not None:
+    if remaining > size or post_only > 1 or book.price_error(price) is not None:
         raise ValueError(f"{book.market}: invalid order entry {entry!r}")
-    return _Order(order_id, side, price, size, remaining, bool(post_only))
+    return [remaining, order_id, price, size, side, bool(post_only)]

@@ -102,14 +102,28 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         """Sequences a cancel or amend and raises the matching error if the market rejected it."""
         self._require_serving()
         market = command.market
-        if self.replica.engine.order(market, order_id) is None and self.replica.lag(market) == 0:
-            raise NotFound(f"order {order_id} is not resting in {market}: it is unknown, filled or cancelled")
+        await self._require_may_rest(market, order_id)
         outcome = await self.pipelines[market].submit(command)
         rejected = convert.rejection(outcome.applied.events)
         if rejected is not None:
             error = REJECTION_ERRORS.get(rejected.reason, InvalidArgument)
             raise error(f"order {order_id} in {market}: {rejected.reason.name} (sequence {outcome.seq})")
         return outcome.applied
+
+    async def _require_may_rest(self, market: str, order_id: int) -> None:
+        """NOT_FOUND without touching the log when the order cannot be resting anywhere: an order's id
+        is its sequence number, so an id this node has applied but does not hold is finished, and an id
+        past the Sequencer's current number does not exist yet. Only ids in between are sequenced."""
+        applied = self.replica.applied_seq(market)
+        if order_id <= applied:
+            if self.replica.engine.order(market, order_id) is None:
+                raise NotFound(f"order {order_id} is not resting in {market}: it is unknown, filled or cancelled")
+            return
+        if order_id > self.replica.states[market].known_seq:
+            self.replica.note_known(market, await self.sequencer.current_seq(market))
+            if order_id > self.replica.states[market].known_seq:
+                raise NotFound(f"there is no order {order_id} in {market} (its sequence is only at "
+                               f"{self.replica.states[market].known_seq})")
 
     @rpc
     async def CancelOrder(

@@ -34,9 +34,7 @@ def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spre
         if roll < 0.38 and maybe_live:
             previous = commands[-1]
             if isinstance(previous, AmendOrder) and rng.random() < 0.2:  # repeated: usually AMEND_NO_CHANGE
-                commands.append(
-                    AmendOrder(market, seq, previous.order_id, previous.new_size, previous.new_price)
-                )
+                commands.append(AmendOrder(market, seq, previous.order_id, previous.new_size, previous.new_price))
                 continue
             target = maybe_live[rng.randrange(len(maybe_live))]
             new_price = None if rng.random() < 0.5 else mid + rng.randint(-spread, spread)

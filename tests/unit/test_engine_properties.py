@@ -30,9 +30,7 @@ SIZES = st.integers(min_value=1, max_value=8)
 IDS = st.integers(min_value=1, max_value=40)
 
 # a command without its seq: the test numbers them
-submit = st.tuples(
-    st.just("submit"), st.sampled_from(Side), st.sampled_from(OrderType), SIZES, PRICES, st.booleans()
-)
+submit = st.tuples(st.just("submit"), st.sampled_from(Side), st.sampled_from(OrderType), SIZES, PRICES, st.booleans())
 cancel = st.tuples(st.just("cancel"), IDS)
 amend = st.tuples(st.just("amend"), IDS, st.integers(min_value=-1, max_value=8), st.none() | PRICES)
 OPS = st.lists(st.one_of(submit, submit, submit, cancel, amend), min_size=1, max_size=60)
@@ -60,9 +58,7 @@ class Ledger:
         self.total_traded = 0
 
     def open_size(self, order_id: int) -> int:
-        return (
-            self.added[order_id] - self.filled[order_id] - self.cancelled[order_id] - self.reduced[order_id]
-        )
+        return self.added[order_id] - self.filled[order_id] - self.cancelled[order_id] - self.reduced[order_id]
 
     def record(self, cmd: Command, events: list) -> None:
         for event in events:

@@ -63,9 +63,7 @@ class ReferenceBook:
         """Behind every order with the same or a better price."""
         book = self.bids if order.side is Side.BUY else self.asks
         better_or_same = (
-            (lambda o: o.price >= order.price)
-            if order.side is Side.BUY
-            else (lambda o: o.price <= order.price)
+            (lambda o: o.price >= order.price) if order.side is Side.BUY else (lambda o: o.price <= order.price)
         )
         position = 0
         while position < len(book) and better_or_same(book[position]):
@@ -83,19 +81,13 @@ class ReferenceBook:
         return maker_price <= limit if side is Side.BUY else maker_price >= limit
 
     def price_error(self, price: object) -> RejectReason | None:
-        if (
-            not isinstance(price, int)
-            or isinstance(price, bool)
-            or not self.c.min_price <= price <= self.c.max_price
-        ):
+        if not isinstance(price, int) or isinstance(price, bool) or not self.c.min_price <= price <= self.c.max_price:
             return RejectReason.PRICE_OUT_OF_BOUNDS
         if price % self.c.tick_size != 0:
             return RejectReason.PRICE_NOT_ON_TICK
         return None
 
-    def take(
-        self, seq: int, taker: int, side: Side, size: int, limit: int | None, events: list[Event]
-    ) -> int:
+    def take(self, seq: int, taker: int, side: Side, size: int, limit: int | None, events: list[Event]) -> int:
         opposite = self.asks if side is Side.BUY else self.bids
         while size > 0 and opposite and self.acceptable(side, limit, opposite[0].price):
             maker = opposite[0]
@@ -256,9 +248,7 @@ def test_stream_exercises_every_event_kind(make_stream) -> None:  # noqa: ANN001
             kinds.add(getattr(event, "reason", None))
     assert {OrderAccepted, OrderRejected, OrderFilled, OrderRested, OrderCancelled, OrderAmended} <= kinds
     assert set(CancelReason) <= kinds
-    exercised = {
-        r for r in RejectReason if r not in (RejectReason.INVALID_SIDE, RejectReason.INVALID_ORDER_TYPE)
-    }
+    exercised = {r for r in RejectReason if r not in (RejectReason.INVALID_SIDE, RejectReason.INVALID_ORDER_TYPE)}
     exercised -= {RejectReason.PRICE_NOT_ON_TICK, RejectReason.SIZE_NOT_ON_LOT}  # tick = lot = 1 here
     assert exercised <= kinds, exercised - kinds
 

@@ -80,9 +80,7 @@ class Book:
         return [o.order_id for o in self.engine.resting_orders(self.market)]
 
 
-def accepted(
-    seq: int, side: Side, price: int | None, size: int, order_type: OrderType = LIMIT
-) -> OrderAccepted:
+def accepted(seq: int, side: Side, price: int | None, size: int, order_type: OrderType = LIMIT) -> OrderAccepted:
     return OrderAccepted(M, seq, seq, side, order_type, price, size)
 
 
@@ -333,10 +331,13 @@ def test_many_cancels_in_a_level_keep_tombstones_bounded(book: Book) -> None:
     book.sell(1, 100)  # the front order stays, everything behind it churns
     for _ in range(200):
         book.sell(1, 100)
-        book.cancel(book.engine.last_seq(M))
-    level = book.engine._books[M].asks.levels[100]
-    assert len(level.queue) <= 2 * level.live + 16
-    assert book.depth() == ([], [(100, 1, 1)])
+        book.sell(1, 100)
+        book.cancel(book.engine.last_seq(M) - 1)  # the middle one: a tombstone
+    queue = book.engine._books[M].asks.levels[100]
+    assert len(queue) <= 2 * 201 + 16  # check_consistency (run after every command) checks it exactly
+    assert book.depth() == ([], [(100, 201, 201)])
+    assert book.buy(201, 100)[-1].taker_remaining == 0
+    assert book.depth() == ([], [])
 
 
 # ------------------------------------------------------------------------------------------- amend
@@ -442,13 +443,7 @@ def test_amend_to_invalid_price_is_rejected() -> None:
 @pytest.fixture
 def strict() -> Book:
     return Book(
-        Engine(
-            [
-                MarketConfig(
-                    M, tick_size=5, lot_size=10, min_price=50, max_price=500, min_size=10, max_size=1000
-                )
-            ]
-        )
+        Engine([MarketConfig(M, tick_size=5, lot_size=10, min_price=50, max_price=500, min_size=10, max_size=1000)])
     )
 
 

@@ -1,0 +1,52 @@
+"""``python -m bench``: run the benchmark sections, print a table, write ``bench/results.json``.
+
+Progress goes to stderr, the tables to stdout. Sections run in the order of ``SECTIONS``; ``--only NAME``
+(repeatable) picks some of them. A new section is a function ``(args) -> dict`` plus a table formatter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def _engine(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import engine
+
+    result = engine.run(ops_count=args.ops, repeat=args.repeat)
+    return result, engine.table(result)
+
+
+# name -> runner returning (JSON-able result, printable table)
+SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
+    "engine": _engine,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=200_000, help="operations in the engine stream")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (best kept)")
+    parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run only this section")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+
+    results: dict[str, dict] = {}
+    for name in args.only or list(SECTIONS):
+        print(f"bench: section {name}", file=sys.stderr, flush=True)
+        result, text = SECTIONS[name](args)
+        results[name] = result
+        print(text, flush=True)
+        print(flush=True)
+    args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"bench: results written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

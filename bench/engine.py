@@ -1,0 +1,442 @@
+"""Engine benchmark: our matching engine against a pure-Python floor and two PyPI peers, on one stream.
+
+The stream (deterministic, fixed seed, generated once and never timed) is ~70% passive limit orders near a
+drifting mid price, ~20% aggressive limit orders crossing one or more levels and ~10% cancels of orders
+that are still resting (the generator runs the floor book to know which ids are live).
+
+Implementations, each run on a fresh book, best of ``repeat`` timed runs after a warm-up run:
+
+* ``engine``: ``exchange.engine.Engine.apply`` on prebuilt commands, producing every event;
+* ``floor``: the least work any price-time book must do in pure Python: a ``SortedDict`` price -> ``deque``
+  per side, a dict index for cancels (lazy removal), walking levels and computing trade sizes, no events,
+  no validation, no sequencing. Its fill count and traded volume must equal the engine's;
+* ``liquibook`` (C++ through SWIG, a Python ``on_fill`` callback counting fills) and
+  ``lightmatchingengine`` (pure Python), when installed; otherwise reported as skipped.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sortedcontainers import SortedDict
+
+from exchange.engine import CancelOrder, Command, Engine, MarketConfig, OrderFilled, OrderType, Side, SubmitOrder
+
+MARKET = "BENCH"
+SEED = 20240601
+TARGET_FLOOR = 0.8
+TARGET_LIQUIBOOK = 1.0
+
+# one stream operation: (oid, is_buy, price, size) for a limit order, (oid, None, 0, 0) for a cancel of oid
+Op = tuple[int, bool | None, int, int]
+
+
+# ------------------------------------------------------------------------------------------------ floor
+
+
+class FloorBook:
+    """The minimum price-time book (see the module docstring). Orders are ``[remaining, order_id]`` lists."""
+
+    def __init__(self) -> None:
+        self.bids: SortedDict = SortedDict()  # key -price: best bid first
+        self.asks: SortedDict = SortedDict()  # key price: best ask first
+        self.index: dict[int, list[int]] = {}
+        self.fills = 0
+        self.volume = 0
+
+    def limit(self, oid: int, is_buy: bool, price: int, size: int) -> None:
+        """Match against the opposite side, then rest the remainder."""
+        if is_buy:
+            opposite, limit_key, own, own_key = self.asks, price, self.bids, -price
+        else:
+            opposite, limit_key, own, own_key = self.bids, -price, self.asks, price
+        index = self.index
+        fills = volume = 0
+        while size and opposite:
+            best, queue = opposite.peekitem(0)
+            if best > limit_key:
+                break
+            while size and queue:
+                maker = queue[0]
+                available = maker[0]
+                if not available:  # cancelled
+                    queue.popleft()
+                    continue
+                if available <= size:
+                    size -= available
+                    volume += available
+                    maker[0] = 0
+                    queue.popleft()
+                    del index[maker[1]]
+                else:
+                    maker[0] = available - size
+                    volume += size
+                    size = 0
+                fills += 1
+            if not queue:
+                del opposite[best]
+        if fills:
+            self.fills += fills
+            self.volume += volume
+        if size:
+            order = [size, oid]
+            queue = own.get(own_key)
+            if queue is None:
+                queue = own[own_key] = deque()
+            queue.append(order)
+            index[oid] = order
+
+    def cancel(self, oid: int) -> None:
+        order = self.index.pop(oid, None)
+        if order is not None:
+            order[0] = 0
+
+
+# ----------------------------------------------------------------------------------------------- stream
+
+
+@dataclass
+class Stream:
+    ops: list[Op]
+    passive: int
+    aggressive: int
+    cancels: int
+    resting_at_end: int
+    levels_at_end: tuple[int, int]
+
+
+def make_stream(count: int, seed: int = SEED) -> Stream:
+    """The benchmark stream. Order ids are 1..count, equal to the engine's seq numbers."""
+    rng = random.Random(seed)
+    book = FloorBook()
+    live: list[int] = []  # ids that may be live; filled ones are dropped lazily when drawn
+    mid = 10_000
+    ops: list[Op] = []
+    passive = aggressive = cancels = 0
+    for oid in range(1, count + 1):
+        if rng.random() < 0.05:
+            mid += rng.choice((-1, 1))
+        roll = rng.random()
+        if roll < 0.10:
+            while live:
+                i = rng.randrange(len(live))
+                live[i], live[-1] = live[-1], live[i]
+                target = live.pop()
+                if target in book.index:
+                    ops.append((target, None, 0, 0))
+                    book.cancel(target)
+                    cancels += 1
+                    break
+            else:
+                roll = 0.5  # nothing to cancel: place a passive order instead
+        if roll >= 0.10:
+            is_buy = rng.random() < 0.5
+            if roll < 0.30:  # aggressive: through the touch, up to a few levels deep
+                depth = rng.randint(0, 3)
+                price = mid + 1 + depth if is_buy else mid - 1 - depth
+                size = rng.randint(5, 40)
+                aggressive += 1
+            else:  # passive: a few dozen levels either side of the mid
+                distance = rng.randint(1, 30)
+                price = mid - distance if is_buy else mid + distance
+                size = rng.randint(1, 10)
+                passive += 1
+            ops.append((oid, is_buy, price, size))
+            book.limit(oid, is_buy, price, size)
+            if oid in book.index:
+                live.append(oid)
+        if len(ops) != oid:
+            raise AssertionError("one operation per id")
+    return Stream(ops, passive, aggressive, cancels, len(book.index), (len(book.bids), len(book.asks)))
+
+
+# ------------------------------------------------------------------------------------------- contenders
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    fills: int
+    volume: int
+
+
+def _commands(ops: list[Op]) -> list[Command]:
+    commands: list[Command] = []
+    for seq, (oid, is_buy, price, size) in enumerate(ops, start=1):
+        if is_buy is None:
+            commands.append(CancelOrder(MARKET, seq, oid))
+        else:
+            side = Side.BUY if is_buy else Side.SELL
+            commands.append(SubmitOrder(MARKET, seq, side, OrderType.LIMIT, size, price))
+    return commands
+
+
+def run_engine(ops: list[Op]) -> Callable[[], Outcome]:
+    commands = _commands(ops)
+
+    def once() -> Outcome:
+        engine = Engine([MarketConfig(MARKET)])
+        apply = engine.apply
+        start = time.perf_counter()
+        for command in commands:
+            apply(command)
+        seconds = time.perf_counter() - start
+        return Outcome(seconds, -1, -1)
+
+    def verify() -> Outcome:
+        engine = Engine([MarketConfig(MARKET)])
+        fills = volume = 0
+        for command in commands:
+            for event in engine.apply(command):
+                if type(event) is OrderFilled:
+                    fills += 1
+                    volume += event.size
+        engine.check_consistency()
+        return Outcome(0.0, fills, volume)
+
+    once.verify = verify  # type: ignore[attr-defined]
+    return once
+
+
+def run_floor(ops: list[Op]) -> Callable[[], Outcome]:
+    def once() -> Outcome:
+        book = FloorBook()
+        limit, cancel = book.limit, book.cancel
+        start = time.perf_counter()
+        for oid, is_buy, price, size in ops:
+            if is_buy is None:
+                cancel(oid)
+            else:
+                limit(oid, is_buy, price, size)
+        seconds = time.perf_counter() - start
+        return Outcome(seconds, book.fills, book.volume)
+
+    return once
+
+
+def run_liquibook(ops: list[Op]) -> Callable[[], Outcome]:
+    import liquibook  # noqa: PLC0415 - optional peer
+
+    class Fills(liquibook.OrderListener):
+        def __init__(self) -> None:
+            liquibook.OrderListener.__init__(self)
+            self.fills = 0
+            self.volume = 0
+
+        def on_fill(self, passive, aggressive, fill_qty, fill_cost) -> None:  # noqa: ANN001
+            self.fills += 1
+            self.volume += fill_qty
+
+        # the C++ listener's other callbacks are pure virtual: the director needs them all
+        def on_accept(self, order) -> None:  # noqa: ANN001
+            pass
+
+        def on_reject(self, order, reason) -> None:  # noqa: ANN001
+            pass
+
+        def on_cancel(self, order) -> None:  # noqa: ANN001
+            pass
+
+        def on_cancel_reject(self, order, reason) -> None:  # noqa: ANN001
+            pass
+
+        def on_replace(self, order, size_delta, new_price) -> None:  # noqa: ANN001
+            pass
+
+        def on_replace_reject(self, order, reason) -> None:  # noqa: ANN001
+            pass
+
+        def on_trigger_stop(self, order) -> None:  # noqa: ANN001
+            pass
+
+    def once() -> Outcome:
+        orders = {oid: liquibook.SimpleOrder(is_buy, price, size) for oid, is_buy, price, size in ops if size}
+        plan = [(is_buy is None, orders[oid]) for oid, is_buy, _, _ in ops]
+        listener = Fills()
+        book = liquibook.DepthOrderBook()
+        book.set_order_listener(listener)
+        book.set_symbol(MARKET)
+        add, cancel = book.add, book.cancel
+        start = time.perf_counter()
+        for is_cancel, order in plan:
+            if is_cancel:
+                cancel(order)
+            else:
+                add(order)
+        seconds = time.perf_counter() - start
+        outcome = Outcome(seconds, listener.fills, listener.volume)
+        del book, orders, plan  # the book refers to the orders: free it first
+        return outcome
+
+    return once
+
+
+def run_lightmatchingengine(ops: list[Op]) -> Callable[[], Outcome]:
+    from lightmatchingengine.lightmatchingengine import LightMatchingEngine  # noqa: PLC0415 - optional peer
+    from lightmatchingengine.lightmatchingengine import Side as LmeSide  # noqa: PLC0415
+
+    # it numbers orders itself, 1, 2, ... per add_order: translate our ids up front
+    lme_id: dict[int, int] = {}
+    plan: list[tuple[int, int, int, int]] = []  # (lme id to cancel or 0, side, price, size)
+    for oid, is_buy, price, size in ops:
+        if is_buy is None:
+            plan.append((lme_id[oid], 0, 0, 0))
+        else:
+            lme_id[oid] = len(lme_id) + 1
+            plan.append((0, LmeSide.BUY if is_buy else LmeSide.SELL, price, size))
+
+    def once() -> Outcome:
+        engine = LightMatchingEngine()
+        add, cancel = engine.add_order, engine.cancel_order
+        fills = volume = 0
+        start = time.perf_counter()
+        for cancel_id, side, price, size in plan:
+            if cancel_id:
+                cancel(cancel_id, MARKET)
+            else:
+                order, trades = add(MARKET, price, size, side)
+                for trade in trades:  # its trade list has the taker's aggregate per level, then each maker
+                    if trade.order_id != order.order_id:
+                        fills += 1
+                        volume += trade.trade_qty
+        seconds = time.perf_counter() - start
+        return Outcome(seconds, fills, volume)
+
+    return once
+
+
+CONTENDERS: dict[str, Callable[[list[Op]], Callable[[], Outcome]]] = {
+    "engine": run_engine,
+    "floor": run_floor,
+    "liquibook": run_liquibook,
+    "lightmatchingengine": run_lightmatchingengine,
+}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _best_of(once: Callable[[], Outcome], repeat: int) -> Outcome:
+    once()  # warm-up
+    best: Outcome | None = None
+    for _ in range(repeat):
+        gc.collect()
+        outcome = once()
+        if best is None or outcome.seconds < best.seconds:
+            best = outcome
+    assert best is not None
+    return best
+
+
+def run(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> dict:
+    """Run every contender on one stream; return a JSON-able dict of results (see ``table``)."""
+    _log(f"engine bench: generating {ops_count} operations (seed {seed})")
+    stream = make_stream(ops_count, seed)
+    _log(
+        f"engine bench: {stream.passive} passive, {stream.aggressive} aggressive, {stream.cancels} cancels; "
+        f"{stream.resting_at_end} orders resting at the end on {stream.levels_at_end} bid/ask levels"
+    )
+    results: dict[str, dict] = {}
+    reference: Outcome | None = None
+    for name, make in CONTENDERS.items():
+        _log(f"engine bench: {name} ...")
+        try:
+            once = make(stream.ops)
+            if name == "engine":
+                reference = once.verify()  # type: ignore[attr-defined]
+            outcome = _best_of(once, repeat)
+        except ImportError as exc:
+            results[name] = {"status": f"skipped (not installed: {exc.name or exc})"}
+            _log(f"engine bench: {name} skipped: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, never fatal
+            results[name] = {"status": f"skipped ({type(exc).__name__}: {exc})"}
+            _log(f"engine bench: {name} skipped: {exc!r}")
+            continue
+        if name == "engine":
+            assert reference is not None
+            outcome.fills, outcome.volume = reference.fills, reference.volume
+        entry = {
+            "status": "ok",
+            "ops_per_s": round(ops_count / outcome.seconds),
+            "seconds": round(outcome.seconds, 4),
+            "fills": outcome.fills,
+            "volume": outcome.volume,
+        }
+        if reference is not None and (outcome.fills, outcome.volume) != (reference.fills, reference.volume):
+            entry["status"] = f"volume mismatch: fills {outcome.fills}, volume {outcome.volume}"
+        results[name] = entry
+        _log(f"engine bench: {name}: {entry['ops_per_s']:,} ops/s ({outcome.fills} fills, {outcome.volume} lots)")
+
+    assert reference is not None
+    floor = results.get("floor", {})
+    if floor.get("status") != "ok":
+        raise AssertionError(f"the floor must trade exactly like the engine: {floor.get('status')}")
+    for name in ("liquibook", "lightmatchingengine"):
+        entry = results[name]
+        if "volume" in entry and entry["volume"] <= 0:
+            raise AssertionError(f"{name} traded nothing: it was not driven correctly")
+
+    def ratio(name: str, base: str) -> float | None:
+        a, b = results.get(name, {}), results.get(base, {})
+        if "ops_per_s" not in a or "ops_per_s" not in b:
+            return None
+        return round(a["ops_per_s"] / b["ops_per_s"], 3)
+
+    for name, entry in results.items():
+        entry["vs_floor"] = ratio(name, "floor")
+        entry["vs_liquibook"] = ratio(name, "liquibook")
+    engine_floor, engine_liquibook = ratio("engine", "floor"), ratio("engine", "liquibook")
+    return {
+        "ops": ops_count,
+        "seed": seed,
+        "repeat": repeat,
+        "stream": {
+            "passive": stream.passive,
+            "aggressive": stream.aggressive,
+            "cancels": stream.cancels,
+            "fills": reference.fills,
+            "volume": reference.volume,
+            "resting_at_end": stream.resting_at_end,
+        },
+        "implementations": results,
+        "targets": {
+            f"engine/floor >= {TARGET_FLOOR}": _verdict(engine_floor, TARGET_FLOOR),
+            f"engine/liquibook >= {TARGET_LIQUIBOOK}": _verdict(engine_liquibook, TARGET_LIQUIBOOK),
+        },
+    }
+
+
+def _verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return "SKIPPED (no measurement)"
+    return f"{'PASS' if value >= target else 'FAIL'} ({value:.2f})"
+
+
+def table(result: dict) -> str:
+    """The results as a fixed-width text table plus the target lines."""
+    lines = [
+        f"engine benchmark: {result['ops']:,} operations, best of {result['repeat']} "
+        f"({result['stream']['fills']:,} fills, {result['stream']['volume']:,} lots traded)",
+        f"{'implementation':<22}{'ops/s':>12}{'vs floor':>10}{'vs liquibook':>14}  status",
+    ]
+    for name, entry in result["implementations"].items():
+        if "ops_per_s" not in entry:
+            lines.append(f"{name:<22}{'-':>12}{'-':>10}{'-':>14}  {entry['status']}")
+            continue
+        vs_floor = "-" if entry["vs_floor"] is None else f"{entry['vs_floor']:.2f}x"
+        vs_lb = "-" if entry["vs_liquibook"] is None else f"{entry['vs_liquibook']:.2f}x"
+        lines.append(f"{name:<22}{entry['ops_per_s']:>12,}{vs_floor:>10}{vs_lb:>14}  {entry['status']}")
+    for target, verdict in result["targets"].items():
+        lines.append(f"{target:<30} {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Fixtures that run real clusters (Consul, Sequencer, nodes) on free loopback ports.
+
+Every process a test starts is stopped when it ends, also on failure; the servers' logs are printed
+when a test fails. Without a Consul binary the tests skip, except in CI (CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from discovery.agent import find_consul_binary
+from exchange.devcluster import Cluster
+from exchange.v1 import exchange_pb2_grpc
+
+
+def require_consul() -> None:
+    try:
+        find_consul_binary()
+    except FileNotFoundError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Consul is required in CI and could not be found: {error}")
+        pytest.skip(str(error))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(
+        getattr(getattr(request.node, f"report_{when}", None), "failed", False) for when in ("setup", "call")
+    )
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
+    """Builds clusters (not started) in tmp_path; stops them all at the end, dumping logs on failure."""
+    require_consul()
+    clusters: list[Cluster] = []
+
+    def build(**options: object) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster-{len(clusters)}", **options)  # type: ignore[arg-type]
+        clusters.append(cluster)
+        return cluster
+
+    try:
+        yield build
+    finally:
+        for cluster in clusters:
+            if _failed(request):
+                print(cluster.logs())
+            cluster.stop()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    """A started 3-node cluster trading BTC-USD (default) and ETH-USD."""
+    running = make_cluster()
+    running.start()
+    return running
+
+
+@pytest.fixture
+def stubs(cluster: Cluster) -> Iterator[list[exchange_pb2_grpc.ExchangeNodeStub]]:
+    channels = [grpc.insecure_channel(address) for address in cluster.node_addresses]
+    yield [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
+    for channel in channels:
+        channel.close()

@@ -1,0 +1,133 @@
+"""The cluster end to end: real Consul, Sequencer and three nodes on free loopback ports."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from exchange import engine as eng
+from exchange.devcluster import Cluster
+from exchange.node.main import parse_markets
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, types_pb2
+from exchange.verify import replay_cluster
+
+pytestmark = pytest.mark.integration
+
+
+def books(stubs: list[exchange_pb2_grpc.ExchangeNodeStub], market: str = "") -> list[pb.GetOrderBookResponse]:
+    return [stub.GetOrderBook(pb.GetOrderBookRequest(market=market, depth=1000), timeout=5) for stub in stubs]
+
+
+def test_sell_on_node1_then_crossing_buy_on_node2_trades_at_resting_price_everywhere(
+    cluster: Cluster, stubs: list[exchange_pb2_grpc.ExchangeNodeStub]
+) -> None:
+    sell = stubs[0].CreateOrder(pb.CreateOrderRequest(size=-10, limit_price=100), timeout=10)
+    assert (sell.status, sell.remaining_size, sell.side) == (pb.RESTING, 10, types_pb2.SELL)
+
+    buy = stubs[1].CreateOrder(pb.CreateOrderRequest(size=15, limit_price=101), timeout=10)
+
+    assert buy.status == pb.RESTING
+    assert (buy.filled_size, buy.remaining_size) == (10, 5)
+    assert [(t.price, t.size, t.maker_order_id, t.taker_order_id) for t in buy.trades] == [
+        (100, 10, sell.order_id, buy.order_id)
+    ]
+    cluster.wait_converged()
+    seen = books(stubs)
+    for book in seen:
+        assert (book.seq, book.checksum) == (seen[0].seq, seen[0].checksum)
+        assert [(level.price, level.size, level.order_count) for level in book.bids] == [(101, 5, 1)]
+        assert list(book.asks) == []
+
+
+def random_order(rng: random.Random, client: str, n: int) -> pb.CreateOrderRequest:
+    kind = rng.random()
+    side = rng.choice([types_pb2.BUY, types_pb2.SELL])
+    request = pb.CreateOrderRequest(
+        market=rng.choice(["BTC-USD", "BTC-USD", "ETH-USD"]), size=rng.randint(1, 20), side=side,
+        limit_price=rng.randint(95, 105), client_order_id=f"{client}-{n}",
+    )
+    if kind < 0.1:
+        request.order_type, request.limit_price = types_pb2.MARKET, 0
+    elif kind < 0.2:
+        request.order_type = types_pb2.IOC
+    elif kind < 0.25:
+        request.order_type = types_pb2.FOK
+    elif kind < 0.35:
+        request.order_type = types_pb2.POST_ONLY
+    return request
+
+
+def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_log(cluster: Cluster) -> None:
+    clients_per_node, orders_per_client = 4, 60
+    results: list[pb.CreateOrderResponse] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        rng = random.Random(number)
+        with grpc.insecure_channel(cluster.node_address(number % 3)) as channel:
+            stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+            for n in range(orders_per_client):
+                try:
+                    response = stub.CreateOrder(random_order(rng, f"c{number}", n), timeout=30)
+                except grpc.RpcError as error:
+                    with lock:
+                        errors.append(f"{error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+                    continue
+                with lock:
+                    results.append(response)
+
+    with ThreadPoolExecutor(clients_per_node * 3) as pool:
+        list(pool.map(client, range(clients_per_node * 3)))
+
+    assert errors == [], "no order may fail without a fault (CONTRACT 3.3)"
+    assert len(results) == clients_per_node * 3 * orders_per_client
+    view = cluster.wait_converged()
+    replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    for market, (seq, checksum) in view.items():
+        assert replay.engine.last_seq(market) == seq
+        assert replay.engine.checksum(market) == checksum
+    for response in results:
+        replayed = [e for e in replay.events[response.market][response.seq] if isinstance(e, eng.OrderFilled)]
+        assert [(t.trade_id, t.price, t.size, t.maker_order_id, t.taker_order_id) for t in response.trades] == [
+            (t.trade_id, t.price, t.size, t.maker_order_id, t.taker_order_id) for t in replayed
+        ]
+    assert sum(len(r.trades) for r in results) == sum(len(replay.trades(m)) for m in view)
+    assert sum(len(r.trades) for r in results) > 50, "the workload should cross the book often"
+
+
+def test_cancel_and_amend_are_sequenced_and_replicated(
+    cluster: Cluster, stubs: list[exchange_pb2_grpc.ExchangeNodeStub]
+) -> None:
+    first = stubs[0].CreateOrder(pb.CreateOrderRequest(size=5, limit_price=90), timeout=10)
+    second = stubs[1].CreateOrder(pb.CreateOrderRequest(size=7, limit_price=90), timeout=10)
+
+    amended = stubs[2].AmendOrder(pb.AmendOrderRequest(order_id=first.order_id, size=3), timeout=10)
+    assert (amended.remaining_size, amended.price, amended.priority_kept) == (3, 90, True)
+    cancelled = stubs[1].CancelOrder(pb.CancelOrderRequest(order_id=second.order_id), timeout=10)
+    assert cancelled.cancelled_size == 7
+
+    with pytest.raises(grpc.RpcError) as again:
+        stubs[0].CancelOrder(pb.CancelOrderRequest(order_id=second.order_id), timeout=10)
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND
+    cluster.wait_converged()
+    for book in books(stubs):
+        assert [(level.price, level.size, level.order_count) for level in book.bids] == [(90, 3, 1)]
+    order = stubs[2].GetOrder(pb.GetOrderRequest(order_id=second.order_id), timeout=5)
+    assert order.status == pb.CANCELLED
+
+
+def test_stream_events_replays_history_then_follows_live(
+    cluster: Cluster, stubs: list[exchange_pb2_grpc.ExchangeNodeStub]
+) -> None:
+    stubs[0].CreateOrder(pb.CreateOrderRequest(size=-4, limit_price=100), timeout=10)
+    stream = stubs[2].StreamEvents(pb.StreamEventsRequest(from_seq=1), timeout=20)
+    stubs[1].CreateOrder(pb.CreateOrderRequest(size=4, limit_price=100), timeout=10)
+    kinds = [(event.seq, event.WhichOneof("event")) for event, _ in zip(stream, range(4), strict=False)]
+    stream.cancel()
+    assert kinds == [(1, "order_accepted"), (1, "order_rested"), (2, "order_accepted"), (2, "trade")]

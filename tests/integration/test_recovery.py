@@ -1,0 +1,267 @@
+"""Recovery of real clusters: late and restarted nodes converge, a restarted Sequencer loses nothing,
+client_order_id makes CreateOrder idempotent across nodes.
+
+Every check ends with the independent one: replaying the Sequencer's log through a fresh engine
+must give the checksums every node reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from exchange.devcluster import Cluster, wait_until
+from exchange.node.main import parse_markets
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, types_pb2
+from exchange.verify import read_log, replay_cluster
+
+pytestmark = pytest.mark.integration
+
+CALL_TIMEOUT = 15.0
+AMBIGUOUS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@contextmanager
+def node_stubs(cluster: Cluster) -> Iterator[list[exchange_pb2_grpc.ExchangeNodeStub]]:
+    channels = [grpc.insecure_channel(address) for address in cluster.node_addresses]
+    try:
+        yield [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def random_order(rng: random.Random, markets: list[str], client_order_id: str = "") -> pb.CreateOrderRequest:
+    """A mix of resting and crossing limit orders around 100, some IOC, in every market."""
+    size = rng.randint(1, 20) * rng.choice((1, -1))
+    price = rng.randint(95, 105)
+    order_type = rng.choices([types_pb2.LIMIT, types_pb2.IOC], weights=[9, 1])[0]
+    return pb.CreateOrderRequest(
+        market=rng.choice(markets), size=size, limit_price=price, order_type=order_type,
+        client_order_id=client_order_id,
+    )
+
+
+def checksums_equal_replay(cluster: Cluster, views: dict[str, tuple[int, int]]) -> None:
+    """The replayed log gives every market's (seq, checksum) the converged nodes report."""
+    result = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    replayed = {m: (result.engine.last_seq(m), result.engine.checksum(m)) for m in result.engine.markets}
+    assert replayed == views
+
+
+def full_book(stub: exchange_pb2_grpc.ExchangeNodeStub, market: str) -> pb.GetOrderBookResponse:
+    book = stub.GetOrderBook(pb.GetOrderBookRequest(market=market, depth=1000), timeout=CALL_TIMEOUT)
+    assert len(book.bids) < 1000 and len(book.asks) < 1000, "the book has more levels than depth 1000 shows"
+    return book
+
+
+@dataclass
+class Load:
+    """Client threads placing random orders on chosen nodes until stopped; records every outcome."""
+
+    stubs: list[exchange_pb2_grpc.ExchangeNodeStub]
+    targets: list[int]
+    markets: list[str]
+    threads: int = 3
+    unique_ids: bool = False
+    ok: list[tuple[int, pb.CreateOrderRequest, pb.CreateOrderResponse]] = field(default_factory=list)
+    errors: list[tuple[int, pb.CreateOrderRequest, grpc.RpcError]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Load:
+        for number in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(number,), daemon=True, name=f"load-{number}")
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _run(self, number: int) -> None:
+        rng = random.Random(number)
+        for count in itertools.count():
+            if self._stop.is_set():
+                return
+            with self._lock:
+                target = self.targets[(number + count) % len(self.targets)]
+            client_order_id = f"t{number}-{uuid.uuid4().hex[:16]}" if self.unique_ids else ""
+            request = random_order(rng, self.markets, client_order_id)
+            try:
+                response = self.stubs[target].CreateOrder(request, timeout=CALL_TIMEOUT)
+            except grpc.RpcError as error:
+                with self._lock:
+                    self.errors.append((target, request, error))
+                continue
+            with self._lock:
+                self.ok.append((target, request, response))
+
+    def retarget(self, targets: list[int]) -> None:
+        with self._lock:
+            self.targets = targets
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self.ok), len(self.errors)
+
+    def wait_for_more_ok(self, more: int, timeout: float, what: str) -> None:
+        goal = self.counts()[0] + more
+        wait_until(lambda: self.counts()[0] >= goal, timeout, f"{more} more successful orders {what}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=CALL_TIMEOUT + 5)
+        assert not any(worker.is_alive() for worker in self._workers), "a load thread did not stop"
+
+
+def describe(errors: list[tuple[int, pb.CreateOrderRequest, grpc.RpcError]]) -> list[str]:
+    return [f"node {target}: {error.code().name} {error.details()}" for target, _, error in errors]
+
+
+def test_late_node_catches_up_after_500_orders(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster()
+    c.start(nodes=2)
+    markets = [m.symbol for m in parse_markets(c.markets)]
+    with node_stubs(c) as stubs:
+        rng = random.Random(500)
+        requests = [random_order(rng, markets) for _ in range(500)]
+
+        def place(numbered: tuple[int, pb.CreateOrderRequest]) -> pb.CreateOrderResponse:
+            number, request = numbered
+            return stubs[number % 2].CreateOrder(request, timeout=CALL_TIMEOUT)
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            responses = list(pool.map(place, enumerate(requests)))
+        assert len({(r.market, r.seq) for r in responses}) == 500
+        assert sum(len(r.trades) for r in responses) > 0, "the orders were meant to cross"
+        before = c.wait_converged(nodes=[0, 1])
+        assert sum(seq for seq, _ in before.values()) == 500
+
+        c.start_node(2)
+        views = c.wait_converged(nodes=[0, 1, 2])
+        assert views == before
+        for market in markets:
+            book0, book2 = full_book(stubs[0], market), full_book(stubs[2], market)
+            assert book2 == book0
+            assert (book2.seq, book2.checksum) == views[market]
+            assert book2.bids or book2.asks
+        checksums_equal_replay(c, views)
+
+
+def test_node_killed_and_restarted_under_load_converges(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster()
+    c.start()
+    markets = [m.symbol for m in parse_markets(c.markets)]
+    with node_stubs(c) as stubs:
+        load = Load(stubs, targets=[0, 2], markets=markets).start()
+        try:
+            load.wait_for_more_ok(30, 30, "before the kill")
+            c.nodes[1].kill()
+            load.wait_for_more_ok(60, 30, "while node 1 is dead")
+            c.start_node(1)
+            load.wait_for_more_ok(30, 30, "after node 1 restarted")
+            load.retarget([0, 1, 2])  # the restarted node takes orders too
+            wait_until(lambda: any(target == 1 for target, _, _ in load.ok[-50:]), 30,
+                       "an order placed on the restarted node")
+        finally:
+            load.stop()
+        assert not load.errors, describe(load.errors)
+        views = c.wait_converged(nodes=[0, 1, 2])
+        assert sum(seq for seq, _ in views.values()) == len(load.ok)
+        checksums_equal_replay(c, views)
+
+
+def test_sequencer_killed_and_restarted_loses_no_acknowledged_order(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster()
+    c.start()
+    markets = [m.symbol for m in parse_markets(c.markets)]
+    with node_stubs(c) as stubs:
+        load = Load(stubs, targets=[0, 1, 2], markets=markets, threads=4, unique_ids=True).start()
+        try:
+            load.wait_for_more_ok(40, 30, "before the Sequencer is killed")
+            c.sequencer.kill()
+            errors_before = load.counts()[1]
+            # The nodes retry a Sequencer outage for a while before answering UNAVAILABLE: let the
+            # clients see it (or run out of patience) before the restart.
+            wait_until(lambda: load.counts()[1] >= errors_before + 2, 30,
+                       "clients to get an error while the Sequencer is down")
+            c.start_sequencer()
+            load.wait_for_more_ok(60, 30, "after the Sequencer restarted (nodes must resume by themselves)")
+        finally:
+            load.stop()
+
+        unexpected = [e for e in load.errors if e[2].code() not in AMBIGUOUS]
+        assert not unexpected, describe(unexpected)
+        assert load.errors, "the Sequencer outage was not noticed by any client"
+
+        # An ambiguous order retried with its client_order_id is placed at most once.
+        retried = {}
+        for target, request, _ in load.errors:
+            response = stubs[target].CreateOrder(request, timeout=CALL_TIMEOUT)
+            assert response.client_order_id == request.client_order_id
+            retried[request.client_order_id] = response
+
+        views = c.wait_converged(nodes=[0, 1, 2])
+        logs = {market: read_log(c.sequencer_address, market) for market in markets}
+        by_seq: dict[tuple[str, int], str] = {}
+        seen: dict[str, list[tuple[str, int]]] = {}
+        for market, entries in logs.items():
+            assert [e.seq for e in entries] == list(range(1, len(entries) + 1)), f"{market}: gap in the log"
+            assert len(entries) == views[market][0]
+            for entry in entries:
+                command = types_pb2.Command.FromString(entry.command)
+                by_seq[(market, entry.seq)] = command.client_order_id
+                seen.setdefault(command.client_order_id, []).append((market, entry.seq))
+        twice = {coid: places for coid, places in seen.items() if len(places) > 1}
+        assert not twice, f"client_order_ids numbered more than once: {twice}"
+
+        for _, request, response in load.ok:
+            assert response.order_id == response.seq
+            assert by_seq.get((response.market, response.seq)) == request.client_order_id, (
+                f"acknowledged order {request.client_order_id} at {response.market}#{response.seq} is not in the log"
+            )
+        for coid, response in retried.items():
+            assert by_seq.get((response.market, response.seq)) == coid
+        acknowledged = len(load.ok) + len(retried)
+        assert sum(len(entries) for entries in logs.values()) == acknowledged
+        checksums_equal_replay(c, views)
+
+
+def test_client_order_id_places_one_order_across_nodes(cluster: Cluster,
+                                                       stubs: list[exchange_pb2_grpc.ExchangeNodeStub]) -> None:
+    request = pb.CreateOrderRequest(size=-7, limit_price=150, client_order_id="idem-1")
+    first = stubs[0].CreateOrder(request, timeout=CALL_TIMEOUT)
+    assert not first.duplicate and first.status == pb.RESTING and first.client_order_id == "idem-1"
+    again = stubs[2].CreateOrder(request, timeout=CALL_TIMEOUT)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        concurrent = list(pool.map(lambda _: stubs[1].CreateOrder(request, timeout=CALL_TIMEOUT), range(2)))
+    for response in [again, *concurrent]:
+        assert response.duplicate
+        assert (response.market, response.order_id, response.seq) == (first.market, first.order_id, first.seq)
+        assert (response.status, response.remaining_size) == (pb.RESTING, 7)
+
+    # A fresh client_order_id sent twice at once to one node (never seen before) is also placed once.
+    fresh = pb.CreateOrderRequest(size=3, limit_price=90, client_order_id="idem-2")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pair = list(pool.map(lambda _: stubs[1].CreateOrder(fresh, timeout=CALL_TIMEOUT), range(2)))
+    assert pair[0].order_id == pair[1].order_id
+    assert sorted(r.duplicate for r in pair) == [False, True]
+
+    views = cluster.wait_converged()
+    log = read_log(cluster.sequencer_address, first.market)
+    ids = [types_pb2.Command.FromString(entry.command).client_order_id for entry in log]
+    assert ids == ["idem-1", "idem-2"]
+    book = stubs[2].GetOrderBook(pb.GetOrderBookRequest(), timeout=CALL_TIMEOUT)
+    assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.asks] == [(150, 7, 1)]
+    assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.bids] == [(90, 3, 1)]
+    checksums_equal_replay(cluster, views)
