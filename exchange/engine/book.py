@@ -197,7 +197,51 @@ class Book:
     # -------------------------------------------------------------------------------------- commands
 
     def submit(self, cmd: SubmitOrder) -> list[Event]:
-        """A new order with id ``cmd.seq``. Rejections are decided before any trade (nothing changes then).
+        """A new order with id ``cmd.seq``.
+
+        Fast path for the most common command, a valid LIMIT order that cannot trade: it only rests.
+        Everything else (and anything this path is unsure of) goes through ``_submit``, which decides the
+        same case the same way, so the fast path is an optimisation only.
+        """
+        price = cmd.price
+        size = cmd.size
+        otype = cmd.order_type
+        min_size, max_size, lot, min_price, max_price, tick = self._limits
+        if (
+            otype is LIMIT
+            and type(price) is int
+            and type(size) is int
+            and min_price <= price <= max_price
+            and min_size <= size <= max_size
+            and not price % tick
+            and not size % lot
+        ):
+            side = cmd.side
+            if side is BUY:
+                if price < self.asks.best:
+                    own = self.bids
+                else:
+                    return self._submit(cmd)
+            elif side is SELL and -price < self.bids.best:
+                own = self.asks
+            else:
+                return self._submit(cmd)
+            seq = cmd.seq
+            order = [size, seq, price, size, side, False]
+            queue = own.levels.get(price)
+            if queue is None:
+                queue = own.add_level(price)
+            queue.append(order)
+            self.orders[seq] = order
+            market = self.market
+            return [
+                _new(OrderAccepted, (market, seq, seq, side, otype, price, size)),
+                _new(OrderRested, (market, seq, seq, side, price, size)),
+            ]
+        return self._submit(cmd)
+
+    def _submit(self, cmd: SubmitOrder) -> list[Event]:
+        """Every submit. Rejections are decided before any trade (nothing changes then).
 
         Check order: side, order type, size (bounds, lot), price (presence, bounds, tick), then the book:
         POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY.
@@ -355,7 +399,15 @@ class Book:
         order = self.orders.pop(order_id, None) if type(order_id) is int else None
         if order is None:
             return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND))]
-        size = (self.bids if order[SIDE] is BUY else self.asks).unlink(order)
+        size = order[0]  # remaining
+        side = self.bids if order[4] is BUY else self.asks  # side
+        price = order[2]  # price
+        queue = side.levels[price]
+        if queue[0] is not order or len(queue) == 1 or not queue[1][0]:
+            side.unlink(order)  # the general case: tombstone, compaction, tombstones in front, last order
+        else:  # the front order leaves and the next one is live: nothing else to maintain
+            queue.popleft()
+            order[0] = 0
         return [_new(OrderCancelled, (self.market, cmd.seq, order_id, size, CancelReason.USER))]
 
     def amend(self, cmd: AmendOrder) -> list[Event]:

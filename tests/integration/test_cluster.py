@@ -128,6 +128,6 @@ def test_stream_events_replays_history_then_follows_live(
     stubs[0].CreateOrder(pb.CreateOrderRequest(size=-4, limit_price=100), timeout=10)
     stream = stubs[2].StreamEvents(pb.StreamEventsRequest(from_seq=1), timeout=20)
     stubs[1].CreateOrder(pb.CreateOrderRequest(size=4, limit_price=100), timeout=10)
-    kinds = [(event.seq, event.WhichOneof("event")) for event, _ in zip(stream, range(4), strict=False)]
+    kinds = [(event.seq, event.WhichOneof("event")) for _, event in zip(range(4), stream, strict=False)]
     stream.cancel()
     assert kinds == [(1, "order_accepted"), (1, "order_rested"), (2, "order_accepted"), (2, "trade")]
