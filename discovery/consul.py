@@ -35,7 +35,6 @@ class _Registration:
     address: str
     port: int
     meta: dict[str, str]
-    registered_once: bool = False  # Consul accepted it at least once
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,10 +136,10 @@ class ConsulRegistry:
             timeout=self.check_timeout,
             deregister=self.deregister_after,
         )
-        if reg.registered_once:
-            # Re-registration after a Consul restart: this process is alive and was passing, so
-            # start passing instead of Consul's default "critical until the first check run".
-            check["Status"] = "passing"
+        # Callers register only once they serve (and re-registration after a Consul restart is for
+        # a live process), so start passing instead of Consul's default "critical until the first
+        # check run": peers see a new node at once rather than up to one check interval later.
+        check["Status"] = "passing"
         self._client.agent.service.register(
             reg.service,
             service_id=reg.instance_id,
@@ -149,7 +148,6 @@ class ConsulRegistry:
             meta=reg.meta or None,
             check=check,
         )
-        reg.registered_once = True
 
     def deregister(self, instance_id: str) -> None:
         """Forget and deregister; idempotent; never raises (logs if Consul is unreachable)."""

@@ -389,7 +389,7 @@ class Book:
                         break
                 if not remaining:
                     break
-        if opp.tombs:  # fills at the last level visited may have left it tombstone-heavy
+        if price in opp.tombs:  # fills at the last level visited may have left it tombstone-heavy
             opp.compact(price)
         self.next_trade_id = trade_id
         return remaining
