@@ -1,0 +1,123 @@
+"""The node's replica and request validation, without any server."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from exchange import engine as eng
+from exchange.entries import entry_is_authentic, make_entry
+from exchange.errors import InvalidArgument, NotFound
+from exchange.node import convert
+from exchange.node.replica import Replica
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
+
+MARKETS = [eng.MarketConfig("BTC-USD"), eng.MarketConfig("ETH-USD", tick_size=5, lot_size=2)]
+CONFIGS = {m.symbol: m for m in MARKETS}
+SECRET = b"secret"
+
+
+def entries(count: int, seed: int = 1) -> list[types_pb2.SequencedCommand]:
+    rng = random.Random(seed)
+    result = []
+    for seq in range(1, count + 1):
+        command = types_pb2.Command(
+            market="BTC-USD",
+            new_order=types_pb2.NewOrderCommand(
+                side=rng.choice([types_pb2.BUY, types_pb2.SELL]), order_type=types_pb2.LIMIT,
+                size=rng.randint(1, 9), price=rng.randint(95, 105),
+            ),
+            client_order_id=f"c{seq}",
+        )
+        result.append(make_entry(SECRET, "BTC-USD", seq, command.SerializeToString()))
+    return result
+
+
+def test_entries_offered_shuffled_and_repeated_give_the_same_book_as_in_order() -> None:
+    log = entries(300)
+    in_order = Replica(MARKETS)
+    for entry in log:
+        in_order.offer(entry)
+    shuffled = Replica(MARKETS)
+    arrivals = log * 2
+    random.Random(7).shuffle(arrivals)
+    for entry in arrivals:
+        shuffled.offer(entry)
+    assert shuffled.applied_seq("BTC-USD") == in_order.applied_seq("BTC-USD") == 300
+    assert shuffled.engine.checksum("BTC-USD") == in_order.engine.checksum("BTC-USD")
+    assert shuffled.first_gap("BTC-USD") is None
+
+
+def test_entry_ahead_of_a_gap_is_buffered_until_the_gap_is_filled() -> None:
+    log = entries(5)
+    replica = Replica(MARKETS)
+    assert replica.offer(log[0]) and replica.offer(log[3]) and replica.offer(log[4])
+    assert replica.applied_seq("BTC-USD") == 1
+    assert replica.first_gap("BTC-USD") == (2, 3)
+    assert replica.lag("BTC-USD") == 4
+    assert not replica.offer(log[3]), "a buffered entry offered again is already known"
+    replica.offer(log[2])
+    replica.offer(log[1])
+    assert replica.applied_seq("BTC-USD") == 5 and replica.first_gap("BTC-USD") is None
+
+
+def test_client_order_ids_and_journal_are_derived_from_the_log() -> None:
+    replica = Replica(MARKETS)
+    for entry in entries(10):
+        replica.offer(entry)
+    assert replica.order_of_client_id("BTC-USD", "c4") == 4
+    applied = replica.journal_entry("BTC-USD", 4)
+    assert applied is not None and isinstance(applied.events[0], eng.OrderAccepted)
+
+
+def test_forged_entry_fails_authentication() -> None:
+    entry = entries(1)[0]
+    assert entry_is_authentic(SECRET, entry)
+    forged = types_pb2.SequencedCommand()
+    forged.CopyFrom(entry)
+    forged.seq = 2
+    assert not entry_is_authentic(SECRET, forged)
+    assert not entry_is_authentic(b"other secret", entry)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "error", "mentions"),
+    [
+        ({"size": 0, "limit_price": 100}, InvalidArgument, "size must not be 0"),
+        ({"size": 5}, InvalidArgument, "limit_price"),
+        ({"size": 5, "limit_price": -3}, InvalidArgument, "limit_price"),
+        ({"size": 5, "limit_price": 100, "order_type": types_pb2.MARKET}, InvalidArgument, "MARKET"),
+        ({"size": 5, "limit_price": 100, "order_type": 9}, InvalidArgument, "order_type"),
+        ({"size": 5, "limit_price": 100, "side": 7}, InvalidArgument, "side"),
+        ({"size": -5, "limit_price": 100, "side": types_pb2.BUY}, InvalidArgument, "contradicts"),
+        ({"size": 5, "limit_price": 100, "market": "DOGE"}, NotFound, "unknown market"),
+        ({"size": 4, "limit_price": 101, "market": "ETH-USD"}, InvalidArgument, "tick size"),
+        ({"size": 3, "limit_price": 100, "market": "ETH-USD"}, InvalidArgument, "lot size"),
+        ({"size": -(2**63), "limit_price": 100}, InvalidArgument, "size"),
+        ({"size": 1, "limit_price": 100, "client_order_id": "x" * 65}, InvalidArgument, "client_order_id"),
+    ],
+)
+def test_bad_new_orders_are_refused_with_a_message_naming_the_problem(
+    request_fields: dict[str, object], error: type[Exception], mentions: str
+) -> None:
+    with pytest.raises(error, match=mentions):
+        convert.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1")  # type: ignore[arg-type]
+
+
+def test_side_comes_from_the_sign_of_size_when_unset() -> None:
+    sell = convert.new_order_command(pb.CreateOrderRequest(size=-10, limit_price=100), CONFIGS, "n")
+    buy = convert.new_order_command(pb.CreateOrderRequest(size=10, limit_price=100), CONFIGS, "n")
+    assert (sell.market, sell.new_order.side, sell.new_order.size) == ("BTC-USD", types_pb2.SELL, 10)
+    assert (buy.new_order.side, buy.new_order.order_type) == (types_pb2.BUY, types_pb2.LIMIT)
+
+
+def test_create_order_response_summarises_the_events() -> None:
+    engine = eng.Engine(MARKETS)
+    engine.apply(eng.SubmitOrder("BTC-USD", 1, eng.Side.SELL, eng.OrderType.LIMIT, 4, 100))
+    events = engine.apply(eng.SubmitOrder("BTC-USD", 2, eng.Side.BUY, eng.OrderType.IOC, 10, 100))
+    command = types_pb2.Command(market="BTC-USD", new_order=types_pb2.NewOrderCommand(side=types_pb2.BUY))
+    response = convert.create_order_response(command, 2, events, duplicate=False)
+    assert (response.status, response.filled_size, response.cancelled_size) == (pb.CANCELLED, 4, 6)
+    assert [(t.price, t.size, t.maker_order_id) for t in response.trades] == [(100, 4, 1)]
