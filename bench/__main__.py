@@ -22,9 +22,17 @@ def _engine(args: argparse.Namespace) -> tuple[dict, str]:
     return result, engine.table(result)
 
 
+def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import cluster
+
+    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up)
+    return result, cluster.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table)
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
+    "cluster": _cluster,
 }
 
 
@@ -32,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=200_000, help="operations in the engine stream")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (best kept)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per cluster load level")
+    parser.add_argument("--catch-up", type=int, default=100_000, help="log entries a late node must catch up")
     parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run only this section")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args(argv)

@@ -1,0 +1,267 @@
+"""Cluster benchmark: a real 3-node cluster (Consul, Sequencer, nodes) against a bare gRPC echo server.
+
+Every figure is printed next to its baseline from the same run:
+1. unary CreateOrder at 1, 8 and 64 calls in flight, clients spread over the three nodes: orders/s, p50,
+   p99, aborts; baseline: the bare echo server (bench/echo.py) at the same concurrency;
+2. streaming order entry (reported as not implemented until the node offers it);
+3. catch-up: a node started behind by N log entries: entries/s until it is current;
+4. replication lag: time from the client's answer until the order is applied on the other replicas.
+At the end every replica must report the same sequence and checksum, and the trades must equal a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from discovery.agent import free_port
+from exchange.devcluster import Cluster, ServiceProcess, wait_until
+from exchange.node.main import parse_markets
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from exchange.verify import replay_cluster
+
+CONCURRENCY = (1, 8, 64)
+TARGET_UNARY_64 = 0.5  # cluster orders/s >= 0.5 x echo calls/s at 64 in flight
+TARGET_P50_1 = 2.0  # cluster p50 <= 2 x echo p50 at 1 in flight
+TARGET_STREAM = 10_000
+TARGET_CATCH_UP = 200_000
+
+
+def _log(message: str) -> None:
+    print(f"cluster bench: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LoadResult:
+    in_flight: int
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    aborted: int
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+
+def _order(rng: random.Random) -> pb.CreateOrderRequest:
+    side = rng.choice((types_pb2.BUY, types_pb2.SELL))
+    return pb.CreateOrderRequest(side=side, size=rng.randint(1, 5), limit_price=rng.randint(990, 1010))
+
+
+async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int) -> LoadResult:
+    """Keeps `in_flight` CreateOrder calls outstanding, spread over `addresses`, for `seconds`."""
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
+    latencies: list[float] = []
+    aborted = errors = 0
+    loop = asyncio.get_running_loop()
+    warm_until = loop.time() + min(1.0, seconds / 4)
+    stop_at = warm_until + seconds
+
+    async def client(number: int) -> None:
+        nonlocal aborted, errors
+        rng = random.Random(seed * 1000 + number)
+        stub = stubs[number % len(stubs)]
+        while (now := loop.time()) < stop_at:
+            started = time.perf_counter()
+            try:
+                await stub.CreateOrder(_order(rng), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.ABORTED:
+                    aborted += 1
+                else:
+                    errors += 1
+                continue
+            if now >= warm_until:
+                latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(client(n) for n in range(in_flight)))
+    for channel in channels:
+        await channel.close()
+    latencies.sort()
+    count = len(latencies) or 1
+    return LoadResult(
+        in_flight, len(latencies), seconds, 1000 * latencies[count // 2] if latencies else 0.0,
+        1000 * latencies[min(count - 1, int(count * 0.99))] if latencies else 0.0, aborted, errors,
+    )
+
+
+def _echo_baseline(workdir: Path, seconds: float) -> list[LoadResult]:
+    address = f"127.0.0.1:{free_port()}"
+    echo = ServiceProcess("echo", "bench.echo", ["--listen", address], workdir / "echo.log")
+    echo.start()
+    try:
+        wait_until(lambda: _answers(address), 20, "the echo server")
+        results = []
+        for in_flight in CONCURRENCY:
+            result = asyncio.run(_drive([address], in_flight, seconds, seed=in_flight))
+            _log(f"echo, {in_flight} in flight: {result.rate:,.0f} calls/s, p50 {result.p50_ms:.2f} ms")
+            results.append(result)
+        return results
+    finally:
+        echo.stop()
+
+
+def _answers(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            exchange_pb2_grpc.ExchangeNodeStub(channel).CreateOrder(pb.CreateOrderRequest(), timeout=1)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+async def _replication_lag(cluster: Cluster, orders: int) -> tuple[float, float]:
+    """Places orders one at a time on node 1 and times their arrival on nodes 2 and 3 (ms, p50 and p99)."""
+    channels = [grpc.aio.insecure_channel(a) for a in cluster.node_addresses]
+    stubs = [exchange_pb2_grpc.ExchangeNodeStub(c) for c in channels]
+    arrivals: dict[tuple[int, int], float] = {}
+    start_seq = (await stubs[0].GetOrderBook(pb.GetOrderBookRequest())).seq + 1
+
+    async def listen(index: int) -> None:
+        async for event in stubs[index].StreamEvents(pb.StreamEventsRequest(from_seq=start_seq)):
+            arrivals.setdefault((index, event.seq), time.perf_counter())
+
+    listeners = [asyncio.ensure_future(listen(i)) for i in (1, 2)]
+    await asyncio.sleep(0.3)
+    answered: dict[int, float] = {}
+    rng = random.Random(5)
+    for _ in range(orders):
+        response = await stubs[0].CreateOrder(_order(rng), timeout=30)
+        answered[response.seq] = time.perf_counter()
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.5)
+    for listener in listeners:
+        listener.cancel()
+    for channel in channels:
+        await channel.close()
+    lags = sorted(
+        max(0.0, arrivals[(i, seq)] - t) * 1000 for seq, t in answered.items() for i in (1, 2) if (i, seq) in arrivals
+    )
+    if not lags:
+        return float("nan"), float("nan")
+    return statistics.median(lags), lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+
+
+def _fill_log(cluster: Cluster, market: str, entries: int) -> None:
+    """Appends `entries` new orders to the Sequencer's log directly (a stand-in for a busy cluster)."""
+    with grpc.insecure_channel(cluster.sequencer_address) as channel:
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        current = stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=10).current_seq
+        rng = random.Random(9)
+        batch = 2_000
+        while entries > 0:
+            count = min(batch, entries)
+            commands = [
+                types_pb2.Command(market=market, origin_node="bench", new_order=types_pb2.NewOrderCommand(
+                    side=rng.choice((types_pb2.BUY, types_pb2.SELL)), order_type=types_pb2.LIMIT,
+                    size=rng.randint(1, 5), price=rng.randint(900, 1100)))
+                for _ in range(count)
+            ]
+            response = stub.Sequence(sequencer_pb2.SequenceRequest(
+                market=market, applied_seq=current, node_id="bench", commands=commands), timeout=60)
+            current = response.current_seq
+            entries -= count
+
+
+def _catch_up(cluster: Cluster, entries: int) -> dict:
+    """Stops the nodes, grows the log by `entries`, starts node 1 and times it until it serves."""
+    for node in cluster.nodes:
+        node.stop()
+    _fill_log(cluster, "ETH-USD", entries)
+    started = time.perf_counter()
+    cluster.start_node(0, timeout=300)
+    seconds = time.perf_counter() - started
+    status = cluster.status(0)
+    applied = sum(m.applied_seq for m in status.markets)
+    return {"entries": entries, "seconds": seconds, "rate": entries / seconds, "applied_total": applied}
+
+
+def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | None = None) -> dict:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    _log(f"baseline: bare gRPC echo server ({seconds:.0f} s per concurrency)")
+    echo = _echo_baseline(workdir, seconds)
+    cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
+    _log("starting Consul, the Sequencer and 3 nodes")
+    cluster.start()
+    try:
+        unary = []
+        for in_flight in CONCURRENCY:
+            result = asyncio.run(_drive(cluster.node_addresses, in_flight, seconds, seed=in_flight))
+            _log(f"cluster, {in_flight} in flight: {result.rate:,.0f} orders/s, p50 {result.p50_ms:.2f} ms, "
+                 f"aborted {result.aborted}, errors {result.errors}")
+            unary.append(result)
+        _log("replication lag")
+        lag_p50, lag_p99 = asyncio.run(_replication_lag(cluster, 300))
+        _log("waiting for the replicas to converge")
+        view = cluster.wait_converged(60)
+        replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+        converged = all(replay.engine.checksum(m) == checksum for m, (_, checksum) in view.items())
+        _log(f"converged at {view}; replay agrees: {converged}")
+        _log(f"catch-up: a node started behind by {catch_up_entries:,} entries")
+        catch_up = _catch_up(cluster, catch_up_entries)
+        _log(f"catch-up: {catch_up['rate']:,.0f} entries/s")
+    except Exception:
+        print(cluster.logs(), file=sys.stderr)
+        raise
+    finally:
+        cluster.stop()
+    return {
+        "echo": [vars(r) | {"rate": r.rate} for r in echo],
+        "unary": [vars(r) | {"rate": r.rate} for r in unary],
+        "replication_lag_ms": {"p50": lag_p50, "p99": lag_p99},
+        "converged": converged,
+        "checksums": {m: c for m, (_, c) in view.items()},
+        "catch_up": catch_up,
+        "streaming": None,
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def table(result: dict) -> str:
+    lines = ["cluster benchmark (3 nodes, Sequencer, Consul) vs a bare gRPC echo server, same run",
+             f"{'in flight':>9} {'echo calls/s':>13} {'cluster orders/s':>17} {'ratio':>6} "
+             f"{'echo p50':>9} {'cluster p50':>12} {'p99':>8} {'aborted':>8} {'errors':>7}"]
+    for echo, unary in zip(result["echo"], result["unary"], strict=True):
+        lines.append(
+            f"{unary['in_flight']:>9} {echo['rate']:>13,.0f} {unary['rate']:>17,.0f} "
+            f"{unary['rate'] / echo['rate']:>5.2f}x {echo['p50_ms']:>7.2f}ms {unary['p50_ms']:>10.2f}ms "
+            f"{unary['p99_ms']:>6.1f}ms {unary['aborted']:>8} {unary['errors']:>7}"
+        )
+    echo64, unary64 = result["echo"][-1], result["unary"][-1]
+    echo1, unary1 = result["echo"][0], result["unary"][0]
+    catch_up = result["catch_up"]
+    lag = result["replication_lag_ms"]
+    ratio64 = unary64["rate"] / echo64["rate"]
+    ratio_p50 = unary1["p50_ms"] / echo1["p50_ms"]
+    aborts = sum(u["aborted"] for u in result["unary"])
+    lines += [
+        f"streaming entry: not implemented yet (target >= {TARGET_STREAM:,} orders/s)",
+        f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = {catch_up['rate']:,.0f} "
+        f"entries/s (node start included)",
+        f"replication lag after the client's answer: p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms",
+        f"replicas converged and equal to a replay of the log: {result['converged']}",
+        f"unary at 64 in flight >= {TARGET_UNARY_64}x echo     {_verdict(ratio64 >= TARGET_UNARY_64)} ({ratio64:.2f})",
+        f"p50 at 1 in flight <= {TARGET_P50_1}x echo        {_verdict(ratio_p50 <= TARGET_P50_1)} ({ratio_p50:.2f})",
+        f"streaming entry >= {TARGET_STREAM:,} orders/s     FAIL (not implemented)",
+        f"catch-up >= {TARGET_CATCH_UP:,} entries/s       "
+        f"{_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} ({catch_up['rate']:,.0f})",
+        f"zero ABORTED                         {_verdict(aborts == 0)} ({aborts})",
+        f"replicas converged                   {_verdict(result['converged'])}",
+    ]
+    return "\n".join(lines)
