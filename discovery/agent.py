@@ -71,7 +71,10 @@ class ConsulDevAgent:
         http_port: int | None = None,
         node_name: str | None = None,
         start_timeout: float = 20.0,
+        client_addr: str = "127.0.0.1",
     ) -> None:
+        """``client_addr``: where the HTTP API listens, a space-separated list of addresses (the API
+        is also reachable on 127.0.0.1 only if that is in the list)."""
         self._binary = binary or find_consul_binary()
         if data_dir is None:
             data_dir = Path(tempfile.mkdtemp(prefix="consul-dev-"))
@@ -80,6 +83,7 @@ class ConsulDevAgent:
         self._requested_http_port = http_port
         self._node = node_name or f"dev-{uuid.uuid4().hex[:8]}"
         self._start_timeout = start_timeout
+        self._client_addr = client_addr
         self._ports: dict[str, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -202,7 +206,7 @@ class ConsulDevAgent:
             "agent",
             "-dev",
             "-bind=127.0.0.1",
-            "-client=127.0.0.1",
+            f"-client={self._client_addr}",
             f"-node={self._node}",
             f"-http-port={p['http']}",
             f"-dns-port={p['dns']}",

@@ -266,11 +266,11 @@ class ConsulWatch:
         return list(self._current)  # a read of the cached list, never a Consul request
 
     def stop(self) -> None:
-        """Returns promptly: the thread is a daemon stuck in a blocking query for up to ``wait``."""
+        """Returns at once, without joining: the thread is a daemon that may sit in a blocking query for
+        up to ``wait``; once stopped it never publishes again, so nothing is gained by waiting for it
+        (and callers on an event loop must not block)."""
         self._stop.set()
         self._registry._forget_watch(self)
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=1.0)
 
     def _start(self) -> None:
         self._thread.start()

@@ -8,12 +8,16 @@ by the fixture), and fault tools that kill, stop and restart single processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +53,8 @@ class ServiceProcess:
     args: list[str]
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
+    # Prepended to the command line, e.g. `ip netns exec NAME` (which execs: the pid stays the service's).
+    prefix: list[str] = field(default_factory=list)
     popen: subprocess.Popen[bytes] | None = None
     pid: int | None = None
 
@@ -56,7 +62,7 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
+                [*self.prefix, sys.executable, "-m", self.module, *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=ROOT, env={**os.environ, **self.env}, start_new_session=True,
             )
@@ -106,22 +112,147 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+class NetNamespaces:
+    """One network namespace per node, for real partitions (`Cluster(..., netns=True)`; needs root and `ip`).
+
+    Layout: a bridge in the root namespace holds the gateway address of a private /24 (Consul's HTTP API
+    and the Sequencer listen there, in the root namespace); node i runs in its own namespace with the
+    address .(i+2), on a veth pair whose root end is a port of the bridge. Cutting node i off is
+    `ip link set <its root end> down`; `tc netem` on both ends adds loss and delay. Every name (namespaces,
+    links) carries a per-run id and the subnet is one not in use, so parallel runs do not collide.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.run_id = uuid.uuid4().hex[:6]
+        self.count = count
+        self.bridge = f"pxb{self.run_id}"
+        self.namespaces = [f"px-{self.run_id}-n{i + 1}" for i in range(count)]
+        self.root_ends = [f"pxv{self.run_id}r{i + 1}" for i in range(count)]  # <= 15 characters
+        self.ns_ends = [f"pxv{self.run_id}n{i + 1}" for i in range(count)]
+        self.network = _free_subnet()
+        self.created = False
+        self.impaired: dict[int, str] = {}
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """Why namespaces cannot be used here, or None if they can."""
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        if shutil.which("ip") is None:
+            return "the `ip` command (iproute2) is missing"
+        name = f"px-probe-{uuid.uuid4().hex[:6]}"
+        probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        if probe.returncode != 0:
+            return f"`ip netns add` failed: {probe.stderr.strip()}"
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        return None
+
+    @property
+    def gateway(self) -> str:
+        return str(self.network.network_address + 1)
+
+    def address(self, index: int) -> str:
+        return str(self.network.network_address + 2 + index)
+
+    def exec_prefix(self, index: int) -> list[str]:
+        return ["ip", "netns", "exec", self.namespaces[index]]
+
+    def create(self) -> None:
+        self.created = True  # from the first command on, destroy() has something to clean up
+        prefix = self.network.prefixlen
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for i in range(self.count):
+            ns, root_end, ns_end = self.namespaces[i], self.root_ends[i], self.ns_ends[i]
+            _ip("netns", "add", ns)
+            _ip("link", "add", root_end, "type", "veth", "peer", "name", ns_end)
+            _ip("link", "set", ns_end, "netns", ns)
+            _ip("link", "set", root_end, "master", self.bridge)
+            _ip("link", "set", root_end, "up")
+            _ip("-n", ns, "addr", "add", f"{self.address(i)}/{prefix}", "dev", ns_end)
+            _ip("-n", ns, "link", "set", ns_end, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+    def cut(self, index: int) -> None:
+        """Partitions node `index`: its link to the root namespace goes down."""
+        _ip("link", "set", self.root_ends[index], "down")
+        self.impaired[index] = "cut"
+
+    def degrade(self, index: int, netem: list[str]) -> None:
+        """Adds `tc netem` (e.g. ["delay", "100ms", "loss", "20%"]) to both ends of node `index`'s link."""
+        _run(["tc", "qdisc", "replace", "dev", self.root_ends[index], "root", "netem", *netem])
+        _run(["ip", "netns", "exec", self.namespaces[index],
+              "tc", "qdisc", "replace", "dev", self.ns_ends[index], "root", "netem", *netem])
+        self.impaired[index] = "netem " + " ".join(netem)
+
+    def heal(self, index: int) -> None:
+        """Undoes cut() and degrade() for node `index`."""
+        _run(["tc", "qdisc", "del", "dev", self.root_ends[index], "root"], check=False)
+        _run(["ip", "netns", "exec", self.namespaces[index],
+              "tc", "qdisc", "del", "dev", self.ns_ends[index], "root"], check=False)
+        _ip("link", "set", self.root_ends[index], "up")
+        self.impaired.pop(index, None)
+
+    def destroy(self) -> None:
+        """Removes everything create() made (also a partial creation); never raises."""
+        if not self.created:
+            return
+        for ns, root_end in zip(self.namespaces, self.root_ends, strict=True):
+            _run(["ip", "link", "del", root_end], check=False)  # deletes its peer too
+            _run(["ip", "netns", "del", ns], check=False)
+        _run(["ip", "link", "del", self.bridge], check=False)
+        self.created = False
+
+
+def _run(command: list[str], check: bool = True) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+
+
+def _ip(*args: str) -> None:
+    _run(["ip", *args])
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A random 10.x.y.0/24 that overlaps no address or route of the root namespace."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    used = []
+    for word in (routes + " " + addrs).split():
+        with contextlib.suppress(ValueError):
+            if word[0].isdigit() and "." in word:
+                used.append(ipaddress.ip_network(word, strict=False))
+    rng = uuid.uuid4().int
+    for attempt in range(1000):
+        value = (rng >> (attempt % 100)) + attempt
+        candidate = ipaddress.ip_network(f"10.{value % 254 + 1}.{(value >> 8) % 254 + 1}.0/24")
+        if not any(candidate.overlaps(u) for u in used if u.prefixlen > 0):
+            return candidate
+    raise RuntimeError("no free 10.x.y.0/24 subnet for the node namespaces")
+
+
 class Cluster:
     def __init__(
         self, workdir: Path, nodes: int = 3, markets: str = DEFAULT_MARKETS, consul_port: int | None = None,
         sequencer_port: int | None = None, node_ports: list[int] | None = None, max_retries: int = 5,
-        secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None,
+        secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None, netns: bool = False,
     ) -> None:
+        """`netns=True` runs every node in its own network namespace (see NetNamespaces), so that
+        `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace."""
         self.workdir = workdir
         self.markets = markets
         self.secret = secret
         self.max_retries = max_retries
         self.extra_node_args = extra_node_args or []
+        self.node_ports = node_ports or [free_port() for _ in range(nodes)]
+        self.netns = NetNamespaces(len(self.node_ports)) if netns else None
         self.consul = ConsulDevAgent(
-            data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port
+            data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
+            client_addr="127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}",
         )
         self.sequencer_port = sequencer_port or free_port()
-        self.node_ports = node_ports or [free_port() for _ in range(nodes)]
         self.sequencer: ServiceProcess | None = None
         self.nodes: list[ServiceProcess] = []
 
@@ -133,10 +264,12 @@ class Cluster:
 
     @property
     def sequencer_address(self) -> str:
-        return f"127.0.0.1:{self.sequencer_port}"
+        host = "127.0.0.1" if self.netns is None else self.netns.gateway
+        return f"{host}:{self.sequencer_port}"
 
     def node_address(self, index: int) -> str:
-        return f"127.0.0.1:{self.node_ports[index]}"
+        host = "127.0.0.1" if self.netns is None else self.netns.address(index)
+        return f"{host}:{self.node_ports[index]}"
 
     @property
     def node_addresses(self) -> list[str]:
@@ -159,15 +292,21 @@ class Cluster:
         )
 
     def make_node(self, index: int) -> ServiceProcess:
+        env, prefix = self._env(), []
+        if self.netns is not None:  # the node reaches Consul through the bridge's address
+            env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{self.consul.http_port}"
+            prefix = self.netns.exec_prefix(index)
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",
             ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
              "--max-retries", str(self.max_retries), *self.extra_node_args],
-            self.workdir / "logs" / f"{self.node_id(index)}.log", self._env(),
+            self.workdir / "logs" / f"{self.node_id(index)}.log", env, prefix,
         )
 
     def start(self, timeout: float = 60.0, nodes: int | None = None) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.netns is not None and not self.netns.created:
+            self.netns.create()
         self.consul.start()
         self.start_sequencer()
         count = len(self.node_ports) if nodes is None else nodes
@@ -201,9 +340,27 @@ class Cluster:
         return [p for p in [self.sequencer, *self.nodes] if p is not None]
 
     def stop(self) -> None:
-        for process in reversed(self.processes()):
-            process.stop()
-        self.consul.stop()
+        try:
+            for process in reversed(self.processes()):
+                process.stop()
+            self.consul.stop()
+        finally:
+            if self.netns is not None:
+                self.netns.destroy()
+
+    def partition(self, index: int, netem: list[str] | None = None) -> None:
+        """Cuts node `index` off the network (netns=True only), or with `netem` degrades its link instead."""
+        if self.netns is None:
+            raise RuntimeError("partitions need Cluster(..., netns=True)")
+        if netem:
+            self.netns.degrade(index, netem)
+        else:
+            self.netns.cut(index)
+
+    def heal(self, index: int) -> None:
+        if self.netns is None:
+            raise RuntimeError("partitions need Cluster(..., netns=True)")
+        self.netns.heal(index)
 
     def logs(self, tail: int = 4000) -> str:
         parts = [f"===== consul ({self.consul.log_file}) =====\n{self.consul.read_log()[-tail:]}"]

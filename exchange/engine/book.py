@@ -41,7 +41,8 @@ Invariants (``Book.check`` verifies them)
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from sortedcontainers import SortedList
 
@@ -173,7 +174,7 @@ class _SideBook:
 class Book:
     """The state of one market and the rules that change it. Driven by ``Engine.apply``."""
 
-    __slots__ = ("config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "_limits")
+    __slots__ = ("config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "_limits", "handlers")
 
     def __init__(self, config: MarketConfig) -> None:
         self.config = config
@@ -185,6 +186,12 @@ class Book:
         self.next_trade_id = 1
         c = config
         self._limits = (c.min_size, c.max_size, c.lot_size, c.min_price, c.max_price, c.tick_size)
+        # command type -> bound handler, for ``Engine.apply``'s dispatch
+        self.handlers: dict[type, Callable[[Any], list[Event]]] = {
+            SubmitOrder: self.submit,
+            CancelOrder: self.cancel,
+            AmendOrder: self.amend,
+        }
 
     def price_error(self, price: object) -> RejectReason | None:
         _, _, _, min_price, max_price, tick = self._limits
@@ -199,16 +206,16 @@ class Book:
     def submit(self, cmd: SubmitOrder) -> list[Event]:
         """A new order with id ``cmd.seq``.
 
-        Fast path for the most common command, a valid LIMIT order that cannot trade: it only rests.
-        Everything else (and anything this path is unsure of) goes through ``_submit``, which decides the
-        same case the same way, so the fast path is an optimisation only.
+        Fast path for the most common command, a valid LIMIT order: it rests at once if it cannot trade,
+        else it matches through ``_take`` and rests what is left. Every other type (and anything this path
+        is unsure of) goes through ``_submit``, which decides the same cases the same way, so the fast path
+        is an optimisation only.
         """
         price = cmd.price
         size = cmd.size
-        otype = cmd.order_type
         min_size, max_size, lot, min_price, max_price, tick = self._limits
         if (
-            otype is LIMIT
+            cmd.order_type is LIMIT
             and type(price) is int
             and type(size) is int
             and min_price <= price <= max_price
@@ -218,26 +225,36 @@ class Book:
         ):
             side = cmd.side
             if side is BUY:
-                if price < self.asks.best:
-                    own = self.bids
-                else:
-                    return self._submit(cmd)
-            elif side is SELL and -price < self.bids.best:
+                own = self.bids
+                opp = self.asks
+                limit_key = price
+            elif side is SELL:
                 own = self.asks
+                opp = self.bids
+                limit_key = -price
             else:
-                return self._submit(cmd)
+                return self._submit(cmd)  # a plain int side, or an invalid one
             seq = cmd.seq
-            order = [size, seq, price, size, side, False]
-            queue = own.levels.get(price)
-            if queue is None:
-                queue = own.add_level(price)
-            queue.append(order)
-            self.orders[seq] = order
             market = self.market
-            return [
-                _new(OrderAccepted, (market, seq, seq, side, otype, price, size)),
-                _new(OrderRested, (market, seq, seq, side, price, size)),
-            ]
+            if opp.best > limit_key:  # cannot trade: rest (the common, passive case)
+                order = [size, seq, price, size, side, False]
+                queue = own.levels.get(price)
+                if queue is None:
+                    queue = own.add_level(price)
+                queue.append(order)
+                self.orders[seq] = order
+                return [
+                    _new(OrderAccepted, (market, seq, seq, side, LIMIT, price, size)),
+                    _new(OrderRested, (market, seq, seq, side, price, size)),
+                ]
+            events: list[Event] = [_new(OrderAccepted, (market, seq, seq, side, LIMIT, price, size))]
+            remaining = self._take(seq, seq, side, size, limit_key, opp, events)
+            if remaining:
+                order = [remaining, seq, price, size, side, False]
+                own.rest(order)
+                self.orders[seq] = order
+                events.append(_new(OrderRested, (market, seq, seq, side, price, remaining)))
+            return events
         return self._submit(cmd)
 
     def _submit(self, cmd: SubmitOrder) -> list[Event]:
@@ -337,6 +354,7 @@ class Book:
         """Match ``remaining`` against ``opp`` at keys <= ``limit_key``, best level first, FIFO within it.
 
         Appends one OrderFilled per trade, at the maker's price, and returns what is left to fill.
+        Callers only call this when the order crosses (``opp.best <= limit_key``).
         """
         market = self.market
         orders = self.orders
@@ -344,35 +362,13 @@ class Book:
         sign = opp.sign
         trade_id = self.next_trade_id
         append = events.append
-        price = 0  # callers only call this when the order crosses, so the loop runs at least once
-        while remaining and opp.best <= limit_key:
-            price = sign * opp.best
+        best = opp.best
+        while best <= limit_key:
+            price = sign * best
             queue = levels[price]
-            while True:  # the front order of a level is always live
-                maker = queue[0]
-                available = maker[0]  # remaining
-                if available > remaining:  # the maker keeps a remainder; the taker is done
-                    maker[0] = available - remaining
-                    append(
-                        _new(
-                            OrderFilled,
-                            (
-                                market,
-                                seq,
-                                trade_id,
-                                price,
-                                remaining,
-                                maker[1],
-                                taker_id,
-                                taker_side,
-                                available - remaining,
-                                0,
-                            ),
-                        )
-                    )
-                    trade_id += 1
-                    remaining = 0
-                    break
+            maker = queue[0]  # the front order of a level is always live
+            available = maker[0]  # remaining
+            while available <= remaining:  # the maker is filled completely and leaves the book
                 queue.popleft()
                 del orders[maker[1]]  # order_id
                 remaining -= available
@@ -385,12 +381,30 @@ class Book:
                 trade_id += 1
                 if not queue or not queue[0][0]:  # level exhausted, or a tombstone reached the front
                     opp.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
-                    if price not in levels:
+                    if not queue:
                         break
                 if not remaining:
                     break
-        if price in opp.tombs:  # fills at the last level visited may have left it tombstone-heavy
-            opp.compact(price)
+                maker = queue[0]
+                available = maker[0]
+            else:  # the maker keeps a remainder; the taker is done
+                available -= remaining
+                maker[0] = available
+                append(
+                    _new(
+                        OrderFilled,
+                        (market, seq, trade_id, price, remaining, maker[1], taker_id, taker_side, available, 0),
+                    )
+                )
+                trade_id += 1
+                remaining = 0
+            if not remaining:
+                # fills at this level may have left it tombstone-heavy (a dropped level has no count)
+                tombs = opp.tombs.get(price)
+                if tombs and tombs > len(queue) - tombs + _SLACK:
+                    opp.compact(price)
+                break
+            best = opp.best  # the level was dropped: next level
         self.next_trade_id = trade_id
         return remaining
 
@@ -400,14 +414,20 @@ class Book:
         if order is None:
             return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND))]
         size = order[0]  # remaining
+        order[0] = 0  # now a tombstone
         side = self.bids if order[4] is BUY else self.asks  # side
         price = order[2]  # price
         queue = side.levels[price]
-        if queue[0] is not order or len(queue) == 1 or not queue[1][0]:
-            side.unlink(order)  # the general case: tombstone, compaction, tombstones in front, last order
-        else:  # the front order leaves and the next one is live: nothing else to maintain
+        if queue[0] is order:  # the front order leaves, with any tombstones behind it
             queue.popleft()
-            order[0] = 0
+            if not queue or not queue[0][0]:
+                side.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
+        else:  # a tombstone behind the front order: count it, compact the level if they dominate
+            tombs = side.tombs
+            count = tombs.get(price, 0) + 1
+            tombs[price] = count
+            if count > len(queue) - count + _SLACK:
+                side.compact(price)
         return [_new(OrderCancelled, (self.market, cmd.seq, order_id, size, CancelReason.USER))]
 
     def amend(self, cmd: AmendOrder) -> list[Event]:

