@@ -357,7 +357,6 @@ class Chaos:
         return plan
 
     def run_faults(self) -> None:
-        self.fault_stubs = self.stubs()
         try:
             for at, kind, node, hold, variant in self.schedule():
                 if self.done.wait(max(0.0, self.started + at - time.monotonic())):
@@ -372,12 +371,12 @@ class Chaos:
             self.faults_done.set()
 
     def others_trade(self, node: int, what: str) -> None:
+        """Every node but `node` must take an order while the fault lasts (`what` describes it)."""
         for other in range(self.config.nodes):
             if other != node:
-                record = self.probe(other, f"{what}-{other + 1}", attempts=2)
+                record = self.probe(other, f"{self.stats.faults.total()}-{other + 1}", attempts=2)
                 if record.final != "OK":
-                    self.violation(f"while {what} node-{node + 1}, node-{other + 1} did not take an order: "
-                                   f"{record.attempts}")
+                    self.violation(f"while {what}, node-{other + 1} did not take an order: {record.attempts}")
 
     def fault_kill(self, node: int, hold: float, variant: str) -> None:
         name = self.cluster.nodes[node].name
@@ -394,7 +393,7 @@ class Chaos:
         process.signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            self.others_trade(node, "SIGSTOPped")
+            self.others_trade(node, f"node-{node + 1} was SIGSTOPped")
             time.sleep(max(0.0, hold - (time.monotonic() - started)))
         finally:
             process.signal(signal.SIGCONT)
@@ -404,7 +403,7 @@ class Chaos:
         self.cluster.partition(node, netem)
         try:
             started = time.monotonic()
-            self.others_trade(node, f"partitioned ({variant})")
+            self.others_trade(node, f"node-{node + 1} was partitioned ({variant})")
             time.sleep(max(0.0, hold - (time.monotonic() - started)))
         finally:
             self.cluster.heal(node)
@@ -434,7 +433,7 @@ class Chaos:
         self.cluster.consul.stop()
         try:
             started = time.monotonic()
-            self.others_trade(-1, "Consul is down,")
+            self.others_trade(-1, "Consul was down")
             time.sleep(max(0.0, hold - (time.monotonic() - started)))
         finally:
             self.cluster.consul.start()
@@ -666,9 +665,8 @@ class Chaos:
             if len(seqs) > 1:
                 self.violation(f"{market}: client_order_id {coid} is in the log {len(seqs)} times: {seqs}")
         for record in self.orders:
-            market = convert.resolve_market(result.engine.markets, record.request.market).symbol \
-                if record.request.market in result.engine.markets or not record.request.market else None
-            seqs = places.get((market, record.coid), []) if market else []
+            market = record.request.market or self.markets[0]
+            seqs = places.get((market, record.coid), [])
             if record.final == "OK":
                 response = record.response
                 assert response is not None

@@ -32,7 +32,8 @@ def parse_markets(spec: str) -> list[eng.MarketConfig]:
             name, _, value = setting.partition("=")
             if name not in MARKET_FIELDS or not value.lstrip("-").isdigit():
                 raise argparse.ArgumentTypeError(
-                    f"bad market setting {setting!r} in {item!r}: use name=integer with name in {', '.join(MARKET_FIELDS)}"
+                    f"bad market setting {setting!r} in {item!r}: "
+                    f"use name=integer with name in {', '.join(MARKET_FIELDS)}"
                 )
             values[name] = int(value)
         try:
