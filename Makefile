@@ -14,8 +14,9 @@ install: $(STAMP) $(STUBS)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "installing Python packages into $(VENV) (log: $(VENV)/install.log)"
+	@$(PY) -m pip install --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PY) -m pip install -e '.[dev]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $@
 
 proto: $(STUBS)
@@ -39,7 +40,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) -m pip install --quiet -e '.[bench]' || echo "some benchmark peers could not be installed; they will be reported as skipped"
+	@for peer in lightmatchingengine liquibook; do \
+		$(PY) -m pip install $$peer >> $(VENV)/install.log 2>&1 || \
+			echo "benchmark peer $$peer could not be installed; it will be reported as skipped"; \
+	done
 	$(PY) -m bench
 
 cluster-up: install consul
