@@ -7,9 +7,10 @@ that are still resting (the generator runs the floor book to know which ids are 
 Implementations, each run on a fresh book, best of ``repeat`` timed runs after a warm-up run:
 
 * ``engine``: ``exchange.engine.Engine.apply`` on prebuilt commands, producing every event;
-* ``floor``: the least work any price-time book must do in pure Python: a ``SortedDict`` price -> ``deque``
-  per side, a dict index for cancels (lazy removal), walking levels and computing trade sizes, no events,
-  no validation, no sequencing. Its fill count and traded volume must equal the engine's;
+* ``floor``: the least work any correct price-time book must do in pure Python: a ``SortedDict`` price ->
+  ``deque`` per side, a dict index for cancels (tombstones, with the upkeep that keeps the best price right
+  and memory bounded: see ``FloorBook``), walking levels and computing trade sizes, no events, no
+  validation, no sequencing. Its fill count and traded volume must equal the engine's;
 * ``liquibook`` (C++ through SWIG, a Python ``on_fill`` callback counting fills) and
   ``lightmatchingengine`` (pure Python), when installed; otherwise reported as skipped.
 """
@@ -41,11 +42,27 @@ Op = tuple[int, bool | None, int, int]
 
 
 class FloorBook:
-    """The minimum price-time book (see the module docstring). Orders are ``[remaining, order_id]`` lists."""
+    """The minimum *correct* price-time book (see the module docstring).
+
+    Orders are ``[remaining, order_id, key]`` lists (key: ``-price`` for bids, ``price`` for asks). A cancel
+    only marks the order (``remaining = 0``, a tombstone); the book stays correct for a reader with the least
+    upkeep, the same guarantees the engine gives:
+
+    * the front order of every level is live, so a level is in the ``SortedDict`` exactly while it holds a live
+      order and ``peekitem(0)`` is the true best price (a cancel at the front pops it and the tombstones behind
+      it, dropping the level when nothing is left; a fill does the same when it empties the front);
+    * tombstones behind the front are counted per level and the level is rebuilt when they outnumber its live
+      orders by more than ``_SLACK``, so memory stays proportional to the resting orders (without this, a
+      level whose front order never trades keeps every cancelled order behind it forever).
+    """
+
+    _SLACK = 16
 
     def __init__(self) -> None:
         self.bids: SortedDict = SortedDict()  # key -price: best bid first
         self.asks: SortedDict = SortedDict()  # key price: best ask first
+        self.bid_tombs: dict[int, int] = {}  # key -> tombstones behind the front of that level
+        self.ask_tombs: dict[int, int] = {}
         self.index: dict[int, list[int]] = {}
         self.fills = 0
         self.volume = 0
@@ -53,27 +70,27 @@ class FloorBook:
     def limit(self, oid: int, is_buy: bool, price: int, size: int) -> None:
         """Match against the opposite side, then rest the remainder."""
         if is_buy:
-            opposite, limit_key, own, own_key = self.asks, price, self.bids, -price
+            opposite, tombs, limit_key, own, own_key = self.asks, self.ask_tombs, price, self.bids, -price
         else:
-            opposite, limit_key, own, own_key = self.bids, -price, self.asks, price
+            opposite, tombs, limit_key, own, own_key = self.bids, self.bid_tombs, -price, self.asks, price
         index = self.index
         fills = volume = 0
         while size and opposite:
             best, queue = opposite.peekitem(0)
             if best > limit_key:
                 break
-            while size and queue:
+            while size and queue:  # the front order is live
                 maker = queue[0]
                 available = maker[0]
-                if not available:  # cancelled
-                    queue.popleft()
-                    continue
                 if available <= size:
                     size -= available
                     volume += available
                     maker[0] = 0
                     queue.popleft()
                     del index[maker[1]]
+                    while queue and not queue[0][0]:  # keep the front live
+                        queue.popleft()
+                        tombs[best] -= 1
                 else:
                     maker[0] = available - size
                     volume += size
@@ -81,11 +98,12 @@ class FloorBook:
                 fills += 1
             if not queue:
                 del opposite[best]
+                tombs.pop(best, None)
         if fills:
             self.fills += fills
             self.volume += volume
         if size:
-            order = [size, oid]
+            order = [size, oid, own_key]
             queue = own.get(own_key)
             if queue is None:
                 queue = own[own_key] = deque()
@@ -94,8 +112,25 @@ class FloorBook:
 
     def cancel(self, oid: int) -> None:
         order = self.index.pop(oid, None)
-        if order is not None:
-            order[0] = 0
+        if order is None:
+            return
+        order[0] = 0
+        key = order[2]
+        side, tombs = (self.bids, self.bid_tombs) if key < 0 else (self.asks, self.ask_tombs)
+        queue = side[key]
+        if queue[0] is order:  # pop it and the tombstones behind it; drop the level if nothing is left
+            queue.popleft()
+            while queue and not queue[0][0]:
+                queue.popleft()
+                tombs[key] -= 1
+            if not queue:
+                del side[key]
+                tombs.pop(key, None)
+        else:
+            count = tombs[key] = tombs.get(key, 0) + 1
+            if count > len(queue) - count + self._SLACK:  # compact
+                side[key] = deque([o for o in queue if o[0]])
+                del tombs[key]
 
 
 # ----------------------------------------------------------------------------------------------- stream

@@ -41,8 +41,7 @@ Invariants (``Book.check`` verifies them)
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from sortedcontainers import SortedList
 
@@ -174,7 +173,7 @@ class _SideBook:
 class Book:
     """The state of one market and the rules that change it. Driven by ``Engine.apply``."""
 
-    __slots__ = ("config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "_limits", "handlers")
+    __slots__ = ("config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "limits")
 
     def __init__(self, config: MarketConfig) -> None:
         self.config = config
@@ -185,16 +184,10 @@ class Book:
         self.last_seq = 0
         self.next_trade_id = 1
         c = config
-        self._limits = (c.min_size, c.max_size, c.lot_size, c.min_price, c.max_price, c.tick_size)
-        # command type -> bound handler, for ``Engine.apply``'s dispatch
-        self.handlers: dict[type, Callable[[Any], list[Event]]] = {
-            SubmitOrder: self.submit,
-            CancelOrder: self.cancel,
-            AmendOrder: self.amend,
-        }
+        self.limits = (c.min_size, c.max_size, c.lot_size, c.min_price, c.max_price, c.tick_size)
 
     def price_error(self, price: object) -> RejectReason | None:
-        _, _, _, min_price, max_price, tick = self._limits
+        _, _, _, min_price, max_price, tick = self.limits
         if type(price) is not int or not min_price <= price <= max_price:
             return RejectReason.PRICE_OUT_OF_BOUNDS
         if price % tick:
@@ -204,61 +197,10 @@ class Book:
     # -------------------------------------------------------------------------------------- commands
 
     def submit(self, cmd: SubmitOrder) -> list[Event]:
-        """A new order with id ``cmd.seq``.
-
-        Fast path for the most common command, a valid LIMIT order: it rests at once if it cannot trade,
-        else it matches through ``_take`` and rests what is left. Every other type (and anything this path
-        is unsure of) goes through ``_submit``, which decides the same cases the same way, so the fast path
-        is an optimisation only.
-        """
-        price = cmd.price
-        size = cmd.size
-        min_size, max_size, lot, min_price, max_price, tick = self._limits
-        if (
-            cmd.order_type is LIMIT
-            and type(price) is int
-            and type(size) is int
-            and min_price <= price <= max_price
-            and min_size <= size <= max_size
-            and not price % tick
-            and not size % lot
-        ):
-            side = cmd.side
-            if side is BUY:
-                own = self.bids
-                opp = self.asks
-                limit_key = price
-            elif side is SELL:
-                own = self.asks
-                opp = self.bids
-                limit_key = -price
-            else:
-                return self._submit(cmd)  # a plain int side, or an invalid one
-            seq = cmd.seq
-            market = self.market
-            if opp.best > limit_key:  # cannot trade: rest (the common, passive case)
-                order = [size, seq, price, size, side, False]
-                queue = own.levels.get(price)
-                if queue is None:
-                    queue = own.add_level(price)
-                queue.append(order)
-                self.orders[seq] = order
-                return [
-                    _new(OrderAccepted, (market, seq, seq, side, LIMIT, price, size)),
-                    _new(OrderRested, (market, seq, seq, side, price, size)),
-                ]
-            events: list[Event] = [_new(OrderAccepted, (market, seq, seq, side, LIMIT, price, size))]
-            remaining = self._take(seq, seq, side, size, limit_key, opp, events)
-            if remaining:
-                order = [remaining, seq, price, size, side, False]
-                own.rest(order)
-                self.orders[seq] = order
-                events.append(_new(OrderRested, (market, seq, seq, side, price, remaining)))
-            return events
-        return self._submit(cmd)
-
-    def _submit(self, cmd: SubmitOrder) -> list[Event]:
         """Every submit. Rejections are decided before any trade (nothing changes then).
+
+        ``Engine.apply`` has a fast path for valid LIMIT orders that decides them the same way as this
+        general path.
 
         Check order: side, order type, size (bounds, lot), price (presence, bounds, tick), then the book:
         POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY.
@@ -269,10 +211,11 @@ class Book:
         size = cmd.size
         price = cmd.price
         if side is not BUY and side is not SELL:
-            side = _SIDES.get(side)  # a plain int 1/2 becomes the enum; anything else None
+            # a plain int 1/2 becomes the enum; anything else (even an unhashable value) None
+            side = _SIDES.get(side) if type(side) is int else None
         if type(otype) is not OrderType:
-            otype = _TYPES.get(otype)
-        min_size, max_size, lot, min_price, max_price, tick = self._limits
+            otype = _TYPES.get(otype) if type(otype) is int else None
+        min_size, max_size, lot, min_price, max_price, tick = self.limits
         reason = None
         if side is None:
             reason = RejectReason.INVALID_SIDE
@@ -439,7 +382,7 @@ class Book:
         """
         market, seq, order_id, new_size, new_price = self.market, cmd.seq, cmd.order_id, cmd.new_size, cmd.new_price
         order = self.orders.get(order_id) if type(order_id) is int else None
-        _, max_size, lot, _, _, _ = self._limits
+        _, max_size, lot, _, _, _ = self.limits
         reason = None
         if type(new_size) is not int or new_size <= 0:
             reason = RejectReason.AMEND_SIZE_INVALID

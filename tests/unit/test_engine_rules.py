@@ -464,7 +464,9 @@ def strict() -> Book:
         (BUY, LIMIT, 1010, 100, RejectReason.SIZE_OUT_OF_BOUNDS),
         (BUY, LIMIT, 15, 100, RejectReason.SIZE_NOT_ON_LOT),
         (3, LIMIT, 10, 100, RejectReason.INVALID_SIDE),
+        ([1], LIMIT, 10, 100, RejectReason.INVALID_SIDE),  # unhashable: still an event, not an exception
         (BUY, 9, 10, 100, RejectReason.INVALID_ORDER_TYPE),
+        (BUY, {1: 1}, 10, 100, RejectReason.INVALID_ORDER_TYPE),
     ],
 )
 def test_invalid_submit_is_rejected_with_reason_and_changes_nothing(
