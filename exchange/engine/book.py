@@ -186,14 +186,6 @@ class Book:
         c = config
         self.limits = (c.min_size, c.max_size, c.lot_size, c.min_price, c.max_price, c.tick_size)
 
-    def price_error(self, price: object) -> RejectReason | None:
-        _, _, _, min_price, max_price, tick = self.limits
-        if type(price) is not int or not min_price <= price <= max_price:
-            return RejectReason.PRICE_OUT_OF_BOUNDS
-        if price % tick:
-            return RejectReason.PRICE_NOT_ON_TICK
-        return None
-
     # -------------------------------------------------------------------------------------- commands
 
     def submit(self, cmd: SubmitOrder) -> list[Event]:
@@ -215,25 +207,7 @@ class Book:
             side = _SIDES.get(side) if type(side) is int else None
         if type(otype) is not OrderType:
             otype = _TYPES.get(otype) if type(otype) is int else None
-        min_size, max_size, lot, min_price, max_price, tick = self.limits
-        reason = None
-        if side is None:
-            reason = RejectReason.INVALID_SIDE
-        elif otype is None:
-            reason = RejectReason.INVALID_ORDER_TYPE
-        elif type(size) is not int or not min_size <= size <= max_size:
-            reason = RejectReason.SIZE_OUT_OF_BOUNDS
-        elif size % lot:
-            reason = RejectReason.SIZE_NOT_ON_LOT
-        elif otype is MARKET:
-            if price is not None:
-                reason = RejectReason.PRICE_NOT_ALLOWED
-        elif price is None:
-            reason = RejectReason.PRICE_REQUIRED
-        elif type(price) is not int or not min_price <= price <= max_price:
-            reason = RejectReason.PRICE_OUT_OF_BOUNDS
-        elif price % tick:
-            reason = RejectReason.PRICE_NOT_ON_TICK
+        reason = self.config.order_error(side, otype, size, price)
         market = self.market
         if reason is not None:
             return [_new(OrderRejected, (market, seq, seq, reason))]
@@ -393,7 +367,7 @@ class Book:
         elif new_size % lot:
             reason = RejectReason.SIZE_NOT_ON_LOT
         elif new_price is not None:
-            reason = self.price_error(new_price)
+            reason = self.config.price_error(new_price)
         if reason is None:
             assert order is not None
             price = order[PRICE] if new_price is None else new_price

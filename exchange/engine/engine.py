@@ -268,6 +268,6 @@ def _decode_order(entry: object, side: Side, book: Book) -> Order:
     size = _int(entry[2], "size", 1)
     remaining = _int(entry[3], "remaining", 1)
     post_only = _int(entry[4], "post_only", 0)
-    if remaining > size or post_only > 1 or book.price_error(price) is not None:
+    if remaining > size or post_only > 1 or book.config.price_error(price) is not None:
         raise ValueError(f"{book.market}: invalid order entry {entry!r}")
     return [remaining, order_id, price, size, side, bool(post_only)]

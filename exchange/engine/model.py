@@ -84,6 +84,41 @@ class MarketConfig:
         if self.min_size > self.max_size:
             raise ValueError(f"MarketConfig.min_size {self.min_size} > max_size {self.max_size}")
 
+    # The market's order rules, in one place: the engine rejects with these reasons, and the API layer
+    # refuses the same requests up front (INVALID_ARGUMENT) by asking the same questions.
+
+    def price_error(self, price: object) -> RejectReason | None:
+        if type(price) is not int or not self.min_price <= price <= self.max_price:
+            return RejectReason.PRICE_OUT_OF_BOUNDS
+        if price % self.tick_size:
+            return RejectReason.PRICE_NOT_ON_TICK
+        return None
+
+    def size_error(self, size: object) -> RejectReason | None:
+        if type(size) is not int or not self.min_size <= size <= self.max_size:
+            return RejectReason.SIZE_OUT_OF_BOUNDS
+        if size % self.lot_size:
+            return RejectReason.SIZE_NOT_ON_LOT
+        return None
+
+    def order_error(
+        self, side: Side | None, order_type: OrderType | None, size: object, price: object
+    ) -> RejectReason | None:
+        """Why a new order breaks this market's rules (None if it does not), checked in this order:
+        side, order type, size (bounds, lot), price (presence, bounds, tick)."""
+        if side is None:
+            return RejectReason.INVALID_SIDE
+        if order_type is None:
+            return RejectReason.INVALID_ORDER_TYPE
+        reason = self.size_error(size)
+        if reason is not None:
+            return reason
+        if order_type is OrderType.MARKET:
+            return None if price is None else RejectReason.PRICE_NOT_ALLOWED
+        if price is None:
+            return RejectReason.PRICE_REQUIRED
+        return self.price_error(price)
+
 
 # --------------------------------------------------------------------------------------------- commands
 

@@ -27,27 +27,28 @@ def resolve_market(markets: Mapping[str, eng.MarketConfig], name: str) -> eng.Ma
     return config
 
 
-def _check_int64(value: int, field: str) -> None:
-    if not -(2**63) <= value < 2**63:
-        raise InvalidArgument(f"{field} {value} is outside the int64 range")
+def explain(reason: eng.RejectReason, config: eng.MarketConfig, field: str, value: int) -> str:
+    """A person's version of a market-rule rejection of `field` = `value`."""
+    symbol = config.symbol
+    messages = {
+        eng.RejectReason.PRICE_OUT_OF_BOUNDS:
+            f"{field} {value} is outside {symbol}'s price bounds [{config.min_price}, {config.max_price}] (ticks)",
+        eng.RejectReason.PRICE_NOT_ON_TICK:
+            f"{field} {value} is not a multiple of {symbol}'s tick size {config.tick_size}",
+        eng.RejectReason.SIZE_OUT_OF_BOUNDS:
+            f"{field} {value} is outside {symbol}'s size bounds [{config.min_size}, {config.max_size}] (lots)",
+        eng.RejectReason.SIZE_NOT_ON_LOT:
+            f"{field} {value} is not a multiple of {symbol}'s lot size {config.lot_size}",
+        eng.RejectReason.PRICE_REQUIRED: f"this order type needs a positive {field} (ticks)",
+        eng.RejectReason.PRICE_NOT_ALLOWED:
+            f"a MARKET order takes no {field}: leave it unset, or use a LIMIT or IOC order",
+    }
+    return messages.get(reason, f"{field} {value}: {reason.name}")
 
 
-def _check_price(config: eng.MarketConfig, price: int, field: str) -> None:
-    if not config.min_price <= price <= config.max_price:
-        raise InvalidArgument(
-            f"{field} {price} is outside {config.symbol}'s bounds [{config.min_price}, {config.max_price}] (ticks)"
-        )
-    if price % config.tick_size:
-        raise InvalidArgument(f"{field} {price} is not a multiple of {config.symbol}'s tick size {config.tick_size}")
-
-
-def _check_size(config: eng.MarketConfig, size: int, field: str) -> None:
-    if not config.min_size <= size <= config.max_size:
-        raise InvalidArgument(
-            f"{field} {size} is outside {config.symbol}'s bounds [{config.min_size}, {config.max_size}] (lots)"
-        )
-    if size % config.lot_size:
-        raise InvalidArgument(f"{field} {size} is not a multiple of {config.symbol}'s lot size {config.lot_size}")
+def _refuse(reason: eng.RejectReason | None, config: eng.MarketConfig, field: str, value: int) -> None:
+    if reason is not None:
+        raise InvalidArgument(explain(reason, config, field, value))
 
 
 def _check_client_order_id(client_order_id: str) -> None:
@@ -82,17 +83,12 @@ def new_order_command(
     if order_type not in eng.OrderType._value2member_map_:
         names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
         raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
-    _check_size(config, size, "size")
-    if order_type == eng.OrderType.MARKET:
-        if request.limit_price != 0:
-            raise InvalidArgument("a MARKET order takes no limit_price: leave it unset, or use a LIMIT or IOC order")
-    else:
-        if request.limit_price <= 0:
-            kind = eng.OrderType(order_type).name
-            raise InvalidArgument(
-                f"a {kind} order needs a positive limit_price (ticks), got {request.limit_price}"
-            )
-        _check_price(config, request.limit_price, "limit_price")
+    _refuse(config.size_error(size), config, "size", size)
+    price = request.limit_price or None
+    if price is not None and price < 0:
+        raise InvalidArgument(f"limit_price must be positive (ticks), got {price}")
+    reason = config.order_error(eng.Side(side), eng.OrderType(order_type), size, price)
+    _refuse(reason, config, "limit_price", request.limit_price)
     _check_client_order_id(request.client_order_id)
     return types_pb2.Command(
         market=config.symbol,
@@ -127,11 +123,11 @@ def amend_command(
         raise InvalidArgument(
             f"size must be the new positive remaining size (lots), got {request.size}; to remove an order, cancel it"
         )
-    _check_size(config, request.size, "size")
+    _refuse(config.size_error(request.size), config, "size", request.size)
     if request.limit_price < 0:
         raise InvalidArgument(f"limit_price must be positive, or 0 to keep the price; got {request.limit_price}")
     if request.limit_price:
-        _check_price(config, request.limit_price, "limit_price")
+        _refuse(config.price_error(request.limit_price), config, "limit_price", request.limit_price)
     return types_pb2.Command(
         market=config.symbol,
         amend_order=types_pb2.AmendOrderCommand(
