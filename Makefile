@@ -8,7 +8,10 @@ PROTOS := $(wildcard proto/exchange/v1/*.proto)
 STUBS := exchange/v1/exchange_pb2.py
 CONSUL_STAMP := .cache/consul/path
 
-.PHONY: install proto consul test test-unit lint bench cluster-up cluster-down cluster-status clean
+.PHONY: install proto consul test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
+
+# make chaos CHAOS_ARGS='--seed 7 --orders 10000 --duration 300'
+CHAOS_ARGS ?= --duration 120
 
 install: $(STAMP) $(STUBS)
 
@@ -45,6 +48,9 @@ bench: install
 			echo "benchmark peer $$peer could not be installed; it will be reported as skipped"; \
 	done
 	$(PY) -m bench
+
+chaos: install consul
+	$(PY) -m exchange.chaos $(CHAOS_ARGS)
 
 cluster-up: install consul
 	$(PY) -m exchange.devcluster up

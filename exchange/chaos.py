@@ -55,13 +55,20 @@ from exchange.verify import read_log, replay
 
 FAULT_KINDS = ("kill", "stop", "partition", "sequencer", "consul", "replay")
 AMBIGUOUS = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
+AMBIGUOUS_NAMES = frozenset(code.name for code in AMBIGUOUS)
 DEFINITE_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND})
 # Definite refusals of a cancel or amend by the market (amend AMEND_NO_CHANGE / POST_ONLY_WOULD_TAKE ...).
 CHANGE_REFUSALS = DEFINITE_FAILURES | {grpc.StatusCode.FAILED_PRECONDITION}
-CALL_TIMEOUT = 8.0  # longer than a node's Sequencer retries (5 s), so a client sees its UNAVAILABLE
+CALL_TIMEOUT = 8.0  # probes: longer than a node's Sequencer retries (5 s), so they see its UNAVAILABLE
+CLIENT_TIMEOUT = 3.0  # workload clients: short, so a stopped or cut-off node does not stall the load
 MAX_ATTEMPTS = 6
 PRICES = (95, 105)
 LOG_ALARMS = re.compile(r"Traceback|CRITICAL")
+# grpcio logs this (with a traceback) when a handler finishes after its client gave up (deadline passed,
+# e.g. while the node was SIGSTOPped): the answer cannot be sent. Library behaviour (grpc/grpc#32551),
+# reported but not a violation.
+BENIGN_BEFORE_TRACEBACK = "ExecuteBatchError raised in core by servicer method"
+AVOID_S = 2.0  # a client avoids a node for this long after an ambiguous answer from it (like a real client)
 
 
 # -- what the clients did ---------------------------------------------------------------------------
@@ -165,6 +172,9 @@ class Chaos:
         self.started = 0.0
         self.faults_done = threading.Event()
         self.channels: list[grpc.Channel] = []
+        self.netem = cluster.netns is not None and cluster.netns.netem_available()
+        if cluster.netns is not None and not self.netem:
+            out("tc netem is not available in this kernel (no sch_netem): every partition cuts the link")
 
     # -- helpers --
 
@@ -192,7 +202,7 @@ class Chaos:
             return self.tickets - 1
 
     def place(self, stubs: list[exchange_pb2_grpc.ExchangeNodeStub], record: OrderRecord, node: int,
-              attempts: int = MAX_ATTEMPTS, rotate: bool = True, timeout: float = CALL_TIMEOUT) -> None:
+              attempts: int = MAX_ATTEMPTS, rotate: bool = True, timeout: float = CLIENT_TIMEOUT) -> None:
         """Places a new order; on an ambiguous answer retries (same client_order_id) on the next node."""
         for attempt in range(attempts):
             target = (node + attempt) % len(stubs) if rotate else node
@@ -271,6 +281,7 @@ class Chaos:
         resting: list[tuple[str, int]] = []
         rate = self.config.orders / self.config.duration if self.config.orders else 0.0
         number = 0
+        avoid_until = [0.0] * len(stubs)
         while not self.load_stop.is_set():
             ticket = self.take_ticket()
             if ticket is None:
@@ -280,12 +291,19 @@ class Chaos:
                 if delay > 0 and self.load_stop.wait(delay):
                     return
             node = rng.randrange(len(stubs))
+            for _ in range(len(stubs)):
+                if avoid_until[node] <= time.monotonic():
+                    break
+                node = (node + 1) % len(stubs)
             choice = rng.random()
             if choice < 0.7 or not resting and choice < 0.9:
                 number += 1
                 request = self.random_order(rng, f"s{self.config.seed}-c{index}-{number}")
                 record = self.new_record(f"c{index}", request)
                 self.place(stubs, record, node)
+                for target, code in record.attempts:
+                    if code in AMBIGUOUS_NAMES:
+                        avoid_until[target] = time.monotonic() + AVOID_S
                 if record.response is not None and record.response.status == pb.RESTING:
                     resting.append((record.response.market, record.response.order_id))
                 continue
@@ -294,14 +312,17 @@ class Chaos:
             else:
                 market, order_id = rng.choice(self.markets), rng.randint(1, 3000)
             if choice < 0.85:
-                self.change(stubs, ChangeRecord("cancel", node, market, order_id), None)
+                change = ChangeRecord("cancel", node, market, order_id)
+                self.change(stubs, change, None)
             else:
                 size, price = rng.randint(1, 20), rng.choice([0, rng.randint(*PRICES)])
-                record = ChangeRecord("amend", node, market, order_id)
+                change = record = ChangeRecord("amend", node, market, order_id)
                 self.change(stubs, record, pb.AmendOrderRequest(market=market, order_id=order_id, size=size,
                                                                  limit_price=price))
                 if record.response is not None and record.response.remaining_size:
                     resting.append((market, order_id))
+            if change.code in AMBIGUOUS_NAMES:
+                avoid_until[node] = time.monotonic() + AVOID_S
 
     def change(self, stubs: list[exchange_pb2_grpc.ExchangeNodeStub], record: ChangeRecord,
                amend: pb.AmendOrderRequest | None) -> None:
@@ -311,9 +332,9 @@ class Chaos:
         try:
             if amend is None:
                 record.response = stubs[record.node].CancelOrder(
-                    pb.CancelOrderRequest(market=record.market, order_id=record.order_id), timeout=CALL_TIMEOUT)
+                    pb.CancelOrderRequest(market=record.market, order_id=record.order_id), timeout=CLIENT_TIMEOUT)
             else:
-                record.response = stubs[record.node].AmendOrder(amend, timeout=CALL_TIMEOUT)
+                record.response = stubs[record.node].AmendOrder(amend, timeout=CLIENT_TIMEOUT)
         except grpc.RpcError as error:
             code = error.code()
             record.code = code.name
@@ -353,6 +374,8 @@ class Chaos:
             hold = {"kill": rng.uniform(2, 5), "stop": rng.uniform(3, 6), "partition": rng.uniform(3, 6),
                     "sequencer": rng.uniform(6.5, 8), "consul": rng.uniform(3, 6), "replay": rng.uniform(2, 4)}[kind]
             variant = rng.choice(["cut", "netem"]) if kind == "partition" else ""
+            if variant == "netem" and not self.netem:
+                variant = "cut (no netem here)"
             plan.append((at, kind, rng.randrange(self.config.nodes), hold, variant))
         return plan
 
@@ -399,8 +422,9 @@ class Chaos:
             process.signal(signal.SIGCONT)
 
     def fault_partition(self, node: int, hold: float, variant: str) -> None:
-        netem = ["delay", "100ms", "30ms", "loss", "25%"] if variant == "netem" else None
+        netem = ["delay", "100ms", "30ms", "loss", "25%"] if variant == "netem" and self.netem else None
         self.cluster.partition(node, netem)
+        variant = "netem " + " ".join(netem) if netem else "link cut"
         try:
             started = time.monotonic()
             self.others_trade(node, f"node-{node + 1} was partitioned ({variant})")
@@ -554,7 +578,7 @@ class Chaos:
 
     def progress_header(self) -> None:
         self.out(f"{'elapsed':>8} {'sent':>7} {'acked':>7} {'rejected':>8} {'aborted':>7} {'ambig':>6} "
-                 f"{'mkt-rej':>7} {'faults':>6}  current")
+                 f"{'mkt-rej':>7} {'faults':>6}")
 
     def progress(self) -> None:
         with self.stats.lock:
@@ -588,7 +612,7 @@ class Chaos:
         finally:
             self.load_stop.set()
             for thread in clients:
-                thread.join(timeout=MAX_ATTEMPTS * (CALL_TIMEOUT + 2))
+                thread.join(timeout=MAX_ATTEMPTS * (CLIENT_TIMEOUT + 2))
             self.done.set()
             fault_thread.join(timeout=120)
         self.progress()
@@ -605,7 +629,8 @@ class Chaos:
         # Orders whose every attempt was ambiguous: ask again now that the cluster is whole.
         unresolved = [r for r in self.orders if r.final == "AMBIGUOUS"]
         for number, record in enumerate(unresolved):
-            self.place(self.fault_stubs, record, number % len(cluster.nodes), attempts=MAX_ATTEMPTS)
+            self.place(self.fault_stubs, record, number % len(cluster.nodes), attempts=MAX_ATTEMPTS,
+                       timeout=CALL_TIMEOUT)
         self.stats.add("unresolved", sum(1 for r in self.orders if r.final == "AMBIGUOUS"))
         try:
             views = cluster.wait_converged(timeout=self.config.settle_timeout,
@@ -682,12 +707,11 @@ class Chaos:
                     report.divergences += 1
                     self.violation(f"the answer to {record.coid} differs from the log's replay: told "
                                    f"{_short(response)}, replay gives {_short(expected)}")
-            elif record.final in {code.name for code in DEFINITE_FAILURES}:
-                if seqs:
-                    history = " after an ambiguous attempt" if any(
-                        code in {c.name for c in AMBIGUOUS} for _, code in record.attempts) else ""
-                    self.violation(f"order {record.coid} was refused with {record.final}{history} but is in the "
-                                   f"log at {market}#{seqs} (attempts {record.attempts})")
+            elif record.final in {code.name for code in DEFINITE_FAILURES} and seqs:
+                history = " after an ambiguous attempt" if any(
+                    code in {c.name for c in AMBIGUOUS} for _, code in record.attempts) else ""
+                self.violation(f"order {record.coid} was refused with {record.final}{history} but is in the "
+                               f"log at {market}#{seqs} (attempts {record.attempts})")
         for change in self.changes:
             if change.code != "OK":
                 continue
@@ -730,14 +754,18 @@ class Chaos:
                 continue
             lines = path.read_text(errors="replace").splitlines()
             for number, line in enumerate(lines):
-                if LOG_ALARMS.search(line):
+                if LOG_ALARMS.search(line) and number and BENIGN_BEFORE_TRACEBACK in lines[number - 1]:
+                    self.out(f"note: {path.name}:{number}: grpcio could not send an answer to a client that had "
+                             "given up (benign, grpc/grpc#32551)")
+                elif LOG_ALARMS.search(line):
                     context = " / ".join(lines[max(0, number - 1):number + 6])
                     self.violation(f"{path.name}:{number + 1}: {context[:1500]}")
 
 
 def _short(response: pb.CreateOrderResponse) -> str:
+    trades = [(t.price, t.size, t.maker_order_id) for t in response.trades]
     return (f"seq {response.seq} {pb.OrderStatus.Name(response.status)} filled {response.filled_size} "
-            f"remaining {response.remaining_size} trades {[(t.price, t.size, t.maker_order_id) for t in response.trades]}")
+            f"remaining {response.remaining_size} trades {trades}")
 
 
 # -- entry points -----------------------------------------------------------------------------------

@@ -186,6 +186,13 @@ class NetNamespaces:
               "tc", "qdisc", "replace", "dev", self.ns_ends[index], "root", "netem", *netem])
         self.impaired[index] = "netem " + " ".join(netem)
 
+    def netem_available(self) -> bool:
+        """Whether the kernel has `tc netem` (sch_netem), probed on the bridge (after create())."""
+        probe = subprocess.run(["tc", "qdisc", "add", "dev", self.bridge, "root", "netem", "delay", "1ms"],
+                               capture_output=True)
+        _run(["tc", "qdisc", "del", "dev", self.bridge, "root"], check=False)
+        return probe.returncode == 0
+
     def heal(self, index: int) -> None:
         """Undoes cut() and degrade() for node `index`."""
         _run(["tc", "qdisc", "del", "dev", self.root_ends[index], "root"], check=False)

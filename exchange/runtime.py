@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import sys
@@ -46,11 +47,79 @@ def configure_logging(name: str, level: str = "INFO") -> None:
     )
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not decode."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class RejectMalformedRequests(grpc.aio.ServerInterceptor):
+    """Answers INVALID_ARGUMENT to a request body that is not a valid protobuf message.
+
+    grpc decodes the body before any handler runs, and a decoding error would escape as UNKNOWN. The
+    decoder is made safe and the handler refuses what did not decode. Wrapped handlers are cached per
+    method, so a call pays one dict lookup.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method = handler_call_details.method
+        if method in self._wrapped:
+            return self._wrapped[method]
+        handler = await continuation(handler_call_details)
+        if handler is not None and handler.request_deserializer is not None and not handler.request_streaming:
+            handler = _safely_decoding(handler, method)
+        self._wrapped[method] = handler
+        return handler
+
+
+def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+
+    def safe_decode(data: bytes) -> object:
+        try:
+            return decode(data)
+        except Exception as error:  # noqa: BLE001 - any undecodable body is the caller's error
+            return _Malformed(error)
+
+    async def refuse(context: grpc.aio.ServicerContext, request: _Malformed) -> None:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request body is not a valid message for {method}: {request.error}",
+        )
+
+    if handler.unary_unary is not None:
+        behavior = handler.unary_unary
+
+        async def unary(request, context):  # type: ignore[no-untyped-def]
+            if isinstance(request, _Malformed):
+                await refuse(context, request)
+            return await behavior(request, context)
+
+        return handler._replace(request_deserializer=safe_decode, unary_unary=unary)  # type: ignore[attr-defined]
+    stream_behavior = handler.unary_stream
+
+    async def stream(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            await refuse(context, request)
+        produced = stream_behavior(request, context)
+        if inspect.isasyncgen(produced):  # handlers that yield ...
+            async for item in produced:
+                yield item
+        else:  # ... and handlers that call context.write(), like health's Watch
+            await produced
+
+    return handler._replace(request_deserializer=safe_decode, unary_stream=stream)  # type: ignore[attr-defined]
+
+
 class GrpcServer:
     """An aio server with health and reflection, bound to one address."""
 
     def __init__(self, bind: str, services: Iterable[ServiceDescriptor]) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RejectMalformedRequests()])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [service.full_name for service in services]

@@ -99,6 +99,9 @@ class MarketPipeline:
         self._next_ref += 1
         command.origin_ref = self._incarnation | self._next_ref
         pending = Pending(command, asyncio.get_running_loop().create_future())
+        # The caller may be gone (deadline) when the command fails: mark the exception retrieved so asyncio
+        # does not log an expected failure as "Future exception was never retrieved".
+        pending.future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._by_ref[command.origin_ref] = pending
         self._queue.append(pending)
         self._wakeup.set()

