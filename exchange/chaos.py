@@ -207,7 +207,9 @@ class Chaos:
         for attempt in range(attempts):
             target = (node + attempt) % len(stubs) if rotate else node
             try:
-                response = stubs[target].CreateOrder(record.request, timeout=timeout)
+                # wait_for_ready: a channel still in reconnect backoff from a node that was down would
+                # otherwise fail at once with a stale "connection refused", which is not the node's answer
+                response = stubs[target].CreateOrder(record.request, timeout=timeout, wait_for_ready=not rotate)
             except grpc.RpcError as error:
                 code = error.code()
                 record.attempts.append((target, code.name))
@@ -497,7 +499,7 @@ class Chaos:
                     try:
                         stub.BroadcastOrder(pb.BroadcastOrderRequest(origin_node="chaos-replayer",
                                                                      commands=batch[start:start + 15]),
-                                            metadata=metadata, timeout=CALL_TIMEOUT)
+                                            metadata=metadata, timeout=CALL_TIMEOUT, wait_for_ready=True)
                         self.stats.add("replayed", len(batch[start:start + 15]))
                     except grpc.RpcError as error:
                         self.violation(f"node-{index + 1} refused genuine replayed entries: "
@@ -506,7 +508,8 @@ class Chaos:
         for label, request, with_token in self.forgeries(rng, logs):
             for index, stub in enumerate(self.fault_stubs):
                 try:
-                    stub.BroadcastOrder(request, metadata=metadata if with_token else (), timeout=CALL_TIMEOUT)
+                    stub.BroadcastOrder(request, metadata=metadata if with_token else (), timeout=CALL_TIMEOUT,
+                                        wait_for_ready=True)
                 except grpc.RpcError as error:
                     if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
                         self.stats.add("forged_refused")
