@@ -3,7 +3,8 @@
 Every figure is printed next to its baseline from the same run:
 1. unary CreateOrder at 1, 8 and 64 calls in flight, clients spread over the three nodes: orders/s, p50,
    p99, aborts; baseline: the bare echo server (bench/echo.py) at the same concurrency;
-2. streaming order entry (reported as not implemented until the node offers it);
+2. streaming order entry (OrderEntry): 2 streams per node, each keeping up to STREAM_WINDOW orders in
+   flight for the measured seconds: orders/s, aborts, errors, then the replicas must converge;
 3. catch-up: a node started behind by N log entries: entries/s until it is current;
 4. replication lag: time from the client's answer until the order is applied on the other replicas.
 At the end every replica must report the same sequence and checksum, and the trades must equal a replay.
@@ -33,6 +34,8 @@ CONCURRENCY = (1, 8, 64)
 TARGET_UNARY_64 = 0.5  # cluster orders/s >= 0.5 x echo calls/s at 64 in flight
 TARGET_P50_1 = 2.0  # cluster p50 <= 2 x echo p50 at 1 in flight
 TARGET_STREAM = 10_000
+STREAMS_PER_NODE = 2
+STREAM_WINDOW = 1024  # orders in flight per stream (the node's own bound per stream is the same)
 TARGET_CATCH_UP = 200_000
 
 
@@ -96,6 +99,71 @@ async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int
         in_flight, len(latencies), seconds, 1000 * latencies[count // 2] if latencies else 0.0,
         1000 * latencies[min(count - 1, int(count * 0.99))] if latencies else 0.0, aborted, errors,
     )
+
+
+@dataclass
+class StreamResult:
+    streams: int
+    orders: int
+    seconds: float
+    aborted: int
+    errors: int
+    unanswered: int
+    converged: bool = False
+    converge_seconds: float = 0.0
+    first_error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.orders / self.seconds if self.seconds else 0.0
+
+
+async def _stream_entry(addresses: list[str], seconds: float, seed: int) -> StreamResult:
+    """STREAMS_PER_NODE OrderEntry streams per node, each sending as fast as its window allows for `seconds`;
+    the rate counts answered orders from the first send to the last answer."""
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
+    streams = STREAMS_PER_NODE * len(stubs)
+    loop = asyncio.get_running_loop()
+    result = StreamResult(streams, 0, 0.0, 0, 0, 0)
+    started = loop.time()
+    stop_at = started + seconds
+
+    async def stream(number: int) -> None:
+        rng = random.Random(seed * 1000 + number)
+        orders = [_order(rng) for _ in range(4096)]
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        sent = received = 0
+
+        async def requests():  # type: ignore[no-untyped-def]
+            nonlocal sent
+            while loop.time() < stop_at:
+                await window.acquire()
+                yield orders[sent % len(orders)]
+                sent += 1
+
+        try:
+            async for answer in stubs[number % len(stubs)].OrderEntry(requests(), timeout=seconds + 120):
+                received += 1
+                window.release()
+                if answer.HasField("error"):
+                    if answer.error.code == "ABORTED":
+                        result.aborted += 1
+                    else:
+                        result.errors += 1
+                    result.first_error = result.first_error or f"{answer.error.code}: {answer.error.message}"
+                else:
+                    result.orders += 1
+        except grpc.aio.AioRpcError as error:
+            result.errors += 1
+            result.first_error = result.first_error or f"stream: {error.code().name}: {error.details()}"
+        result.unanswered += sent - received
+
+    await asyncio.gather(*(stream(n) for n in range(streams)))
+    result.seconds = loop.time() - started
+    for channel in channels:
+        await channel.close()
+    return result
 
 
 def _echo_baseline(workdir: Path, seconds: float) -> list[LoadResult]:
@@ -203,6 +271,18 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
             _log(f"cluster, {in_flight} in flight: {result.rate:,.0f} orders/s, p50 {result.p50_ms:.2f} ms, "
                  f"aborted {result.aborted}, errors {result.errors}")
             unary.append(result)
+        _log(f"streaming entry: {STREAMS_PER_NODE} streams per node, window {STREAM_WINDOW}")
+        streaming = asyncio.run(_stream_entry(cluster.node_addresses, seconds, seed=7))
+        converge_started = time.perf_counter()
+        try:
+            cluster.wait_converged(120)
+            streaming.converged = True
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            _log(f"streaming entry: the replicas did not converge: {error}")
+        streaming.converge_seconds = time.perf_counter() - converge_started
+        _log(f"streaming entry: {streaming.rate:,.0f} orders/s, aborted {streaming.aborted}, errors "
+             f"{streaming.errors} {streaming.first_error or ''}".rstrip() + f", unanswered {streaming.unanswered}, "
+             f"converged {streaming.converged} after {streaming.converge_seconds:.2f} s")
         _log("replication lag")
         lag_p50, lag_p99 = asyncio.run(_replication_lag(cluster, 300))
         _log("waiting for the replicas to converge")
@@ -225,7 +305,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "converged": converged,
         "checksums": {m: c for m, (_, c) in view.items()},
         "catch_up": catch_up,
-        "streaming": None,
+        "streaming": vars(streaming) | {"rate": streaming.rate},
     }
 
 
@@ -249,19 +329,25 @@ def table(result: dict) -> str:
     lag = result["replication_lag_ms"]
     ratio64 = unary64["rate"] / echo64["rate"]
     ratio_p50 = unary1["p50_ms"] / echo1["p50_ms"]
-    aborts = sum(u["aborted"] for u in result["unary"])
+    stream = result["streaming"]
+    aborts = sum(u["aborted"] for u in result["unary"]) + stream["aborted"]
+    stream_ok = (stream["rate"] >= TARGET_STREAM and stream["errors"] == 0 and stream["unanswered"] == 0
+                 and stream["converged"])
     lines += [
-        f"streaming entry: not implemented yet (target >= {TARGET_STREAM:,} orders/s)",
+        f"streaming entry: {stream['streams']} streams ({STREAMS_PER_NODE} per node, window {STREAM_WINDOW}): "
+        f"{stream['orders']:,} orders in {stream['seconds']:.2f} s = {stream['rate']:,.0f} orders/s, "
+        f"aborted {stream['aborted']}, errors {stream['errors']}, unanswered {stream['unanswered']}; "
+        f"replicas converged (equal checksums) {stream['converge_seconds']:.2f} s later: {stream['converged']}",
         f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = {catch_up['rate']:,.0f} "
         f"entries/s (node start included)",
         f"replication lag after the client's answer: p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms",
         f"replicas converged and equal to a replay of the log: {result['converged']}",
         f"unary at 64 in flight >= {TARGET_UNARY_64}x echo     {_verdict(ratio64 >= TARGET_UNARY_64)} ({ratio64:.2f})",
         f"p50 at 1 in flight <= {TARGET_P50_1}x echo        {_verdict(ratio_p50 <= TARGET_P50_1)} ({ratio_p50:.2f})",
-        f"streaming entry >= {TARGET_STREAM:,} orders/s     FAIL (not implemented)",
+        f"streaming entry >= {TARGET_STREAM:,} orders/s     {_verdict(stream_ok)} ({stream['rate']:,.0f})",
         f"catch-up >= {TARGET_CATCH_UP:,} entries/s       "
         f"{_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} ({catch_up['rate']:,.0f})",
         f"zero ABORTED                         {_verdict(aborts == 0)} ({aborts})",
-        f"replicas converged                   {_verdict(result['converged'])}",
+        f"replicas converged                   {_verdict(result['converged'] and stream['converged'])}",
     ]
     return "\n".join(lines)

@@ -496,14 +496,8 @@ class Chaos:
             rng.shuffle(batch)
             for index, stub in enumerate(self.fault_stubs):
                 for start in range(0, len(batch), 15):
-                    try:
-                        stub.BroadcastOrder(pb.BroadcastOrderRequest(origin_node="chaos-replayer",
-                                                                     commands=batch[start:start + 15]),
-                                            metadata=metadata, timeout=CALL_TIMEOUT, wait_for_ready=True)
-                        self.stats.add("replayed", len(batch[start:start + 15]))
-                    except grpc.RpcError as error:
-                        self.violation(f"node-{index + 1} refused genuine replayed entries: "
-                                       f"{error.code().name} {error.details()}")
+                    request = pb.BroadcastOrderRequest(origin_node="chaos-replayer", commands=batch[start:start + 15])
+                    self.replay_genuine(stub, index, request, metadata)
             time.sleep(rng.uniform(0.1, 0.6))
         for label, request, with_token in self.forgeries(rng, logs):
             for index, stub in enumerate(self.fault_stubs):
@@ -518,6 +512,23 @@ class Chaos:
                                    f"{error.details()}")
                     continue
                 self.violation(f"node-{index + 1} ACCEPTED a forged broadcast ({label})")
+
+    def replay_genuine(self, stub: exchange_pb2_grpc.ExchangeNodeStub, index: int,
+                       request: pb.BroadcastOrderRequest, metadata: tuple[tuple[str, str], ...]) -> None:
+        """Sends genuine entries again. A transport failure (a connection that died while a fault lasted)
+        is retried; a node that keeps failing, or refuses the content, is a violation."""
+        for attempt in range(4):
+            try:
+                stub.BroadcastOrder(request, metadata=metadata, timeout=CALL_TIMEOUT, wait_for_ready=True)
+                self.stats.add("replayed", len(request.commands))
+                return
+            except grpc.RpcError as error:
+                if error.code() in AMBIGUOUS and attempt < 3:
+                    time.sleep(0.5)
+                    continue
+                self.violation(f"node-{index + 1} refused genuine replayed entries: "
+                               f"{error.code().name} {error.details()}")
+                return
 
     def forgeries(self, rng: random.Random, logs: dict[str, list[types_pb2.SequencedCommand]]
                   ) -> list[tuple[str, pb.BroadcastOrderRequest, bool]]:

@@ -76,7 +76,8 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
 
 
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps an async unary or server-streaming grpc.aio handler with the error table."""
+    """Wraps an async grpc.aio handler with the error table: unary, or (an async generator) server- or
+    bidi-streaming; a bidi handler gets the request iterator as `request`."""
     name = method.__name__
     if inspect.isasyncgenfunction(method):
 

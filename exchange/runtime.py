@@ -47,19 +47,27 @@ def configure_logging(name: str, level: str = "INFO") -> None:
     )
 
 
-class _Malformed:
+class Malformed:
     """Stands in for a request whose bytes did not decode."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
 
 
+def receives_malformed_items(handler: Callable[..., object]) -> Callable[..., object]:
+    """Marks a request-streaming handler that gets an undecodable stream item as a `Malformed` value (and
+    answers it) instead of grpc failing the whole call."""
+    handler.receives_malformed_items = True  # type: ignore[attr-defined]
+    return handler
+
+
 class RejectMalformedRequests(grpc.aio.ServerInterceptor):
     """Answers INVALID_ARGUMENT to a request body that is not a valid protobuf message.
 
     grpc decodes the body before any handler runs, and a decoding error would escape as UNKNOWN. The
-    decoder is made safe and the handler refuses what did not decode. Wrapped handlers are cached per
-    method, so a call pays one dict lookup.
+    decoder is made safe and the handler refuses what did not decode. Request-streaming handlers marked
+    with `receives_malformed_items` get the safe decoder too and answer each `Malformed` item themselves.
+    Wrapped handlers are cached per method, so a call pays one dict lookup.
     """
 
     def __init__(self) -> None:
@@ -70,22 +78,29 @@ class RejectMalformedRequests(grpc.aio.ServerInterceptor):
         if method in self._wrapped:
             return self._wrapped[method]
         handler = await continuation(handler_call_details)
-        if handler is not None and handler.request_deserializer is not None and not handler.request_streaming:
-            handler = _safely_decoding(handler, method)
+        if handler is not None and handler.request_deserializer is not None:
+            if not handler.request_streaming:
+                handler = _safely_decoding(handler, method)
+            elif getattr(handler.stream_stream or handler.stream_unary, "receives_malformed_items", False):
+                handler = handler._replace(request_deserializer=_safe_decoder(handler.request_deserializer))
         self._wrapped[method] = handler
         return handler
 
 
-def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    decode = handler.request_deserializer
-
+def _safe_decoder(decode: Callable[[bytes], object]) -> Callable[[bytes], object]:
     def safe_decode(data: bytes) -> object:
         try:
             return decode(data)
         except Exception as error:  # noqa: BLE001 - any undecodable body is the caller's error
-            return _Malformed(error)
+            return Malformed(error)
 
-    async def refuse(context: grpc.aio.ServicerContext, request: _Malformed) -> None:
+    return safe_decode
+
+
+def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    safe_decode = _safe_decoder(handler.request_deserializer)
+
+    async def refuse(context: grpc.aio.ServicerContext, request: Malformed) -> None:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"the request body is not a valid message for {method}: {request.error}",
@@ -95,7 +110,7 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
         behavior = handler.unary_unary
 
         async def unary(request, context):  # type: ignore[no-untyped-def]
-            if isinstance(request, _Malformed):
+            if isinstance(request, Malformed):
                 await refuse(context, request)
             return await behavior(request, context)
 
@@ -103,7 +118,7 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
     stream_behavior = handler.unary_stream
 
     async def stream(request, context):  # type: ignore[no-untyped-def]
-        if isinstance(request, _Malformed):
+        if isinstance(request, Malformed):
             await refuse(context, request)
         produced = stream_behavior(request, context)
         if inspect.isasyncgen(produced):  # handlers that yield ...

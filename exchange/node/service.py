@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -18,16 +20,22 @@ from exchange.errors import (
     PermissionDenied,
     Unavailable,
     rpc,
+    status_of,
 )
 from exchange.node import convert
 from exchange.node.links import TOKEN_HEADER, PeerSet, SequencerLink, peer_token
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencing import MarketPipeline, Outcome
+from exchange.runtime import Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
+log = logging.getLogger(__name__)
+
 SYNCING, SERVING, STOPPING = "SYNCING", "SERVING", "STOPPING"
 STREAM_QUEUE_LIMIT = 100_000
+# Orders of one OrderEntry stream in flight at once (started, or done but not yet sent back): bounds memory.
+ENTRY_WINDOW = 1024
 
 # How a market rejection of a cancel or amend is reported (new orders report REJECTED in the answer).
 REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
@@ -65,6 +73,62 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateOrderResponse:
+        return await self._place(request)
+
+    @rpc
+    @receives_malformed_items
+    async def OrderEntry(
+        self, request_iterator: AsyncIterator[pb.CreateOrderRequest | Malformed], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.OrderEntryResult]:
+        """Places each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
+        request order, one result each; a failed order is an error result and the stream goes on."""
+        window = asyncio.Semaphore(ENTRY_WINDOW)
+        started: asyncio.Queue[asyncio.Task[pb.OrderEntryResult] | BaseException | None] = asyncio.Queue()
+        running: deque[asyncio.Task[pb.OrderEntryResult]] = deque()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.ensure_future(self._entry(request))
+                    running.append(task)
+                    started.put_nowait(task)
+                started.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # noqa: BLE001 - handed to the stream, which answers it
+                started.put_nowait(error)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await started.get()) is not None:
+                if isinstance(task, BaseException):
+                    raise task
+                result = await task
+                running.popleft()
+                window.release()
+                yield result
+        finally:
+            reader.cancel()
+            for task in running:  # the client is gone: its sequenced orders still complete, unanswered
+                task.cancel()
+
+    async def _entry(self, request: pb.CreateOrderRequest | Malformed) -> pb.OrderEntryResult:
+        """One order of an OrderEntry stream: its response, or its failure as CreateOrder would report it."""
+        try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(f"this stream item is not a valid CreateOrderRequest: {request.error}")
+            return pb.OrderEntryResult(order=await self._place(request))
+        except ExchangeError as error:
+            return pb.OrderEntryResult(error=pb.OrderEntryError(code=status_of(error).name, message=str(error)))
+        except Exception as error:  # noqa: BLE001 - a bug in one order must not end the stream
+            log.exception("unexpected error in OrderEntry")
+            return pb.OrderEntryResult(error=pb.OrderEntryError(
+                code=grpc.StatusCode.INTERNAL.name, message=f"internal error in OrderEntry: {type(error).__name__}"
+            ))
+
+    async def _place(self, request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
+        """Validates, sequences and applies one new order (CreateOrder and each item of OrderEntry)."""
         command = convert.new_order_command(request, self.markets, self.node_id)
         self._require_serving()
         market, client_order_id = command.market, command.client_order_id

@@ -1,0 +1,121 @@
+"""OrderEntry, the bidirectional streaming order entry, against a real 3-node cluster."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from exchange import engine as eng
+from exchange.devcluster import Cluster
+from exchange.node.main import parse_markets
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc, types_pb2
+from exchange.verify import replay_cluster
+
+pytestmark = pytest.mark.integration
+
+METHOD = "/exchange.v1.ExchangeNode/OrderEntry"
+
+
+def mixed_orders(rng: random.Random, stream: int, count: int) -> tuple[list[pb.CreateOrderRequest], list[str]]:
+    """`count` orders, about one in ten invalid; returns them with the error code expected for each ("" = ok)."""
+    requests: list[pb.CreateOrderRequest] = []
+    expected: list[str] = []
+    for n in range(count):
+        request = pb.CreateOrderRequest(
+            market=rng.choice(["", "BTC-USD", "ETH-USD"]), size=rng.randint(1, 20),
+            side=rng.choice([types_pb2.BUY, types_pb2.SELL]), limit_price=rng.randint(95, 105),
+        )
+        if rng.random() < 0.3:
+            request.client_order_id = f"s{stream}-{n}"
+        kind = rng.random()
+        code = ""
+        if kind < 0.05:
+            request.size = 0
+            code = "INVALID_ARGUMENT"
+        elif kind < 0.1:
+            request.market = "DOGE-USD"
+            code = "NOT_FOUND"
+        elif kind < 0.2:
+            request.order_type, request.limit_price = types_pb2.MARKET, 0
+        elif kind < 0.3:
+            request.order_type = types_pb2.IOC
+        requests.append(request)
+        expected.append(code)
+    return requests, expected
+
+
+def entry(address: str, requests: list) -> list[pb.OrderEntryResult]:  # type: ignore[type-arg]
+    with grpc.insecure_channel(address) as channel:
+        return list(exchange_pb2_grpc.ExchangeNodeStub(channel).OrderEntry(iter(requests), timeout=60))
+
+
+def test_a_stream_answers_every_order_in_order_with_per_order_errors_and_replicates(cluster: Cluster) -> None:
+    rng = random.Random(11)
+    streams = [mixed_orders(rng, number, 100) for number in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(entry, cluster.node_addresses, [requests for requests, _ in streams]))
+
+    responses: list[pb.CreateOrderResponse] = []
+    for (requests, expected), results in zip(streams, answers, strict=True):
+        assert len(results) == len(requests), "exactly one result per request"
+        assert sum(1 for code in expected if code) >= 5, "the workload must hold invalid orders"
+        for request, code, result in zip(requests, expected, results, strict=True):
+            if code:
+                assert result.HasField("error") and not result.HasField("order")
+                assert result.error.code == code, result.error.message
+                assert result.error.message
+            else:
+                assert result.HasField("order") and not result.HasField("error"), result.error
+                assert result.order.seq > 0 and result.order.order_id == result.order.seq
+                assert result.order.market == (request.market or "BTC-USD")
+                responses.append(result.order)
+        # in request order: within a market, one stream's orders are sequenced in the order sent
+        for market in ("BTC-USD", "ETH-USD"):
+            seqs = [r.order.seq for r in results if r.HasField("order") and r.order.market == market]
+            assert seqs == sorted(seqs)
+
+    view = cluster.wait_converged()
+    replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    for market, (seq, checksum) in view.items():
+        assert (replay.engine.last_seq(market), replay.engine.checksum(market)) == (seq, checksum)
+    for response in responses:
+        replayed = [e for e in replay.events[response.market][response.seq] if isinstance(e, eng.OrderFilled)]
+        assert [(t.trade_id, t.price, t.size, t.maker_order_id, t.taker_order_id) for t in response.trades] == [
+            (t.trade_id, t.price, t.size, t.maker_order_id, t.taker_order_id) for t in replayed
+        ]
+    assert sum(len(r.trades) for r in responses) == sum(len(replay.trades(m)) for m in view)
+    assert sum(len(r.trades) for r in responses) > 20, "the workload should cross the book"
+
+
+def test_a_client_order_id_repeated_within_a_stream_is_one_order(cluster: Cluster) -> None:
+    order = pb.CreateOrderRequest(size=3, limit_price=50, client_order_id="twice")
+    other = pb.CreateOrderRequest(size=-2, limit_price=500)
+    results = entry(cluster.node_address(1), [order, other, order, other])
+
+    assert [r.HasField("order") for r in results] == [True] * 4
+    first, again = results[0].order, results[2].order
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.order_id == first.order_id and again.seq == first.seq
+    assert results[1].order.order_id != results[3].order.order_id
+    # and later, on another node, it is still the same order
+    later = entry(cluster.node_address(2), [order])
+    assert later[0].order.duplicate and later[0].order.order_id == first.order_id
+    view = cluster.wait_converged()
+    assert view["BTC-USD"][0] == 3
+
+
+def test_an_undecodable_stream_item_is_an_error_result_and_the_stream_goes_on(cluster: Cluster) -> None:
+    good = pb.CreateOrderRequest(size=1, limit_price=10).SerializeToString()
+    with grpc.insecure_channel(cluster.node_address(0)) as channel:
+        call = channel.stream_stream(METHOD, request_serializer=lambda raw: raw,
+                                     response_deserializer=pb.OrderEntryResult.FromString)
+        results = list(call(iter([good, b"\xff\xff\xff", good]), timeout=30))
+
+    assert [r.HasField("order") for r in results] == [True, False, True]
+    assert results[1].error.code == "INVALID_ARGUMENT"
+    assert "not a valid CreateOrderRequest" in results[1].error.message
+    assert results[2].order.seq == results[0].order.seq + 1
