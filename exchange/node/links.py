@@ -155,6 +155,22 @@ class PeerSet:
             stub = self._stubs[target] = exchange_pb2_grpc.ExchangeNodeStub(channel)
         return stub
 
+    async def fetch_snapshot(self, wait_s: float = 2.0) -> exchange_pb2.ReplicaSnapshot | None:
+        """A snapshot of the first peer that gives one (waiting up to `wait_s` for discovery to name
+        peers); None if no peer can."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while not self.targets() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for target in self.targets():
+            try:
+                return await self._stub(target).GetSnapshot(
+                    exchange_pb2.GetSnapshotRequest(), timeout=30, metadata=self.metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                log.warning("no snapshot from %s: %s %s", target, error.code().name, error.details())
+        return None
+
     def broadcast(self, entries: list[types_pb2.SequencedCommand]) -> None:
         """Sends entries to every peer in the background; a peer that misses them fills the gap
         from the Sequencer's log, so a failed broadcast is logged, never retried here."""

@@ -59,19 +59,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fixed Sequencer address instead of Consul discovery (tests only)")
     parser.add_argument("--journal-size", type=int, default=200_000,
                         help="commands per market whose events are kept for retries and StreamEvents resume")
+    parser.add_argument("--snapshot-threshold", type=int, default=10_000,
+                        help="log entries behind at start from which a peer's snapshot is fetched first")
     add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
 
-async def initial_catch_up(pipelines: dict[str, MarketPipeline], sequencer: SequencerLink) -> None:
-    """Applies the whole log before the node serves; waits for the Sequencer as long as it takes."""
+async def initial_catch_up(
+    pipelines: dict[str, MarketPipeline], sequencer: SequencerLink, replica: Replica, peers: PeerSet,
+    snapshot_threshold: int,
+) -> None:
+    """Brings the replica to the Sequencer's current position before the node serves: from a peer's
+    snapshot when the log to replay is long, then from the log. Waits for the Sequencer as long as it takes."""
     delay = 0.2
+    while True:
+        try:
+            current = {market: await sequencer.current_seq(market) for market in pipelines}
+            break
+        except ExchangeError as error:
+            log.warning("waiting for the Sequencer: %s", error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    behind = sum(seq - replica.applied_seq(market) for market, seq in current.items())
+    if behind >= snapshot_threshold:
+        snapshot = await peers.fetch_snapshot()
+        if snapshot is not None:
+            try:
+                ids = [(c.market, c.client_order_id, c.seq) for c in snapshot.client_order_ids]
+                if replica.adopt(snapshot.engine, ids):
+                    log.info("restored from %s's snapshot at %s", snapshot.node_id,
+                             {m: replica.applied_seq(m) for m in pipelines})
+            except ValueError as error:
+                log.warning("ignoring %s's snapshot: %s", snapshot.node_id, error)
     for market, pipeline in pipelines.items():
         while True:
             try:
-                current = await sequencer.current_seq(market)
-                await pipeline.catch_up(current)
-                log.info("%s: caught up to %d", market, current)
+                await pipeline.catch_up(current[market])
+                log.info("%s: caught up to %d", market, replica.applied_seq(market))
                 break
             except ExchangeError as error:
                 log.warning("%s: waiting for the Sequencer: %s", market, error)
@@ -100,7 +124,9 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("node %s listening on %s:%d (markets %s); catching up", node_id, host, server.port,
              ", ".join(replica.engine.markets))
     stop = asyncio.ensure_future(wait_for_signal())
-    catch_up = asyncio.ensure_future(initial_catch_up(pipelines, sequencer))
+    catch_up = asyncio.ensure_future(
+        initial_catch_up(pipelines, sequencer, replica, peers, args.snapshot_threshold)
+    )
     await asyncio.wait([stop, catch_up], return_when=asyncio.FIRST_COMPLETED)
     if catch_up.done():
         for pipeline in pipelines.values():

@@ -83,12 +83,54 @@ class Replica:
                 state.buffer[seq] = entry
             return True
         self._apply(state, entry)
-        buffer = state.buffer
-        while buffer:
-            following = buffer.pop(self.engine.last_seq(entry.market) + 1, None)
-            if following is None:
-                break
-            self._apply(state, following)
+        while state.buffer and self._drain(state):
+            pass
+        return True
+
+    def snapshot(self) -> tuple[bytes, list[tuple[str, str, int]]]:
+        """The replicated state a peer needs to start here: the engine, and every client_order_id."""
+        client_order_ids = [
+            (market, client_order_id, seq)
+            for market, state in self.states.items()
+            for client_order_id, seq in state.client_order_ids.items()
+        ]
+        return self.engine.snapshot(), client_order_ids
+
+    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, int]]) -> bool:
+        """Replaces this replica's state by a peer's snapshot if it trades the same markets and is not
+        behind in any of them; returns whether it did. Raises ValueError for a corrupt snapshot.
+
+        The journal starts empty (results of older orders and StreamEvents before the snapshot are not
+        available on this node); buffered entries the snapshot already covers are dropped."""
+        engine = eng.Engine.restore(engine_snapshot)
+        if dict(engine.markets) != dict(self.engine.markets):
+            raise ValueError(
+                f"the snapshot's markets {list(engine.markets)} differ from this node's {list(self.states)}"
+            )
+        if any(engine.last_seq(m) < self.engine.last_seq(m) for m in self.states):
+            return False
+        self.engine = engine
+        for market, state in self.states.items():
+            applied = engine.last_seq(market)
+            self.note_known(market, applied)
+            state.buffer = {seq: entry for seq, entry in state.buffer.items() if seq > applied}
+            for seq in [seq for seq in state.waiters if seq <= applied]:
+                for future in state.waiters.pop(seq):
+                    if not future.done():
+                        future.set_result(None)
+        for market, client_order_id, seq in client_order_ids:
+            if market in self.states:
+                self.states[market].client_order_ids.setdefault(client_order_id, seq)
+        while any(self._drain(state) for state in self.states.values()):
+            pass
+        return True
+
+    def _drain(self, state: MarketState) -> bool:
+        """Applies buffered entries that have become next; returns whether any was."""
+        following = state.buffer.pop(self.engine.last_seq(state.market) + 1, None)
+        if following is None:
+            return False
+        self._apply(state, following)
         return True
 
     def first_gap(self, market: str) -> tuple[int, int] | None:

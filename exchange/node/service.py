@@ -331,15 +331,30 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
 
     # -- replication ------------------------------------------------------------------------------
 
+    def _require_peer(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        token = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER)
+        if token != self.token:
+            raise PermissionDenied(
+                f"{method} is for peers of this cluster only: the x-cluster-token metadata is missing or wrong"
+            )
+
+    @rpc
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReplicaSnapshot:
+        self._require_peer(context, "GetSnapshot")
+        self._require_serving()
+        engine, client_order_ids = self.replica.snapshot()
+        return pb.ReplicaSnapshot(
+            node_id=self.node_id, engine=engine,
+            client_order_ids=[pb.ClientOrderId(market=m, client_order_id=c, seq=s) for m, c, s in client_order_ids],
+        )
+
     @rpc
     async def BroadcastOrder(
         self, request: pb.BroadcastOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.BroadcastOrderResponse:
-        token = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER)
-        if token != self.token:
-            raise PermissionDenied(
-                "BroadcastOrder is for peers of this cluster only: the x-cluster-token metadata is missing or wrong"
-            )
+        self._require_peer(context, "BroadcastOrder")
         for entry in request.commands:
             if entry.market not in self.markets:
                 raise InvalidArgument(f"broadcast entry {entry.seq} is for unknown market {entry.market!r}")

@@ -121,3 +121,43 @@ def test_create_order_response_summarises_the_events() -> None:
     response = convert.create_order_response(command, 2, events, duplicate=False)
     assert (response.status, response.filled_size, response.cancelled_size) == (pb.CANCELLED, 4, 6)
     assert [(t.price, t.size, t.maker_order_id) for t in response.trades] == [(100, 4, 1)]
+
+
+def test_replica_adopts_a_peers_snapshot_then_applies_the_rest_of_the_log() -> None:
+    log = entries(400)
+    peer = Replica(MARKETS)
+    for entry in log[:300]:
+        peer.offer(entry)
+    late = Replica(MARKETS)
+    late.offer(log[350])  # a broadcast that arrived early stays buffered across the adoption
+    late.offer(log[10])  # ... and one the snapshot covers is dropped
+    engine_bytes, ids = peer.snapshot()
+
+    assert late.adopt(engine_bytes, ids)
+
+    assert late.applied_seq("BTC-USD") == 300
+    assert late.engine.checksum("BTC-USD") == peer.engine.checksum("BTC-USD")
+    assert late.order_of_client_id("BTC-USD", "c42") == 42
+    assert late.first_gap("BTC-USD") == (301, 350)
+    for entry in log[300:]:
+        late.offer(entry)
+    reference = Replica(MARKETS)
+    for entry in log:
+        reference.offer(entry)
+    assert late.engine.checksum("BTC-USD") == reference.engine.checksum("BTC-USD")
+
+
+def test_replica_refuses_a_snapshot_behind_it_or_of_other_markets() -> None:
+    log = entries(50)
+    ahead, behind = Replica(MARKETS), Replica(MARKETS)
+    for entry in log:
+        ahead.offer(entry)
+    for entry in log[:20]:
+        behind.offer(entry)
+    assert not ahead.adopt(*behind.snapshot())
+    assert ahead.applied_seq("BTC-USD") == 50
+    other = Replica([eng.MarketConfig("BTC-USD")])
+    with pytest.raises(ValueError, match="markets"):
+        ahead.adopt(*other.snapshot())
+    with pytest.raises(ValueError):
+        ahead.adopt(b"garbage", [])
