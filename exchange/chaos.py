@@ -715,8 +715,7 @@ class Chaos:
                     self.violation(f"acknowledged order {record.coid} ({response.market}#{response.seq}) is not "
                                    f"in the log at that sequence (log holds {seqs})")
                     continue
-                expected = convert.create_order_response(
-                    command, response.seq, result.events[response.market][response.seq], response.duplicate)
+                expected = result.expected_answer(response)
                 if expected != response:
                     report.divergences += 1
                     self.violation(f"the answer to {record.coid} differs from the log's replay: told "

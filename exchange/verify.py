@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import grpc
 
 from exchange import engine as eng
-from exchange.node.convert import engine_command
-from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from exchange.node.convert import create_order_response, engine_command
+from exchange.v1 import exchange_pb2, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 
 def read_log(sequencer_address: str, market: str, timeout: float = 60.0) -> list[types_pb2.SequencedCommand]:
@@ -31,6 +31,15 @@ class Replay:
     engine: eng.Engine
     events: dict[str, dict[int, list[eng.Event]]]  # market -> seq -> events
     commands: dict[str, dict[int, types_pb2.Command]]
+
+    def expected_answer(self, response: exchange_pb2.CreateOrderResponse) -> exchange_pb2.CreateOrderResponse | None:
+        """What the log says a node must have answered for the order of `response` (None if that
+        sequence number is not in the log)."""
+        command = self.commands.get(response.market, {}).get(response.seq)
+        if command is None:
+            return None
+        events = self.events[response.market][response.seq]
+        return create_order_response(command, response.seq, events, response.duplicate)
 
     def trades(self, market: str) -> list[eng.OrderFilled]:
         return [e for events in self.events[market].values() for e in events if isinstance(e, eng.OrderFilled)]
