@@ -311,17 +311,23 @@ class Cluster:
         )
 
     def start(self, timeout: float = 60.0, nodes: int | None = None) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.netns is not None and not self.netns.created:
-            self.netns.create()
-        self.consul.start()
-        self.start_sequencer()
-        count = len(self.node_ports) if nodes is None else nodes
-        self.nodes = [self.make_node(i) for i in range(len(self.node_ports))]
-        for node in self.nodes[:count]:
-            node.start()
-        for index in range(count):
-            self.wait_node_serving(index, timeout)
+        """Starts Consul, the Sequencer and the first `nodes` nodes (all by default) and waits until they
+        serve. If any of it fails, everything started is stopped again (the logs stay) and the error raised."""
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if self.netns is not None and not self.netns.created:
+                self.netns.create()
+            self.consul.start()
+            self.start_sequencer()
+            count = len(self.node_ports) if nodes is None else nodes
+            self.nodes = [self.make_node(i) for i in range(len(self.node_ports))]
+            for node in self.nodes[:count]:
+                node.start()
+            for index in range(count):
+                self.wait_node_serving(index, timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def start_sequencer(self) -> None:
         self.sequencer = self.make_sequencer()
@@ -438,7 +444,6 @@ def cluster_up() -> int:
         cluster.start()
     except Exception:
         print(cluster.logs())
-        cluster.stop()
         raise
     STATE_FILE.write_text(json.dumps({
         "consul_pid": cluster.consul.pid,

@@ -91,7 +91,6 @@ def module_cluster(
         cluster.start()
     except BaseException:
         print(cluster.logs())
-        cluster.stop()
         raise
     yield cluster
     crashed = [process.name for process in cluster.processes() if not process.running]
