@@ -142,9 +142,10 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
     kind = command.WhichOneof("kind")
     if kind == "new_order":
         order = command.new_order
-        order_type = eng.OrderType(order.order_type) if order.order_type in _ORDER_TYPES else order.order_type
-        side = eng.Side(order.side) if order.side in _SIDES else order.side
-        price = order.price if order_type != eng.OrderType.MARKET else (order.price or None)
+        # unknown numbers pass through as they are: the engine rejects them (INVALID_SIDE/INVALID_ORDER_TYPE)
+        order_type = _ORDER_TYPES.get(order.order_type, order.order_type)
+        side = _SIDES.get(order.side, order.side)
+        price = order.price if order_type is not eng.OrderType.MARKET else (order.price or None)
         return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price)  # type: ignore[arg-type]
     if kind == "cancel_order":
         return eng.CancelOrder(command.market, seq, command.cancel_order.order_id)
@@ -154,8 +155,8 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
     raise ValueError(f"sequenced command {seq} of {command.market} has no kind")
 
 
-_ORDER_TYPES = frozenset(t.value for t in eng.OrderType)
-_SIDES = frozenset(s.value for s in eng.Side)
+_ORDER_TYPES = {t.value: t for t in eng.OrderType}
+_SIDES = {s.value: s for s in eng.Side}
 
 
 # -- events to protobuf ---------------------------------------------------------------------------

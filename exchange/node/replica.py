@@ -56,7 +56,8 @@ class Replica:
         self.engine = eng.Engine(markets)
         self.journal_size = journal_size
         self.states = {name: MarketState(name) for name in self.engine.markets}
-        self.on_applied: list[Callable[[Applied], None]] = []
+        # market -> what to call with every entry applied in that market
+        self.on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self.states}
 
     def applied_seq(self, market: str) -> int:
         return self.engine.last_seq(market)
@@ -158,7 +159,7 @@ class Replica:
             for future in waiting:
                 if not future.done():
                     future.set_result(None)
-        for callback in self.on_applied:
+        for callback in self.on_applied[state.market]:
             callback(applied)
 
     def _note_finished(self, state: MarketState, events: list[eng.Event]) -> None:

@@ -74,7 +74,7 @@ class MarketPipeline:
         self._catch_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.aborted = 0
-        replica.on_applied.append(self._resolve_own)
+        replica.on_applied[market].append(self._resolve_own)
 
     def start(self) -> None:
         self._tasks = [
