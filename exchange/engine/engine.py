@@ -115,7 +115,8 @@ class Engine:
                 remaining = book._take(seq, seq, side, size, limit_key, opp, events)
                 if remaining:
                     order = [remaining, seq, price, size, side, False]
-                    own.rest(order)
+                    # a new level: an own order at this price would have crossed the levels it just took
+                    own.add_level(price).append(order)
                     book.orders[seq] = order
                     events.append(_new(OrderRested, (market, seq, seq, side, price, remaining)))
             else:
