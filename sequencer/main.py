@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reservation-ms", type=int, default=500,
         help="how long the next grant of a market is held for a node that was just told it is stale",
     )
+    parser.add_argument("--stats-s", type=float, default=10.0, help="seconds between the gate figures in the log")
     add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
@@ -39,6 +40,7 @@ async def serve(args: argparse.Namespace) -> None:
     sequencer_pb2_grpc.add_SequencerServicer_to_server(service, server.server)
     await server.start()
     await server.set_serving(True)
+    reporter = asyncio.create_task(service.report(args.stats_s))
     host, _ = split_host_port(args.listen)
     consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port)
@@ -48,6 +50,7 @@ async def serve(args: argparse.Namespace) -> None:
              store.path, markets)
     signal_name = await wait_for_signal()
     log.info("%s received: stopping", signal_name)
+    reporter.cancel()
     await server.set_serving(False)
     await asyncio.to_thread(registry.deregister, args.id)
     registry.close()

@@ -19,6 +19,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -41,6 +42,24 @@ def to_proto(entry: StoredEntry) -> types_pb2.SequencedCommand:
     )
 
 
+@dataclass(slots=True)
+class MarketStats:
+    """Counters of one market's gate since the last report (see ``SequencerService.report``)."""
+
+    grants: int = 0  # granted Sequence calls
+    granted_commands: int = 0  # commands numbered by them (duplicates excluded)
+    stale: int = 0  # "you are stale" answers
+    waits: int = 0  # requests that waited for another node's reservation
+
+    def line(self, seconds: float) -> str:
+        batch = self.granted_commands / self.grants if self.grants else 0.0
+        return (
+            f"{self.granted_commands / seconds:,.0f} commands/s in {self.grants / seconds:,.0f} grants/s "
+            f"(batch {batch:.1f}), {self.stale / seconds:,.0f} stale answers/s, "
+            f"{self.waits / seconds:,.0f} reservation waits/s"
+        )
+
+
 class MarketLog:
     """In-memory state of one market's sequence: numbers assigned, numbers durable, recent tail."""
 
@@ -54,6 +73,7 @@ class MarketLog:
         self.reserved_for: str | None = None
         self.reserved_until = 0.0
         self.released = asyncio.Event()
+        self.stats = MarketStats()
 
     def tail_entry(self, seq: int) -> StoredEntry | None:
         first = self.current - len(self.tail) + 1
@@ -112,6 +132,8 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
 
     async def _wait_for_reservation(self, market: MarketLog, node_id: str) -> None:
         loop = asyncio.get_running_loop()
+        if market.reserved_for not in (None, node_id):
+            market.stats.waits += 1
         while market.reserved_for not in (None, node_id):
             remaining = market.reserved_until - loop.time()
             if remaining <= 0:
@@ -145,6 +167,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 f"Sequencer's log ends at {market.current}: the node's state is not from this log"
             )
         if request.applied_seq < market.current:
+            market.stats.stale += 1
             loop = asyncio.get_running_loop()
             market.reserve(request.node_id, loop.time() + self.reservation_s)
             last = min(market.current, request.applied_seq + MAX_MISSING_PER_ANSWER)
@@ -174,6 +197,8 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 market.client_order_ids[client_order_id] = entry.seq
             fresh.append(entry)
             assignments.append((entry, False))
+        market.stats.grants += 1
+        market.stats.granted_commands += len(fresh)
         if fresh:
             write = self.store.append(fresh)
             write.add_done_callback(lambda done, seq=fresh[-1].seq: market.mark_durable(seq, done))
@@ -189,6 +214,15 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 entry = assigned
             response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
         return response
+
+    async def report(self, every_s: float = 10.0) -> None:
+        """Logs each busy market's gate figures every `every_s` (an operator's view of the load)."""
+        while True:
+            await asyncio.sleep(every_s)
+            for market in self.markets.values():
+                stats, market.stats = market.stats, MarketStats()
+                if stats.grants or stats.stale:
+                    log.info("%s at %d: %s", market.market, market.current, stats.line(every_s))
 
     @rpc
     async def ReadLog(

@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 2_000
 
 
+def retrieve_exception(future: asyncio.Future) -> None:  # type: ignore[type-arg]
+    """A done callback that marks a future's exception as retrieved (its failure is expected and reported
+    elsewhere, or its caller is gone)."""
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A command's place in the log and what it did."""
@@ -94,22 +101,26 @@ class MarketPipeline:
 
     # -- the gate ---------------------------------------------------------------------------------
 
-    async def submit(self, command: types_pb2.Command) -> Outcome:
-        """Sequences a command through the gate and returns its outcome once applied here."""
+    def enqueue(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
+        """Queues a command for the gate; the future resolves with its outcome once it is applied here.
+
+        The command is placed even if nobody awaits the future any more (a client that went away)."""
         self._next_ref += 1
         command.origin_ref = self._incarnation | self._next_ref
-        pending = Pending(command, asyncio.get_running_loop().create_future())
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         # The caller may be gone (deadline) when the command fails: mark the exception retrieved so asyncio
         # does not log an expected failure as "Future exception was never retrieved".
-        pending.future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        future.add_done_callback(retrieve_exception)
+        pending = Pending(command, future)
         self._by_ref[command.origin_ref] = pending
         self._queue.append(pending)
         self._wakeup.set()
-        try:
-            return await asyncio.shield(pending.future)
-        finally:
-            if pending.future.done():
-                self._by_ref.pop(command.origin_ref, None)
+        return future
+
+    async def submit(self, command: types_pb2.Command) -> Outcome:
+        """Sequences a command through the gate and returns its outcome once applied here. Cancelling
+        the caller does not withdraw the command."""
+        return await asyncio.shield(self.enqueue(command))
 
     def _resolve_own(self, applied: Applied) -> None:
         command = applied.command

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import grpc
 
@@ -25,7 +25,7 @@ from exchange.errors import (
 from exchange.node import convert
 from exchange.node.links import TOKEN_HEADER, PeerSet, SequencerLink, peer_token
 from exchange.node.replica import Applied, Replica
-from exchange.node.sequencing import MarketPipeline, Outcome
+from exchange.node.sequencing import MarketPipeline, Outcome, retrieve_exception
 from exchange.runtime import Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -42,6 +42,41 @@ REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
     eng.RejectReason.ORDER_NOT_FOUND: NotFound,
     eng.RejectReason.POST_ONLY_WOULD_TAKE: FailedPrecondition,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadFailed:
+    """The request side of a stream failed (the stream ends with this error)."""
+
+    error: BaseException
+
+
+def _order_response(outcome: Outcome) -> pb.CreateOrderResponse:
+    applied = outcome.applied
+    return convert.create_order_response(applied.command, outcome.seq, applied.events, outcome.duplicate)
+
+
+def _settle_duplicate(duplicate: asyncio.Future[Outcome], first: asyncio.Future[Outcome]) -> None:
+    """Gives a repeated client_order_id the outcome of the first order, marked as a duplicate."""
+    if duplicate.done():
+        return
+    if first.cancelled():
+        duplicate.cancel()
+    elif (error := first.exception()) is not None:
+        duplicate.set_exception(error)
+    else:
+        outcome = first.result()
+        duplicate.set_result(Outcome(outcome.seq, outcome.applied, duplicate=True))
+
+
+def _entry_error(error: Exception) -> pb.OrderEntryResult:
+    """An order's failure as an OrderEntry result: the status CreateOrder would have answered."""
+    if not isinstance(error, ExchangeError):
+        log.error("unexpected error in OrderEntry", exc_info=error)
+        error_code, message = grpc.StatusCode.INTERNAL, f"internal error in OrderEntry: {type(error).__name__}"
+    else:
+        error_code, message = status_of(error), str(error)
+    return pb.OrderEntryResult(error=pb.OrderEntryError(code=error_code.name, message=message))
 
 
 class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
@@ -80,70 +115,72 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
     async def OrderEntry(
         self, request_iterator: AsyncIterator[pb.CreateOrderRequest | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderEntryResult]:
-        """Places each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
-        request order, one result each; a failed order is an error result and the stream goes on."""
+        """Starts each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
+        request order, one result each; a failed order is an error result and the stream goes on.
+
+        Orders are started without a task each: an order waiting for the gate is just a future."""
         window = asyncio.Semaphore(ENTRY_WINDOW)
-        started: asyncio.Queue[asyncio.Task[pb.OrderEntryResult] | BaseException | None] = asyncio.Queue()
-        running: deque[asyncio.Task[pb.OrderEntryResult]] = deque()
+        started: asyncio.Queue[asyncio.Future[Outcome] | pb.OrderEntryResult | _ReadFailed | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     await window.acquire()
-                    task = asyncio.ensure_future(self._entry(request))
-                    running.append(task)
-                    started.put_nowait(task)
+                    started.put_nowait(self._start_entry(request))
                 started.put_nowait(None)
             except asyncio.CancelledError:
                 raise
             except BaseException as error:  # noqa: BLE001 - handed to the stream, which answers it
-                started.put_nowait(error)
+                started.put_nowait(_ReadFailed(error))
 
         reader = asyncio.ensure_future(read())
         try:
-            while (task := await started.get()) is not None:
-                if isinstance(task, BaseException):
-                    raise task
-                result = await task
-                running.popleft()
+            while (item := await started.get()) is not None:
+                if isinstance(item, _ReadFailed):
+                    raise item.error
+                if not isinstance(item, pb.OrderEntryResult):
+                    item = await self._entry_result(item)
                 window.release()
-                yield result
+                yield item
         finally:
-            reader.cancel()
-            for task in running:  # the client is gone: its sequenced orders still complete, unanswered
-                task.cancel()
+            reader.cancel()  # the client is gone: its started orders still complete, unanswered
 
-    async def _entry(self, request: pb.CreateOrderRequest | Malformed) -> pb.OrderEntryResult:
-        """One order of an OrderEntry stream: its response, or its failure as CreateOrder would report it."""
+    def _start_entry(self, request: pb.CreateOrderRequest | Malformed) -> asyncio.Future[Outcome] | pb.OrderEntryResult:
+        """Starts one order of an OrderEntry stream; an order refused at once gets its error result."""
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument(f"this stream item is not a valid CreateOrderRequest: {request.error}")
-            return pb.OrderEntryResult(order=await self._place(request))
-        except ExchangeError as error:
-            return pb.OrderEntryResult(error=pb.OrderEntryError(code=status_of(error).name, message=str(error)))
-        except Exception as error:  # noqa: BLE001 - a bug in one order must not end the stream
-            log.exception("unexpected error in OrderEntry")
-            return pb.OrderEntryResult(error=pb.OrderEntryError(
-                code=grpc.StatusCode.INTERNAL.name, message=f"internal error in OrderEntry: {type(error).__name__}"
-            ))
+            return self._start_order(request)
+        except Exception as error:  # noqa: BLE001 - a bad order must not end the stream
+            return _entry_error(error)
 
-    async def _place(self, request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
-        """Validates, sequences and applies one new order (CreateOrder and each item of OrderEntry)."""
+    async def _entry_result(self, started: asyncio.Future[Outcome]) -> pb.OrderEntryResult:
+        """The result of a started order of an OrderEntry stream, as CreateOrder would have answered it."""
+        try:
+            # shielded: if the stream ends meanwhile, the order still completes
+            outcome = started.result() if started.done() else await asyncio.shield(started)
+            return pb.OrderEntryResult(order=_order_response(outcome))
+        except Exception as error:  # noqa: BLE001 - a failed order must not end the stream
+            return _entry_error(error)
+
+    def _start_order(self, request: pb.CreateOrderRequest) -> asyncio.Future[Outcome]:
+        """Validates a new order and starts placing it (CreateOrder and each item of OrderEntry)."""
         command = convert.new_order_command(request, self.markets, self.node_id)
         self._require_serving()
-        market, client_order_id = command.market, command.client_order_id
-        if client_order_id:
-            outcome = await self._once_per_client_id(command)
-        else:
-            outcome = await self.pipelines[market].submit(command)
-        return convert.create_order_response(
-            outcome.applied.command, outcome.seq, outcome.applied.events, outcome.duplicate
-        )
+        if command.client_order_id:
+            return self._once_per_client_id(command)
+        return self.pipelines[command.market].enqueue(command)
 
-    async def _once_per_client_id(self, command: types_pb2.Command) -> Outcome:
-        """The first outcome for a client_order_id, however many times and wherever it is sent."""
+    async def _place(self, request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
+        """Validates, sequences and applies one new order; cancelling the caller does not withdraw it."""
+        return _order_response(await asyncio.shield(self._start_order(request)))
+
+    def _once_per_client_id(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
+        """The first outcome for a client_order_id, however many times and wherever it is sent (a
+        duplicate's outcome is marked so)."""
         market, client_order_id = command.market, command.client_order_id
         seq = self.replica.order_of_client_id(market, client_order_id)
+        loop = asyncio.get_running_loop()
         if seq is not None:
             applied = self.replica.journal_entry(market, seq)
             if applied is None:
@@ -151,19 +188,20 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
                     f"client_order_id {client_order_id!r} is order {seq}, whose result this node no longer "
                     "retains; query it with GetOrder"
                 )
-            return Outcome(seq, applied, duplicate=True)
+            known: asyncio.Future[Outcome] = loop.create_future()
+            known.set_result(Outcome(seq, applied, duplicate=True))
+            return known
         key = (market, client_order_id)
         running = self._in_flight.get(key)
         if running is not None:
-            outcome = await asyncio.shield(running)
-            return Outcome(outcome.seq, outcome.applied, duplicate=True)
-        task = asyncio.ensure_future(self.pipelines[market].submit(command))
-        self._in_flight[key] = task
-        task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-        # The caller may be gone (deadline, cancel) when the order fails: retrieve the exception so
-        # asyncio does not log an expected failure as "Task exception was never retrieved".
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return await asyncio.shield(task)
+            duplicate: asyncio.Future[Outcome] = loop.create_future()
+            duplicate.add_done_callback(retrieve_exception)
+            running.add_done_callback(lambda first: _settle_duplicate(duplicate, first))
+            return duplicate
+        future = self.pipelines[market].enqueue(command)
+        self._in_flight[key] = future
+        future.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return future
 
     async def _sequenced_change(self, command: types_pb2.Command, order_id: int) -> Applied:
         """Sequences a cancel or amend and raises the matching error if the market rejected it."""
