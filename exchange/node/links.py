@@ -122,6 +122,62 @@ class SequencerLink:
             await self._channel.close()
 
 
+class PeerStream:
+    """One long-lived BroadcastOrderStream to a peer.
+
+    Broadcasts queue (bounded) and one task writes them in order. When the stream fails (peer restarted,
+    unreachable), what was queued or in flight is dropped and the next broadcast opens a new stream: the
+    peer fills the gap from the Sequencer's log, as it would for any lost broadcast.
+    """
+
+    MAX_QUEUED = 10_000  # broadcasts waiting for a slow peer before new ones are dropped
+
+    def __init__(self, target: str, stub: exchange_pb2_grpc.ExchangeNodeStub, metadata: tuple) -> None:
+        self.target = target
+        self.stub = stub
+        self.metadata = metadata
+        self.queue: asyncio.Queue[exchange_pb2.BroadcastOrderRequest] = asyncio.Queue(self.MAX_QUEUED)
+        self.task: asyncio.Task[None] | None = None
+        self.failures = 0  # streams in a row that failed
+        self.dropped = 0
+
+    def send(self, request: exchange_pb2.BroadcastOrderRequest) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._pump(), name=f"broadcast-{self.target}")
+        try:
+            self.queue.put_nowait(request)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("peer %s is not keeping up: %d broadcasts dropped (it will read them from the log)",
+                            self.target, self.dropped)
+
+    async def _pump(self) -> None:
+        call = self.stub.BroadcastOrderStream(metadata=self.metadata)
+        try:
+            while True:
+                request = await self.queue.get()
+                await call.write(request)
+                self.failures = 0
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure ends this stream; the next send reopens it
+            self.failures += 1
+            lost = self.queue.qsize()
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            if self.failures == 1 or self.failures % 100 == 0:
+                code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+                log.warning("broadcast stream to %s failed (%d in a row, %d queued broadcasts dropped): %s",
+                            self.target, self.failures, lost, code)
+            call.cancel()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class PeerSet:
     """The passing `peer-server` instances except this node, with one channel each."""
 
@@ -136,7 +192,7 @@ class PeerSet:
             self.watch = registry.watch(PEER_SERVICE, lambda instances: None)
         self._stubs: dict[str, exchange_pb2_grpc.ExchangeNodeStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self.failures: dict[str, int] = {}
+        self._streams: dict[str, PeerStream] = {}
 
     def targets(self) -> list[str]:
         if self.static_peers is not None:
@@ -172,26 +228,25 @@ class PeerSet:
         return None
 
     def broadcast(self, entries: list[types_pb2.SequencedCommand]) -> None:
-        """Sends entries to every peer in the background; a peer that misses them fills the gap
-        from the Sequencer's log, so a failed broadcast is logged, never retried here."""
+        """Sends entries to every passing peer over its long-lived stream; a peer that misses them
+        (stream broken, queue full) fills the gap from the Sequencer's log, so nothing is retried here."""
         if not entries:
             return
         request = exchange_pb2.BroadcastOrderRequest(origin_node=self.node_id, commands=entries)
-        loop = asyncio.get_running_loop()
-        for target in self.targets():
-            loop.create_task(self._send(target, request))
-
-    async def _send(self, target: str, request: exchange_pb2.BroadcastOrderRequest) -> None:
-        try:
-            await self._stub(target).BroadcastOrder(request, timeout=2.0, metadata=self.metadata)
-            self.failures.pop(target, None)
-        except grpc.aio.AioRpcError as error:
-            count = self.failures[target] = self.failures.get(target, 0) + 1
-            if count == 1 or count % 100 == 0:
-                log.warning("broadcast to %s failed (%d in a row): %s", target, count, error.code().name)
+        targets = self.targets()
+        for target in targets:
+            stream = self._streams.get(target)
+            if stream is None:
+                stream = self._streams[target] = PeerStream(target, self._stub(target), self.metadata)
+            stream.send(request)
+        if len(self._streams) > len(targets):  # a peer left discovery: stop streaming to it
+            for target in set(self._streams) - set(targets):
+                self._streams.pop(target).close()
 
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        for stream in self._streams.values():
+            stream.close()
         for channel in self._channels.values():
             await channel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self.token = peer_token(secret)
         self.state = SYNCING
         self._in_flight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
+        self._peer_streams: set[grpc.aio.ServicerContext] = set()
 
     @property
     def markets(self) -> Mapping[str, eng.MarketConfig]:
@@ -393,6 +395,37 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self, request: pb.BroadcastOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.BroadcastOrderResponse:
         self._require_peer(context, "BroadcastOrder")
+        return pb.BroadcastOrderResponse(accepted=self._accept_broadcast(request))
+
+    @rpc
+    @receives_malformed_items
+    async def BroadcastOrderStream(
+        self, request_iterator: AsyncIterator[pb.BroadcastOrderRequest | Malformed], context: grpc.aio.ServicerContext
+    ) -> pb.BroadcastOrderResponse:
+        self._require_peer(context, "BroadcastOrderStream")
+        self._peer_streams.add(context)
+        accepted = 0
+        try:
+            async for request in request_iterator:
+                if isinstance(request, Malformed):
+                    raise InvalidArgument(
+                        f"a BroadcastOrderStream message is not a BroadcastOrderRequest: {request.error}"
+                    )
+                accepted += self._accept_broadcast(request)
+        finally:
+            self._peer_streams.discard(context)
+        return pb.BroadcastOrderResponse(accepted=accepted)
+
+    async def end_peer_streams(self) -> None:
+        """Ends the incoming broadcast streams (UNAVAILABLE), which never end by themselves: call it right
+        before a graceful server stop, which would otherwise wait its whole grace period for them."""
+        for context in list(self._peer_streams):
+            with contextlib.suppress(grpc.aio.AbortError):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.node_id} is stopping")
+
+    def _accept_broadcast(self, request: pb.BroadcastOrderRequest) -> int:
+        """Checks every entry of a broadcast, then offers them all to the replica; returns how many were
+        new. Nothing is applied if one entry is for an unknown market or not signed by the Sequencer."""
         for entry in request.commands:
             if entry.market not in self.markets:
                 raise InvalidArgument(f"broadcast entry {entry.seq} is for unknown market {entry.market!r}")
@@ -400,5 +433,5 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
                 raise InvalidArgument(
                     f"broadcast entry {entry.market}#{entry.seq} is not signed by the Sequencer; nothing applied"
                 )
-        accepted = sum(1 for entry in request.commands if self.replica.offer(entry))
-        return pb.BroadcastOrderResponse(accepted=accepted)
+        offer = self.replica.offer
+        return sum(1 for entry in request.commands if offer(entry))

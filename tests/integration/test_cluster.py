@@ -10,10 +10,11 @@ import grpc
 import pytest
 
 from exchange.devcluster import Cluster
+from exchange.node.links import peer_token
 from exchange.node.main import parse_markets
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
-from exchange.verify import replay_cluster
+from exchange.verify import read_log, replay_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +128,36 @@ def test_stream_events_replays_history_then_follows_live(
     kinds = [(event.seq, event.WhichOneof("event")) for _, event in zip(range(4), stream, strict=False)]
     stream.cancel()
     assert kinds == [(1, "order_accepted"), (1, "order_rested"), (2, "order_accepted"), (2, "trade")]
+
+
+def test_broadcast_stream_ignores_known_entries_and_ends_at_a_forged_one_without_applying_it(cluster: Cluster) -> None:
+    stubs = [exchange_pb2_grpc.ExchangeNodeStub(grpc.insecure_channel(a)) for a in cluster.node_addresses]
+    for price in (101, 102):
+        stubs[0].CreateOrder(pb.CreateOrderRequest(size=-3, limit_price=price), timeout=10)
+    before = cluster.wait_converged()
+    genuine = read_log(cluster.sequencer_address, "BTC-USD")
+    forged = types_pb2.SequencedCommand()
+    forged.CopyFrom(genuine[-1])
+    forged.seq += 1  # the next number, with a command and MAC the Sequencer never gave it
+    token = (("x-cluster-token", peer_token(cluster.secret.encode())),)
+
+    response = stubs[1].BroadcastOrderStream(
+        iter([pb.BroadcastOrderRequest(origin_node="test", commands=genuine)]), metadata=token, timeout=10
+    )
+    assert response.accepted == 0, "entries already applied are no-ops"
+
+    stream = iter([pb.BroadcastOrderRequest(origin_node="test", commands=genuine),
+                   pb.BroadcastOrderRequest(origin_node="test", commands=[forged])])
+    with pytest.raises(grpc.RpcError) as refused:
+        stubs[1].BroadcastOrderStream(stream, metadata=token, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not signed by the Sequencer" in refused.value.details()
+
+    with pytest.raises(grpc.RpcError) as anonymous:
+        stubs[1].BroadcastOrderStream(iter([pb.BroadcastOrderRequest(commands=genuine)]), timeout=10)
+    assert anonymous.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    after = books(stubs, "BTC-USD")
+    assert {(b.seq, b.checksum) for b in after} == {before["BTC-USD"]}, "no replica changed"
+    stubs[2].CreateOrder(pb.CreateOrderRequest(size=3, limit_price=101), timeout=10)  # replication still works
+    assert cluster.wait_converged()["BTC-USD"][0] == before["BTC-USD"][0] + 1
