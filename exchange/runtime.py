@@ -12,7 +12,7 @@ import inspect
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -128,6 +128,30 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
             await produced
 
     return handler._replace(request_deserializer=safe_decode, unary_stream=stream)  # type: ignore[attr-defined]
+
+
+class LongLivedStreams:
+    """A server's open long-lived streams (peer broadcast streams, gate streams).
+
+    A graceful stop waits its whole grace period for the RPCs in progress, and these never end by
+    themselves: the service tracks them, and they are ended with UNAVAILABLE right before the server stops.
+    """
+
+    def __init__(self) -> None:
+        self._open: set[grpc.aio.ServicerContext] = set()
+
+    @contextlib.contextmanager
+    def track(self, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        self._open.add(context)
+        try:
+            yield
+        finally:
+            self._open.discard(context)
+
+    async def end_all(self, why: str) -> None:
+        for context in list(self._open):
+            with contextlib.suppress(grpc.aio.AbortError):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, why)
 
 
 class GrpcServer:

@@ -54,6 +54,7 @@ async def serve(args: argparse.Namespace) -> None:
     await server.set_serving(False)
     await asyncio.to_thread(registry.deregister, args.id)
     registry.close()
+    await service.streams.end_all(f"the Sequencer {args.id} is stopping")
     await server.stop(grace=2)
     store.close()
 

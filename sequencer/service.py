@@ -25,6 +25,7 @@ import grpc
 
 from exchange.entries import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, rpc
+from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.store import LogStore, StoredEntry
 
@@ -107,6 +108,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         self.secret = secret
         self.reservation_s = reservation_s
         self.markets: dict[str, MarketLog] = {}
+        self.streams = LongLivedStreams()  # open SequenceStreams
         for market, seq in store.last_seqs().items():
             self.markets[market] = MarketLog(market, seq)
         for market, client_order_id, seq in store.client_order_ids():
@@ -147,6 +149,22 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     async def Sequence(
         self, request: sequencer_pb2.SequenceRequest, context: grpc.aio.ServicerContext
     ) -> sequencer_pb2.SequenceResponse:
+        return await self._sequence(request)
+
+    @rpc
+    @receives_malformed_items
+    async def SequenceStream(
+        self, request_iterator: AsyncIterator[sequencer_pb2.SequenceRequest | Malformed],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[sequencer_pb2.SequenceResponse]:
+        with self.streams.track(context):
+            async for request in request_iterator:
+                if isinstance(request, Malformed):
+                    raise InvalidArgument(f"a SequenceStream message is not a SequenceRequest: {request.error}")
+                yield await self._sequence(request)
+
+    async def _sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
+        """The gate (see the module docstring), for Sequence and each request of SequenceStream."""
         market = self.market(request.market)
         if not request.commands:
             raise InvalidArgument("no commands to sequence")

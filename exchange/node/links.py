@@ -31,6 +31,48 @@ def peer_token(secret: bytes) -> str:
     return hashlib.sha256(b"p2p-exchange peer token\x00" + secret).hexdigest()
 
 
+class GateStream:
+    """One market's long-lived SequenceStream: one request at a time, each answered in order.
+
+    Any failure (stream broken, no answer within the timeout, Sequencer moved) discards the stream and the
+    caller's retry opens a new one. Whether the lost request was granted does not matter: the retry states
+    the same applied sequence, so if it was, the answer is "stale" and carries the granted entries.
+    """
+
+    def __init__(self, market: str) -> None:
+        self.market = market
+        self._stub: sequencer_pb2_grpc.SequencerStub | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._lock = asyncio.Lock()
+
+    async def ask(
+        self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float
+    ) -> sequencer_pb2.SequenceResponse:
+        async with self._lock:
+            if self._call is None or stub is not self._stub:
+                self.reset()
+                self._stub, self._call = stub, stub.SequenceStream()
+            call = self._call
+            try:
+                await call.write(request)
+                response = await asyncio.wait_for(call.read(), timeout)
+            except TimeoutError as error:
+                self.reset()
+                raise Unavailable(f"the Sequencer did not answer within {timeout:.0f} s ({self.market})") from error
+            except BaseException:
+                self.reset()
+                raise
+            if response is grpc.aio.EOF:
+                self.reset()
+                raise Unavailable(f"the Sequencer ended the gate stream of {self.market}")
+            return response
+
+    def reset(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._call = None
+
+
 class SequencerLink:
     """Calls to the Sequencer, retried across short outages until `outage_s` has passed."""
 
@@ -48,6 +90,7 @@ class SequencerLink:
         self._target: str | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: sequencer_pb2_grpc.SequencerStub | None = None
+        self._gates: dict[str, GateStream] = {}
 
     @property
     def target(self) -> str | None:
@@ -93,9 +136,11 @@ class SequencerLink:
             delay = min(delay * 2, 0.5)
 
     async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
-        return await self._retrying(
-            "Sequence", lambda stub: stub.Sequence(request, timeout=self.call_timeout_s)
-        )
+        """One gated request, over the market's long-lived SequenceStream."""
+        gate = self._gates.get(request.market)
+        if gate is None:
+            gate = self._gates[request.market] = GateStream(request.market)
+        return await self._retrying("Sequence", lambda stub: gate.ask(stub, request, self.call_timeout_s))
 
     async def current_seq(self, market: str) -> int:
         response = await self._retrying(
@@ -118,6 +163,8 @@ class SequencerLink:
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        for gate in self._gates.values():
+            gate.reset()
         if self._channel is not None:
             await self._channel.close()
 

@@ -143,7 +143,7 @@ async def serve(args: argparse.Namespace) -> None:
     service.state = STOPPING
     await server.set_serving(False)
     await asyncio.to_thread(registry.deregister, node_id)
-    await service.end_peer_streams()
+    await service.streams.end_all(f"node {node_id} is stopping")
     await server.stop(grace=2)
     for pipeline in pipelines.values():
         await pipeline.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from exchange.node import convert
 from exchange.node.links import TOKEN_HEADER, PeerSet, SequencerLink, peer_token
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencing import MarketPipeline, Outcome, retrieve_exception
-from exchange.runtime import Malformed, receives_malformed_items
+from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
@@ -94,7 +93,7 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self.token = peer_token(secret)
         self.state = SYNCING
         self._in_flight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
-        self._peer_streams: set[grpc.aio.ServicerContext] = set()
+        self.streams = LongLivedStreams()  # incoming BroadcastOrderStreams
 
     @property
     def markets(self) -> Mapping[str, eng.MarketConfig]:
@@ -403,25 +402,15 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self, request_iterator: AsyncIterator[pb.BroadcastOrderRequest | Malformed], context: grpc.aio.ServicerContext
     ) -> pb.BroadcastOrderResponse:
         self._require_peer(context, "BroadcastOrderStream")
-        self._peer_streams.add(context)
         accepted = 0
-        try:
+        with self.streams.track(context):
             async for request in request_iterator:
                 if isinstance(request, Malformed):
                     raise InvalidArgument(
                         f"a BroadcastOrderStream message is not a BroadcastOrderRequest: {request.error}"
                     )
                 accepted += self._accept_broadcast(request)
-        finally:
-            self._peer_streams.discard(context)
         return pb.BroadcastOrderResponse(accepted=accepted)
-
-    async def end_peer_streams(self) -> None:
-        """Ends the incoming broadcast streams (UNAVAILABLE), which never end by themselves: call it right
-        before a graceful server stop, which would otherwise wait its whole grace period for them."""
-        for context in list(self._peer_streams):
-            with contextlib.suppress(grpc.aio.AbortError):
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.node_id} is stopping")
 
     def _accept_broadcast(self, request: pb.BroadcastOrderRequest) -> int:
         """Checks every entry of a broadcast, then offers them all to the replica; returns how many were
