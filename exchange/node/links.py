@@ -59,6 +59,9 @@ class GateStream:
             except TimeoutError as error:
                 self.reset()
                 raise Unavailable(f"the Sequencer did not answer within {timeout:.0f} s ({self.market})") from error
+            except asyncio.InvalidStateError as error:  # the stream had already ended (Sequencer gone)
+                self.reset()
+                raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
             except BaseException:
                 self.reset()
                 raise
