@@ -26,6 +26,7 @@ import logging
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from exchange.errors import Aborted, ExchangeError, Unavailable
 from exchange.node.links import PeerSet, SequencerLink
@@ -44,8 +45,16 @@ def retrieve_exception(future: asyncio.Future) -> None:  # type: ignore[type-arg
         future.exception()
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+def fail(future: asyncio.Future, error: BaseException) -> None:  # type: ignore[type-arg]
+    """Fails a command's future, its exception marked as retrieved: the caller may be gone (deadline), and
+    asyncio must not log an expected failure as "Future exception was never retrieved". A caller that
+    still awaits it gets the exception all the same."""
+    if not future.done():
+        future.set_exception(error)
+        future.exception()
+
+
+class Outcome(NamedTuple):
     """A command's place in the log and what it did."""
 
     seq: int
@@ -96,8 +105,7 @@ class MarketPipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for pending in self._by_ref.values():
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("node is shutting down; retry on another node"))
+            fail(pending.future, Unavailable("node is shutting down; retry on another node"))
 
     # -- the gate ---------------------------------------------------------------------------------
 
@@ -107,10 +115,7 @@ class MarketPipeline:
         The command is placed even if nobody awaits the future any more (a client that went away)."""
         self._next_ref += 1
         command.origin_ref = self._incarnation | self._next_ref
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        # The caller may be gone (deadline) when the command fails: mark the exception retrieved so asyncio
-        # does not log an expected failure as "Future exception was never retrieved".
-        future.add_done_callback(retrieve_exception)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()  # failed only by fail()
         pending = Pending(command, future)
         self._by_ref[command.origin_ref] = pending
         self._queue.append(pending)
@@ -151,8 +156,7 @@ class MarketPipeline:
     def _fail(self, batch: list[Pending], error: Exception) -> None:
         for pending in batch:
             self._by_ref.pop(pending.command.origin_ref, None)
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            fail(pending.future, error)
 
     async def _sequence(self, batch: list[Pending]) -> None:
         while batch:
@@ -194,7 +198,7 @@ class MarketPipeline:
                 applied = self.replica.journal_entry(self.market, assignment.seq)
                 self._by_ref.pop(pending.command.origin_ref, None)
                 if applied is None:
-                    pending.future.set_exception(Unavailable(
+                    fail(pending.future, Unavailable(
                         f"client_order_id {pending.command.client_order_id!r} is order {assignment.seq}, "
                         "whose result this node no longer retains; query it with GetOrder"
                     ))
