@@ -251,7 +251,7 @@ def _catch_up(cluster: Cluster, entries: int) -> dict:
     _fill_log(cluster, "ETH-USD", entries)
     cluster.wait_converged(120, nodes=[1, 2])
     started = time.perf_counter()
-    cluster.start_node(0, timeout=300)
+    cluster.start_node(0, timeout=300, poll_s=0.005)  # a fine poll: the measured time is ~0.3-0.5 s
     seconds = time.perf_counter() - started
     views = cluster.wait_converged(60)
     log = cluster.nodes[0].read_log()

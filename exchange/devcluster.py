@@ -337,15 +337,15 @@ class Cluster:
         if not self.sequencer.running:
             raise RuntimeError(f"the Sequencer exited:\n{self.sequencer.read_log()[-3000:]}")
 
-    def start_node(self, index: int, timeout: float = 60.0) -> None:
+    def start_node(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
         self.nodes[index] = self.make_node(index)
         self.nodes[index].start()
-        self.wait_node_serving(index, timeout)
+        self.wait_node_serving(index, timeout, poll_s)
 
-    def wait_node_serving(self, index: int, timeout: float = 60.0) -> None:
+    def wait_node_serving(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
         node = self.nodes[index]
         wait_until(lambda: _serving(self.node_address(index)) or not node.running, timeout,
-                   f"{node.name} to serve")
+                   f"{node.name} to serve", interval=poll_s)
         if not node.running:
             raise RuntimeError(f"{node.name} exited:\n{node.read_log()[-3000:]}")
 
