@@ -5,7 +5,8 @@ Every figure is printed next to its baseline from the same run:
    p99, aborts; baseline: the bare echo server (bench/echo.py) at the same concurrency;
 2. streaming order entry (OrderEntry): 2 streams per node, each keeping up to STREAM_WINDOW orders in
    flight for the measured seconds: orders/s, aborts, errors, then the replicas must converge;
-3. catch-up: a node started behind by N log entries: entries/s until it is current;
+3. catch-up (measured first, on the fresh cluster, so the log holds exactly N entries): a node started
+   behind by N log entries: entries/s until it serves, current;
 4. replication lag: time from the client's answer until the order is applied on the other replicas.
 At the end every replica must report the same sequence and checksum, and the trades must equal a replay.
 """
@@ -246,17 +247,20 @@ def _fill_log(cluster: Cluster, market: str, entries: int) -> None:
 
 def _catch_up(cluster: Cluster, entries: int) -> dict:
     """Stops node 1, grows the log by `entries` (nodes 2 and 3 follow it), then restarts node 1 from an
-    empty state and times it until it serves, current: a snapshot from a peer, then the log's tail."""
+    empty state and times it until it serves, current: a snapshot from a peer, then the log's tail.
+
+    Run on a fresh cluster, so the node is behind by exactly `entries` (a restarted node holds no state:
+    it is behind by the whole log, which is counted and reported)."""
     cluster.nodes[0].stop()
     _fill_log(cluster, "ETH-USD", entries)
-    cluster.wait_converged(120, nodes=[1, 2])
+    views = cluster.wait_converged(120, nodes=[1, 2])
+    behind = sum(seq for seq, _ in views.values())
     started = time.perf_counter()
     cluster.start_node(0, timeout=300, poll_s=0.005)  # a fine poll: the measured time is ~0.3-0.5 s
     seconds = time.perf_counter() - started
-    views = cluster.wait_converged(60)
+    cluster.wait_converged(60)
     log = cluster.nodes[0].read_log()
-    return {"entries": entries, "seconds": seconds, "rate": entries / seconds,
-            "applied_total": sum(seq for seq, _ in views.values()),
+    return {"entries": behind, "seconds": seconds, "rate": behind / seconds,
             "method": "peer snapshot + log" if "restored from" in log else "log replay"}
 
 
@@ -268,6 +272,10 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
     _log("starting Consul, the Sequencer and 3 nodes")
     cluster.start()
     try:
+        _log(f"catch-up: a node started behind by {catch_up_entries:,} entries")
+        catch_up = _catch_up(cluster, catch_up_entries)
+        _log(f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = "
+             f"{catch_up['rate']:,.0f} entries/s")
         unary = []
         for in_flight in CONCURRENCY:
             result = asyncio.run(_drive(cluster.node_addresses, in_flight, seconds, seed=in_flight))
@@ -293,9 +301,6 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
         converged = all(replay.engine.checksum(m) == checksum for m, (_, checksum) in view.items())
         _log(f"converged at {view}; replay agrees: {converged}")
-        _log(f"catch-up: a node started behind by {catch_up_entries:,} entries")
-        catch_up = _catch_up(cluster, catch_up_entries)
-        _log(f"catch-up: {catch_up['rate']:,.0f} entries/s")
     except Exception:
         print(cluster.logs(), file=sys.stderr)
         raise
