@@ -17,8 +17,8 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS log_client_order_id ON log (market, client_ord
 """
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
+class StoredEntry(NamedTuple):
     market: str
     seq: int
     client_order_id: str | None

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_BUFFERED = 200_000
 FILLED, CANCELLED, REJECTED = pb.FILLED, pb.CANCELLED, pb.REJECTED
+OrderFilled, OrderCancelled, OrderRejected = eng.OrderFilled, eng.OrderCancelled, eng.OrderRejected
 
 
 @dataclass(slots=True)
@@ -165,14 +166,15 @@ class Replica:
     def _note_finished(self, state: MarketState, events: list[eng.Event]) -> None:
         finished = state.finished
         for event in events:
-            if isinstance(event, eng.OrderFilled):
+            kind = type(event)
+            if kind is OrderFilled:
                 if event.maker_remaining == 0:
                     finished[event.maker_order_id] = (FILLED, 0)
                 if event.taker_remaining == 0:
                     finished[event.taker_order_id] = (FILLED, 0)
-            elif isinstance(event, eng.OrderCancelled):
+            elif kind is OrderCancelled:
                 finished[event.order_id] = (CANCELLED, event.size)
-            elif isinstance(event, eng.OrderRejected) and event.order_id == event.seq:
+            elif kind is OrderRejected and event.order_id == event.seq:
                 finished[event.order_id] = (REJECTED, 0)
         while len(finished) > self.journal_size:
             finished.popitem(last=False)
