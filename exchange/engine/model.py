@@ -1,13 +1,12 @@
 """Value types of the matching engine: enums, market configuration, commands, events, errors.
 
-Commands and events are ``NamedTuple`` classes: immutable, and cheap to build (a command costs ~0.25 us
-against ~0.8 us for a frozen dataclass, and every node builds one per log entry; the engine builds an event
-with ``tuple.__new__``, ~0.1 us, two or more per command). Equality is made type-aware, so a command or an
-event never equals a plain tuple or a value of another class with the same fields.
+Commands are frozen slotted dataclasses. Their constructors do not validate market rules on purpose: a
+command is a logged fact, and a malformed one must replay into the same ``OrderRejected`` event on every
+node rather than fail at construction time on some of them.
 
-Command constructors do not validate market rules on purpose: a command is a logged fact, and a malformed
-one must replay into the same ``OrderRejected`` event on every node rather than fail at construction time
-on some of them.
+Events are ``NamedTuple`` classes: building one with ``tuple.__new__`` costs about a seventh of a frozen
+dataclass (measured: ~100 ns against ~700 ns), and the engine builds two or more per command. Equality is
+made type-aware, so an event never equals a plain tuple or an event of another class with the same values.
 """
 
 from __future__ import annotations
@@ -124,7 +123,8 @@ class MarketConfig:
 # --------------------------------------------------------------------------------------------- commands
 
 
-class SubmitOrder(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SubmitOrder:
     """A new order. ``size`` is positive; ``price`` is None for MARKET and required for every other type.
 
     The order's id is ``seq``.
@@ -138,7 +138,8 @@ class SubmitOrder(NamedTuple):
     price: int | None
 
 
-class CancelOrder(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
     """Cancel what is left of resting order ``order_id``."""
 
     market: str
@@ -146,7 +147,8 @@ class CancelOrder(NamedTuple):
     order_id: int
 
 
-class AmendOrder(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class AmendOrder:
     """Change a resting order. ``new_size`` is the new remaining (open) size; ``new_price`` None keeps it.
 
     A smaller size at the same price keeps time priority; a larger size or a new price loses it. A new price
@@ -166,12 +168,12 @@ Command = SubmitOrder | CancelOrder | AmendOrder
 # ----------------------------------------------------------------------------------------------- events
 
 
-def _typed_eq(self: tuple, other: object) -> bool:
+def _event_eq(self: tuple, other: object) -> bool:
     return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
 
 
-def _typed_ne(self: tuple, other: object) -> bool:
-    return not _typed_eq(self, other)
+def _event_ne(self: tuple, other: object) -> bool:
+    return not _event_eq(self, other)
 
 
 class OrderAccepted(NamedTuple):
@@ -242,12 +244,9 @@ class OrderAmended(NamedTuple):
 
 Event = OrderAccepted | OrderRejected | OrderFilled | OrderRested | OrderCancelled | OrderAmended
 
-for _cls in (
-    SubmitOrder, CancelOrder, AmendOrder,
-    OrderAccepted, OrderRejected, OrderFilled, OrderRested, OrderCancelled, OrderAmended,
-):
-    _cls.__eq__ = _typed_eq  # type: ignore[assignment,method-assign]
-    _cls.__ne__ = _typed_ne  # type: ignore[assignment,method-assign]
+for _cls in (OrderAccepted, OrderRejected, OrderFilled, OrderRested, OrderCancelled, OrderAmended):
+    _cls.__eq__ = _event_eq  # type: ignore[assignment,method-assign]
+    _cls.__ne__ = _event_ne  # type: ignore[assignment,method-assign]
     _cls.__hash__ = tuple.__hash__  # type: ignore[assignment,method-assign]
 del _cls
 
