@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import signal
@@ -195,6 +196,22 @@ async def wait_for_signal() -> str:
     return await received
 
 
+# Python's default collector thresholds (700, 10, 10) suit small heaps. A node keeps a large long-lived one
+# (the journal: ~6 tracked objects per command, up to 200k commands per market), and the more often young
+# objects are collected, the more often a full collection scans all of it. Measured on replica apply (200k
+# entries): 96k entries/s with 40% of the time in the collector at the defaults; 155k with these.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def configure_gc() -> None:
+    """Fewer young collections, and the start-up heap (modules, descriptors) frozen out of every scan."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Runs a service's main coroutine (with the collector configured for a long-lived heap)."""
+    configure_gc()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
