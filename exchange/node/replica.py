@@ -39,11 +39,17 @@ class Applied:
     events: list[eng.Event]
 
 
+# A journal record: the command's bytes as logged (parsed again only when asked for: a retried order,
+# GetOrder) and its events. Bytes rather than the parsed message: the journal holds up to 200k records per
+# market, a parsed message is larger and is one more object for every full garbage collection to scan.
+JournalRecord = tuple[bytes, tuple[eng.Event, ...]]
+
+
 @dataclass
 class MarketState:
     market: str
     buffer: dict[int, types_pb2.SequencedCommand] = field(default_factory=dict)
-    journal: OrderedDict[int, Applied] = field(default_factory=OrderedDict)
+    journal: OrderedDict[int, JournalRecord] = field(default_factory=OrderedDict)
     client_order_ids: dict[str, int] = field(default_factory=dict)
     known_seq: int = 0
     listeners: set[asyncio.Queue[Applied | None]] = field(default_factory=set)
@@ -147,7 +153,7 @@ class Replica:
         events = self.engine.apply(engine_command(command, entry.seq))
         applied = Applied(entry.seq, command, events)
         journal = state.journal
-        journal[entry.seq] = applied
+        journal[entry.seq] = (entry.command, tuple(events))
         if len(journal) > self.journal_size:
             journal.popitem(last=False)
         self._note_finished(state, events)
@@ -184,7 +190,16 @@ class Replica:
         return self.states[market].finished.get(order_id)
 
     def journal_entry(self, market: str, seq: int) -> Applied | None:
-        return self.states[market].journal.get(seq)
+        """The command `seq` and its events, if still journaled."""
+        record = self.states[market].journal.get(seq)
+        if record is None:
+            return None
+        data, events = record
+        return Applied(seq, types_pb2.Command.FromString(data), list(events))
+
+    def journaled_events(self, market: str, seq: int) -> tuple[eng.Event, ...]:
+        """The events of journaled command `seq` (KeyError if it is not journaled)."""
+        return self.states[market].journal[seq][1]
 
     def order_of_client_id(self, market: str, client_order_id: str) -> int | None:
         return self.states[market].client_order_ids.get(client_order_id)

@@ -336,7 +336,7 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
                         f"resume from {oldest} or later"
                     )
                 for seq in range(request.from_seq, next_seq):
-                    for event in journal[seq].events:
+                    for event in self.replica.journaled_events(market, seq):
                         yield convert.market_event(event)
                 next_seq = max(next_seq, request.from_seq)
             while True:
