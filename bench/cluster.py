@@ -3,8 +3,9 @@
 Every figure is printed next to its baseline from the same run:
 1. unary CreateOrder at 1, 8 and 64 calls in flight, clients spread over the three nodes: orders/s, p50,
    p99, aborts; baseline: the bare echo server (bench/echo.py) at the same concurrency;
-2. streaming order entry (OrderEntry): 2 streams per node, each keeping up to STREAM_WINDOW orders in
-   flight for the measured seconds: orders/s, aborts, errors, then the replicas must converge;
+2. streaming order entry: 2 streams per node, each keeping up to STREAM_WINDOW orders in flight for the
+   measured seconds, one order per message (OrderEntry), then batches of 100 (OrderEntryBatch): orders/s,
+   aborts, errors, then the replicas must converge;
 3. catch-up (measured first, on the fresh cluster, so the log holds exactly N entries): a node started
    behind by N log entries: entries/s until it serves, current;
 4. replication lag: time from the client's answer until the order is applied on the other replicas.
@@ -37,6 +38,7 @@ TARGET_P50_1 = 2.0  # cluster p50 <= 2 x echo p50 at 1 in flight
 TARGET_STREAM = 10_000
 STREAMS_PER_NODE = 2
 STREAM_WINDOW = 1024  # orders in flight per stream (the node's own bound per stream is the same)
+STREAM_BATCHES = (1, 100)  # orders per message: OrderEntry, then OrderEntryBatch
 TARGET_CATCH_UP = 200_000
 
 
@@ -113,58 +115,90 @@ class StreamResult:
     converged: bool = False
     converge_seconds: float = 0.0
     first_error: str = ""
+    batch: int = 1  # orders per message
 
     @property
     def rate(self) -> float:
         return self.orders / self.seconds if self.seconds else 0.0
 
 
-async def _stream_entry(addresses: list[str], seconds: float, seed: int) -> StreamResult:
-    """STREAMS_PER_NODE OrderEntry streams per node, each sending as fast as its window allows for `seconds`;
-    the rate counts answered orders from the first send to the last answer."""
+async def _stream_entry(addresses: list[str], seconds: float, seed: int, batch: int = 1) -> StreamResult:
+    """STREAMS_PER_NODE order-entry streams per node, each sending as fast as its window allows for `seconds`;
+    the rate counts answered orders from the first send to the last answer. `batch` 1 uses OrderEntry (one
+    order per message), more uses OrderEntryBatch with that many orders per message."""
     channels = [grpc.aio.insecure_channel(address) for address in addresses]
     stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
     streams = STREAMS_PER_NODE * len(stubs)
     loop = asyncio.get_running_loop()
-    result = StreamResult(streams, 0, 0.0, 0, 0, 0)
+    result = StreamResult(streams, 0, 0.0, 0, 0, 0, batch=batch)
     started = loop.time()
     stop_at = started + seconds
+
+    def count(answer: pb.OrderEntryResult) -> None:
+        if answer.HasField("error"):
+            if answer.error.code == "ABORTED":
+                result.aborted += 1
+            else:
+                result.errors += 1
+            result.first_error = result.first_error or f"{answer.error.code}: {answer.error.message}"
+        else:
+            result.orders += 1
 
     async def stream(number: int) -> None:
         rng = random.Random(seed * 1000 + number)
         orders = [_order(rng) for _ in range(4096)]
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        messages = orders if batch == 1 else [
+            pb.OrderBatch(orders=orders[i:i + batch]) for i in range(0, len(orders) - batch + 1, batch)
+        ]
+        window = asyncio.Semaphore(max(1, STREAM_WINDOW // batch))  # in messages: STREAM_WINDOW orders
         sent = received = 0
 
         async def requests():  # type: ignore[no-untyped-def]
             nonlocal sent
             while loop.time() < stop_at:
                 await window.acquire()
-                yield orders[sent % len(orders)]
+                yield messages[sent % len(messages)]
                 sent += 1
 
+        stub = stubs[number % len(stubs)]
+        call = stub.OrderEntry if batch == 1 else stub.OrderEntryBatch
         try:
-            async for answer in stubs[number % len(stubs)].OrderEntry(requests(), timeout=seconds + 120):
+            async for answer in call(requests(), timeout=seconds + 120):
                 received += 1
                 window.release()
-                if answer.HasField("error"):
-                    if answer.error.code == "ABORTED":
-                        result.aborted += 1
-                    else:
-                        result.errors += 1
-                    result.first_error = result.first_error or f"{answer.error.code}: {answer.error.message}"
+                if batch == 1:
+                    count(answer)
                 else:
-                    result.orders += 1
+                    for one in answer.results:
+                        count(one)
         except grpc.aio.AioRpcError as error:
             result.errors += 1
             result.first_error = result.first_error or f"stream: {error.code().name}: {error.details()}"
-        result.unanswered += sent - received
+        result.unanswered += (sent - received) * batch
 
     await asyncio.gather(*(stream(n) for n in range(streams)))
     result.seconds = loop.time() - started
     for channel in channels:
         await channel.close()
     return result
+
+
+def _streaming_run(cluster: Cluster, seconds: float, batch: int) -> StreamResult:
+    """One streaming-entry run, then the replicas must converge."""
+    how = "one order per message" if batch == 1 else f"batches of {batch} orders (OrderEntryBatch)"
+    _log(f"streaming entry, {how}: {STREAMS_PER_NODE} streams per node, window {STREAM_WINDOW} orders")
+    run = asyncio.run(_stream_entry(cluster.node_addresses, seconds, seed=7 + batch, batch=batch))
+    converge_started = time.perf_counter()
+    try:
+        cluster.wait_converged(120)
+        run.converged = True
+    except Exception as error:  # noqa: BLE001 - reported in the table
+        _log(f"streaming entry: the replicas did not converge: {error}")
+    run.converge_seconds = time.perf_counter() - converge_started
+    _log(f"streaming entry: {run.rate:,.0f} orders/s, aborted {run.aborted}, errors "
+         f"{run.errors} {run.first_error or ''}".rstrip() + f", unanswered {run.unanswered}, "
+         f"converged {run.converged} after {run.converge_seconds:.2f} s")
+    return run
 
 
 def _echo_baseline(workdir: Path, seconds: float) -> list[LoadResult]:
@@ -245,6 +279,15 @@ def _fill_log(cluster: Cluster, market: str, entries: int) -> None:
             entries -= count
 
 
+def _log_positions(cluster: Cluster) -> dict[str, int]:
+    """Every market's current (durable) sequence number at the Sequencer."""
+    with grpc.insecure_channel(cluster.sequencer_address) as channel:
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        markets = [config.symbol for config in parse_markets(cluster.markets)]
+        request = sequencer_pb2.GetSequenceRequest
+        return {m: stub.GetSequence(request(market=m), timeout=10).current_seq for m in markets}
+
+
 def _catch_up(cluster: Cluster, entries: int) -> dict:
     """Stops node 1, grows the log by `entries` (nodes 2 and 3 follow it), then restarts node 1 from an
     empty state and times it until it serves, current: a snapshot from a peer, then the log's tail.
@@ -253,8 +296,10 @@ def _catch_up(cluster: Cluster, entries: int) -> dict:
     it is behind by the whole log, which is counted and reported)."""
     cluster.nodes[0].stop()
     _fill_log(cluster, "ETH-USD", entries)
-    views = cluster.wait_converged(120, nodes=[1, 2])
-    behind = sum(seq for seq, _ in views.values())
+    log_end = _log_positions(cluster)
+    wait_until(lambda: {m: seq for m, (seq, _) in cluster.wait_converged(120, nodes=[1, 2]).items()} == log_end,
+               120, "nodes 2 and 3 to apply the whole log")
+    behind = sum(log_end.values())
     started = time.perf_counter()
     cluster.start_node(0, timeout=300, poll_s=0.005)  # a fine poll: the measured time is ~0.3-0.5 s
     seconds = time.perf_counter() - started
@@ -282,18 +327,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
             _log(f"cluster, {in_flight} in flight: {result.rate:,.0f} orders/s, p50 {result.p50_ms:.2f} ms, "
                  f"aborted {result.aborted}, errors {result.errors}")
             unary.append(result)
-        _log(f"streaming entry: {STREAMS_PER_NODE} streams per node, window {STREAM_WINDOW}")
-        streaming = asyncio.run(_stream_entry(cluster.node_addresses, seconds, seed=7))
-        converge_started = time.perf_counter()
-        try:
-            cluster.wait_converged(120)
-            streaming.converged = True
-        except Exception as error:  # noqa: BLE001 - reported in the table
-            _log(f"streaming entry: the replicas did not converge: {error}")
-        streaming.converge_seconds = time.perf_counter() - converge_started
-        _log(f"streaming entry: {streaming.rate:,.0f} orders/s, aborted {streaming.aborted}, errors "
-             f"{streaming.errors} {streaming.first_error or ''}".rstrip() + f", unanswered {streaming.unanswered}, "
-             f"converged {streaming.converged} after {streaming.converge_seconds:.2f} s")
+        streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
         _log("replication lag")
         lag_p50, lag_p99 = asyncio.run(_replication_lag(cluster, 300))
         _log("waiting for the replicas to converge")
@@ -313,7 +347,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "converged": converged,
         "checksums": {m: c for m, (_, c) in view.items()},
         "catch_up": catch_up,
-        "streaming": vars(streaming) | {"rate": streaming.rate},
+        "streaming": [vars(run) | {"rate": run.rate} for run in streaming],
     }
 
 
@@ -337,25 +371,30 @@ def table(result: dict) -> str:
     lag = result["replication_lag_ms"]
     ratio64 = unary64["rate"] / echo64["rate"]
     ratio_p50 = unary1["p50_ms"] / echo1["p50_ms"]
-    stream = result["streaming"]
-    aborts = sum(u["aborted"] for u in result["unary"]) + stream["aborted"]
-    stream_ok = (stream["rate"] >= TARGET_STREAM and stream["errors"] == 0 and stream["unanswered"] == 0
-                 and stream["converged"])
+    aborts = sum(u["aborted"] for u in result["unary"]) + sum(run["aborted"] for run in result["streaming"])
+    verdicts = []
+    for run in result["streaming"]:
+        how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
+        ok = run["rate"] >= TARGET_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
+        lines.append(
+            f"streaming entry, {how}: {run['streams']} streams ({STREAMS_PER_NODE} per node, window "
+            f"{STREAM_WINDOW} orders): {run['orders']:,} orders in {run['seconds']:.2f} s = {run['rate']:,.0f} "
+            f"orders/s, aborted {run['aborted']}, errors {run['errors']}, unanswered {run['unanswered']}; "
+            f"replicas converged (equal checksums) {run['converge_seconds']:.2f} s later: {run['converged']}"
+        )
+        verdicts.append(f"streaming, {how + ',':<18} >= {TARGET_STREAM:,}/s {_verdict(ok)} ({run['rate']:,.0f})")
     lines += [
-        f"streaming entry: {stream['streams']} streams ({STREAMS_PER_NODE} per node, window {STREAM_WINDOW}): "
-        f"{stream['orders']:,} orders in {stream['seconds']:.2f} s = {stream['rate']:,.0f} orders/s, "
-        f"aborted {stream['aborted']}, errors {stream['errors']}, unanswered {stream['unanswered']}; "
-        f"replicas converged (equal checksums) {stream['converge_seconds']:.2f} s later: {stream['converged']}",
         f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = {catch_up['rate']:,.0f} "
         f"entries/s ({catch_up.get('method', 'log replay')}, node start included)",
         f"replication lag after the client's answer: p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms",
         f"replicas converged and equal to a replay of the log: {result['converged']}",
         f"unary at 64 in flight >= {TARGET_UNARY_64}x echo     {_verdict(ratio64 >= TARGET_UNARY_64)} ({ratio64:.2f})",
         f"p50 at 1 in flight <= {TARGET_P50_1}x echo        {_verdict(ratio_p50 <= TARGET_P50_1)} ({ratio_p50:.2f})",
-        f"streaming entry >= {TARGET_STREAM:,} orders/s     {_verdict(stream_ok)} ({stream['rate']:,.0f})",
+        *verdicts,
         f"catch-up >= {TARGET_CATCH_UP:,} entries/s       "
         f"{_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} ({catch_up['rate']:,.0f})",
         f"zero ABORTED                         {_verdict(aborts == 0)} ({aborts})",
-        f"replicas converged                   {_verdict(result['converged'] and stream['converged'])}",
+        f"replicas converged                   "
+        f"{_verdict(result['converged'] and all(run['converged'] for run in result['streaming']))}",
     ]
     return "\n".join(lines)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -36,6 +37,9 @@ SYNCING, SERVING, STOPPING = "SYNCING", "SERVING", "STOPPING"
 STREAM_QUEUE_LIMIT = 100_000
 # Orders of one OrderEntry stream in flight at once (started, or done but not yet sent back): bounds memory.
 ENTRY_WINDOW = 1024
+# The same for OrderEntryBatch, in batches of at most MAX_BATCH_ORDERS orders.
+BATCH_WINDOW = 16
+MAX_BATCH_ORDERS = 1000
 
 # How a market rejection of a cancel or amend is reported (new orders report REJECTED in the answer).
 REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
@@ -44,11 +48,49 @@ REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
 }
 
 
+Request = TypeVar("Request")
+Started = TypeVar("Started")
+Answer = TypeVar("Answer")
+
+
 @dataclass(frozen=True, slots=True)
 class _ReadFailed:
     """The request side of a stream failed (the stream ends with this error)."""
 
     error: BaseException
+
+
+async def _answered_in_order(
+    requests: AsyncIterator[Request], start: Callable[[Request], Started],
+    finish: Callable[[Started], Awaitable[Answer]], window: int,
+) -> AsyncIterator[Answer]:
+    """The pipeline of the order-entry streams: starts each request as it arrives (at most `window` started
+    and not yet answered) and yields their answers in request order. Started requests complete even if the
+    stream ends first (the client is gone: they stay unanswered)."""
+    slots = asyncio.Semaphore(window)
+    started: asyncio.Queue[Started | _ReadFailed | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                started.put_nowait(start(request))
+            started.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - handed to the stream, which answers it
+            started.put_nowait(_ReadFailed(error))
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (item := await started.get()) is not None:
+            if isinstance(item, _ReadFailed):
+                raise item.error
+            answer = await finish(item)
+            slots.release()
+            yield answer
+    finally:
+        reader.cancel()
 
 
 def _order_response(outcome: Outcome) -> pb.CreateOrderResponse:
@@ -117,34 +159,31 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self, request_iterator: AsyncIterator[pb.CreateOrderRequest | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderEntryResult]:
         """Starts each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
-        request order, one result each; a failed order is an error result and the stream goes on.
+        request order, one result each; a failed order is an error result and the stream goes on."""
+        async for result in _answered_in_order(request_iterator, self._start_entry, self._entry_result, ENTRY_WINDOW):
+            yield result
 
-        Orders are started without a task each: an order waiting for the gate is just a future."""
-        window = asyncio.Semaphore(ENTRY_WINDOW)
-        started: asyncio.Queue[asyncio.Future[Outcome] | pb.OrderEntryResult | _ReadFailed | None] = asyncio.Queue()
+    @rpc
+    @receives_malformed_items
+    async def OrderEntryBatch(
+        self, request_iterator: AsyncIterator[pb.OrderBatch | Malformed], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.OrderBatchResult]:
+        """OrderEntry with batches: each order of a batch is an OrderEntry item, the batch one message."""
+        async for result in _answered_in_order(request_iterator, self._start_batch, self._batch_result, BATCH_WINDOW):
+            yield result
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await window.acquire()
-                    started.put_nowait(self._start_entry(request))
-                started.put_nowait(None)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as error:  # noqa: BLE001 - handed to the stream, which answers it
-                started.put_nowait(_ReadFailed(error))
+    def _start_batch(self, batch: pb.OrderBatch | Malformed) -> list[asyncio.Future[Outcome] | pb.OrderEntryResult]:
+        if isinstance(batch, Malformed):
+            return [_entry_error(InvalidArgument(f"this stream item is not a valid OrderBatch: {batch.error}"))]
+        if len(batch.orders) > MAX_BATCH_ORDERS:
+            refused = _entry_error(InvalidArgument(
+                f"a batch holds at most {MAX_BATCH_ORDERS} orders, this one {len(batch.orders)}; none was placed"
+            ))
+            return [refused] * len(batch.orders)
+        return [self._start_entry(order) for order in batch.orders]
 
-        reader = asyncio.ensure_future(read())
-        try:
-            while (item := await started.get()) is not None:
-                if isinstance(item, _ReadFailed):
-                    raise item.error
-                if not isinstance(item, pb.OrderEntryResult):
-                    item = await self._entry_result(item)
-                window.release()
-                yield item
-        finally:
-            reader.cancel()  # the client is gone: its started orders still complete, unanswered
+    async def _batch_result(self, started: list[asyncio.Future[Outcome] | pb.OrderEntryResult]) -> pb.OrderBatchResult:
+        return pb.OrderBatchResult(results=[await self._entry_result(order) for order in started])
 
     def _start_entry(self, request: pb.CreateOrderRequest | Malformed) -> asyncio.Future[Outcome] | pb.OrderEntryResult:
         """Starts one order of an OrderEntry stream; an order refused at once gets its error result."""
@@ -155,8 +194,10 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         except Exception as error:  # noqa: BLE001 - a bad order must not end the stream
             return _entry_error(error)
 
-    async def _entry_result(self, started: asyncio.Future[Outcome]) -> pb.OrderEntryResult:
+    async def _entry_result(self, started: asyncio.Future[Outcome] | pb.OrderEntryResult) -> pb.OrderEntryResult:
         """The result of a started order of an OrderEntry stream, as CreateOrder would have answered it."""
+        if isinstance(started, pb.OrderEntryResult):  # refused when it was started
+            return started
         try:
             # shielded: if the stream ends meanwhile, the order still completes
             outcome = started.result() if started.done() else await asyncio.shield(started)

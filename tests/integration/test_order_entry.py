@@ -16,7 +16,8 @@ from exchange.verify import replay_cluster
 
 pytestmark = pytest.mark.integration
 
-METHOD = "/exchange.v1.ExchangeNode/OrderEntry"
+SERVICE = "/exchange.v1.ExchangeNode"
+METHOD = f"{SERVICE}/OrderEntry"
 
 
 def mixed_orders(rng: random.Random, stream: int, count: int) -> tuple[list[pb.CreateOrderRequest], list[str]]:
@@ -115,3 +116,50 @@ def test_an_undecodable_stream_item_is_an_error_result_and_the_stream_goes_on(cl
     assert results[1].error.code == "INVALID_ARGUMENT"
     assert "not a valid CreateOrderRequest" in results[1].error.message
     assert results[2].order.seq == results[0].order.seq + 1
+
+
+def entry_batches(address: str, batches: list[list[pb.CreateOrderRequest]]) -> list[pb.OrderBatchResult]:
+    with grpc.insecure_channel(address) as channel:
+        stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+        return list(stub.OrderEntryBatch(iter([pb.OrderBatch(orders=b) for b in batches]), timeout=60))
+
+
+def test_batched_entry_answers_each_order_of_each_batch_like_order_entry(cluster: Cluster) -> None:
+    rng = random.Random(12)
+    requests, expected = mixed_orders(rng, 7, 120)
+    batches = [requests[i:i + 17] for i in range(0, len(requests), 17)]
+    answers = entry_batches(cluster.node_address(2), batches)
+
+    assert [len(a.results) for a in answers] == [len(b) for b in batches], "one result per order, per batch"
+    results = [r for a in answers for r in a.results]
+    responses = []
+    for request, code, result in zip(requests, expected, results, strict=True):
+        if code:
+            assert result.error.code == code and result.error.message and not result.HasField("order")
+        else:
+            assert result.HasField("order") and result.order.market == (request.market or "BTC-USD")
+            responses.append(result.order)
+    for market in ("BTC-USD", "ETH-USD"):
+        seqs = [r.seq for r in responses if r.market == market]
+        assert seqs == sorted(seqs), "a stream's orders are sequenced in the order sent"
+    cluster.wait_converged()
+    replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    for response in responses:
+        assert response == replay.expected_answer(response)
+
+
+def test_an_oversized_or_undecodable_batch_gets_error_results_and_the_stream_goes_on(cluster: Cluster) -> None:
+    good = pb.OrderBatch(orders=[pb.CreateOrderRequest(size=1, limit_price=10)])
+    too_big = pb.OrderBatch(orders=[pb.CreateOrderRequest(size=1, limit_price=10)] * 1001)
+    with grpc.insecure_channel(cluster.node_address(0)) as channel:
+        call = channel.stream_stream(f"{SERVICE}/OrderEntryBatch", request_serializer=lambda raw: raw,
+                                     response_deserializer=pb.OrderBatchResult.FromString)
+        raw = [good.SerializeToString(), too_big.SerializeToString(), b"\xff\xff\xff", good.SerializeToString()]
+        answers = list(call(iter(raw), timeout=30))
+
+    assert [len(a.results) for a in answers] == [1, 1001, 1, 1]
+    first, refused, undecodable, last = answers
+    assert {r.error.code for r in refused.results} == {"INVALID_ARGUMENT"}
+    assert "at most 1000 orders" in refused.results[0].error.message
+    assert undecodable.results[0].error.code == "INVALID_ARGUMENT"
+    assert last.results[0].order.seq == first.results[0].order.seq + 1, "nothing of the refused batches was placed"
