@@ -476,19 +476,20 @@ def cluster_down() -> int:
         print("no demo cluster is running (no .cluster/state.json)")
         return 0
     state = json.loads(STATE_FILE.read_text())
-    pids = [*state["processes"].items(), ("consul", state.get("consul_pid"))]
-    for name, pid in pids:
-        if pid and _pid_alive(pid):
-            print(f"stopping {name} (pid {pid})")
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGTERM)
-    for name, pid in pids:
-        if not pid:
-            continue
-        try:
-            wait_until(lambda pid=pid: not _pid_alive(pid), 10, name)
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
+    # the services first (they deregister from Consul as they stop), then Consul
+    for group in (list(state["processes"].items()), [("consul", state.get("consul_pid"))]):
+        for name, pid in group:
+            if pid and _pid_alive(pid):
+                print(f"stopping {name} (pid {pid})")
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGTERM)
+        for name, pid in group:
+            if not pid:
+                continue
+            try:
+                wait_until(lambda pid=pid: not _pid_alive(pid), 10, name)
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
     STATE_FILE.unlink()
     print("demo cluster stopped; logs stay in", DEMO_DIR / "logs")
     return 0
