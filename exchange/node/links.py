@@ -53,18 +53,31 @@ class GateStream:
                 self.reset()
                 self._stub, self._call = stub, stub.SequenceStream()
             call = self._call
+            # a watchdog rather than asyncio.wait_for, which costs a task and a loop iteration per answer
+            expired = False
+
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                call.cancel()
+
+            watchdog = asyncio.get_running_loop().call_later(timeout, expire)
             try:
                 await call.write(request)
-                response = await asyncio.wait_for(call.read(), timeout)
-            except TimeoutError as error:
+                response = await call.read()
+            except asyncio.CancelledError as error:
                 self.reset()
-                raise Unavailable(f"the Sequencer did not answer within {timeout:.0f} s ({self.market})") from error
+                if not expired:
+                    raise  # the caller was cancelled
+                raise Unavailable(f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
             except asyncio.InvalidStateError as error:  # the stream had already ended (Sequencer gone)
                 self.reset()
                 raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
             except BaseException:
                 self.reset()
                 raise
+            finally:
+                watchdog.cancel()
             if response is grpc.aio.EOF:
                 self.reset()
                 raise Unavailable(f"the Sequencer ended the gate stream of {self.market}")
