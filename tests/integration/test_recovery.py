@@ -7,8 +7,10 @@ must give the checksums every node reports.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,9 +22,11 @@ import grpc
 import pytest
 
 from exchange.devcluster import Cluster, wait_until
+from exchange.errors import Unavailable
+from exchange.node.links import GateStream
 from exchange.node.main import parse_markets
 from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import exchange_pb2_grpc, types_pb2
+from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from exchange.verify import read_log, replay_cluster
 
 pytestmark = pytest.mark.integration
@@ -303,3 +307,36 @@ def test_client_order_id_places_one_order_across_nodes(cluster: Cluster,
     assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.asks] == [(150, 7, 1)]
     assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.bids] == [(90, 3, 1)]
     checksums_equal_replay(cluster, views)
+
+
+def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the_lost_grant(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    c = make_cluster(nodes=1)
+    c.start()
+    command = types_pb2.Command(market="GATE-TEST", origin_node="test", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=1, price=100))
+
+    def request(applied: int) -> sequencer_pb2.SequenceRequest:
+        return sequencer_pb2.SequenceRequest(
+            market="GATE-TEST", applied_seq=applied, node_id="test", commands=[command]
+        )
+
+    async def scenario() -> None:
+        channel = grpc.aio.insecure_channel(c.sequencer_address)
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        gate = GateStream("GATE-TEST")
+        first = await gate.ask(stub, request(0), timeout=5)
+        assert first.granted and first.current_seq == 1
+        c.sequencer.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
+                await asyncio.wait_for(gate.ask(stub, request(1), timeout=0.5), 10)  # fails rather than hangs
+        finally:
+            c.sequencer.signal(signal.SIGCONT)
+        again = await gate.ask(stub, request(1), timeout=5)  # the node's retry states the same applied sequence
+        assert not again.granted and again.current_seq == 2
+        assert [entry.seq for entry in again.missing] == [2], "the grant whose answer was lost comes back"
+        await channel.close()
+
+    asyncio.run(scenario())
