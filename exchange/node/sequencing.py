@@ -207,8 +207,7 @@ class MarketPipeline:
                 continue
             self.replica.offer(assignment.entry)  # resolves the pending command via _resolve_own
             fresh.append(assignment.entry)
-        # after the loop's next turn, so the waiting clients are answered before the peers are written to
-        asyncio.get_running_loop().call_soon(self.peers.broadcast, fresh)
+        self.peers.broadcast(fresh)
 
     # -- catch-up ---------------------------------------------------------------------------------
 
