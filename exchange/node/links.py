@@ -221,7 +221,9 @@ class PeerStream:
             while True:
                 request = await self.queue.get()
                 await call.write(request)
-                self.failures = 0
+                if self.failures:
+                    log.info("broadcast stream to %s restored after %d failed", self.target, self.failures)
+                    self.failures = 0
         except asyncio.CancelledError:
             call.cancel()
             raise
