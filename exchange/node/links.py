@@ -189,11 +189,13 @@ class PeerStream:
     """One long-lived BroadcastOrderStream to a peer.
 
     Broadcasts queue (bounded) and one task writes them in order. When the stream fails (peer restarted,
-    unreachable), what was queued or in flight is dropped and the next broadcast opens a new stream: the
-    peer fills the gap from the Sequencer's log, as it would for any lost broadcast.
+    unreachable), what was queued or in flight is dropped, and so is every broadcast until a new stream is
+    opened after a backoff (50 ms doubling to 1 s: an unreachable peer costs no call per batch). The peer
+    fills the gap from the Sequencer's log, as it would for any lost broadcast.
     """
 
     MAX_QUEUED = 10_000  # broadcasts waiting for a slow peer before new ones are dropped
+    FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.05, 1.0
 
     def __init__(self, target: str, stub: exchange_pb2_grpc.ExchangeNodeStub, metadata: tuple) -> None:
         self.target = target
@@ -202,11 +204,15 @@ class PeerStream:
         self.queue: asyncio.Queue[exchange_pb2.BroadcastOrderRequest] = asyncio.Queue(self.MAX_QUEUED)
         self.task: asyncio.Task[None] | None = None
         self.failures = 0  # streams in a row that failed
+        self.reopen_at = 0.0  # loop time before which no new stream is opened (after a failure)
         self.dropped = 0
 
     def send(self, request: exchange_pb2.BroadcastOrderRequest) -> None:
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._pump(), name=f"broadcast-{self.target}")
+            loop = asyncio.get_running_loop()
+            if loop.time() < self.reopen_at:
+                return  # backing off after a failure: the peer will read this from the log
+            self.task = loop.create_task(self._pump(), name=f"broadcast-{self.target}")
         try:
             self.queue.put_nowait(request)
         except asyncio.QueueFull:
@@ -227,12 +233,14 @@ class PeerStream:
         except asyncio.CancelledError:
             call.cancel()
             raise
-        except Exception as error:  # noqa: BLE001 - any failure ends this stream; the next send reopens it
+        except Exception as error:  # noqa: BLE001 - any failure ends this stream; a later send reopens it
             self.failures += 1
+            backoff = min(self.FIRST_BACKOFF_S * 2 ** (self.failures - 1), self.MAX_BACKOFF_S)
+            self.reopen_at = asyncio.get_running_loop().time() + backoff
             lost = self.queue.qsize()
             while not self.queue.empty():
                 self.queue.get_nowait()
-            if self.failures == 1 or self.failures % 100 == 0:
+            if self.failures == 1 or self.failures % 30 == 0:
                 code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
                 log.warning("broadcast stream to %s failed (%d in a row, %d queued broadcasts dropped): %s",
                             self.target, self.failures, lost, code)
