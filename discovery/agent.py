@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,22 +24,34 @@ CONSUL_STAMP = REPO_ROOT / ".cache" / "consul" / "path"
 def free_port(udp: bool = False) -> int:
     """A loopback TCP port that is free right now (and free for UDP too if ``udp``).
 
-    There is an unavoidable race between picking and using the port; callers that start
-    processes should retry on "address in use".
+    Ports are drawn below the kernel's ephemeral range when it says where that is: a port the kernel
+    hands out for ``bind(0)`` lies inside that range, where any outgoing connection of any process may
+    take it before the process it was meant for binds it. A race between picking and using the port
+    remains (another picker); callers that start processes should retry on "address in use".
     """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not udp:
-            return port
+    candidates = _below_ephemeral_range()
+    for _ in range(200):
+        port = random.choice(candidates) if candidates else 0
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+                port = s.getsockname()[1]
+            if udp:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("127.0.0.1", port))
         except OSError:
             continue
         return port
     raise RuntimeError("could not find a free loopback port")
+
+
+def _below_ephemeral_range() -> range:
+    """Ports 10000 up to the start of the kernel's ephemeral range (empty if it cannot be read)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(10_000, low) if low > 11_000 else range(0)
 
 
 def find_consul_binary() -> str:
