@@ -7,7 +7,8 @@ Group commit: `append` queues entries and schedules one flush per event-loop ite
 everything queued in one transaction (one fsync) and settles every waiter. The commit blocks the loop for
 its fsync (~0.25 ms here), and the requests that arrive meanwhile go into the next commit, so durability
 costs one fsync per batch rather than per order. Committing on the loop rather than on a writer thread
-saves two thread hand-offs per commit (measured: ~0.2 ms of a 0.8 ms Sequence round trip).
+saves two thread hand-offs per commit (measured at 1 in flight: 0.78 -> 0.75 ms per Sequence round trip;
+simpler, with no thread to stop).
 """
 
 from __future__ import annotations

@@ -65,16 +65,12 @@ class GateStream:
             try:
                 await call.write(request)
                 response = await call.read()
-            except asyncio.CancelledError as error:
+            except BaseException as error:
                 self.reset()
-                if not expired:
-                    raise  # the caller was cancelled
-                raise Unavailable(f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
-            except asyncio.InvalidStateError as error:  # the stream had already ended (Sequencer gone)
-                self.reset()
-                raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
-            except BaseException:
-                self.reset()
+                if isinstance(error, asyncio.CancelledError) and expired:  # the watchdog, not the caller
+                    raise Unavailable(f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
+                if isinstance(error, asyncio.InvalidStateError):  # the stream had already ended (Sequencer gone)
+                    raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
                 raise
             finally:
                 watchdog.cancel()

@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 2_000
 
 
-def retrieve_exception(future: asyncio.Future) -> None:  # type: ignore[type-arg]
-    """A done callback that marks a future's exception as retrieved (its failure is expected and reported
-    elsewhere, or its caller is gone)."""
-    if not future.cancelled():
-        future.exception()
-
-
 def fail(future: asyncio.Future, error: BaseException) -> None:  # type: ignore[type-arg]
     """Fails a command's future, its exception marked as retrieved: the caller may be gone (deadline), and
     asyncio must not log an expected failure as "Future exception was never retrieved". A caller that

@@ -26,7 +26,7 @@ from exchange.errors import (
 from exchange.node import convert
 from exchange.node.links import TOKEN_HEADER, PeerSet, SequencerLink, peer_token
 from exchange.node.replica import Applied, Replica
-from exchange.node.sequencing import MarketPipeline, Outcome, retrieve_exception
+from exchange.node.sequencing import MarketPipeline, Outcome, fail
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -105,7 +105,7 @@ def _settle_duplicate(duplicate: asyncio.Future[Outcome], first: asyncio.Future[
     if first.cancelled():
         duplicate.cancel()
     elif (error := first.exception()) is not None:
-        duplicate.set_exception(error)
+        fail(duplicate, error)
     else:
         outcome = first.result()
         duplicate.set_result(Outcome(outcome.seq, outcome.applied, duplicate=True))
@@ -237,7 +237,6 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         running = self._in_flight.get(key)
         if running is not None:
             duplicate: asyncio.Future[Outcome] = loop.create_future()
-            duplicate.add_done_callback(retrieve_exception)
             running.add_done_callback(lambda first: _settle_duplicate(duplicate, first))
             return duplicate
         future = self.pipelines[market].enqueue(command)
