@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from discovery.agent import ConsulDevAgent, free_port
+from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,8 +287,9 @@ class Cluster:
         return f"node-{index + 1}"
 
     def _env(self) -> dict[str, str]:
+        transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
         return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address,
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", **transport}
 
     # -- processes --------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from discovery.consul import ConsulRegistry
 from exchange.config import add_cluster_arguments, split_host_port
-from exchange.runtime import GrpcServer, configure_logging, run, wait_for_signal
+from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
@@ -46,8 +46,8 @@ async def serve(args: argparse.Namespace) -> None:
     registry = ConsulRegistry(consul_host, consul_port)
     await asyncio.to_thread(registry.register, SERVICE_NAME, args.id, host, server.port, {"role": "sequencer"})
     markets = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values()) or "none yet"
-    log.info("sequencer %s listening on %s:%d; log %s; markets %s", args.id, host, server.port,
-             store.path, markets)
+    log.info("sequencer %s listening on %s:%d; log %s; markets %s; %s", args.id, host, server.port,
+             store.path, markets, grpc_transport())
     signal_name = await wait_for_signal()
     log.info("%s received: stopping", signal_name)
     reporter.cancel()

@@ -15,7 +15,7 @@ from exchange.node.links import PEER_SERVICE, PeerSet, SequencerLink
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import SERVING, STOPPING, ExchangeNodeService
-from exchange.runtime import GrpcServer, configure_logging, run, wait_for_signal
+from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")
@@ -121,8 +121,8 @@ async def serve(args: argparse.Namespace) -> None:
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
     await server.start()
     await server.set_serving(False)
-    log.info("node %s listening on %s:%d (markets %s); catching up", node_id, host, server.port,
-             ", ".join(replica.engine.markets))
+    log.info("node %s listening on %s:%d (markets %s; %s); catching up", node_id, host, server.port,
+             ", ".join(replica.engine.markets), grpc_transport())
     stop = asyncio.ensure_future(wait_for_signal())
     catch_up = asyncio.ensure_future(
         initial_catch_up(pipelines, sequencer, replica, peers, args.snapshot_threshold)

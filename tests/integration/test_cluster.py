@@ -12,6 +12,7 @@ import pytest
 from exchange.devcluster import Cluster
 from exchange.node.links import peer_token
 from exchange.node.main import parse_markets
+from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 from exchange.verify import read_log, replay_cluster
@@ -161,3 +162,10 @@ def test_broadcast_stream_ignores_known_entries_and_ends_at_a_forged_one_without
     assert {(b.seq, b.checksum) for b in after} == {before["BTC-USD"]}, "no replica changed"
     stubs[2].CreateOrder(pb.CreateOrderRequest(size=3, limit_price=101), timeout=10)  # replication still works
     assert cluster.wait_converged()["BTC-USD"][0] == before["BTC-USD"][0] + 1
+
+
+def test_every_service_runs_with_the_cluster_grpc_transport_and_says_so(cluster: Cluster) -> None:
+    expected = f"GRPC_EXPERIMENTS={SERVICE_GRPC_ENV['GRPC_EXPERIMENTS']}"
+    assert cluster.sequencer is not None
+    for service in [cluster.sequencer, *cluster.nodes]:
+        assert expected in service.read_log(), f"{service.name} does not log {expected}"
