@@ -212,18 +212,19 @@ def _streaming_run(cluster: Cluster, seconds: float, batch: int) -> StreamResult
 def _echo_servers(workdir: Path) -> Iterator[dict[str, str]]:
     """Echo servers, one per transport (grpc's default, the cluster's): {transport: address}."""
     transports = {"grpc defaults": {"GRPC_EXPERIMENTS": ""}, "cluster transport": SERVICE_GRPC_ENV}
-    servers = {}
+    servers: list[ServiceProcess] = []
+    addresses: dict[str, str] = {}
     try:
         for number, (transport, env) in enumerate(transports.items()):
-            address = f"127.0.0.1:{free_port()}"
-            servers[transport] = echo = ServiceProcess(
-                f"echo-{number}", "bench.echo", ["--listen", address], workdir / f"echo-{number}.log", env
-            )
+            address = addresses[transport] = f"127.0.0.1:{free_port()}"
+            echo = ServiceProcess(f"echo-{number}", "bench.echo", ["--listen", address],
+                                  workdir / f"echo-{number}.log", env)
+            servers.append(echo)
             echo.start()
             wait_until(lambda address=address: _answers(address), 20, f"the echo server ({transport})")
-        yield {transport: echo.args[-1] for transport, echo in servers.items()}
+        yield addresses
     finally:
-        for echo in servers.values():
+        for echo in servers:
             echo.stop()
 
 
