@@ -31,8 +31,8 @@ from pathlib import Path
 import grpc
 
 from discovery.agent import free_port
+from exchange.cluster import parse_markets
 from exchange.devcluster import Cluster, ServiceProcess, wait_until
-from exchange.node.main import parse_markets
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2

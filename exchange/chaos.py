@@ -44,10 +44,9 @@ from pathlib import Path
 import grpc
 
 from exchange import engine as eng
+from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, TOKEN_HEADER, parse_markets, peer_token
 from exchange.devcluster import Cluster, NetNamespaces, wait_until
 from exchange.node import convert
-from exchange.node.links import PEER_SERVICE, TOKEN_HEADER, peer_token
-from exchange.node.main import parse_markets
 from exchange.runtime import CHANNEL_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -466,11 +465,11 @@ class Chaos:
             self.expected_down.discard("consul")
         wanted = {self.cluster.node_id(i) for i in range(self.config.nodes)}
         try:
-            wait_until(lambda: self.registered(PEER_SERVICE) >= wanted and self.registered("sequencer"), 30,
+            wait_until(lambda: self.registered(PEER_SERVICE) >= wanted and self.registered(SEQUENCER_SERVICE), 30,
                        "the nodes and the Sequencer to re-register in Consul", interval=0.5)
         except TimeoutError as error:
             self.violation(f"after the Consul restart: {error} (registered: {sorted(self.registered(PEER_SERVICE))}, "
-                           f"sequencer: {sorted(self.registered('sequencer'))})")
+                           f"sequencer: {sorted(self.registered(SEQUENCER_SERVICE))})")
 
     def registered(self, service: str) -> set[str]:
         url = f"http://{self.cluster.consul_address}/v1/health/service/{service}?passing=true"

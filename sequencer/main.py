@@ -8,14 +8,13 @@ import logging
 from pathlib import Path
 
 from discovery.consul import ConsulRegistry
-from exchange.config import add_cluster_arguments, split_host_port
+from exchange.cluster import SEQUENCER_SERVICE, add_cluster_arguments, split_host_port
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
 
 log = logging.getLogger("sequencer")
-SERVICE_NAME = "sequencer"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +43,7 @@ async def serve(args: argparse.Namespace) -> None:
     host, _ = split_host_port(args.listen)
     consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port)
-    await asyncio.to_thread(registry.register, SERVICE_NAME, args.id, host, server.port, {"role": "sequencer"})
+    await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port, {"role": "sequencer"})
     markets = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values()) or "none yet"
     log.info("sequencer %s listening on %s:%d; log %s; markets %s; %s", args.id, host, server.port,
              store.path, markets, grpc_transport())

@@ -7,28 +7,20 @@ the latest passing set, so no order costs a Consul lookup.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
 from discovery import Registry, ServiceInstance, Watch
+from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, TOKEN_HEADER, peer_token
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
 from exchange.runtime import CHANNEL_OPTIONS
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
 
-SEQUENCER_SERVICE = "sequencer"
-PEER_SERVICE = "peer-server"
-TOKEN_HEADER = "x-cluster-token"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-
-
-def peer_token(secret: bytes) -> str:
-    """What peers present in `x-cluster-token`: derived from the secret, never the secret itself."""
-    return hashlib.sha256(b"p2p-exchange peer token\x00" + secret).hexdigest()
 
 
 class GateStream:

@@ -8,10 +8,9 @@ import logging
 import socket
 
 from discovery.consul import ConsulRegistry
-from exchange import engine as eng
-from exchange.config import add_cluster_arguments, split_host_port
+from exchange.cluster import PEER_SERVICE, add_cluster_arguments, parse_markets, split_host_port
 from exchange.errors import ExchangeError
-from exchange.node.links import PEER_SERVICE, PeerSet, SequencerLink
+from exchange.node.links import PeerSet, SequencerLink
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import SERVING, STOPPING, ExchangeNodeService
@@ -19,32 +18,6 @@ from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run,
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")
-MARKET_FIELDS = ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
-
-
-def parse_markets(spec: str) -> list[eng.MarketConfig]:
-    """`SYMBOL[:field=value...][,SYMBOL...]`, fields among tick_size, lot_size, min/max_price, min/max_size."""
-    markets = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        symbol, *settings = item.split(":")
-        values: dict[str, int] = {}
-        for setting in settings:
-            name, _, value = setting.partition("=")
-            if name not in MARKET_FIELDS or not value.lstrip("-").isdigit():
-                raise argparse.ArgumentTypeError(
-                    f"bad market setting {setting!r} in {item!r}: "
-                    f"use name=integer with name in {', '.join(MARKET_FIELDS)}"
-                )
-            values[name] = int(value)
-        try:
-            markets.append(eng.MarketConfig(symbol, **values))
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-    if not markets:
-        raise argparse.ArgumentTypeError("at least one market is needed")
-    return markets
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="exchange-node", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:50051", help="gRPC listen address host:port")

@@ -11,6 +11,7 @@ from typing import TypeVar
 import grpc
 
 from exchange import engine as eng
+from exchange.cluster import TOKEN_HEADER, peer_token
 from exchange.entries import entry_is_authentic
 from exchange.errors import (
     ExchangeError,
@@ -24,7 +25,7 @@ from exchange.errors import (
     status_of,
 )
 from exchange.node import convert
-from exchange.node.links import TOKEN_HEADER, PeerSet, SequencerLink, peer_token
+from exchange.node.links import PeerSet, SequencerLink
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items

@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from exchange.cluster import parse_markets, peer_token
 from exchange.devcluster import Cluster
-from exchange.node.links import peer_token
-from exchange.node.main import parse_markets
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2

@@ -1,0 +1,74 @@
+"""What every process of a cluster shares: service names, the cluster token, the market spec, common flags.
+
+Both services (the node and the Sequencer) and the tools import this module; neither service imports the
+other's package. It holds no state and does no I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+
+from exchange.engine import MarketConfig
+
+# Consul service names (README, "Architecture").
+SEQUENCER_SERVICE = "sequencer"
+PEER_SERVICE = "peer-server"
+
+# The metadata header that carries the cluster token on cluster-internal calls.
+TOKEN_HEADER = "x-cluster-token"
+# The built-in development secret: fine on loopback, refused anywhere else.
+DEFAULT_SECRET = "p2p-exchange-dev-secret"
+
+MARKET_FIELDS = ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
+
+
+def peer_token(secret: bytes) -> str:
+    """What a cluster process presents in `x-cluster-token`: derived from the secret, never the secret itself."""
+    return hashlib.sha256(b"p2p-exchange peer token\x00" + secret).hexdigest()
+
+
+def parse_markets(spec: str) -> list[MarketConfig]:
+    """`SYMBOL[:field=value...][,SYMBOL...]`, fields among tick_size, lot_size, min/max_price, min/max_size."""
+    markets = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        symbol, *settings = item.split(":")
+        values: dict[str, int] = {}
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            if name not in MARKET_FIELDS or not value.lstrip("-").isdigit():
+                raise argparse.ArgumentTypeError(
+                    f"bad market setting {setting!r} in {item!r}: "
+                    f"use name=integer with name in {', '.join(MARKET_FIELDS)}"
+                )
+            values[name] = int(value)
+        try:
+            markets.append(MarketConfig(symbol, **values))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+    if not markets:
+        raise argparse.ArgumentTypeError("at least one market is needed")
+    return markets
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every service takes: where Consul is, the cluster secret, the log level."""
+    parser.add_argument(
+        "--consul",
+        default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+        help="Consul agent HTTP address host:port (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)",
+    )
+    parser.add_argument(
+        "--cluster-secret",
+        default=os.environ.get("EXCHANGE_CLUSTER_SECRET", DEFAULT_SECRET),
+        help="shared secret: authenticates log entries and peer calls (env EXCHANGE_CLUSTER_SECRET)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected host:port, got {address!r}")
+    return host, int(port)
