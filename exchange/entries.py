@@ -20,12 +20,6 @@ def entry_mac(secret: bytes, market: str, seq: int, command: bytes) -> bytes:
     return hmac.digest(secret, header + command, hashlib.sha256)
 
 
-def make_entry(secret: bytes, market: str, seq: int, command: bytes) -> types_pb2.SequencedCommand:
-    return types_pb2.SequencedCommand(
-        market=market, seq=seq, command=command, mac=entry_mac(secret, market, seq, command)
-    )
-
-
 def entry_is_authentic(secret: bytes, entry: types_pb2.SequencedCommand) -> bool:
     expected = entry_mac(secret, entry.market, entry.seq, entry.command)
     return hmac.compare_digest(expected, entry.mac)

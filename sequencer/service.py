@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -102,9 +102,22 @@ class MarketLog:
             await asyncio.shield(self.last_write)
 
 
+def exit_on_write_failure(error: BaseException) -> None:
+    """A number was assigned but could not be stored: stop at once, so that no later number is handed out
+    past a hole. A restart resumes from what is durable."""
+    log.critical("log write failed (%s); exiting so no number is handed out past a hole", error)
+    os._exit(70)
+
+
 class SequencerService(sequencer_pb2_grpc.SequencerServicer):
-    def __init__(self, store: LogStore, secret: bytes, reservation_s: float = 0.5) -> None:
+    def __init__(
+        self, store: LogStore, secret: bytes, reservation_s: float = 0.5,
+        on_write_failure: Callable[[BaseException], None] = exit_on_write_failure,
+    ) -> None:
+        """`on_write_failure` is called when a group commit fails; in a service it must stop the process
+        (the default), tests record the failure instead."""
         self.store = store
+        self.on_write_failure = on_write_failure
         self.secret = secret
         self.reservation_s = reservation_s
         self.markets: dict[str, MarketLog] = {}
@@ -220,7 +233,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         if fresh:
             write = self.store.append(fresh)
             write.add_done_callback(lambda done, seq=fresh[-1].seq: market.mark_durable(seq, done))
-            write.add_done_callback(_crash_on_write_failure)
+            write.add_done_callback(self._check_write)
             market.last_write = write
         await market.until_durable()
 
@@ -232,6 +245,10 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 entry = assigned
             response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
         return response
+
+    def _check_write(self, write: asyncio.Future[None]) -> None:
+        if not write.cancelled() and (error := write.exception()) is not None:
+            self.on_write_failure(error)
 
     async def report(self, every_s: float = 10.0) -> None:
         """Logs each busy market's gate figures every `every_s` (an operator's view of the load)."""
@@ -268,11 +285,3 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         return sequencer_pb2.GetSequenceResponse(
             market=request.market, current_seq=market.durable if market else 0
         )
-
-
-def _crash_on_write_failure(write: asyncio.Future[None]) -> None:
-    """A number was assigned but could not be stored: stop at once, so that no later number is
-    handed out past a hole. A restart resumes from what is durable."""
-    if not write.cancelled() and write.exception() is not None:
-        log.critical("log write failed; exiting so no number is handed out past a hole")
-        os._exit(70)

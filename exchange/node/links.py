@@ -1,7 +1,9 @@
 """The node's connections: to the Sequencer and to its peers, both found through discovery.
 
-Discovery runs in the background (a Consul watch with blocking queries); the node only ever reads
-the latest passing set, so no order costs a Consul lookup.
+`Sequencer` and `Peers` are the shapes the rest of the node relies on (tests give fakes of them);
+`SequencerLink` and `PeerSet` are the gRPC implementations. Discovery runs in the background (a Consul
+watch with blocking queries); the node only ever reads the latest passing set, so no order costs a
+Consul lookup.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 
@@ -21,6 +24,45 @@ from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequence
 log = logging.getLogger(__name__)
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+class Sequencer(Protocol):
+    """What the node needs of the Sequencer. Failures are raised as `exchange.errors.ExchangeError`s."""
+
+    @property
+    def target(self) -> str | None:
+        """The Sequencer's address in use (None if none is known)."""
+        ...
+
+    async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
+        """One gated request (the gate protocol: README, "The sequencing protocol")."""
+        ...
+
+    async def current_seq(self, market: str) -> int: ...
+
+    def read_log(
+        self, market: str, from_seq: int, to_seq: int = 0
+    ) -> AsyncIterator[list[types_pb2.SequencedCommand]]:
+        """Batches of log entries from_seq..to_seq (0: up to the current sequence)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Peers(Protocol):
+    """What the node needs of its peers: broadcasting granted entries, and a snapshot to start from."""
+
+    def targets(self) -> list[str]:
+        """The peers' addresses this node broadcasts to now."""
+        ...
+
+    def broadcast(self, entries: list[types_pb2.SequencedCommand]) -> None:
+        """Sends entries to every peer, without waiting; a peer that misses them reads them from the log."""
+        ...
+
+    async def fetch_snapshot(self, wait_s: float = 2.0) -> exchange_pb2.ReplicaSnapshot | None: ...
+
+    async def close(self) -> None: ...
 
 
 class GateStream:

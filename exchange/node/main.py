@@ -10,10 +10,11 @@ import socket
 from discovery.consul import ConsulRegistry
 from exchange.cluster import PEER_SERVICE, add_cluster_arguments, parse_markets, split_host_port
 from exchange.errors import ExchangeError
-from exchange.node.links import PeerSet, SequencerLink
+from exchange.node.lifecycle import SERVING, STOPPING
+from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
-from exchange.node.service import SERVING, STOPPING, ExchangeNodeService
+from exchange.node.service import ExchangeNodeService
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def initial_catch_up(
-    pipelines: dict[str, MarketPipeline], sequencer: SequencerLink, replica: Replica, peers: PeerSet,
+    pipelines: dict[str, MarketPipeline], sequencer: Sequencer, replica: Replica, peers: Peers,
     snapshot_threshold: int,
 ) -> None:
     """Brings the replica to the Sequencer's current position before the node serves: from a peer's
@@ -88,14 +89,14 @@ async def serve(args: argparse.Namespace) -> None:
     peers = PeerSet(registry, node_id, secret)
     pipelines = {
         market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)
-        for market in replica.engine.markets
+        for market in replica.markets
     }
     service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret)
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
     await server.start()
     await server.set_serving(False)
     log.info("node %s listening on %s:%d (markets %s; %s); catching up", node_id, host, server.port,
-             ", ".join(replica.engine.markets), grpc_transport())
+             ", ".join(replica.markets), grpc_transport())
     stop = asyncio.ensure_future(wait_for_signal())
     catch_up = asyncio.ensure_future(
         initial_catch_up(pipelines, sequencer, replica, peers, args.snapshot_threshold)
@@ -116,7 +117,7 @@ async def serve(args: argparse.Namespace) -> None:
     service.state = STOPPING
     await server.set_serving(False)
     await asyncio.to_thread(registry.deregister, node_id)
-    await service.streams.end_all(f"node {node_id} is stopping")
+    await service.peer_rpcs.streams.end_all(f"node {node_id} is stopping")
     await server.stop(grace=2)
     for pipeline in pipelines.values():
         await pipeline.stop()

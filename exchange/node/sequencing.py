@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from exchange.errors import Aborted, ExchangeError, Unavailable
-from exchange.node.links import PeerSet, SequencerLink
+from exchange.node.links import Peers, Sequencer
 from exchange.node.replica import Applied, Replica
 from exchange.v1 import sequencer_pb2, types_pb2
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 2_000
 
 
-def fail(future: asyncio.Future, error: BaseException) -> None:  # type: ignore[type-arg]
+def fail(future: asyncio.Future[Outcome], error: BaseException) -> None:
     """Fails a command's future, its exception marked as retrieved: the caller may be gone (deadline), and
     asyncio must not log an expected failure as "Future exception was never retrieved". A caller that
     still awaits it gets the exception all the same."""
@@ -64,7 +64,7 @@ class Pending:
 
 class MarketPipeline:
     def __init__(
-        self, market: str, replica: Replica, sequencer: SequencerLink, peers: PeerSet, node_id: str,
+        self, market: str, replica: Replica, sequencer: Sequencer, peers: Peers, node_id: str,
         max_retries: int = 5, gap_wait_s: float = 0.1, poll_s: float = 1.0,
     ) -> None:
         self.market = market
@@ -82,8 +82,7 @@ class MarketPipeline:
         self._wakeup = asyncio.Event()
         self._catch_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self.aborted = 0
-        replica.on_applied[market].append(self._resolve_own)
+        replica.on_applied(market, self._resolve_own)
 
     def start(self) -> None:
         self._tasks = [
@@ -174,7 +173,6 @@ class MarketPipeline:
                     continue
                 pending.attempts += 1
                 if pending.attempts > self.max_retries:
-                    self.aborted += 1
                     self._fail([pending], Aborted(
                         f"order invalidated {pending.attempts} times by a stale view of {self.market} "
                         f"(Sequencer at {response.current_seq}, node at "
@@ -188,14 +186,15 @@ class MarketPipeline:
         fresh: list[types_pb2.SequencedCommand] = []
         for pending, assignment in zip(batch, response.assignments, strict=True):
             if assignment.duplicate:
-                applied = self.replica.journal_entry(self.market, assignment.seq)
                 self._by_ref.pop(pending.command.origin_ref, None)
-                if applied is None:
-                    fail(pending.future, Unavailable(
-                        f"client_order_id {pending.command.client_order_id!r} is order {assignment.seq}, "
-                        "whose result this node no longer retains; query it with GetOrder"
-                    ))
-                elif not pending.future.done():
+                try:
+                    applied = self.replica.retained_result(
+                        self.market, assignment.seq, pending.command.client_order_id
+                    )
+                except ExchangeError as error:
+                    fail(pending.future, error)
+                    continue
+                if not pending.future.done():
                     pending.future.set_result(Outcome(assignment.seq, applied, duplicate=True))
                 continue
             self.replica.offer(assignment.entry)  # resolves the pending command via _resolve_own

@@ -7,12 +7,13 @@ import random
 import pytest
 
 from exchange import engine as eng
-from exchange.entries import entry_is_authentic, make_entry
-from exchange.errors import InvalidArgument, NotFound
+from exchange.entries import entry_is_authentic
+from exchange.errors import FailedPrecondition, InvalidArgument, NotFound
 from exchange.node import convert
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
+from tests.unit.fakes import signed_entry
 
 MARKETS = [eng.MarketConfig("BTC-USD"), eng.MarketConfig("ETH-USD", tick_size=5, lot_size=2)]
 CONFIGS = {m.symbol: m for m in MARKETS}
@@ -31,7 +32,7 @@ def entries(count: int, seed: int = 1) -> list[types_pb2.SequencedCommand]:
             ),
             client_order_id=f"c{seq}",
         )
-        result.append(make_entry(SECRET, "BTC-USD", seq, command.SerializeToString()))
+        result.append(signed_entry("BTC-USD", seq, command, SECRET))
     return result
 
 
@@ -46,7 +47,7 @@ def test_entries_offered_shuffled_and_repeated_give_the_same_book_as_in_order() 
     for entry in arrivals:
         shuffled.offer(entry)
     assert shuffled.applied_seq("BTC-USD") == in_order.applied_seq("BTC-USD") == 300
-    assert shuffled.engine.checksum("BTC-USD") == in_order.engine.checksum("BTC-USD")
+    assert shuffled.checksum("BTC-USD") == in_order.checksum("BTC-USD")
     assert shuffled.first_gap("BTC-USD") is None
 
 
@@ -64,12 +65,53 @@ def test_entry_ahead_of_a_gap_is_buffered_until_the_gap_is_filled() -> None:
 
 
 def test_client_order_ids_and_journal_are_derived_from_the_log() -> None:
+    log = entries(10)
     replica = Replica(MARKETS)
+    for entry in log:
+        replica.offer(entry)
+    reference = eng.Engine(MARKETS)
+    expected = [reference.apply(convert.engine_command(types_pb2.Command.FromString(e.command), e.seq)) for e in log]
+    assert replica.order_of_client_id("BTC-USD", "c4") == 4
+    for entry, events in zip(log, expected, strict=True):
+        applied = replica.journal_entry("BTC-USD", entry.seq)
+        assert applied is not None
+        assert (applied.seq, applied.command.SerializeToString(deterministic=True)) == (entry.seq, entry.command)
+        assert applied.events == events, f"the journal holds the events the log's replay gives for {entry.seq}"
+        assert replica.journaled_events("BTC-USD", entry.seq) == tuple(events)
+    assert replica.oldest_journaled("BTC-USD") == 1
+    assert replica.journal_entry("BTC-USD", 11) is None
+
+
+def test_the_journal_keeps_the_most_recent_commands_only() -> None:
+    replica = Replica(MARKETS, journal_size=4)
     for entry in entries(10):
         replica.offer(entry)
-    assert replica.order_of_client_id("BTC-USD", "c4") == 4
-    applied = replica.journal_entry("BTC-USD", 4)
-    assert applied is not None and isinstance(applied.events[0], eng.OrderAccepted)
+    assert replica.oldest_journaled("BTC-USD") == 7
+    assert replica.journal_entry("BTC-USD", 6) is None and replica.journal_entry("BTC-USD", 7) is not None
+    with pytest.raises(FailedPrecondition, match="'c3' is order 3 of BTC-USD, whose result this node no longer"):
+        replica.retained_result("BTC-USD", 3, "c3")
+    assert replica.retained_result("BTC-USD", 8, "c8").seq == 8
+
+
+def test_order_state_of_resting_filled_and_cancelled_orders() -> None:
+    replica = Replica(MARKETS)
+
+    def command(seq: int, **kind: object) -> types_pb2.SequencedCommand:
+        return signed_entry("BTC-USD", seq, types_pb2.Command(market="BTC-USD", client_order_id=f"o{seq}", **kind))
+
+    new = types_pb2.NewOrderCommand
+    replica.offer(command(1, new_order=new(side=types_pb2.SELL, order_type=types_pb2.LIMIT, size=5, price=100)))
+    replica.offer(command(2, new_order=new(side=types_pb2.SELL, order_type=types_pb2.LIMIT, size=4, price=101)))
+    replica.offer(command(3, new_order=new(side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=7, price=101)))
+    replica.offer(command(4, cancel_order=types_pb2.CancelOrderCommand(order_id=2)))
+    filled, cancelled, taker = (replica.order_state("BTC-USD", i) for i in (1, 2, 3))
+    assert filled is not None and (filled.status, filled.filled, filled.remaining) == (pb.FILLED, 5, 0)
+    assert cancelled is not None and (cancelled.status, cancelled.size, cancelled.filled) == (pb.CANCELLED, 4, 2)
+    assert taker is not None and (taker.status, taker.side, taker.filled, taker.remaining) == (
+        pb.FILLED, types_pb2.BUY, 7, 0)
+    assert taker.client_order_id == "o3" and replica.order_state("BTC-USD", 9) is None
+    view = replica.view("BTC-USD")
+    assert (view.applied_seq, view.resting_orders, view.lag, view.buffered) == (4, 0, 0, 0)
 
 
 def test_forged_entry_fails_authentication() -> None:
@@ -136,7 +178,7 @@ def test_replica_adopts_a_peers_snapshot_then_applies_the_rest_of_the_log() -> N
     assert late.adopt(engine_bytes, ids)
 
     assert late.applied_seq("BTC-USD") == 300
-    assert late.engine.checksum("BTC-USD") == peer.engine.checksum("BTC-USD")
+    assert late.checksum("BTC-USD") == peer.checksum("BTC-USD")
     assert late.order_of_client_id("BTC-USD", "c42") == 42
     assert late.first_gap("BTC-USD") == (301, 350)
     for entry in log[300:]:
@@ -144,7 +186,7 @@ def test_replica_adopts_a_peers_snapshot_then_applies_the_rest_of_the_log() -> N
     reference = Replica(MARKETS)
     for entry in log:
         reference.offer(entry)
-    assert late.engine.checksum("BTC-USD") == reference.engine.checksum("BTC-USD")
+    assert late.checksum("BTC-USD") == reference.checksum("BTC-USD")
 
 
 def test_replica_refuses_a_snapshot_behind_it_or_of_other_markets() -> None:

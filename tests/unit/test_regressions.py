@@ -1,4 +1,4 @@
-"""Regressions found by the convergence checker (exchange/chaos.py), one test per bug."""
+"""Regressions found by the convergence checker (devtools/chaos), one test per bug."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import gc
 
 from exchange import engine as eng
 from exchange.errors import Unavailable
+from exchange.node.lifecycle import SERVING, NodeState
+from exchange.node.orders import OrderEntryRPCs
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
-from exchange.node.service import SERVING, ExchangeNodeService
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
+from tests.unit.fakes import InMemorySequencer, RecordingPeers
 
 
 def test_cancelled_create_order_with_client_order_id_logs_no_unretrieved_exception() -> None:
@@ -25,10 +27,9 @@ def test_cancelled_create_order_with_client_order_id_logs_no_unretrieved_excepti
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: reported.append(context))
         replica = Replica([eng.MarketConfig("BTC-USD")])
-        pipeline = MarketPipeline("BTC-USD", replica, None, None, "node-1")  # type: ignore[arg-type]
-        service = ExchangeNodeService("node-1", replica, {"BTC-USD": pipeline},
-                                      None, None, b"secret")  # type: ignore[arg-type]
-        service.state = SERVING
+        sequencer = InMemorySequencer()
+        pipeline = MarketPipeline("BTC-USD", replica, sequencer, RecordingPeers(), "node-1")  # not started
+        service = OrderEntryRPCs(NodeState("node-1", SERVING), replica, {"BTC-USD": pipeline}, sequencer)
         request = pb.CreateOrderRequest(client_order_id="c-1", side=types_pb2.BUY, size=1, limit_price=100)
         calls = [asyncio.ensure_future(service._place(request)) for _ in range(2)]  # the first and a repeat
         await asyncio.sleep(0.01)
@@ -55,8 +56,8 @@ def test_cancelled_submit_logs_no_unretrieved_future_exception() -> None:
 
     async def scenario() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(context))
-        pipeline = MarketPipeline("BTC-USD", Replica([eng.MarketConfig("BTC-USD")]), None, None,  # type: ignore[arg-type]
-                                  "node-1")
+        pipeline = MarketPipeline("BTC-USD", Replica([eng.MarketConfig("BTC-USD")]), InMemorySequencer(),
+                                  RecordingPeers(), "node-1")
         command = types_pb2.Command(market="BTC-USD", cancel_order=types_pb2.CancelOrderCommand(order_id=7))
         call = asyncio.ensure_future(pipeline.submit(command))
         await asyncio.sleep(0.01)

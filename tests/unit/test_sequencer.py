@@ -26,15 +26,20 @@ def ask(service: SequencerService, node: str, applied: int, *commands: types_pb2
 
 
 def run_with_service(path: Path, scenario, reservation_s: float = 0.5):  # type: ignore[no-untyped-def]
+    """Runs `scenario(service)`; a failed log write fails the test (a real Sequencer would exit)."""
+    write_failures: list[BaseException] = []
+
     async def main():  # type: ignore[no-untyped-def]
         store = LogStore(path)
         store.start(asyncio.get_running_loop())
         try:
-            return await scenario(SequencerService(store, SECRET, reservation_s))
+            return await scenario(SequencerService(store, SECRET, reservation_s, write_failures.append))
         finally:
             store.close()
 
-    return asyncio.run(main())
+    result = asyncio.run(main())
+    assert not write_failures, f"the log write failed: {write_failures}"
+    return result
 
 
 def test_grant_numbers_commands_in_order_and_signs_them(tmp_path: Path) -> None:
@@ -91,3 +96,17 @@ def test_restart_resumes_at_the_last_number_and_remembers_client_order_ids(tmp_p
 
     run_with_service(path, before)
     run_with_service(path, after)
+
+
+def test_a_client_order_id_is_numbered_once_in_a_request_across_requests_and_across_nodes(tmp_path: Path) -> None:
+    async def scenario(service: SequencerService) -> None:
+        first = await ask(service, "a", 0, order("k"), order("k"), order())
+        assert [(a.seq, a.duplicate) for a in first.assignments] == [(1, False), (1, True), (2, False)]
+        again = await ask(service, "b", 2, order("k"))
+        assert [(a.seq, a.duplicate) for a in again.assignments] == [(1, True)]
+        assert again.current_seq == 2, "a duplicate uses no number"
+        entries = [e async for batch in service.ReadLog(
+            sequencer_pb2.ReadLogRequest(market="M", from_seq=1), None) for e in batch.entries]
+        assert [types_pb2.Command.FromString(e.command).client_order_id for e in entries] == ["k", ""]
+
+    run_with_service(tmp_path / "log.db", scenario)

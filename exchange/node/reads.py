@@ -1,0 +1,117 @@
+"""Reads: GetOrderBook, GetOrder, StreamEvents and GetStatus, answered from this node's replica.
+
+A node that is still catching up answers UNAVAILABLE rather than from a stale book; every book answer
+says which sequence it reflects (`seq`) and the highest one the node knows exists (`known_seq`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from exchange import engine as eng
+from exchange.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, rpc
+from exchange.node import convert
+from exchange.node.lifecycle import NodeState
+from exchange.node.links import Peers, Sequencer
+from exchange.node.replica import Replica
+from exchange.v1 import exchange_pb2 as pb
+
+# Applied entries a StreamEvents subscriber may fall behind by before its stream is ended (it resumes).
+STREAM_QUEUE_LIMIT = 100_000
+
+
+class ReadRPCs:
+    """The read RPCs of ExchangeNode (see exchange/node/service.py for the other parts)."""
+
+    def __init__(self, node: NodeState, replica: Replica, sequencer: Sequencer, peers: Peers) -> None:
+        self.node = node
+        self.replica = replica
+        self.sequencer = sequencer
+        self.peers = peers
+
+    @property
+    def markets(self) -> Mapping[str, eng.MarketConfig]:
+        return self.replica.markets
+
+    @rpc
+    async def GetOrderBook(
+        self, request: pb.GetOrderBookRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOrderBookResponse:
+        config = convert.resolve_market(self.markets, request.market)
+        if not 0 <= request.depth <= convert.MAX_DEPTH:
+            raise InvalidArgument(f"depth must be between 1 and {convert.MAX_DEPTH} (0 means "
+                                  f"{convert.DEFAULT_DEPTH}), got {request.depth}")
+        self.node.require_serving()
+        market = config.symbol
+        bids, asks = self.replica.depth(market, request.depth or convert.DEFAULT_DEPTH)
+        return pb.GetOrderBookResponse(
+            market=market,
+            seq=self.replica.applied_seq(market),
+            bids=convert.book_levels(bids),
+            asks=convert.book_levels(asks),
+            checksum=self.replica.checksum(market),
+            known_seq=self.replica.known_seq(market),
+        )
+
+    @rpc
+    async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
+        market = convert.resolve_market(self.markets, request.market).symbol
+        if request.order_id <= 0:
+            raise InvalidArgument(f"order_id must be positive, got {request.order_id}")
+        state = self.replica.order_state(market, request.order_id)
+        if state is None:
+            raise NotFound(
+                f"order {request.order_id} of {market} is not resting and this node has no record of it "
+                f"(unknown, or finished longer ago than this node retains)"
+            )
+        return pb.Order(
+            market=market, order_id=state.order_id, side=state.side, order_type=state.order_type,
+            price=state.price, size=state.size, filled_size=state.filled, remaining_size=state.remaining,
+            status=state.status,
+            client_order_id=state.client_order_id,
+        )
+
+    @rpc
+    async def StreamEvents(
+        self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MarketEvent]:
+        market = convert.resolve_market(self.markets, request.market).symbol
+        if request.from_seq < 0:
+            raise InvalidArgument(f"from_seq must be >= 0, got {request.from_seq}")
+        with self.replica.subscribe(market) as queue:
+            next_seq = self.replica.applied_seq(market) + 1
+            if request.from_seq:
+                oldest = self.replica.oldest_journaled(market)
+                if request.from_seq < oldest:
+                    raise OutOfRange(
+                        f"events of {market} before sequence {oldest} are no longer retained by this node; "
+                        f"resume from {oldest} or later"
+                    )
+                for seq in range(request.from_seq, next_seq):
+                    for event in self.replica.journaled_events(market, seq):
+                        yield convert.market_event(event)
+                next_seq = max(next_seq, request.from_seq)
+            while True:
+                applied = await queue.get()
+                if applied.seq < next_seq:
+                    continue
+                if queue.qsize() > STREAM_QUEUE_LIMIT:
+                    raise Unavailable("event stream fell too far behind; resume it from the last sequence seen")
+                for event in applied.events:
+                    yield convert.market_event(event)
+
+    @rpc
+    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
+        response = pb.GetStatusResponse(
+            node_id=self.node.node_id, state=self.node.state, peers=self.peers.targets(),
+            sequencer=self.sequencer.target or "",
+        )
+        for market in self.markets:
+            view = self.replica.view(market)
+            response.markets.add(
+                market=market, applied_seq=view.applied_seq, known_seq=view.known_seq, lag=view.lag,
+                checksum=view.checksum, buffered=view.buffered, resting_orders=view.resting_orders,
+            )
+        return response

@@ -1,0 +1,124 @@
+"""In-process stand-ins for what a node talks to, so its parts can be tested without a network.
+
+`InMemorySequencer` implements the node's `Sequencer` shape with a real gate over an in-memory log (signed
+entries, client_order_id deduplication); `stale` makes it refuse like a Sequencer that the node can never
+catch up with. `RecordingPeers` implements `Peers` and keeps what was broadcast. `FakeContext` is the part
+of a grpc.aio servicer context the handlers use (metadata, abort).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from exchange.entries import entry_mac
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import sequencer_pb2, types_pb2
+
+SECRET = b"unit-test-secret"
+
+
+def signed_entry(market: str, seq: int, command: types_pb2.Command | bytes,
+                 secret: bytes = SECRET) -> types_pb2.SequencedCommand:
+    """A log entry as the Sequencer makes it: the command's bytes and its MAC."""
+    data = command if isinstance(command, bytes) else command.SerializeToString(deterministic=True)
+    return types_pb2.SequencedCommand(market=market, seq=seq, command=data, mac=entry_mac(secret, market, seq, data))
+
+
+class InMemorySequencer:
+    """A gate over an in-memory log: grants a current node, answers a stale one with what it lacks."""
+
+    target = "in-memory"
+
+    def __init__(self, secret: bytes = SECRET) -> None:
+        self.secret = secret
+        self.log: dict[str, list[types_pb2.SequencedCommand]] = {}
+        self.client_order_ids: dict[tuple[str, str], int] = {}
+        self.requests: list[sequencer_pb2.SequenceRequest] = []
+        self.stale = False  # True: every request is answered "stale", as if the log always moved on
+
+    def current(self, market: str) -> int:
+        return len(self.log.get(market, []))
+
+    def append(self, command: types_pb2.Command) -> types_pb2.SequencedCommand:
+        """Numbers a command as if another node had it sequenced."""
+        entries = self.log.setdefault(command.market, [])
+        entry = signed_entry(command.market, len(entries) + 1, command, self.secret)
+        entries.append(entry)
+        if command.client_order_id:
+            self.client_order_ids.setdefault((command.market, command.client_order_id), entry.seq)
+        return entry
+
+    async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
+        self.requests.append(request)
+        market = request.market
+        current = self.current(market)
+        if self.stale or request.applied_seq < current:
+            if self.stale:
+                self.append(types_pb2.Command(market=market, cancel_order=types_pb2.CancelOrderCommand(order_id=1)))
+            missing = self.log[market][request.applied_seq:]
+            return sequencer_pb2.SequenceResponse(granted=False, current_seq=self.current(market), missing=missing)
+        response = sequencer_pb2.SequenceResponse(granted=True)
+        for command in request.commands:
+            known = self.client_order_ids.get((market, command.client_order_id))
+            if command.client_order_id and known is not None:
+                response.assignments.add(seq=known, duplicate=True, entry=self.log[market][known - 1])
+                continue
+            entry = self.append(command)
+            response.assignments.add(seq=entry.seq, entry=entry)
+        response.current_seq = self.current(market)
+        return response
+
+    async def current_seq(self, market: str) -> int:
+        return self.current(market)
+
+    async def read_log(
+        self, market: str, from_seq: int, to_seq: int = 0
+    ) -> AsyncIterator[list[types_pb2.SequencedCommand]]:
+        end = to_seq or self.current(market)
+        yield self.log.get(market, [])[from_seq - 1:end]
+
+    async def close(self) -> None:
+        pass
+
+
+class RecordingPeers:
+    """Peers that keep what the node broadcast."""
+
+    def __init__(self) -> None:
+        self.sent: list[types_pb2.SequencedCommand] = []
+
+    def targets(self) -> list[str]:
+        return []
+
+    def broadcast(self, entries: list[types_pb2.SequencedCommand]) -> None:
+        self.sent.extend(entries)
+
+    async def fetch_snapshot(self, wait_s: float = 2.0) -> pb.ReplicaSnapshot | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+class Aborted(Exception):
+    """What FakeContext.abort raises: the status a handler ended the call with."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    """The part of grpc.aio.ServicerContext the handlers use."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Aborted(code, details)

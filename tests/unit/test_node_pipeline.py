@@ -1,0 +1,101 @@
+"""A node's gate pipeline and order entry against an in-memory Sequencer (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from exchange import engine as eng
+from exchange.errors import Aborted, FailedPrecondition
+from exchange.node.lifecycle import SERVING, NodeState
+from exchange.node.orders import OrderEntryRPCs
+from exchange.node.replica import Replica
+from exchange.node.sequencing import MarketPipeline
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
+from tests.unit.fakes import InMemorySequencer, RecordingPeers
+
+M = "BTC-USD"
+T = TypeVar("T")
+
+
+def buy(price: int = 100, client_order_id: str = "") -> types_pb2.Command:
+    order = types_pb2.NewOrderCommand(side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=1, price=price)
+    return types_pb2.Command(market=M, client_order_id=client_order_id, origin_node="node-1", new_order=order)
+
+
+def run(scenario: Callable[[MarketPipeline, InMemorySequencer, RecordingPeers], Awaitable[T]],
+        max_retries: int = 5, journal_size: int = 1000) -> T:
+    async def main() -> T:
+        sequencer, peers = InMemorySequencer(), RecordingPeers()
+        pipeline = MarketPipeline(M, Replica([eng.MarketConfig(M)], journal_size=journal_size), sequencer, peers,
+                                  "node-1", max_retries=max_retries)
+        pipeline.start()
+        try:
+            return await asyncio.wait_for(scenario(pipeline, sequencer, peers), 10)
+        finally:
+            await pipeline.stop()
+
+    return asyncio.run(main())
+
+
+def test_a_granted_command_is_applied_answered_and_broadcast() -> None:
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        outcome = await pipeline.submit(buy())
+        assert (outcome.seq, outcome.duplicate) == (1, False)
+        assert isinstance(outcome.applied.events[-1], eng.OrderRested)
+        assert [e.seq for e in peers.sent] == [1]
+        assert pipeline.replica.applied_seq(M) == 1
+
+    run(scenario)
+
+
+def test_a_stale_node_applies_what_it_lacks_and_its_retry_is_granted() -> None:
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        for price in (90, 91, 92):  # three orders of other nodes the node has not heard of
+            sequencer.append(buy(price))
+        outcome = await pipeline.submit(buy(93))
+        assert outcome.seq == 4
+        assert pipeline.replica.applied_seq(M) == 4
+        assert [r.applied_seq for r in sequencer.requests] == [0, 3]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 3])
+def test_an_order_the_sequencer_keeps_calling_stale_is_aborted_after_max_retries_and_never_placed(
+    max_retries: int,
+) -> None:
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        sequencer.stale = True
+        with pytest.raises(Aborted, match=f"invalidated {max_retries + 1} times"):
+            await pipeline.submit(buy())
+        assert len(sequencer.requests) == max_retries + 1, "one request, then max_retries retries"
+        logged = [types_pb2.Command.FromString(e.command) for e in sequencer.log[M]]
+        assert not [c for c in logged if c.WhichOneof("kind") == "new_order"], "an aborted order is not in the log"
+        assert not peers.sent
+
+    run(scenario, max_retries=max_retries)
+
+
+def test_a_repeated_client_order_id_whose_result_is_gone_is_failed_precondition_on_every_path() -> None:
+    """The Sequencer's duplicate answer and the node's own map must say the same (both paths once drifted:
+    UNAVAILABLE on one, FAILED_PRECONDITION on the other)."""
+
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        first = await pipeline.submit(buy(client_order_id="k-1"))
+        for price in range(50, 60):  # push the first result out of the 4-entry journal
+            await pipeline.submit(buy(price))
+        # the Sequencer's path: the node does not consult its own map (a command sent straight to the gate)
+        with pytest.raises(FailedPrecondition, match=f"'k-1' is order {first.seq} of {M}"):
+            await pipeline.submit(buy(client_order_id="k-1"))
+        # the node's path: order entry finds the client_order_id in the replica's map first
+        rpcs = OrderEntryRPCs(NodeState("node-1", SERVING), pipeline.replica, {M: pipeline}, sequencer)
+        with pytest.raises(FailedPrecondition, match=f"'k-1' is order {first.seq} of {M}"):
+            await rpcs._place(pb.CreateOrderRequest(size=1, limit_price=100, client_order_id="k-1"))
+        assert sum(1 for e in sequencer.log[M] if types_pb2.Command.FromString(e.command).client_order_id) == 1
+
+    run(scenario, journal_size=4)
