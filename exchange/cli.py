@@ -21,7 +21,7 @@ def _stub(address: str) -> exchange_pb2_grpc.ExchangeNodeStub:
 
 
 def format_book(book: pb.GetOrderBookResponse) -> str:
-    lines = [f"{book.market}  seq {book.seq}  checksum {book.checksum:08x}"
+    lines = [f"{book.market}  seq {book.seq}  checksum {book.checksum}"
              + (f"  (LAGGING: sequencer at {book.known_seq})" if book.known_seq > book.seq else "")]
     lines.append(f"{'orders':>8} {'size':>12} {'bid':>12} | {'ask':<12} {'size':<12} {'orders':<8}")
     for i in range(max(len(book.bids), len(book.asks))):
@@ -60,7 +60,7 @@ def print_cluster_status(addresses: list[str]) -> int:
             continue
         for market in status.markets:
             rows.append((address, status.node_id, status.state, market.market, str(market.applied_seq),
-                         f"{market.checksum:08x}", str(market.lag), f"{len(status.peers)} peers"))
+                         str(market.checksum), str(market.lag), f"{len(status.peers)} peers"))
     header = ("address", "node", "state", "market", "seq", "checksum", "lag", "peers")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:

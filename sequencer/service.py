@@ -1,6 +1,6 @@
 """The Sequencer service: per-market gap-free numbering behind the gate, and the log reader.
 
-The gate (CONTRACT section 3): a node states the sequence it has applied. If the market is further,
+The gate (README, "The sequencing protocol"): a node states the sequence it has applied. If the market is further,
 the node is stale: nothing is granted, the answer carries the entries the node is missing, and the
 market is *reserved* for that node for `reservation_s`: other nodes' requests wait until the stale
 node's retry has been granted (or the reservation expires). So, with no fault, a stale node is

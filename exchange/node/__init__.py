@@ -1,0 +1,12 @@
+"""The exchange node: a full replica of every book, taking client orders and applying everyone's in order.
+
+* ``main``: the ``exchange-node`` process (flags, start-up catch-up, registration, graceful stop);
+* ``replica``: applies sequenced entries strictly in order; the books and what is derived from the log;
+* ``sequencing``: one pipeline per market: the gate batcher, catch-up and gap filling;
+* ``links``: the ``Sequencer`` and ``Peers`` shapes and their gRPC implementations (found via ``discovery``);
+* ``service``: the ExchangeNode servicer, made of ``orders`` (order entry), ``reads`` (books, orders, events,
+  status) and ``peer_rpcs`` (the cluster's own calls); ``lifecycle``: SYNCING / SERVING / STOPPING;
+* ``convert``: request validation and protobuf <-> engine conversions.
+
+May import ``exchange.engine``, the shared ``exchange`` modules and ``discovery``; never ``sequencer``.
+"""
