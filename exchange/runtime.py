@@ -24,16 +24,24 @@ from grpc_reflection.v1alpha import reflection
 # Requests far larger than any valid order are refused by grpc itself (RESOURCE_EXHAUSTED).
 MAX_RECEIVE_BYTES = 1 * 1024 * 1024
 MAX_SEND_BYTES = 64 * 1024 * 1024
+# Keepalive: the cluster's channels ping every KEEPALIVE_MS, also while idle, so a dead peer or Sequencer is
+# noticed within seconds. Servers must accept that rate: grpc's default (pings without data at most every
+# 5 minutes, 2 strikes) answers a third idle ping with GOAWAY too_many_pings, which broke every idle
+# long-lived stream. The server tolerates pings twice as often as the channels send them (grpc's keepalive
+# guide: the server's minimum interval must not exceed the client's keepalive time).
+KEEPALIVE_MS = int(os.environ.get("EXCHANGE_KEEPALIVE_MS", "10000"))
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
 ]
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_SEND_BYTES),
     ("grpc.max_send_message_length", MAX_SEND_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", max(1_000, KEEPALIVE_MS // 2)),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),

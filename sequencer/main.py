@@ -22,10 +22,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listen", default="127.0.0.1:50050", help="gRPC listen address host:port")
     parser.add_argument("--data-dir", type=Path, default=Path(".cluster/sequencer"), help="where the log lives")
     parser.add_argument("--id", default="sequencer-1", help="Consul service id")
-    parser.add_argument(
-        "--reservation-ms", type=int, default=500,
-        help="how long the next grant of a market is held for a node that was just told it is stale",
-    )
     parser.add_argument("--stats-s", type=float, default=10.0, help="seconds between the gate figures in the log")
     add_cluster_arguments(parser)
     return parser.parse_args(argv)
@@ -34,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     store = LogStore(args.data_dir / "log.sqlite3")
     store.start(asyncio.get_running_loop())
-    service = SequencerService(store, args.cluster_secret.encode(), args.reservation_ms / 1000)
+    service = SequencerService(store, args.cluster_secret.encode())
     server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]])
     sequencer_pb2_grpc.add_SequencerServicer_to_server(service, server.server)
     await server.start()

@@ -1,10 +1,14 @@
 """The Sequencer service: per-market gap-free numbering behind the gate, and the log reader.
 
-The gate (README, "The sequencing protocol"): a node states the sequence it has applied. If the market is further,
-the node is stale: nothing is granted, the answer carries the entries the node is missing, and the
-market is *reserved* for that node for `reservation_s`: other nodes' requests wait until the stale
-node's retry has been granted (or the reservation expires). So, with no fault, a stale node is
-current after one round and its retry cannot be invalidated again: no order is ever ABORTED by load.
+The gate (README, "The sequencing protocol"): a node states the sequence it has applied. If the market is
+further, the node is behind. When what it lacks fits in one answer (MAX_MISSING_PER_ANSWER entries), the
+request is granted at once: the answer carries the entries the node lacks, then the node's commands
+numbered after them, and the node applies them in that order, so its orders are matched against exactly
+the global state. Only a node further behind than that, or a request that repeats commands the log already
+holds (an answer that was lost, a request that arrived twice), gets a "stale" answer: nothing is granted,
+the answer carries what the node lacks (its own numbered commands among them), and the node retries the
+rest. The check is exact and keeps no state: a command the node still waits for can only have been
+numbered after the sequence the node states, so it is among the entries the answer would carry.
 
 Every answer waits until what it mentions is durable (see store.py), so no node ever applies an
 entry that a Sequencer crash could take back, and a restarted Sequencer resumes at exactly the last
@@ -14,7 +18,6 @@ number it handed out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections import deque
@@ -49,15 +52,16 @@ class MarketStats:
 
     grants: int = 0  # granted Sequence calls
     granted_commands: int = 0  # commands numbered by them (duplicates excluded)
-    stale: int = 0  # "you are stale" answers
-    waits: int = 0  # requests that waited for another node's reservation
+    caught_up: int = 0  # grants that also carried entries the node lacked
+    carried: int = 0  # entries carried that way
+    stale: int = 0  # "stale" answers: too far behind, or a request repeating numbered commands
 
     def line(self, seconds: float) -> str:
         batch = self.granted_commands / self.grants if self.grants else 0.0
         return (
             f"{self.granted_commands / seconds:,.0f} commands/s in {self.grants / seconds:,.0f} grants/s "
-            f"(batch {batch:.1f}), {self.stale / seconds:,.0f} stale answers/s, "
-            f"{self.waits / seconds:,.0f} reservation waits/s"
+            f"(batch {batch:.1f}), {self.caught_up / seconds:,.0f} grants/s carried "
+            f"{self.carried / seconds:,.0f} entries/s the node lacked, {self.stale / seconds:,.0f} stale answers/s"
         )
 
 
@@ -71,9 +75,6 @@ class MarketLog:
         self.tail: deque[StoredEntry] = deque(maxlen=TAIL_ENTRIES)
         self.client_order_ids: dict[str, int] = {}
         self.last_write: asyncio.Future[None] | None = None
-        self.reserved_for: str | None = None
-        self.reserved_until = 0.0
-        self.released = asyncio.Event()
         self.stats = MarketStats()
 
     def tail_entry(self, seq: int) -> StoredEntry | None:
@@ -81,16 +82,6 @@ class MarketLog:
         if first <= seq <= self.current:
             return self.tail[seq - first]
         return None
-
-    def reserve(self, node_id: str, until: float) -> None:
-        if self.reserved_for != node_id:
-            self.released = asyncio.Event()
-        self.reserved_for = node_id
-        self.reserved_until = until
-
-    def release(self) -> None:
-        self.reserved_for = None
-        self.released.set()
 
     def mark_durable(self, seq: int, write: asyncio.Future[None]) -> None:
         if write.cancelled() or write.exception() is not None:
@@ -102,6 +93,17 @@ class MarketLog:
             await asyncio.shield(self.last_write)
 
 
+def _may_repeat_numbered_commands(request: sequencer_pb2.SequenceRequest, entries: list[StoredEntry]) -> bool:
+    """Whether a command of the request may already be among `entries`: it is, by its origin node and
+    reference; or it carries no reference (a tool's command), so a repeat could not be told apart and the
+    request is granted only when the node is current, as a compare-and-set."""
+    refs = {(c.origin_node, c.origin_ref) for c in request.commands}
+    if any(ref == 0 for _, ref in refs):
+        return True
+    parse = types_pb2.Command.FromString
+    return any(((command := parse(e.command)).origin_node, command.origin_ref) in refs for e in entries)
+
+
 def exit_on_write_failure(error: BaseException) -> None:
     """A number was assigned but could not be stored: stop at once, so that no later number is handed out
     past a hole. A restart resumes from what is durable."""
@@ -111,7 +113,7 @@ def exit_on_write_failure(error: BaseException) -> None:
 
 class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     def __init__(
-        self, store: LogStore, secret: bytes, reservation_s: float = 0.5,
+        self, store: LogStore, secret: bytes,
         on_write_failure: Callable[[BaseException], None] = exit_on_write_failure,
     ) -> None:
         """`on_write_failure` is called when a group commit fails; in a service it must stop the process
@@ -119,7 +121,6 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         self.store = store
         self.on_write_failure = on_write_failure
         self.secret = secret
-        self.reservation_s = reservation_s
         self.markets: dict[str, MarketLog] = {}
         self.streams = LongLivedStreams()  # open SequenceStreams
         for market, seq in store.last_seqs().items():
@@ -144,19 +145,6 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         return await asyncio.to_thread(
             self.store.read, market.market, from_seq, to_seq, to_seq - from_seq + 1
         )
-
-    async def _wait_for_reservation(self, market: MarketLog, node_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        if market.reserved_for not in (None, node_id):
-            market.stats.waits += 1
-        while market.reserved_for not in (None, node_id):
-            remaining = market.reserved_until - loop.time()
-            if remaining <= 0:
-                log.warning("%s: reservation for %s expired", market.market, market.reserved_for)
-                market.release()
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(market.released.wait(), remaining)
 
     @rpc
     async def Sequence(
@@ -190,26 +178,22 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 )
             if command.WhichOneof("kind") is None:
                 raise InvalidArgument("a command has no new_order, cancel_order or amend_order")
-        await self._wait_for_reservation(market, request.node_id)
-
         if request.applied_seq > market.current:
             raise FailedPrecondition(
                 f"node {request.node_id} has applied {market.market} up to {request.applied_seq} but the "
                 f"Sequencer's log ends at {market.current}: the node's state is not from this log"
             )
-        if request.applied_seq < market.current:
-            market.stats.stale += 1
-            loop = asyncio.get_running_loop()
-            market.reserve(request.node_id, loop.time() + self.reservation_s)
-            last = min(market.current, request.applied_seq + MAX_MISSING_PER_ANSWER)
-            missing = await self._entries(market, request.applied_seq + 1, last)
-            await market.until_durable()
-            return sequencer_pb2.SequenceResponse(
-                granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing]
-            )
+        missing: list[StoredEntry] = []
+        while (lacking := market.current - request.applied_seq) > len(missing):
+            first = request.applied_seq + len(missing) + 1
+            if lacking > MAX_MISSING_PER_ANSWER:  # further behind than one answer may carry
+                missing += await self._entries(market, first, request.applied_seq + MAX_MISSING_PER_ANSWER)
+                return await self._stale(market, missing)
+            missing += await self._entries(market, first, market.current)
+        # No await since the loop's last check: `missing` is exactly what the node lacks, up to `current`.
+        if missing and _may_repeat_numbered_commands(request, missing):
+            return await self._stale(market, missing)
 
-        if market.reserved_for == request.node_id:
-            market.release()
         assignments: list[tuple[StoredEntry | int, bool]] = []
         fresh: list[StoredEntry] = []
         for command in request.commands:
@@ -228,8 +212,12 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 market.client_order_ids[client_order_id] = entry.seq
             fresh.append(entry)
             assignments.append((entry, False))
-        market.stats.grants += 1
-        market.stats.granted_commands += len(fresh)
+        stats = market.stats
+        stats.grants += 1
+        stats.granted_commands += len(fresh)
+        if missing:
+            stats.caught_up += 1
+            stats.carried += len(missing)
         if fresh:
             write = self.store.append(fresh)
             write.add_done_callback(lambda done, seq=fresh[-1].seq: market.mark_durable(seq, done))
@@ -237,7 +225,9 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             market.last_write = write
         await market.until_durable()
 
-        response = sequencer_pb2.SequenceResponse(granted=True, current_seq=market.current)
+        response = sequencer_pb2.SequenceResponse(
+            granted=True, current_seq=market.current, missing=[to_proto(e) for e in missing]
+        )
         for assigned, duplicate in assignments:
             if isinstance(assigned, int):
                 (entry,) = await self._entries(market, assigned, assigned)
@@ -245,6 +235,14 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 entry = assigned
             response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
         return response
+
+    async def _stale(self, market: MarketLog, missing: list[StoredEntry]) -> sequencer_pb2.SequenceResponse:
+        """Grants nothing; the answer carries what the node lacks (at most MAX_MISSING_PER_ANSWER entries)."""
+        market.stats.stale += 1
+        await market.until_durable()
+        return sequencer_pb2.SequenceResponse(
+            granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing]
+        )
 
     def _check_write(self, write: asyncio.Future[None]) -> None:
         if not write.cancelled() and (error := write.exception()) is not None:

@@ -83,7 +83,7 @@ class GateStream:
         self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float
     ) -> sequencer_pb2.SequenceResponse:
         async with self._lock:
-            if self._call is None or stub is not self._stub:
+            if self._call is None or stub is not self._stub or self._call.done():  # none, moved, or ended
                 self.reset()
                 self._stub, self._call = stub, stub.SequenceStream()
             call = self._call
@@ -218,10 +218,11 @@ class SequencerLink:
 class PeerStream:
     """One long-lived BroadcastOrderStream to a peer.
 
-    Broadcasts queue (bounded) and one task writes them in order. When the stream fails (peer restarted,
-    unreachable), what was queued or in flight is dropped, and so is every broadcast until a new stream is
-    opened after a backoff (50 ms doubling to 1 s: an unreachable peer costs no call per batch). The peer
-    fills the gap from the Sequencer's log, as it would for any lost broadcast.
+    Broadcasts queue (bounded) and one task writes them in order. A stream found ended before a write (the
+    peer stopped gracefully, the connection was closed while idle) is replaced at once and nothing is lost.
+    When writing fails (peer restarted, unreachable), what was queued or in flight is dropped, and so is
+    every broadcast until a new stream is opened after a backoff (50 ms doubling to 1 s: an unreachable peer
+    costs no call per batch). The peer fills the gap from the Sequencer's log, as for any lost broadcast.
     """
 
     MAX_QUEUED = 10_000  # broadcasts waiting for a slow peer before new ones are dropped
@@ -252,16 +253,17 @@ class PeerStream:
                             self.target, self.dropped)
 
     async def _pump(self) -> None:
-        call = self.stub.BroadcastOrderStream(metadata=self.metadata)
+        call = None
         try:
             while True:
                 request = await self.queue.get()
-                await call.write(request)
+                call = await self._write(call, request)
                 if self.failures:
                     log.info("broadcast stream to %s restored after %d failed", self.target, self.failures)
                     self.failures = 0
         except asyncio.CancelledError:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             raise
         except Exception as error:  # noqa: BLE001 - any failure ends this stream; a later send reopens it
             self.failures += 1
@@ -274,7 +276,22 @@ class PeerStream:
                 code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
                 log.warning("broadcast stream to %s failed (%d in a row, %d queued broadcasts dropped): %s",
                             self.target, self.failures, lost, code)
-            call.cancel()
+            if call is not None:
+                call.cancel()
+
+    async def _write(self, call: grpc.aio.StreamUnaryCall | None,
+                     request: exchange_pb2.BroadcastOrderRequest) -> grpc.aio.StreamUnaryCall:
+        """Writes on the open stream; one that has ended meanwhile (the peer's graceful stop, a connection
+        closed while idle) is written off and the request goes on a new one. Returns the stream in use."""
+        for _ in range(2):
+            if call is None or call.done():
+                call = self.stub.BroadcastOrderStream(metadata=self.metadata)
+            try:
+                await call.write(request)
+                return call
+            except asyncio.InvalidStateError:  # it ended between the check and the write
+                call = None
+        raise Unavailable(f"the broadcast stream to {self.target} ended twice in a row")
 
     def close(self) -> None:
         if self.task is not None:

@@ -2,11 +2,14 @@
 
 The gate batcher. Client commands queue up; while one Sequence call is in flight, the next ones
 wait, and then all of them go in the next call. So a node has at most one gated request per market in
-flight, and its own orders can never invalidate each other. A stale answer carries the entries the
-node lacks; the node applies them and retries at once, and the Sequencer holds the market for it
-meanwhile, so with no fault a retry always succeeds: no order is ABORTED by load. Only when the
-Sequencer keeps saying "stale" `max_retries` times (faults: the node cannot apply, reservations
-expire) is an order ABORTED, and then it was never numbered.
+flight, and its own orders can never invalidate each other. A node that is behind (other nodes' orders
+it has not applied yet) is granted all the same when what it lacks fits in one answer: the answer carries
+those entries first, the node applies them, then its own, so its orders match against exactly the global
+state, in one round trip: no order is ABORTED by load. A "stale" answer (nothing granted) comes only when
+the node is further behind than one answer carries, or repeats commands the log already holds (an answer
+that was lost); the node applies what it was sent, catches up and retries what is still unplaced. Only
+when that happens `max_retries` times in a row to an order (a fault: the node cannot apply what it is
+sent) is the order ABORTED, and then it was never numbered.
 
 Results reach the waiting client through the replica: every applied entry whose origin is this node
 resolves the pending command with the same `origin_ref`, whichever path delivered it (the grant, a
@@ -160,11 +163,11 @@ class MarketPipeline:
             )
             response = await self.sequencer.sequence(request)
             self.replica.note_known(self.market, response.current_seq)
+            for entry in response.missing:  # what this node lacked, before anything granted after it
+                self.replica.offer(entry)
             if response.granted:
                 self._granted(batch, response)
                 return
-            for entry in response.missing:
-                self.replica.offer(entry)
             if self.replica.applied_seq(self.market) < response.current_seq:
                 await self.catch_up(response.current_seq)
             retry: list[Pending] = []

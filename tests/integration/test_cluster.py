@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -168,3 +170,26 @@ def test_every_service_runs_with_the_cluster_grpc_transport_and_says_so(cluster:
     assert cluster.sequencer is not None
     for service in [cluster.sequencer, *cluster.nodes]:
         assert expected in service.read_log(), f"{service.name} does not log {expected}"
+
+
+def test_an_idle_cluster_keeps_its_streams_and_replicates_the_next_order_by_broadcast(
+    make_cluster: Callable[..., Cluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channels ping while idle; servers must accept it. With grpc's server defaults an idle long-lived
+    stream was ended by GOAWAY too_many_pings after a few pings, and the next broadcast failed (its entry
+    reached the peers only through the gap filler)."""
+    monkeypatch.setenv("EXCHANGE_KEEPALIVE_MS", "1000")  # every process of the cluster pings every 1 s
+    c = make_cluster()
+    c.start()
+    with grpc.insecure_channel(c.node_address(0)) as channel:
+        stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+        stub.CreateOrder(pb.CreateOrderRequest(size=1, limit_price=100), timeout=10)  # streams open
+        c.wait_converged()
+        time.sleep(8)  # idle for 8 keepalive periods
+        stub.CreateOrder(pb.CreateOrderRequest(size=1, limit_price=101), timeout=10)
+    c.wait_converged()
+    for process in [c.sequencer, *c.nodes]:
+        assert process is not None
+        log = process.read_log()
+        for sign in ("too_many_pings", "GOAWAY", "broadcast stream to", "filling gap"):
+            assert sign not in log, f"{process.name}: {sign!r} in its log"

@@ -1,8 +1,8 @@
 """In-process stand-ins for what a node talks to, so its parts can be tested without a network.
 
-`InMemorySequencer` implements the node's `Sequencer` shape with a real gate over an in-memory log (signed
-entries, client_order_id deduplication); `stale` makes it refuse like a Sequencer that the node can never
-catch up with. `RecordingPeers` implements `Peers` and keeps what was broadcast. `FakeContext` is the part
+`InMemorySequencer` implements the node's `Sequencer` shape with the gate's rules over an in-memory log
+(signed entries, client_order_id deduplication); `stale` makes it refuse like a Sequencer that the node can
+never catch up with. `RecordingPeers` implements `Peers` and keeps what was broadcast. `FakeContext` is the part
 of a grpc.aio servicer context the handlers use (metadata, abort).
 """
 
@@ -27,7 +27,7 @@ def signed_entry(market: str, seq: int, command: types_pb2.Command | bytes,
 
 
 class InMemorySequencer:
-    """A gate over an in-memory log: grants a current node, answers a stale one with what it lacks."""
+    """The gate over an in-memory log."""
 
     target = "in-memory"
 
@@ -51,15 +51,19 @@ class InMemorySequencer:
         return entry
 
     async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
+        """The gate as the Sequencer keeps it: a node behind gets what it lacks, then its grant; a request
+        repeating numbered commands gets a stale answer (README, "The sequencing protocol")."""
         self.requests.append(request)
         market = request.market
-        current = self.current(market)
-        if self.stale or request.applied_seq < current:
-            if self.stale:
-                self.append(types_pb2.Command(market=market, cancel_order=types_pb2.CancelOrderCommand(order_id=1)))
-            missing = self.log[market][request.applied_seq:]
+        if self.stale:  # the log moved on again: the node can never catch up
+            self.append(types_pb2.Command(market=market, cancel_order=types_pb2.CancelOrderCommand(order_id=1)))
+        missing = self.log.get(market, [])[request.applied_seq:]
+        refs = {(c.origin_node, c.origin_ref) for c in request.commands}
+        repeats = any((c.origin_node, c.origin_ref) in refs
+                      for c in (types_pb2.Command.FromString(e.command) for e in missing))
+        if self.stale or repeats:
             return sequencer_pb2.SequenceResponse(granted=False, current_seq=self.current(market), missing=missing)
-        response = sequencer_pb2.SequenceResponse(granted=True)
+        response = sequencer_pb2.SequenceResponse(granted=True, missing=missing)
         for command in request.commands:
             known = self.client_order_ids.get((market, command.client_order_id))
             if command.client_order_id and known is not None:

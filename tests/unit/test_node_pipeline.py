@@ -53,14 +53,15 @@ def test_a_granted_command_is_applied_answered_and_broadcast() -> None:
     run(scenario)
 
 
-def test_a_stale_node_applies_what_it_lacks_and_its_retry_is_granted() -> None:
+def test_a_node_behind_applies_what_it_lacks_then_its_own_order_in_one_round_trip() -> None:
     async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
         for price in (90, 91, 92):  # three orders of other nodes the node has not heard of
             sequencer.append(buy(price))
         outcome = await pipeline.submit(buy(93))
         assert outcome.seq == 4
         assert pipeline.replica.applied_seq(M) == 4
-        assert [r.applied_seq for r in sequencer.requests] == [0, 3]
+        assert [r.applied_seq for r in sequencer.requests] == [0]
+        assert [e.seq for e in peers.sent] == [4], "only the node's own entries are broadcast"
 
     run(scenario)
 

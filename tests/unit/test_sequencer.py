@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
+import pytest
+
 from exchange.entries import entry_is_authentic
+from exchange.errors import FailedPrecondition
 from exchange.v1 import sequencer_pb2, types_pb2
+from sequencer import service as service_module
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
 
@@ -20,12 +25,13 @@ def order(client_order_id: str = "") -> types_pb2.Command:
     )
 
 
-def ask(service: SequencerService, node: str, applied: int, *commands: types_pb2.Command):  # type: ignore[no-untyped-def]
+async def ask(service: SequencerService, node: str, applied: int,
+              *commands: types_pb2.Command) -> sequencer_pb2.SequenceResponse:
     request = sequencer_pb2.SequenceRequest(market="M", applied_seq=applied, node_id=node, commands=commands)
-    return service.Sequence(request, None)
+    return await service._sequence(request)
 
 
-def run_with_service(path: Path, scenario, reservation_s: float = 0.5):  # type: ignore[no-untyped-def]
+def run_with_service(path: Path, scenario):  # type: ignore[no-untyped-def]
     """Runs `scenario(service)`; a failed log write fails the test (a real Sequencer would exit)."""
     write_failures: list[BaseException] = []
 
@@ -33,7 +39,7 @@ def run_with_service(path: Path, scenario, reservation_s: float = 0.5):  # type:
         store = LogStore(path)
         store.start(asyncio.get_running_loop())
         try:
-            return await scenario(SequencerService(store, SECRET, reservation_s, write_failures.append))
+            return await scenario(SequencerService(store, SECRET, write_failures.append))
         finally:
             store.close()
 
@@ -42,41 +48,93 @@ def run_with_service(path: Path, scenario, reservation_s: float = 0.5):  # type:
     return result
 
 
+def from_node(node: str, ref: int, client_order_id: str = "") -> types_pb2.Command:
+    command = order(client_order_id)
+    command.origin_node, command.origin_ref = node, ref
+    return command
+
+
 def test_grant_numbers_commands_in_order_and_signs_them(tmp_path: Path) -> None:
     async def scenario(service: SequencerService) -> None:
         granted = await ask(service, "a", 0, order(), order())
         assert granted.granted and [a.seq for a in granted.assignments] == [1, 2]
         assert all(entry_is_authentic(SECRET, a.entry) for a in granted.assignments)
+        assert not granted.missing and granted.current_seq == 2
 
     run_with_service(tmp_path / "log.db", scenario)
 
 
-def test_stale_node_gets_missing_entries_and_its_retry_is_reserved(tmp_path: Path) -> None:
+def test_a_node_behind_is_granted_with_what_it_lacks_first(tmp_path: Path) -> None:
     async def scenario(service: SequencerService) -> None:
-        await ask(service, "a", 0, order())
-        stale = await ask(service, "b", 0, order())
-        assert not stale.granted and stale.current_seq == 1
-        assert [e.seq for e in stale.missing] == [1]
-        # node a asks while the market is reserved for b: it must wait until b's retry is granted
-        a_waiting = asyncio.ensure_future(ask(service, "a", 1, order()))
-        await asyncio.sleep(0.05)
-        assert not a_waiting.done()
-        b_retry = await ask(service, "b", 1, order())
-        assert b_retry.granted and b_retry.assignments[0].seq == 2
-        a_answer = await a_waiting
-        assert not a_answer.granted and [e.seq for e in a_answer.missing] == [2]
+        await ask(service, "a", 0, from_node("a", 1), from_node("a", 2))
+        behind = await ask(service, "b", 0, from_node("b", 1))
+        assert behind.granted, "no wasted round trip: the node gets what it lacks and its grant at once"
+        assert [e.seq for e in behind.missing] == [1, 2]
+        assert [a.seq for a in behind.assignments] == [3] and behind.current_seq == 3
+        assert all(entry_is_authentic(SECRET, e) for e in behind.missing)
+        current = await ask(service, "a", 2, from_node("a", 3))
+        assert current.granted and [e.seq for e in current.missing] == [3] and current.assignments[0].seq == 4
 
     run_with_service(tmp_path / "log.db", scenario)
 
 
-def test_reservation_of_a_vanished_node_expires(tmp_path: Path) -> None:
+def test_a_repeated_request_is_stale_and_carries_its_numbered_commands_not_numbered_again(tmp_path: Path) -> None:
+    """The answer to the first request was lost: the node's retry states the same applied sequence."""
+
+    async def scenario(service: SequencerService) -> None:
+        first = await ask(service, "a", 0, from_node("a", 7), from_node("a", 8))
+        await ask(service, "b", 2, from_node("b", 1))
+        retry = await ask(service, "a", 0, from_node("a", 7), from_node("a", 8))
+        assert not retry.granted and not retry.assignments
+        assert [e.seq for e in retry.missing] == [1, 2, 3] and retry.current_seq == 3
+        assert [e.command for e in retry.missing[:2]] == [a.entry.command for a in first.assignments]
+        partly = await ask(service, "a", 0, from_node("a", 8), from_node("a", 9))  # one numbered, one new
+        assert not partly.granted and partly.current_seq == 3, "nothing of a repeating request is numbered"
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_a_node_further_behind_than_one_answer_is_stale_then_granted_after_catching_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "MAX_MISSING_PER_ANSWER", 3)
+
+    async def scenario(service: SequencerService) -> None:
+        await ask(service, "a", 0, *(from_node("a", ref) for ref in range(1, 6)))
+        far = await ask(service, "b", 0, from_node("b", 1))
+        assert not far.granted and [e.seq for e in far.missing] == [1, 2, 3] and far.current_seq == 5
+        near = await ask(service, "b", 3, from_node("b", 1))  # after applying those (and reading the log)
+        assert near.granted and [e.seq for e in near.missing] == [4, 5] and near.assignments[0].seq == 6
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_a_node_ahead_of_the_log_is_refused_and_nothing_is_numbered(tmp_path: Path) -> None:
     async def scenario(service: SequencerService) -> None:
         await ask(service, "a", 0, order())
-        await ask(service, "gone", 0, order())  # stale: reserved for "gone", which never retries
-        answer = await asyncio.wait_for(ask(service, "a", 1, order()), timeout=2)
-        assert answer.granted and answer.assignments[0].seq == 2
+        with pytest.raises(FailedPrecondition, match="not from this log"):
+            await service._sequence(sequencer_pb2.SequenceRequest(
+                market="M", applied_seq=5, node_id="x", commands=[order()]))
+        assert service.markets["M"].current == 1
 
-    run_with_service(tmp_path / "log.db", scenario, reservation_s=0.1)
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_a_failed_log_write_is_reported_and_its_numbers_are_never_answered(tmp_path: Path) -> None:
+    failures: list[BaseException] = []
+
+    async def scenario() -> None:
+        store = LogStore(tmp_path / "log.db")
+        store.start(asyncio.get_running_loop())
+        service = SequencerService(store, SECRET, failures.append)
+        await ask(service, "a", 0, order())
+        store._writer.close()  # the disk goes away
+        with pytest.raises(sqlite3.ProgrammingError):
+            await ask(service, "a", 1, order())
+        assert service.markets["M"].durable == 1
+
+    asyncio.run(scenario())
+    assert len(failures) == 1 and isinstance(failures[0], sqlite3.ProgrammingError)
 
 
 def test_restart_resumes_at_the_last_number_and_remembers_client_order_ids(tmp_path: Path) -> None:
@@ -108,5 +166,18 @@ def test_a_client_order_id_is_numbered_once_in_a_request_across_requests_and_acr
         entries = [e async for batch in service.ReadLog(
             sequencer_pb2.ReadLogRequest(market="M", from_seq=1), None) for e in batch.entries]
         assert [types_pb2.Command.FromString(e.command).client_order_id for e in entries] == ["k", ""]
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_commands_without_an_origin_reference_are_granted_only_to_a_current_node(tmp_path: Path) -> None:
+    """A tool's command carries no (origin node, reference), so a repeat of it could not be recognised:
+    such a request is granted only when it states the current sequence (compare-and-set)."""
+
+    async def scenario(service: SequencerService) -> None:
+        assert (await ask(service, "tool", 0, order())).granted
+        behind = await ask(service, "tool", 0, order())
+        assert not behind.granted and [e.seq for e in behind.missing] == [1]
+        assert (await ask(service, "tool", 1, order())).granted
 
     run_with_service(tmp_path / "log.db", scenario)
