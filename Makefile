@@ -50,16 +50,16 @@ bench: install
 	$(PY) -m bench
 
 chaos: install consul
-	$(PY) -m exchange.chaos $(CHAOS_ARGS)
+	$(PY) -m devtools.chaos $(CHAOS_ARGS)
 
 cluster-up: install consul
-	$(PY) -m exchange.devcluster up
+	$(PY) -m devtools.demo up
 
 cluster-down: install
-	$(PY) -m exchange.devcluster down
+	$(PY) -m devtools.demo down
 
 cluster-status: install
-	$(PY) -m exchange.devcluster status
+	$(PY) -m devtools.demo status
 
 clean:
 	rm -rf $(VENV) .cache .cluster exchange/v1/*_pb2*.py exchange/v1/*_pb2.pyi

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import grpc
 
-from discovery.agent import free_port
+from devtools.cluster import Cluster, ServiceProcess, wait_until
+from devtools.ports import free_port
+from devtools.verify import replay_cluster
 from exchange.cluster import parse_markets
-from exchange.devcluster import Cluster, ServiceProcess, wait_until
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
-from exchange.verify import replay_cluster
 
 CONCURRENCY = (1, 8, 64)
 UNARY_ROUNDS = 2

@@ -1,8 +1,11 @@
-"""Service discovery: the only place that knows about Consul.
+"""Service discovery: the interface, and (in `discovery.consul`) the only code that knows Consul.
 
-The rest of the code depends on the :class:`Registry` / :class:`Watch` protocols and on
-:class:`ServiceInstance`; production code uses :class:`ConsulRegistry`, tests of other parts
-can use :class:`StaticRegistry`.
+This module holds the interface the rest of the product depends on: the :class:`Registry` and
+:class:`Watch` protocols, :class:`ServiceInstance` with its :class:`FrozenMeta`, and
+:class:`DiscoveryError`. It imports only the standard library; `discovery.consul` (the Consul
+implementation, :class:`~discovery.consul.ConsulRegistry`, which production code imports from there)
+imports this module, never the other way round. Nothing here starts processes: the Consul dev agent,
+free ports and the in-memory StaticRegistry for tests live in the `devtools` package.
 """
 
 from __future__ import annotations
@@ -112,18 +115,10 @@ class Registry(Protocol):
         ...
 
 
-from discovery.agent import ConsulDevAgent, free_port  # noqa: E402
-from discovery.consul import ConsulRegistry  # noqa: E402
-from discovery.static import StaticRegistry  # noqa: E402
-
 __all__ = [
-    "ConsulDevAgent",
-    "ConsulRegistry",
     "DiscoveryError",
     "FrozenMeta",
     "Registry",
     "ServiceInstance",
-    "StaticRegistry",
     "Watch",
-    "free_port",
 ]

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from discovery.agent import find_consul_binary
-from exchange.devcluster import DEFAULT_MARKETS, Cluster
+from devtools.cluster import DEFAULT_MARKETS, Cluster
+from devtools.consul_agent import find_consul_binary
 from exchange.v1 import exchange_pb2_grpc
 
 

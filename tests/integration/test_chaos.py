@@ -1,4 +1,4 @@
-"""A short run of the convergence checker (exchange/chaos.py): a few hundred orders from concurrent
+"""A short run of the convergence checker (devtools/chaos/): a few hundred orders from concurrent
 clients, one fault of each kind on a fixed seed, and then every check must pass."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from exchange.chaos import FAULT_KINDS, Config, run_chaos
-from exchange.devcluster import Cluster, NetNamespaces
+from devtools.chaos import FAULT_KINDS, Config, run_chaos
+from devtools.cluster import Cluster
+from devtools.netns import NetNamespaces
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from devtools.cluster import Cluster
+from devtools.verify import read_log, replay_cluster
 from exchange.cluster import parse_markets, peer_token
-from exchange.devcluster import Cluster
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
-from exchange.verify import read_log, replay_cluster
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from discovery import ConsulDevAgent, ConsulRegistry, DiscoveryError, ServiceInstance, free_port
-from discovery.agent import find_consul_binary
+from devtools.consul_agent import ConsulDevAgent, find_consul_binary
+from devtools.ports import free_port
+from discovery import DiscoveryError, ServiceInstance
+from discovery.consul import ConsulRegistry
 
 pytestmark = pytest.mark.integration
 

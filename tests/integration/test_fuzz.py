@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.devcluster import Cluster
+from devtools.cluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 

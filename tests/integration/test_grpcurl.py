@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devtools.cluster import Cluster
 from exchange import runtime
-from exchange.devcluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 

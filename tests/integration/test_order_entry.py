@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from devtools.cluster import Cluster
+from devtools.verify import replay_cluster
 from exchange.cluster import parse_markets
-from exchange.devcluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
-from exchange.verify import replay_cluster
 
 pytestmark = pytest.mark.integration
 

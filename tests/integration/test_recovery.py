@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
+from devtools.cluster import Cluster, wait_until
+from devtools.verify import read_log, replay_cluster
 from exchange.cluster import parse_markets
-from exchange.devcluster import Cluster, wait_until
 from exchange.errors import Unavailable
 from exchange.node.links import GateStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
-from exchange.verify import read_log, replay_cluster
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from discovery import Registry, ServiceInstance, StaticRegistry, Watch
+from devtools.static_registry import StaticRegistry
+from discovery import Registry, ServiceInstance, Watch
 
 
 def _inst(i: str, port: int = 5000, service: str = "peer-server") -> ServiceInstance:

@@ -1,4 +1,8 @@
-"""In-memory Registry for tests of other parts (no Consul, no threads)."""
+"""StaticRegistry: an in-memory discovery Registry for tests of other parts (no Consul, no threads).
+
+It implements the product's `discovery.Registry` protocol; the product itself only uses
+`discovery.consul.ConsulRegistry`.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The convergence checker under faults: a real cluster, a randomized workload, real faults, then proof.
 
-    python -m exchange.chaos --seed 7 --orders 2000 --duration 90 --clients 4 \\
+    python -m devtools.chaos --seed 7 --orders 2000 --duration 90 --clients 4 \\
         --faults kill,stop,partition,sequencer,consul,replay --workdir /tmp/chaos-7
 
 It starts Consul, the Sequencer and 3 nodes (each node in its own network namespace when that is
@@ -43,14 +43,15 @@ from pathlib import Path
 
 import grpc
 
+from devtools.cluster import Cluster, wait_until
+from devtools.netns import NetNamespaces
+from devtools.verify import read_log, replay
 from exchange import engine as eng
 from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, TOKEN_HEADER, parse_markets, peer_token
-from exchange.devcluster import Cluster, NetNamespaces, wait_until
 from exchange.node import convert
 from exchange.runtime import CHANNEL_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
-from exchange.verify import read_log, replay
 
 FAULT_KINDS = ("kill", "stop", "partition", "sequencer", "consul", "replay")
 AMBIGUOUS = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
@@ -799,7 +800,7 @@ def run_chaos(config: Config, cluster: Cluster, out: Callable[[str], None] = pri
     out(f"chaos seed {config.seed}: {config.clients} clients, {config.orders or 'unlimited'} orders, "
         f"{config.duration:.0f}s, faults {','.join(config.faults) or 'none'}, workdir {cluster.workdir}, "
         f"netns {'yes' if cluster.netns is not None else 'no'}")
-    out(f"reproduce with: python -m exchange.chaos --seed {config.seed} --orders {config.orders} "
+    out(f"reproduce with: python -m devtools.chaos --seed {config.seed} --orders {config.orders} "
         f"--duration {config.duration:g} --clients {config.clients} --faults {','.join(config.faults)}")
     cluster.start()
     out(f"cluster up: Consul {cluster.consul_address}, Sequencer {cluster.sequencer_address}, "
@@ -834,7 +835,7 @@ def print_summary(report: Report, out: Callable[[str], None] = print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exchange.chaos", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
     parser.add_argument("--orders", type=int, default=0,

@@ -1,4 +1,4 @@
-"""Independent checks of a cluster: replay the Sequencer's log through a fresh engine.
+"""The log replay checker: reads the Sequencer's log and replays it through a fresh engine.
 
 The log is the truth. A fresh engine fed the whole log must reproduce every node's checksum and
 every trade the nodes reported to clients; tests and the convergence checker rely on this.

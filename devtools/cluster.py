@@ -1,0 +1,295 @@
+"""The process harness: a local cluster of real processes, a Consul dev agent, the Sequencer and N nodes.
+
+`Cluster` starts, stops, kills, partitions and inspects them; `ServiceProcess` is one service run as
+`python -m MODULE` (`exchange.node.main`, `sequencer.main`) with its output in a log file; `wait_until`
+polls a condition with a deadline; `serving` is the gRPC health probe. Used three ways, one code path:
+the demo (devtools/demo.py: processes outlive the command), the integration tests and the bench (free
+ports, stopped at the end), and the chaos checker, which kills, stops and restarts single processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from devtools.consul_agent import ConsulDevAgent
+from devtools.netns import NetNamespaces
+from devtools.ports import free_port
+from exchange.runtime import SERVICE_GRPC_ENV
+from exchange.v1 import exchange_pb2, exchange_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MARKETS = "BTC-USD,ETH-USD"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Polls `condition` until it holds; raises TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServiceProcess:
+    """One Python service of the cluster, run as `python -m MODULE ARGS` with its output in a log file."""
+
+    name: str
+    module: str
+    args: list[str]
+    log_file: Path
+    env: dict[str, str] = field(default_factory=dict)
+    # Prepended to the command line, e.g. `ip netns exec NAME` (which execs: the pid stays the service's).
+    prefix: list[str] = field(default_factory=list)
+    popen: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.popen = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", self.module, *self.args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=ROOT, env={**os.environ, **self.env}, start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.pid is not None and self.running:
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (graceful: health NOT_SERVING, deregister), SIGKILL if it does not exit in time."""
+        if not self.running:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            wait_until(lambda: not self.running, timeout, f"{self.name} to exit")
+        except TimeoutError:
+            self.kill()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        wait_until(lambda: not self.running, 10, f"{self.name} to die")
+
+    def exit_code(self) -> int | None:
+        return self.popen.poll() if self.popen is not None else None
+
+    def read_log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class Cluster:
+    """Consul, the Sequencer and N nodes of one cluster, with their logs and data under `workdir`."""
+
+    def __init__(
+        self, workdir: Path, nodes: int = 3, markets: str = DEFAULT_MARKETS, consul_port: int | None = None,
+        sequencer_port: int | None = None, node_ports: list[int] | None = None, max_retries: int = 5,
+        secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None, netns: bool = False,
+    ) -> None:
+        """`netns=True` runs every node in its own network namespace (see NetNamespaces), so that
+        `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace."""
+        self.workdir = workdir
+        self.markets = markets
+        self.secret = secret
+        self.max_retries = max_retries
+        self.extra_node_args = extra_node_args or []
+        self.node_ports = node_ports or [free_port() for _ in range(nodes)]
+        self.netns = NetNamespaces(len(self.node_ports)) if netns else None
+        self.consul = ConsulDevAgent(
+            data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
+            client_addr="127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}",
+        )
+        self.sequencer_port = sequencer_port or free_port()
+        self.sequencer: ServiceProcess | None = None
+        self.nodes: list[ServiceProcess] = []
+
+    # -- addresses --------------------------------------------------------------------------------
+
+    @property
+    def consul_address(self) -> str:
+        return self.consul.address
+
+    @property
+    def sequencer_address(self) -> str:
+        host = "127.0.0.1" if self.netns is None else self.netns.gateway
+        return f"{host}:{self.sequencer_port}"
+
+    def node_address(self, index: int) -> str:
+        host = "127.0.0.1" if self.netns is None else self.netns.address(index)
+        return f"{host}:{self.node_ports[index]}"
+
+    @property
+    def node_addresses(self) -> list[str]:
+        return [self.node_address(i) for i in range(len(self.node_ports))]
+
+    def node_id(self, index: int) -> str:
+        return f"node-{index + 1}"
+
+    def _env(self) -> dict[str, str]:
+        transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
+        return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address,
+                "PYTHONUNBUFFERED": "1", **transport}
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def make_sequencer(self) -> ServiceProcess:
+        return ServiceProcess(
+            "sequencer", "sequencer.main",
+            ["--listen", self.sequencer_address, "--data-dir", str(self.workdir / "sequencer")],
+            self.workdir / "logs" / "sequencer.log", self._env(),
+        )
+
+    def make_node(self, index: int) -> ServiceProcess:
+        env, prefix = self._env(), []
+        if self.netns is not None:  # the node reaches Consul through the bridge's address
+            env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{self.consul.http_port}"
+            prefix = self.netns.exec_prefix(index)
+        return ServiceProcess(
+            self.node_id(index), "exchange.node.main",
+            ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
+             "--max-retries", str(self.max_retries), *self.extra_node_args],
+            self.workdir / "logs" / f"{self.node_id(index)}.log", env, prefix,
+        )
+
+    def start(self, timeout: float = 60.0, nodes: int | None = None) -> None:
+        """Starts Consul, the Sequencer and the first `nodes` nodes (all by default) and waits until they
+        serve. If any of it fails, everything started is stopped again (the logs stay) and the error raised."""
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if self.netns is not None and not self.netns.created:
+                self.netns.create()
+            self.consul.start()
+            self.start_sequencer()
+            count = len(self.node_ports) if nodes is None else nodes
+            self.nodes = [self.make_node(i) for i in range(len(self.node_ports))]
+            for node in self.nodes[:count]:
+                node.start()
+            for index in range(count):
+                self.wait_nodeserving(index, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_sequencer(self) -> None:
+        self.sequencer = self.make_sequencer()
+        self.sequencer.start()
+        wait_until(lambda: serving(self.sequencer_address) or not self.sequencer.running, 30,
+                   "the Sequencer to serve")
+        if not self.sequencer.running:
+            raise RuntimeError(f"the Sequencer exited:\n{self.sequencer.read_log()[-3000:]}")
+
+    def start_node(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
+        self.nodes[index] = self.make_node(index)
+        self.nodes[index].start()
+        self.wait_nodeserving(index, timeout, poll_s)
+
+    def wait_nodeserving(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
+        node = self.nodes[index]
+        wait_until(lambda: serving(self.node_address(index)) or not node.running, timeout,
+                   f"{node.name} to serve", interval=poll_s)
+        if not node.running:
+            raise RuntimeError(f"{node.name} exited:\n{node.read_log()[-3000:]}")
+
+    def processes(self) -> list[ServiceProcess]:
+        return [p for p in [self.sequencer, *self.nodes] if p is not None]
+
+    def stop(self) -> None:
+        try:
+            for process in reversed(self.processes()):
+                process.stop()
+            self.consul.stop()
+        finally:
+            if self.netns is not None:
+                self.netns.destroy()
+
+    def partition(self, index: int, netem: list[str] | None = None) -> None:
+        """Cuts node `index` off the network (netns=True only), or with `netem` degrades its link instead."""
+        if self.netns is None:
+            raise RuntimeError("partitions need Cluster(..., netns=True)")
+        if netem:
+            self.netns.degrade(index, netem)
+        else:
+            self.netns.cut(index)
+
+    def heal(self, index: int) -> None:
+        if self.netns is None:
+            raise RuntimeError("partitions need Cluster(..., netns=True)")
+        self.netns.heal(index)
+
+    def logs(self, tail: int = 4000) -> str:
+        parts = [f"===== consul ({self.consul.log_file}) =====\n{self.consul.read_log()[-tail:]}"]
+        for process in self.processes():
+            parts.append(f"===== {process.name} ({process.log_file}) =====\n{process.read_log()[-tail:]}")
+        return "\n".join(parts)
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def status(self, index: int, timeout: float = 5.0) -> exchange_pb2.GetStatusResponse:
+        with grpc.insecure_channel(self.node_address(index)) as channel:
+            return exchange_pb2_grpc.ExchangeNodeStub(channel).GetStatus(
+                exchange_pb2.GetStatusRequest(), timeout=timeout
+            )
+
+    def wait_converged(self, timeout: float = 30.0, nodes: list[int] | None = None) -> dict[str, tuple[int, int]]:
+        """Waits until the given nodes report the same (seq, checksum) for every market, lag 0."""
+        indexes = nodes if nodes is not None else [i for i, n in enumerate(self.nodes) if n.running]
+        views: list[dict[str, tuple[int, int]]] = []
+
+        def converged() -> bool:
+            views.clear()
+            try:
+                for index in indexes:
+                    status = self.status(index)
+                    if any(m.lag or m.buffered for m in status.markets) or status.state != "SERVING":
+                        return False
+                    views.append({m.market: (m.applied_seq, m.checksum) for m in status.markets})
+            except grpc.RpcError:
+                return False
+            return all(view == views[0] for view in views)
+
+        wait_until(converged, timeout, "the nodes to converge", interval=0.2)
+        return views[0]
+
+
+def serving(address: str) -> bool:
+    """Whether the gRPC server at `address` answers its health check with SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False

@@ -1,0 +1,112 @@
+"""The demo cluster: `python -m devtools.demo up|down|status` (what `make cluster-up/-down/-status` run).
+
+`up` starts Consul, the Sequencer and three nodes on fixed loopback ports (README, "Two commands") and
+leaves them running: their pids are kept in `.cluster/state.json`, their logs in `.cluster/logs/`.
+`down` stops them, `status` shows each node's sequence and checksum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from devtools.cluster import ROOT, Cluster, pid_alive, wait_until
+
+DEMO_DIR = ROOT / ".cluster"
+DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
+STATE_FILE = DEMO_DIR / "state.json"
+
+
+def _demo_cluster() -> Cluster:
+    return Cluster(
+        DEMO_DIR, nodes=3, consul_port=DEMO_PORTS["consul"], sequencer_port=DEMO_PORTS["sequencer"],
+        node_ports=list(DEMO_PORTS["nodes"]), secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"),
+    )
+
+
+def cluster_up() -> int:
+    if STATE_FILE.exists():
+        print(f"a demo cluster seems to be running already ({STATE_FILE}); run `make cluster-down` first")
+        return 1
+    cluster = _demo_cluster()
+    print(f"starting Consul on 127.0.0.1:{DEMO_PORTS['consul']}, the Sequencer on {cluster.sequencer_address}, "
+          f"nodes on {', '.join(cluster.node_addresses)} ...", flush=True)
+    try:
+        cluster.start()
+    except Exception:
+        print(cluster.logs())
+        raise
+    STATE_FILE.write_text(json.dumps({
+        "consul_pid": cluster.consul.pid,
+        "processes": {p.name: p.pid for p in cluster.processes()},
+        "nodes": cluster.node_addresses,
+    }, indent=2))
+    grpcurl = Path(sys.executable).parent / "grpcurl"
+    node1, node2 = cluster.node_addresses[0], cluster.node_addresses[1]
+    print(f"""
+cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}
+
+try (grpcurl is {grpcurl}):
+  {grpcurl} -plaintext {node1} list
+  {grpcurl} -plaintext -d '{{"size": -10, "limit_price": 100}}' {node1} exchange.v1.ExchangeNode/CreateOrder
+  {grpcurl} -plaintext -d '{{"size": 15, "limit_price": 100}}' {node2} exchange.v1.ExchangeNode/CreateOrder
+  {grpcurl} -plaintext -d '{{"depth": 5}}' {cluster.node_addresses[2]} exchange.v1.ExchangeNode/GetOrderBook
+  {grpcurl} -plaintext {node1} exchange.v1.ExchangeNode/GetStatus
+
+or the CLI:
+  .venv/bin/exchange-cli --node {node1} buy 10 --price 100
+  .venv/bin/exchange-cli --node {node2} book
+  .venv/bin/exchange-cli status {' '.join(cluster.node_addresses)}
+
+stop everything with: make cluster-down""")
+    return 0
+
+
+def cluster_down() -> int:
+    if not STATE_FILE.exists():
+        print("no demo cluster is running (no .cluster/state.json)")
+        return 0
+    state = json.loads(STATE_FILE.read_text())
+    # the services first (they deregister from Consul as they stop), then Consul
+    for group in (list(state["processes"].items()), [("consul", state.get("consul_pid"))]):
+        for name, pid in group:
+            if pid and pid_alive(pid):
+                print(f"stopping {name} (pid {pid})")
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGTERM)
+        for name, pid in group:
+            if not pid:
+                continue
+            try:
+                wait_until(lambda pid=pid: not pid_alive(pid), 10, name)
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+    STATE_FILE.unlink()
+    print("demo cluster stopped; logs stay in", DEMO_DIR / "logs")
+    return 0
+
+
+def cluster_status(addresses: list[str] | None = None) -> int:
+    from exchange.cli import print_cluster_status
+
+    if addresses is None:
+        if not STATE_FILE.exists():
+            print("no demo cluster is running; start one with `make cluster-up`")
+            return 1
+        addresses = json.loads(STATE_FILE.read_text())["nodes"]
+    return print_cluster_status(addresses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    return {"up": cluster_up, "down": cluster_down, "status": cluster_status}[args.command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
