@@ -1,0 +1,197 @@
+"""The chaos checker's end-of-run checks: settle the cluster, then compare everything with the log.
+
+`Checks.settle` heals every fault, retries the orders whose every attempt was ambiguous and waits until
+the nodes converge; `check_log` replays the Sequencer's log through a fresh engine (gap-free, equal
+checksums, nothing numbered twice); `check_ledger` compares every answer a client was given with that
+replay; `check_processes` wants every process running and no log holding a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections import Counter
+
+import grpc
+
+from devtools.chaos.records import AMBIGUOUS_NAMES, CALL_TIMEOUT, DEFINITE_FAILURES, MAX_ATTEMPTS, Ledger, Report
+from devtools.chaos.workload import Clients
+from devtools.cluster import Cluster
+from devtools.verify import Replay, read_log, replay
+from exchange import engine as eng
+from exchange.cluster import parse_markets
+from exchange.node import convert
+from exchange.v1 import exchange_pb2 as pb
+
+LOG_ALARMS = re.compile(r"Traceback|CRITICAL")
+# grpcio logs this (with a traceback) when a handler finishes after its client gave up (deadline passed,
+# e.g. while the node was SIGSTOPped): the answer cannot be sent. Library behaviour (grpc/grpc#32551),
+# reported but not a violation.
+BENIGN_BEFORE_TRACEBACK = "ExecuteBatchError raised in core by servicer method"
+DEFINITE_NAMES = frozenset(code.name for code in DEFINITE_FAILURES)
+
+View = dict[str, tuple[int, int]]  # market -> (seq, checksum)
+
+
+class Checks:
+    def __init__(self, cluster: Cluster, ledger: Ledger, clients: Clients, markets: list[str],
+                 settle_timeout: float) -> None:
+        self.cluster = cluster
+        self.ledger = ledger
+        self.clients = clients
+        self.markets = markets
+        self.settle_timeout = settle_timeout
+
+    def settle(self, report: Report) -> View:
+        """Heals the cluster, resolves ambiguous orders, waits for convergence: the nodes' common view."""
+        cluster = self.cluster
+        for index, process in enumerate(cluster.nodes):
+            process.signal(signal.SIGCONT)
+            if cluster.netns is not None and index in cluster.netns.impaired:
+                cluster.heal(index)
+        # Orders whose every attempt was ambiguous: ask again now that the cluster is whole.
+        unresolved = [r for r in self.ledger.orders if r.final == "AMBIGUOUS"]
+        for number, record in enumerate(unresolved):
+            self.clients.place(self.clients.probe_stubs, record, number % len(cluster.nodes), attempts=MAX_ATTEMPTS,
+                               timeout=CALL_TIMEOUT)
+        self.ledger.stats.add("unresolved", sum(1 for r in self.ledger.orders if r.final == "AMBIGUOUS"))
+        if self.ledger.expired.is_set():
+            return {}
+        try:
+            return cluster.wait_converged(timeout=self.settle_timeout, nodes=list(range(len(cluster.nodes))))
+        except TimeoutError:
+            report.divergences += 1
+            statuses = []
+            for index in range(len(cluster.nodes)):
+                try:
+                    status = cluster.status(index)
+                    statuses.append(f"node-{index + 1} {status.state}: " + ", ".join(
+                        f"{m.market} seq {m.applied_seq} known {m.known_seq} checksum {m.checksum} "
+                        f"buffered {m.buffered}" for m in status.markets))
+                except grpc.RpcError as error:
+                    statuses.append(f"node-{index + 1}: {error.code().name}")
+            self.ledger.violation("the nodes did not converge within "
+                                  f"{self.settle_timeout:.0f}s: " + " | ".join(statuses))
+            return {}
+
+    def check_log(self, views: View, report: Report) -> None:
+        """The log replayed through a fresh engine gives the nodes' view; no command is in it twice; every
+        answer a client was given agrees with it (check_ledger); the nodes are at the log's end."""
+        violation = self.ledger.violation
+        logs = {market: read_log(self.cluster.sequencer_address, market) for market in self.markets}
+        try:
+            result = replay(parse_markets(self.cluster.markets), logs)
+        except AssertionError as error:  # a gap or a number used twice
+            report.divergences += 1
+            violation(f"the Sequencer's log is not gap-free: {error}")
+            return
+        for market in self.markets:
+            replayed = (result.engine.last_seq(market), result.engine.checksum(market))
+            if views and views.get(market) != replayed:
+                report.divergences += 1
+                violation(f"{market}: the nodes report (seq, checksum) {views.get(market)} but replaying "
+                          f"the log gives {replayed}")
+        origins: Counter[tuple[str, str, int]] = Counter()
+        for market, commands in result.commands.items():
+            for command in commands.values():
+                origins[(market, command.origin_node, command.origin_ref)] += 1
+        for (market, node, ref), count in origins.items():
+            if count > 1:
+                violation(f"{market}: command {node}/{ref} was numbered {count} times")
+        for (market, coid), seqs in placements(result).items():
+            if len(seqs) > 1:
+                violation(f"{market}: client_order_id {coid} is in the log {len(seqs)} times: {seqs}")
+        self.check_ledger(result, report)
+        current = {market: len(entries) for market, entries in logs.items()}
+        if views and any(views[m][0] != current[m] for m in self.markets):
+            report.divergences += 1
+            violation(f"the nodes' sequences {views} differ from the Sequencer's {current}")
+
+    def check_ledger(self, result: Replay, report: Report) -> None:
+        """Every acknowledged operation is in the log with the answer given; no refused order is."""
+        violation = self.ledger.violation
+        places = placements(result)
+        for record in self.ledger.orders:
+            market = record.request.market or self.markets[0]
+            seqs = places.get((market, record.coid), [])
+            if record.final == "OK":
+                response = record.response
+                assert response is not None
+                command = result.commands.get(response.market, {}).get(response.seq)
+                if command is None or command.client_order_id != record.coid:
+                    report.divergences += 1
+                    violation(f"acknowledged order {record.coid} ({response.market}#{response.seq}) is not "
+                              f"in the log at that sequence (log holds {seqs})")
+                    continue
+                expected = result.expected_answer(response)
+                if expected != response:
+                    report.divergences += 1
+                    violation(f"the answer to {record.coid} differs from the log's replay: told "
+                              f"{_short(response)}, replay gives {_short(expected)}")
+            elif record.final in DEFINITE_NAMES and seqs:
+                history = " after an ambiguous attempt" if any(
+                    code in AMBIGUOUS_NAMES for _, code in record.attempts) else ""
+                violation(f"order {record.coid} was refused with {record.final}{history} but is in the "
+                          f"log at {market}#{seqs} (attempts {record.attempts})")
+        for change in self.ledger.changes:
+            if change.code != "OK":
+                continue
+            response = change.response
+            assert response is not None
+            command = result.commands.get(change.market, {}).get(response.seq)
+            kind = "cancel_order" if change.kind == "cancel" else "amend_order"
+            if command is None or command.WhichOneof("kind") != kind or \
+                    getattr(command, kind).order_id != change.order_id:
+                report.divergences += 1
+                violation(f"acknowledged {change.kind} of {change.market}#{change.order_id} is not in the "
+                          f"log at {response.seq}")
+                continue
+            events = result.events[change.market][response.seq]
+            if isinstance(response, pb.CancelOrderResponse):
+                cancelled = sum(e.size for e in events if isinstance(e, eng.OrderCancelled))
+                if cancelled != response.cancelled_size:
+                    report.divergences += 1
+                    violation(f"cancel of {change.market}#{change.order_id}: told {response.cancelled_size} "
+                              f"cancelled, the replay cancels {cancelled}")
+            else:
+                trades = [convert.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
+                if list(response.trades) != trades:
+                    report.divergences += 1
+                    violation(f"amend of {change.market}#{change.order_id}: trades differ from the replay")
+
+    def check_processes(self) -> None:
+        """Every process runs at the end, and no service log holds a traceback or CRITICAL line."""
+        cluster = self.cluster
+        for process in cluster.processes():
+            if not process.running:
+                self.ledger.violation(f"{process.name} is not running at the end (exit code {process.exit_code()})")
+        if not cluster.consul.running:
+            self.ledger.violation("the Consul agent is not running at the end")
+        for path in sorted((cluster.workdir / "logs").glob("*.log")):
+            if path.name == "consul.log":
+                continue
+            lines = path.read_text(errors="replace").splitlines()
+            for number, line in enumerate(lines):
+                if LOG_ALARMS.search(line) and number and BENIGN_BEFORE_TRACEBACK in lines[number - 1]:
+                    self.ledger.out(f"note: {path.name}:{number}: grpcio could not send an answer to a client that "
+                                    "had given up (benign, grpc/grpc#32551)")
+                elif LOG_ALARMS.search(line):
+                    context = " / ".join(lines[max(0, number - 1):number + 6])
+                    self.ledger.violation(f"{path.name}:{number + 1}: {context[:1500]}")
+
+
+def placements(result: Replay) -> dict[tuple[str, str], list[int]]:
+    """(market, client_order_id) -> the sequence numbers of the log's new orders with that id."""
+    places: dict[tuple[str, str], list[int]] = {}
+    for market, commands in result.commands.items():
+        for seq, command in commands.items():
+            if command.client_order_id:
+                places.setdefault((market, command.client_order_id), []).append(seq)
+    return places
+
+
+def _short(response: pb.CreateOrderResponse) -> str:
+    trades = [(t.price, t.size, t.maker_order_id) for t in response.trades]
+    return (f"seq {response.seq} {pb.OrderStatus.Name(response.status)} filled {response.filled_size} "
+            f"remaining {response.remaining_size} trades {trades}")
+
