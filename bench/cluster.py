@@ -33,6 +33,7 @@ import grpc
 from devtools.cluster import Cluster, ServiceProcess, wait_until
 from devtools.ports import free_port
 from devtools.verify import replay_cluster
+from devtools.workload import Workload
 from exchange.cluster import parse_markets
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
@@ -68,9 +69,8 @@ class LoadResult:
         return self.calls / self.seconds
 
 
-def _order(rng: random.Random) -> pb.CreateOrderRequest:
-    side = rng.choice((types_pb2.BUY, types_pb2.SELL))
-    return pb.CreateOrderRequest(side=side, size=rng.randint(1, 5), limit_price=rng.randint(990, 1010))
+# Limit orders on the default market: 1-5 lots at 990-1010 ticks, so about half of them cross.
+ORDERS = Workload(markets=("",), prices=(990, 1010), sizes=(1, 5))
 
 
 async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int) -> LoadResult:
@@ -85,12 +85,12 @@ async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int
 
     async def client(number: int) -> None:
         nonlocal aborted, errors
-        rng = random.Random(seed * 1000 + number)
+        orders = ORDERS.orders(random.Random(seed * 1000 + number))
         stub = stubs[number % len(stubs)]
         while (now := loop.time()) < stop_at:
             started = time.perf_counter()
             try:
-                await stub.CreateOrder(_order(rng), timeout=30)
+                await stub.CreateOrder(orders.request(), timeout=30)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.ABORTED:
                     aborted += 1
@@ -152,8 +152,8 @@ async def _stream_entry(addresses: list[str], seconds: float, seed: int, batch: 
             result.orders += 1
 
     async def stream(number: int) -> None:
-        rng = random.Random(seed * 1000 + number)
-        orders = [_order(rng) for _ in range(4096)]
+        generator = ORDERS.orders(random.Random(seed * 1000 + number))
+        orders = [generator.request() for _ in range(4096)]
         messages = orders if batch == 1 else [
             pb.OrderBatch(orders=orders[i:i + batch]) for i in range(0, len(orders) - batch + 1, batch)
         ]
@@ -286,9 +286,9 @@ async def _replication_lag(cluster: Cluster, orders: int) -> tuple[float, float]
     listeners = [asyncio.ensure_future(listen(i)) for i in (1, 2)]
     await asyncio.sleep(0.3)
     answered: dict[int, float] = {}
-    rng = random.Random(5)
+    generator = ORDERS.orders(random.Random(5))
     for _ in range(orders):
-        response = await stubs[0].CreateOrder(_order(rng), timeout=30)
+        response = await stubs[0].CreateOrder(generator.request(), timeout=30)
         answered[response.seq] = time.perf_counter()
         await asyncio.sleep(0.002)
     await asyncio.sleep(0.5)

@@ -29,6 +29,7 @@ from devtools.chaos.records import (
     OrderRecord,
 )
 from devtools.cluster import Cluster
+from devtools.workload import Workload
 from exchange.runtime import CHANNEL_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -36,28 +37,6 @@ from exchange.v1 import exchange_pb2_grpc, types_pb2
 AVOID_S = 2.0  # a client avoids a node for this long after an ambiguous answer from it (like a real client)
 
 Stubs = list[exchange_pb2_grpc.ExchangeNodeStub]
-
-
-def random_order(rng: random.Random, markets: list[str], client_order_id: str) -> pb.CreateOrderRequest:
-    order_type = rng.choices(
-        [types_pb2.LIMIT, types_pb2.MARKET, types_pb2.IOC, types_pb2.FOK, types_pb2.POST_ONLY],
-        weights=[50, 8, 14, 14, 14],
-    )[0]
-    side = rng.choice([types_pb2.BUY, types_pb2.SELL])
-    size = rng.randint(1, 20)
-    price = 0 if order_type == types_pb2.MARKET else rng.randint(*PRICES)
-    request = pb.CreateOrderRequest(market=rng.choice(markets), order_type=order_type,
-                                    limit_price=price, client_order_id=client_order_id)
-    if rng.random() < 0.5:
-        request.side, request.size = side, size
-    else:
-        request.size = size if side == types_pb2.BUY else -size
-    if rng.random() < 0.03:  # a deliberately invalid order: must be refused and never exist
-        if rng.random() < 0.5:
-            request.size = 0
-        else:
-            request.order_type, request.limit_price = types_pb2.LIMIT, -rng.randint(1, 100)
-    return request
 
 
 class Clients:
@@ -69,6 +48,9 @@ class Clients:
         self.ledger = ledger
         self.stats = ledger.stats
         self.markets = markets
+        # ~3% of the orders are invalid on purpose: they must be refused and never exist
+        self.workload = Workload(markets=tuple(markets), prices=PRICES, sides="either", invalid_share=0.03, types={
+            types_pb2.LIMIT: 50, types_pb2.MARKET: 8, types_pb2.IOC: 14, types_pb2.FOK: 14, types_pb2.POST_ONLY: 14})
         self.stop = threading.Event()  # set when the load phase ends
         self.tickets = 0
         self.channels: list[grpc.Channel] = []
@@ -155,7 +137,7 @@ class Clients:
         stubs = self.stubs()
         resting: list[tuple[str, int]] = []
         rate = self.config.orders / self.config.duration if self.config.orders else 0.0
-        number = 0
+        orders = self.workload.orders(rng, ids=f"s{self.config.seed}-c{index}-")
         avoid_until = [0.0] * len(stubs)
         while not self.stop.is_set():
             ticket = self.take_ticket()
@@ -172,9 +154,7 @@ class Clients:
                 node = (node + 1) % len(stubs)
             choice = rng.random()
             if choice < 0.7 or not resting and choice < 0.9:
-                number += 1
-                request = random_order(rng, self.markets, f"s{self.config.seed}-c{index}-{number}")
-                record = self.ledger.add_order(f"c{index}", request)
+                record = self.ledger.add_order(f"c{index}", orders.request())
                 self.place(stubs, record, node)
                 for target, code in record.attempts:
                     if code in AMBIGUOUS_NAMES:

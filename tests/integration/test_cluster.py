@@ -13,6 +13,7 @@ import pytest
 
 from devtools.cluster import Cluster
 from devtools.verify import read_log, replay_cluster
+from devtools.workload import Workload
 from exchange.cluster import parse_markets, peer_token
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
@@ -46,22 +47,9 @@ def test_sell_on_node1_then_crossing_buy_on_node2_trades_at_resting_price_everyw
         assert list(book.asks) == []
 
 
-def random_order(rng: random.Random, client: str, n: int) -> pb.CreateOrderRequest:
-    kind = rng.random()
-    side = rng.choice([types_pb2.BUY, types_pb2.SELL])
-    request = pb.CreateOrderRequest(
-        market=rng.choice(["BTC-USD", "BTC-USD", "ETH-USD"]), size=rng.randint(1, 20), side=side,
-        limit_price=rng.randint(95, 105), client_order_id=f"{client}-{n}",
-    )
-    if kind < 0.1:
-        request.order_type, request.limit_price = types_pb2.MARKET, 0
-    elif kind < 0.2:
-        request.order_type = types_pb2.IOC
-    elif kind < 0.25:
-        request.order_type = types_pb2.FOK
-    elif kind < 0.35:
-        request.order_type = types_pb2.POST_ONLY
-    return request
+# Every order type, two thirds of them on BTC-USD, prices around 100: the clients cross the book often.
+ORDERS = Workload(markets=("BTC-USD", "BTC-USD", "ETH-USD"), types={
+    types_pb2.LIMIT: 65, types_pb2.MARKET: 10, types_pb2.IOC: 10, types_pb2.FOK: 5, types_pb2.POST_ONLY: 10})
 
 
 def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_log(cluster: Cluster) -> None:
@@ -71,12 +59,12 @@ def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_l
     lock = threading.Lock()
 
     def client(number: int) -> None:
-        rng = random.Random(number)
+        orders = ORDERS.orders(random.Random(number), ids=f"c{number}-")
         with grpc.insecure_channel(cluster.node_address(number % 3)) as channel:
             stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
-            for n in range(orders_per_client):
+            for _ in range(orders_per_client):
                 try:
-                    response = stub.CreateOrder(random_order(rng, f"c{number}", n), timeout=30)
+                    response = stub.CreateOrder(orders.request(), timeout=30)
                 except grpc.RpcError as error:
                     with lock:
                         errors.append(f"{error.code().name}: {error.details()}")  # type: ignore[attr-defined]

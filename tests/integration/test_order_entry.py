@@ -10,6 +10,7 @@ import pytest
 
 from devtools.cluster import Cluster
 from devtools.verify import replay_cluster
+from devtools.workload import SIZE_ZERO, UNKNOWN_MARKET, Workload
 from exchange.cluster import parse_markets
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -20,32 +21,17 @@ SERVICE = "/exchange.v1.ExchangeNode"
 METHOD = f"{SERVICE}/OrderEntry"
 
 
+# About one order in ten invalid (size 0: INVALID_ARGUMENT, unknown market: NOT_FOUND), some MARKET and IOC,
+# three in ten with a client_order_id, on the default market ("") and both named ones.
+MIXED = Workload(markets=("", "BTC-USD", "ETH-USD"), types={types_pb2.LIMIT: 8, types_pb2.MARKET: 1, types_pb2.IOC: 1},
+                 invalid_share=0.1, invalid=(SIZE_ZERO, UNKNOWN_MARKET), id_share=0.3)
+
+
 def mixed_orders(rng: random.Random, stream: int, count: int) -> tuple[list[pb.CreateOrderRequest], list[str]]:
-    """`count` orders, about one in ten invalid; returns them with the error code expected for each ("" = ok)."""
-    requests: list[pb.CreateOrderRequest] = []
-    expected: list[str] = []
-    for n in range(count):
-        request = pb.CreateOrderRequest(
-            market=rng.choice(["", "BTC-USD", "ETH-USD"]), size=rng.randint(1, 20),
-            side=rng.choice([types_pb2.BUY, types_pb2.SELL]), limit_price=rng.randint(95, 105),
-        )
-        if rng.random() < 0.3:
-            request.client_order_id = f"s{stream}-{n}"
-        kind = rng.random()
-        code = ""
-        if kind < 0.05:
-            request.size = 0
-            code = "INVALID_ARGUMENT"
-        elif kind < 0.1:
-            request.market = "DOGE-USD"
-            code = "NOT_FOUND"
-        elif kind < 0.2:
-            request.order_type, request.limit_price = types_pb2.MARKET, 0
-        elif kind < 0.3:
-            request.order_type = types_pb2.IOC
-        requests.append(request)
-        expected.append(code)
-    return requests, expected
+    """`count` orders of MIXED; returns them with the error code expected for each ("" = ok)."""
+    orders = MIXED.orders(rng, ids=f"s{stream}-")
+    drawn = [orders.next() for _ in range(count)]
+    return [order.request for order in drawn], [order.error for order in drawn]
 
 
 def entry(address: str, requests: list) -> list[pb.OrderEntryResult]:  # type: ignore[type-arg]

@@ -23,6 +23,7 @@ import pytest
 
 from devtools.cluster import Cluster, wait_until
 from devtools.verify import read_log, replay_cluster
+from devtools.workload import OrderGenerator, Workload
 from exchange.cluster import parse_markets
 from exchange.errors import Unavailable
 from exchange.node.links import GateStream
@@ -45,15 +46,9 @@ def node_stubs(cluster: Cluster) -> Iterator[list[exchange_pb2_grpc.ExchangeNode
             channel.close()
 
 
-def random_order(rng: random.Random, markets: list[str], client_order_id: str = "") -> pb.CreateOrderRequest:
-    """A mix of resting and crossing limit orders around 100, some IOC, in every market."""
-    size = rng.randint(1, 20) * rng.choice((1, -1))
-    price = rng.randint(95, 105)
-    order_type = rng.choices([types_pb2.LIMIT, types_pb2.IOC], weights=[9, 1])[0]
-    return pb.CreateOrderRequest(
-        market=rng.choice(markets), size=size, limit_price=price, order_type=order_type,
-        client_order_id=client_order_id,
-    )
+def orders(markets: list[str], rng: random.Random) -> OrderGenerator:
+    """A mix of resting and crossing limit orders around 100 (signed sizes), some IOC, in every market."""
+    return Workload(markets=tuple(markets), sides="signed", types={types_pb2.LIMIT: 9, types_pb2.IOC: 1}).orders(rng)
 
 
 def checksums_equal_replay(cluster: Cluster, views: dict[str, tuple[int, int]]) -> None:
@@ -97,14 +92,14 @@ class Load:
         return self
 
     def _run(self, number: int) -> None:
-        rng = random.Random(number)
+        generator = orders(self.markets, random.Random(number))
         for count in itertools.count():
             if self._stop.is_set():
                 return
             with self._lock:
                 target = self.targets[(number + count) % len(self.targets)]
             client_order_id = f"t{number}-{uuid.uuid4().hex[:16]}" if self.unique_ids else ""
-            request = random_order(rng, self.markets, client_order_id)
+            request = generator.request(client_order_id)
             try:
                 response = self.stubs[target].CreateOrder(request, timeout=CALL_TIMEOUT)
             except grpc.RpcError as error:
@@ -142,8 +137,8 @@ def test_late_node_catches_up_after_500_orders(make_cluster: Callable[..., Clust
     c.start(nodes=2)
     markets = [m.symbol for m in parse_markets(c.markets)]
     with node_stubs(c) as stubs:
-        rng = random.Random(500)
-        requests = [random_order(rng, markets) for _ in range(500)]
+        generator = orders(markets, random.Random(500))
+        requests = [generator.request() for _ in range(500)]
 
         def place(numbered: tuple[int, pb.CreateOrderRequest]) -> pb.CreateOrderResponse:
             number, request = numbered
@@ -174,15 +169,15 @@ def test_late_node_restores_a_peers_snapshot_then_the_log_and_keeps_idempotency(
     c.start(nodes=2)
     markets = [m.symbol for m in parse_markets(c.markets)]
     with node_stubs(c) as stubs:
-        rng = random.Random(7)
-        first = [stubs[n % 2].CreateOrder(random_order(rng, markets, f"early-{n}"), timeout=CALL_TIMEOUT)
+        generator = orders(markets, random.Random(7))
+        first = [stubs[n % 2].CreateOrder(generator.request(f"early-{n}"), timeout=CALL_TIMEOUT)
                  for n in range(300)]
         c.wait_converged(nodes=[0, 1])
 
         c.start_node(2)
         assert "restored from node-" in c.nodes[2].read_log(), "the late node should start from a snapshot"
         for _ in range(20):  # the log after the snapshot keeps flowing to it
-            stubs[2].CreateOrder(random_order(rng, markets), timeout=CALL_TIMEOUT)
+            stubs[2].CreateOrder(generator.request(), timeout=CALL_TIMEOUT)
         views = c.wait_converged(nodes=[0, 1, 2])
         for market in markets:
             assert full_book(stubs[2], market) == full_book(stubs[0], market)
@@ -191,7 +186,7 @@ def test_late_node_restores_a_peers_snapshot_then_the_log_and_keeps_idempotency(
         # The snapshot carries the client_order_id map: a retry of an order from before it is recognised
         # (never placed twice); its first answer was never seen here, so the node names the order instead.
         with pytest.raises(grpc.RpcError) as retried:
-            stubs[2].CreateOrder(random_order(random.Random(7), markets, "early-0"), timeout=CALL_TIMEOUT)
+            stubs[2].CreateOrder(orders(markets, random.Random(7)).request("early-0"), timeout=CALL_TIMEOUT)
         assert retried.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"is order {first[0].order_id}" in retried.value.details()
         assert c.wait_converged(nodes=[0, 1, 2]) == views
