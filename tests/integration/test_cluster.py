@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -158,6 +159,9 @@ def test_every_service_runs_with_the_cluster_grpc_transport_and_says_so(cluster:
     assert cluster.sequencer is not None
     for service in [cluster.sequencer, *cluster.nodes]:
         assert expected in service.read_log(), f"{service.name} does not log {expected}"
+        # what grpc really read at import: the running process's own environment, not only what it logs
+        environ = Path(f"/proc/{service.pid}/environ").read_bytes().split(b"\0")
+        assert expected.encode() in environ, f"{service.name} (pid {service.pid}) does not run with {expected}"
 
 
 def test_an_idle_cluster_keeps_its_streams_and_replicates_the_next_order_by_broadcast(
