@@ -27,7 +27,10 @@ LOG_ALARMS = re.compile(r"Traceback|CRITICAL")
 # grpcio logs this (with a traceback) when a handler finishes after its client gave up (deadline passed,
 # e.g. while the node was SIGSTOPped): the answer cannot be sent. Library behaviour (grpc/grpc#32551),
 # reported but not a violation.
-BENIGN_BEFORE_TRACEBACK = "ExecuteBatchError raised in core by servicer method"
+# Its traceback may be chained: the error the handler answered with, then grpcio's own.
+BENIGN_RECORD = "ExecuteBatchError raised in core by servicer method"
+CHAINED = ("During handling of the above exception, another exception occurred:",
+           "The above exception was the direct cause of the following exception:")
 DEFINITE_NAMES = frozenset(code.name for code in DEFINITE_FAILURES)
 
 View = dict[str, tuple[int, int]]  # market -> (seq, checksum)
@@ -171,11 +174,17 @@ class Checks:
             if path.name == "consul.log":
                 continue
             lines = path.read_text(errors="replace").splitlines()
+            benign = False  # within the traceback of a benign record
             for number, line in enumerate(lines):
-                if LOG_ALARMS.search(line) and number and BENIGN_BEFORE_TRACEBACK in lines[number - 1]:
+                if not LOG_ALARMS.search(line):
+                    continue
+                previous = next((text for text in reversed(lines[:number]) if text.strip()), "")
+                if number and BENIGN_RECORD in lines[number - 1]:
+                    benign = True
                     self.ledger.out(f"note: {path.name}:{number}: grpcio could not send an answer to a client that "
                                     "had given up (benign, grpc/grpc#32551)")
-                elif LOG_ALARMS.search(line):
+                elif not (benign and previous in CHAINED):
+                    benign = False
                     context = " / ".join(lines[max(0, number - 1):number + 6])
                     self.ledger.violation(f"{path.name}:{number + 1}: {context[:1500]}")
 
