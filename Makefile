@@ -52,8 +52,9 @@ bench: install
 chaos: install consul
 	$(PY) -m devtools.chaos $(CHAOS_ARGS)
 
+# make cluster-up TLS=1: mutual TLS on every gRPC connection (certificates under .cluster/tls/)
 cluster-up: install consul
-	$(PY) -m devtools.demo up
+	$(PY) -m devtools.demo up $(if $(filter 1,$(TLS)),--tls)
 
 cluster-down: install
 	$(PY) -m devtools.demo down

@@ -34,7 +34,7 @@ from devtools.cluster import Cluster, ServiceProcess, wait_until
 from devtools.ports import free_port
 from devtools.verify import replay_cluster
 from devtools.workload import Workload
-from exchange.cluster import parse_markets
+from exchange.cluster import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
@@ -320,7 +320,8 @@ def _fill_log(cluster: Cluster, market: str, entries: int) -> None:
                 for _ in range(count)
             ]
             response = stub.Sequence(sequencer_pb2.SequenceRequest(
-                market=market, applied_seq=current, node_id="bench", commands=commands), timeout=60)
+                market=market, applied_seq=current, node_id="bench", commands=commands), timeout=60,
+                metadata=token_metadata(cluster.secret.encode()))
             current = response.current_seq
             entries -= count
 
@@ -373,7 +374,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         lag_p50, lag_p99 = asyncio.run(_replication_lag(cluster, 300))
         _log("waiting for the replicas to converge")
         view = cluster.wait_converged(60)
-        replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+        replay = replay_cluster(cluster)
         converged = all(replay.engine.checksum(m) == checksum for m, (_, checksum) in view.items())
         _log(f"converged at {view}; replay agrees: {converged}")
     except Exception:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import grpc
 
+from devtools.certs import make_cluster_tls
 from devtools.consul_agent import ConsulDevAgent
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
-from exchange.runtime import SERVICE_GRPC_ENV
+from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
+from exchange.tls import TlsConfig
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,9 +119,12 @@ class Cluster:
         self, workdir: Path, nodes: int = 3, markets: str = DEFAULT_MARKETS, consul_port: int | None = None,
         sequencer_port: int | None = None, node_ports: list[int] | None = None, max_retries: int = 5,
         secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None, netns: bool = False,
+        tls: bool = False,
     ) -> None:
         """`netns=True` runs every node in its own network namespace (see NetNamespaces), so that
-        `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace."""
+        `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace.
+        `tls=True` runs every gRPC connection with mutual TLS: a CA and one certificate per process (and one
+        for clients, `client_tls_dir`) are made under `workdir/tls` (devtools/certs.py)."""
         self.workdir = workdir
         self.markets = markets
         self.secret = secret
@@ -127,10 +132,13 @@ class Cluster:
         self.extra_node_args = extra_node_args or []
         self.node_ports = node_ports or [free_port() for _ in range(nodes)]
         self.netns = NetNamespaces(len(self.node_ports)) if netns else None
+        self.tls_dir = workdir / "tls" if tls else None
         self.consul = ConsulDevAgent(
             data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
             client_addr="127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}",
+            tls_dir=None if self.tls_dir is None else self.tls_dir / "consul",
         )
+        self._client_tls: TlsConfig | None = None
         self.sequencer_port = sequencer_port or free_port()
         self.sequencer: ServiceProcess | None = None
         self.nodes: list[ServiceProcess] = []
@@ -157,6 +165,36 @@ class Cluster:
     def node_id(self, index: int) -> str:
         return f"node-{index + 1}"
 
+    # -- TLS --------------------------------------------------------------------------------------
+
+    def _make_certificates(self) -> None:
+        if self.tls_dir is None:
+            return
+        gateway = "127.0.0.1" if self.netns is None else self.netns.gateway
+        identities = {"sequencer": [gateway, "localhost"], "consul": ["127.0.0.1", "localhost"],
+                      "client": ["127.0.0.1", "localhost"]}
+        for index in range(len(self.node_ports)):
+            identities[self.node_id(index)] = [self.node_address(index).rpartition(":")[0], "localhost"]
+        make_cluster_tls(self.tls_dir, identities)
+
+    def _tls_args(self, name: str) -> list[str]:
+        return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir / name)]
+
+    @property
+    def client_tls_dir(self) -> Path | None:
+        """The `--tls-dir` of a client of this cluster (CLI, grpcurl's -cacert/-cert/-key), None in plaintext."""
+        return None if self.tls_dir is None else self.tls_dir / "client"
+
+    @property
+    def client_tls(self) -> TlsConfig | None:
+        if self._client_tls is None and self.client_tls_dir is not None:
+            self._client_tls = TlsConfig.load(self.client_tls_dir)
+        return self._client_tls
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A channel to one of the cluster's servers, as a client of the cluster (TLS when it runs with it)."""
+        return sync_channel(address, self.client_tls)
+
     def _env(self) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
         return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address,
@@ -167,7 +205,8 @@ class Cluster:
     def make_sequencer(self) -> ServiceProcess:
         return ServiceProcess(
             "sequencer", "sequencer.main",
-            ["--listen", self.sequencer_address, "--data-dir", str(self.workdir / "sequencer")],
+            ["--listen", self.sequencer_address, "--data-dir", str(self.workdir / "sequencer"),
+             *self._tls_args("sequencer")],
             self.workdir / "logs" / "sequencer.log", self._env(),
         )
 
@@ -179,7 +218,7 @@ class Cluster:
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",
             ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
-             "--max-retries", str(self.max_retries), *self.extra_node_args],
+             "--max-retries", str(self.max_retries), *self._tls_args(self.node_id(index)), *self.extra_node_args],
             self.workdir / "logs" / f"{self.node_id(index)}.log", env, prefix,
         )
 
@@ -190,6 +229,7 @@ class Cluster:
             self.workdir.mkdir(parents=True, exist_ok=True)
             if self.netns is not None and not self.netns.created:
                 self.netns.create()
+            self._make_certificates()
             self.consul.start()
             self.start_sequencer()
             count = len(self.node_ports) if nodes is None else nodes
@@ -197,7 +237,7 @@ class Cluster:
             for node in self.nodes[:count]:
                 node.start()
             for index in range(count):
-                self.wait_nodeserving(index, timeout)
+                self.wait_node_serving(index, timeout)
         except BaseException:
             self.stop()
             raise
@@ -205,7 +245,7 @@ class Cluster:
     def start_sequencer(self) -> None:
         self.sequencer = self.make_sequencer()
         self.sequencer.start()
-        wait_until(lambda: serving(self.sequencer_address) or not self.sequencer.running, 30,
+        wait_until(lambda: serving(self.sequencer_address, self.client_tls) or not self.sequencer.running, 30,
                    "the Sequencer to serve")
         if not self.sequencer.running:
             raise RuntimeError(f"the Sequencer exited:\n{self.sequencer.read_log()[-3000:]}")
@@ -213,11 +253,11 @@ class Cluster:
     def start_node(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
         self.nodes[index] = self.make_node(index)
         self.nodes[index].start()
-        self.wait_nodeserving(index, timeout, poll_s)
+        self.wait_node_serving(index, timeout, poll_s)
 
-    def wait_nodeserving(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
+    def wait_node_serving(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
         node = self.nodes[index]
-        wait_until(lambda: serving(self.node_address(index)) or not node.running, timeout,
+        wait_until(lambda: serving(self.node_address(index), self.client_tls) or not node.running, timeout,
                    f"{node.name} to serve", interval=poll_s)
         if not node.running:
             raise RuntimeError(f"{node.name} exited:\n{node.read_log()[-3000:]}")
@@ -257,7 +297,7 @@ class Cluster:
     # -- inspection -------------------------------------------------------------------------------
 
     def status(self, index: int, timeout: float = 5.0) -> exchange_pb2.GetStatusResponse:
-        with grpc.insecure_channel(self.node_address(index)) as channel:
+        with self.channel(self.node_address(index)) as channel:
             return exchange_pb2_grpc.ExchangeNodeStub(channel).GetStatus(
                 exchange_pb2.GetStatusRequest(), timeout=timeout
             )
@@ -283,12 +323,12 @@ class Cluster:
         return views[0]
 
 
-def serving(address: str) -> bool:
+def serving(address: str, tls: TlsConfig | None = None) -> bool:
     """Whether the gRPC server at `address` answers its health check with SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with grpc.insecure_channel(address) as channel:
+        with sync_channel(address, tls) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
             return response.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:

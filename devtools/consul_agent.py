@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from devtools.ports import free_port
+from exchange.tls import CA_FILE, CERT_FILE, KEY_FILE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONSUL_STAMP = REPO_ROOT / ".cache" / "consul" / "path"
@@ -56,6 +57,7 @@ class ConsulDevAgent:
         node_name: str | None = None,
         start_timeout: float = 20.0,
         client_addr: str = "127.0.0.1",
+        tls_dir: Path | None = None,
     ) -> None:
         """``client_addr``: where the HTTP API listens, a space-separated list of addresses (the API
         is also reachable on 127.0.0.1 only if that is in the list)."""
@@ -68,6 +70,7 @@ class ConsulDevAgent:
         self._node = node_name or f"dev-{uuid.uuid4().hex[:8]}"
         self._start_timeout = start_timeout
         self._client_addr = client_addr
+        self._tls_dir = tls_dir
         self._ports: dict[str, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -202,7 +205,20 @@ class ConsulDevAgent:
             # nothing may need the network: no update check, no anonymous usage signature
             "-hcl=disable_update_check = true",
             "-hcl=disable_anonymous_signature = true",
+            *self._tls_options(),
         ]
+
+    def _tls_options(self) -> list[str]:
+        """With a `tls_dir` (ca.pem, cert.pem, key.pem: exchange/tls.py's layout), the agent's gRPC health
+        checks of TLS services verify them against the cluster's CA and present the agent's certificate
+        (services of a mutual-TLS cluster accept no connection without one). The checks expect the name
+        `server_name` on the services' certificates (Consul 1.8 would use the agent's node name), and the
+        agent's own certificate must carry it too: the dev certificates all carry `localhost`."""
+        if self._tls_dir is None:
+            return []
+        files = {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}
+        return [*(f'-hcl={option} = "{self._tls_dir / name}"' for option, name in files.items()),
+                "-hcl=enable_agent_tls_for_checks = true", '-hcl=server_name = "localhost"']
 
     def _spawn_and_wait(self) -> None:
         cmd = self._command()

@@ -15,24 +15,26 @@ import sys
 from pathlib import Path
 
 from devtools.cluster import ROOT, Cluster, pid_alive, wait_until
+from exchange.tls import load_tls
 
 DEMO_DIR = ROOT / ".cluster"
 DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
 STATE_FILE = DEMO_DIR / "state.json"
 
 
-def _demo_cluster() -> Cluster:
+def _demo_cluster(tls: bool) -> Cluster:
     return Cluster(
         DEMO_DIR, nodes=3, consul_port=DEMO_PORTS["consul"], sequencer_port=DEMO_PORTS["sequencer"],
         node_ports=list(DEMO_PORTS["nodes"]), secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"),
+        tls=tls,
     )
 
 
-def cluster_up() -> int:
+def cluster_up(tls: bool = False) -> int:
     if STATE_FILE.exists():
         print(f"a demo cluster seems to be running already ({STATE_FILE}); run `make cluster-down` first")
         return 1
-    cluster = _demo_cluster()
+    cluster = _demo_cluster(tls)
     print(f"starting Consul on 127.0.0.1:{DEMO_PORTS['consul']}, the Sequencer on {cluster.sequencer_address}, "
           f"nodes on {', '.join(cluster.node_addresses)} ...", flush=True)
     try:
@@ -44,23 +46,33 @@ def cluster_up() -> int:
         "consul_pid": cluster.consul.pid,
         "processes": {p.name: p.pid for p in cluster.processes()},
         "nodes": cluster.node_addresses,
+        "tls_dir": str(cluster.client_tls_dir) if cluster.client_tls_dir else None,
     }, indent=2))
-    grpcurl = Path(sys.executable).parent / "grpcurl"
-    node1, node2 = cluster.node_addresses[0], cluster.node_addresses[1]
+    grpcurl = Path(sys.executable).parent.relative_to(ROOT) / "grpcurl"
+    cli = Path(sys.executable).parent.relative_to(ROOT) / "exchange-cli"
+    tls_dir = cluster.client_tls_dir.relative_to(ROOT) if cluster.client_tls_dir else None
+    if tls_dir is None:
+        g, c = f"{grpcurl} -plaintext", str(cli)
+        security = "plaintext (make cluster-up TLS=1 for mutual TLS)"
+    else:
+        g = f"{grpcurl} -cacert {tls_dir}/ca.pem -cert {tls_dir}/cert.pem -key {tls_dir}/key.pem"
+        c = f"{cli} --tls-dir {tls_dir}"
+        security = f"mutual TLS: the cluster's CA and certificates are in {tls_dir.parent}, a client's in {tls_dir}"
+    node1, node2, node3 = cluster.node_addresses
     print(f"""
-cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}
+cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
 
-try (grpcurl is {grpcurl}):
-  {grpcurl} -plaintext {node1} list
-  {grpcurl} -plaintext -d '{{"size": -10, "limit_price": 100}}' {node1} exchange.v1.ExchangeNode/CreateOrder
-  {grpcurl} -plaintext -d '{{"size": 15, "limit_price": 100}}' {node2} exchange.v1.ExchangeNode/CreateOrder
-  {grpcurl} -plaintext -d '{{"depth": 5}}' {cluster.node_addresses[2]} exchange.v1.ExchangeNode/GetOrderBook
-  {grpcurl} -plaintext {node1} exchange.v1.ExchangeNode/GetStatus
+try grpcurl:
+  {g} {node1} list
+  {g} -d '{{"size": -10, "limit_price": 100}}' {node1} exchange.v1.ExchangeNode/CreateOrder
+  {g} -d '{{"size": 15, "limit_price": 100}}' {node2} exchange.v1.ExchangeNode/CreateOrder
+  {g} -d '{{"depth": 5}}' {node3} exchange.v1.ExchangeNode/GetOrderBook
+  {g} {node1} exchange.v1.ExchangeNode/GetStatus
 
 or the CLI:
-  .venv/bin/exchange-cli --node {node1} buy 10 --price 100
-  .venv/bin/exchange-cli --node {node2} book
-  .venv/bin/exchange-cli status {' '.join(cluster.node_addresses)}
+  {c} --node {node1} buy 10 --price 100
+  {c} --node {node2} book
+  {c} status {node1} {node2} {node3}
 
 stop everything with: make cluster-down""")
     return 0
@@ -97,15 +109,19 @@ def cluster_status(addresses: list[str] | None = None) -> int:
         if not STATE_FILE.exists():
             print("no demo cluster is running; start one with `make cluster-up`")
             return 1
-        addresses = json.loads(STATE_FILE.read_text())["nodes"]
-    return print_cluster_status(addresses)
+        state = json.loads(STATE_FILE.read_text())
+        addresses, tls_dir = state["nodes"], state.get("tls_dir")
+    return print_cluster_status(addresses, load_tls(Path(tls_dir) if tls_dir else None))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--tls", action="store_true", help="up: mutual TLS on every gRPC connection")
     args = parser.parse_args(argv)
-    return {"up": cluster_up, "down": cluster_down, "status": cluster_status}[args.command]()
+    if args.command == "up":
+        return cluster_up(tls=args.tls)
+    return cluster_down() if args.command == "down" else cluster_status()
 
 
 if __name__ == "__main__":

@@ -9,21 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import grpc
-
+from devtools.cluster import Cluster
 from exchange import engine as eng
+from exchange.cluster import parse_markets, token_metadata
 from exchange.node.convert import create_order_response, engine_command
 from exchange.v1 import exchange_pb2, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 
-def read_log(sequencer_address: str, market: str, timeout: float = 60.0) -> list[types_pb2.SequencedCommand]:
-    with grpc.insecure_channel(sequencer_address) as channel:
+def read_log(cluster: Cluster, market: str, timeout: float = 60.0) -> list[types_pb2.SequencedCommand]:
+    """The whole log of `market` (ReadLog is cluster-internal: the call carries the cluster's token)."""
+    with cluster.channel(cluster.sequencer_address) as channel:
         stub = sequencer_pb2_grpc.SequencerStub(channel)
         current = stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=timeout).current_seq
         if current == 0:
             return []
         request = sequencer_pb2.ReadLogRequest(market=market, from_seq=1, to_seq=current)
-        return [entry for batch in stub.ReadLog(request, timeout=timeout) for entry in batch.entries]
+        metadata = token_metadata(cluster.secret.encode())
+        return [entry for batch in stub.ReadLog(request, timeout=timeout, metadata=metadata) for entry in batch.entries]
 
 
 @dataclass
@@ -59,6 +61,7 @@ def replay(markets: Iterable[eng.MarketConfig], logs: dict[str, list[types_pb2.S
     return result
 
 
-def replay_cluster(sequencer_address: str, markets: Iterable[eng.MarketConfig]) -> Replay:
-    configs = list(markets)
-    return replay(configs, {m.symbol: read_log(sequencer_address, m.symbol) for m in configs})
+def replay_cluster(cluster: Cluster) -> Replay:
+    """The replay of every market's whole log."""
+    configs = parse_markets(cluster.markets)
+    return replay(configs, {m.symbol: read_log(cluster, m.symbol) for m in configs})

@@ -68,8 +68,13 @@ class ConsulRegistry:
         keeper_interval: float = 1.0,
         recovery_grace: float = 5.0,
         request_timeout: float = 5.0,
+        grpc_tls: bool = False,
     ) -> None:
         """Never contacts Consul: constructing it works while Consul is still down.
+
+        ``grpc_tls``: the registered services serve gRPC over TLS, so Consul's health check connects with
+        TLS (the agent needs the cluster's CA, and a client certificate when the services require one:
+        ``enable_agent_tls_for_checks``).
 
         ``deregister_after``: Consul reaps a service whose check stays critical that long
         (Consul enforces a minimum of 1 minute and reaps every ~30 s).
@@ -83,6 +88,7 @@ class ConsulRegistry:
         self.keeper_interval = keeper_interval
         self.recovery_grace = recovery_grace
         self.request_timeout = request_timeout
+        self.grpc_tls = grpc_tls
         self._lock = threading.RLock()
         self._client = self._new_client(request_timeout)
         self._registrations: dict[str, _Registration] = {}
@@ -140,6 +146,9 @@ class ConsulRegistry:
         # a live process), so start passing instead of Consul's default "critical until the first
         # check run": peers see a new node at once rather than up to one check interval later.
         check["Status"] = "passing"
+        if self.grpc_tls:
+            # py-consul's Check.grpc(use_tls=...) writes a field Consul 1.8.7 does not know; this is the API's
+            check["GRPCUseTLS"] = True
         self._client.agent.service.register(
             reg.service,
             service_id=reg.instance_id,

@@ -10,14 +10,16 @@ import uuid
 
 import grpc
 
+from exchange.runtime import sync_channel
+from exchange.tls import TlsConfig, add_tls_argument, load_tls
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
 ORDER_TYPES = {name: value for name, value in types_pb2.OrderType.items() if value}
 
 
-def _stub(address: str) -> exchange_pb2_grpc.ExchangeNodeStub:
-    return exchange_pb2_grpc.ExchangeNodeStub(grpc.insecure_channel(address))
+def _stub(address: str, tls: TlsConfig | None = None) -> exchange_pb2_grpc.ExchangeNodeStub:
+    return exchange_pb2_grpc.ExchangeNodeStub(sync_channel(address, tls))
 
 
 def format_book(book: pb.GetOrderBookResponse) -> str:
@@ -48,12 +50,12 @@ def format_order_result(result: pb.CreateOrderResponse) -> str:
     return "\n".join(lines)
 
 
-def print_cluster_status(addresses: list[str]) -> int:
+def print_cluster_status(addresses: list[str], tls: TlsConfig | None = None) -> int:
     rows = []
     failures = 0
     for address in addresses:
         try:
-            status = _stub(address).GetStatus(pb.GetStatusRequest(), timeout=3)
+            status = _stub(address, tls).GetStatus(pb.GetStatusRequest(), timeout=3)
         except grpc.RpcError as error:
             failures += 1
             rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code().name))  # type: ignore[attr-defined]
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", default=os.environ.get("EXCHANGE_NODE", "127.0.0.1:50051"),
                         help="node address host:port (env EXCHANGE_NODE)")
     parser.add_argument("--market", default="", help="market symbol (default: the cluster's default market)")
+    add_tls_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     for side in ("buy", "sell"):
         order = commands.add_parser(side, help=f"place a {side} order")
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("addresses", nargs="*", help="node addresses (default: --node)")
     args = parser.parse_args(argv)
 
-    stub = _stub(args.node)
+    tls = load_tls(args.tls_dir)
+    stub = _stub(args.node, tls)
     try:
         if args.command in ("buy", "sell"):
             side = types_pb2.BUY if args.command == "buy" else types_pb2.SELL
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind = event.WhichOneof("event")
                 print(f"{event.market} #{event.seq} {kind}: {getattr(event, kind)}".replace("\n", " "), flush=True)
         elif args.command == "status":
-            return print_cluster_status(args.addresses or [args.node])
+            return print_cluster_status(args.addresses or [args.node], tls)
     except grpc.RpcError as error:
         print(f"{error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1

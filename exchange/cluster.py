@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import os
 
 from exchange.engine import MarketConfig
@@ -21,12 +22,30 @@ TOKEN_HEADER = "x-cluster-token"
 # The built-in development secret: fine on loopback, refused anywhere else.
 DEFAULT_SECRET = "p2p-exchange-dev-secret"
 
+# The cluster's own RPCs: they write or read what belongs to the cluster (the log, replication, snapshots), so
+# a caller must present the cluster token (exchange.runtime.RequireClusterToken checks it, for every one of
+# them, before any handler runs). Sequencer.GetSequence stays public: a market's current sequence number is
+# no more than every book answer already shows (GetOrderBook's `known_seq`).
+CLUSTER_ONLY_METHODS = frozenset({
+    "/exchange.v1.ExchangeNode/BroadcastOrder",
+    "/exchange.v1.ExchangeNode/BroadcastOrderStream",
+    "/exchange.v1.ExchangeNode/GetSnapshot",
+    "/exchange.v1.Sequencer/Sequence",
+    "/exchange.v1.Sequencer/SequenceStream",
+    "/exchange.v1.Sequencer/ReadLog",
+})
+
 MARKET_FIELDS = ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
 
 
 def peer_token(secret: bytes) -> str:
     """What a cluster process presents in `x-cluster-token`: derived from the secret, never the secret itself."""
     return hashlib.sha256(b"p2p-exchange peer token\x00" + secret).hexdigest()
+
+
+def token_metadata(secret: bytes) -> tuple[tuple[str, str], ...]:
+    """The call metadata of a cluster-internal call."""
+    return ((TOKEN_HEADER, peer_token(secret)),)
 
 
 def parse_markets(spec: str) -> list[MarketConfig]:
@@ -65,6 +84,29 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="shared secret: authenticates log entries and peer calls (env EXCHANGE_CLUSTER_SECRET)",
     )
     parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name from a --listen flag) is reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or 0.0.0.0 / :: and the like: reachable from elsewhere
+
+
+def refuse_development_secret(listen: str, secret: str) -> None:
+    """Stops a process that would listen beyond loopback with the built-in development secret: anyone who
+    knows it (it is in the source) could write the cluster's log."""
+    host, _ = split_host_port(listen)
+    if secret == DEFAULT_SECRET and not is_loopback(host):
+        raise SystemExit(
+            f"refusing to listen on {listen} with the built-in development cluster secret: set your own with "
+            "--cluster-secret or EXCHANGE_CLUSTER_SECRET (the same on every process of the cluster, e.g. "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`), or listen on 127.0.0.1"
+        )
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from exchange.cluster import CLUSTER_ONLY_METHODS, TOKEN_HEADER
+from exchange.tls import TlsConfig
 
 # Requests far larger than any valid order are refused by grpc itself (RESOURCE_EXHAUSTED).
 MAX_RECEIVE_BYTES = 1 * 1024 * 1024
@@ -47,6 +51,20 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
+
+def aio_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
+    """A channel of the cluster's processes: their options, TLS when the cluster runs with it."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+
+
+def sync_channel(target: str, tls: TlsConfig | None = None) -> grpc.Channel:
+    """The same for blocking callers (tools)."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+
 
 # The gRPC transport the cluster's own processes run with (their launch environment: grpc reads it once, when it
 # is imported, so it cannot be set from inside a running service). grpcio's default TCP client and listener, the
@@ -154,6 +172,53 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
     return handler._replace(request_deserializer=safe_decode, unary_stream=stream)  # type: ignore[attr-defined]
 
 
+class RequireClusterToken(grpc.aio.ServerInterceptor):
+    """PERMISSION_DENIED, before any handler runs, for a cluster-internal method (`methods`) called without
+    the cluster token in its `header` metadata. The one check for every such method of a server."""
+
+    def __init__(self, token: str, methods: Collection[str], header: str) -> None:
+        self._token = token
+        self._methods = frozenset(methods)
+        self._header = header
+        self._denials: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method = handler_call_details.method
+        if method not in self._methods:
+            return await continuation(handler_call_details)
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == self._header and hmac.compare_digest(str(value), self._token):
+                return await continuation(handler_call_details)
+        denial = self._denials.get(method)
+        if denial is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            denial = self._denials[method] = _denying(handler, method, self._header)
+        return denial
+
+
+def _denying(handler: grpc.RpcMethodHandler, method: str, header: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers PERMISSION_DENIED without reading the request."""
+    message = (f"{method} is for the cluster's own processes only: the {header} metadata is missing or wrong "
+               "(it is derived from the cluster secret, EXCHANGE_CLUSTER_SECRET)")
+
+    async def deny(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+    async def deny_stream(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        yield  # pragma: no cover - an async generator, for the streaming-response kinds
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler(deny),
+        (True, False): grpc.stream_unary_rpc_method_handler(deny),
+        (False, True): grpc.unary_stream_rpc_method_handler(deny_stream),
+        (True, True): grpc.stream_stream_rpc_method_handler(deny_stream),
+    }
+    return kinds[(handler.request_streaming, handler.response_streaming)]
+
+
 class LongLivedStreams:
     """A server's open long-lived streams (peer broadcast streams, gate streams).
 
@@ -179,19 +244,32 @@ class LongLivedStreams:
 
 
 class GrpcServer:
-    """An aio server with health and reflection, bound to one address."""
+    """An aio server with health and reflection, bound to one address; the cluster-internal methods among
+    its services (exchange.cluster.CLUSTER_ONLY_METHODS) require the cluster token."""
 
-    def __init__(self, bind: str, services: Iterable[ServiceDescriptor]) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RejectMalformedRequests()])
+    def __init__(
+        self, bind: str, services: Iterable[ServiceDescriptor], cluster_token: str, tls: TlsConfig | None = None
+    ) -> None:
+        interceptors = [
+            RequireClusterToken(cluster_token, CLUSTER_ONLY_METHODS, TOKEN_HEADER),
+            RejectMalformedRequests(),
+        ]
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [service.full_name for service in services]
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(bind)
+        try:
+            if tls is None:
+                self.port = self.server.add_insecure_port(bind)
+            else:
+                self.port = self.server.add_secure_port(bind, tls.server_credentials())
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise SystemExit(f"cannot listen on {bind}: address in use or not available")
+            raise SystemExit(f"cannot listen on {bind}: the address is in use or not this machine's")
 
     async def set_serving(self, serving: bool) -> None:
         status = (

@@ -8,8 +8,15 @@ import logging
 from pathlib import Path
 
 from discovery.consul import ConsulRegistry
-from exchange.cluster import SEQUENCER_SERVICE, add_cluster_arguments, split_host_port
+from exchange.cluster import (
+    SEQUENCER_SERVICE,
+    add_cluster_arguments,
+    peer_token,
+    refuse_development_secret,
+    split_host_port,
+)
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
+from exchange.tls import add_tls_argument, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
@@ -24,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--id", default="sequencer-1", help="Consul service id")
     parser.add_argument("--stats-s", type=float, default=10.0, help="seconds between the gate figures in the log")
     add_cluster_arguments(parser)
+    add_tls_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -31,14 +39,16 @@ async def serve(args: argparse.Namespace) -> None:
     store = LogStore(args.data_dir / "log.sqlite3")
     store.start(asyncio.get_running_loop())
     service = SequencerService(store, args.cluster_secret.encode())
-    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]])
+    token = peer_token(args.cluster_secret.encode())
+    tls = load_tls(args.tls_dir)
+    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], token, tls)
     sequencer_pb2_grpc.add_SequencerServicer_to_server(service, server.server)
     await server.start()
     await server.set_serving(True)
     reporter = asyncio.create_task(service.report(args.stats_s))
     host, _ = split_host_port(args.listen)
     consul_host, consul_port = split_host_port(args.consul)
-    registry = ConsulRegistry(consul_host, consul_port)
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port, {"role": "sequencer"})
     markets = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values()) or "none yet"
     log.info("sequencer %s listening on %s:%d; log %s; markets %s; %s", args.id, host, server.port,
@@ -56,6 +66,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    refuse_development_secret(args.listen, args.cluster_secret)
     configure_logging("sequencer", args.log_level)
     run(lambda: serve(args))
 

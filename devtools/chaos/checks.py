@@ -81,7 +81,7 @@ class Checks:
         """The log replayed through a fresh engine gives the nodes' view; no command is in it twice; every
         answer a client was given agrees with it (check_ledger); the nodes are at the log's end."""
         violation = self.ledger.violation
-        logs = {market: read_log(self.cluster.sequencer_address, market) for market in self.markets}
+        logs = {market: read_log(self.cluster, market) for market in self.markets}
         try:
             result = replay(parse_markets(self.cluster.markets), logs)
         except AssertionError as error:  # a gap or a number used twice

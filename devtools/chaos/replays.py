@@ -36,7 +36,7 @@ class Replays:
         """Genuine log entries sent again (shuffled, duplicated, delayed), then forged ones (refused)."""
         rng = random.Random(f"{self.seed}-replay-{number}")
         metadata = ((TOKEN_HEADER, peer_token(self.cluster.secret.encode())),)
-        logs = {market: read_log(self.cluster.sequencer_address, market) for market in self.markets}
+        logs = {market: read_log(self.cluster, market) for market in self.markets}
         genuine = [entry for entries in logs.values() for entry in entries[-300:]]
         if not genuine:
             return

@@ -16,9 +16,10 @@ from typing import Protocol
 import grpc
 
 from discovery import Registry, ServiceInstance, Watch
-from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, TOKEN_HEADER, peer_token
+from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, token_metadata
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
-from exchange.runtime import CHANNEL_OPTIONS
+from exchange.runtime import aio_channel
+from exchange.tls import TlsConfig
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,13 @@ class GateStream:
         self._lock = asyncio.Lock()
 
     async def ask(
-        self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float
+        self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> sequencer_pb2.SequenceResponse:
         async with self._lock:
             if self._call is None or stub is not self._stub or self._call.done():  # none, moved, or ended
                 self.reset()
-                self._stub, self._call = stub, stub.SequenceStream()
+                self._stub, self._call = stub, stub.SequenceStream(metadata=metadata)
             call = self._call
             # a watchdog rather than asyncio.wait_for, which costs a task and a loop iteration per answer
             expired = False
@@ -123,9 +125,11 @@ class SequencerLink:
     """Calls to the Sequencer, retried across short outages until `outage_s` has passed."""
 
     def __init__(
-        self, registry: Registry | None, static_target: str | None = None, outage_s: float = 5.0,
-        call_timeout_s: float = 5.0,
+        self, secret: bytes, registry: Registry | None, static_target: str | None = None, outage_s: float = 5.0,
+        call_timeout_s: float = 5.0, tls: TlsConfig | None = None,
     ) -> None:
+        self.metadata = token_metadata(secret)
+        self.tls = tls
         self.static_target = static_target
         self.watch: Watch | None = None
         if static_target is None:
@@ -154,7 +158,7 @@ class SequencerLink:
             if self._channel is not None:
                 asyncio.get_running_loop().create_task(self._channel.close())
             self._target = target
-            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = aio_channel(target, self.tls)
             self._stub = sequencer_pb2_grpc.SequencerStub(self._channel)
         return self._stub
 
@@ -186,7 +190,9 @@ class SequencerLink:
         gate = self._gates.get(request.market)
         if gate is None:
             gate = self._gates[request.market] = GateStream(request.market)
-        return await self._retrying("Sequence", lambda stub: gate.ask(stub, request, self.call_timeout_s))
+        return await self._retrying(
+            "Sequence", lambda stub: gate.ask(stub, request, self.call_timeout_s, self.metadata)
+        )
 
     async def current_seq(self, market: str) -> int:
         response = await self._retrying(
@@ -201,7 +207,7 @@ class SequencerLink:
         """Batches of log entries from_seq..to_seq (0: up to the current sequence)."""
         request = sequencer_pb2.ReadLogRequest(market=market, from_seq=from_seq, to_seq=to_seq)
         try:
-            async for batch in self.stub().ReadLog(request, timeout=120):
+            async for batch in self.stub().ReadLog(request, timeout=120, metadata=self.metadata):
                 yield list(batch.entries)
         except grpc.aio.AioRpcError as error:
             raise Unavailable(f"reading the Sequencer's log failed: {error.code().name} {error.details()}") from error
@@ -302,9 +308,10 @@ class PeerSet:
     """The passing `peer-server` instances except this node, with one channel each."""
 
     def __init__(self, registry: Registry | None, node_id: str, secret: bytes,
-                 static_peers: list[str] | None = None) -> None:
+                 static_peers: list[str] | None = None, tls: TlsConfig | None = None) -> None:
         self.node_id = node_id
-        self.metadata = ((TOKEN_HEADER, peer_token(secret)),)
+        self.tls = tls
+        self.metadata = token_metadata(secret)
         self.static_peers = static_peers
         self.watch: Watch | None = None
         if static_peers is None:
@@ -326,7 +333,7 @@ class PeerSet:
     def _stub(self, target: str) -> exchange_pb2_grpc.ExchangeNodeStub:
         stub = self._stubs.get(target)
         if stub is None:
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = aio_channel(target, self.tls)
             self._channels[target] = channel
             stub = self._stubs[target] = exchange_pb2_grpc.ExchangeNodeStub(channel)
         return stub

@@ -8,7 +8,14 @@ import logging
 import socket
 
 from discovery.consul import ConsulRegistry
-from exchange.cluster import PEER_SERVICE, add_cluster_arguments, parse_markets, split_host_port
+from exchange.cluster import (
+    PEER_SERVICE,
+    add_cluster_arguments,
+    parse_markets,
+    peer_token,
+    refuse_development_secret,
+    split_host_port,
+)
 from exchange.errors import ExchangeError
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
@@ -16,6 +23,7 @@ from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
+from exchange.tls import add_tls_argument, load_tls
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")
@@ -36,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--snapshot-threshold", type=int, default=10_000,
                         help="log entries behind at start from which a peer's snapshot is fetched first")
     add_cluster_arguments(parser)
+    add_tls_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -80,13 +89,15 @@ async def initial_catch_up(
 async def serve(args: argparse.Namespace) -> None:
     host, port = split_host_port(args.listen)
     secret = args.cluster_secret.encode()
-    server = GrpcServer(args.listen, [exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"]])
+    tls = load_tls(args.tls_dir)
+    service_descriptor = exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"]
+    server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls)
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
     consul_host, consul_port = split_host_port(args.consul)
-    registry = ConsulRegistry(consul_host, consul_port)
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     replica = Replica(args.markets, journal_size=args.journal_size)
-    sequencer = SequencerLink(registry if args.sequencer is None else None, args.sequencer)
-    peers = PeerSet(registry, node_id, secret)
+    sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls)
+    peers = PeerSet(registry, node_id, secret, tls=tls)
     pipelines = {
         market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)
         for market in replica.markets
@@ -128,6 +139,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    refuse_development_secret(args.listen, args.cluster_secret)
     configure_logging("node", args.log_level)
     run(lambda: serve(args))
 

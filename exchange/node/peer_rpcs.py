@@ -1,7 +1,9 @@
-"""The cluster's own RPCs: BroadcastOrder(Stream) and GetSnapshot, for callers holding the cluster token.
+"""The cluster's own RPCs: BroadcastOrder(Stream) and GetSnapshot.
 
-A broadcast entry is applied only if the Sequencer's MAC proves it is the Sequencer's own log entry, so
-a forged, altered or misnumbered broadcast can never change a book, even from a caller with the token.
+Only callers holding the cluster token reach them (exchange.runtime.RequireClusterToken checks it for every
+cluster-internal method before a handler runs). Even then, a broadcast entry is applied only if the
+Sequencer's MAC proves it is the Sequencer's own log entry, so a forged, altered or misnumbered broadcast can
+never change a book.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from exchange.cluster import TOKEN_HEADER, peer_token
 from exchange.entries import entry_is_authentic
-from exchange.errors import InvalidArgument, PermissionDenied, rpc
+from exchange.errors import InvalidArgument, rpc
 from exchange.node.lifecycle import NodeState
 from exchange.node.replica import Replica
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
@@ -26,21 +27,12 @@ class PeerRPCs:
         self.node = node
         self.replica = replica
         self.secret = secret
-        self.token = peer_token(secret)
         self.streams = LongLivedStreams()  # incoming BroadcastOrderStreams, ended before a graceful stop
-
-    def _require_peer(self, context: grpc.aio.ServicerContext, method: str) -> None:
-        token = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER)
-        if token != self.token:
-            raise PermissionDenied(
-                f"{method} is for peers of this cluster only: the {TOKEN_HEADER} metadata is missing or wrong"
-            )
 
     @rpc
     async def GetSnapshot(
         self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReplicaSnapshot:
-        self._require_peer(context, "GetSnapshot")
         self.node.require_serving()
         engine, client_order_ids = self.replica.snapshot()
         return pb.ReplicaSnapshot(
@@ -52,7 +44,6 @@ class PeerRPCs:
     async def BroadcastOrder(
         self, request: pb.BroadcastOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.BroadcastOrderResponse:
-        self._require_peer(context, "BroadcastOrder")
         return pb.BroadcastOrderResponse(accepted=self.accept_broadcast(request))
 
     @rpc
@@ -60,7 +51,6 @@ class PeerRPCs:
     async def BroadcastOrderStream(
         self, request_iterator: AsyncIterator[pb.BroadcastOrderRequest | Malformed], context: grpc.aio.ServicerContext
     ) -> pb.BroadcastOrderResponse:
-        self._require_peer(context, "BroadcastOrderStream")
         accepted = 0
         with self.streams.track(context):
             async for request in request_iterator:

@@ -15,7 +15,7 @@ import pytest
 from devtools.cluster import Cluster
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
-from exchange.cluster import parse_markets, peer_token
+from exchange.cluster import peer_token
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -79,7 +79,7 @@ def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_l
     assert errors == [], "no order may fail without a fault (CONTRACT 3.3)"
     assert len(results) == clients_per_node * 3 * orders_per_client
     view = cluster.wait_converged()
-    replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    replay = replay_cluster(cluster)
     for market, (seq, checksum) in view.items():
         assert replay.engine.last_seq(market) == seq
         assert replay.engine.checksum(market) == checksum
@@ -126,7 +126,7 @@ def test_broadcast_stream_ignores_known_entries_and_ends_at_a_forged_one_without
     for price in (101, 102):
         stubs[0].CreateOrder(pb.CreateOrderRequest(size=-3, limit_price=price), timeout=10)
     before = cluster.wait_converged()
-    genuine = read_log(cluster.sequencer_address, "BTC-USD")
+    genuine = read_log(cluster, "BTC-USD")
     forged = types_pb2.SequencedCommand()
     forged.CopyFrom(genuine[-1])
     forged.seq += 1  # the next number, with a command and MAC the Sequencer never gave it

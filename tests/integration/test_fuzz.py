@@ -91,7 +91,7 @@ class Answer:
         return self.request.market or parse_markets(self.cluster.markets)[0].symbol  # type: ignore[attr-defined]
 
     def replay(self) -> Replay:
-        return replay_cluster(self.cluster.sequencer_address, parse_markets(self.cluster.markets))
+        return replay_cluster(self.cluster)
 
     def unchanged(self) -> None:
         assert state(self.cluster) == self.before, "a read (or a refused broadcast) changed a book"

@@ -11,7 +11,6 @@ import pytest
 from devtools.cluster import Cluster
 from devtools.verify import replay_cluster
 from devtools.workload import SIZE_ZERO, UNKNOWN_MARKET, Workload
-from exchange.cluster import parse_markets
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
@@ -65,7 +64,7 @@ def test_a_stream_answers_every_order_in_order_with_per_order_errors_and_replica
             assert seqs == sorted(seqs)
 
     view = cluster.wait_converged()
-    replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    replay = replay_cluster(cluster)
     for market, (seq, checksum) in view.items():
         assert (replay.engine.last_seq(market), replay.engine.checksum(market)) == (seq, checksum)
     for response in responses:
@@ -129,7 +128,7 @@ def test_batched_entry_answers_each_order_of_each_batch_like_order_entry(cluster
         seqs = [r.seq for r in responses if r.market == market]
         assert seqs == sorted(seqs), "a stream's orders are sequenced in the order sent"
     cluster.wait_converged()
-    replay = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    replay = replay_cluster(cluster)
     for response in responses:
         assert response == replay.expected_answer(response)
 

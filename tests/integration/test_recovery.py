@@ -24,7 +24,7 @@ import pytest
 from devtools.cluster import Cluster, wait_until
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import OrderGenerator, Workload
-from exchange.cluster import parse_markets
+from exchange.cluster import parse_markets, token_metadata
 from exchange.errors import Unavailable
 from exchange.node.links import GateStream
 from exchange.v1 import exchange_pb2 as pb
@@ -54,7 +54,7 @@ def orders(markets: list[str], rng: random.Random) -> OrderGenerator:
 def checksums_equal_replay(cluster: Cluster, views: dict[str, tuple[int, int]]) -> None:
     """The replayed log gives every market's (seq, checksum) the converged nodes report, and no
     command was numbered twice (a node's (origin_node, origin_ref) is unique per command)."""
-    result = replay_cluster(cluster.sequencer_address, parse_markets(cluster.markets))
+    result = replay_cluster(cluster)
     replayed = {m: (result.engine.last_seq(m), result.engine.checksum(m)) for m in result.engine.markets}
     assert replayed == views
     for market, commands in result.commands.items():
@@ -249,7 +249,7 @@ def test_sequencer_killed_and_restarted_loses_no_acknowledged_order(make_cluster
             retried[request.client_order_id] = response
 
         views = c.wait_converged(nodes=[0, 1, 2])
-        logs = {market: read_log(c.sequencer_address, market) for market in markets}
+        logs = {market: read_log(c, market) for market in markets}
         by_seq: dict[tuple[str, int], str] = {}
         seen: dict[str, list[tuple[str, int]]] = {}
         for market, entries in logs.items():
@@ -295,7 +295,7 @@ def test_client_order_id_places_one_order_across_nodes(cluster: Cluster,
     assert sorted(r.duplicate for r in pair) == [False, True]
 
     views = cluster.wait_converged()
-    log = read_log(cluster.sequencer_address, first.market)
+    log = read_log(cluster, first.market)
     ids = [types_pb2.Command.FromString(entry.command).client_order_id for entry in log]
     assert ids == ["idem-1", "idem-2"]
     book = stubs[2].GetOrderBook(pb.GetOrderBookRequest(), timeout=CALL_TIMEOUT)
@@ -321,15 +321,16 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         channel = grpc.aio.insecure_channel(c.sequencer_address)
         stub = sequencer_pb2_grpc.SequencerStub(channel)
         gate = GateStream("GATE-TEST")
-        first = await gate.ask(stub, request(0), timeout=5)
+        token = token_metadata(c.secret.encode())
+        first = await gate.ask(stub, request(0), 5, token)
         assert first.granted and first.current_seq == 1
         c.sequencer.signal(signal.SIGSTOP)
         try:
             with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
-                await asyncio.wait_for(gate.ask(stub, request(1), timeout=0.5), 10)  # fails rather than hangs
+                await asyncio.wait_for(gate.ask(stub, request(1), 0.5, token), 10)  # fails rather than hangs
         finally:
             c.sequencer.signal(signal.SIGCONT)
-        again = await gate.ask(stub, request(1), timeout=5)  # the node's retry states the same applied sequence
+        again = await gate.ask(stub, request(1), 5, token)  # the node's retry states the same applied sequence
         # Either the stalled request was numbered (then the retry is stale and carries it back) or it never
         # reached the gate (then the retry is granted); never both.
         assert again.current_seq == 2

@@ -18,7 +18,7 @@ from exchange.v1 import types_pb2
 from tests.unit.fakes import SECRET, Aborted, FakeContext, signed_entry
 
 M = "BTC-USD"
-TOKEN = FakeContext(((TOKEN_HEADER, peer_token(SECRET)),))
+TOKEN = FakeContext(((TOKEN_HEADER, peer_token(SECRET)),))  # checked before the handler (test_cluster_token)
 
 
 def order(seq: int) -> types_pb2.SequencedCommand:
@@ -61,18 +61,6 @@ def test_a_forged_entry_is_refused_and_nothing_of_its_message_is_applied(forgery
         broadcast(peer, order(1), forged(order(1), **forgery))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert (peer.replica.applied_seq(M), peer.replica.checksum(M)) == (0, before)
-
-
-@pytest.mark.parametrize("metadata", [(), ((TOKEN_HEADER, ""),), ((TOKEN_HEADER, peer_token(b"another secret")),)])
-def test_without_the_cluster_token_peer_calls_are_permission_denied(metadata: tuple[tuple[str, str], ...]) -> None:
-    peer = rpcs()
-    with pytest.raises(Aborted) as refused:
-        broadcast(peer, order(1), context=FakeContext(metadata))
-    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED and TOKEN_HEADER in refused.value.details
-    with pytest.raises(Aborted) as snapshot:
-        asyncio.run(peer.GetSnapshot(pb.GetSnapshotRequest(), FakeContext(metadata)))
-    assert snapshot.value.code == grpc.StatusCode.PERMISSION_DENIED
-    assert peer.replica.applied_seq(M) == 0
 
 
 def test_a_broadcast_stream_ends_at_a_forged_message_keeping_what_came_before() -> None:
