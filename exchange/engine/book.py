@@ -351,26 +351,18 @@ class Book:
     def amend(self, cmd: AmendOrder) -> list[Event]:
         """Change a resting order's open size and/or price (see the package docstring for the rules).
 
-        Check order: AMEND_SIZE_INVALID (new_size not a positive int), ORDER_NOT_FOUND, size (total
-        ``filled + new_size`` above max_size, lot), price (bounds, tick), AMEND_NO_CHANGE,
-        POST_ONLY_WOULD_TAKE (a post-only order amended to a crossing price).
+        Check order: AMEND_SIZE_INVALID, ORDER_NOT_FOUND, the market's rules for the order's filled size
+        (``MarketConfig.amend_error``: size, then price), AMEND_NO_CHANGE, POST_ONLY_WOULD_TAKE (a
+        post-only order amended to a crossing price).
         """
         market, seq, order_id, new_size, new_price = self.market, cmd.seq, cmd.order_id, cmd.new_size, cmd.new_price
         order = self.orders.get(order_id) if type(order_id) is int else None
-        _, max_size, lot, _, _, _ = self.limits
-        reason = None
-        if type(new_size) is not int or new_size <= 0:
-            reason = RejectReason.AMEND_SIZE_INVALID
-        elif order is None:
-            reason = RejectReason.ORDER_NOT_FOUND
-        elif order[SIZE] - order[REMAINING] + new_size > max_size:
-            reason = RejectReason.SIZE_OUT_OF_BOUNDS
-        elif new_size % lot:
-            reason = RejectReason.SIZE_NOT_ON_LOT
-        elif new_price is not None:
-            reason = self.config.price_error(new_price)
-        if reason is None:
-            assert order is not None
+        filled = 0 if order is None else order[SIZE] - order[REMAINING]
+        reason = self.config.amend_error(new_size, new_price, filled)
+        if order is None:
+            if reason is not RejectReason.AMEND_SIZE_INVALID:  # the one check that ranks before the order's
+                reason = RejectReason.ORDER_NOT_FOUND
+        elif reason is None:
             price = order[PRICE] if new_price is None else new_price
             if price == order[PRICE] and new_size == order[REMAINING]:
                 reason = RejectReason.AMEND_NO_CHANGE
@@ -380,7 +372,6 @@ class Book:
 
         side = order[SIDE]
         own, opp = (self.bids, self.asks) if side is BUY else (self.asks, self.bids)
-        filled = order[SIZE] - order[REMAINING]
         if price == order[PRICE] and new_size < order[REMAINING]:  # a pure reduction keeps priority
             order[SIZE] = filled + new_size
             order[REMAINING] = new_size

@@ -27,28 +27,32 @@ def resolve_market(markets: Mapping[str, eng.MarketConfig], name: str) -> eng.Ma
     return config
 
 
-def explain(reason: eng.RejectReason, config: eng.MarketConfig, field: str, value: int) -> str:
-    """A person's version of a market-rule rejection of `field` = `value`."""
+def explain(reason: eng.RejectReason, config: eng.MarketConfig, size: int, price: int | None) -> str:
+    """A person's version of a market-rule rejection of a request's `size` and `limit_price` (None: unset),
+    naming the field at fault and the bound it breaks."""
     symbol = config.symbol
+    if reason is eng.RejectReason.SIZE_OUT_OF_BOUNDS:
+        if size > config.max_size:
+            return f"size {size} is above {symbol}'s maximum size {config.max_size} (lots)"
+        return f"size {size} is below {symbol}'s minimum size {config.min_size} (lots)"
     messages = {
+        eng.RejectReason.SIZE_NOT_ON_LOT: f"size {size} is not a multiple of {symbol}'s lot size {config.lot_size}",
+        eng.RejectReason.AMEND_SIZE_INVALID:
+            f"size must be the new positive remaining size (lots), got {size}; to remove an order, cancel it",
         eng.RejectReason.PRICE_OUT_OF_BOUNDS:
-            f"{field} {value} is outside {symbol}'s price bounds [{config.min_price}, {config.max_price}] (ticks)",
+            f"limit_price {price} is outside {symbol}'s price bounds [{config.min_price}, {config.max_price}] (ticks)",
         eng.RejectReason.PRICE_NOT_ON_TICK:
-            f"{field} {value} is not a multiple of {symbol}'s tick size {config.tick_size}",
-        eng.RejectReason.SIZE_OUT_OF_BOUNDS:
-            f"{field} {value} is outside {symbol}'s size bounds [{config.min_size}, {config.max_size}] (lots)",
-        eng.RejectReason.SIZE_NOT_ON_LOT:
-            f"{field} {value} is not a multiple of {symbol}'s lot size {config.lot_size}",
-        eng.RejectReason.PRICE_REQUIRED: f"this order type needs a positive {field} (ticks)",
+            f"limit_price {price} is not a multiple of {symbol}'s tick size {config.tick_size}",
+        eng.RejectReason.PRICE_REQUIRED: "this order type needs a positive limit_price (ticks)",
         eng.RejectReason.PRICE_NOT_ALLOWED:
-            f"a MARKET order takes no {field}: leave it unset, or use a LIMIT or IOC order",
+            "a MARKET order takes no limit_price: leave it unset, or use a LIMIT or IOC order",
     }
-    return messages.get(reason, f"{field} {value}: {reason.name}")
+    return messages.get(reason, f"size {size}, limit_price {price}: {reason.name}")
 
 
-def _refuse(reason: eng.RejectReason | None, config: eng.MarketConfig, field: str, value: int) -> None:
+def _refuse(reason: eng.RejectReason | None, config: eng.MarketConfig, size: int, price: int | None) -> None:
     if reason is not None:
-        raise InvalidArgument(explain(reason, config, field, value))
+        raise InvalidArgument(explain(reason, config, size, price))
 
 
 def _check_client_order_id(client_order_id: str) -> None:
@@ -83,12 +87,12 @@ def new_order_command(
     if order_type not in eng.OrderType._value2member_map_:
         names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
         raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
-    _refuse(config.size_error(size), config, "size", size)
+    _refuse(config.size_error(size), config, size, None)
     price = request.limit_price or None
     if price is not None and price < 0:
         raise InvalidArgument(f"limit_price must be positive (ticks), got {price}")
     reason = config.order_error(eng.Side(side), eng.OrderType(order_type), size, price)
-    _refuse(reason, config, "limit_price", request.limit_price)
+    _refuse(reason, config, size, request.limit_price)
     _check_client_order_id(request.client_order_id)
     return types_pb2.Command(
         market=config.symbol,
@@ -119,15 +123,10 @@ def amend_command(
     config = resolve_market(markets, request.market)
     if request.order_id <= 0:
         raise InvalidArgument(f"order_id must be positive (the order's sequence number), got {request.order_id}")
-    if request.size <= 0:
-        raise InvalidArgument(
-            f"size must be the new positive remaining size (lots), got {request.size}; to remove an order, cancel it"
-        )
-    _refuse(config.size_error(request.size), config, "size", request.size)
-    if request.limit_price < 0:
-        raise InvalidArgument(f"limit_price must be positive, or 0 to keep the price; got {request.limit_price}")
-    if request.limit_price:
-        _refuse(config.price_error(request.limit_price), config, "limit_price", request.limit_price)
+    # the order's filled size is unknown until the amend is sequenced: 0 gives a necessary condition; the
+    # engine applies the rest (the total size bound, the order's existence) to the order it finds
+    price = request.limit_price or None  # 0 keeps the price
+    _refuse(config.amend_error(request.size, price), config, request.size, price)
     return types_pb2.Command(
         market=config.symbol,
         amend_order=types_pb2.AmendOrderCommand(

@@ -105,11 +105,11 @@ def _refused(error: type[Exception], message: str):  # noqa: ANN202 - a pytest.r
         ({"size": 5, "limit_price": 100, "order_type": 9}, InvalidArgument,
          "unknown order_type 9: use one of LIMIT (1), MARKET (2), IOC (3), FOK (4), POST_ONLY (5)"),
         ({"size": 2, "limit_price": 100, "market": "SOL-USD"}, InvalidArgument,
-         "size 2 is outside SOL-USD's size bounds [4, 100] (lots)"),
+         "size 2 is below SOL-USD's minimum size 4 (lots)"),
         ({"size": -102, "limit_price": 100, "market": "SOL-USD"}, InvalidArgument,
-         "size 102 is outside SOL-USD's size bounds [4, 100] (lots)"),
+         "size 102 is above SOL-USD's maximum size 100 (lots)"),
         ({"size": -(2**63), "limit_price": 100}, InvalidArgument,
-         f"size {2**63} is outside BTC-USD's size bounds [1, {MAX}] (lots)"),
+         f"size {2**63} is above BTC-USD's maximum size {MAX} (lots)"),
         ({"size": 5, "limit_price": 100, "market": "SOL-USD"}, InvalidArgument,
          "size 5 is not a multiple of SOL-USD's lot size 2"),
         ({"size": 5}, InvalidArgument, "this order type needs a positive limit_price (ticks)"),
@@ -148,7 +148,7 @@ def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_boun
         ({"order_id": 1, "size": -4}, InvalidArgument,
          "size must be the new positive remaining size (lots), got -4; to remove an order, cancel it"),
         ({"order_id": 1, "size": 102, "market": "SOL-USD"}, InvalidArgument,
-         "size 102 is outside SOL-USD's size bounds [4, 100] (lots)"),
+         "size 102 is above SOL-USD's maximum size 100 (lots)"),
         ({"order_id": 1, "size": 5, "market": "SOL-USD"}, InvalidArgument,
          "size 5 is not a multiple of SOL-USD's lot size 2"),
         ({"order_id": 1, "size": 4, "limit_price": 505, "market": "SOL-USD"}, InvalidArgument,
@@ -156,7 +156,7 @@ def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_boun
         ({"order_id": 1, "size": 4, "limit_price": 52, "market": "SOL-USD"}, InvalidArgument,
          "limit_price 52 is not a multiple of SOL-USD's tick size 5"),
         ({"order_id": 1, "size": 4, "limit_price": -3}, InvalidArgument,
-         "limit_price must be positive, or 0 to keep the price; got -3"),
+         f"limit_price -3 is outside BTC-USD's price bounds [1, {MAX}] (ticks)"),
         ({"order_id": 1, "size": 4, "market": "DOGE"}, NotFound,
          "unknown market 'DOGE'; this cluster trades: BTC-USD, ETH-USD, SOL-USD"),
     ],
@@ -166,6 +166,14 @@ def test_bad_amends_are_refused_with_a_message_naming_the_field_and_the_bound(
 ) -> None:
     with _refused(error, message):
         convert.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1")  # type: ignore[arg-type]
+
+
+def test_an_amend_below_min_size_passes_validation_and_the_engine_accepts_it() -> None:
+    """min_size is not applied to an amend (see exchange.engine): it may shrink an order like a partial cancel."""
+    engine = eng.Engine([STRICT])
+    engine.apply(eng.SubmitOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100))
+    command = convert.amend_command(pb.AmendOrderRequest(market="SOL-USD", order_id=1, size=2), CONFIGS, "node-1")
+    assert engine.apply(convert.engine_command(command, 2)) == [eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True)]
 
 
 def test_bad_cancels_are_refused_with_a_message_naming_the_field() -> None:
