@@ -14,7 +14,6 @@ from exchange.v1 import types_pb2
 MAX_CLIENT_ORDER_ID = 64
 MAX_DEPTH = 1000
 DEFAULT_DEPTH = 10
-PRICED_TYPES = (eng.OrderType.LIMIT, eng.OrderType.IOC, eng.OrderType.FOK, eng.OrderType.POST_ONLY)
 
 
 def resolve_market(markets: Mapping[str, eng.MarketConfig], name: str) -> eng.MarketConfig:
@@ -67,7 +66,10 @@ def _check_client_order_id(client_order_id: str) -> None:
 def new_order_command(
     request: pb.CreateOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
 ) -> types_pb2.Command:
-    """Validates a CreateOrderRequest and turns it into the command to sequence."""
+    """Validates a CreateOrderRequest and turns it into the command to sequence.
+
+    Only what protobuf adds is checked here (the sign of size, the side and order_type numbers, the
+    client_order_id); the market's rules are ``MarketConfig.order_error``'s, the engine's own."""
     config = resolve_market(markets, request.market)
     size = request.size
     if size == 0:
@@ -87,12 +89,8 @@ def new_order_command(
     if order_type not in eng.OrderType._value2member_map_:
         names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
         raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
-    _refuse(config.size_error(size), config, size, None)
-    price = request.limit_price or None
-    if price is not None and price < 0:
-        raise InvalidArgument(f"limit_price must be positive (ticks), got {price}")
-    reason = config.order_error(eng.Side(side), eng.OrderType(order_type), size, price)
-    _refuse(reason, config, size, request.limit_price)
+    price = request.limit_price or None  # 0: unset
+    _refuse(config.order_error(eng.Side(side), eng.OrderType(order_type), size, price), config, size, price)
     _check_client_order_id(request.client_order_id)
     return types_pb2.Command(
         market=config.symbol,
