@@ -46,6 +46,16 @@ from collections.abc import Iterator
 from sortedcontainers import SortedList
 
 from exchange.engine.model import (
+    BUY,
+    FOK,
+    IOC,
+    LIMIT,
+    MARKET,
+    ORDER_TYPES,
+    POST_ONLY,
+    SELL,
+    SIDES,
+    USER,
     AmendOrder,
     CancelOrder,
     CancelReason,
@@ -72,17 +82,6 @@ _ANY_PRICE = 2**63  # limit key of a market order: larger than every real key, s
 _SLACK = 16  # tombstones tolerated in a level beyond its live count before compaction
 
 _new = tuple.__new__  # builds an event without the NamedTuple's Python-level __new__
-
-BUY = Side.BUY
-SELL = Side.SELL
-LIMIT = OrderType.LIMIT
-MARKET = OrderType.MARKET
-IOC = OrderType.IOC
-FOK = OrderType.FOK
-POST_ONLY = OrderType.POST_ONLY
-USER = CancelReason.USER  # module constants: an enum attribute lookup costs ~60 ns
-_SIDES: dict[object, Side] = {1: BUY, 2: SELL}
-_TYPES: dict[object, OrderType] = {t.value: t for t in OrderType}
 
 
 class _SideBook:
@@ -205,9 +204,9 @@ class Book:
         price = cmd.price
         if side is not BUY and side is not SELL:
             # a plain int 1/2 becomes the enum; anything else (even an unhashable value) None
-            side = _SIDES.get(side) if type(side) is int else None
+            side = SIDES.get(side) if type(side) is int else None
         if type(otype) is not OrderType:
-            otype = _TYPES.get(otype) if type(otype) is int else None
+            otype = ORDER_TYPES.get(otype) if type(otype) is int else None
         reason = self.config.order_error(side, otype, size, price)
         market = self.market
         if reason is not None:

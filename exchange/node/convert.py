@@ -75,22 +75,22 @@ def new_order_command(
     if size == 0:
         raise InvalidArgument("size must not be 0: give a positive size to buy or a negative size to sell (lots)")
     if request.side == types_pb2.SIDE_UNSPECIFIED:
-        side = types_pb2.BUY if size > 0 else types_pb2.SELL
-    elif request.side in (types_pb2.BUY, types_pb2.SELL):
-        side = request.side
-        if size < 0 and side == types_pb2.BUY:
+        side = eng.Side.BUY if size > 0 else eng.Side.SELL
+    else:
+        side = eng.SIDES.get(request.side)
+        if side is None:
+            raise InvalidArgument(f"unknown side {request.side}: use BUY (1) or SELL (2), or leave it unset")
+        if size < 0 and side is eng.Side.BUY:
             raise InvalidArgument(
                 f"side BUY contradicts the negative size {size}: use a positive size to buy, or side SELL"
             )
-    else:
-        raise InvalidArgument(f"unknown side {request.side}: use BUY (1) or SELL (2), or leave it unset")
     size = abs(size)
-    order_type = request.order_type or types_pb2.LIMIT
-    if order_type not in eng.OrderType._value2member_map_:
+    order_type = eng.ORDER_TYPES.get(request.order_type or types_pb2.LIMIT)
+    if order_type is None:
         names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
         raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
     price = request.limit_price or None  # 0: unset
-    _refuse(config.order_error(eng.Side(side), eng.OrderType(order_type), size, price), config, size, price)
+    _refuse(config.order_error(side, order_type, size, price), config, size, price)
     _check_client_order_id(request.client_order_id)
     return types_pb2.Command(
         market=config.symbol,
@@ -140,8 +140,8 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
     if kind == "new_order":
         order = command.new_order
         # unknown numbers pass through as they are: the engine rejects them (INVALID_SIDE/INVALID_ORDER_TYPE)
-        order_type = _ORDER_TYPES.get(order.order_type, order.order_type)
-        side = _SIDES.get(order.side, order.side)
+        order_type = eng.ORDER_TYPES.get(order.order_type, order.order_type)
+        side = eng.SIDES.get(order.side, order.side)
         price = order.price if order_type is not eng.OrderType.MARKET else (order.price or None)
         return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price)  # type: ignore[arg-type]
     if kind == "cancel_order":
@@ -150,10 +150,6 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
         amend = command.amend_order
         return eng.AmendOrder(command.market, seq, amend.order_id, amend.new_size, amend.new_price or None)
     raise ValueError(f"sequenced command {seq} of {command.market} has no kind")
-
-
-_ORDER_TYPES = {t.value: t for t in eng.OrderType}
-_SIDES = {s.value: s for s in eng.Side}
 
 
 # -- events to protobuf ---------------------------------------------------------------------------

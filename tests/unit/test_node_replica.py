@@ -184,6 +184,12 @@ def test_bad_cancels_are_refused_with_a_message_naming_the_field() -> None:
         convert.cancel_command(pb.CancelOrderRequest(market="DOGE", order_id=1), CONFIGS, "node-1")
 
 
+def test_protobuf_enum_values_are_the_engines() -> None:
+    """convert decodes protobuf's numbers with the engine's maps (eng.SIDES, eng.ORDER_TYPES): they must agree."""
+    assert {n: v for n, v in types_pb2.Side.items() if v} == {s.name: s.value for s in eng.Side}
+    assert {n: v for n, v in types_pb2.OrderType.items() if v} == {t.name: t.value for t in eng.OrderType}
+
+
 def test_side_comes_from_the_sign_of_size_when_unset() -> None:
     sell = convert.new_order_command(pb.CreateOrderRequest(size=-10, limit_price=100), CONFIGS, "n")
     buy = convert.new_order_command(pb.CreateOrderRequest(size=10, limit_price=100), CONFIGS, "n")
