@@ -129,21 +129,24 @@ class _SideBook:
             self.drop_level(price)
 
     def unlink(self, order: Order) -> int:
-        """Take a live order out of its level (leaving a tombstone); return the open size it had."""
-        price = order[PRICE]
+        """Take a live order out of its level (a tombstone, or popped at the front); return its open size."""
+        price = order[2]  # price
         queue = self.levels[price]
-        remaining = order[REMAINING]
-        order[REMAINING] = 0
-        if queue[0] is order:
+        remaining = order[0]  # remaining
+        order[0] = 0  # now a tombstone
+        if queue[0] is order:  # the front order leaves, with any tombstones behind it
             queue.popleft()
-            self.pop_front_tombstones(price, queue)
-            return remaining
-        self.tombs[price] = self.tombs.get(price, 0) + 1
-        self.compact(price)
+            if not queue or not queue[0][0]:
+                self.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
+        else:  # a tombstone behind the front order: count it
+            tombs = self.tombs
+            tombs[price] = tombs.get(price, 0) + 1
+            self.compact(price)
         return remaining
 
     def compact(self, price: int) -> None:
-        """Rebuild level ``price`` without tombstones if they outnumber its live orders by ``_SLACK``."""
+        """The compaction rule, applied after a level gains a tombstone or loses live orders: rebuild level
+        ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``."""
         tombs = self.tombs.get(price)
         if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
             self.levels[price] = deque([o for o in self.levels[price] if o[REMAINING]])
@@ -316,10 +319,8 @@ class Book:
                 trade_id += 1
                 remaining = 0
             if not remaining:
-                # fills at this level may have left it tombstone-heavy (a dropped level has no count)
-                tombs = opp.tombs.get(price)
-                if tombs and tombs > len(queue) - tombs + _SLACK:
-                    opp.compact(price)
+                if opp.tombs.get(price):  # fills took live orders from a level with tombstones (a dropped
+                    opp.compact(price)  # level has no count)
                 break
             best = opp.best  # the level was dropped: next level
         self.next_trade_id = trade_id
@@ -330,22 +331,8 @@ class Book:
         order = self.orders.pop(order_id, None) if type(order_id) is int else None
         if order is None:
             return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND))]
-        size = order[0]  # remaining
-        order[0] = 0  # now a tombstone
         side = self.bids if order[4] is BUY else self.asks  # side
-        price = order[2]  # price
-        queue = side.levels[price]
-        if queue[0] is order:  # the front order leaves, with any tombstones behind it
-            queue.popleft()
-            if not queue or not queue[0][0]:
-                side.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
-        else:  # a tombstone behind the front order: count it, compact the level if they dominate
-            tombs = side.tombs
-            count = tombs.get(price, 0) + 1
-            tombs[price] = count
-            if count > len(queue) - count + _SLACK:
-                side.compact(price)
-        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, size, USER))]
+        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, side.unlink(order), USER))]
 
     def amend(self, cmd: AmendOrder) -> list[Event]:
         """Change a resting order's open size and/or price (see the package docstring for the rules).
