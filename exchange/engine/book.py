@@ -140,13 +140,18 @@ class _SideBook:
                 self.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
         else:  # a tombstone behind the front order: count it
             tombs = self.tombs
-            tombs[price] = tombs.get(price, 0) + 1
-            self.compact(price)
+            count = tombs[price] = tombs.get(price, 0) + 1
+            if count > _SLACK:  # see compact: no call while the rule cannot hold
+                self.compact(price)
         return remaining
 
     def compact(self, price: int) -> None:
         """The compaction rule, applied after a level gains a tombstone or loses live orders: rebuild level
-        ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``."""
+        ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``.
+
+        The rule cannot hold while a level has at most ``_SLACK`` tombstones, so the hot paths skip the
+        call then (measured: a call per cancel and per aggressive order cost ~2% of the engine's time).
+        """
         tombs = self.tombs.get(price)
         if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
             self.levels[price] = deque([o for o in self.levels[price] if o[REMAINING]])
@@ -319,8 +324,8 @@ class Book:
                 trade_id += 1
                 remaining = 0
             if not remaining:
-                if opp.tombs.get(price):  # fills took live orders from a level with tombstones (a dropped
-                    opp.compact(price)  # level has no count)
+                if opp.tombs.get(price, 0) > _SLACK:  # fills took live orders from a level with tombstones
+                    opp.compact(price)  # (see compact; a dropped level has no count)
                 break
             best = opp.best  # the level was dropped: next level
         self.next_trade_id = trade_id
