@@ -10,12 +10,11 @@ import uuid
 
 import grpc
 
+from exchange.engine import OrderType
 from exchange.runtime import sync_channel
 from exchange.tls import TlsConfig, add_tls_argument, load_tls
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
-
-ORDER_TYPES = {name: value for name, value in types_pb2.OrderType.items() if value}
 
 
 def _stub(address: str, tls: TlsConfig | None = None) -> exchange_pb2_grpc.ExchangeNodeStub:
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         order = commands.add_parser(side, help=f"place a {side} order")
         order.add_argument("size", type=int, help="size in lots")
         order.add_argument("--price", type=int, default=0, help="limit price in ticks (not for market orders)")
-        order.add_argument("--type", choices=list(ORDER_TYPES), default="LIMIT")
+        order.add_argument("--type", choices=[t.name for t in OrderType], default="LIMIT")
         order.add_argument("--client-order-id", default=None, help="idempotency key (default: a new random one)")
     cancel = commands.add_parser("cancel", help="cancel a resting order")
     cancel.add_argument("order_id", type=int)
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             side = types_pb2.BUY if args.command == "buy" else types_pb2.SELL
             result = stub.CreateOrder(pb.CreateOrderRequest(
                 market=args.market, size=args.size, limit_price=args.price, side=side,
-                order_type=ORDER_TYPES[args.type], client_order_id=args.client_order_id or uuid.uuid4().hex,
+                order_type=OrderType[args.type], client_order_id=args.client_order_id or uuid.uuid4().hex,
             ), timeout=30)
             print(format_order_result(result))
         elif args.command == "cancel":

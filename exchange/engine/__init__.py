@@ -50,12 +50,19 @@ Snapshots (``Engine.snapshot()`` / ``Engine.restore(data)``)
     resting orders ``[id, price, size, remaining, post_only]`` in priority order. Restoring gives the same
     checksums and the same events for the same following commands; bad input raises ValueError.
 
+Enums
+    ``Side``, ``OrderType``, ``RejectReason``, ``CancelReason`` are ``IntEnum``s. ``SIDES`` and ``ORDER_TYPES``
+    map an int value to its ``Side`` or ``OrderType`` (protobuf's values are the same, see types.proto):
+    every layer decodes numbers with them. ``SubmitOrder`` also takes the plain ints and normalises them.
+
 Memory is proportional to the resting orders: filled and cancelled orders leave every structure (a
 cancelled order may linger as a bounded tombstone, see ``exchange.engine.book``), empty levels are removed.
 """
 
 from exchange.engine.engine import Engine
 from exchange.engine.model import (
+    ORDER_TYPES,
+    SIDES,
     AmendOrder,
     CancelOrder,
     CancelReason,
@@ -78,6 +85,8 @@ from exchange.engine.model import (
 )
 
 __all__ = [
+    "ORDER_TYPES",
+    "SIDES",
     "AmendOrder",
     "CancelOrder",
     "CancelReason",

@@ -46,6 +46,16 @@ from collections.abc import Iterator
 from sortedcontainers import SortedList
 
 from exchange.engine.model import (
+    BUY,
+    FOK,
+    IOC,
+    LIMIT,
+    MARKET,
+    ORDER_TYPES,
+    POST_ONLY,
+    SELL,
+    SIDES,
+    USER,
     AmendOrder,
     CancelOrder,
     CancelReason,
@@ -72,17 +82,6 @@ _ANY_PRICE = 2**63  # limit key of a market order: larger than every real key, s
 _SLACK = 16  # tombstones tolerated in a level beyond its live count before compaction
 
 _new = tuple.__new__  # builds an event without the NamedTuple's Python-level __new__
-
-BUY = Side.BUY
-SELL = Side.SELL
-LIMIT = OrderType.LIMIT
-MARKET = OrderType.MARKET
-IOC = OrderType.IOC
-FOK = OrderType.FOK
-POST_ONLY = OrderType.POST_ONLY
-USER = CancelReason.USER  # module constants: an enum attribute lookup costs ~60 ns
-_SIDES: dict[object, Side] = {1: BUY, 2: SELL}
-_TYPES: dict[object, OrderType] = {t.value: t for t in OrderType}
 
 
 class _SideBook:
@@ -130,21 +129,29 @@ class _SideBook:
             self.drop_level(price)
 
     def unlink(self, order: Order) -> int:
-        """Take a live order out of its level (leaving a tombstone); return the open size it had."""
-        price = order[PRICE]
+        """Take a live order out of its level (a tombstone, or popped at the front); return its open size."""
+        price = order[2]  # price
         queue = self.levels[price]
-        remaining = order[REMAINING]
-        order[REMAINING] = 0
-        if queue[0] is order:
+        remaining = order[0]  # remaining
+        order[0] = 0  # now a tombstone
+        if queue[0] is order:  # the front order leaves, with any tombstones behind it
             queue.popleft()
-            self.pop_front_tombstones(price, queue)
-            return remaining
-        self.tombs[price] = self.tombs.get(price, 0) + 1
-        self.compact(price)
+            if not queue or not queue[0][0]:
+                self.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
+        else:  # a tombstone behind the front order: count it
+            tombs = self.tombs
+            count = tombs[price] = tombs.get(price, 0) + 1
+            if count > _SLACK:  # see compact: no call while the rule cannot hold
+                self.compact(price)
         return remaining
 
     def compact(self, price: int) -> None:
-        """Rebuild level ``price`` without tombstones if they outnumber its live orders by ``_SLACK``."""
+        """The compaction rule, applied after a level gains a tombstone or loses live orders: rebuild level
+        ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``.
+
+        The rule cannot hold while a level has at most ``_SLACK`` tombstones, so the hot paths skip the
+        call then (measured: a call per cancel and per aggressive order cost ~2% of the engine's time).
+        """
         tombs = self.tombs.get(price)
         if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
             self.levels[price] = deque([o for o in self.levels[price] if o[REMAINING]])
@@ -205,9 +212,9 @@ class Book:
         price = cmd.price
         if side is not BUY and side is not SELL:
             # a plain int 1/2 becomes the enum; anything else (even an unhashable value) None
-            side = _SIDES.get(side) if type(side) is int else None
+            side = SIDES.get(side) if type(side) is int else None
         if type(otype) is not OrderType:
-            otype = _TYPES.get(otype) if type(otype) is int else None
+            otype = ORDER_TYPES.get(otype) if type(otype) is int else None
         reason = self.config.order_error(side, otype, size, price)
         market = self.market
         if reason is not None:
@@ -317,10 +324,8 @@ class Book:
                 trade_id += 1
                 remaining = 0
             if not remaining:
-                # fills at this level may have left it tombstone-heavy (a dropped level has no count)
-                tombs = opp.tombs.get(price)
-                if tombs and tombs > len(queue) - tombs + _SLACK:
-                    opp.compact(price)
+                if opp.tombs.get(price, 0) > _SLACK:  # fills took live orders from a level with tombstones
+                    opp.compact(price)  # (see compact; a dropped level has no count)
                 break
             best = opp.best  # the level was dropped: next level
         self.next_trade_id = trade_id
@@ -331,46 +336,24 @@ class Book:
         order = self.orders.pop(order_id, None) if type(order_id) is int else None
         if order is None:
             return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND))]
-        size = order[0]  # remaining
-        order[0] = 0  # now a tombstone
         side = self.bids if order[4] is BUY else self.asks  # side
-        price = order[2]  # price
-        queue = side.levels[price]
-        if queue[0] is order:  # the front order leaves, with any tombstones behind it
-            queue.popleft()
-            if not queue or not queue[0][0]:
-                side.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
-        else:  # a tombstone behind the front order: count it, compact the level if they dominate
-            tombs = side.tombs
-            count = tombs.get(price, 0) + 1
-            tombs[price] = count
-            if count > len(queue) - count + _SLACK:
-                side.compact(price)
-        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, size, USER))]
+        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, side.unlink(order), USER))]
 
     def amend(self, cmd: AmendOrder) -> list[Event]:
         """Change a resting order's open size and/or price (see the package docstring for the rules).
 
-        Check order: AMEND_SIZE_INVALID (new_size not a positive int), ORDER_NOT_FOUND, size (total
-        ``filled + new_size`` above max_size, lot), price (bounds, tick), AMEND_NO_CHANGE,
-        POST_ONLY_WOULD_TAKE (a post-only order amended to a crossing price).
+        Check order: AMEND_SIZE_INVALID, ORDER_NOT_FOUND, the market's rules for the order's filled size
+        (``MarketConfig.amend_error``: size, then price), AMEND_NO_CHANGE, POST_ONLY_WOULD_TAKE (a
+        post-only order amended to a crossing price).
         """
         market, seq, order_id, new_size, new_price = self.market, cmd.seq, cmd.order_id, cmd.new_size, cmd.new_price
         order = self.orders.get(order_id) if type(order_id) is int else None
-        _, max_size, lot, _, _, _ = self.limits
-        reason = None
-        if type(new_size) is not int or new_size <= 0:
-            reason = RejectReason.AMEND_SIZE_INVALID
-        elif order is None:
-            reason = RejectReason.ORDER_NOT_FOUND
-        elif order[SIZE] - order[REMAINING] + new_size > max_size:
-            reason = RejectReason.SIZE_OUT_OF_BOUNDS
-        elif new_size % lot:
-            reason = RejectReason.SIZE_NOT_ON_LOT
-        elif new_price is not None:
-            reason = self.config.price_error(new_price)
-        if reason is None:
-            assert order is not None
+        filled = 0 if order is None else order[SIZE] - order[REMAINING]
+        reason = self.config.amend_error(new_size, new_price, filled)
+        if order is None:
+            if reason is not RejectReason.AMEND_SIZE_INVALID:  # the one check that ranks before the order's
+                reason = RejectReason.ORDER_NOT_FOUND
+        elif reason is None:
             price = order[PRICE] if new_price is None else new_price
             if price == order[PRICE] and new_size == order[REMAINING]:
                 reason = RejectReason.AMEND_NO_CHANGE
@@ -380,7 +363,6 @@ class Book:
 
         side = order[SIDE]
         own, opp = (self.bids, self.asks) if side is BUY else (self.asks, self.bids)
-        filled = order[SIZE] - order[REMAINING]
         if price == order[PRICE] and new_size < order[REMAINING]:  # a pure reduction keeps priority
             order[SIZE] = filled + new_size
             order[REMAINING] = new_size

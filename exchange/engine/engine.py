@@ -10,6 +10,9 @@ from types import MappingProxyType
 
 from exchange.engine.book import ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, Book, Order
 from exchange.engine.model import (
+    BUY,
+    LIMIT,
+    SELL,
     AmendOrder,
     CancelOrder,
     Command,
@@ -17,7 +20,6 @@ from exchange.engine.model import (
     MarketConfig,
     OrderAccepted,
     OrderRested,
-    OrderType,
     OrderView,
     SequenceError,
     Side,
@@ -30,9 +32,6 @@ SNAPSHOT_VERSION = 1
 _HEADER = struct.Struct(">8sHI")  # magic, version, crc32 of the body
 _CONFIG_FIELDS = ("symbol", "tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
 
-BUY = Side.BUY
-SELL = Side.SELL
-LIMIT = OrderType.LIMIT
 _new = tuple.__new__  # builds an event without the NamedTuple's Python-level __new__
 
 Level = tuple[int, int, int]  # (price, total open size, order count)

@@ -14,7 +14,6 @@ from exchange.v1 import types_pb2
 MAX_CLIENT_ORDER_ID = 64
 MAX_DEPTH = 1000
 DEFAULT_DEPTH = 10
-PRICED_TYPES = (eng.OrderType.LIMIT, eng.OrderType.IOC, eng.OrderType.FOK, eng.OrderType.POST_ONLY)
 
 
 def resolve_market(markets: Mapping[str, eng.MarketConfig], name: str) -> eng.MarketConfig:
@@ -27,28 +26,32 @@ def resolve_market(markets: Mapping[str, eng.MarketConfig], name: str) -> eng.Ma
     return config
 
 
-def explain(reason: eng.RejectReason, config: eng.MarketConfig, field: str, value: int) -> str:
-    """A person's version of a market-rule rejection of `field` = `value`."""
+def explain(reason: eng.RejectReason, config: eng.MarketConfig, size: int, price: int | None) -> str:
+    """A person's version of a market-rule rejection of a request's `size` and `limit_price` (None: unset),
+    naming the field at fault and the bound it breaks."""
     symbol = config.symbol
+    if reason is eng.RejectReason.SIZE_OUT_OF_BOUNDS:
+        if size > config.max_size:
+            return f"size {size} is above {symbol}'s maximum size {config.max_size} (lots)"
+        return f"size {size} is below {symbol}'s minimum size {config.min_size} (lots)"
     messages = {
+        eng.RejectReason.SIZE_NOT_ON_LOT: f"size {size} is not a multiple of {symbol}'s lot size {config.lot_size}",
+        eng.RejectReason.AMEND_SIZE_INVALID:
+            f"size must be the new positive remaining size (lots), got {size}; to remove an order, cancel it",
         eng.RejectReason.PRICE_OUT_OF_BOUNDS:
-            f"{field} {value} is outside {symbol}'s price bounds [{config.min_price}, {config.max_price}] (ticks)",
+            f"limit_price {price} is outside {symbol}'s price bounds [{config.min_price}, {config.max_price}] (ticks)",
         eng.RejectReason.PRICE_NOT_ON_TICK:
-            f"{field} {value} is not a multiple of {symbol}'s tick size {config.tick_size}",
-        eng.RejectReason.SIZE_OUT_OF_BOUNDS:
-            f"{field} {value} is outside {symbol}'s size bounds [{config.min_size}, {config.max_size}] (lots)",
-        eng.RejectReason.SIZE_NOT_ON_LOT:
-            f"{field} {value} is not a multiple of {symbol}'s lot size {config.lot_size}",
-        eng.RejectReason.PRICE_REQUIRED: f"this order type needs a positive {field} (ticks)",
+            f"limit_price {price} is not a multiple of {symbol}'s tick size {config.tick_size}",
+        eng.RejectReason.PRICE_REQUIRED: "this order type needs a positive limit_price (ticks)",
         eng.RejectReason.PRICE_NOT_ALLOWED:
-            f"a MARKET order takes no {field}: leave it unset, or use a LIMIT or IOC order",
+            "a MARKET order takes no limit_price: leave it unset, or use a LIMIT or IOC order",
     }
-    return messages.get(reason, f"{field} {value}: {reason.name}")
+    return messages.get(reason, f"size {size}, limit_price {price}: {reason.name}")
 
 
-def _refuse(reason: eng.RejectReason | None, config: eng.MarketConfig, field: str, value: int) -> None:
+def _refuse(reason: eng.RejectReason | None, config: eng.MarketConfig, size: int, price: int | None) -> None:
     if reason is not None:
-        raise InvalidArgument(explain(reason, config, field, value))
+        raise InvalidArgument(explain(reason, config, size, price))
 
 
 def _check_client_order_id(client_order_id: str) -> None:
@@ -63,32 +66,31 @@ def _check_client_order_id(client_order_id: str) -> None:
 def new_order_command(
     request: pb.CreateOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
 ) -> types_pb2.Command:
-    """Validates a CreateOrderRequest and turns it into the command to sequence."""
+    """Validates a CreateOrderRequest and turns it into the command to sequence.
+
+    Only what protobuf adds is checked here (the sign of size, the side and order_type numbers, the
+    client_order_id); the market's rules are ``MarketConfig.order_error``'s, the engine's own."""
     config = resolve_market(markets, request.market)
     size = request.size
     if size == 0:
         raise InvalidArgument("size must not be 0: give a positive size to buy or a negative size to sell (lots)")
     if request.side == types_pb2.SIDE_UNSPECIFIED:
-        side = types_pb2.BUY if size > 0 else types_pb2.SELL
-    elif request.side in (types_pb2.BUY, types_pb2.SELL):
-        side = request.side
-        if size < 0 and side == types_pb2.BUY:
+        side = eng.Side.BUY if size > 0 else eng.Side.SELL
+    else:
+        side = eng.SIDES.get(request.side)
+        if side is None:
+            raise InvalidArgument(f"unknown side {request.side}: use BUY (1) or SELL (2), or leave it unset")
+        if size < 0 and side is eng.Side.BUY:
             raise InvalidArgument(
                 f"side BUY contradicts the negative size {size}: use a positive size to buy, or side SELL"
             )
-    else:
-        raise InvalidArgument(f"unknown side {request.side}: use BUY (1) or SELL (2), or leave it unset")
     size = abs(size)
-    order_type = request.order_type or types_pb2.LIMIT
-    if order_type not in eng.OrderType._value2member_map_:
+    order_type = eng.ORDER_TYPES.get(request.order_type or types_pb2.LIMIT)
+    if order_type is None:
         names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
         raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
-    _refuse(config.size_error(size), config, "size", size)
-    price = request.limit_price or None
-    if price is not None and price < 0:
-        raise InvalidArgument(f"limit_price must be positive (ticks), got {price}")
-    reason = config.order_error(eng.Side(side), eng.OrderType(order_type), size, price)
-    _refuse(reason, config, "limit_price", request.limit_price)
+    price = request.limit_price or None  # 0: unset
+    _refuse(config.order_error(side, order_type, size, price), config, size, price)
     _check_client_order_id(request.client_order_id)
     return types_pb2.Command(
         market=config.symbol,
@@ -119,15 +121,10 @@ def amend_command(
     config = resolve_market(markets, request.market)
     if request.order_id <= 0:
         raise InvalidArgument(f"order_id must be positive (the order's sequence number), got {request.order_id}")
-    if request.size <= 0:
-        raise InvalidArgument(
-            f"size must be the new positive remaining size (lots), got {request.size}; to remove an order, cancel it"
-        )
-    _refuse(config.size_error(request.size), config, "size", request.size)
-    if request.limit_price < 0:
-        raise InvalidArgument(f"limit_price must be positive, or 0 to keep the price; got {request.limit_price}")
-    if request.limit_price:
-        _refuse(config.price_error(request.limit_price), config, "limit_price", request.limit_price)
+    # the order's filled size is unknown until the amend is sequenced: 0 gives a necessary condition; the
+    # engine applies the rest (the total size bound, the order's existence) to the order it finds
+    price = request.limit_price or None  # 0 keeps the price
+    _refuse(config.amend_error(request.size, price), config, request.size, price)
     return types_pb2.Command(
         market=config.symbol,
         amend_order=types_pb2.AmendOrderCommand(
@@ -143,8 +140,8 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
     if kind == "new_order":
         order = command.new_order
         # unknown numbers pass through as they are: the engine rejects them (INVALID_SIDE/INVALID_ORDER_TYPE)
-        order_type = _ORDER_TYPES.get(order.order_type, order.order_type)
-        side = _SIDES.get(order.side, order.side)
+        order_type = eng.ORDER_TYPES.get(order.order_type, order.order_type)
+        side = eng.SIDES.get(order.side, order.side)
         price = order.price if order_type is not eng.OrderType.MARKET else (order.price or None)
         return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price)  # type: ignore[arg-type]
     if kind == "cancel_order":
@@ -153,10 +150,6 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
         amend = command.amend_order
         return eng.AmendOrder(command.market, seq, amend.order_id, amend.new_size, amend.new_price or None)
     raise ValueError(f"sequenced command {seq} of {command.market} has no kind")
-
-
-_ORDER_TYPES = {t.value: t for t in eng.OrderType}
-_SIDES = {s.value: s for s in eng.Side}
 
 
 # -- events to protobuf ---------------------------------------------------------------------------

@@ -437,6 +437,25 @@ def test_amend_to_invalid_price_is_rejected() -> None:
     assert book.amend(1, 5, 1005) == [rejected(3, RejectReason.PRICE_OUT_OF_BOUNDS, order_id=1)]
 
 
+def test_amend_bounds_the_total_size_by_max_size_and_ignores_min_size() -> None:
+    book = Book(Engine([MarketConfig(M, lot_size=2, min_size=6, max_size=20)]))
+    book.buy(10, 100)
+    book.sell(6, 100)  # order 1: 6 filled, 4 open
+    assert book.amend(1, 2) == [OrderAmended(M, 3, 1, 100, 2, True)]  # below min_size, like a partial cancel
+    assert book.amend(1, 16) == [rejected(4, RejectReason.SIZE_OUT_OF_BOUNDS, order_id=1)]  # 6 + 16 > 20
+    assert book.amend(1, 3) == [rejected(5, RejectReason.SIZE_NOT_ON_LOT, order_id=1)]
+    assert book.amend(1, 14) == [OrderAmended(M, 6, 1, 100, 14, False)]  # 6 + 14 == max_size
+    assert book.engine.order(M, 1) == OrderView(1, BUY, 100, 20, 14, 6)
+
+
+def test_amend_checks_a_positive_size_before_the_order_and_the_order_before_the_market_rules() -> None:
+    book = Book(Engine([MarketConfig(M, lot_size=2, tick_size=5)]))
+    assert book.amend(9, 0) == [rejected(1, RejectReason.AMEND_SIZE_INVALID, order_id=9)]
+    assert book.amend(9, 3, 101) == [rejected(2, RejectReason.ORDER_NOT_FOUND, order_id=9)]
+    book.buy(4, 100)
+    assert book.amend(3, 3, 101) == [rejected(4, RejectReason.SIZE_NOT_ON_LOT, order_id=3)]
+
+
 # ------------------------------------------------------------------------------------------- validation
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -16,7 +17,9 @@ from exchange.v1 import types_pb2
 from tests.unit.fakes import signed_entry
 
 MARKETS = [eng.MarketConfig("BTC-USD"), eng.MarketConfig("ETH-USD", tick_size=5, lot_size=2)]
-CONFIGS = {m.symbol: m for m in MARKETS}
+# for validation: a market where every bound is its own, so a message quoting the wrong one cannot pass
+STRICT = eng.MarketConfig("SOL-USD", tick_size=5, lot_size=2, min_price=50, max_price=500, min_size=4, max_size=100)
+CONFIGS = {m.symbol: m for m in [*MARKETS, STRICT]}
 SECRET = b"secret"
 
 
@@ -124,28 +127,109 @@ def test_forged_entry_fails_authentication() -> None:
     assert not entry_is_authentic(b"other secret", entry)
 
 
+MAX = 2**62  # MarketConfig's default max_price and max_size
+
+
+def _refused(error: type[Exception], message: str):  # noqa: ANN202 - a pytest.raises context
+    """Expects exactly ``message``: the field it names and the bound it quotes, not merely a word of it."""
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
 @pytest.mark.parametrize(
-    ("request_fields", "error", "mentions"),
+    ("request_fields", "error", "message"),
     [
-        ({"size": 0, "limit_price": 100}, InvalidArgument, "size must not be 0"),
-        ({"size": 5}, InvalidArgument, "limit_price"),
-        ({"size": 5, "limit_price": -3}, InvalidArgument, "limit_price"),
-        ({"size": 5, "limit_price": 100, "order_type": types_pb2.MARKET}, InvalidArgument, "MARKET"),
-        ({"size": 5, "limit_price": 100, "order_type": 9}, InvalidArgument, "order_type"),
-        ({"size": 5, "limit_price": 100, "side": 7}, InvalidArgument, "side"),
-        ({"size": -5, "limit_price": 100, "side": types_pb2.BUY}, InvalidArgument, "contradicts"),
-        ({"size": 5, "limit_price": 100, "market": "DOGE"}, NotFound, "unknown market"),
-        ({"size": 4, "limit_price": 101, "market": "ETH-USD"}, InvalidArgument, "tick size"),
-        ({"size": 3, "limit_price": 100, "market": "ETH-USD"}, InvalidArgument, "lot size"),
-        ({"size": -(2**63), "limit_price": 100}, InvalidArgument, "size"),
-        ({"size": 1, "limit_price": 100, "client_order_id": "x" * 65}, InvalidArgument, "client_order_id"),
+        ({"size": 0, "limit_price": 100}, InvalidArgument,
+         "size must not be 0: give a positive size to buy or a negative size to sell (lots)"),
+        ({"size": 5, "limit_price": 100, "side": 7}, InvalidArgument,
+         "unknown side 7: use BUY (1) or SELL (2), or leave it unset"),
+        ({"size": -5, "limit_price": 100, "side": types_pb2.BUY}, InvalidArgument,
+         "side BUY contradicts the negative size -5: use a positive size to buy, or side SELL"),
+        ({"size": 5, "limit_price": 100, "order_type": 9}, InvalidArgument,
+         "unknown order_type 9: use one of LIMIT (1), MARKET (2), IOC (3), FOK (4), POST_ONLY (5)"),
+        ({"size": 2, "limit_price": 100, "market": "SOL-USD"}, InvalidArgument,
+         "size 2 is below SOL-USD's minimum size 4 (lots)"),
+        ({"size": -102, "limit_price": 100, "market": "SOL-USD"}, InvalidArgument,
+         "size 102 is above SOL-USD's maximum size 100 (lots)"),
+        ({"size": -(2**63), "limit_price": 100}, InvalidArgument,
+         f"size {2**63} is above BTC-USD's maximum size {MAX} (lots)"),
+        ({"size": 5, "limit_price": 100, "market": "SOL-USD"}, InvalidArgument,
+         "size 5 is not a multiple of SOL-USD's lot size 2"),
+        ({"size": 5}, InvalidArgument, "this order type needs a positive limit_price (ticks)"),
+        ({"size": 4, "market": "SOL-USD", "order_type": types_pb2.FOK}, InvalidArgument,
+         "this order type needs a positive limit_price (ticks)"),
+        ({"size": 5, "limit_price": -3}, InvalidArgument,
+         f"limit_price -3 is outside BTC-USD's price bounds [1, {MAX}] (ticks)"),
+        ({"size": 5, "limit_price": 100, "order_type": types_pb2.MARKET}, InvalidArgument,
+         "a MARKET order takes no limit_price: leave it unset, or use a LIMIT or IOC order"),
+        ({"size": 4, "limit_price": 505, "market": "SOL-USD"}, InvalidArgument,
+         "limit_price 505 is outside SOL-USD's price bounds [50, 500] (ticks)"),
+        ({"size": 4, "limit_price": 45, "market": "SOL-USD"}, InvalidArgument,
+         "limit_price 45 is outside SOL-USD's price bounds [50, 500] (ticks)"),
+        ({"size": 4, "limit_price": 101, "market": "SOL-USD"}, InvalidArgument,
+         "limit_price 101 is not a multiple of SOL-USD's tick size 5"),
+        ({"size": 5, "limit_price": 100, "market": "DOGE"}, NotFound,
+         "unknown market 'DOGE'; this cluster trades: BTC-USD, ETH-USD, SOL-USD"),
+        ({"size": 1, "limit_price": 100, "client_order_id": "x" * 65}, InvalidArgument,
+         "client_order_id is 65 characters long; at most 64 are allowed"),
+        ({"size": 1, "limit_price": 100, "client_order_id": "a\nb"}, InvalidArgument,
+         "client_order_id must contain printable characters only"),
     ],
 )
-def test_bad_new_orders_are_refused_with_a_message_naming_the_problem(
-    request_fields: dict[str, object], error: type[Exception], mentions: str
+def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_bound(
+    request_fields: dict[str, object], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error, match=mentions):
+    with _refused(error, message):
         convert.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "error", "message"),
+    [
+        ({"order_id": 0, "size": 4}, InvalidArgument, "order_id must be positive (the order's sequence number), got 0"),
+        ({"order_id": 1, "size": 0}, InvalidArgument,
+         "size must be the new positive remaining size (lots), got 0; to remove an order, cancel it"),
+        ({"order_id": 1, "size": -4}, InvalidArgument,
+         "size must be the new positive remaining size (lots), got -4; to remove an order, cancel it"),
+        ({"order_id": 1, "size": 102, "market": "SOL-USD"}, InvalidArgument,
+         "size 102 is above SOL-USD's maximum size 100 (lots)"),
+        ({"order_id": 1, "size": 5, "market": "SOL-USD"}, InvalidArgument,
+         "size 5 is not a multiple of SOL-USD's lot size 2"),
+        ({"order_id": 1, "size": 4, "limit_price": 505, "market": "SOL-USD"}, InvalidArgument,
+         "limit_price 505 is outside SOL-USD's price bounds [50, 500] (ticks)"),
+        ({"order_id": 1, "size": 4, "limit_price": 52, "market": "SOL-USD"}, InvalidArgument,
+         "limit_price 52 is not a multiple of SOL-USD's tick size 5"),
+        ({"order_id": 1, "size": 4, "limit_price": -3}, InvalidArgument,
+         f"limit_price -3 is outside BTC-USD's price bounds [1, {MAX}] (ticks)"),
+        ({"order_id": 1, "size": 4, "market": "DOGE"}, NotFound,
+         "unknown market 'DOGE'; this cluster trades: BTC-USD, ETH-USD, SOL-USD"),
+    ],
+)
+def test_bad_amends_are_refused_with_a_message_naming_the_field_and_the_bound(
+    request_fields: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with _refused(error, message):
+        convert.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1")  # type: ignore[arg-type]
+
+
+def test_an_amend_below_min_size_passes_validation_and_the_engine_accepts_it() -> None:
+    """min_size is not applied to an amend (see exchange.engine): it may shrink an order like a partial cancel."""
+    engine = eng.Engine([STRICT])
+    engine.apply(eng.SubmitOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100))
+    command = convert.amend_command(pb.AmendOrderRequest(market="SOL-USD", order_id=1, size=2), CONFIGS, "node-1")
+    assert engine.apply(convert.engine_command(command, 2)) == [eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True)]
+
+
+def test_bad_cancels_are_refused_with_a_message_naming_the_field() -> None:
+    with _refused(InvalidArgument, "order_id must be positive (the order's sequence number), got -1"):
+        convert.cancel_command(pb.CancelOrderRequest(order_id=-1), CONFIGS, "node-1")
+    with _refused(NotFound, "unknown market 'DOGE'; this cluster trades: BTC-USD, ETH-USD, SOL-USD"):
+        convert.cancel_command(pb.CancelOrderRequest(market="DOGE", order_id=1), CONFIGS, "node-1")
+
+
+def test_protobuf_enum_values_are_the_engines() -> None:
+    """convert decodes protobuf's numbers with the engine's maps (eng.SIDES, eng.ORDER_TYPES): they must agree."""
+    assert {n: v for n, v in types_pb2.Side.items() if v} == {s.name: s.value for s in eng.Side}
+    assert {n: v for n, v in types_pb2.OrderType.items() if v} == {t.name: t.value for t in eng.OrderType}
 
 
 def test_side_comes_from_the_sign_of_size_when_unset() -> None:
