@@ -206,7 +206,7 @@ class Cluster:
         return ServiceProcess(
             "sequencer", "sequencer.main",
             ["--listen", self.sequencer_address, "--data-dir", str(self.workdir / "sequencer"),
-             *self._tls_args("sequencer")],
+             "--markets", self.markets, *self._tls_args("sequencer")],
             self.workdir / "logs" / "sequencer.log", self._env(),
         )
 

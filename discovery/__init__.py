@@ -1,7 +1,9 @@
-"""Service discovery: the interface, and (in `discovery.consul`) the only code that knows Consul.
+"""Service discovery and the cluster's shared configuration: the interface, and (in `discovery.consul`)
+the only code that knows Consul.
 
 This module holds the interface the rest of the product depends on: the :class:`Registry` and
-:class:`Watch` protocols, :class:`ServiceInstance` with its :class:`FrozenMeta`, and
+:class:`Watch` protocols, :class:`ServiceInstance` with its :class:`FrozenMeta`, the :class:`KeyValue`
+store (Consul KV: the cluster-wide configuration, the account registry) with its :class:`KeyWatch`, and
 :class:`DiscoveryError`. It imports only the standard library; `discovery.consul` (the Consul
 implementation, :class:`~discovery.consul.ConsulRegistry`, which production code imports from there)
 imports this module, never the other way round. Nothing here starts processes: the Consul dev agent,
@@ -115,9 +117,50 @@ class Registry(Protocol):
         ...
 
 
+@runtime_checkable
+class KeyWatch(Protocol):
+    """A prefix of the key-value store, followed with blocking queries."""
+
+    def current(self) -> dict[str, bytes] | None:
+        """The latest known keys (full key -> value) under the prefix; None before the first answer. While
+        the store is unreachable this stays the last answer (see `fresh`)."""
+        ...
+
+    def fresh(self) -> bool:
+        """Whether the last attempt to follow the prefix succeeded (False while the store is unreachable)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
+class KeyValue(Protocol):
+    """The cluster's replicated key-value store. Every call raises DiscoveryError when it cannot answer."""
+
+    def get(self, key: str) -> bytes | None:
+        """The value of `key` (a consistent read), None if there is none."""
+        ...
+
+    def create(self, key: str, value: bytes) -> bool:
+        """Writes `key` only if it does not exist yet; returns whether this call created it."""
+        ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def list(self, prefix: str) -> dict[str, bytes]:
+        """Every key under `prefix` with its value."""
+        ...
+
+    def watch_prefix(self, prefix: str, on_change: Callable[[dict[str, bytes]], None] | None = None) -> KeyWatch:
+        """Follows the keys under `prefix`; calls `on_change` (if given) with all of them on every change."""
+        ...
+
+
 __all__ = [
     "DiscoveryError",
     "FrozenMeta",
+    "KeyValue",
+    "KeyWatch",
     "Registry",
     "ServiceInstance",
     "Watch",

@@ -1,4 +1,4 @@
-"""Registry backed by a Consul agent (py-consul), with blocking-query watches.
+"""Registry and key-value store backed by a Consul agent (py-consul), with blocking-query watches.
 
 Resilience rules (Consul may be down or restarted at any time, a ``-dev`` restart loses all state):
 - a watch keeps its last known set while Consul is unreachable, and for ``recovery_grace``
@@ -361,3 +361,98 @@ class ConsulWatch:
             if new_index == index and time.monotonic() - started < 0.05:
                 self._stop.wait(0.05)  # rate limit if Consul answers immediately with no change
             index = max(new_index, 1)
+
+
+class ConsulKV:
+    """The KeyValue store on Consul KV (see `discovery.KeyValue`). Never contacts Consul when constructed."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8500, request_timeout: float = 5.0,
+                 wait: str = "30s") -> None:
+        self.host = host
+        self.port = port
+        self.request_timeout = request_timeout
+        self.wait = wait
+        self._client = consul.Consul(host=host, port=port, connections_timeout=request_timeout)
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as e:
+            raise DiscoveryError(f"Consul KV at {self.host}:{self.port} did not answer {what}: {e}") from e
+
+    def get(self, key: str) -> bytes | None:
+        _, item = self._call(f"a read of {key}", lambda: self._client.kv.get(key, consistency="consistent"))
+        return None if item is None else (item.get("Value") or b"")
+
+    def create(self, key: str, value: bytes) -> bool:
+        return bool(self._call(f"the creation of {key}", lambda: self._client.kv.put(key, value, cas=0)))
+
+    def put(self, key: str, value: bytes) -> None:
+        if not self._call(f"a write of {key}", lambda: self._client.kv.put(key, value)):
+            raise DiscoveryError(f"Consul KV at {self.host}:{self.port} refused the write of {key}")
+
+    def list(self, prefix: str) -> dict[str, bytes]:
+        _, items = self._call(f"a read of {prefix}", lambda: self._client.kv.get(prefix, recurse=True))
+        return {item["Key"]: item.get("Value") or b"" for item in items or []}
+
+    def watch_prefix(self, prefix: str, on_change: Callable[[dict[str, bytes]], None] | None = None) -> ConsulKeyWatch:
+        watch = ConsulKeyWatch(self, prefix, on_change)
+        watch.start()
+        return watch
+
+
+class ConsulKeyWatch:
+    """Blocking queries on a KV prefix in a daemon thread; keeps the last answer while Consul is unreachable."""
+
+    def __init__(self, kv: ConsulKV, prefix: str, on_change: Callable[[dict[str, bytes]], None] | None) -> None:
+        self._kv = kv
+        self.prefix = prefix
+        self._on_change = on_change
+        self._current: dict[str, bytes] | None = None
+        self._fresh = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"consul-kv-watch-{prefix}", daemon=True)
+
+    def current(self) -> dict[str, bytes] | None:
+        return None if self._current is None else dict(self._current)
+
+    def fresh(self) -> bool:
+        return self._fresh
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        kv = self._kv
+        client = consul.Consul(host=kv.host, port=kv.port, connections_timeout=kv.request_timeout)
+        index: int | None = None
+        backoff = _BACKOFF_MIN
+        while not self._stop.is_set():
+            try:
+                new_index, items = client.kv.get(self.prefix, recurse=True, index=index, wait=kv.wait)
+            except Exception as e:
+                if self._fresh or self._current is None:
+                    log.warning("Consul KV at %s:%s unreachable, %s keeps its last known state: %s",
+                                kv.host, kv.port, self.prefix, e)
+                self._fresh = False
+                index = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_MIN
+            if not self._fresh and self._current is not None:
+                log.info("Consul KV at %s:%s answers again for %s", kv.host, kv.port, self.prefix)
+            self._fresh = True
+            values = {item["Key"]: item.get("Value") or b"" for item in items or []}
+            if values != self._current:
+                self._current = values
+                if self._on_change is not None:
+                    try:
+                        self._on_change(dict(values))
+                    except Exception:
+                        log.exception("KV watch callback for %r failed", self.prefix)
+            new_index = int(new_index or 0)
+            index = new_index if index is None or new_index >= index else None  # backwards: a new Consul state

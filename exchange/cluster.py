@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import ipaddress
 import os
+from collections.abc import Iterable
 
 from exchange.engine import MarketConfig
 
@@ -71,8 +72,15 @@ def parse_markets(spec: str) -> list[MarketConfig]:
     return markets
 
 
+def format_markets(markets: Iterable[MarketConfig]) -> str:
+    """The canonical spec of `markets` (parse_markets reads it back): every field, in a fixed order."""
+    return ",".join(
+        ":".join([config.symbol, *(f"{name}={getattr(config, name)}" for name in MARKET_FIELDS)]) for config in markets
+    )
+
+
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every service takes: where Consul is, the cluster secret, the log level."""
+    """The flags every service takes: where Consul is, the cluster secret, the markets, the log level."""
     parser.add_argument(
         "--consul",
         default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
@@ -82,6 +90,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster-secret",
         default=os.environ.get("EXCHANGE_CLUSTER_SECRET", DEFAULT_SECRET),
         help="shared secret: authenticates log entries and peer calls (env EXCHANGE_CLUSTER_SECRET)",
+    )
+    parser.add_argument(
+        "--markets", type=parse_markets, default=None,
+        help="the cluster's markets, the first is the default, e.g. 'BTC-USD,ETH-USD:tick_size=5:lot_size=2' "
+             "(fields: " + ", ".join(MARKET_FIELDS) + "); defined once for the cluster in Consul KV "
+             "(exchange/config/markets) by the first process given it; later ones must match it or omit it",
     )
     parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from discovery.consul import ConsulRegistry
+from discovery.consul import ConsulKV, ConsulRegistry
 from exchange.cluster import (
     SEQUENCER_SERVICE,
     add_cluster_arguments,
@@ -15,6 +15,7 @@ from exchange.cluster import (
     refuse_development_secret,
     split_host_port,
 )
+from exchange.cluster_config import agree_on_markets
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
 from exchange.tls import add_tls_argument, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
@@ -36,9 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    consul_host, consul_port = split_host_port(args.consul)
+    markets = await asyncio.to_thread(agree_on_markets, ConsulKV(consul_host, consul_port), args.markets)
     store = LogStore(args.data_dir / "log.sqlite3")
     store.start(asyncio.get_running_loop())
-    service = SequencerService(store, args.cluster_secret.encode())
+    service = SequencerService(store, args.cluster_secret.encode(), markets)
     token = peer_token(args.cluster_secret.encode())
     tls = load_tls(args.tls_dir)
     server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], token, tls)
@@ -47,7 +50,6 @@ async def serve(args: argparse.Namespace) -> None:
     await server.set_serving(True)
     reporter = asyncio.create_task(service.report(args.stats_s))
     host, _ = split_host_port(args.listen)
-    consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port, {"role": "sequencer"})
     markets = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values()) or "none yet"

@@ -21,13 +21,15 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
 
+from exchange.commands import command_error
+from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
-from exchange.errors import FailedPrecondition, InvalidArgument, rpc
+from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, rpc
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.store import LogStore, StoredEntry
@@ -113,27 +115,33 @@ def exit_on_write_failure(error: BaseException) -> None:
 
 class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     def __init__(
-        self, store: LogStore, secret: bytes,
+        self, store: LogStore, secret: bytes, markets: Iterable[MarketConfig],
         on_write_failure: Callable[[BaseException], None] = exit_on_write_failure,
     ) -> None:
-        """`on_write_failure` is called when a group commit fails; in a service it must stop the process
-        (the default), tests record the failure instead."""
+        """Numbers commands of the cluster's `markets` only. `on_write_failure` is called when a group commit
+        fails; in a service it must stop the process (the default), tests record the failure instead."""
         self.store = store
         self.on_write_failure = on_write_failure
         self.secret = secret
-        self.markets: dict[str, MarketLog] = {}
+        self.configs = {config.symbol: config for config in markets}
+        self.markets = {symbol: MarketLog(symbol, 0) for symbol in self.configs}
         self.streams = LongLivedStreams()  # open SequenceStreams
         for market, seq in store.last_seqs().items():
-            self.markets[market] = MarketLog(market, seq)
+            if market in self.markets:
+                self.markets[market] = MarketLog(market, seq)
+            else:
+                log.warning("the log holds %d entries of %r, which is not one of the cluster's markets %s: "
+                            "they are kept but no longer served", seq, market, ", ".join(self.configs))
         for market, client_order_id, seq in store.client_order_ids():
-            self.markets[market].client_order_ids[client_order_id] = seq
+            if market in self.markets:
+                self.markets[market].client_order_ids[client_order_id] = seq
 
     def market(self, name: str) -> MarketLog:
         if not name:
-            raise InvalidArgument("market is empty: name the market to sequence in")
+            raise InvalidArgument("market is empty: name one of the cluster's markets")
         market = self.markets.get(name)
         if market is None:
-            market = self.markets[name] = MarketLog(name, 0)
+            raise NotFound(f"unknown market {name!r}; this cluster trades: {', '.join(self.configs)}")
         return market
 
     async def _entries(self, market: MarketLog, from_seq: int, to_seq: int) -> list[StoredEntry]:
@@ -171,13 +179,15 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             raise InvalidArgument("no commands to sequence")
         if len(request.commands) > MAX_COMMANDS_PER_REQUEST:
             raise InvalidArgument(f"at most {MAX_COMMANDS_PER_REQUEST} commands per request")
-        for command in request.commands:
+        config = self.configs[market.market]
+        for number, command in enumerate(request.commands):
             if command.market != request.market:
                 raise InvalidArgument(
-                    f"command for market {command.market!r} in a request for {request.market!r}"
+                    f"command {number} is for market {command.market!r} in a request for {request.market!r}; "
+                    "nothing of the request was numbered"
                 )
-            if command.WhichOneof("kind") is None:
-                raise InvalidArgument("a command has no new_order, cancel_order or amend_order")
+            if (error := command_error(command, config)) is not None:
+                raise InvalidArgument(f"command {number}: {error}; nothing of the request was numbered")
         if request.applied_seq > market.current:
             raise FailedPrecondition(
                 f"node {request.node_id} has applied {market.market} up to {request.applied_seq} but the "
@@ -279,7 +289,5 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     async def GetSequence(
         self, request: sequencer_pb2.GetSequenceRequest, context: grpc.aio.ServicerContext
     ) -> sequencer_pb2.GetSequenceResponse:
-        market = self.markets.get(request.market)
-        return sequencer_pb2.GetSequenceResponse(
-            market=request.market, current_seq=market.durable if market else 0
-        )
+        market = self.market(request.market)
+        return sequencer_pb2.GetSequenceResponse(market=request.market, current_seq=market.durable)

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from exchange import engine as eng
+from exchange.commands import client_order_id_error
 from exchange.errors import InvalidArgument, NotFound
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
-MAX_CLIENT_ORDER_ID = 64
 MAX_DEPTH = 1000
 DEFAULT_DEPTH = 10
 
@@ -55,12 +55,8 @@ def _refuse(reason: eng.RejectReason | None, config: eng.MarketConfig, size: int
 
 
 def _check_client_order_id(client_order_id: str) -> None:
-    if len(client_order_id) > MAX_CLIENT_ORDER_ID:
-        raise InvalidArgument(
-            f"client_order_id is {len(client_order_id)} characters long; at most {MAX_CLIENT_ORDER_ID} are allowed"
-        )
-    if not client_order_id.isprintable():
-        raise InvalidArgument("client_order_id must contain printable characters only")
+    if (error := client_order_id_error(client_order_id)) is not None:
+        raise InvalidArgument(error)
 
 
 def new_order_command(

@@ -7,15 +7,15 @@ import asyncio
 import logging
 import socket
 
-from discovery.consul import ConsulRegistry
+from discovery.consul import ConsulKV, ConsulRegistry
 from exchange.cluster import (
     PEER_SERVICE,
     add_cluster_arguments,
-    parse_markets,
     peer_token,
     refuse_development_secret,
     split_host_port,
 )
+from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
@@ -31,10 +31,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="exchange-node", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:50051", help="gRPC listen address host:port")
     parser.add_argument("--node-id", default=None, help="unique node id (default: node-<host>-<port>)")
-    parser.add_argument(
-        "--markets", type=parse_markets, default=parse_markets("BTC-USD"),
-        help="markets traded, the first is the default; e.g. 'BTC-USD,ETH-USD:tick_size=5' (same on every node)",
-    )
     parser.add_argument("--max-retries", type=int, default=5,
                         help="times an order may be invalidated by a stale view before it is ABORTED")
     parser.add_argument("--sequencer", default=None,
@@ -95,7 +91,8 @@ async def serve(args: argparse.Namespace) -> None:
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
     consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
-    replica = Replica(args.markets, journal_size=args.journal_size)
+    markets = await asyncio.to_thread(agree_on_markets, ConsulKV(consul_host, consul_port), args.markets)
+    replica = Replica(markets, journal_size=args.journal_size)
     sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls)
     peers = PeerSet(registry, node_id, secret, tls=tls)
     pipelines = {

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from devtools.cluster import Cluster
 from devtools.verify import Replay, replay_cluster
 from exchange import engine as eng
-from exchange.cluster import TOKEN_HEADER, parse_markets, peer_token
+from exchange.cluster import TOKEN_HEADER, parse_markets, peer_token, token_metadata
+from exchange.commands import command_error
 from exchange.node import convert
 from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import exchange_pb2_grpc, types_pb2
+from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -346,3 +347,81 @@ def test_oversized_request_is_refused_and_the_node_keeps_serving(fuzz_cluster: C
         call(b"\x00" * (2 * 1024 * 1024), timeout=15)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert fuzz_cluster.status(0).state == "SERVING"
+
+
+# -- the Sequencer: the log's RPCs are the cluster's own, and only well-formed commands enter the log ---------
+
+@st.composite
+def sequence_requests(draw: st.DrawFn) -> sequencer_pb2.SequenceRequest:
+    """A SequenceRequest of wild or plausible commands, for a wild or a real market."""
+    market = draw(st.one_of(st.sampled_from(["BTC-USD", "ETH-USD"]), TEXT))
+    commands = []
+    for _ in range(draw(st.integers(0, 4))):
+        f = draw(fields(("size", "price", "side", "order_type", "client_order_id", "order_id")))
+        kind = draw(st.sampled_from(["new_order", "cancel_order", "amend_order", None]))
+        command = types_pb2.Command(market=draw(st.one_of(st.just(market), TEXT)), origin_node="fuzz",
+                                    origin_ref=draw(st.integers(0, 2**64 - 1)), client_order_id=f["client_order_id"])
+        if kind == "new_order":
+            command.new_order.CopyFrom(types_pb2.NewOrderCommand(
+                side=f["side"], order_type=f["order_type"], size=f["size"], price=f["price"]))
+        elif kind == "cancel_order":
+            command.cancel_order.order_id = f["order_id"]
+        elif kind == "amend_order":
+            command.amend_order.CopyFrom(types_pb2.AmendOrderCommand(
+                order_id=f["order_id"], new_size=f["size"], new_price=f["price"]))
+        commands.append(command)
+    return sequencer_pb2.SequenceRequest(market=market, applied_seq=draw(INT64), node_id="fuzz", commands=commands)
+
+
+def log_positions(cluster: Cluster) -> dict[str, int]:
+    with cluster.channel(cluster.sequencer_address) as channel:
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        return {m.symbol: stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=m.symbol), timeout=10).current_seq
+                for m in parse_markets(cluster.markets)}
+
+
+@FUZZ
+@given(request=sequence_requests(), with_token=st.booleans())
+def test_sequence_fuzz_only_well_formed_commands_with_the_token_enter_the_log(
+    fuzz_cluster: Cluster, request: sequencer_pb2.SequenceRequest, with_token: bool
+) -> None:
+    before = log_positions(fuzz_cluster)
+    metadata = token_metadata(fuzz_cluster.secret.encode()) if with_token else ()
+    with fuzz_cluster.channel(fuzz_cluster.sequencer_address) as channel:
+        try:
+            response = sequencer_pb2_grpc.SequencerStub(channel).Sequence(request, metadata=metadata, timeout=15)
+        except grpc.RpcError as error:
+            assert_clear(error)
+            if not with_token:
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+            assert log_positions(fuzz_cluster) == before, "a refused request changed the log"
+            return
+    assert with_token, "the Sequencer answered a caller without the cluster token"
+    configs = {m.symbol: m for m in parse_markets(fuzz_cluster.markets)}
+    for assignment in response.assignments:
+        command = types_pb2.Command.FromString(assignment.entry.command)
+        assert command_error(command, configs[request.market]) is None, f"a malformed command was numbered: {command}"
+
+
+@FUZZ
+@given(method=st.sampled_from(["Sequence", "ReadLog", "GetSequence"]), body=st.binary(max_size=2_000),
+       with_token=st.booleans())
+def test_raw_random_bytes_at_the_sequencer(fuzz_cluster: Cluster, method: str, body: bytes, with_token: bool) -> None:
+    before = log_positions(fuzz_cluster)
+    metadata = token_metadata(fuzz_cluster.secret.encode()) if with_token else ()
+    with fuzz_cluster.channel(fuzz_cluster.sequencer_address) as channel:
+        kind = channel.unary_stream if method == "ReadLog" else channel.unary_unary
+        call = kind(f"/exchange.v1.Sequencer/{method}")
+        try:
+            answer = call(body, metadata=metadata, timeout=15)
+            if method == "ReadLog":
+                list(answer)  # type: ignore[call-overload]
+        except grpc.RpcError as error:
+            assert_clear(error)
+            if not with_token and method != "GetSequence":
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        else:
+            assert with_token or method == "GetSequence", f"{method} answered a caller without the cluster token"
+    if not with_token:
+        assert log_positions(fuzz_cluster) == before
+    assert all(process.running for process in fuzz_cluster.processes())

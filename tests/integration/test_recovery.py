@@ -309,18 +309,18 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
 ) -> None:
     c = make_cluster(nodes=1)
     c.start()
-    command = types_pb2.Command(market="GATE-TEST", origin_node="test", new_order=types_pb2.NewOrderCommand(
+    command = types_pb2.Command(market="BTC-USD", origin_node="test", new_order=types_pb2.NewOrderCommand(
         side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=1, price=100))
 
     def request(applied: int) -> sequencer_pb2.SequenceRequest:
         return sequencer_pb2.SequenceRequest(
-            market="GATE-TEST", applied_seq=applied, node_id="test", commands=[command]
+            market="BTC-USD", applied_seq=applied, node_id="test", commands=[command]
         )
 
     async def scenario() -> None:
         channel = grpc.aio.insecure_channel(c.sequencer_address)
         stub = sequencer_pb2_grpc.SequencerStub(channel)
-        gate = GateStream("GATE-TEST")
+        gate = GateStream("BTC-USD")
         token = token_metadata(c.secret.encode())
         first = await gate.ask(stub, request(0), 5, token)
         assert first.granted and first.current_seq == 1
@@ -339,7 +339,7 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         else:
             assert [entry.seq for entry in again.missing] == [2], "the grant whose answer was lost comes back"
         await asyncio.sleep(0.5)  # a stalled request delivered late must not be numbered either
-        current = await stub.GetSequence(sequencer_pb2.GetSequenceRequest(market="GATE-TEST"), timeout=5)
+        current = await stub.GetSequence(sequencer_pb2.GetSequenceRequest(market="BTC-USD"), timeout=5)
         assert current.current_seq == 2
         await channel.close()
 

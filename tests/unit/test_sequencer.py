@@ -6,16 +6,20 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import grpc
 import pytest
 
+from exchange.engine import MarketConfig
 from exchange.entries import entry_is_authentic
-from exchange.errors import FailedPrecondition
+from exchange.errors import FailedPrecondition, InvalidArgument, NotFound
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer import service as service_module
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
+from tests.unit.fakes import Aborted, FakeContext
 
 SECRET = b"s"
+MARKETS = [MarketConfig("M", tick_size=5, lot_size=1, max_size=1_000)]
 
 
 def order(client_order_id: str = "") -> types_pb2.Command:
@@ -39,7 +43,7 @@ def run_with_service(path: Path, scenario):  # type: ignore[no-untyped-def]
         store = LogStore(path)
         store.start(asyncio.get_running_loop())
         try:
-            return await scenario(SequencerService(store, SECRET, write_failures.append))
+            return await scenario(SequencerService(store, SECRET, MARKETS, write_failures.append))
         finally:
             store.close()
 
@@ -126,7 +130,7 @@ def test_a_failed_log_write_is_reported_and_its_numbers_are_never_answered(tmp_p
     async def scenario() -> None:
         store = LogStore(tmp_path / "log.db")
         store.start(asyncio.get_running_loop())
-        service = SequencerService(store, SECRET, failures.append)
+        service = SequencerService(store, SECRET, MARKETS, failures.append)
         await ask(service, "a", 0, order())
         store._writer.close()  # the disk goes away
         with pytest.raises(sqlite3.ProgrammingError):
@@ -179,5 +183,50 @@ def test_commands_without_an_origin_reference_are_granted_only_to_a_current_node
         behind = await ask(service, "tool", 0, order())
         assert not behind.granted and [e.seq for e in behind.missing] == [1]
         assert (await ask(service, "tool", 1, order())).granted
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_a_market_the_cluster_does_not_trade_is_not_found_and_never_opened(tmp_path: Path) -> None:
+    async def scenario(service: SequencerService) -> None:
+        evil = types_pb2.Command(market="EVIL-12811", new_order=order().new_order)
+        with pytest.raises(NotFound, match="unknown market 'EVIL-12811'; this cluster trades: M"):
+            await service._sequence(sequencer_pb2.SequenceRequest(
+                market="EVIL-12811", applied_seq=0, node_id="x", commands=[evil]))
+        with pytest.raises(Aborted) as refused:
+            await service.GetSequence(sequencer_pb2.GetSequenceRequest(market="EVIL-12811"), FakeContext())
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
+        assert list(service.markets) == ["M"]
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+@pytest.mark.parametrize(("command", "names"), [
+    (types_pb2.Command(market="M"), "has no new_order"),
+    (types_pb2.Command(market="OTHER", new_order=order().new_order), "is for market 'OTHER'"),
+    (types_pb2.Command(market="M", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=-(2**63), price=-5)), "SIZE_OUT_OF_BOUNDS"),
+    (types_pb2.Command(market="M", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=6, price=-5)), "PRICE_OUT_OF_BOUNDS"),
+    (types_pb2.Command(market="M", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=6, price=7)), "PRICE_NOT_ON_TICK"),
+    (types_pb2.Command(market="M", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=1_001, price=5)), "SIZE_OUT_OF_BOUNDS"),
+    (types_pb2.Command(market="M", new_order=types_pb2.NewOrderCommand(
+        side=9, order_type=types_pb2.LIMIT, size=6, price=5)), "INVALID_SIDE"),
+    (types_pb2.Command(market="M", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.SELL, order_type=types_pb2.MARKET, size=6, price=5)), "PRICE_NOT_ALLOWED"),
+    (types_pb2.Command(market="M", cancel_order=types_pb2.CancelOrderCommand(order_id=-1)), "order_id must be"),
+    (types_pb2.Command(market="M", amend_order=types_pb2.AmendOrderCommand(order_id=1, new_size=0)),
+     "AMEND_SIZE_INVALID"),
+    (types_pb2.Command(market="M", client_order_id="x" * 65, new_order=order().new_order), "at most 64"),
+])
+def test_a_malformed_command_is_refused_and_nothing_of_its_request_is_numbered(
+    tmp_path: Path, command: types_pb2.Command, names: str
+) -> None:
+    async def scenario(service: SequencerService) -> None:
+        with pytest.raises(InvalidArgument, match=names):
+            await ask(service, "x", 0, order(), command)
+        assert service.markets["M"].current == 0
 
     run_with_service(tmp_path / "log.db", scenario)
