@@ -150,7 +150,8 @@ class _SideBook:
         ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``.
 
         The rule cannot hold while a level has at most ``_SLACK`` tombstones, so the hot paths skip the
-        call then (measured: a call per cancel and per aggressive order cost ~2% of the engine's time).
+        call then (measured with cachegrind on the bench stream: a call per non-front cancel and per
+        aggressive order cost 1.6% more instructions per operation).
         """
         tombs = self.tombs.get(price)
         if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
