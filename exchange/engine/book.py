@@ -150,7 +150,8 @@ class _SideBook:
         ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``.
 
         The rule cannot hold while a level has at most ``_SLACK`` tombstones, so the hot paths skip the
-        call then (measured: a call per cancel and per aggressive order cost ~2% of the engine's time).
+        call then (measured with cachegrind on the bench stream: a call per non-front cancel and per
+        aggressive order cost 1.6% more instructions per operation).
         """
         tombs = self.tombs.get(price)
         if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
@@ -199,27 +200,39 @@ class Book:
     def submit(self, cmd: SubmitOrder) -> list[Event]:
         """Every submit. Rejections are decided before any trade (nothing changes then).
 
-        ``Engine.apply`` has a fast path for valid LIMIT orders that decides them the same way as this
-        general path.
-
         Check order: side, order type, size (bounds, lot), price (presence, bounds, tick), then the book:
-        POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY.
+        POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY. The most common command, a valid LIMIT
+        order with enum side and type, is recognised by one fast check (it lets nothing else through);
+        everything else is decoded and asked ``MarketConfig.order_error``. Both go on the same way.
         """
         seq = cmd.seq
         side = cmd.side
         otype = cmd.order_type
         size = cmd.size
         price = cmd.price
-        if side is not BUY and side is not SELL:
-            # a plain int 1/2 becomes the enum; anything else (even an unhashable value) None
-            side = SIDES.get(side) if type(side) is int else None
-        if type(otype) is not OrderType:
-            otype = ORDER_TYPES.get(otype) if type(otype) is int else None
-        reason = self.config.order_error(side, otype, size, price)
-        market = self.market
-        if reason is not None:
-            return [_new(OrderRejected, (market, seq, seq, reason))]
+        min_size, max_size, lot, min_price, max_price, tick = self.limits
+        if not (
+            otype is LIMIT
+            and type(price) is int
+            and type(size) is int
+            and min_price <= price  # unchained: two bytecodes fewer than ``a <= b <= c``
+            and price <= max_price
+            and min_size <= size
+            and size <= max_size
+            and not price % tick
+            and not size % lot
+            and (side is BUY or side is SELL)
+        ):
+            if side is not BUY and side is not SELL:
+                # a plain int 1/2 becomes the enum; anything else (even an unhashable value) None
+                side = SIDES.get(side) if type(side) is int else None
+            if type(otype) is not OrderType:
+                otype = ORDER_TYPES.get(otype) if type(otype) is int else None
+            reason = self.config.order_error(side, otype, size, price)
+            if reason is not None:
+                return [_new(OrderRejected, (self.market, seq, seq, reason))]
 
+        market = self.market
         if side is BUY:
             own, opp = self.bids, self.asks
             limit_key = _ANY_PRICE if price is None else price
@@ -228,7 +241,7 @@ class Book:
             limit_key = _ANY_PRICE if price is None else -price
 
         if opp.best > limit_key:  # cannot trade: the common, passive case
-            if otype is LIMIT or otype is POST_ONLY:
+            if otype is LIMIT or otype is POST_ONLY:  # rest (``own.rest``, inlined on the hot path)
                 order = [size, seq, price, size, side, otype is POST_ONLY]
                 queue = own.levels.get(price)
                 if queue is None:

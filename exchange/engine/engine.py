@@ -10,16 +10,11 @@ from types import MappingProxyType
 
 from exchange.engine.book import ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, Book, Order
 from exchange.engine.model import (
-    BUY,
-    LIMIT,
-    SELL,
     AmendOrder,
     CancelOrder,
     Command,
     Event,
     MarketConfig,
-    OrderAccepted,
-    OrderRested,
     OrderView,
     SequenceError,
     Side,
@@ -32,7 +27,6 @@ SNAPSHOT_VERSION = 1
 _HEADER = struct.Struct(">8sHI")  # magic, version, crc32 of the body
 _CONFIG_FIELDS = ("symbol", "tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
 
-_new = tuple.__new__  # builds an event without the NamedTuple's Python-level __new__
 
 Level = tuple[int, int, int]  # (price, total open size, order count)
 
@@ -63,63 +57,15 @@ class Engine:
         exactly ``last_seq(market) + 1``; in both cases nothing changes. Every market-level failure is an
         ``OrderRejected`` event instead, and a rejected command still consumes its seq.
         """
-        book = self._books.get(command.market)
-        if book is None:
-            raise UnknownMarketError(command.market)
+        try:
+            book = self._books[command.market]
+        except KeyError:
+            raise UnknownMarketError(command.market) from None
         seq = command.seq
         if seq != book.last_seq + 1 or type(seq) is not int:
             raise SequenceError(book.market, book.last_seq + 1, seq)
         if type(command) is SubmitOrder:
-            # The fast path for the most common command, a valid LIMIT order, inlined here to save a call:
-            # it rests at once if it cannot trade, else ``Book._take`` matches it. Anything else goes
-            # to ``Book.submit``, which decides every case the same way (this is an optimisation only).
-            price = command.price
-            size = command.size
-            side = command.side
-            min_size, max_size, lot, min_price, max_price, tick = book.limits
-            if (
-                command.order_type is LIMIT
-                and type(price) is int
-                and type(size) is int
-                and min_price <= price <= max_price
-                and min_size <= size <= max_size
-                and not price % tick
-                and not size % lot
-                and (side is BUY or side is SELL)
-            ):
-                if side is BUY:
-                    own = book.bids
-                    opp = book.asks
-                    limit_key = price
-                else:
-                    own = book.asks
-                    opp = book.bids
-                    limit_key = -price
-                if opp.best > limit_key:  # cannot trade: rest (the passive case)
-                    order = [size, seq, price, size, side, False]  # see exchange.engine.book
-                    queue = own.levels.get(price)
-                    if queue is None:
-                        queue = own.add_level(price)
-                    queue.append(order)
-                    book.orders[seq] = order
-                    book.last_seq = seq
-                    market = book.market
-                    return [
-                        _new(OrderAccepted, (market, seq, seq, side, LIMIT, price, size)),
-                        _new(OrderRested, (market, seq, seq, side, price, size)),
-                    ]
-                # it crosses: match, then rest what is left
-                market = book.market
-                events = [_new(OrderAccepted, (market, seq, seq, side, LIMIT, price, size))]
-                remaining = book._take(seq, seq, side, size, limit_key, opp, events)
-                if remaining:
-                    order = [remaining, seq, price, size, side, False]
-                    # a new level: an own order at this price would have crossed the levels it just took
-                    own.add_level(price).append(order)
-                    book.orders[seq] = order
-                    events.append(_new(OrderRested, (market, seq, seq, side, price, remaining)))
-            else:
-                events = book.submit(command)
+            events = book.submit(command)
         elif type(command) is CancelOrder:
             events = book.cancel(command)
         elif type(command) is AmendOrder:

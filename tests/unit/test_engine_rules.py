@@ -498,6 +498,23 @@ def test_invalid_submit_is_rejected_with_reason_and_changes_nothing(
     assert strict.engine.last_seq(M) == 2
 
 
+@pytest.mark.parametrize(
+    ("size", "price", "reason"),
+    [
+        (5, 100.0, RejectReason.PRICE_OUT_OF_BOUNDS),
+        (5, True, RejectReason.PRICE_OUT_OF_BOUNDS),
+        (5.0, 100, RejectReason.SIZE_OUT_OF_BOUNDS),
+        (True, 100, RejectReason.SIZE_OUT_OF_BOUNDS),
+    ],
+)
+def test_limit_order_whose_price_or_size_is_not_an_int_is_rejected(
+    book: Book, size: int, price: int, reason: RejectReason
+) -> None:
+    """Equal to a valid int is not enough: the values would end up in events, checksums and snapshots."""
+    assert book.buy(size, price) == [rejected(1, reason)]
+    assert book.depth() == ([], [])
+
+
 def test_plain_int_side_and_type_are_normalised_to_enums(book: Book) -> None:
     events = book.engine.apply(SubmitOrder(M, 1, 1, 1, 5, 100))
     assert events == [accepted(1, BUY, 100, 5), rested(1, BUY, 100, 5)]
