@@ -41,6 +41,7 @@ test-unit: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install
 	@for peer in lightmatchingengine liquibook; do \

@@ -57,7 +57,7 @@ def print_cluster_status(addresses: list[str], tls: TlsConfig | None = None) -> 
             status = _stub(address, tls).GetStatus(pb.GetStatusRequest(), timeout=3)
         except grpc.RpcError as error:
             failures += 1
-            rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code().name))  # type: ignore[attr-defined]
+            rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code().name))
             continue
         for market in status.markets:
             rows.append((address, status.node_id, status.state, market.market, str(market.applied_seq),
@@ -109,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     stub = _stub(args.node, tls)
     try:
         if args.command in ("buy", "sell"):
-            side = types_pb2.BUY if args.command == "buy" else types_pb2.SELL
             result = stub.CreateOrder(pb.CreateOrderRequest(
-                market=args.market, size=args.size, limit_price=args.price, side=side,
-                order_type=OrderType[args.type], client_order_id=args.client_order_id or uuid.uuid4().hex,
+                market=args.market, size=args.size, limit_price=args.price,
+                side=types_pb2.BUY if args.command == "buy" else types_pb2.SELL,
+                order_type=args.type,  # the enum value's name
+                client_order_id=args.client_order_id or uuid.uuid4().hex,
             ), timeout=30)
             print(format_order_result(result))
         elif args.command == "cancel":
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             return print_cluster_status(args.addresses or [args.node], tls)
     except grpc.RpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -64,7 +64,7 @@ STATUS_BY_ERROR: dict[type[ExchangeError], grpc.StatusCode] = {
 def status_of(error: ExchangeError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return grpc.StatusCode.INTERNAL
 
 

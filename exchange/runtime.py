@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable, Iterator
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -89,6 +89,10 @@ def configure_logging(name: str, level: str = "INFO") -> None:
     )
 
 
+# What a server interceptor is given to resolve a call's handler (grpc.aio's signature).
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
 class Malformed:
     """Stands in for a request whose bytes did not decode."""
 
@@ -99,7 +103,7 @@ class Malformed:
 def receives_malformed_items(handler: Callable[..., object]) -> Callable[..., object]:
     """Marks a request-streaming handler that gets an undecodable stream item as a `Malformed` value (and
     answers it) instead of grpc failing the whole call."""
-    handler.receives_malformed_items = True  # type: ignore[attr-defined]
+    handler.receives_malformed_items = True  # type: ignore[attr-defined]  # a marker attribute on the function
     return handler
 
 
@@ -115,7 +119,8 @@ class RejectMalformedRequests(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         if method in self._wrapped:
             return self._wrapped[method]
@@ -151,15 +156,15 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
     if handler.unary_unary is not None:
         behavior = handler.unary_unary
 
-        async def unary(request, context):  # type: ignore[no-untyped-def]
+        async def unary(request: object, context: grpc.aio.ServicerContext) -> object:
             if isinstance(request, Malformed):
                 await refuse(context, request)
             return await behavior(request, context)
 
-        return handler._replace(request_deserializer=safe_decode, unary_unary=unary)  # type: ignore[attr-defined]
+        return handler._replace(request_deserializer=safe_decode, unary_unary=unary)
     stream_behavior = handler.unary_stream
 
-    async def stream(request, context):  # type: ignore[no-untyped-def]
+    async def stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
         if isinstance(request, Malformed):
             await refuse(context, request)
         produced = stream_behavior(request, context)
@@ -169,7 +174,7 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
         else:  # ... and handlers that call context.write(), like health's Watch
             await produced
 
-    return handler._replace(request_deserializer=safe_decode, unary_stream=stream)  # type: ignore[attr-defined]
+    return handler._replace(request_deserializer=safe_decode, unary_stream=stream)
 
 
 class RequireClusterToken(grpc.aio.ServerInterceptor):
@@ -182,7 +187,8 @@ class RequireClusterToken(grpc.aio.ServerInterceptor):
         self._header = header
         self._denials: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         if method not in self._methods:
             return await continuation(handler_call_details)
@@ -203,10 +209,10 @@ def _denying(handler: grpc.RpcMethodHandler, method: str, header: str) -> grpc.R
     message = (f"{method} is for the cluster's own processes only: the {header} metadata is missing or wrong "
                "(it is derived from the cluster secret, EXCHANGE_CLUSTER_SECRET)")
 
-    async def deny(request, context):  # type: ignore[no-untyped-def]
+    async def deny(request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
 
-    async def deny_stream(request, context):  # type: ignore[no-untyped-def]
+    async def deny_stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
         yield  # pragma: no cover - an async generator, for the streaming-response kinds
 
@@ -290,10 +296,13 @@ async def wait_for_signal() -> str:
     """Returns the name of the first SIGTERM or SIGINT received."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
+
+    def note(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig.name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig, lambda s=sig: received.done() or received.set_result(signal.Signals(s).name)
-        )
+        loop.add_signal_handler(sig, note, sig)
     return await received
 
 
@@ -311,7 +320,7 @@ def configure_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[object, object, None]]) -> None:
     """Runs a service's main coroutine (with the collector configured for a long-lived heap)."""
     configure_gc()
     with contextlib.suppress(KeyboardInterrupt):

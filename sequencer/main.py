@@ -52,9 +52,9 @@ async def serve(args: argparse.Namespace) -> None:
     host, _ = split_host_port(args.listen)
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port, {"role": "sequencer"})
-    markets = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values()) or "none yet"
+    positions = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values())
     log.info("sequencer %s listening on %s:%d; log %s; markets %s; %s", args.id, host, server.port,
-             store.path, markets, grpc_transport())
+             store.path, positions, grpc_transport())
     signal_name = await wait_for_signal()
     log.info("%s received: stopping", signal_name)
     reporter.cancel()

@@ -18,6 +18,7 @@ number it handed out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections import deque
@@ -85,6 +86,11 @@ class MarketLog:
             return self.tail[seq - first]
         return None
 
+    def tail_slice(self, from_seq: int, to_seq: int) -> list[StoredEntry]:
+        """Entries from_seq..to_seq of the tail (the caller checked that from_seq is in it)."""
+        first, tail = self.current - len(self.tail) + 1, self.tail
+        return [tail[seq - first] for seq in range(from_seq, min(to_seq, self.current) + 1)]  # from either end
+
     def mark_durable(self, seq: int, write: asyncio.Future[None]) -> None:
         if write.cancelled() or write.exception() is not None:
             return
@@ -149,7 +155,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         if from_seq > to_seq:
             return []
         if market.tail_entry(from_seq) is not None:
-            return [market.tail_entry(seq) for seq in range(from_seq, to_seq + 1)]  # type: ignore[misc]
+            return market.tail_slice(from_seq, to_seq)
         return await asyncio.to_thread(
             self.store.read, market.market, from_seq, to_seq, to_seq - from_seq + 1
         )
@@ -230,7 +236,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             stats.carried += len(missing)
         if fresh:
             write = self.store.append(fresh)
-            write.add_done_callback(lambda done, seq=fresh[-1].seq: market.mark_durable(seq, done))
+            write.add_done_callback(functools.partial(market.mark_durable, fresh[-1].seq))
             write.add_done_callback(self._check_write)
             market.last_write = write
         await market.until_durable()

@@ -223,14 +223,18 @@ class Book:
             and not size % lot
             and (side is BUY or side is SELL)
         ):
-            if side is not BUY and side is not SELL:
-                # a plain int 1/2 becomes the enum; anything else (even an unhashable value) None
-                side = SIDES.get(side) if type(side) is int else None
-            if type(otype) is not OrderType:
-                otype = ORDER_TYPES.get(otype) if type(otype) is int else None
-            reason = self.config.order_error(side, otype, size, price)
-            if reason is not None:
+            # A logged command may carry any value (model.py): a plain int 1/2 becomes the enum, anything
+            # else (even an unhashable value) None, which order_error refuses.
+            raw_side: object = side
+            raw_type: object = otype
+            decoded_side = raw_side if type(raw_side) is Side else (
+                SIDES.get(raw_side) if type(raw_side) is int else None)
+            decoded_type = raw_type if type(raw_type) is OrderType else (
+                ORDER_TYPES.get(raw_type) if type(raw_type) is int else None)
+            reason = self.config.order_error(decoded_side, decoded_type, size, price)
+            if reason is not None or decoded_side is None or decoded_type is None:
                 return [_new(OrderRejected, (self.market, seq, seq, reason))]
+            side, otype = decoded_side, decoded_type
 
         market = self.market
         if side is BUY:
@@ -243,7 +247,8 @@ class Book:
         if opp.best > limit_key:  # cannot trade: the common, passive case
             if otype is LIMIT or otype is POST_ONLY:  # rest (``own.rest``, inlined on the hot path)
                 order = [size, seq, price, size, side, otype is POST_ONLY]
-                queue = own.levels.get(price)
+                # a LIMIT or POST_ONLY order has an int price here (the fast check, or order_error, said so)
+                queue = own.levels.get(price)  # type: ignore[arg-type]
                 if queue is None:
                     queue = own.add_level(price)  # type: ignore[arg-type]
                 queue.append(order)

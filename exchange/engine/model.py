@@ -198,7 +198,7 @@ Command = SubmitOrder | CancelOrder | AmendOrder
 
 
 def _event_eq(self: tuple, other: object) -> bool:
-    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+    return type(self) is type(other) and tuple.__eq__(self, other)
 
 
 def _event_ne(self: tuple, other: object) -> bool:
@@ -274,9 +274,10 @@ class OrderAmended(NamedTuple):
 Event = OrderAccepted | OrderRejected | OrderFilled | OrderRested | OrderCancelled | OrderAmended
 
 for _cls in (OrderAccepted, OrderRejected, OrderFilled, OrderRested, OrderCancelled, OrderAmended):
-    _cls.__eq__ = _event_eq  # type: ignore[assignment,method-assign]
+    # type-aware equality (module docstring): mypy forbids assigning to methods, which is the point here
+    _cls.__eq__ = _event_eq  # type: ignore[method-assign]
     _cls.__ne__ = _event_ne  # type: ignore[assignment,method-assign]
-    _cls.__hash__ = tuple.__hash__  # type: ignore[assignment,method-assign]
+    _cls.__hash__ = tuple.__hash__  # type: ignore[method-assign]
 del _cls
 
 

@@ -5,6 +5,7 @@ that say what was wrong and what would be right."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 from exchange import engine as eng
 from exchange.commands import client_order_id_error
@@ -70,6 +71,7 @@ def new_order_command(
     size = request.size
     if size == 0:
         raise InvalidArgument("size must not be 0: give a positive size to buy or a negative size to sell (lots)")
+    side: eng.Side | None
     if request.side == types_pb2.SIDE_UNSPECIFIED:
         side = eng.Side.BUY if size > 0 else eng.Side.SELL
     else:
@@ -91,7 +93,7 @@ def new_order_command(
     return types_pb2.Command(
         market=config.symbol,
         new_order=types_pb2.NewOrderCommand(
-            side=side, order_type=order_type, size=size, price=request.limit_price
+            side=proto_side(side), order_type=proto_order_type(order_type), size=size, price=request.limit_price
         ),
         client_order_id=request.client_order_id,
         origin_node=node_id,
@@ -139,6 +141,7 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
         order_type = eng.ORDER_TYPES.get(order.order_type, order.order_type)
         side = eng.SIDES.get(order.side, order.side)
         price = order.price if order_type is not eng.OrderType.MARKET else (order.price or None)
+        # a logged command may carry numbers that are no side or type: the engine rejects them as an event
         return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price)  # type: ignore[arg-type]
     if kind == "cancel_order":
         return eng.CancelOrder(command.market, seq, command.cancel_order.order_id)
@@ -151,6 +154,16 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
 # -- events to protobuf ---------------------------------------------------------------------------
 
 
+def proto_side(side: eng.Side | int) -> types_pb2.Side:
+    """The API's value of an engine side: the same number (types.proto: "Values are shared with the engine")."""
+    return cast(types_pb2.Side, int(side))
+
+
+def proto_order_type(order_type: eng.OrderType | int) -> types_pb2.OrderType:
+    """The API's value of an engine order type: the same number."""
+    return cast(types_pb2.OrderType, int(order_type))
+
+
 def trade(event: eng.OrderFilled) -> pb.Trade:
     return pb.Trade(
         trade_id=event.trade_id,
@@ -158,7 +171,7 @@ def trade(event: eng.OrderFilled) -> pb.Trade:
         size=event.size,
         maker_order_id=event.maker_order_id,
         taker_order_id=event.taker_order_id,
-        taker_side=int(event.taker_side),
+        taker_side=proto_side(event.taker_side),
     )
 
 
@@ -169,13 +182,13 @@ def market_event(event: eng.Event) -> pb.MarketEvent:
     elif isinstance(event, eng.OrderAccepted):
         message.order_accepted.CopyFrom(
             pb.OrderAccepted(
-                order_id=event.order_id, side=int(event.side), order_type=int(event.order_type),
+                order_id=event.order_id, side=proto_side(event.side), order_type=proto_order_type(event.order_type),
                 price=event.price or 0, size=event.size,
             )
         )
     elif isinstance(event, eng.OrderRested):
         message.order_rested.CopyFrom(
-            pb.OrderRested(order_id=event.order_id, side=int(event.side), price=event.price, size=event.size)
+            pb.OrderRested(order_id=event.order_id, side=proto_side(event.side), price=event.price, size=event.size)
         )
     elif isinstance(event, eng.OrderCancelled):
         message.order_cancelled.CopyFrom(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -24,6 +24,7 @@ from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequence
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
@@ -162,7 +163,7 @@ class SequencerLink:
             self._stub = sequencer_pb2_grpc.SequencerStub(self._channel)
         return self._stub
 
-    async def _retrying(self, what: str, call):  # type: ignore[no-untyped-def]
+    async def _retrying(self, what: str, call: Callable[[sequencer_pb2_grpc.SequencerStub], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.outage_s
         delay = 0.05

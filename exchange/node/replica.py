@@ -19,11 +19,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import cast
 
 from exchange import engine as eng
 from exchange.errors import FailedPrecondition
-from exchange.node.convert import engine_command
+from exchange.node.convert import engine_command, proto_side
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -164,7 +163,7 @@ class Replica:
             client_order_id = submitted.command.client_order_id
         view = self._engine.order(market, order_id)
         if view is not None:
-            side = cast(types_pb2.Side, int(view.side))  # the engine's and the API's values are the same
+            side = proto_side(view.side)
             return OrderState(market, order_id, RESTING, side, order_type, view.price, view.size,
                               view.filled, view.remaining, client_order_id)
         finished = self._states[market].finished.get(order_id)
