@@ -1,4 +1,5 @@
-"""Cluster benchmark: a real 3-node cluster (Consul, Sequencer, nodes) against a bare gRPC echo server.
+"""Cluster benchmark: a real 3-node cluster (Consul, Sequencer, nodes) against a bare gRPC echo server, and
+the same load on a 5-node cluster.
 
 Every figure is printed next to its baseline from the same run:
 1. unary CreateOrder at 1, 8 and 64 calls in flight, clients spread over the three nodes: orders/s, p50,
@@ -11,7 +12,10 @@ Every figure is printed next to its baseline from the same run:
    aborts, errors, then the replicas must converge;
 3. catch-up (measured first, on the fresh cluster, so the log holds exactly N entries): a node started
    behind by N log entries: entries/s until it serves, current;
-4. replication lag: time from the client's answer until the order is applied on the other replicas.
+4. replication lag: time from the client's answer until the order is applied on the other replicas;
+5. scale: unary at 64 in flight and both streaming cases again on a 5-node cluster (the 3-node one stopped).
+Every cluster run also reports its cost per order: CPU of the Sequencer and of the nodes (from /proc), and
+the cluster's own messages (gate requests and answers, broadcast stream messages, from the nodes' counters).
 At the end every replica must report the same sequence and checksum, and the trades must equal a replay.
 """
 
@@ -19,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +47,17 @@ from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, ty
 
 CONCURRENCY = (1, 8, 64)
 UNARY_ROUNDS = 2
-TARGET_UNARY_64 = 0.5  # cluster orders/s >= 0.5 x echo calls/s at 64 in flight
-TARGET_P50_1 = 2.0  # cluster p50 <= 2 x echo p50 at 1 in flight
-TARGET_STREAM = 10_000
 STREAMS_PER_NODE = 2
 STREAM_WINDOW = 1024  # orders in flight per stream (the node's own bound per stream is the same)
 STREAM_BATCHES = (1, 100)  # orders per message: OrderEntry, then OrderEntryBatch
+SCALE_NODES = 5
+# The targets (issue "A gate without the wasted round trip"); ratios are against the same run's echo.
+TARGET_UNARY_RATE = {8: 0.35, 64: 0.55}  # cluster orders/s >= x echo calls/s
+TARGET_UNARY_P50 = {1: 3.6, 8: 3.0}  # cluster p50 <= x echo p50
+TARGET_STREAM = {1: 13_000, 100: 30_000}  # orders/s by orders per message
+TARGET_SCALE = 0.6  # 5 nodes >= x the 3-node throughput
 TARGET_CATCH_UP = 200_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _log(message: str) -> None:
@@ -63,10 +73,53 @@ class LoadResult:
     p99_ms: float
     aborted: int
     errors: int
+    cost: dict | None = None
 
     @property
     def rate(self) -> float:
         return self.calls / self.seconds
+
+
+@dataclass
+class Usage:
+    """A cluster's cumulative cost at one moment: CPU seconds per process, the nodes' summed counters."""
+
+    cpu: dict[str, float]
+    counters: Counter[str]
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def _usage(cluster: Cluster) -> Usage:
+    counters: Counter[str] = Counter()
+    for index in range(len(cluster.nodes)):
+        counters.update(dict(cluster.status(index).counters))
+    return Usage({p.name: _cpu_seconds(p.pid) for p in cluster.processes()}, counters)
+
+
+def _cost(before: Usage, after: Usage) -> dict:
+    """What the orders the nodes took between two usages cost (every one, a run's warm-up included): CPU
+    microseconds and cluster messages per order."""
+    counted = after.counters - before.counters
+    orders = max(counted["orders"], 1)
+    cpu = {name: (after.cpu[name] - before.cpu.get(name, 0.0)) * 1e6 / orders for name in after.cpu}
+    gate = 2 * counted["gate_requests"] / orders  # request and answer
+    broadcast = counted["broadcast_messages"] / orders
+    return {
+        "cpu_us": {"sequencer": cpu.get("sequencer", 0.0),
+                   "nodes": sum(value for name, value in cpu.items() if name.startswith("node-")),
+                   "total": sum(cpu.values())},
+        "messages": {"gate": gate, "broadcast": broadcast, "total": gate + broadcast},
+        "gate_batch": counted["gate_commands"] / max(counted["gate_requests"], 1),
+    }
 
 
 # Limit orders on the default market: 1-5 lots at 990-1010 ticks, so about half of them cross.
@@ -123,6 +176,7 @@ class StreamResult:
     converge_seconds: float = 0.0
     first_error: str = ""
     batch: int = 1  # orders per message
+    cost: dict | None = None
 
     @property
     def rate(self) -> float:
@@ -194,7 +248,9 @@ def _streaming_run(cluster: Cluster, seconds: float, batch: int) -> StreamResult
     """One streaming-entry run, then the replicas must converge."""
     how = "one order per message" if batch == 1 else f"batches of {batch} orders (OrderEntryBatch)"
     _log(f"streaming entry, {how}: {STREAMS_PER_NODE} streams per node, window {STREAM_WINDOW} orders")
+    before = _usage(cluster)
     run = asyncio.run(_stream_entry(cluster.node_addresses, seconds, seed=7 + batch, batch=batch))
+    run.cost = _cost(before, _usage(cluster))
     converge_started = time.perf_counter()
     try:
         cluster.wait_converged(120)
@@ -249,10 +305,7 @@ def _unary_rounds(cluster: Cluster, echoes: dict[str, str], seconds: float) -> d
                 _log(f"round {round_number}, {in_flight} in flight, echo ({transport}): {result.rate:,.0f} calls/s, "
                      f"p50 {result.p50_ms:.2f} ms")
                 echo_runs[in_flight].append(result)
-            result = asyncio.run(_drive(cluster.node_addresses, in_flight, seconds, seed=in_flight))
-            _log(f"round {round_number}, {in_flight} in flight, cluster: {result.rate:,.0f} orders/s, p50 "
-                 f"{result.p50_ms:.2f} ms, aborted {result.aborted}, errors {result.errors}")
-            cluster_runs[in_flight].append(result)
+            cluster_runs[in_flight].append(_cluster_unary(cluster, in_flight, seconds, round_number))
     return {
         "echo": [_best(echo_runs[in_flight]) for in_flight in CONCURRENCY],
         "unary": [_best(cluster_runs[in_flight]) for in_flight in CONCURRENCY],
@@ -261,6 +314,18 @@ def _unary_rounds(cluster: Cluster, echoes: dict[str, str], seconds: float) -> d
             "cluster": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in cluster_runs[in_flight]],
         },
     }
+
+
+def _cluster_unary(cluster: Cluster, in_flight: int, seconds: float, round_number: int) -> LoadResult:
+    """One unary run against every node of the cluster, with its cost per order."""
+    before = _usage(cluster)
+    result = asyncio.run(_drive(cluster.node_addresses, in_flight, seconds, seed=in_flight))
+    result.cost = _cost(before, _usage(cluster))
+    _log(f"round {round_number}, {in_flight} in flight, {len(cluster.nodes)} nodes: {result.rate:,.0f} orders/s, "
+         f"p50 {result.p50_ms:.2f} ms, aborted {result.aborted}, errors {result.errors}, "
+         f"{result.cost['cpu_us']['total']:.0f} us CPU and {result.cost['messages']['total']:.2f} cluster "
+         f"messages per order")
+    return result
 
 
 def _answers(address: str) -> bool:
@@ -356,6 +421,30 @@ def _catch_up(cluster: Cluster, entries: int) -> dict:
             "method": "peer snapshot + log" if "restored from" in log else "log replay"}
 
 
+def _scale_runs(workdir: Path, seconds: float) -> dict:
+    """Unary at 64 in flight and both streaming cases on a SCALE_NODES-node cluster."""
+    cluster = Cluster(workdir / f"cluster-{SCALE_NODES}", nodes=SCALE_NODES, secret="bench-secret")
+    _log(f"scale: Consul, the Sequencer and {SCALE_NODES} nodes")
+    try:
+        cluster.start()
+        unary = _best([_cluster_unary(cluster, 64, seconds, n) for n in range(1, UNARY_ROUNDS + 1)])
+        streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
+        view = cluster.wait_converged(60)
+        replay = replay_cluster(cluster)
+        converged = all(replay.engine.checksum(m) == checksum for m, (_, checksum) in view.items())
+    except Exception:
+        print(cluster.logs(), file=sys.stderr)
+        raise
+    finally:
+        cluster.stop()
+    return {"nodes": SCALE_NODES, "unary_64": unary, "streaming": [_stream_figures(run) for run in streaming],
+            "converged": converged}
+
+
+def _stream_figures(run: StreamResult) -> dict:
+    return vars(run) | {"rate": run.rate}
+
+
 def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | None = None) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
@@ -382,13 +471,15 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         raise
     finally:
         cluster.stop()
+    scale = _scale_runs(workdir, seconds)
     return {
         **unary,
         "replication_lag_ms": {"p50": lag_p50, "p99": lag_p99},
         "converged": converged,
         "checksums": {m: c for m, (_, c) in view.items()},
         "catch_up": catch_up,
-        "streaming": [vars(run) | {"rate": run.rate} for run in streaming],
+        "streaming": [_stream_figures(run) for run in streaming],
+        "scale": scale,
     }
 
 
@@ -396,47 +487,80 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def _cost_text(cost: dict | None) -> str:
+    if not cost:
+        return ""
+    cpu, messages = cost["cpu_us"], cost["messages"]
+    return (f"{cpu['total']:>6.0f} us CPU/order (Sequencer {cpu['sequencer']:.0f}, nodes {cpu['nodes']:.0f}), "
+            f"{messages['total']:.2f} cluster messages/order (gate {messages['gate']:.2f}, broadcast "
+            f"{messages['broadcast']:.2f}), gate batch {cost['gate_batch']:.1f}")
+
+
 def table(result: dict) -> str:
     lines = ["cluster benchmark (3 nodes, Sequencer, Consul) vs a bare gRPC echo server, same run; unary figures "
              f"are the best of {UNARY_ROUNDS} interleaved runs each (the echo's over both transports)",
              f"{'in flight':>9} {'echo calls/s':>13} {'cluster orders/s':>17} {'ratio':>6} "
-             f"{'echo p50':>9} {'cluster p50':>12} {'p99':>8} {'aborted':>8} {'errors':>7}"]
+             f"{'echo p50':>9} {'cluster p50':>12} {'p50 ratio':>9} {'p99':>8} {'aborted':>8} {'errors':>7}  cost"]
+    verdicts = []
     for echo, unary in zip(result["echo"], result["unary"], strict=True):
+        in_flight = unary["in_flight"]
+        ratio, p50_ratio = unary["rate"] / echo["rate"], unary["p50_ms"] / echo["p50_ms"]
         lines.append(
-            f"{unary['in_flight']:>9} {echo['rate']:>13,.0f} {unary['rate']:>17,.0f} "
-            f"{unary['rate'] / echo['rate']:>5.2f}x {echo['p50_ms']:>7.2f}ms {unary['p50_ms']:>10.2f}ms "
-            f"{unary['p99_ms']:>6.1f}ms {unary['aborted']:>8} {unary['errors']:>7}"
+            f"{in_flight:>9} {echo['rate']:>13,.0f} {unary['rate']:>17,.0f} "
+            f"{ratio:>5.2f}x {echo['p50_ms']:>7.2f}ms {unary['p50_ms']:>10.2f}ms {p50_ratio:>8.2f}x "
+            f"{unary['p99_ms']:>6.1f}ms {unary['aborted']:>8} {unary['errors']:>7}  {_cost_text(unary.get('cost'))}"
         )
-    echo64, unary64 = result["echo"][-1], result["unary"][-1]
-    echo1, unary1 = result["echo"][0], result["unary"][0]
+        if in_flight in TARGET_UNARY_RATE:
+            target = TARGET_UNARY_RATE[in_flight]
+            verdicts.append(f"unary, {in_flight} in flight, >= {target}x echo calls/s: {_verdict(ratio >= target)} "
+                            f"({ratio:.2f})")
+        if in_flight in TARGET_UNARY_P50:
+            target = TARGET_UNARY_P50[in_flight]
+            verdicts.append(f"unary, {in_flight} in flight, p50 <= {target}x echo p50: "
+                            f"{_verdict(p50_ratio <= target)} ({p50_ratio:.2f})")
     catch_up = result["catch_up"]
     lag = result["replication_lag_ms"]
-    ratio64 = unary64["rate"] / echo64["rate"]
-    ratio_p50 = unary1["p50_ms"] / echo1["p50_ms"]
-    aborts = sum(u["aborted"] for u in result["unary"]) + sum(run["aborted"] for run in result["streaming"])
-    verdicts = []
+    scale = result["scale"]
+    aborts = (sum(u["aborted"] for u in result["unary"]) + sum(run["aborted"] for run in result["streaming"])
+              + scale["unary_64"]["aborted"] + sum(run["aborted"] for run in scale["streaming"]))
     for run in result["streaming"]:
         how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
-        ok = run["rate"] >= TARGET_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
+        target = TARGET_STREAM[run["batch"]]
+        ok = run["rate"] >= target and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
         lines.append(
             f"streaming entry, {how}: {run['streams']} streams ({STREAMS_PER_NODE} per node, window "
             f"{STREAM_WINDOW} orders): {run['orders']:,} orders in {run['seconds']:.2f} s = {run['rate']:,.0f} "
             f"orders/s, aborted {run['aborted']}, errors {run['errors']}, unanswered {run['unanswered']}; "
-            f"replicas converged (equal checksums) {run['converge_seconds']:.2f} s later: {run['converged']}"
+            f"converged {run['converge_seconds']:.2f} s later: {run['converged']}; {_cost_text(run.get('cost'))}"
         )
-        verdicts.append(f"streaming, {how + ',':<18} >= {TARGET_STREAM:,}/s {_verdict(ok)} ({run['rate']:,.0f})")
+        verdicts.append(f"streaming, {how}, >= {target:,} orders/s: {_verdict(ok)} ({run['rate']:,.0f})")
     lines += [
         f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = {catch_up['rate']:,.0f} "
         f"entries/s ({catch_up.get('method', 'log replay')}, node start included)",
         f"replication lag after the client's answer: p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms",
         f"replicas converged and equal to a replay of the log: {result['converged']}",
-        f"unary at 64 in flight >= {TARGET_UNARY_64}x echo     {_verdict(ratio64 >= TARGET_UNARY_64)} ({ratio64:.2f})",
-        f"p50 at 1 in flight <= {TARGET_P50_1}x echo        {_verdict(ratio_p50 <= TARGET_P50_1)} ({ratio_p50:.2f})",
-        *verdicts,
-        f"catch-up >= {TARGET_CATCH_UP:,} entries/s       "
-        f"{_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} ({catch_up['rate']:,.0f})",
-        f"zero ABORTED                         {_verdict(aborts == 0)} ({aborts})",
-        f"replicas converged                   "
-        f"{_verdict(result['converged'] and all(run['converged'] for run in result['streaming']))}",
+        "",
+        f"scale: the same load on 3 and on {scale['nodes']} nodes (the {scale['nodes']}-node cluster after the "
+        f"3-node one stopped)",
+        f"{'case':<28} {'3 nodes':>10} {str(scale['nodes']) + ' nodes':>10} {'ratio':>6}  cost on 3 nodes / on "
+        f"{scale['nodes']} nodes",
     ]
-    return "\n".join(lines)
+    pairs = [("unary, 64 in flight", result["unary"][-1], scale["unary_64"])]
+    pairs += [(f"streaming, {'1 order/message' if a['batch'] == 1 else 'batches of ' + str(a['batch'])}", a, b)
+              for a, b in zip(result["streaming"], scale["streaming"], strict=True)]
+    for name, three, five in pairs:
+        ratio = five["rate"] / three["rate"]
+        lines.append(f"{name:<28} {three['rate']:>10,.0f} {five['rate']:>10,.0f} {ratio:>5.2f}x  "
+                     f"{_cost_text(three.get('cost'))}")
+        lines.append(f"{'':<58}{_cost_text(five.get('cost'))}")
+        verdicts.append(f"{name}, {scale['nodes']} nodes >= {TARGET_SCALE}x 3 nodes: "
+                        f"{_verdict(ratio >= TARGET_SCALE)} ({ratio:.2f})")
+    verdicts += [
+        f"catch-up >= {TARGET_CATCH_UP:,} entries/s: {_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} "
+        f"({catch_up['rate']:,.0f})",
+        f"zero ABORTED: {_verdict(aborts == 0)} ({aborts})",
+        "replicas converged and equal a replay of the log after every case: " + _verdict(
+            result["converged"] and scale["converged"]
+            and all(run["converged"] for run in [*result["streaming"], *scale["streaming"]])),
+    ]
+    return "\n".join([*lines, "", "targets:", *(f"  {line}" for line in verdicts)])

@@ -18,6 +18,7 @@ import grpc
 from discovery import Registry, ServiceInstance, Watch
 from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, token_metadata
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
+from exchange.node.metrics import counters
 from exchange.runtime import aio_channel
 from exchange.tls import TlsConfig
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
@@ -362,6 +363,8 @@ class PeerSet:
             return
         request = exchange_pb2.BroadcastOrderRequest(origin_node=self.node_id, commands=entries)
         targets = self.targets()
+        counters["broadcast_messages"] += len(targets)
+        counters["broadcast_entries"] += len(targets) * len(entries)
         for target in targets:
             stream = self._streams.get(target)
             if stream is None:

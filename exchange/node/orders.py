@@ -20,6 +20,7 @@ from exchange.errors import ExchangeError, FailedPrecondition, InvalidArgument, 
 from exchange.node import convert
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Sequencer
+from exchange.node.metrics import counters
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
 from exchange.runtime import Malformed, receives_malformed_items
@@ -194,6 +195,7 @@ class OrderEntryRPCs:
 
     def _start_order(self, request: pb.CreateOrderRequest) -> asyncio.Future[Outcome]:
         """Validates a new order and starts placing it (CreateOrder and each item of OrderEntry)."""
+        counters["orders"] += 1
         command = convert.new_order_command(request, self.markets, self.node_id)
         self.node.require_serving()
         if command.client_order_id:

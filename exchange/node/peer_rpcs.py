@@ -15,6 +15,7 @@ import grpc
 from exchange.entries import entry_is_authentic
 from exchange.errors import InvalidArgument, rpc
 from exchange.node.lifecycle import NodeState
+from exchange.node.metrics import counters
 from exchange.node.replica import Replica
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
@@ -72,5 +73,7 @@ class PeerRPCs:
                 raise InvalidArgument(
                     f"broadcast entry {entry.market}#{entry.seq} is not signed by the Sequencer; nothing applied"
                 )
+        counters["broadcast_messages_received"] += 1
+        counters["broadcast_entries_received"] += len(request.commands)
         offer = self.replica.offer
         return sum(1 for entry in request.commands if offer(entry))

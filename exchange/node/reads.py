@@ -15,6 +15,7 @@ from exchange.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, 
 from exchange.node import convert
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
+from exchange.node.metrics import counters
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 
@@ -106,7 +107,7 @@ class ReadRPCs:
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         response = pb.GetStatusResponse(
             node_id=self.node.node_id, state=self.node.state, peers=self.peers.targets(),
-            sequencer=self.sequencer.target or "",
+            sequencer=self.sequencer.target or "", counters=counters,
         )
         for market in self.markets:
             view = self.replica.view(market)

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from exchange.errors import Aborted, ExchangeError, Unavailable
 from exchange.node.links import Peers, Sequencer
+from exchange.node.metrics import counters
 from exchange.node.replica import Applied, Replica
 from exchange.v1 import sequencer_pb2, types_pb2
 
@@ -161,6 +162,8 @@ class MarketPipeline:
                 node_id=self.node_id,
                 commands=[pending.command for pending in batch],
             )
+            counters["gate_requests"] += 1
+            counters["gate_commands"] += len(batch)
             response = await self.sequencer.sequence(request)
             self.replica.note_known(self.market, response.current_seq)
             for entry in response.missing:  # what this node lacked, before anything granted after it
@@ -168,6 +171,7 @@ class MarketPipeline:
             if response.granted:
                 self._granted(batch, response)
                 return
+            counters["gate_stale"] += 1
             if self.replica.applied_seq(self.market) < response.current_seq:
                 await self.catch_up(response.current_seq)
             retry: list[Pending] = []
