@@ -40,7 +40,6 @@ from exchange.errors import (
     Aborted,
     DeadlineExceeded,
     ExchangeError,
-    InvalidArgument,
     NotFound,
     Unavailable,
     error_from_rpc,
@@ -383,9 +382,7 @@ def get_status(address: str) -> Operation[t.NodeStatus]:
 
 def order_of(side: t.Side | str, size: int, price: int | None, order_type: t.OrderType | str, market: str,
              client_order_id: str | None) -> t.NewOrder:
-    """A NewOrder from the loose arguments of `Client.create_order` (names or enums)."""
-    if size <= 0:
-        raise InvalidArgument(f"size must be positive (lots), got {size}; the side says which way")
+    """A NewOrder from the loose arguments of `Client.create_order` (names or enums); the node validates it."""
     return t.NewOrder(t.Side[side.upper()] if isinstance(side, str) else t.Side(side), size, price,
                       t.OrderType[order_type.upper()] if isinstance(order_type, str) else t.OrderType(order_type),
                       market, client_order_id)
