@@ -16,7 +16,15 @@ are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidA
 
 from exchange.client.aio import AsyncBookSubscription, AsyncClient
 from exchange.client.book import SubscriptionStats
-from exchange.client.core import Connection, ConsulNodes, NodeSource, RetryPolicy, StaticNodes, new_client_order_id
+from exchange.client.core import (
+    ClientStats,
+    Connection,
+    ConsulNodes,
+    NodeSource,
+    RetryPolicy,
+    StaticNodes,
+    new_client_order_id,
+)
 from exchange.client.sync import DEFAULT_NODES, BookSubscription, Client
 from exchange.client.types import (
     AmendResult,
@@ -45,7 +53,7 @@ from exchange.errors import ExchangeError
 
 __all__ = [
     "DEFAULT_NODES", "AmendResult", "AsyncBookSubscription", "AsyncClient", "Book", "BookLevel", "BookOrder",
-    "BookSubscription", "CancelResult", "Client", "Connection", "ConsulNodes", "Event", "ExchangeError",
+    "BookSubscription", "CancelResult", "Client", "ClientStats", "Connection", "ConsulNodes", "Event", "ExchangeError",
     "MarketStatus", "NewOrder", "NodeSource", "NodeStatus", "Order", "OrderAccepted", "OrderAmended",
     "OrderCancelled", "OrderRejected", "OrderRested", "OrderResult", "OrderStatus", "OrderType", "RetryPolicy",
     "Side", "StaticNodes", "SubscriptionStats", "Trade", "TradeExecuted", "new_client_order_id",

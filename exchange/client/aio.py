@@ -37,6 +37,7 @@ class AsyncClient:
         self.connection = connection or Connection()
         self.policy = policy or RetryPolicy()
         self.nodes = NodeSet(core.node_source(nodes), self.policy)
+        self.stats = self.nodes.stats  # ClientStats: attempts, retries, node failures, resent orders
         self._metadata = self.connection.call_metadata()
         self._stub_factory = stub_factory or self._grpc_stub
         self._stubs: dict[str, Any] = {}
@@ -139,6 +140,7 @@ class AsyncClient:
                 plan.failed(attempt, error)
             except ExchangeError as final:
                 entries.give_up(final)
+        self.stats.resent_orders += entries.retried
         return entries.final()
 
     async def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,

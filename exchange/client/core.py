@@ -160,6 +160,16 @@ class RetryPolicy:
 
 
 @dataclass
+class ClientStats:
+    """What a client went through, for a trader's monitoring (counts since the client was made)."""
+
+    attempts: int = 0  # calls and streams opened
+    retries: int = 0  # attempts that followed a failed one of the same operation
+    node_failures: int = 0  # a node not answering (UNAVAILABLE, DEADLINE_EXCEEDED, a dropped stream)
+    resent_orders: int = 0  # orders of submit_many sent again (a broken stream, a retriable per-order error)
+
+
+@dataclass
 class _NodeHealth:
     failures: int = 0
     down_until: float = 0.0
@@ -175,6 +185,7 @@ class NodeSet:
         self.addresses: list[str] = []
         self.current = 0
         self.health: dict[str, _NodeHealth] = {}
+        self.stats = ClientStats()
         self._refreshed_at: float | None = None
         # the sync client is used from several threads (a subscription's, the caller's); never held across I/O
         # other than the node source's own lookup
@@ -231,6 +242,7 @@ class NodeSet:
         """The node did not answer (UNAVAILABLE, DEADLINE_EXCEEDED, a dropped stream): avoid it for a while and
         move on to the next."""
         with self._lock:
+            self.stats.node_failures += 1
             health = self.health.setdefault(address, _NodeHealth())
             health.failures += 1
             pause = self.policy.node_backoff_initial * 2 ** (health.failures - 1)
@@ -299,6 +311,8 @@ class RetryPlan:
         if remaining <= 0.001:
             raise self._give_up()
         self.attempts += 1
+        self.nodes.stats.attempts += 1
+        self.nodes.stats.retries += self.attempts > 1
         return Attempt(address, delay, min(self.policy.attempt_timeout, remaining), self.attempts)
 
     def _give_up(self) -> ExchangeError:
