@@ -17,6 +17,7 @@ are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidA
 from exchange.client.aio import AsyncBookSubscription, AsyncClient
 from exchange.client.book import SubscriptionStats
 from exchange.client.core import (
+    DEFAULT_NODES,
     ClientStats,
     Connection,
     ConsulNodes,
@@ -25,7 +26,7 @@ from exchange.client.core import (
     StaticNodes,
     new_client_order_id,
 )
-from exchange.client.sync import DEFAULT_NODES, BookSubscription, Client
+from exchange.client.sync import BookSubscription, Client
 from exchange.client.types import (
     AmendResult,
     Book,

@@ -9,57 +9,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 import grpc
 
 from exchange.client import core
 from exchange.client import types as t
-from exchange.client.book import BookTracker, Diverged, SubscriptionStats
-from exchange.client.core import Connection, NodeSet, NodeSource, Operation, RetryPlan, RetryPolicy, Safety
-from exchange.client.sync import DEFAULT_NODES
+from exchange.client.book import Diverged, SubscriptionBase
+from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
 from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import exchange_pb2_grpc
 
 R = TypeVar("R")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """`Client` for asyncio: the same arguments, methods and results; calls are coroutines, `events()` an async
     iterator, `subscribe_book()` an awaitable async context manager. Make and use it inside one event loop."""
-
-    def __init__(
-        self, nodes: str | Sequence[str] | NodeSource = DEFAULT_NODES, *, connection: Connection | None = None,
-        policy: RetryPolicy | None = None, stub_factory: Callable[[str], Any] | None = None,
-    ) -> None:
-        self.connection = connection or Connection()
-        self.policy = policy or RetryPolicy()
-        self.nodes = NodeSet(core.node_source(nodes), self.policy)
-        self.stats = self.nodes.stats  # ClientStats: attempts, retries, node failures, resent orders
-        self._metadata = self.connection.call_metadata()
-        self._stub_factory = stub_factory or self._grpc_stub
-        self._stubs: dict[str, Any] = {}
-        self._channels: list[grpc.aio.Channel] = []
 
     @classmethod
     def from_consul(cls, consul: str = "127.0.0.1:8500", **options: Any) -> AsyncClient:
         return cls(core.ConsulNodes(consul), **options)
 
-    def _grpc_stub(self, address: str) -> exchange_pb2_grpc.ExchangeNodeStub:
-        options = list(self.connection.options)
+    def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
         if self.connection.credentials is None:
-            channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            channel = grpc.aio.secure_channel(address, self.connection.credentials, options=options)
-        self._channels.append(channel)
-        return exchange_pb2_grpc.ExchangeNodeStub(channel)
-
-    def stub(self, address: str) -> Any:
-        if address not in self._stubs:
-            self._stubs[address] = self._stub_factory(address)
-        return self._stubs[address]
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.secure_channel(address, self.connection.credentials, options=options)
 
     async def _run(self, operation: Operation[R], timeout: float | None) -> R:
         plan = RetryPlan(self.nodes, self.policy, operation.safety, timeout)
@@ -83,9 +59,7 @@ class AsyncClient:
             return operation.convert(answer)
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, []
-        self._stubs.clear()
-        for channel in channels:
+        for channel in self._take_channels():
             await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -227,19 +201,13 @@ class AsyncClient:
         return subscription
 
 
-class AsyncBookSubscription:
+class AsyncBookSubscription(SubscriptionBase):
     """See `BookSubscription`; its background work runs as two tasks on the client's event loop."""
 
     def __init__(self, client: AsyncClient, market: str, verify_interval: float, timeout: float | None) -> None:
+        super().__init__(market, verify_interval, timeout)
         self.client = client
-        self.market = market
-        self.verify_interval = verify_interval
-        self.timeout = timeout
-        self._tracker = BookTracker(market)
         self._changed = asyncio.Condition()
-        self._call: Any = None
-        self._address: str | None = None
-        self._error: ExchangeError | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -252,21 +220,6 @@ class AsyncBookSubscription:
         if self._tracker.book is None:
             await self.close()
             raise self._error or core.DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
-
-    def book(self, depth: int | None = None, include_orders: bool = False) -> t.Book:
-        if self._error is not None:
-            raise self._error
-        if self._tracker.book is None:
-            raise core.Unavailable("the book is being resynchronised")
-        return self._tracker.book.snapshot(depth, include_orders)
-
-    @property
-    def seq(self) -> int:
-        return self._tracker.book.seq if self._tracker.book is not None else 0
-
-    @property
-    def stats(self) -> SubscriptionStats:
-        return SubscriptionStats(**vars(self._tracker.stats))
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -313,9 +266,8 @@ class AsyncBookSubscription:
             stub = client.stub(attempt.address)
             try:
                 if tracker.book is None:
-                    snapshot = await stub.GetOrderBook(pb.GetOrderBookRequest(
-                        market=self.market, all_levels=True, include_orders=True),
-                        timeout=attempt.timeout, metadata=client._metadata)
+                    snapshot = await stub.GetOrderBook(core.book_snapshot_request(self.market),
+                                                       timeout=attempt.timeout, metadata=client._metadata)
                     tracker.load(t.book_from_pb(snapshot), time.monotonic())
                     self.market = self.market or snapshot.market
                     await self._notify()
@@ -362,7 +314,7 @@ class AsyncBookSubscription:
                 continue
             next_check = time.monotonic() + self.verify_interval
             try:
-                answer = await client.stub(address).GetOrderBook(pb.GetOrderBookRequest(market=self.market, depth=1),
+                answer = await client.stub(address).GetOrderBook(core.book_checksum_request(self.market),
                                                                  timeout=2, metadata=client._metadata)
             except grpc.RpcError:
                 continue

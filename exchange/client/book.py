@@ -15,13 +15,17 @@ checksum (README "Book checksum") covers each order, not only levels. It starts 
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from exchange.client import types as t
 from exchange.client.core import StreamPosition
+from exchange.errors import ExchangeError, Unavailable
 
 
 class Diverged(Exception):
@@ -213,3 +217,39 @@ class BookTracker:
         if local != checksum:
             raise Diverged(f"checksum at seq {seq}: local {local}, node {checksum}")
         self.stats.verified += 1
+
+
+class SubscriptionBase:
+    """What the sync and asyncio subscriptions share: their state and the reading side (`book()`, `seq`,
+    `stats`). The sync one reads under its lock (`_guard`), since its thread writes."""
+
+    def __init__(self, market: str, verify_interval: float, timeout: float | None) -> None:
+        self.market = market
+        self.verify_interval = verify_interval
+        self.timeout = timeout
+        self._tracker = BookTracker(market)
+        self._call: Any = None  # the StreamEvents call being followed
+        self._address: str | None = None  # the node it comes from
+        self._error: ExchangeError | None = None  # why the subscription stopped, if it did
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def book(self, depth: int | None = None, include_orders: bool = False) -> t.Book:
+        """The local book (`depth` levels per side, all by default; each level's orders if `include_orders`)."""
+        with self._guard():
+            if self._error is not None:
+                raise self._error
+            if self._tracker.book is None:
+                raise Unavailable("the book is being resynchronised")
+            return self._tracker.book.snapshot(depth, include_orders)
+
+    @property
+    def seq(self) -> int:
+        with self._guard():
+            return self._tracker.book.seq if self._tracker.book is not None else 0
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        with self._guard():
+            return SubscriptionStats(**vars(self._tracker.stats))

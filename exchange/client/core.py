@@ -46,9 +46,11 @@ from exchange.errors import (
     error_from_status,
 )
 from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc
 
 R = TypeVar("R")
 
+DEFAULT_NODES = ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")  # `make cluster-up`
 PEER_SERVICE = "peer-server"  # the nodes' Consul service (exchange.cluster.PEER_SERVICE)
 # grpc's words for a call that failed because no connection could be made: the request never left.
 NOT_CONNECTED = "failed to connect to all addresses"
@@ -255,6 +257,49 @@ class NodeSet:
             self.health.pop(address, None)
 
 
+# -- what both clients hold -------------------------------------------------------------------------------
+
+
+class ClientBase:
+    """The part of `Client` and `AsyncClient` that does not wait: nodes, policy, connection, stats, one stub per
+    address. A flavour says how to open a channel (`_open_channel`) and how to call and wait."""
+
+    def __init__(
+        self, nodes: str | Sequence[str] | NodeSource = DEFAULT_NODES, *, connection: Connection | None = None,
+        policy: RetryPolicy | None = None, stub_factory: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.connection = connection or Connection()
+        self.policy = policy or RetryPolicy()
+        self.nodes = NodeSet(node_source(nodes), self.policy)
+        self.stats = self.nodes.stats  # ClientStats: attempts, retries, node failures, resent orders
+        self._metadata = self.connection.call_metadata()
+        self._stub_factory = stub_factory or self._grpc_stub
+        self._stubs: dict[str, Any] = {}
+        self._channels: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> Any:
+        raise NotImplementedError
+
+    def _grpc_stub(self, address: str) -> exchange_pb2_grpc.ExchangeNodeStub:
+        channel = self._open_channel(address, list(self.connection.options))
+        self._channels.append(channel)
+        return exchange_pb2_grpc.ExchangeNodeStub(channel)
+
+    def stub(self, address: str) -> Any:
+        """The ExchangeNode stub of `address` (one channel per address, made once)."""
+        with self._lock:
+            if address not in self._stubs:
+                self._stubs[address] = self._stub_factory(address)
+            return self._stubs[address]
+
+    def _take_channels(self) -> list[Any]:
+        with self._lock:
+            channels, self._channels = self._channels, []
+            self._stubs.clear()
+        return channels
+
+
 # -- one operation's attempts ------------------------------------------------------------------------------
 
 
@@ -392,6 +437,16 @@ def get_book(market: str = "", depth: int = 10, all_levels: bool = False,
 
 def get_status(address: str) -> Operation[t.NodeStatus]:
     return Operation("GetStatus", pb.GetStatusRequest(), lambda answer: t.node_status_from_pb(address, answer))
+
+
+def book_snapshot_request(market: str) -> pb.GetOrderBookRequest:
+    """The whole book with every resting order (L3): what a subscription starts from."""
+    return pb.GetOrderBookRequest(market=market, all_levels=True, include_orders=True)
+
+
+def book_checksum_request(market: str) -> pb.GetOrderBookRequest:
+    """The cheapest way to learn a node's (seq, checksum): one level."""
+    return pb.GetOrderBookRequest(market=market, depth=1)
 
 
 def order_of(side: t.Side | str, size: int, price: int | None, order_type: t.OrderType | str, market: str,

@@ -8,44 +8,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from exchange.client import core
 from exchange.client import types as t
-from exchange.client.book import BookTracker, Diverged, SubscriptionStats
-from exchange.client.core import Connection, NodeSet, NodeSource, Operation, RetryPlan, RetryPolicy, Safety
+from exchange.client.book import Diverged, SubscriptionBase
+from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
 from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import exchange_pb2_grpc
 
 R = TypeVar("R")
-DEFAULT_NODES = ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")  # `make cluster-up`
 
 
-class Client:
+class Client(ClientBase):
     """A connection to an exchange cluster: orders, books, events, with failover between nodes.
 
     `nodes`: addresses ("host:port", a list or a comma-separated string) or a NodeSource such as
     `ConsulNodes("127.0.0.1:8500")`. `connection`: TLS credentials, API key, metadata, channel options.
     `policy`: retry and failover timing. `stub_factory`: builds the ExchangeNode stub for an address (tests).
     Safe to use from several threads. Use as a context manager, or call `close()`."""
-
-    def __init__(
-        self, nodes: str | Sequence[str] | NodeSource = DEFAULT_NODES, *, connection: Connection | None = None,
-        policy: RetryPolicy | None = None, stub_factory: Callable[[str], Any] | None = None,
-    ) -> None:
-        self.connection = connection or Connection()
-        self.policy = policy or RetryPolicy()
-        self.nodes = NodeSet(core.node_source(nodes), self.policy)
-        self.stats = self.nodes.stats  # ClientStats: attempts, retries, node failures, resent orders
-        self._metadata = self.connection.call_metadata()
-        self._stub_factory = stub_factory or self._grpc_stub
-        self._stubs: dict[str, Any] = {}
-        self._channels: list[grpc.Channel] = []
-        self._lock = threading.Lock()
 
     @classmethod
     def from_consul(cls, consul: str = "127.0.0.1:8500", **options: Any) -> Client:
@@ -54,21 +38,10 @@ class Client:
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
-    def _grpc_stub(self, address: str) -> exchange_pb2_grpc.ExchangeNodeStub:
-        options = list(self.connection.options)
+    def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
         if self.connection.credentials is None:
-            channel = grpc.insecure_channel(address, options=options)
-        else:
-            channel = grpc.secure_channel(address, self.connection.credentials, options=options)
-        self._channels.append(channel)
-        return exchange_pb2_grpc.ExchangeNodeStub(channel)
-
-    def stub(self, address: str) -> Any:
-        """The ExchangeNode stub of `address` (one channel per address, made once)."""
-        with self._lock:
-            if address not in self._stubs:
-                self._stubs[address] = self._stub_factory(address)
-            return self._stubs[address]
+            return grpc.insecure_channel(address, options=options)
+        return grpc.secure_channel(address, self.connection.credentials, options=options)
 
     def _run(self, operation: Operation[R], timeout: float | None) -> R:
         plan = RetryPlan(self.nodes, self.policy, operation.safety, timeout)
@@ -92,11 +65,8 @@ class Client:
             return operation.convert(answer)
 
     def close(self) -> None:
-        with self._lock:
-            for channel in self._channels:
-                channel.close()
-            self._channels.clear()
-            self._stubs.clear()
+        for channel in self._take_channels():
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -267,20 +237,14 @@ class Client:
         return subscription
 
 
-class BookSubscription:
+class BookSubscription(SubscriptionBase):
     """See `Client.subscribe_book`. `book()` reads the local book; `wait_for(seq)` waits until it reaches a seq."""
 
     def __init__(self, client: Client, market: str, verify_interval: float, timeout: float | None) -> None:
+        super().__init__(market, verify_interval, timeout)
         self.client = client
-        self.market = market
-        self.verify_interval = verify_interval
-        self.timeout = timeout
-        self._tracker = BookTracker(market)
         self._changed = threading.Condition()
         self._stopped = threading.Event()
-        self._call: Any = None
-        self._address: str | None = None
-        self._error: ExchangeError | None = None
         self._threads = [threading.Thread(target=self._follow, name=f"book-{market or 'default'}", daemon=True),
                          threading.Thread(target=self._verify, name=f"book-verify-{market}", daemon=True)]
 
@@ -294,25 +258,8 @@ class BookSubscription:
             self.close()
             raise self._error or core.DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
 
-    # -- reading ----------------------------------------------------------------------------------------
-
-    def book(self, depth: int | None = None, include_orders: bool = False) -> t.Book:
-        with self._changed:
-            if self._error is not None:
-                raise self._error
-            if self._tracker.book is None:
-                raise core.Unavailable("the book is being resynchronised")
-            return self._tracker.book.snapshot(depth, include_orders)
-
-    @property
-    def seq(self) -> int:
-        with self._changed:
-            return self._tracker.book.seq if self._tracker.book is not None else 0
-
-    @property
-    def stats(self) -> SubscriptionStats:
-        with self._changed:
-            return SubscriptionStats(**vars(self._tracker.stats))
+    def _guard(self) -> threading.Condition:
+        return self._changed
 
     def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
         """Waits until the local book has applied all of `seq`; False if it has not within `timeout`."""
@@ -367,9 +314,8 @@ class BookSubscription:
             stub = client.stub(attempt.address)
             try:
                 if tracker.book is None:
-                    snapshot = stub.GetOrderBook(pb.GetOrderBookRequest(
-                        market=self.market, all_levels=True, include_orders=True),
-                        timeout=attempt.timeout, metadata=client._metadata)
+                    snapshot = stub.GetOrderBook(core.book_snapshot_request(self.market), timeout=attempt.timeout,
+                                                 metadata=client._metadata)
                     with self._changed:
                         tracker.load(t.book_from_pb(snapshot), time.monotonic())
                         self._changed.notify_all()
@@ -424,8 +370,8 @@ class BookSubscription:
                 continue
             next_check = time.monotonic() + self.verify_interval
             try:
-                answer = client.stub(address).GetOrderBook(pb.GetOrderBookRequest(market=self.market, depth=1),
-                                                           timeout=2, metadata=client._metadata)
+                answer = client.stub(address).GetOrderBook(core.book_checksum_request(self.market), timeout=2,
+                                                           metadata=client._metadata)
             except grpc.RpcError:
                 continue  # the stream's own failover deals with a node that went away
             if address == self._address:

@@ -64,6 +64,12 @@ def test_orders_and_errors_come_back_typed(module_cluster: Cluster) -> None:
             client.buy(1, 100, market="DOGE-USD")
 
 
+def test_the_client_finds_the_nodes_through_consul(module_cluster: Cluster) -> None:
+    with Client.from_consul(module_cluster.consul_address) as client:
+        assert client.buy(1, 10, market="BTC-USD").status is OrderStatus.RESTING
+        assert sorted(client.nodes.addresses) == sorted(module_cluster.node_addresses)
+
+
 def test_the_l3_book_lists_each_levels_orders_in_priority_order_and_no_owner(module_cluster: Cluster) -> None:
     assert [f.name for f in pb.LevelOrder.DESCRIPTOR.fields] == ["order_id", "size"], "public data: no owner"
     with Client(module_cluster.node_address(0)) as client, Client(module_cluster.node_address(2)) as reader:

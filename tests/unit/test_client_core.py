@@ -349,3 +349,9 @@ def test_an_event_that_cannot_apply_is_a_divergence() -> None:
     local = LocalBook("M")
     with pytest.raises(Diverged):
         local.apply(t.TradeExecuted("M", 1, 1, 100, 5, maker_order_id=9, taker_order_id=1, taker_side=Side.BUY))
+
+
+def test_every_public_name_is_there() -> None:
+    import exchange.client
+
+    assert all(hasattr(exchange.client, name) for name in exchange.client.__all__)
