@@ -36,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 
 from exchange.client import types as t
+from exchange.cluster import PEER_SERVICE
 from exchange.errors import (
     Aborted,
     DeadlineExceeded,
@@ -51,7 +52,6 @@ from exchange.v1 import exchange_pb2_grpc
 R = TypeVar("R")
 
 DEFAULT_NODES = ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")  # `make cluster-up`
-PEER_SERVICE = "peer-server"  # the nodes' Consul service (exchange.cluster.PEER_SERVICE)
 # grpc's words for a call that failed because no connection could be made: the request never left.
 NOT_CONNECTED = "failed to connect to all addresses"
 # Answers may be large (a whole L3 book); requests are small (a node refuses more than 1 MiB).
