@@ -104,6 +104,7 @@ def cluster_down() -> int:
 
 def cluster_status(addresses: list[str] | None = None) -> int:
     from exchange.cli import print_cluster_status
+    from exchange.client import Client, connection_of
 
     if addresses is None:
         if not STATE_FILE.exists():
@@ -111,7 +112,8 @@ def cluster_status(addresses: list[str] | None = None) -> int:
             return 1
         state = json.loads(STATE_FILE.read_text())
         addresses, tls_dir = state["nodes"], state.get("tls_dir")
-    return print_cluster_status(addresses, load_tls(Path(tls_dir) if tls_dir else None))
+    client = Client(addresses, connection=connection_of(load_tls(Path(tls_dir) if tls_dir else None)))
+    return print_cluster_status(addresses, client)
 
 
 def main(argv: list[str] | None = None) -> int:

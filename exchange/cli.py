@@ -1,4 +1,7 @@
-"""`exchange-cli`: place, amend and cancel orders, look at a book live, and check a cluster."""
+"""`exchange-cli`: place, amend and cancel orders, look at a book live, and check a cluster.
+
+Built on the client library (`exchange.client`); `--node` may list several addresses (comma-separated), and
+the CLI then fails over between them as any client does."""
 
 from __future__ import annotations
 
@@ -6,22 +9,15 @@ import argparse
 import os
 import sys
 import time
-import uuid
 
-import grpc
+from exchange.client import Book, Client, OrderResult, OrderType, RetryPolicy, Side, connection_of, types
+from exchange.errors import ExchangeError
+from exchange.tls import add_tls_argument, load_tls
 
-from exchange.engine import OrderType
-from exchange.runtime import sync_channel
-from exchange.tls import TlsConfig, add_tls_argument, load_tls
-from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import exchange_pb2_grpc, types_pb2
+ORDER_TYPES = [order_type.name for order_type in OrderType]
 
 
-def _stub(address: str, tls: TlsConfig | None = None) -> exchange_pb2_grpc.ExchangeNodeStub:
-    return exchange_pb2_grpc.ExchangeNodeStub(sync_channel(address, tls))
-
-
-def format_book(book: pb.GetOrderBookResponse) -> str:
+def format_book(book: Book) -> str:
     lines = [f"{book.market}  seq {book.seq}  checksum {book.checksum}"
              + (f"  (LAGGING: sequencer at {book.known_seq})" if book.known_seq > book.seq else "")]
     lines.append(f"{'orders':>8} {'size':>12} {'bid':>12} | {'ask':<12} {'size':<12} {'orders':<8}")
@@ -36,8 +32,8 @@ def format_book(book: pb.GetOrderBookResponse) -> str:
     return "\n".join(lines)
 
 
-def format_order_result(result: pb.CreateOrderResponse) -> str:
-    status = pb.OrderStatus.Name(result.status)
+def format_order_result(result: OrderResult) -> str:
+    status = result.status.name
     lines = [f"order {result.order_id} ({result.market}, seq {result.seq}): {status}"
              f"  filled {result.filled_size}  resting {result.remaining_size}"
              + (f"  cancelled {result.cancelled_size}" if result.cancelled_size else "")
@@ -49,15 +45,16 @@ def format_order_result(result: pb.CreateOrderResponse) -> str:
     return "\n".join(lines)
 
 
-def print_cluster_status(addresses: list[str], tls: TlsConfig | None = None) -> int:
+def print_cluster_status(addresses: list[str], client: Client | None = None) -> int:
+    client = client or Client(addresses)
     rows = []
     failures = 0
     for address in addresses:
         try:
-            status = _stub(address, tls).GetStatus(pb.GetStatusRequest(), timeout=3)
-        except grpc.RpcError as error:
+            status = client.node_status(address, timeout=3)
+        except ExchangeError as error:
             failures += 1
-            rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code().name))
+            rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code.name))
             continue
         for market in status.markets:
             rows.append((address, status.node_id, status.state, market.market, str(market.applied_seq),
@@ -78,7 +75,7 @@ def print_cluster_status(addresses: list[str], tls: TlsConfig | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="exchange-cli", description=__doc__)
     parser.add_argument("--node", default=os.environ.get("EXCHANGE_NODE", "127.0.0.1:50051"),
-                        help="node address host:port (env EXCHANGE_NODE)")
+                        help="node address host:port, or several comma-separated to fail over (env EXCHANGE_NODE)")
     parser.add_argument("--market", default="", help="market symbol (default: the cluster's default market)")
     add_tls_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         order = commands.add_parser(side, help=f"place a {side} order")
         order.add_argument("size", type=int, help="size in lots")
         order.add_argument("--price", type=int, default=0, help="limit price in ticks (not for market orders)")
-        order.add_argument("--type", choices=[t.name for t in OrderType], default="LIMIT")
+        order.add_argument("--type", choices=ORDER_TYPES, default="LIMIT")
         order.add_argument("--client-order-id", default=None, help="idempotency key (default: a new random one)")
     cancel = commands.add_parser("cancel", help="cancel a resting order")
     cancel.add_argument("order_id", type=int)
@@ -105,47 +102,48 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("addresses", nargs="*", help="node addresses (default: --node)")
     args = parser.parse_args(argv)
 
-    tls = load_tls(args.tls_dir)
-    stub = _stub(args.node, tls)
+    # a person waits: give up after 30 s (5 s for reads), as the CLI always did
+    client = Client(args.node, connection=connection_of(load_tls(args.tls_dir)),
+                    policy=RetryPolicy(timeout=30, attempt_timeout=30))
     try:
         if args.command in ("buy", "sell"):
-            result = stub.CreateOrder(pb.CreateOrderRequest(
-                market=args.market, size=args.size, limit_price=args.price,
-                side=types_pb2.BUY if args.command == "buy" else types_pb2.SELL,
-                order_type=args.type,  # the enum value's name
-                client_order_id=args.client_order_id or uuid.uuid4().hex,
-            ), timeout=30)
+            result = client.create_order(Side[args.command.upper()], args.size, args.price or None,
+                                         order_type=args.type, market=args.market,
+                                         client_order_id=args.client_order_id)
             print(format_order_result(result))
         elif args.command == "cancel":
-            cancelled = stub.CancelOrder(pb.CancelOrderRequest(market=args.market, order_id=args.order_id), timeout=30)
-            print(f"order {cancelled.order_id} cancelled ({cancelled.cancelled_size} lots), seq {cancelled.seq}")
+            cancelled = client.cancel_order(args.order_id, market=args.market)
+            if cancelled.uncertain:
+                print(f"order {cancelled.order_id} no longer rests (a retried cancel: removed by it, or before)")
+            else:
+                print(f"order {cancelled.order_id} cancelled ({cancelled.cancelled_size} lots), seq {cancelled.seq}")
         elif args.command == "amend":
-            amended = stub.AmendOrder(pb.AmendOrderRequest(
-                market=args.market, order_id=args.order_id, size=args.size, limit_price=args.price), timeout=30)
+            amended = client.amend_order(args.order_id, args.size, args.price or None, market=args.market)
             print(f"order {amended.order_id} now {amended.remaining_size} @ {amended.price}"
                   f" ({'kept' if amended.priority_kept else 'lost'} priority), seq {amended.seq}")
         elif args.command == "book":
-            request = pb.GetOrderBookRequest(market=args.market, depth=args.depth)
             while True:
-                text = format_book(stub.GetOrderBook(request, timeout=5))
+                text = format_book(client.get_book(args.market, args.depth, timeout=5))
                 if not args.watch:
                     print(text)
                     break
                 print("\033[2J\033[H" + f"{args.node}  {time.strftime('%H:%M:%S')}\n" + text, flush=True)
                 time.sleep(0.5)
         elif args.command == "order":
-            print(stub.GetOrder(pb.GetOrderRequest(market=args.market, order_id=args.order_id), timeout=5))
+            print(types.describe(client.get_order(args.order_id, market=args.market, timeout=5)))
         elif args.command == "events":
-            for event in stub.StreamEvents(pb.StreamEventsRequest(market=args.market, from_seq=args.from_seq)):
-                kind = event.WhichOneof("event")
-                print(f"{event.market} #{event.seq} {kind}: {getattr(event, kind)}".replace("\n", " "), flush=True)
+            for event in client.events(args.market, args.from_seq):
+                body = types.describe(event, skip=("market", "seq")).replace("\n", " ")
+                print(f"{event.market} #{event.seq} {event.kind}: {body} ", flush=True)
         elif args.command == "status":
-            return print_cluster_status(args.addresses or [args.node], tls)
-    except grpc.RpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+            return print_cluster_status(args.addresses or args.node.split(","), client)
+    except ExchangeError as error:
+        print(f"{error.code.name}: {error.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        client.close()
     return 0
 
 

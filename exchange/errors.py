@@ -1,8 +1,14 @@
-"""The one table that maps failures to gRPC status codes, and the decorator every servicer uses.
+"""The one hierarchy of the exchange's failures, for both directions, and the decorator every servicer uses.
 
-Handlers raise an `ExchangeError` subclass with a message a person can act on; the decorator turns
-it into the matching status. Anything else is a bug: logged with its traceback and answered INTERNAL,
-so UNKNOWN never escapes a server.
+Servers: handlers raise an `ExchangeError` subclass with a message a person can act on; the decorator turns it
+into the matching status (`STATUS_BY_ERROR`). Anything else is a bug: logged with its traceback and answered
+INTERNAL, so UNKNOWN never escapes a server.
+
+Clients (`exchange.client`): `error_from_status` turns a status code and message back into the same classes, so
+a caller catches `NotFound` or `InvalidArgument` whichever side raised it. Every error has its `code` (a
+grpc.StatusCode) and `retriable`: True where sending the same request again may succeed (UNAVAILABLE,
+DEADLINE_EXCEEDED, ABORTED). Retrying is safe only for a request that is idempotent (a new order with a
+client_order_id, a read); see README "Python client" for what the client library retries.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -19,53 +25,136 @@ log = logging.getLogger(__name__)
 
 
 class ExchangeError(Exception):
-    """A failure with a message for the caller; its class decides the gRPC status."""
+    """A failure with a message for the caller; its class decides the gRPC status (`code`).
+
+    `retriable`: whether the same request may succeed if sent again (to this node or another). A bare
+    ExchangeError stands for a status with no class of its own (e.g. UNKNOWN, from a proxy): `code` says which."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code.name})"
 
 
 class InvalidArgument(ExchangeError):
     """The request is malformed or impossible, whatever the state of the book."""
 
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
 
 class NotFound(ExchangeError):
     """Unknown market, unknown or finished order."""
+
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class Aborted(ExchangeError):
     """The order was invalidated by a stale view more times than allowed; nothing of it exists."""
 
+    code = grpc.StatusCode.ABORTED
+    retriable = True
+
 
 class Unavailable(ExchangeError):
-    """The Sequencer or peers cannot be reached, or the node is still catching up."""
+    """The Sequencer or peers cannot be reached, or the node is still catching up (or, seen by a client, the
+    node itself cannot be reached or the connection dropped)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retriable = True
 
 
 class PermissionDenied(ExchangeError):
     """A peer-only call from a caller without the cluster token."""
 
+    code = grpc.StatusCode.PERMISSION_DENIED
+
 
 class FailedPrecondition(ExchangeError):
     """The system is not in a state where the call can work (e.g. a node ahead of the Sequencer)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class OutOfRange(ExchangeError):
     """A resume point that this node no longer retains."""
 
+    code = grpc.StatusCode.OUT_OF_RANGE
 
-STATUS_BY_ERROR: dict[type[ExchangeError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Aborted: grpc.StatusCode.ABORTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
-}
+
+class Unauthenticated(ExchangeError):
+    """The call carries no valid credentials (an API key, when the cluster requires one)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(ExchangeError):
+    """A request over the size limit, or (later) a rate limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ExchangeError):
+    """No answer in time: the request may or may not have taken effect."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    retriable = True
+
+
+class Internal(ExchangeError):
+    """A bug on the other side (its log has the traceback)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Cancelled(ExchangeError):
+    """The call was cancelled (by the caller, or the server stopping it)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unimplemented(ExchangeError):
+    """The server does not have this method (an older node)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+ERROR_CLASSES: tuple[type[ExchangeError], ...] = (
+    InvalidArgument, NotFound, Aborted, Unavailable, PermissionDenied, FailedPrecondition, OutOfRange,
+    Unauthenticated, ResourceExhausted, DeadlineExceeded, Internal, Cancelled, Unimplemented,
+)
+STATUS_BY_ERROR: dict[type[ExchangeError], grpc.StatusCode] = {cls: cls.code for cls in ERROR_CLASSES}
+ERROR_BY_STATUS: dict[grpc.StatusCode, type[ExchangeError]] = {cls.code: cls for cls in ERROR_CLASSES}
+_STATUS_BY_NAME = {code.name: code for code in grpc.StatusCode}
 
 
 def status_of(error: ExchangeError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return grpc.StatusCode.INTERNAL
+    return error.code
+
+
+def error_from_status(code: grpc.StatusCode | str, message: str = "") -> ExchangeError:
+    """The exception for a status: `code` a grpc.StatusCode or its name (as OrderEntryError carries it).
+    A code without a class of its own (UNKNOWN, ALREADY_EXISTS, DATA_LOSS, a name not known) gives a bare
+    ExchangeError carrying it (an unknown name: UNKNOWN)."""
+    if isinstance(code, str):
+        code = _STATUS_BY_NAME.get(code, grpc.StatusCode.UNKNOWN)
+    cls = ERROR_BY_STATUS.get(code)
+    return cls(message) if cls is not None else ExchangeError(message, code=code)
+
+
+def error_from_rpc(error: grpc.RpcError) -> ExchangeError:
+    """The exception for a failed grpc call (sync or asyncio), with its status and details."""
+    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = error.details() if callable(getattr(error, "details", None)) else str(error)
+    exception = error_from_status(code or grpc.StatusCode.UNKNOWN, details or "")
+    exception.__cause__ = error
+    return exception
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:

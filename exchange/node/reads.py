@@ -21,6 +21,8 @@ from exchange.v1 import exchange_pb2 as pb
 
 # Applied entries a StreamEvents subscriber may fall behind by before its stream is ended (it resumes).
 STREAM_QUEUE_LIMIT = 100_000
+# GetOrderBook's `all_levels`: more levels than any book has.
+ALL_LEVELS = 2**31
 
 
 class ReadRPCs:
@@ -46,15 +48,35 @@ class ReadRPCs:
                                   f"{convert.DEFAULT_DEPTH}), got {request.depth}")
         self.node.require_serving()
         market = config.symbol
-        bids, asks = self.replica.depth(market, request.depth or convert.DEFAULT_DEPTH)
+        levels = ALL_LEVELS if request.all_levels else request.depth or convert.DEFAULT_DEPTH
+        if request.include_orders:
+            bids, asks = self._orders_by_level(market, levels)
+        else:
+            l2_bids, l2_asks = self.replica.depth(market, levels)
+            bids, asks = convert.book_levels(l2_bids), convert.book_levels(l2_asks)
         return pb.GetOrderBookResponse(
             market=market,
             seq=self.replica.applied_seq(market),
-            bids=convert.book_levels(bids),
-            asks=convert.book_levels(asks),
+            bids=bids,
+            asks=asks,
             checksum=self.replica.checksum(market),
             known_seq=self.replica.known_seq(market),
         )
+
+    def _orders_by_level(self, market: str, levels: int) -> tuple[list[pb.PriceLevel], list[pb.PriceLevel]]:
+        """The first `levels` levels of each side with their resting orders (L3), in priority order."""
+        sides: dict[eng.Side, list[pb.PriceLevel]] = {eng.Side.BUY: [], eng.Side.SELL: []}
+        for order in self.replica.resting_orders(market):
+            side = sides[order.side]
+            if not side or side[-1].price != order.price:
+                if len(side) == levels:
+                    continue
+                side.append(pb.PriceLevel(price=order.price))
+            level = side[-1]
+            level.size += order.remaining
+            level.order_count += 1
+            level.orders.add(order_id=order.order_id, size=order.remaining)
+        return sides[eng.Side.BUY], sides[eng.Side.SELL]
 
     @rpc
     async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:

@@ -148,6 +148,10 @@ class Replica:
     def checksum(self, market: str) -> int:
         return self._engine.checksum(market)
 
+    def resting_orders(self, market: str) -> Iterator[eng.OrderView]:
+        """Every resting order in priority order: bids best first (FIFO per level), then asks best first."""
+        return self._engine.resting_orders(market)
+
     def is_resting(self, market: str, order_id: int) -> bool:
         return self._engine.order(market, order_id) is not None
 

@@ -1,0 +1,62 @@
+"""The exchange's client library, for the programs traders write: sync (`Client`) and asyncio (`AsyncClient`).
+
+    from exchange.client import Client
+
+    with Client(["127.0.0.1:50051", "127.0.0.1:50052"]) as client:   # or Client.from_consul("127.0.0.1:8500")
+        result = client.buy(10, 100)                                  # 10 lots at 100 ticks: an OrderResult
+        print(result.status.name, result.filled_size, [t.price for t in result.trades])
+        print(client.get_book(depth=5).best_ask)
+        with client.subscribe_book("BTC-USD") as book:                 # a local L3 book, checksum-verified
+            print(book.book(depth=3))
+
+Results are frozen dataclasses (`exchange.client.types`) with ints for prices (ticks) and sizes (lots). Failures
+are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidArgument`, ... each with `code`,
+`message` and `retriable`). Retries and failover: `exchange.client.core` (README "Python client").
+"""
+
+from exchange.client.aio import AsyncBookSubscription, AsyncClient
+from exchange.client.book import SubscriptionStats
+from exchange.client.core import (
+    DEFAULT_NODES,
+    ClientStats,
+    Connection,
+    ConsulNodes,
+    NodeSource,
+    RetryPolicy,
+    StaticNodes,
+    connection_of,
+    new_client_order_id,
+)
+from exchange.client.sync import BookSubscription, Client
+from exchange.client.types import (
+    AmendResult,
+    Book,
+    BookLevel,
+    BookOrder,
+    CancelResult,
+    Event,
+    MarketStatus,
+    NewOrder,
+    NodeStatus,
+    Order,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderRejected,
+    OrderRested,
+    OrderResult,
+    OrderStatus,
+    OrderType,
+    Side,
+    Trade,
+    TradeExecuted,
+)
+from exchange.errors import ExchangeError
+
+__all__ = [
+    "DEFAULT_NODES", "AmendResult", "AsyncBookSubscription", "AsyncClient", "Book", "BookLevel", "BookOrder",
+    "BookSubscription", "CancelResult", "Client", "ClientStats", "Connection", "ConsulNodes", "Event", "ExchangeError",
+    "MarketStatus", "NewOrder", "NodeSource", "NodeStatus", "Order", "OrderAccepted", "OrderAmended",
+    "OrderCancelled", "OrderRejected", "OrderRested", "OrderResult", "OrderStatus", "OrderType", "RetryPolicy",
+    "Side", "StaticNodes", "SubscriptionStats", "Trade", "TradeExecuted", "connection_of", "new_client_order_id",
+]

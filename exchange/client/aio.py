@@ -1,0 +1,322 @@
+"""The asyncio client: `AsyncClient` and `AsyncBookSubscription`, the same API as `Client` with `await`.
+
+Every decision is made by `exchange.client.core` and `exchange.client.book` (shared with the sync client);
+this module only calls and waits, on grpc.aio channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from exchange.client import core
+from exchange.client import types as t
+from exchange.client.book import Diverged, SubscriptionBase
+from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
+from exchange.errors import ExchangeError, error_from_rpc
+from exchange.v1 import exchange_pb2 as pb
+
+R = TypeVar("R")
+
+
+class AsyncClient(ClientBase):
+    """`Client` for asyncio: the same arguments, methods and results; calls are coroutines, `events()` an async
+    iterator, `subscribe_book()` an awaitable async context manager. Make and use it inside one event loop."""
+
+    @classmethod
+    def from_consul(cls, consul: str = "127.0.0.1:8500", **options: Any) -> AsyncClient:
+        return cls(core.ConsulNodes(consul), **options)
+
+    def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        if self.connection.credentials is None:
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.secure_channel(address, self.connection.credentials, options=options)
+
+    async def _run(self, operation: Operation[R], timeout: float | None) -> R:
+        plan = RetryPlan(self.nodes, self.policy, operation.safety, timeout)
+        while True:
+            try:
+                attempt = plan.next()
+            except ExchangeError as final:
+                return operation.resolve(final, plan)
+            if attempt.delay:
+                await asyncio.sleep(attempt.delay)
+            method = getattr(self.stub(attempt.address), operation.method)
+            try:
+                answer = await method(operation.request, timeout=attempt.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                try:
+                    plan.failed(attempt, error)
+                except ExchangeError as final:
+                    return operation.resolve(final, plan)
+                continue
+            plan.succeeded(attempt)
+            return operation.convert(answer)
+
+    async def close(self) -> None:
+        for channel in self._take_channels():
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- orders -----------------------------------------------------------------------------------------
+
+    async def place(self, order: t.NewOrder, timeout: float | None = None) -> t.OrderResult:
+        return await self._run(core.create_order(order), timeout)
+
+    async def create_order(
+        self, side: t.Side | str, size: int, price: int | None = None, *, order_type: t.OrderType | str = "LIMIT",
+        market: str = "", client_order_id: str | None = None, timeout: float | None = None,
+    ) -> t.OrderResult:
+        return await self.place(core.order_of(side, size, price, order_type, market, client_order_id), timeout)
+
+    async def buy(self, size: int, price: int | None = None, **options: Any) -> t.OrderResult:
+        return await self.create_order(t.Side.BUY, size, price, **options)
+
+    async def sell(self, size: int, price: int | None = None, **options: Any) -> t.OrderResult:
+        return await self.create_order(t.Side.SELL, size, price, **options)
+
+    async def cancel_order(self, order_id: int, *, market: str = "", timeout: float | None = None) -> t.CancelResult:
+        return await self._run(core.cancel_order(order_id, market), timeout)
+
+    async def amend_order(self, order_id: int, size: int, price: int | None = None, *, market: str = "",
+                          timeout: float | None = None) -> t.AmendResult:
+        return await self._run(core.amend_order(order_id, size, price, market), timeout)
+
+    async def submit_many(self, orders: Iterable[t.NewOrder], *, batch_size: int = 100, window: int = 1000,
+                          timeout: float | None = None) -> list[t.OrderResult | ExchangeError]:
+        """See `Client.submit_many`."""
+        entries = core.EntryWindow(core.entry_requests(orders), batch_size, window)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while not entries.done:
+            try:
+                attempt = plan.next()
+            except ExchangeError as final:
+                entries.give_up(final)
+                break
+            if attempt.delay:
+                await asyncio.sleep(attempt.delay)
+            error = await self._entry_stream(attempt, entries, plan)
+            if error is None:
+                plan.succeeded(attempt)
+                continue
+            entries.stream_failed()
+            try:
+                plan.failed(attempt, error)
+            except ExchangeError as final:
+                entries.give_up(final)
+        self.stats.resent_orders += entries.retried
+        return entries.final()
+
+    async def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
+                            plan: RetryPlan) -> ExchangeError | grpc.RpcError | None:
+        call = self.stub(attempt.address).OrderEntryBatch(metadata=self._metadata)
+        room = asyncio.Event()
+        room.set()
+
+        async def write() -> None:
+            while not entries.done:
+                batch = entries.next_batch()
+                if batch is None:
+                    room.clear()
+                    await room.wait()
+                    continue
+                await call.write(batch)
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(write())
+        try:
+            while not entries.done:
+                try:
+                    result = await asyncio.wait_for(call.read(), attempt.timeout)
+                except TimeoutError:
+                    return core.DeadlineExceeded(f"no answer from {attempt.address} for {attempt.timeout:.1f}s")
+                if result is grpc.aio.EOF:
+                    return core.Unavailable("the order entry stream ended early")
+                entries.on_result(result)
+                plan.progress()
+                room.set()
+            return None
+        except grpc.RpcError as error:
+            return error
+        except ExchangeError as error:
+            return error
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError, Exception):
+                await writer
+            call.cancel()
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def get_order(self, order_id: int, *, market: str = "", timeout: float | None = None) -> t.Order:
+        return await self._run(core.get_order(order_id, market), timeout)
+
+    async def get_book(self, market: str = "", depth: int = 10, *, all_levels: bool = False,
+                       include_orders: bool = False, timeout: float | None = None) -> t.Book:
+        return await self._run(core.get_book(market, depth, all_levels, include_orders), timeout)
+
+    async def node_status(self, address: str, timeout: float = 3.0) -> t.NodeStatus:
+        operation = core.get_status(address)
+        try:
+            answer = await self.stub(address).GetStatus(operation.request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return operation.convert(answer)
+
+    async def events(self, market: str = "", from_seq: int = 0, *,
+                     timeout: float | None = None) -> AsyncIterator[t.Event]:
+        """See `Client.events`."""
+        position = core.StreamPosition.starting_at(from_seq)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while True:
+            attempt = plan.next()
+            if attempt.delay:
+                await asyncio.sleep(attempt.delay)
+            request = pb.StreamEventsRequest(market=market, from_seq=position.resume())
+            try:
+                async for message in self.stub(attempt.address).StreamEvents(request, metadata=self._metadata):
+                    plan.progress()
+                    if position.accept(message.seq):
+                        yield t.event_from_pb(message)
+            except grpc.RpcError as error:
+                plan.failed(attempt, error)
+                continue
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the event stream"))
+
+    async def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
+                             timeout: float | None = None) -> AsyncBookSubscription:
+        """See `Client.subscribe_book`: `async with await client.subscribe_book(...) as book:`."""
+        subscription = AsyncBookSubscription(self, market, verify_interval, timeout)
+        await subscription.start()
+        return subscription
+
+
+class AsyncBookSubscription(SubscriptionBase):
+    """See `BookSubscription`; its background work runs as two tasks on the client's event loop."""
+
+    def __init__(self, client: AsyncClient, market: str, verify_interval: float, timeout: float | None) -> None:
+        super().__init__(market, verify_interval, timeout)
+        self.client = client
+        self._changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._verify())]
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self._tracker.book is not None or self._error is not None),
+                    self.timeout or self.client.policy.timeout)
+        if self._tracker.book is None:
+            await self.close()
+            raise self._error or core.DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._tracker.reached(seq, time.monotonic()):
+            if self._error is not None or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> AsyncBookSubscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _resync(self) -> None:
+        if self._tracker.book is not None:
+            self._tracker.diverged()
+        if self._call is not None:
+            self._call.cancel()
+
+    async def _follow(self) -> None:
+        client, tracker = self.client, self._tracker
+        plan = RetryPlan(client.nodes, client.policy, Safety.IDEMPOTENT, self.timeout)
+        while True:
+            try:
+                attempt = plan.next()
+            except ExchangeError as error:
+                self._error = error
+                await self._notify()
+                return
+            await asyncio.sleep(attempt.delay)
+            stub = client.stub(attempt.address)
+            try:
+                if tracker.book is None:
+                    snapshot = await stub.GetOrderBook(core.book_snapshot_request(self.market),
+                                                       timeout=attempt.timeout, metadata=client._metadata)
+                    tracker.load(t.book_from_pb(snapshot), time.monotonic())
+                    self.market = self.market or snapshot.market
+                    await self._notify()
+                else:
+                    tracker.stats.reconnects += 1
+                self._address = attempt.address
+                self._call = stub.StreamEvents(
+                    pb.StreamEventsRequest(market=self.market, from_seq=tracker.position.resume()),
+                    metadata=client._metadata)
+                plan.succeeded(attempt)
+                async for message in self._call:
+                    tracker.on_event(t.event_from_pb(message), time.monotonic())
+                    plan.progress()
+                    await self._notify()
+            except Diverged:
+                self._resync()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                self._resync()  # the stream was cancelled to resynchronise
+            except grpc.aio.AioRpcError as error:
+                if tracker.book is None or error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OUT_OF_RANGE):
+                    self._resync()
+                    continue
+                try:
+                    plan.failed(attempt, error)
+                except ExchangeError as final:
+                    self._error = final
+                    await self._notify()
+                    return
+
+    async def _verify(self) -> None:
+        client = self.client
+        next_check = time.monotonic() + self.verify_interval
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                self._tracker.check_quiet(time.monotonic())
+            except Diverged:
+                self._resync()
+            address = self._address
+            if time.monotonic() < next_check or address is None or self._tracker.book is None:
+                continue
+            next_check = time.monotonic() + self.verify_interval
+            try:
+                answer = await client.stub(address).GetOrderBook(core.book_checksum_request(self.market),
+                                                                 timeout=2, metadata=client._metadata)
+            except grpc.RpcError:
+                continue
+            if address == self._address:
+                self._tracker.expect(answer.seq, answer.checksum)

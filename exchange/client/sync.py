@@ -1,0 +1,379 @@
+"""The blocking client: `Client`, and `BookSubscription` (a local book kept current by a background thread).
+
+Every decision (which node, when and whether to retry, what a result means) is made by `exchange.client.core`
+and `exchange.client.book`, which `AsyncClient` shares; this module only calls and waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from exchange.client import core
+from exchange.client import types as t
+from exchange.client.book import Diverged, SubscriptionBase
+from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
+from exchange.errors import ExchangeError, error_from_rpc
+from exchange.v1 import exchange_pb2 as pb
+
+R = TypeVar("R")
+
+
+class Client(ClientBase):
+    """A connection to an exchange cluster: orders, books, events, with failover between nodes.
+
+    `nodes`: addresses ("host:port", a list or a comma-separated string) or a NodeSource such as
+    `ConsulNodes("127.0.0.1:8500")`. `connection`: TLS credentials, API key, metadata, channel options.
+    `policy`: retry and failover timing. `stub_factory`: builds the ExchangeNode stub for an address (tests).
+    Safe to use from several threads. Use as a context manager, or call `close()`."""
+
+    @classmethod
+    def from_consul(cls, consul: str = "127.0.0.1:8500", **options: Any) -> Client:
+        """A client of the nodes Consul lists as passing `peer-server` instances."""
+        return cls(core.ConsulNodes(consul), **options)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        if self.connection.credentials is None:
+            return grpc.insecure_channel(address, options=options)
+        return grpc.secure_channel(address, self.connection.credentials, options=options)
+
+    def _run(self, operation: Operation[R], timeout: float | None) -> R:
+        plan = RetryPlan(self.nodes, self.policy, operation.safety, timeout)
+        while True:
+            try:
+                attempt = plan.next()
+            except ExchangeError as final:
+                return operation.resolve(final, plan)
+            if attempt.delay:
+                time.sleep(attempt.delay)
+            method = getattr(self.stub(attempt.address), operation.method)
+            try:
+                answer = method(operation.request, timeout=attempt.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                try:
+                    plan.failed(attempt, error)
+                except ExchangeError as final:
+                    return operation.resolve(final, plan)
+                continue
+            plan.succeeded(attempt)
+            return operation.convert(answer)
+
+    def close(self) -> None:
+        for channel in self._take_channels():
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- orders -----------------------------------------------------------------------------------------
+
+    def place(self, order: t.NewOrder, timeout: float | None = None) -> t.OrderResult:
+        """Places `order`, retrying (on another node if need be) until `timeout` seconds have passed."""
+        return self._run(core.create_order(order), timeout)
+
+    def create_order(
+        self, side: t.Side | str, size: int, price: int | None = None, *, order_type: t.OrderType | str = "LIMIT",
+        market: str = "", client_order_id: str | None = None, timeout: float | None = None,
+    ) -> t.OrderResult:
+        return self.place(core.order_of(side, size, price, order_type, market, client_order_id), timeout)
+
+    def buy(self, size: int, price: int | None = None, **options: Any) -> t.OrderResult:
+        return self.create_order(t.Side.BUY, size, price, **options)
+
+    def sell(self, size: int, price: int | None = None, **options: Any) -> t.OrderResult:
+        return self.create_order(t.Side.SELL, size, price, **options)
+
+    def cancel_order(self, order_id: int, *, market: str = "", timeout: float | None = None) -> t.CancelResult:
+        return self._run(core.cancel_order(order_id, market), timeout)
+
+    def amend_order(self, order_id: int, size: int, price: int | None = None, *, market: str = "",
+                    timeout: float | None = None) -> t.AmendResult:
+        """New remaining `size` and (optionally) `price`. Not retried after an ambiguous failure: see core."""
+        return self._run(core.amend_order(order_id, size, price, market), timeout)
+
+    def submit_many(self, orders: Iterable[t.NewOrder], *, batch_size: int = 100, window: int = 1000,
+                    timeout: float | None = None) -> list[t.OrderResult | ExchangeError]:
+        """Places many orders over the OrderEntryBatch stream, at most `window` in flight, in batches of
+        `batch_size`; returns one result or error per order, in order. A broken stream is reopened (on another
+        node if need be) and the orders it had not answered are sent again: their client_order_ids make that
+        safe. `timeout`: the longest to go on without any answer (the policy's timeout by default)."""
+        entries = core.EntryWindow(core.entry_requests(orders), batch_size, window)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while not entries.done:
+            try:
+                attempt = plan.next()
+            except ExchangeError as final:
+                entries.give_up(final)
+                break
+            if attempt.delay:
+                time.sleep(attempt.delay)
+            error = self._entry_stream(attempt, entries, plan)
+            if error is None:
+                plan.succeeded(attempt)
+                continue
+            entries.stream_failed()
+            try:
+                plan.failed(attempt, error)
+            except ExchangeError as final:
+                entries.give_up(final)
+        self.stats.resent_orders += entries.retried
+        return entries.final()
+
+    def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
+                      plan: RetryPlan) -> ExchangeError | grpc.RpcError | None:
+        """One OrderEntryBatch stream: sends while the window has room, until every order has its result or the
+        stream fails (returned). A stream with orders in flight and no answer for an attempt's timeout is
+        cancelled and counts as DEADLINE_EXCEEDED."""
+        changed = threading.Condition()
+        state = {"closed": False, "last_answer": time.monotonic()}
+
+        def requests() -> Iterator[pb.OrderBatch]:
+            while True:
+                with changed:
+                    batch = entries.next_batch()
+                    while batch is None and not state["closed"] and not entries.done:
+                        changed.wait(0.5)
+                        batch = entries.next_batch()
+                    if batch is None:
+                        return
+                yield batch
+
+        call = self.stub(attempt.address).OrderEntryBatch(requests(), metadata=self._metadata)
+        stalled = threading.Event()
+
+        def watchdog() -> None:
+            while not state["closed"]:
+                time.sleep(0.05)
+                with changed:
+                    waiting = bool(entries.in_flight)
+                    silent = time.monotonic() - float(state["last_answer"])
+                if waiting and silent > attempt.timeout:
+                    stalled.set()
+                    call.cancel()
+                    return
+
+        guard = threading.Thread(target=watchdog, name="submit-many-watchdog", daemon=True)
+        guard.start()
+        try:
+            for result in call:
+                with changed:
+                    entries.on_result(result)
+                    state["last_answer"] = time.monotonic()
+                    plan.progress()
+                    changed.notify_all()
+                    if entries.done:
+                        break
+            return None if entries.done else core.Unavailable("the order entry stream ended early")
+        except grpc.RpcError as error:
+            if stalled.is_set():
+                return core.DeadlineExceeded(f"no answer from {attempt.address} for {attempt.timeout:.1f}s")
+            return error
+        except ExchangeError as error:
+            return error
+        finally:
+            with changed:
+                state["closed"] = True
+                changed.notify_all()
+            call.cancel()
+            guard.join()
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    def get_order(self, order_id: int, *, market: str = "", timeout: float | None = None) -> t.Order:
+        return self._run(core.get_order(order_id, market), timeout)
+
+    def get_book(self, market: str = "", depth: int = 10, *, all_levels: bool = False, include_orders: bool = False,
+                 timeout: float | None = None) -> t.Book:
+        """The node's book: `depth` levels per side (or `all_levels`), with each level's orders if
+        `include_orders` (L3: order ids and sizes, no owners)."""
+        return self._run(core.get_book(market, depth, all_levels, include_orders), timeout)
+
+    def node_status(self, address: str, timeout: float = 3.0) -> t.NodeStatus:
+        """GetStatus of the node at `address` itself (no failover: this asks about that node)."""
+        operation = core.get_status(address)
+        try:
+            answer = self.stub(address).GetStatus(operation.request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return operation.convert(answer)
+
+    def events(self, market: str = "", from_seq: int = 0, *, timeout: float | None = None) -> Iterator[t.Event]:
+        """Every event of `market` from `from_seq` (0: from now on), then live, without end. A broken stream is
+        resumed where it stopped, on another node if need be, with no event lost or repeated; `timeout`: the
+        longest to go on trying to reconnect."""
+        position = core.StreamPosition.starting_at(from_seq)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while True:
+            attempt = plan.next()
+            if attempt.delay:
+                time.sleep(attempt.delay)
+            request = pb.StreamEventsRequest(market=market, from_seq=position.resume())
+            try:
+                for message in self.stub(attempt.address).StreamEvents(request, metadata=self._metadata):
+                    plan.progress()
+                    if position.accept(message.seq):
+                        yield t.event_from_pb(message)
+            except grpc.RpcError as error:
+                plan.failed(attempt, error)
+                continue
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the event stream"))
+
+    def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
+                       timeout: float | None = None) -> BookSubscription:
+        """A local copy of `market`'s whole book (L3), kept current in a background thread and checked against
+        the node's checksum every `verify_interval` seconds; a divergence makes it start again from a new
+        snapshot. Returns once the first snapshot is loaded. Use as a context manager, or call `close()`."""
+        subscription = BookSubscription(self, market, verify_interval, timeout)
+        subscription.start()
+        return subscription
+
+
+class BookSubscription(SubscriptionBase):
+    """See `Client.subscribe_book`. `book()` reads the local book; `wait_for(seq)` waits until it reaches a seq."""
+
+    def __init__(self, client: Client, market: str, verify_interval: float, timeout: float | None) -> None:
+        super().__init__(market, verify_interval, timeout)
+        self.client = client
+        self._changed = threading.Condition()
+        self._stopped = threading.Event()
+        self._threads = [threading.Thread(target=self._follow, name=f"book-{market or 'default'}", daemon=True),
+                         threading.Thread(target=self._verify, name=f"book-verify-{market}", daemon=True)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        with self._changed:
+            self._changed.wait_for(lambda: self._tracker.book is not None or self._error is not None,
+                                   timeout=self.timeout or self.client.policy.timeout)
+        if self._tracker.book is None:
+            self.close()
+            raise self._error or core.DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
+
+    def _guard(self) -> threading.Condition:
+        return self._changed
+
+    def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        """Waits until the local book has applied all of `seq`; False if it has not within `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._tracker.reached(seq, time.monotonic()):
+                if self._error is not None or time.monotonic() > deadline:
+                    return False
+                self._changed.wait(0.05)
+            return True
+
+    def wait_verified(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Waits until `count` checksum checks have matched in all."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._tracker.stats.verified >= count, timeout)
+
+    def close(self) -> None:
+        self._stopped.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+    def __enter__(self) -> BookSubscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the threads ------------------------------------------------------------------------------------
+
+    def _resync(self, reason: str) -> None:
+        with self._changed:
+            if self._tracker.book is not None:
+                self._tracker.diverged()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _follow(self) -> None:
+        client, tracker = self.client, self._tracker
+        plan = RetryPlan(client.nodes, client.policy, Safety.IDEMPOTENT, self.timeout)
+        while not self._stopped.is_set():
+            try:
+                attempt = plan.next()
+            except ExchangeError as error:
+                self._fail(error)
+                return
+            self._stopped.wait(attempt.delay)
+            stub = client.stub(attempt.address)
+            try:
+                if tracker.book is None:
+                    snapshot = stub.GetOrderBook(core.book_snapshot_request(self.market), timeout=attempt.timeout,
+                                                 metadata=client._metadata)
+                    with self._changed:
+                        tracker.load(t.book_from_pb(snapshot), time.monotonic())
+                        self._changed.notify_all()
+                    self.market = self.market or snapshot.market
+                else:
+                    tracker.stats.reconnects += 1
+                with self._changed:
+                    from_seq = tracker.position.resume()
+                self._address = attempt.address
+                self._call = stub.StreamEvents(pb.StreamEventsRequest(market=self.market, from_seq=from_seq),
+                                               metadata=client._metadata)
+                plan.succeeded(attempt)
+                for message in self._call:
+                    event = t.event_from_pb(message)
+                    with self._changed:
+                        tracker.on_event(event, time.monotonic())
+                        self._changed.notify_all()
+                    plan.progress()
+            except Diverged:
+                self._resync("diverged")
+            except grpc.RpcError as error:
+                if self._stopped.is_set():
+                    return
+                if tracker.book is None or error.code() in (grpc.StatusCode.CANCELLED,
+                                                            grpc.StatusCode.OUT_OF_RANGE):
+                    self._resync("the stream cannot resume")  # resync requested, or the resume point is gone
+                    continue
+                try:
+                    plan.failed(attempt, error)
+                except ExchangeError as final:
+                    self._fail(final)
+                    return
+
+    def _fail(self, error: ExchangeError) -> None:
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()
+
+    def _verify(self) -> None:
+        """Every verify_interval: the node's (seq, checksum), compared once the local book is exactly there."""
+        client = self.client
+        next_check = time.monotonic() + self.verify_interval
+        while not self._stopped.wait(0.05):
+            try:
+                with self._changed:
+                    self._tracker.check_quiet(time.monotonic())
+                    self._changed.notify_all()
+            except Diverged:
+                self._resync("checksum")
+            address = self._address
+            if time.monotonic() < next_check or address is None or self._tracker.book is None:
+                continue
+            next_check = time.monotonic() + self.verify_interval
+            try:
+                answer = client.stub(address).GetOrderBook(core.book_checksum_request(self.market), timeout=2,
+                                                           metadata=client._metadata)
+            except grpc.RpcError:
+                continue  # the stream's own failover deals with a node that went away
+            if address == self._address:
+                with self._changed:
+                    self._tracker.expect(answer.seq, answer.checksum)

@@ -1,0 +1,193 @@
+"""The client library against a real 3-node cluster: typed results and errors, the L3 book, the book
+subscription under load (equal to the node's book and checksum), the asyncio client, the CLI and the examples."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from devtools.cluster import ROOT, Cluster
+from devtools.workload import Workload
+from exchange.client import AsyncClient, Book, Client, NewOrder, OrderResult, OrderStatus, OrderType, Side
+from exchange.client.book import book_checksum
+from exchange.errors import InvalidArgument, NotFound
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
+
+pytestmark = pytest.mark.integration
+
+CLUSTER_MARKETS = "BTC-USD,ETH-USD,SOL-USD"  # SOL-USD: the examples' own market
+# crossing limit orders with some IOC and MARKET ones, so the book trades, rests and empties levels
+LOAD = Workload(markets=("ETH-USD",), types={types_pb2.LIMIT: 8, types_pb2.IOC: 1, types_pb2.MARKET: 1})
+
+
+def new_orders(count: int, seed: int, workload: Workload = LOAD) -> list[NewOrder]:
+    """`count` orders of the project's random workload, as the client library takes them."""
+    generator = workload.orders(random.Random(seed))
+    orders = []
+    for _ in range(count):
+        request = generator.request()
+        orders.append(NewOrder(Side(request.side), request.size, request.limit_price or None,
+                               OrderType(request.order_type), request.market))
+    return orders
+
+
+def same_book(local: Book, node: Book) -> bool:
+    return (local.seq, local.checksum, local.bids, local.asks) == (node.seq, node.checksum, node.bids, node.asks)
+
+
+def test_orders_and_errors_come_back_typed(module_cluster: Cluster) -> None:
+    with Client(module_cluster.node_addresses) as client:
+        rested = client.sell(10, 5000, market="BTC-USD")
+        assert isinstance(rested, OrderResult) and rested.status is OrderStatus.RESTING and rested.remaining_size == 10
+        taken = client.buy(4, 5000, market="BTC-USD", client_order_id="typed-1")
+        assert taken.status is OrderStatus.FILLED and [(x.price, x.size) for x in taken.trades] == [(5000, 4)]
+        again = client.buy(4, 5000, market="BTC-USD", client_order_id="typed-1")
+        assert again.duplicate and again.order_id == taken.order_id, "a repeated id is the same order"
+        amended = client.amend_order(rested.order_id, 3, 5001, market="BTC-USD")
+        assert (amended.price, amended.remaining_size, amended.priority_kept) == (5001, 3, False)
+        order = client.get_order(rested.order_id, market="BTC-USD")
+        assert (order.side, order.remaining_size, order.filled_size) == (Side.SELL, 3, 4)
+        cancelled = client.cancel_order(rested.order_id, market="BTC-USD")
+        assert cancelled.cancelled_size == 3 and not cancelled.uncertain
+        with pytest.raises(NotFound) as gone:
+            client.cancel_order(rested.order_id, market="BTC-USD")
+        assert gone.value.code.name == "NOT_FOUND" and not gone.value.retriable
+        with pytest.raises(InvalidArgument, match="size must not be 0"):
+            client.buy(0, 100, market="BTC-USD")
+        with pytest.raises(NotFound, match="unknown market"):
+            client.buy(1, 100, market="DOGE-USD")
+
+
+def test_the_client_finds_the_nodes_through_consul(module_cluster: Cluster) -> None:
+    with Client.from_consul(module_cluster.consul_address) as client:
+        assert client.buy(1, 10, market="BTC-USD").status is OrderStatus.RESTING
+        assert sorted(client.nodes.addresses) == sorted(module_cluster.node_addresses)
+
+
+def test_the_l3_book_lists_each_levels_orders_in_priority_order_and_no_owner(module_cluster: Cluster) -> None:
+    assert [f.name for f in pb.LevelOrder.DESCRIPTOR.fields] == ["order_id", "size"], "public data: no owner"
+    with Client(module_cluster.node_address(0)) as client, Client(module_cluster.node_address(2)) as reader:
+        ids = [client.buy(size, 3000 + size % 2, market="BTC-USD", client_order_id=f"l3-{size}").order_id
+               for size in (1, 2, 3, 4)]
+        module_cluster.wait_converged()
+        book = reader.get_book("BTC-USD", all_levels=True, include_orders=True)
+        level = {lvl.price: lvl for lvl in book.bids}
+        assert [o.order_id for o in level[3001].orders] == [ids[0], ids[2]], "FIFO within the level"
+        assert [o.order_id for o in level[3000].orders] == [ids[1], ids[3]]
+        for lvl in (*book.bids, *book.asks):
+            assert lvl.size == sum(o.size for o in lvl.orders) and lvl.order_count == len(lvl.orders)
+        orders = [[(o.order_id, lvl.price, o.size) for lvl in side for o in lvl.orders]
+                  for side in (book.bids, book.asks)]
+        assert book_checksum(*orders) == book.checksum, "the L3 answer is exactly what the checksum covers"
+        plain = reader.get_book("BTC-USD", depth=1)
+        assert len(plain.bids) == 1 and plain.bids[0].orders == () and plain.bids[0].price == book.bids[0].price
+
+
+def test_a_book_subscription_stays_equal_to_the_nodes_book_and_checksum_under_load(module_cluster: Cluster) -> None:
+    addresses = module_cluster.node_addresses
+    with Client(addresses[1]) as watcher, Client(addresses) as trader, \
+            watcher.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
+        results: list = []
+        writers = [threading.Thread(target=lambda seed=seed: results.extend(
+            trader.submit_many(new_orders(1500, seed), batch_size=25, window=200))) for seed in (1, 2)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        assert all(isinstance(r, OrderResult) for r in results) and len(results) == 3000
+        module_cluster.wait_converged()
+        node_book = watcher.get_book("ETH-USD", all_levels=True, include_orders=True)
+        assert subscription.wait_for(node_book.seq), subscription.stats
+        assert same_book(subscription.book(include_orders=True), node_book)
+        assert subscription.wait_verified(subscription.stats.verified + 1)
+        stats = subscription.stats
+        assert stats.resyncs == 0 and stats.verified >= 2, stats
+        assert stats.events > 3000, stats
+
+
+def test_a_book_subscription_finds_a_divergence_and_resynchronises(module_cluster: Cluster) -> None:
+    with Client(module_cluster.node_addresses) as client:
+        client.submit_many(new_orders(200, 7))
+        with client.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
+            with subscription._changed:  # damage the local copy, as a lost event would
+                book = subscription._tracker.book
+                assert book is not None and book.orders
+                book.remove(next(iter(book.orders)))
+            client.submit_many(new_orders(20, 8))
+            module_cluster.wait_converged()
+            node_book = client.get_book("ETH-USD", all_levels=True, include_orders=True)
+            assert subscription.wait_for(node_book.seq)
+            assert subscription.wait_verified(subscription.stats.verified + 1)
+            assert subscription.stats.resyncs >= 1
+            assert same_book(subscription.book(include_orders=True), node_book)
+
+
+def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(module_cluster.node_addresses) as client:
+            first = await client.sell(2, 7000, market="BTC-USD")
+            assert first.status is OrderStatus.RESTING
+            results = await client.submit_many(new_orders(300, 11), batch_size=20, window=60)
+            assert all(isinstance(r, OrderResult) for r in results)
+            async with await client.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
+                await client.submit_many(new_orders(300, 12))
+                node_book = await client.get_book("ETH-USD", all_levels=True, include_orders=True)
+                assert await subscription.wait_for(node_book.seq)
+                for _ in range(50):  # the node may be ahead of the one the subscription follows: catch up
+                    local = subscription.book(include_orders=True)
+                    if local.seq == node_book.seq:
+                        break
+                    await asyncio.sleep(0.1)
+                assert same_book(subscription.book(include_orders=True), node_book)
+                assert subscription.stats.resyncs == 0
+            events = []
+            async for event in client.events("BTC-USD", from_seq=first.seq):
+                events.append(event)
+                if len(events) == 2:
+                    break
+            assert [e.kind for e in events] == ["order_accepted", "order_rested"]
+
+    asyncio.run(run())
+
+
+def test_the_cli_places_orders_and_checks_the_cluster_through_the_library(module_cluster: Cluster) -> None:
+    cli = [sys.executable, "-m", "exchange.cli", "--node", ",".join(module_cluster.node_addresses)]
+    placed = subprocess.run([*cli, "--market", "BTC-USD", "sell", "3", "--price", "9000"], capture_output=True,
+                            text=True, timeout=60)
+    assert placed.returncode == 0 and ": RESTING  filled 0  resting 3" in placed.stdout, placed
+    module_cluster.wait_converged()
+    status = subprocess.run([*cli, "status", *module_cluster.node_addresses], capture_output=True, text=True,
+                            timeout=60)
+    assert status.returncode == 0 and "replicas agree" in status.stdout, status
+    refused = subprocess.run([*cli, "cancel", "999999"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.startswith("NOT_FOUND: "), refused
+
+
+def test_the_examples_trade_against_the_cluster(module_cluster: Cluster) -> None:
+    nodes = module_cluster.node_addresses
+    maker = subprocess.Popen([sys.executable, str(ROOT / "examples" / "market_maker.py"), *nodes, "--market",
+                              "SOL-USD", "--mid", "20000", "--duration", "6"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        with Client(nodes) as client:  # wait for both quotes
+            for _ in range(100):
+                book = client.get_book("SOL-USD", depth=1)
+                if book.best_bid == 19999 and book.best_ask == 20001:
+                    break
+                threading.Event().wait(0.1)
+        taker = subprocess.run([sys.executable, str(ROOT / "examples" / "taker.py"), *nodes, "--market", "SOL-USD",
+                                "--orders", "6", "--interval", "0.3", "--size", "5"], capture_output=True, text=True,
+                               timeout=90)
+        maker_output, _ = maker.communicate(timeout=60)
+    finally:
+        maker.kill()
+    assert taker.returncode == 0, taker.stdout + taker.stderr
+    assert "done: " in taker.stdout and " 0 lots filled" not in taker.stdout, taker.stdout
+    assert maker.returncode == 0, maker_output
+    assert "re-quote" in maker_output and "done: " in maker_output, maker_output

@@ -1,0 +1,357 @@
+"""The client library's rules without a network: retries, failover, what is retried after an ambiguous failure,
+submit_many's window and resends, stream resumption, and the local book against the engine itself."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from exchange import engine as eng
+from exchange.client import AsyncClient, Client, NewOrder, OrderStatus, RetryPolicy, Side
+from exchange.client import types as t
+from exchange.client.book import BookTracker, Diverged, LocalBook
+from exchange.client.core import EntryWindow, NodeSet, StaticNodes, StreamPosition, entry_requests
+from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from exchange.node.convert import market_event
+from exchange.v1 import exchange_pb2 as pb
+
+NODES = ["n1:1", "n2:1", "n3:1"]
+FAST = RetryPolicy(timeout=2.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01,
+                   node_backoff_initial=0.05, node_backoff_max=0.2)
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+DROPPED = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+REFUSED = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: refused")
+
+
+def answer(request: pb.CreateOrderRequest, order_id: int = 7, duplicate: bool = False) -> pb.CreateOrderResponse:
+    return pb.CreateOrderResponse(market="BTC-USD", order_id=order_id, seq=order_id, status=pb.RESTING,
+                                  remaining_size=request.size, client_order_id=request.client_order_id,
+                                  side=request.side, duplicate=duplicate)
+
+
+class FakeNode:
+    """A node's stub: each method answers from its script (an exception is raised, anything else returned or
+    called with the request); every call is recorded."""
+
+    def __init__(self, name: str, script: dict[str, list[Any]], calls: list[tuple[str, str, Any]]) -> None:
+        self.name, self.script, self.calls = name, script, calls
+
+    def __getattr__(self, method: str) -> Any:
+        def call(request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+            self.calls.append((self.name, method, request))
+            outcomes = self.script.get(method) or [DROPPED]
+            outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome(request) if callable(outcome) else outcome
+
+        return call
+
+
+def make_client(scripts: dict[str, dict[str, list[Any]]], policy: RetryPolicy = FAST) -> tuple[Client, list]:
+    calls: list[tuple[str, str, Any]] = []
+    nodes = {name: FakeNode(name, scripts.get(name, {}), calls) for name in NODES}
+    return Client(NODES, policy=policy, stub_factory=nodes.__getitem__), calls
+
+
+def test_a_new_order_fails_over_to_the_next_node_with_the_same_client_order_id() -> None:
+    client, calls = make_client({"n1:1": {"CreateOrder": [DROPPED]}, "n2:1": {"CreateOrder": [answer]}})
+    result = client.buy(5, 100)
+    assert [(node, method) for node, method, _ in calls] == [("n1:1", "CreateOrder"), ("n2:1", "CreateOrder")]
+    ids = {request.client_order_id for _, _, request in calls}
+    assert len(ids) == 1 and len(ids.pop()) == 32, "one generated id, the same on every attempt"
+    assert result == t.OrderResult("BTC-USD", 7, 7, OrderStatus.RESTING, Side.BUY, 0, 5, 0, (), "", False,
+                                   calls[0][2].client_order_id)
+    client.buy(1, 100)  # stays on the node that answered
+    assert calls[-1][0] == "n2:1"
+
+
+def test_the_callers_client_order_id_is_kept_and_deadline_exceeded_and_aborted_are_retried() -> None:
+    timeout = FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    aborted = FakeRpcError(grpc.StatusCode.ABORTED, "stale")
+    client, calls = make_client({"n1:1": {"CreateOrder": [timeout, aborted, lambda r: answer(r, duplicate=True)]}})
+    result = client.place(NewOrder(Side.SELL, 3, 101, client_order_id="mine"))
+    assert result.duplicate and result.client_order_id == "mine"
+    assert [request.client_order_id for _, _, request in calls] == ["mine"] * len(calls)
+    assert len(calls) >= 3
+
+
+@pytest.mark.parametrize(("code", "error"), [(grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+                                             (grpc.StatusCode.NOT_FOUND, NotFound)])
+def test_a_definite_refusal_is_raised_at_once_as_its_typed_error(code: grpc.StatusCode, error: type) -> None:
+    client, calls = make_client({"n1:1": {"CreateOrder": [FakeRpcError(code, "no such thing")]}})
+    with pytest.raises(error) as raised:
+        client.buy(1, 100)
+    assert raised.value.code == code and raised.value.message == "no such thing" and not raised.value.retriable
+    assert len(calls) == 1
+
+
+def test_retries_stop_at_the_callers_deadline_with_the_last_error() -> None:
+    client, calls = make_client({})
+    with pytest.raises(Unavailable) as raised:
+        client.buy(1, 100, timeout=0.3)
+    assert raised.value.retriable
+    assert {node for node, _, _ in calls} == set(NODES), "every node was tried"
+    assert 3 <= len(calls) < 100, "with backoff, not a busy loop"
+
+
+def test_an_amend_is_not_retried_when_it_may_have_taken_effect() -> None:
+    client, calls = make_client({"n1:1": {"AmendOrder": [DROPPED]}})
+    with pytest.raises(Unavailable):
+        client.amend_order(4, 2, 100)
+    assert len(calls) == 1
+
+
+def test_an_amend_is_retried_when_it_surely_did_not_take_effect() -> None:
+    amended = pb.AmendOrderResponse(market="BTC-USD", order_id=4, seq=9, price=100, remaining_size=2)
+    aborted = FakeRpcError(grpc.StatusCode.ABORTED, "stale")
+    client, calls = make_client({"n1:1": {"AmendOrder": [REFUSED]}, "n2:1": {"AmendOrder": [aborted, amended]}})
+    assert client.amend_order(4, 2, 100) == t.AmendResult("BTC-USD", 4, 9, 100, 2, False, ())
+    assert [node for node, _, _ in calls] == ["n1:1", "n2:1", "n2:1"]
+
+
+def test_a_cancel_retried_after_an_ambiguous_failure_that_finds_the_order_gone_is_uncertain() -> None:
+    gone = FakeRpcError(grpc.StatusCode.NOT_FOUND, "order 4 is not resting")
+    client, _ = make_client({"n1:1": {"CancelOrder": [DROPPED]}, "n2:1": {"CancelOrder": [gone]}})
+    result = client.cancel_order(4)
+    assert result.uncertain and result.order_id == 4 and result.seq is None
+    client, _ = make_client({"n1:1": {"CancelOrder": [gone]}})
+    with pytest.raises(NotFound):  # without an earlier attempt, NOT_FOUND is what it says
+        client.cancel_order(4)
+
+
+def test_a_failed_node_is_avoided_for_a_backoff_then_used_again() -> None:
+    now = [0.0]
+    nodes = NodeSet(StaticNodes(tuple(NODES)), FAST, clock=lambda: now[0])
+    assert nodes.pick() == ("n1:1", 0.0)
+    nodes.failed("n1:1")
+    assert nodes.pick() == ("n2:1", 0.0)
+    nodes.failed("n2:1")
+    nodes.failed("n3:1")
+    address, wait = nodes.pick()  # all avoided: the one back first, after its backoff
+    assert address == "n1:1" and wait == pytest.approx(0.05)
+    now[0] = 0.06
+    assert nodes.pick() == ("n1:1", 0.0)
+    nodes.failed("n1:1")  # a second failure in a row doubles its backoff
+    assert nodes.health["n1:1"].down_until == pytest.approx(0.06 + 0.1)
+
+
+def test_a_node_source_is_asked_again_when_every_known_node_failed() -> None:
+    class Rotating:
+        def __init__(self) -> None:
+            self.lists = [["a:1"], ["b:1"]]
+
+        def addresses(self) -> list[str]:
+            return self.lists.pop(0) if len(self.lists) > 1 else self.lists[0]
+
+    nodes = NodeSet(Rotating(), RetryPolicy(refresh_interval=0))
+    assert nodes.pick()[0] == "a:1"
+    nodes.failed("a:1")
+    assert nodes.pick()[0] == "b:1"
+
+
+# -- submit_many ------------------------------------------------------------------------------------------
+
+
+class FakeEntryStream:
+    """OrderEntryBatch: answers each batch with a result per order (`per_order` decides it), and breaks
+    (UNAVAILABLE) after `break_after` batches."""
+
+    def __init__(self, requests: Iterator[pb.OrderBatch], node: str, log: list, break_after: int | None,
+                 per_order: Any) -> None:
+        self.requests, self.node, self.log = requests, node, log
+        self.break_after, self.per_order, self.answered = break_after, per_order, 0
+
+    def __iter__(self) -> FakeEntryStream:
+        return self
+
+    def __next__(self) -> pb.OrderBatchResult:
+        if self.break_after is not None and self.answered >= self.break_after:
+            raise DROPPED
+        batch = next(self.requests)
+        self.answered += 1
+        self.log.append((self.node, [order.client_order_id for order in batch.orders]))
+        return pb.OrderBatchResult(results=[self.per_order(order) for order in batch.orders])
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_submit_many_resends_what_a_broken_stream_left_unanswered_on_another_node() -> None:
+    log: list[tuple[str, list[str]]] = []
+    retried_once: set[str] = set()
+
+    def per_order(order: pb.CreateOrderRequest) -> pb.OrderEntryResult:
+        if order.size == 0:
+            return pb.OrderEntryResult(error=pb.OrderEntryError(code="INVALID_ARGUMENT", message="size 0"))
+        if order.size == 2 and order.client_order_id not in retried_once:  # a per-order retriable failure
+            retried_once.add(order.client_order_id)
+            return pb.OrderEntryResult(error=pb.OrderEntryError(code="UNAVAILABLE", message="sequencer"))
+        return pb.OrderEntryResult(order=answer(order))
+
+    class Stub:
+        def __init__(self, node: str, break_after: int | None) -> None:
+            self.node, self.break_after = node, break_after
+
+        def OrderEntryBatch(self, requests: Iterator[pb.OrderBatch], metadata: Any = None) -> FakeEntryStream:
+            return FakeEntryStream(requests, self.node, log, self.break_after, per_order)
+
+    stubs = {"n1:1": Stub("n1:1", 2), "n2:1": Stub("n2:1", None), "n3:1": Stub("n3:1", None)}
+    client = Client(NODES, policy=FAST, stub_factory=stubs.__getitem__)
+    orders = [NewOrder(Side.BUY, size=i % 5, price=100) for i in range(50)]
+    results = client.submit_many(orders, batch_size=7, window=21)
+    assert len(results) == 50
+    for order, result in zip(orders, results, strict=True):
+        if order.size == 0:
+            assert isinstance(result, InvalidArgument)
+        else:
+            assert isinstance(result, t.OrderResult) and result.remaining_size == order.size
+    assert {node for node, _ in log} == {"n1:1", "n2:1"}
+    assert [len(ids) for node, ids in log if node == "n1:1"] == [7, 7]
+    ids_by_order = [r.client_order_id for r in results if isinstance(r, t.OrderResult)]
+    assert len(set(ids_by_order)) == len(ids_by_order), "each order its own id"
+
+
+def test_the_entry_window_bounds_the_orders_in_flight() -> None:
+    window = EntryWindow(entry_requests(NewOrder(Side.BUY, 1, 100) for _ in range(30)), batch_size=4, window=10)
+    sent = [window.next_batch() for _ in range(5)]
+    assert [len(b.orders) if b else 0 for b in sent] == [4, 4, 2, 0, 0] and window.in_flight_orders == 10
+    window.on_result(pb.OrderBatchResult(results=[pb.OrderEntryResult(order=answer(o)) for o in sent[0].orders]))
+    assert window.in_flight_orders == 6 and len(window.next_batch().orders) == 4
+    window.stream_failed()
+    assert window.in_flight_orders == 0 and len(window.unsent) == 26 and window.retried == 10
+    assert list(window.unsent)[:10] == list(range(4, 14)), "resent first, in their order"
+
+
+def test_the_async_client_fails_over_like_the_sync_one() -> None:
+    class AsyncNode:
+        def __init__(self, outcome: Any, calls: list[str], name: str) -> None:
+            self.outcome, self.calls, self.name = outcome, calls, name
+
+        async def CreateOrder(self, request: pb.CreateOrderRequest, timeout: float = 0,
+                              metadata: Any = None) -> pb.CreateOrderResponse:
+            self.calls.append(self.name)
+            if isinstance(self.outcome, Exception):
+                raise self.outcome
+            return answer(request)
+
+    async def run() -> tuple[t.OrderResult, list[str]]:
+        calls: list[str] = []
+        nodes = {"n1:1": AsyncNode(DROPPED, calls, "n1:1"), "n2:1": AsyncNode(None, calls, "n2:1"),
+                 "n3:1": AsyncNode(None, calls, "n3:1")}
+        async with AsyncClient(NODES, policy=FAST, stub_factory=nodes.__getitem__) as client:
+            result = await client.sell(2, 100)
+            with pytest.raises(Aborted):  # typed errors as in the sync client
+                nodes["n2:1"].outcome = FakeRpcError(grpc.StatusCode.ABORTED, "stale")
+                nodes["n3:1"].outcome = nodes["n2:1"].outcome
+                nodes["n1:1"].outcome = nodes["n2:1"].outcome
+                await client.sell(2, 100, timeout=0.2)
+            return result, calls
+
+    result, calls = asyncio.run(run())
+    assert result.side is Side.SELL and calls[:2] == ["n1:1", "n2:1"]
+
+
+def test_deadline_exceeded_names_the_timeout_when_no_attempt_was_possible() -> None:
+    client, calls = make_client({})
+    with pytest.raises(DeadlineExceeded):
+        client.buy(1, 100, timeout=0)
+    assert calls == []
+
+
+# -- streams and the local book ---------------------------------------------------------------------------
+
+
+def test_a_stream_resumes_where_it_broke_even_between_two_events_of_one_command() -> None:
+    position = StreamPosition.starting_at(5)
+    assert position.resume() == 5
+    assert [position.accept(seq) for seq in (5, 5, 6)] == [True, True, True]
+    assert position.resume() == 6  # broke after the first event of seq 6: resume at 6, skip that one
+    assert [position.accept(seq) for seq in (6, 6, 6, 7)] == [False, True, True, True]
+    assert StreamPosition.starting_at(0).resume() == 0
+
+
+def random_commands(rng: random.Random, count: int) -> Iterator[eng.Command]:
+    for seq in range(1, count + 1):
+        roll = rng.random()
+        target = rng.randint(max(1, seq - 40), seq) if seq > 1 else 1
+        if roll < 0.65:
+            order_type = rng.choice([eng.OrderType.LIMIT] * 6 + [eng.OrderType.IOC, eng.OrderType.MARKET,
+                                                                 eng.OrderType.FOK, eng.OrderType.POST_ONLY])
+            price = None if order_type is eng.OrderType.MARKET else rng.randint(95, 105)
+            yield eng.SubmitOrder("M", seq, rng.choice(list(eng.Side)), order_type, rng.randint(1, 20), price)
+        elif roll < 0.8:
+            yield eng.CancelOrder("M", seq, target)
+        else:
+            yield eng.AmendOrder("M", seq, target, rng.randint(1, 25), rng.choice([None, rng.randint(95, 105)]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_local_book_follows_the_engine_order_by_order_and_gives_its_checksum(seed: int) -> None:
+    """The engine itself is the reference: its events, as StreamEvents sends them, rebuild the same book."""
+    engine = eng.Engine([eng.MarketConfig("M")])
+    local = LocalBook("M")
+    for command in random_commands(random.Random(seed), 1500):
+        for event in engine.apply(command):
+            local.apply(t.event_from_pb(market_event(event)))
+        assert local.checksum() == engine.checksum("M"), f"after seq {command.seq}"
+    resting = list(engine.resting_orders("M"))
+    book = local.snapshot(include_orders=True)
+    assert [o.order_id for level in (*book.bids, *book.asks) for o in level.orders] == [o.order_id for o in resting]
+    rebuilt = LocalBook.from_snapshot(book)  # and a snapshot rebuilds it exactly
+    assert rebuilt.checksum() == engine.checksum("M")
+
+
+def test_a_wrong_checksum_is_found_at_the_seq_it_was_taken_and_the_book_resynchronised() -> None:
+    tracker = BookTracker("M", quiet=0.1)
+    tracker.load(t.Book("M", 3, (), (), LocalBook("M").checksum()), now=0)
+    rested = t.OrderRested("M", 4, 4, Side.BUY, 100, 5)
+    tracker.expect(4, 12345)  # the node's checksum at 4 (a wrong one here)
+    tracker.on_event(t.OrderAccepted("M", 4, 4, Side.BUY, t.OrderType.LIMIT, 100, 5), now=1)
+    tracker.on_event(rested, now=1)
+    with pytest.raises(Diverged):  # seq 4 is complete when seq 5 begins
+        tracker.on_event(t.OrderAccepted("M", 5, 5, Side.BUY, t.OrderType.LIMIT, 99, 1), now=1)
+    tracker.diverged()
+    assert tracker.book is None and tracker.stats.resyncs == 1
+
+
+def test_a_right_checksum_is_verified_also_when_the_stream_is_quiet() -> None:
+    tracker = BookTracker("M", quiet=0.1)
+    tracker.load(t.Book("M", 3, (), (), LocalBook("M").checksum()), now=0)
+    tracker.on_event(t.OrderRested("M", 4, 4, Side.SELL, 101, 2), now=1)
+    assert tracker.book is not None
+    tracker.expect(4, tracker.book.checksum())
+    tracker.check_quiet(now=1.05)
+    assert tracker.stats.verified == 0, "not before the stream has rested"
+    tracker.check_quiet(now=1.2)
+    assert tracker.stats.verified == 1
+
+
+def test_an_event_that_cannot_apply_is_a_divergence() -> None:
+    local = LocalBook("M")
+    with pytest.raises(Diverged):
+        local.apply(t.TradeExecuted("M", 1, 1, 100, 5, maker_order_id=9, taker_order_id=1, taker_side=Side.BUY))
+
+
+def test_every_public_name_is_there() -> None:
+    import exchange.client
+
+    assert all(hasattr(exchange.client, name) for name in exchange.client.__all__)
