@@ -3,7 +3,9 @@ the only code that knows Consul.
 
 This module holds the interface the rest of the product depends on: the :class:`Registry` and
 :class:`Watch` protocols, :class:`ServiceInstance` with its :class:`FrozenMeta`, the :class:`KeyValue`
-store (Consul KV: the cluster-wide configuration, the account registry) with its :class:`KeyWatch`, and
+store (Consul KV: the cluster-wide configuration, the account registry) with its :class:`KeyWatch`,
+:class:`ReplicatedStore` (the same store as a replicated log needs it: versioned reads, blocking reads,
+sessions and locks, atomic transactions fenced by a session; the Sequencer's HA mode) and
 :class:`DiscoveryError`. It imports only the standard library; `discovery.consul` (the Consul
 implementation, :class:`~discovery.consul.ConsulRegistry`, which production code imports from there)
 imports this module, never the other way round. Nothing here starts processes: the Consul dev agent,
@@ -12,13 +14,23 @@ free ports and the in-memory StaticRegistry for tests live in the `devtools` pac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
 class DiscoveryError(RuntimeError):
-    """The discovery backend could not answer (e.g. Consul is unreachable)."""
+    """The discovery backend could not answer (e.g. Consul is unreachable). From a write: its outcome is
+    unknown (it may or may not have been applied)."""
+
+
+class TransactionConflict(DiscoveryError):
+    """A transaction was refused and nothing of it was applied: a compare-and-set found another version, or a
+    session check found the key held by another session (or by none)."""
+
+
+class TransactionRejected(DiscoveryError):
+    """A transaction the store will never apply as it is (malformed, too large): nothing of it was applied."""
 
 
 class FrozenMeta(Mapping[str, str]):
@@ -156,12 +168,107 @@ class KeyValue(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """A key's value with its version (`index`: what a compare-and-set compares) and the session holding
+    the key as a lock (None: not held)."""
+
+    value: bytes
+    index: int
+    session: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSession:
+    """Transaction operation: fails the transaction unless `key` is held by `session`."""
+
+    key: str
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompareAndSet:
+    """Transaction operation: writes `key` only if its version is still `index` (0: only if it does not exist)."""
+
+    key: str
+    value: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+TransactionOp = CheckSession | CompareAndSet | Put | Delete
+
+
+@runtime_checkable
+class ReplicatedStore(Protocol):
+    """The replicated key-value store as a replicated log needs it (Consul KV and sessions).
+
+    Every call raises DiscoveryError when the store cannot answer; for `transact` that means its outcome is
+    unknown. A session is a lease: the store ends it when one of its health checks fails or when it is not
+    renewed within its TTL, and then every lock it holds is released."""
+
+    def read(self, key: str, consistent: bool = False) -> Versioned | None:
+        """The key's value and version (None if it does not exist); `consistent`: linearizable."""
+        ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys under `prefix`, sorted."""
+        ...
+
+    def wait_prefix(self, prefix: str, index: int, wait_s: float) -> tuple[int, dict[str, Versioned]]:
+        """The keys under `prefix` once the prefix's version passes `index` (at most `wait_s` later; 0: at once),
+        with the new version to wait on next."""
+        ...
+
+    def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
+        """Applies every operation or none, atomically. Returns the new version of each key written. Raises
+        TransactionConflict (nothing applied), TransactionRejected (nothing applied, never will be) or
+        DiscoveryError (outcome unknown)."""
+        ...
+
+    def create_session(self, name: str, checks: Sequence[str], ttl_s: float, lock_delay_s: float) -> str:
+        """A new session tied to the named health checks of this agent's node, ended after `ttl_s` without a
+        renewal; a lock it held cannot be taken for `lock_delay_s` after it ends."""
+        ...
+
+    def renew_session(self, session: str) -> bool:
+        """Extends the session's TTL; False if the session has ended."""
+        ...
+
+    def destroy_session(self, session: str) -> None: ...
+
+    def acquire(self, key: str, value: bytes, session: str) -> bool:
+        """Takes `key` as a lock for `session` and writes `value`, if no session holds it; whether it did."""
+        ...
+
+    def release(self, key: str, session: str) -> bool: ...
+
+
 __all__ = [
+    "CheckSession",
+    "CompareAndSet",
+    "Delete",
     "DiscoveryError",
     "FrozenMeta",
     "KeyValue",
     "KeyWatch",
+    "Put",
     "Registry",
+    "ReplicatedStore",
     "ServiceInstance",
+    "TransactionConflict",
+    "TransactionOp",
+    "TransactionRejected",
+    "Versioned",
     "Watch",
 ]

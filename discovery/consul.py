@@ -10,17 +10,32 @@ Resilience rules (Consul may be down or restarted at any time, a ``-dev`` restar
 
 from __future__ import annotations
 
+import base64
+import builtins
+import json
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import consul
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, NotFound
 
-from discovery import DiscoveryError, ServiceInstance
+from discovery import (
+    CheckSession,
+    CompareAndSet,
+    Delete,
+    DiscoveryError,
+    Put,
+    ServiceInstance,
+    TransactionConflict,
+    TransactionOp,
+    TransactionRejected,
+    Versioned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +379,9 @@ class ConsulWatch:
 
 
 class ConsulKV:
-    """The KeyValue store on Consul KV (see `discovery.KeyValue`). Never contacts Consul when constructed."""
+    """The KeyValue store on Consul KV (see `discovery.KeyValue`), and the ReplicatedStore (`discovery.
+    ReplicatedStore`: versioned and blocking reads, sessions, locks, transactions) the Sequencer's HA mode
+    keeps its log in. Never contacts Consul when constructed. Thread-safe: each thread has its own connection."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8500, request_timeout: float = 5.0,
                  wait: str = "30s") -> None:
@@ -372,7 +389,16 @@ class ConsulKV:
         self.port = port
         self.request_timeout = request_timeout
         self.wait = wait
-        self._client = consul.Consul(host=host, port=port, connections_timeout=request_timeout)
+        self._local = threading.local()
+
+    @property
+    def _client(self) -> consul.Consul:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = consul.Consul(
+                host=self.host, port=self.port, connections_timeout=self.request_timeout
+            )
+        return client
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
@@ -399,6 +425,82 @@ class ConsulKV:
         watch = ConsulKeyWatch(self, prefix, on_change)
         watch.start()
         return watch
+
+    # -- ReplicatedStore --------------------------------------------------------------------------
+
+    def read(self, key: str, consistent: bool = False) -> Versioned | None:
+        consistency = "consistent" if consistent else "default"
+        _, item = self._call(f"a read of {key}", lambda: self._client.kv.get(key, consistency=consistency))
+        return None if item is None else _versioned(item)
+
+    def keys(self, prefix: str) -> builtins.list[str]:  # `list` is a method here
+        _, keys = self._call(f"the keys under {prefix}", lambda: self._client.kv.get(prefix, keys=True))
+        return sorted(keys or [])
+
+    def wait_prefix(self, prefix: str, index: int, wait_s: float) -> tuple[int, dict[str, Versioned]]:
+        wait = f"{max(1, int(wait_s * 1000))}ms"
+        new_index, items = self._call(f"a blocking read of {prefix}", lambda: self._client.kv.get(
+            prefix, recurse=True, index=index or None, wait=wait))
+        return int(new_index or 0), {item["Key"]: _versioned(item) for item in items or []}
+
+    def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
+        payload = json.dumps([{"KV": _txn_op(op)} for op in ops])
+        try:
+            response = self._client.http.put(lambda response: response, "/v1/txn", data=payload)
+        except Exception as e:  # timeout, connection reset, ...: it may have been applied
+            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer a transaction: {e}") from e
+        if response.code == 200:
+            results = json.loads(response.body).get("Results") or []
+            return {result["KV"]["Key"]: int(result["KV"]["ModifyIndex"]) for result in results if "KV" in result}
+        if response.code == 409:
+            errors = json.loads(response.body).get("Errors") or []
+            raise TransactionConflict("; ".join(str(error.get("What")) for error in errors) or response.body)
+        if response.code in (400, 413):
+            raise TransactionRejected(f"Consul refused a transaction: {response.code} {response.body}")
+        raise DiscoveryError(f"Consul answered a transaction with {response.code}: {response.body}")
+
+    def create_session(self, name: str, checks: Sequence[str], ttl_s: float, lock_delay_s: float) -> str:
+        return str(self._call(f"the creation of session {name}", lambda: self._client.session.create(
+            name=name, checks=list(checks), ttl=max(10, math.ceil(ttl_s)), lock_delay=math.ceil(lock_delay_s),
+            behavior="release")))
+
+    def renew_session(self, session: str) -> bool:
+        try:
+            self._client.session.renew(session)
+            return True
+        except NotFound:
+            return False
+        except Exception as e:
+            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not renew session {session}: {e}") from e
+
+    def destroy_session(self, session: str) -> None:
+        self._call(f"the end of session {session}", lambda: self._client.session.destroy(session))
+
+    def acquire(self, key: str, value: bytes, session: str) -> bool:
+        return bool(self._call(f"the lock {key}", lambda: self._client.kv.put(key, value, acquire=session)))
+
+    def release(self, key: str, session: str) -> bool:
+        return bool(self._call(f"the release of {key}", lambda: self._client.kv.put(key, b"", release=session)))
+
+
+def _versioned(item: dict[str, Any]) -> Versioned:
+    return Versioned(item.get("Value") or b"", int(item["ModifyIndex"]), item.get("Session") or None)
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _txn_op(op: TransactionOp) -> dict[str, Any]:
+    if isinstance(op, CheckSession):
+        return {"Verb": "check-session", "Key": op.key, "Session": op.session}
+    if isinstance(op, CompareAndSet):
+        return {"Verb": "cas", "Key": op.key, "Value": _b64(op.value), "Index": op.index}
+    if isinstance(op, Put):
+        return {"Verb": "set", "Key": op.key, "Value": _b64(op.value)}
+    if isinstance(op, Delete):
+        return {"Verb": "delete", "Key": op.key}
+    raise TypeError(f"not a transaction operation: {op!r}")
 
 
 class ConsulKeyWatch:
@@ -456,3 +558,9 @@ class ConsulKeyWatch:
                         log.exception("KV watch callback for %r failed", self.prefix)
             new_index = int(new_index or 0)
             index = new_index if index is None or new_index >= index else None  # backwards: a new Consul state
+
+
+def session_checks(instance_id: str) -> list[str]:
+    """The health checks a session of a service registered by ConsulRegistry should be tied to: the agent's
+    node (serfHealth, Consul's default) and the service's own gRPC check."""
+    return ["serfHealth", f"service:{instance_id}"]
