@@ -10,9 +10,15 @@ the answer carries what the node lacks (its own numbered commands among them), a
 rest. The check is exact and keeps no state: a command the node still waits for can only have been
 numbered after the sequence the node states, so it is among the entries the answer would carry.
 
-Every answer waits until what it mentions is durable (see store.py), so no node ever applies an
-entry that a Sequencer crash could take back, and a restarted Sequencer resumes at exactly the last
-number it handed out.
+Every answer waits until what it mentions is durable (see log.py: fsynced by the embedded log, committed in
+Consul by the replicated one), so no node ever applies an entry that a Sequencer crash could take back, and a
+restarted Sequencer resumes at exactly the last number it handed out.
+
+Roles (the replicated log, HA mode): only the leader numbers; a standby answers Sequence with UNAVAILABLE (the
+node retries on the leader it finds in Consul) and serves ReadLog and GetSequence from what it has adopted.
+The backend tells the service when it leads, when it must stop, and what the leader committed (`log.Gate`).
+Every change of role starts a new term; an answer prepared in one term is never sent in another, so an answer
+never mentions a number that a lost leadership took back.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import grpc
 from exchange.commands import command_error
 from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
-from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, rpc
+from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
-from sequencer.store import LogStore, StoredEntry
+from sequencer.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
+from sequencer.log import LeadershipLost, LogBackend, StoredEntry
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +76,15 @@ class MarketStats:
 
 
 class MarketLog:
-    """In-memory state of one market's sequence: numbers assigned, numbers durable, recent tail."""
+    """In-memory state of one market's sequence: numbers assigned, numbers durable, recent tail, dedup window."""
 
-    def __init__(self, market: str, current: int) -> None:
+    def __init__(self, market: str, current: int, dedup_window: int = DEFAULT_WINDOW) -> None:
         self.market = market
         self.current = current  # highest number assigned (maybe not yet durable)
-        self.durable = current  # highest number known to be on disk
+        self.durable = current  # highest number known to be durable
         self.tail: deque[StoredEntry] = deque(maxlen=TAIL_ENTRIES)
-        self.client_order_ids: dict[str, int] = {}
+        self.dedup = DedupWindow(dedup_window)
+        self.dedup.last = current
         self.last_write: asyncio.Future[None] | None = None
         self.stats = MarketStats()
 
@@ -91,10 +99,39 @@ class MarketLog:
         first, tail = self.current - len(self.tail) + 1, self.tail
         return [tail[seq - first] for seq in range(from_seq, min(to_seq, self.current) + 1)]  # from either end
 
+    def assign(self, entry: StoredEntry) -> None:
+        """Takes the next number (`entry.seq`, not yet durable)."""
+        self.current = entry.seq
+        self.tail.append(entry)
+        self.dedup.note(entry.seq, entry.dedup_key)
+
     def mark_durable(self, seq: int, write: asyncio.Future[None]) -> None:
         if write.cancelled() or write.exception() is not None:
             return
         self.durable = max(self.durable, seq)
+        self.dedup.forget_before(self.durable)
+
+    def adopt(self, entries: list[StoredEntry]) -> None:
+        """Entries the leader committed (a standby's view): the next ones, durable."""
+        for entry in entries:
+            if entry.seq <= self.durable:
+                continue
+            if entry.seq != self.durable + 1:
+                raise AssertionError(f"{self.market}: adopted entry {entry.seq} after {self.durable}")
+            self.assign(entry)
+            self.durable = entry.seq
+        self.dedup.forget_before(self.durable)
+
+    def truncate(self, durable: int) -> None:
+        """Forgets every number after `durable` (assigned, never stored)."""
+        self.durable = durable
+        while self.tail and self.tail[-1].seq > durable:
+            self.tail.pop()
+        if self.tail and self.tail[-1].seq != durable:  # a gap: the tail can no longer be indexed by number
+            self.tail.clear()
+        self.dedup.truncate(durable)
+        self.current = durable
+        self.last_write = None
 
     async def until_durable(self) -> None:
         if self.last_write is not None and not self.last_write.done():
@@ -119,28 +156,70 @@ def exit_on_write_failure(error: BaseException) -> None:
     os._exit(70)
 
 
+STANDBY = ("this Sequencer replica is a standby: only the leader numbers commands (nodes find it in Consul, "
+           "exchange/sequencer/leader); retry")
+
+
 class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     def __init__(
-        self, store: LogStore, secret: bytes, markets: Iterable[MarketConfig],
+        self, store: LogBackend, secret: bytes, markets: Iterable[MarketConfig],
         on_write_failure: Callable[[BaseException], None] = exit_on_write_failure,
+        dedup_window: int = DEFAULT_WINDOW,
     ) -> None:
-        """Numbers commands of the cluster's `markets` only. `on_write_failure` is called when a group commit
-        fails; in a service it must stop the process (the default), tests record the failure instead."""
+        """Numbers commands of the cluster's `markets` only, in the log `store`. `on_write_failure` is called
+        when a write fails (other than a lost leadership); in a service it must stop the process (the
+        default), tests record the failure instead. `dedup_window`: see sequencer/dedup.py."""
         self.store = store
         self.on_write_failure = on_write_failure
         self.secret = secret
         self.configs = {config.symbol: config for config in markets}
-        self.markets = {symbol: MarketLog(symbol, 0) for symbol in self.configs}
+        self.markets: dict[str, MarketLog] = {}
+        for symbol in self.configs:
+            recovered = store.recover(symbol, dedup_window)
+            market = self.markets[symbol] = MarketLog(symbol, recovered.position, dedup_window)
+            for seq, key in recovered.keys:
+                market.dedup.note(seq, key)
+            market.dedup.last = recovered.position
+        for other in set(store.markets()) - set(self.configs):
+            log.warning("the log holds entries of %r, which is not one of the cluster's markets %s: they are kept "
+                        "but no longer served", other, ", ".join(self.configs))
+        self.leading = store.leads_at_start
+        self.standby_reason = STANDBY
+        self.term = 0  # changes with every change of role
         self.streams = LongLivedStreams()  # open SequenceStreams
-        for market, seq in store.last_seqs().items():
-            if market in self.markets:
-                self.markets[market] = MarketLog(market, seq)
-            else:
-                log.warning("the log holds %d entries of %r, which is not one of the cluster's markets %s: "
-                            "they are kept but no longer served", seq, market, ", ".join(self.configs))
-        for market, client_order_id, seq in store.client_order_ids():
-            if market in self.markets:
-                self.markets[market].client_order_ids[client_order_id] = seq
+
+    # -- roles (log.Gate) -------------------------------------------------------------------------
+
+    def adopt(self, market: str, entries: list[StoredEntry]) -> None:
+        if self.leading:
+            raise AssertionError(f"{market}: a leader was given entries another replica committed")
+        self.markets[market].adopt(entries)
+
+    def lead(self) -> None:
+        self.term += 1
+        self.leading = True
+        log.info("leading: numbering from %s", ", ".join(f"{m.market}@{m.current}" for m in self.markets.values()))
+
+    def pause(self, reason: str) -> None:
+        self.term += 1
+        self.leading = False
+        self.standby_reason = f"this Sequencer replica no longer leads ({reason}); retry"
+
+    def step_down(self, positions: dict[str, int], reason: str) -> None:
+        self.pause(reason)
+        for name, market in self.markets.items():
+            market.truncate(positions[name])
+        self.standby_reason = STANDBY
+        asyncio.get_running_loop().create_task(self.streams.end_all(f"the Sequencer stepped down: {reason}"))
+
+    def fail(self, error: BaseException) -> None:
+        self.on_write_failure(error)
+
+    def _check_term(self, term: int) -> None:
+        """Refuses to answer if the role changed since the request was taken (an answer of the old term may
+        mention numbers the change took back)."""
+        if self.term != term or not self.leading:
+            raise Unavailable(self.standby_reason if not self.leading else "the Sequencer's leadership changed; retry")
 
     def market(self, name: str) -> MarketLog:
         if not name:
@@ -156,9 +235,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             return []
         if market.tail_entry(from_seq) is not None:
             return market.tail_slice(from_seq, to_seq)
-        return await asyncio.to_thread(
-            self.store.read, market.market, from_seq, to_seq, to_seq - from_seq + 1
-        )
+        return await asyncio.to_thread(self.store.read, market.market, from_seq, to_seq, to_seq - from_seq + 1)
 
     @rpc
     async def Sequence(
@@ -180,6 +257,9 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
 
     async def _sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
         """The gate (see the module docstring), for Sequence and each request of SequenceStream."""
+        if not self.leading:
+            raise Unavailable(self.standby_reason)
+        term = self.term
         market = self.market(request.market)
         if not request.commands:
             raise InvalidArgument("no commands to sequence")
@@ -204,28 +284,24 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             first = request.applied_seq + len(missing) + 1
             if lacking > MAX_MISSING_PER_ANSWER:  # further behind than one answer may carry
                 missing += await self._entries(market, first, request.applied_seq + MAX_MISSING_PER_ANSWER)
-                return await self._stale(market, missing)
+                return await self._stale(market, missing, term)
             missing += await self._entries(market, first, market.current)
+            self._check_term(term)
         # No await since the loop's last check: `missing` is exactly what the node lacks, up to `current`.
         if missing and _may_repeat_numbered_commands(request, missing):
-            return await self._stale(market, missing)
+            return await self._stale(market, missing, term)
 
         assignments: list[tuple[StoredEntry | int, bool]] = []
         fresh: list[StoredEntry] = []
         for command in request.commands:
-            client_order_id = command.client_order_id or None
-            if client_order_id is not None and client_order_id in market.client_order_ids:
-                assignments.append((market.client_order_ids[client_order_id], True))
+            key = dedup_key(command)
+            if key is not None and (earlier := market.dedup.get(key)) is not None:
+                assignments.append((earlier, True))
                 continue
-            market.current += 1
+            seq = market.current + 1
             data = command.SerializeToString(deterministic=True)
-            entry = StoredEntry(
-                market.market, market.current, client_order_id, data,
-                entry_mac(self.secret, market.market, market.current, data),
-            )
-            market.tail.append(entry)
-            if client_order_id is not None:
-                market.client_order_ids[client_order_id] = entry.seq
+            entry = StoredEntry(market.market, seq, key, data, entry_mac(self.secret, market.market, seq, data))
+            market.assign(entry)
             fresh.append(entry)
             assignments.append((entry, False))
         stats = market.stats
@@ -235,11 +311,12 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             stats.caught_up += 1
             stats.carried += len(missing)
         if fresh:
-            write = self.store.append(fresh)
+            write = self.store.append(market.market, fresh)
             write.add_done_callback(functools.partial(market.mark_durable, fresh[-1].seq))
             write.add_done_callback(self._check_write)
             market.last_write = write
         await market.until_durable()
+        self._check_term(term)
 
         response = sequencer_pb2.SequenceResponse(
             granted=True, current_seq=market.current, missing=[to_proto(e) for e in missing]
@@ -252,16 +329,17 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
         return response
 
-    async def _stale(self, market: MarketLog, missing: list[StoredEntry]) -> sequencer_pb2.SequenceResponse:
+    async def _stale(self, market: MarketLog, missing: list[StoredEntry], term: int) -> sequencer_pb2.SequenceResponse:
         """Grants nothing; the answer carries what the node lacks (at most MAX_MISSING_PER_ANSWER entries)."""
         market.stats.stale += 1
         await market.until_durable()
+        self._check_term(term)
         return sequencer_pb2.SequenceResponse(
             granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing]
         )
 
     def _check_write(self, write: asyncio.Future[None]) -> None:
-        if not write.cancelled() and (error := write.exception()) is not None:
+        if not write.cancelled() and (error := write.exception()) is not None and not isinstance(error, LeadershipLost):
             self.on_write_failure(error)
 
     async def report(self, every_s: float = 10.0) -> None:
@@ -296,4 +374,6 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         self, request: sequencer_pb2.GetSequenceRequest, context: grpc.aio.ServicerContext
     ) -> sequencer_pb2.GetSequenceResponse:
         market = self.market(request.market)
-        return sequencer_pb2.GetSequenceResponse(market=request.market, current_seq=market.durable)
+        return sequencer_pb2.GetSequenceResponse(
+            market=request.market, current_seq=market.durable, role="leader" if self.leading else "standby"
+        )

@@ -1,4 +1,5 @@
-"""The Sequencer's durable log: SQLite in WAL mode with synchronous=FULL, group-committed on the event loop.
+"""The embedded log: SQLite in WAL mode with synchronous=FULL, group-committed on the event loop. Also each
+replica's local archive in HA mode (replicated.py), with synchronous=NORMAL.
 
 Durability choice: a number may only be handed out once its command is on disk, and "on disk" must
 survive a power cut, not just a process crash. WAL + synchronous=FULL fsyncs the WAL on every commit.
@@ -9,6 +10,10 @@ its fsync (~0.25 ms here), and the requests that arrive meanwhile go into the ne
 costs one fsync per batch rather than per order. Committing on the loop rather than on a writer thread
 saves two thread hand-offs per commit (measured at 1 in flight: 0.78 -> 0.75 ms per Sequence round trip;
 simpler, with no thread to stop).
+
+Start-up reads only what is bounded: each market's last number (one index lookup) and the dedup keys of its
+last `window` entries, so a restart takes the same time whatever the age of the log. The log keeps every
+entry (ReadLog serves any of them); a dedup key may repeat (once out of the window), so it is not unique.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator
+import threading
 from pathlib import Path
-from typing import NamedTuple
+
+from sequencer.log import Gate, Recovered, StoredEntry, settle
 
 log = logging.getLogger(__name__)
+
+__all__ = ["LogStore", "StoredEntry"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -32,49 +40,69 @@ CREATE TABLE IF NOT EXISTS log (
     mac BLOB NOT NULL,
     PRIMARY KEY (market, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS log_client_order_id ON log (market, client_order_id)
-    WHERE client_order_id IS NOT NULL;
+DROP INDEX IF EXISTS log_client_order_id;
+"""
+# The column `client_order_id` holds the command's dedup key (sequencer.dedup.dedup_key).
+
+# The distinct markets by index lookups (a skip-scan), not by reading every row.
+DISTINCT_MARKETS = """
+WITH RECURSIVE markets(market) AS (
+    SELECT MIN(market) FROM log
+    UNION ALL
+    SELECT (SELECT MIN(market) FROM log WHERE market > markets.market) FROM markets WHERE market IS NOT NULL
+)
+SELECT market FROM markets WHERE market IS NOT NULL
 """
 
 
-class StoredEntry(NamedTuple):
-    market: str
-    seq: int
-    client_order_id: str | None
-    command: bytes
-    mac: bytes
-
-
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute(f"PRAGMA synchronous={synchronous}")
     return connection
 
 
 class LogStore:
-    """Appends entries in group-committed transactions and reads them back."""
+    """Appends entries in group-committed transactions and reads them back (the embedded `LogBackend`).
 
-    def __init__(self, path: Path) -> None:
+    `write` is the same transaction for callers on other threads (the HA archive); the writer connection is
+    shared under a lock."""
+
+    leads_at_start = True
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _connect(path)
+        self._writer = _connect(path, synchronous)
         self._writer.executescript(SCHEMA)
+        self._lock = threading.Lock()
         self._pending: list[tuple[list[StoredEntry], asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def describe(self) -> str:
+        return f"log {self.path}"
+
     # -- start-up ------------------------------------------------------------------------------
 
-    def last_seqs(self) -> dict[str, int]:
-        rows = self._writer.execute("SELECT market, MAX(seq) FROM log GROUP BY market").fetchall()
-        return {market: seq for market, seq in rows}
+    def position(self, market: str) -> int:
+        with self._lock:
+            (seq,) = self._writer.execute("SELECT MAX(seq) FROM log WHERE market = ?", (market,)).fetchone()
+        return seq or 0
 
-    def client_order_ids(self) -> Iterator[tuple[str, str, int]]:
-        yield from self._writer.execute(
-            "SELECT market, client_order_id, seq FROM log WHERE client_order_id IS NOT NULL"
-        )
+    def recover(self, market: str, window: int) -> Recovered:
+        position = self.position(market)
+        with self._lock:
+            rows = self._writer.execute(
+                "SELECT seq, client_order_id FROM log WHERE market = ? AND seq > ? AND client_order_id IS NOT NULL"
+                " ORDER BY seq", (market, position - window),
+            ).fetchall()
+        return Recovered(position, rows)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def markets(self) -> list[str]:
+        with self._lock:
+            return [market for (market,) in self._writer.execute(DISTINCT_MARKETS)]
+
+    def start(self, loop: asyncio.AbstractEventLoop, gate: Gate | None = None) -> None:
         self._loop = loop
 
     def close(self) -> None:
@@ -84,7 +112,7 @@ class LogStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, entries: list[StoredEntry]) -> asyncio.Future[None]:
+    def append(self, market: str, entries: list[StoredEntry]) -> asyncio.Future[None]:
         """Queues entries for the next group commit; the future resolves once they are durable."""
         assert self._loop is not None, "LogStore.start() was not called"
         done: asyncio.Future[None] = self._loop.create_future()
@@ -99,19 +127,26 @@ class LogStore:
             return
         error: BaseException | None = None
         try:
-            self._writer.execute("BEGIN")
-            self._writer.executemany(
-                "INSERT INTO log (market, seq, client_order_id, command, mac) VALUES (?, ?, ?, ?, ?)",
-                [(e.market, e.seq, e.client_order_id, e.command, e.mac) for entries, _ in batch for e in entries],
-            )
-            self._writer.execute("COMMIT")
+            self.write([e for entries, _ in batch for e in entries])
         except Exception as exc:  # noqa: BLE001 - reported to every waiter
             log.exception("log write failed")
             error = exc
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("ROLLBACK")
         for _, done in batch:
-            _settle(done, error)
+            settle(done, error)
+
+    def write(self, entries: list[StoredEntry]) -> None:
+        """Stores entries in one transaction (durable when it returns, as `synchronous` makes it)."""
+        with self._lock:
+            try:
+                self._writer.execute("BEGIN")
+                self._writer.executemany(
+                    "INSERT INTO log (market, seq, client_order_id, command, mac) VALUES (?, ?, ?, ?, ?)", entries
+                )
+                self._writer.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("ROLLBACK")
+                raise
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -126,13 +161,4 @@ class LogStore:
             ).fetchall()
         finally:
             connection.close()
-        return [StoredEntry(market, seq, coid, command, mac) for seq, coid, command, mac in rows]
-
-
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+        return [StoredEntry(market, seq, key, command, mac) for seq, key, command, mac in rows]
