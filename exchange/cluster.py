@@ -9,14 +9,41 @@ from __future__ import annotations
 import argparse
 import hashlib
 import ipaddress
+import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from exchange.engine import MarketConfig
 
 # Consul service names (README, "Architecture").
 SEQUENCER_SERVICE = "sequencer"
 PEER_SERVICE = "peer-server"
+
+# HA mode (the replicated log): the Sequencer replicas' lock in Consul KV. Its holder is the leader, the only
+# replica that numbers commands; the value is the holder's LeaderRecord, how nodes find it.
+SEQUENCER_LEADER_KEY = "exchange/sequencer/leader"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderRecord:
+    """Which Sequencer replica leads: its Consul service id and gRPC address."""
+
+    id: str
+    address: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"id": self.id, "address": self.address}).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> LeaderRecord | None:
+        """None for no value or an empty one (the lock was released) or one that is not a record."""
+        try:
+            data = json.loads(value or b"null")
+            return cls(str(data["id"]), str(data["address"])) if isinstance(data, dict) else None
+        except (ValueError, KeyError):
+            return None
+
 
 # The metadata header that carries the cluster token on cluster-internal calls.
 TOKEN_HEADER = "x-cluster-token"

@@ -1,24 +1,37 @@
-"""`exchange-sequencer`: runs the Sequencer and registers it in Consul as `sequencer`."""
+"""`exchange-sequencer`: runs the Sequencer and registers it in Consul as `sequencer`.
+
+`--log sqlite` (the default): the embedded log, one Sequencer on one machine. `--log consul`: one replica of
+the Sequencer in HA mode (sequencer/replicated.py); start two or more, each with its own --id and --data-dir.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
-from discovery.consul import ConsulKV, ConsulRegistry
+import grpc
+
+from discovery.consul import ConsulKV, ConsulRegistry, session_checks
 from exchange.cluster import (
     SEQUENCER_SERVICE,
+    LeaderRecord,
     add_cluster_arguments,
     peer_token,
     refuse_development_secret,
     split_host_port,
+    token_metadata,
 )
 from exchange.cluster_config import agree_on_markets
-from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
-from exchange.tls import add_tls_argument, load_tls
-from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
+from exchange.entries import entry_is_authentic
+from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, sync_channel, wait_for_signal
+from exchange.tls import TlsConfig, add_tls_argument, load_tls
+from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from sequencer.dedup import DEFAULT_WINDOW, dedup_key
+from sequencer.log import LogBackend, StoredEntry
+from sequencer.replicated import DEFAULT_TAIL_ENTRIES, PeerReader, ReplicatedLog
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
 
@@ -26,44 +39,97 @@ log = logging.getLogger("sequencer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="exchange-sequencer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="exchange-sequencer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default="127.0.0.1:50050", help="gRPC listen address host:port")
-    parser.add_argument("--data-dir", type=Path, default=Path(".cluster/sequencer"), help="where the log lives")
-    parser.add_argument("--id", default="sequencer-1", help="Consul service id")
+    parser.add_argument("--data-dir", type=Path, default=Path(".cluster/sequencer"),
+                        help="where the log (sqlite) or this replica's archive of it (consul) lives")
+    parser.add_argument("--id", default="sequencer-1", help="Consul service id (unique per replica)")
+    parser.add_argument("--log", choices=["sqlite", "consul"], default="sqlite",
+                        help="sqlite: the embedded log (one Sequencer); consul: the log replicated in Consul, "
+                             "several replicas, one leader (HA)")
+    parser.add_argument("--dedup-window", type=int, default=DEFAULT_WINDOW,
+                        help="a retried client_order_id is recognised within the last N commands of its market")
+    parser.add_argument("--consul-tail", type=int, default=DEFAULT_TAIL_ENTRIES,
+                        help="consul: entries per market kept in Consul KV (older ones live in each replica's archive)")
+    parser.add_argument("--session-ttl-s", type=float, default=10.0,
+                        help="consul: the leader session's TTL (Consul's minimum is 10 s; renewed every TTL/4)")
+    parser.add_argument("--lock-delay-s", type=float, default=1.0,
+                        help="consul: how long a lost leader's lock cannot be taken (Consul's default is 15 s)")
     parser.add_argument("--stats-s", type=float, default=10.0, help="seconds between the gate figures in the log")
     add_cluster_arguments(parser)
     add_tls_argument(parser)
     return parser.parse_args(argv)
 
 
+def peer_reader(registry: ConsulRegistry, own_id: str, secret: bytes, tls: TlsConfig | None) -> PeerReader:
+    """Reads a range of the log from another replica's archive (ReadLog), every entry's signature checked."""
+    metadata = token_metadata(secret)
+
+    def read(market: str, from_seq: int, to_seq: int) -> Iterator[list[StoredEntry]]:
+        for instance in registry.healthy(SEQUENCER_SERVICE):
+            if instance.instance_id == own_id:
+                continue
+            request = sequencer_pb2.ReadLogRequest(market=market, from_seq=from_seq, to_seq=to_seq)
+            try:
+                with sync_channel(instance.target, tls) as channel:
+                    stub = sequencer_pb2_grpc.SequencerStub(channel)
+                    for batch in stub.ReadLog(request, metadata=metadata, timeout=300):
+                        if not all(entry_is_authentic(secret, e) for e in batch.entries):
+                            raise ValueError(f"{instance.instance_id} sent an entry that is not the log's")
+                        parse = types_pb2.Command.FromString
+                        yield [StoredEntry(e.market, e.seq, dedup_key(parse(e.command)), e.command, e.mac)
+                               for e in batch.entries]
+                return
+            except (grpc.RpcError, ValueError) as error:
+                log.warning("reading %s %d..%d from %s failed: %s", market, from_seq, to_seq, instance.instance_id,
+                            error)
+
+    return read
+
+
 async def serve(args: argparse.Namespace) -> None:
     consul_host, consul_port = split_host_port(args.consul)
-    markets = await asyncio.to_thread(agree_on_markets, ConsulKV(consul_host, consul_port), args.markets)
-    store = LogStore(args.data_dir / "log.sqlite3")
-    store.start(asyncio.get_running_loop())
-    service = SequencerService(store, args.cluster_secret.encode(), markets)
-    token = peer_token(args.cluster_secret.encode())
+    kv = ConsulKV(consul_host, consul_port)
+    markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
+    secret = args.cluster_secret.encode()
     tls = load_tls(args.tls_dir)
-    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], token, tls)
+    host, _ = split_host_port(args.listen)
+    # the check is in the HA leader's session: a stalled replica fails it (and loses the lock) within seconds
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, check_timeout="2s")
+    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], peer_token(secret), tls)
+    store: LogBackend
+    if args.log == "consul":
+        store = ReplicatedLog(
+            kv, LogStore(args.data_dir / "archive.sqlite3", synchronous="NORMAL"), [m.symbol for m in markets],
+            LeaderRecord(args.id, f"{host}:{server.port}"), session_checks(args.id), tail_entries=args.consul_tail,
+            session_ttl_s=args.session_ttl_s, lock_delay_s=args.lock_delay_s,
+            read_peer=peer_reader(registry, args.id, secret, tls),
+        )
+    else:
+        store = LogStore(args.data_dir / "log.sqlite3")
+    service = SequencerService(store, secret, markets, dedup_window=args.dedup_window)
     sequencer_pb2_grpc.add_SequencerServicer_to_server(service, server.server)
     await server.start()
     await server.set_serving(True)
     reporter = asyncio.create_task(service.report(args.stats_s))
-    host, _ = split_host_port(args.listen)
-    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
-    await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port, {"role": "sequencer"})
+    await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port,
+                            {"role": "sequencer", "log": args.log})
+    store.start(asyncio.get_running_loop(), service)  # a replica contends for the lead once it is registered
     positions = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values())
-    log.info("sequencer %s listening on %s:%d; log %s; markets %s; %s", args.id, host, server.port,
-             store.path, positions, grpc_transport())
+    log.info("sequencer %s listening on %s:%d; %s; markets %s; %s", args.id, host, server.port, store.describe(),
+             positions, grpc_transport())
     signal_name = await wait_for_signal()
     log.info("%s received: stopping", signal_name)
     reporter.cancel()
     await server.set_serving(False)
+    if isinstance(store, ReplicatedLog):  # a leader lets its writes settle and releases the lock at once
+        await asyncio.to_thread(store.resign)
     await asyncio.to_thread(registry.deregister, args.id)
     registry.close()
     await service.streams.end_all(f"the Sequencer {args.id} is stopping")
     await server.stop(grace=2)
-    store.close()
+    await asyncio.to_thread(store.close)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,266 @@
+"""The replicated log (sequencer/replicated.py) against a real Consul dev agent, in-process: the log's contract
+(the same suite as the embedded log's, tests/unit/log_contract.py), then what only a replicated log has to
+show: a deposed leader's commit refused by Consul (fencing), unknown outcomes resolved exactly once, the
+bounded tail in Consul and a replica joining after the tail moved on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.consul_agent import ConsulDevAgent
+from discovery import DiscoveryError, TransactionOp, TransactionRejected
+from discovery.consul import ConsulKV
+from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.v1 import types_pb2
+from sequencer.log import StoredEntry
+from sequencer.replicated import HEADS_PREFIX, ReplicatedLog, batch_prefix
+from sequencer.service import SequencerService
+from sequencer.store import LogStore
+from tests.unit.log_contract import MARKETS, SECRET, LogContract, ask, order, position, read_all, seqs
+
+pytestmark = pytest.mark.integration
+
+
+class TestStore:
+    """The real store (ConsulKV) whose transactions a test can hold, break, lose the answer of, or cut off."""
+
+    __test__ = False
+
+    def __init__(self, inner: ConsulKV) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+        self.broken = False  # every transaction fails for good
+        self.dead = False  # the process is gone: nothing reaches the store
+        self.lose_answers = 0  # the next N transactions: applied, then the answer is lost
+        self.lose_requests = 0  # the next N transactions: lost before they reach the store
+        self.transactions = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
+        self.gate.wait()
+        if self.dead:
+            raise DiscoveryError("the process is gone")
+        if self.broken:
+            raise TransactionRejected("the test broke every write")
+        self.transactions += 1
+        if self.lose_requests:
+            self.lose_requests -= 1
+            raise DiscoveryError("the request was lost (the test)")
+        result = self.inner.transact(ops)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise DiscoveryError("the answer was lost (the test)")
+        return result
+
+
+class Replica:
+    """One Sequencer replica in-process: the gate over a ReplicatedLog on a TestStore."""
+
+    def __init__(self, name: str, kv: ConsulKV, archive: Path, failures: list[BaseException], window: int = 1_000,
+                 tail: int = 1_000, read_peer: Any = None) -> None:
+        self.store = TestStore(kv)
+        self.log = ReplicatedLog(self.store, LogStore(archive, synchronous="NORMAL"), ["M"],
+                                 LeaderRecord(name, "127.0.0.1:1"), ["serfHealth"], tail_entries=tail,
+                                 lock_delay_s=0, read_peer=read_peer)
+        self.service = SequencerService(self.log, SECRET, MARKETS, failures.append, dedup_window=window)
+
+    def start(self) -> None:
+        self.log.start(asyncio.get_running_loop(), self.service)
+
+    async def until(self, condition: Any, what: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    async def leading(self) -> None:
+        await self.until(lambda: self.service.leading, "the replica to lead")
+
+    def crash(self, kv: ConsulKV) -> None:
+        """The process dies; Consul ends its session (its health check fails) and the lock is free."""
+        self.log._stop.set()
+        self.store.dead = True
+        self.store.gate.set()
+        if self.log.session is not None:
+            kv.destroy_session(self.log.session)
+
+
+@pytest.fixture
+def consul(tmp_path: Path, consul_binary: str) -> Iterator[ConsulDevAgent]:
+    agent = ConsulDevAgent(consul_binary, data_dir=tmp_path / "consul")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def kv_of(agent: ConsulDevAgent) -> ConsulKV:
+    host, _, port = agent.address.rpartition(":")
+    return ConsulKV(host, int(port))
+
+
+class ConsulHarness:
+    def __init__(self, kv: ConsulKV, archive: Path) -> None:
+        self.kv = kv
+        self.archive = archive
+        self.failures: list[BaseException] = []
+        self.replica: Replica | None = None
+
+    async def start(self, window: int = 1_000) -> SequencerService:
+        self.replica = Replica(f"replica-{time.monotonic_ns()}", self.kv, self.archive, self.failures, window)
+        self.replica.start()
+        await self.replica.leading()
+        return self.replica.service
+
+    def hold(self) -> None:
+        assert self.replica is not None
+        self.replica.store.gate.clear()
+
+    def release(self) -> None:
+        assert self.replica is not None
+        self.replica.store.gate.set()
+
+    def break_writes(self) -> None:
+        assert self.replica is not None
+        self.replica.store.broken = True
+
+    async def crash(self, service: SequencerService) -> None:
+        assert self.replica is not None
+        self.replica.crash(self.kv)
+
+    async def stop(self, service: SequencerService) -> None:
+        assert self.replica is not None
+        await asyncio.to_thread(self.replica.log.close)
+
+
+class TestReplicatedLog(LogContract):
+    @pytest.fixture
+    def harness(self, consul: ConsulDevAgent, tmp_path: Path) -> ConsulHarness:  # type: ignore[override]
+        return ConsulHarness(kv_of(consul), tmp_path / "archive.sqlite3")
+
+
+def run(scenario: Any) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_a_deposed_leader_is_fenced_its_commit_refused_by_consul_and_it_follows_as_a_standby(
+    consul: ConsulDevAgent, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader stalls with a batch numbered; Consul ends its session; another replica leads and commits the
+    same number; the old leader's transaction for it is refused (check-session), it steps down, answers
+    nothing of what it numbered, and adopts the new leader's entries as a standby."""
+    kv, failures = kv_of(consul), []
+    caplog.set_level(logging.INFO, logger="sequencer")
+
+    async def scenario() -> None:
+        old = Replica("old", kv, tmp_path / "old.sqlite3", failures)
+        old.start()
+        await old.leading()
+        await ask(old.service, 0, order(ref=1))
+        old.store.gate.clear()  # the stall: its next transaction waits
+        stalled = asyncio.create_task(ask(old.service, 1, order("stalled", ref=2)))
+        await asyncio.sleep(0.2)
+        assert not stalled.done() and old.service.markets["M"].current == 2
+        kv.destroy_session(old.log.session)  # what Consul does when its check fails or its TTL passes
+        new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
+        new.start()
+        await new.leading()
+        taken = await ask(new.service, 1, order("taken", node="b", ref=1), node="b")
+        assert seqs(taken) == [(2, False)], "the new leader continues at exactly the head + 1"
+        old.store.gate.set()  # the old leader wakes up and sends its transaction for number 2
+        with pytest.raises(Exception) as refused:
+            await stalled
+        assert refused.value.code.name == "UNAVAILABLE", refused.value
+        await old.until(lambda: not old.service.leading and old.service.markets["M"].durable == 2,
+                        "the old leader to step down and adopt the new leader's entry")
+        assert "transaction of 2..2 refused by the store" in caplog.text
+        assert "failed session check" in caplog.text, "Consul's check-session refused it"
+        assert "stepped down" in caplog.text
+        with pytest.raises(Exception) as standby:
+            await ask(old.service, 2, order(ref=3))
+        assert standby.value.code.name == "UNAVAILABLE" and "standby" in str(standby.value)
+        for replica in (old, new):
+            entries = await read_all(replica.service)
+            assert [e.seq for e in entries] == [1, 2]
+            assert types_pb2.Command.FromString(entries[1].command).client_order_id == "taken"
+        await asyncio.to_thread(old.log.close)
+        await asyncio.to_thread(new.log.close)
+
+    run(scenario)
+    assert not failures
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+def test_an_unknown_outcome_is_resolved_before_anything_is_answered_and_commits_exactly_once(
+    consul: ConsulDevAgent, tmp_path: Path, lost: str
+) -> None:
+    kv, failures = kv_of(consul), []
+
+    async def scenario() -> None:
+        replica = Replica("r", kv, tmp_path / "r.sqlite3", failures)
+        replica.start()
+        await replica.leading()
+        await ask(replica.service, 0, order(ref=1))
+        if lost == "answer":
+            replica.store.lose_answers = 1  # applied by Consul, the answer lost: a consistent read finds it
+        else:
+            replica.store.lose_requests = 1  # never applied: the same transaction is sent again
+        before = replica.store.transactions
+        assert seqs(await ask(replica.service, 1, order(ref=2), order(ref=3))) == [(2, False), (3, False)]
+        assert replica.store.transactions - before == (1 if lost == "answer" else 2)
+        assert seqs(await ask(replica.service, 3, order(ref=4))) == [(4, False)]
+        assert [e.seq for e in await read_all(replica.service)] == [1, 2, 3, 4]
+        assert replica.service.leading
+        await asyncio.to_thread(replica.log.close)
+
+    run(scenario)
+    assert not failures
+
+
+def test_consul_keeps_a_bounded_tail_and_a_replica_joining_later_copies_the_rest_from_a_peer(
+    consul: ConsulDevAgent, tmp_path: Path
+) -> None:
+    kv, failures = kv_of(consul), []
+
+    async def scenario() -> None:
+        leader = Replica("leader", kv, tmp_path / "leader.sqlite3", failures, tail=10)
+        leader.start()
+        await leader.leading()
+        applied = 0
+        for number in range(40):
+            answer = await ask(leader.service, applied, order(ref=2 * number + 1), order(ref=2 * number + 2))
+            applied = answer.current_seq
+        keys = kv.keys(batch_prefix("M"))
+        retained = 80 - int(keys[0].rsplit("/", 1)[1]) + 1
+        assert 10 <= retained <= 12, f"Consul keeps {retained} entries ({len(keys)} batches) with a tail of 10"
+        assert kv.read(HEADS_PREFIX + "M") is not None
+
+        def read_peer(market: str, from_seq: int, to_seq: int) -> Iterator[list[StoredEntry]]:
+            yield leader.log.archive.read(market, from_seq, to_seq, to_seq - from_seq + 1)
+
+        late = Replica("late", kv, tmp_path / "late.sqlite3", failures, tail=10, read_peer=read_peer)
+        late.start()
+        await late.until(lambda: late.service.markets["M"].durable == 80, "the late replica to follow")
+        assert not late.service.leading
+        assert [e.seq for e in await read_all(late.service)] == list(range(1, 81))
+        assert await position(late.service) == 80
+        # the leader goes; the late replica leads from exactly there
+        await asyncio.to_thread(leader.log.close)
+        await late.leading()
+        assert seqs(await ask(late.service, 80, order(ref=1000))) == [(81, False)]
+        assert LeaderRecord.decode(kv.get(SEQUENCER_LEADER_KEY)) == LeaderRecord("late", "127.0.0.1:1")
+        await asyncio.to_thread(late.log.close)
+
+    run(scenario)
+    assert not failures
