@@ -277,6 +277,8 @@ class ReplicatedLog:
                         self._catch_up(market, seq)
                         market.in_sync = market.position >= seq
             except (DiscoveryError, LogUnavailable) as error:
+                if self._stop.is_set():
+                    return
                 if not warned:
                     log.warning("following the log: %s; retrying", error)
                     warned = True
@@ -370,6 +372,8 @@ class ReplicatedLog:
                 self.store.wait_prefix(SEQUENCER_LEADER_KEY, holder.index, self.renew_s)
                 backoff = 0.2
             except (DiscoveryError, LogUnavailable) as error:
+                if self._stop.is_set():
+                    return
                 log.warning("leader election: %s; retrying", error)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)

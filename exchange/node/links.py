@@ -4,19 +4,27 @@
 `SequencerLink` and `PeerSet` are the gRPC implementations. Discovery runs in the background (a Consul
 watch with blocking queries); the node only ever reads the latest passing set, so no order costs a
 Consul lookup.
+
+With the Sequencer in HA mode (replicas registered with meta log=consul), the gate goes to the leader only:
+the replica named by the leader lock in Consul KV (exchange.cluster.SEQUENCER_LEADER_KEY), if it passes its
+health check. A change of leader interrupts the gate streams to the old one at once, and the requests in
+flight are sent again to the new one: a request that was granted comes back as a stale answer carrying its
+entries (the new leader holds every committed entry), so nothing is numbered twice. Reads of the log go to
+the leader, or to any replica while none leads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import grpc
 
-from discovery import Registry, ServiceInstance, Watch
-from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, token_metadata
+from discovery import KeyValue, KeyWatch, Registry, ServiceInstance, Watch
+from exchange.cluster import PEER_SERVICE, SEQUENCER_LEADER_KEY, SEQUENCER_SERVICE, LeaderRecord, token_metadata
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
 from exchange.node.metrics import counters
 from exchange.runtime import aio_channel
@@ -81,6 +89,7 @@ class GateStream:
         self._stub: sequencer_pb2_grpc.SequencerStub | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
         self._lock = asyncio.Lock()
+        self._interrupted: str | None = None  # why the request in flight was cut short (see `interrupt`)
 
     async def ask(
         self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float,
@@ -91,6 +100,7 @@ class GateStream:
                 self.reset()
                 self._stub, self._call = stub, stub.SequenceStream(metadata=metadata)
             call = self._call
+            self._interrupted = None
             # a watchdog rather than asyncio.wait_for, which costs a task and a loop iteration per answer
             expired = False
 
@@ -107,6 +117,8 @@ class GateStream:
                 self.reset()
                 if isinstance(error, asyncio.CancelledError) and expired:  # the watchdog, not the caller
                     raise Unavailable(f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
+                if isinstance(error, asyncio.CancelledError) and self._interrupted:  # `interrupt`, not the caller
+                    raise Unavailable(f"{self._interrupted} ({self.market})") from error
                 if isinstance(error, asyncio.InvalidStateError):  # the stream had already ended (Sequencer gone)
                     raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
                 raise
@@ -122,55 +134,97 @@ class GateStream:
             self._call.cancel()
         self._call = None
 
+    def interrupt(self, why: str) -> None:
+        """Cuts the request in flight short (its caller gets UNAVAILABLE `why` and retries) and ends the stream."""
+        if self._call is not None and not self._call.done():
+            self._interrupted = why
+        self.reset()
+
 
 class SequencerLink:
-    """Calls to the Sequencer, retried across short outages until `outage_s` has passed."""
+    """Calls to the Sequencer (the leader, in HA mode), retried across short outages until `outage_s` has passed.
+
+    `leader`: the key-value store holding the HA leader lock (Consul KV), followed in the background."""
 
     def __init__(
         self, secret: bytes, registry: Registry | None, static_target: str | None = None, outage_s: float = 5.0,
-        call_timeout_s: float = 5.0, tls: TlsConfig | None = None,
+        call_timeout_s: float = 5.0, tls: TlsConfig | None = None, leader: KeyValue | None = None,
     ) -> None:
         self.metadata = token_metadata(secret)
         self.tls = tls
         self.static_target = static_target
         self.watch: Watch | None = None
+        self.leader_watch: KeyWatch | None = None
         if static_target is None:
             assert registry is not None, "either a registry or a static Sequencer address is needed"
-            self.watch = registry.watch(SEQUENCER_SERVICE, lambda instances: None)
+            self._loop = asyncio.get_running_loop()
+            self.watch = registry.watch(SEQUENCER_SERVICE, self._moved_threadsafe)
+            if leader is not None:
+                self.leader_watch = leader.watch_prefix(SEQUENCER_LEADER_KEY, self._moved_threadsafe)
         self.outage_s = outage_s
         self.call_timeout_s = call_timeout_s
-        self._target: str | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: sequencer_pb2_grpc.SequencerStub | None = None
+        self._gate_target: str | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, sequencer_pb2_grpc.SequencerStub] = {}
         self._gates: dict[str, GateStream] = {}
 
     @property
     def target(self) -> str | None:
+        """Where the gate goes: the Sequencer, or in HA mode the leader (None while none is known)."""
+        return self._pick(for_gate=True)
+
+    def _pick(self, for_gate: bool) -> str | None:
         if self.static_target is not None:
             return self.static_target
         assert self.watch is not None
         instances = self.watch.current()
-        return instances[0].target if instances else None
+        replicas = [i for i in instances if i.meta.get("log") == "consul"]
+        if not replicas:
+            return instances[0].target if instances else None
+        values = self.leader_watch.current() if self.leader_watch is not None else None
+        leader = LeaderRecord.decode((values or {}).get(SEQUENCER_LEADER_KEY))
+        for instance in replicas:
+            if leader is not None and instance.instance_id == leader.id:
+                return instance.target
+        return None if for_gate else replicas[0].target
 
-    def stub(self) -> sequencer_pb2_grpc.SequencerStub:
+    def _moved_threadsafe(self, _: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the node is stopping
+            self._loop.call_soon_threadsafe(self._moved)
+
+    def _moved(self) -> None:
+        """Discovery changed: if the leader did, the gate requests in flight to the old one go to the new one."""
         target = self.target
-        if target is None:
-            raise Unavailable("no passing Sequencer is registered in Consul (service 'sequencer')")
-        if target != self._target or self._stub is None:
-            if self._channel is not None:
-                asyncio.get_running_loop().create_task(self._channel.close())
-            self._target = target
-            self._channel = aio_channel(target, self.tls)
-            self._stub = sequencer_pb2_grpc.SequencerStub(self._channel)
-        return self._stub
+        if target == self._gate_target:
+            return
+        log.info("the gate goes to the Sequencer at %s now (was %s)", target or "none yet", self._gate_target)
+        if self._gate_target is not None:
+            for gate in self._gates.values():
+                gate.interrupt(f"the Sequencer leader changed from {self._gate_target} to {target or 'none yet'}")
+        self._gate_target = target
 
-    async def _retrying(self, what: str, call: Callable[[sequencer_pb2_grpc.SequencerStub], Awaitable[T]]) -> T:
+    def stub(self, for_gate: bool = True) -> sequencer_pb2_grpc.SequencerStub:
+        target = self._pick(for_gate)
+        if target is None:
+            if self.watch is not None and self.watch.current():
+                raise Unavailable("no Sequencer replica leads now (HA mode: a standby is taking over); retry")
+            raise Unavailable("no passing Sequencer is registered in Consul (service 'sequencer')")
+        if for_gate:
+            self._gate_target = target
+        stub = self._stubs.get(target)
+        if stub is None:
+            channel = self._channels[target] = aio_channel(target, self.tls)
+            stub = self._stubs[target] = sequencer_pb2_grpc.SequencerStub(channel)
+        return stub
+
+    async def _retrying(self, what: str, call: Callable[[sequencer_pb2_grpc.SequencerStub], Awaitable[T]],
+                        for_gate: bool = True) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.outage_s
         delay = 0.05
         while True:
             try:
-                return await call(self.stub())
+                return await call(self.stub(for_gate))
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -179,7 +233,7 @@ class SequencerLink:
                     raise FailedPrecondition(f"Sequencer refused {what}: {error.details()}") from error
                 if code not in RETRYABLE or loop.time() + delay > deadline:
                     raise Unavailable(
-                        f"Sequencer at {self._target} unreachable for {what}: {code.name} {error.details()}"
+                        f"Sequencer at {self._pick(for_gate)} unreachable for {what}: {code.name} {error.details()}"
                     ) from error
             except Unavailable:
                 if loop.time() + delay > deadline:
@@ -200,6 +254,7 @@ class SequencerLink:
         response = await self._retrying(
             "GetSequence",
             lambda stub: stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=2.0),
+            for_gate=False,
         )
         return response.current_seq
 
@@ -209,7 +264,7 @@ class SequencerLink:
         """Batches of log entries from_seq..to_seq (0: up to the current sequence)."""
         request = sequencer_pb2.ReadLogRequest(market=market, from_seq=from_seq, to_seq=to_seq)
         try:
-            async for batch in self.stub().ReadLog(request, timeout=120, metadata=self.metadata):
+            async for batch in self.stub(for_gate=False).ReadLog(request, timeout=120, metadata=self.metadata):
                 yield list(batch.entries)
         except grpc.aio.AioRpcError as error:
             raise Unavailable(f"reading the Sequencer's log failed: {error.code().name} {error.details()}") from error
@@ -217,10 +272,12 @@ class SequencerLink:
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        if self.leader_watch is not None:
+            self.leader_watch.stop()
         for gate in self._gates.values():
             gate.reset()
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in self._channels.values():
+            await channel.close()
 
 
 class PeerStream:

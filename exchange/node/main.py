@@ -91,9 +91,10 @@ async def serve(args: argparse.Namespace) -> None:
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
     consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
-    markets = await asyncio.to_thread(agree_on_markets, ConsulKV(consul_host, consul_port), args.markets)
+    kv = ConsulKV(consul_host, consul_port)
+    markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
     replica = Replica(markets, journal_size=args.journal_size)
-    sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls)
+    sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls, leader=kv)
     peers = PeerSet(registry, node_id, secret, tls=tls)
     pipelines = {
         market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)

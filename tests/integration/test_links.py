@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from exchange.node.links import PeerStream
+from exchange.errors import Unavailable
+from exchange.node.links import GateStream, PeerStream
 from exchange.runtime import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import exchange_pb2_grpc
+from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -57,3 +58,41 @@ def test_a_broadcast_on_a_stream_the_peer_has_ended_goes_on_a_new_stream_and_not
 
     assert asyncio.run(scenario()) == ["b0", "b1", "b2"]
     assert "failed" not in caplog.text and "InvalidStateError" not in caplog.text
+
+
+class NeverAnswers(sequencer_pb2_grpc.SequencerServicer):
+    """A Sequencer that takes gate requests and never answers them (a stalled leader)."""
+
+    async def SequenceStream(  # noqa: N802 - the RPC's name
+        self, request_iterator: AsyncIterator[sequencer_pb2.SequenceRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[sequencer_pb2.SequenceResponse]:
+        async for _ in request_iterator:
+            await asyncio.sleep(3600)
+        yield sequencer_pb2.SequenceResponse()  # pragma: no cover
+
+
+def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes_on_a_new_stream() -> None:
+    async def scenario() -> None:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        sequencer_pb2_grpc.add_SequencerServicer_to_server(NeverAnswers(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        gate = GateStream("M")
+        try:
+            asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), timeout=30))
+            await asyncio.sleep(0.3)
+            started = asyncio.get_running_loop().time()
+            gate.interrupt("the Sequencer leader changed")
+            with pytest.raises(Unavailable, match="the Sequencer leader changed"):
+                await asyncio.wait_for(asked, 5)
+            assert asyncio.get_running_loop().time() - started < 1.0
+            again = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), timeout=0.5))
+            with pytest.raises(Unavailable, match="did not answer within"):  # a new stream, its own watchdog
+                await again
+        finally:
+            await channel.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
