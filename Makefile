@@ -54,8 +54,9 @@ chaos: install consul
 	$(PY) -m devtools.chaos $(CHAOS_ARGS)
 
 # make cluster-up TLS=1: mutual TLS on every gRPC connection (certificates under .cluster/tls/)
+# make cluster-up HA=1: 3 Consul servers, 2 Sequencer replicas on the log replicated in Consul, 3 nodes
 cluster-up: install consul
-	$(PY) -m devtools.demo up $(if $(filter 1,$(TLS)),--tls)
+	$(PY) -m devtools.demo up $(if $(filter 1,$(TLS)),--tls) $(if $(filter 1,$(HA)),--ha)
 
 cluster-down: install
 	$(PY) -m devtools.demo down

@@ -1,4 +1,5 @@
-"""The process harness: a local cluster of real processes, a Consul dev agent, the Sequencer and N nodes.
+"""The process harness: a local cluster of real processes, a Consul dev agent, the Sequencer and N nodes; or, in
+HA mode (`ha=True`), three Consul servers, Sequencer replicas on the replicated log (`--log consul`) and N nodes.
 
 `Cluster` starts, stops, kills, partitions and inspects them; `ServiceProcess` is one service run as
 `python -m MODULE` (`exchange.node.main`, `sequencer.main`) with its output in a log file; `wait_until`
@@ -21,12 +22,13 @@ from pathlib import Path
 import grpc
 
 from devtools.certs import make_cluster_tls
-from devtools.consul_agent import ConsulDevAgent
+from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
+from exchange.cluster import parse_markets
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
 from exchange.tls import TlsConfig
-from exchange.v1 import exchange_pb2, exchange_pb2_grpc
+from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MARKETS = "BTC-USD,ETH-USD"
@@ -119,28 +121,40 @@ class Cluster:
         self, workdir: Path, nodes: int = 3, markets: str = DEFAULT_MARKETS, consul_port: int | None = None,
         sequencer_port: int | None = None, node_ports: list[int] | None = None, max_retries: int = 5,
         secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None, netns: bool = False,
-        tls: bool = False,
+        tls: bool = False, ha: bool = False, sequencers: int = 2, sequencer_ports: list[int] | None = None,
+        consul_ports: list[int] | None = None, extra_sequencer_args: list[str] | None = None,
     ) -> None:
         """`netns=True` runs every node in its own network namespace (see NetNamespaces), so that
         `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace.
         `tls=True` runs every gRPC connection with mutual TLS: a CA and one certificate per process (and one
-        for clients, `client_tls_dir`) are made under `workdir/tls` (devtools/certs.py)."""
+        for clients, `client_tls_dir`) are made under `workdir/tls` (devtools/certs.py).
+        `ha=True`: three Consul servers (`consul_ports`: their HTTP ports) and `sequencers` Sequencer replicas
+        on the replicated log; Sequencer replica i and node i talk to Consul server i % 3."""
         self.workdir = workdir
         self.markets = markets
         self.secret = secret
         self.max_retries = max_retries
+        self.ha = ha
         self.extra_node_args = extra_node_args or []
+        self.extra_sequencer_args = extra_sequencer_args or []
         self.node_ports = node_ports or [free_port() for _ in range(nodes)]
         self.netns = NetNamespaces(len(self.node_ports)) if netns else None
         self.tls_dir = workdir / "tls" if tls else None
-        self.consul = ConsulDevAgent(
-            data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
-            client_addr="127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}",
-            tls_dir=None if self.tls_dir is None else self.tls_dir / "consul",
-        )
+        client_addr = "127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}"
+        consul_tls = None if self.tls_dir is None else self.tls_dir / "consul"
+        self.consul: ConsulDevAgent | ConsulServers
+        if ha:
+            self.consul = ConsulServers(workdir, http_ports=consul_ports, client_addr=client_addr, tls_dir=consul_tls)
+        else:
+            self.consul = ConsulDevAgent(
+                data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
+                client_addr=client_addr, tls_dir=consul_tls,
+            )
         self._client_tls: TlsConfig | None = None
-        self.sequencer_port = sequencer_port or free_port()
-        self.sequencer: ServiceProcess | None = None
+        count = sequencers if ha else 1
+        self.sequencer_ports = sequencer_ports or [sequencer_port or free_port(), *(
+            free_port() for _ in range(count - 1))]
+        self.sequencers: list[ServiceProcess] = []
         self.nodes: list[ServiceProcess] = []
 
     # -- addresses --------------------------------------------------------------------------------
@@ -149,10 +163,36 @@ class Cluster:
     def consul_address(self) -> str:
         return self.consul.address
 
+    def consul_address_for(self, index: int) -> str:
+        """The Consul HTTP address the harness's process `index` (Sequencer replica or node) talks to."""
+        return self.consul.address_for(index) if isinstance(self.consul, ConsulServers) else self.consul.address
+
+    @property
+    def sequencer_port(self) -> int:
+        return self.sequencer_ports[0]
+
+    def sequencer_address_of(self, index: int) -> str:
+        host = "127.0.0.1" if self.netns is None else self.netns.gateway
+        return f"{host}:{self.sequencer_ports[index]}"
+
     @property
     def sequencer_address(self) -> str:
-        host = "127.0.0.1" if self.netns is None else self.netns.gateway
-        return f"{host}:{self.sequencer_port}"
+        """The Sequencer's address; in HA mode the leader's (the first running replica's while none leads)."""
+        if self.ha:
+            leader = self.leader_index()
+            if leader is None:
+                running = [i for i, process in enumerate(self.sequencers) if process.running]
+                leader = running[0] if running else 0
+            return self.sequencer_address_of(leader)
+        return self.sequencer_address_of(0)
+
+    @property
+    def sequencer(self) -> ServiceProcess | None:
+        """The Sequencer process; in HA mode the leading replica (None while none leads)."""
+        if self.ha:
+            leader = self.leader_index()
+            return None if leader is None else self.sequencers[leader]
+        return self.sequencers[0] if self.sequencers else None
 
     def node_address(self, index: int) -> str:
         host = "127.0.0.1" if self.netns is None else self.netns.address(index)
@@ -171,8 +211,8 @@ class Cluster:
         if self.tls_dir is None:
             return
         gateway = "127.0.0.1" if self.netns is None else self.netns.gateway
-        identities = {"sequencer": [gateway, "localhost"], "consul": ["127.0.0.1", "localhost"],
-                      "client": ["127.0.0.1", "localhost"]}
+        identities = {"consul": ["127.0.0.1", "localhost"], "client": ["127.0.0.1", "localhost"]}
+        identities.update({self.sequencer_name(i): [gateway, "localhost"] for i in range(len(self.sequencer_ports))})
         for index in range(len(self.node_ports)):
             identities[self.node_id(index)] = [self.node_address(index).rpartition(":")[0], "localhost"]
         make_cluster_tls(self.tls_dir, identities)
@@ -195,25 +235,31 @@ class Cluster:
         """A channel to one of the cluster's servers, as a client of the cluster (TLS when it runs with it)."""
         return sync_channel(address, self.client_tls)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, index: int = 0) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
-        return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address,
+        return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address_for(index),
                 "PYTHONUNBUFFERED": "1", **transport}
 
     # -- processes --------------------------------------------------------------------------------
 
-    def make_sequencer(self) -> ServiceProcess:
+    def sequencer_name(self, index: int) -> str:
+        return f"sequencer-{index + 1}" if self.ha else "sequencer"
+
+    def make_sequencer(self, index: int = 0) -> ServiceProcess:
+        name = self.sequencer_name(index)
+        ha = ["--log", "consul", "--id", name] if self.ha else []
         return ServiceProcess(
-            "sequencer", "sequencer.main",
-            ["--listen", self.sequencer_address, "--data-dir", str(self.workdir / "sequencer"),
-             "--markets", self.markets, *self._tls_args("sequencer")],
-            self.workdir / "logs" / "sequencer.log", self._env(),
+            name, "sequencer.main",
+            ["--listen", self.sequencer_address_of(index), "--data-dir", str(self.workdir / name),
+             "--markets", self.markets, *ha, *self._tls_args(name), *self.extra_sequencer_args],
+            self.workdir / "logs" / f"{name}.log", self._env(index),
         )
 
     def make_node(self, index: int) -> ServiceProcess:
-        env, prefix = self._env(), []
+        env, prefix = self._env(index), []
         if self.netns is not None:  # the node reaches Consul through the bridge's address
-            env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{self.consul.http_port}"
+            consul_port = self.consul_address_for(index).rpartition(":")[2]
+            env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{consul_port}"
             prefix = self.netns.exec_prefix(index)
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",
@@ -231,7 +277,11 @@ class Cluster:
                 self.netns.create()
             self._make_certificates()
             self.consul.start()
-            self.start_sequencer()
+            self.sequencers = [self.make_sequencer(i) for i in range(len(self.sequencer_ports))]
+            for index in range(len(self.sequencers)):
+                self.start_sequencer(index)
+            if self.ha:
+                wait_until(lambda: self.leader_index() is not None, timeout, "a Sequencer replica to lead")
             count = len(self.node_ports) if nodes is None else nodes
             self.nodes = [self.make_node(i) for i in range(len(self.node_ports))]
             for node in self.nodes[:count]:
@@ -242,13 +292,38 @@ class Cluster:
             self.stop()
             raise
 
-    def start_sequencer(self) -> None:
-        self.sequencer = self.make_sequencer()
-        self.sequencer.start()
-        wait_until(lambda: serving(self.sequencer_address, self.client_tls) or not self.sequencer.running, 30,
-                   "the Sequencer to serve")
-        if not self.sequencer.running:
-            raise RuntimeError(f"the Sequencer exited:\n{self.sequencer.read_log()[-3000:]}")
+    def start_sequencer(self, index: int = 0) -> None:
+        """(Re)starts Sequencer replica `index` (the Sequencer) and waits until it serves."""
+        process = self.make_sequencer(index)
+        if index < len(self.sequencers):
+            self.sequencers[index] = process
+        else:
+            self.sequencers.append(process)
+        process.start()
+        address = self.sequencer_address_of(index)
+        wait_until(lambda: serving(address, self.client_tls) or not process.running, 30, f"{process.name} to serve")
+        if not process.running:
+            raise RuntimeError(f"{process.name} exited:\n{process.read_log()[-3000:]}")
+
+    def sequencer_view(self, index: int, market: str | None = None, timeout: float = 2.0) -> tuple[str, int]:
+        """Replica `index`'s role ("leader" or "standby") and durable position in `market` (the first one)."""
+        market = market or parse_markets(self.markets)[0].symbol
+        with self.channel(self.sequencer_address_of(index)) as channel:
+            answer = sequencer_pb2_grpc.SequencerStub(channel).GetSequence(
+                sequencer_pb2.GetSequenceRequest(market=market), timeout=timeout)
+        return answer.role, answer.current_seq
+
+    def leader_index(self) -> int | None:
+        """The replica that says it leads (in HA mode; the embedded Sequencer always does), None if none does."""
+        for index, process in enumerate(self.sequencers):
+            if not process.running:
+                continue
+            try:
+                if self.sequencer_view(index, timeout=1.0)[0] == "leader":
+                    return index
+            except grpc.RpcError:
+                continue
+        return None
 
     def start_node(self, index: int, timeout: float = 60.0, poll_s: float = 0.05) -> None:
         self.nodes[index] = self.make_node(index)
@@ -263,7 +338,7 @@ class Cluster:
             raise RuntimeError(f"{node.name} exited:\n{node.read_log()[-3000:]}")
 
     def processes(self) -> list[ServiceProcess]:
-        return [p for p in [self.sequencer, *self.nodes] if p is not None]
+        return [*self.sequencers, *self.nodes]
 
     def stop(self) -> None:
         try:
@@ -289,7 +364,8 @@ class Cluster:
         self.netns.heal(index)
 
     def logs(self, tail: int = 4000) -> str:
-        parts = [f"===== consul ({self.consul.log_file}) =====\n{self.consul.read_log()[-tail:]}"]
+        servers = self.consul.servers if isinstance(self.consul, ConsulServers) else [self.consul]
+        parts = [f"===== consul ({server.log_file}) =====\n{server.read_log()[-tail:]}" for server in servers]
         for process in self.processes():
             parts.append(f"===== {process.name} ({process.log_file}) =====\n{process.read_log()[-tail:]}")
         return "\n".join(parts)

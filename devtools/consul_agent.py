@@ -1,7 +1,10 @@
-"""A real ``consul agent -dev`` on free loopback ports, as a child process (tests, the demo, chaos).
+"""Real Consul agents on free loopback ports, as child processes (tests, the demo, chaos, the bench).
 
-`ConsulDevAgent` starts, stops, kills and restarts the agent; `find_consul_binary` finds the binary that
-`make consul` recorded. The product never starts Consul: it only talks to one (discovery/consul.py).
+`ConsulDevAgent` is one ``consul agent -dev`` (everything in memory: a restart loses every registration);
+`ConsulServers` is a cluster of three server agents (a real Raft group, each server with its own ports and
+data directory; what the Sequencer's HA mode keeps its log in). Both start, stop, kill and restart their
+agents; `find_consul_binary` finds the binary that `make consul` recorded. The product never starts Consul:
+it only talks to a local agent's HTTP address (discovery/consul.py).
 """
 
 from __future__ import annotations
@@ -185,13 +188,17 @@ class ConsulDevAgent:
         ports["grpc"] = pick(False)
         return ports
 
+    def _mode(self) -> list[str]:
+        """The arguments that make this agent what it is."""
+        return ["-dev"]
+
     def _command(self) -> list[str]:
         assert self._ports is not None
         p = self._ports
         return [
             self._binary,
             "agent",
-            "-dev",
+            *self._mode(),
             "-bind=127.0.0.1",
             f"-client={self._client_addr}",
             f"-node={self._node}",
@@ -221,6 +228,10 @@ class ConsulDevAgent:
                 "-hcl=enable_agent_tls_for_checks = true", '-hcl=server_name = "localhost"']
 
     def _spawn_and_wait(self) -> None:
+        self._spawn()
+        self._wait_ready(time.monotonic() + self._start_timeout)
+
+    def _spawn(self) -> None:
         cmd = self._command()
         with open(self._log_file, "ab") as log:
             log.write(f"\n==> {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
@@ -233,7 +244,10 @@ class ConsulDevAgent:
                 start_new_session=True,
                 cwd=self._data_dir,
             )
-        deadline = time.monotonic() + self._start_timeout
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Until the agent knows a leader; raises _EarlyExit if it exits, RuntimeError past `deadline`."""
+        assert self._proc is not None
         url = f"http://{self.address}/v1/status/leader"
         while True:
             if self._proc.poll() is not None:
@@ -249,7 +263,7 @@ class ConsulDevAgent:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"consul agent did not elect a leader within {self._start_timeout}s; "
+                    f"consul agent did not know a leader within {self._start_timeout}s; "
                     f"log {self._log_file}:\n" + self.read_log()[-3000:]
                 )
             time.sleep(0.05)
@@ -267,3 +281,126 @@ class ConsulDevAgent:
 
 class _EarlyExit(RuntimeError):
     pass
+
+
+class ConsulServer(ConsulDevAgent):
+    """One server agent of a `ConsulServers` cluster: data on disk, joining the others."""
+
+    def __init__(self, peers: list[ConsulServer], expect: int, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self._peers = peers
+        self._expect = expect
+
+    @property
+    def serf_address(self) -> str:
+        assert self._ports is not None
+        return f"127.0.0.1:{self._ports['serf_lan']}"
+
+    @property
+    def server_address(self) -> str:
+        """Its Raft address (what /v1/status/leader names)."""
+        assert self._ports is not None
+        return f"127.0.0.1:{self._ports['server']}"
+
+    def pick_ports(self) -> None:
+        if self._ports is None:
+            self._ports = self._pick_ports()
+
+    def _mode(self) -> list[str]:
+        # Started together, the second server's first join fails and, by default, is retried only 30 s later:
+        # every server is given the others to join, retried every second.
+        joins = [f"-retry-join={peer.serf_address}" for peer in self._peers if peer is not self]
+        return ["-server", f"-bootstrap-expect={self._expect}", f"-data-dir={self._data_dir / 'data'}",
+                *joins, "-retry-interval=1s", "-hcl=performance { raft_multiplier = 1 }"]
+
+    def spawn(self) -> None:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._spawn()
+
+    def start(self) -> ConsulServer:
+        """(Re)starts this server on its ports and waits until it knows the cluster's leader."""
+        if not self.running:
+            self.spawn()
+            self._wait_ready(time.monotonic() + self._start_timeout)
+        return self
+
+
+class ConsulServers:
+    """`count` Consul servers on loopback forming one cluster (`-bootstrap-expect`, each given the others to
+    join), with `performance { raft_multiplier = 1 }` (Consul's production timing: a lost Raft leader is
+    replaced within seconds). Process `i` of a harness talks to server `i % count`'s HTTP API."""
+
+    def __init__(self, workdir: Path, count: int = 3, http_ports: list[int] | None = None,
+                 client_addr: str = "127.0.0.1", tls_dir: Path | None = None, start_timeout: float = 60.0) -> None:
+        self.servers: list[ConsulServer] = []
+        for index in range(count):
+            self.servers.append(ConsulServer(
+                self.servers, count, data_dir=workdir / f"consul-{index + 1}",
+                log_file=workdir / "logs" / f"consul-{index + 1}.log",
+                http_port=http_ports[index] if http_ports else None, node_name=f"consul-server-{index + 1}",
+                start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir,
+            ))
+        self._start_timeout = start_timeout
+
+    # -- what the harness reads of one agent ------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.servers[0].address
+
+    @property
+    def http_port(self) -> int:
+        return self.servers[0].http_port
+
+    @property
+    def log_file(self) -> Path:
+        return self.servers[0].log_file
+
+    @property
+    def running(self) -> bool:
+        return all(server.running for server in self.servers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [server.pid for server in self.servers if server.pid is not None]
+
+    def address_for(self, index: int) -> str:
+        """The HTTP address process `index` of a harness uses."""
+        return self.servers[index % len(self.servers)].address
+
+    def read_log(self) -> str:
+        return "\n".join(f"--- {server.log_file.name} ---\n{server.read_log()}" for server in self.servers)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> ConsulServers:
+        """Starts every server that is not running and waits until each knows the leader."""
+        for server in self.servers:
+            server.pick_ports()
+        stopped = [server for server in self.servers if not server.running]
+        for server in stopped:
+            server.spawn()
+        deadline = time.monotonic() + self._start_timeout
+        try:
+            for server in stopped:
+                server._wait_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for server in self.servers:
+            server.stop(timeout)
+
+    def leader_index(self, timeout: float = 1.0) -> int | None:
+        """Which server is the Raft leader now (None if no running server names one)."""
+        for server in self.servers:
+            if not server.running:
+                continue
+            with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(
+                    f"http://{server.address}/v1/status/leader", timeout=timeout) as response:
+                leader = json.loads(response.read() or b'""')
+                for index, candidate in enumerate(self.servers):
+                    if candidate.server_address == leader:
+                        return index
+        return None

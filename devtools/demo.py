@@ -2,7 +2,10 @@
 
 `up` starts Consul, the Sequencer and three nodes on fixed loopback ports (README, "Two commands") and
 leaves them running: their pids are kept in `.cluster/state.json`, their logs in `.cluster/logs/`.
-`down` stops them, `status` shows each node's sequence and checksum.
+`up --ha` (`make cluster-up HA=1`) starts three Consul servers, two Sequencer replicas on the replicated log
+and three nodes instead, and says which replica leads.
+`down` stops them, `status` shows each node's sequence and checksum (and, in HA mode, each Sequencer replica's
+role and position).
 """
 
 from __future__ import annotations
@@ -14,38 +17,57 @@ import signal
 import sys
 from pathlib import Path
 
+import grpc
+
 from devtools.cluster import ROOT, Cluster, pid_alive, wait_until
-from exchange.tls import load_tls
+from devtools.consul_agent import ConsulServers
+from exchange.cluster import parse_markets
+from exchange.runtime import sync_channel
+from exchange.tls import TlsConfig, load_tls
+from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 DEMO_DIR = ROOT / ".cluster"
 DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
+# HA mode: three Consul servers' HTTP APIs, two Sequencer replicas (the nodes' ports are the same)
+HA_PORTS = {"consul": [18500, 18501, 18502], "sequencers": [50050, 50054]}
 STATE_FILE = DEMO_DIR / "state.json"
 
 
-def _demo_cluster(tls: bool) -> Cluster:
+def _demo_cluster(tls: bool, ha: bool) -> Cluster:
+    ports: dict[str, object] = (
+        {"consul_ports": HA_PORTS["consul"], "sequencer_ports": HA_PORTS["sequencers"]} if ha
+        else {"consul_port": DEMO_PORTS["consul"], "sequencer_port": DEMO_PORTS["sequencer"]}
+    )
     return Cluster(
-        DEMO_DIR, nodes=3, consul_port=DEMO_PORTS["consul"], sequencer_port=DEMO_PORTS["sequencer"],
-        node_ports=list(DEMO_PORTS["nodes"]), secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"),
-        tls=tls,
+        DEMO_DIR, nodes=3, node_ports=list(DEMO_PORTS["nodes"]),
+        secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"), tls=tls, ha=ha, **ports,  # type: ignore[arg-type]
     )
 
 
-def cluster_up(tls: bool = False) -> int:
+def cluster_up(tls: bool = False, ha: bool = False) -> int:
     if STATE_FILE.exists():
         print(f"a demo cluster seems to be running already ({STATE_FILE}); run `make cluster-down` first")
         return 1
-    cluster = _demo_cluster(tls)
-    print(f"starting Consul on 127.0.0.1:{DEMO_PORTS['consul']}, the Sequencer on {cluster.sequencer_address}, "
-          f"nodes on {', '.join(cluster.node_addresses)} ...", flush=True)
+    cluster = _demo_cluster(tls, ha)
+    sequencers = ", ".join(cluster.sequencer_address_of(i) for i in range(len(cluster.sequencer_ports)))
+    consul = (f"3 Consul servers on 127.0.0.1:{', :'.join(map(str, HA_PORTS['consul']))}" if ha
+              else f"Consul on 127.0.0.1:{DEMO_PORTS['consul']}")
+    print(f"starting {consul}, the Sequencer{' replicas' if ha else ''} on {sequencers}, nodes on "
+          f"{', '.join(cluster.node_addresses)} ...", flush=True)
     try:
         cluster.start()
     except Exception:
         print(cluster.logs())
         raise
+    consul_pids = cluster.consul.pids if isinstance(cluster.consul, ConsulServers) else [cluster.consul.pid]
     STATE_FILE.write_text(json.dumps({
-        "consul_pid": cluster.consul.pid,
+        "consul_pids": consul_pids,
         "processes": {p.name: p.pid for p in cluster.processes()},
         "nodes": cluster.node_addresses,
+        "sequencers": {cluster.sequencer_name(i): cluster.sequencer_address_of(i)
+                       for i in range(len(cluster.sequencer_ports))},
+        "markets": cluster.markets,
+        "ha": ha,
         "tls_dir": str(cluster.client_tls_dir) if cluster.client_tls_dir else None,
     }, indent=2))
     grpcurl = Path(sys.executable).parent.relative_to(ROOT) / "grpcurl"
@@ -59,6 +81,13 @@ def cluster_up(tls: bool = False) -> int:
         c = f"{cli} --tls-dir {tls_dir}"
         security = f"mutual TLS: the cluster's CA and certificates are in {tls_dir.parent}, a client's in {tls_dir}"
     node1, node2, node3 = cluster.node_addresses
+    if ha:
+        leader = cluster.leader_index()
+        roles = "; ".join(f"{cluster.sequencer_name(i)} at {cluster.sequencer_address_of(i)} "
+                          f"{'LEADS' if i == leader else 'stands by'}" for i in range(len(cluster.sequencer_ports)))
+        print(f"\nHA mode: the log is replicated in Consul; Sequencer replicas: {roles}\n"
+              f"(kill the leader, e.g. `kill -9 <pid from {STATE_FILE.name}>`, and a standby takes over; "
+              "`make cluster-status` shows who leads)")
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
 
@@ -83,8 +112,9 @@ def cluster_down() -> int:
         print("no demo cluster is running (no .cluster/state.json)")
         return 0
     state = json.loads(STATE_FILE.read_text())
+    consul = [(f"consul-{n + 1}", pid) for n, pid in enumerate(state.get("consul_pids", [state.get("consul_pid")]))]
     # the services first (they deregister from Consul as they stop), then Consul
-    for group in (list(state["processes"].items()), [("consul", state.get("consul_pid"))]):
+    for group in (list(state["processes"].items()), consul):
         for name, pid in group:
             if pid and pid_alive(pid):
                 print(f"stopping {name} (pid {pid})")
@@ -112,17 +142,40 @@ def cluster_status(addresses: list[str] | None = None) -> int:
             return 1
         state = json.loads(STATE_FILE.read_text())
         addresses, tls_dir = state["nodes"], state.get("tls_dir")
+        if state.get("ha"):
+            print_sequencer_replicas(state["sequencers"], [m.symbol for m in parse_markets(state["markets"])],
+                                     load_tls(Path(tls_dir) if tls_dir else None))
     client = Client(addresses, connection=connection_of(load_tls(Path(tls_dir) if tls_dir else None)))
     return print_cluster_status(addresses, client)
+
+
+def print_sequencer_replicas(replicas: dict[str, str], markets: list[str], tls: TlsConfig | None = None) -> None:
+    """Each Sequencer replica's role and durable position per market (GetSequence), the leader first."""
+    rows = []
+    for name, address in replicas.items():
+        try:
+            with sync_channel(address, tls) as channel:
+                stub = sequencer_pb2_grpc.SequencerStub(channel)
+                answers = [stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=m), timeout=2) for m in markets]
+            rows.append((answers[0].role != "leader", name, address, answers[0].role.upper(),
+                         "  ".join(f"{a.market}@{a.current_seq}" for a in answers)))
+        except grpc.RpcError as error:
+            rows.append((True, name, address, "DOWN", error.code().name))
+    print("Sequencer replicas (the log replicated in Consul):")
+    for _, name, address, role, positions in sorted(rows):
+        print(f"  {name:<12} {address:<16} {role:<8} {positions}")
+    print()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--tls", action="store_true", help="up: mutual TLS on every gRPC connection")
+    parser.add_argument("--ha", action="store_true",
+                        help="up: three Consul servers and two Sequencer replicas on the replicated log")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return cluster_up(tls=args.tls)
+        return cluster_up(tls=args.tls, ha=args.ha)
     return cluster_down() if args.command == "down" else cluster_status()
 
 
