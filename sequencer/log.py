@@ -91,6 +91,11 @@ class LogBackend(Protocol):
 
     def describe(self) -> str: ...
 
+    def suspect(self, why: str) -> bool:
+        """The gate saw a sign that this replica may no longer lead (a node ahead of it). A replicated backend
+        verifies its leadership (a fenced transaction) and returns True; the embedded one returns False."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -162,6 +162,11 @@ class ReplicatedLog:
         self.session_ttl_s = session_ttl_s
         self.lock_delay_s = lock_delay_s
         self.renew_s = session_ttl_s / 4
+        # A leader that has not heard from the store for this long (no renewal, no commit) stops numbering (it
+        # could not commit anyway, and another replica may lead by now) until a fenced probe decides.
+        self.lease_s = session_ttl_s / 2
+        self._confirmed = 0.0  # when the store last confirmed this replica's session (monotonic)
+        self._paused = False  # the lease ran out: the gate numbers nothing until a probe commits
         self.read_peer = read_peer
         self._markets = {name: _Market(name, archive.position(name)) for name in markets}
         self.leading = False
@@ -173,6 +178,7 @@ class ReplicatedLog:
         self._standby = threading.Event()  # set while not leading: the follower follows
         self._standby.set()
         self._step_down: str | None = None  # the reason, once a step-down is asked for
+        self._suspicion: str | None = None  # why the gate doubts this replica leads (a fenced probe decides)
         self._election_wakeup = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -223,6 +229,12 @@ class ReplicatedLog:
 
     def read(self, market: str, from_seq: int, to_seq: int, limit: int) -> list[StoredEntry]:
         return self.archive.read(market, from_seq, to_seq, limit)
+
+    def suspect(self, why: str) -> bool:
+        if self.leading:
+            self._suspicion = why
+            self._election_wakeup.set()
+        return True
 
     def resign(self) -> None:
         """A leader steps down: lets its writes settle and releases the lock (an explicit release: the next
@@ -336,15 +348,25 @@ class ReplicatedLog:
     # -- the election ----------------------------------------------------------------------------
 
     def _elect(self) -> None:
+        gate = self._gate
+        assert gate is not None
         renewed, backoff = 0.0, 0.2
         while not self._stop.is_set():
             try:
                 if self._step_down is not None:
                     self._do_step_down(self._step_down)
                     continue
+                if self.leading and time.monotonic() - self._confirmed > self.lease_s:
+                    why = f"the store has not confirmed this replica's session for " \
+                          f"{time.monotonic() - self._confirmed:.1f} s"
+                    if not self._paused:
+                        self._paused = True
+                        self._post(gate.pause, why)
+                    self._probe(why)
+                    continue
                 if self.session is not None and time.monotonic() - renewed >= self.renew_s:
                     if self.store.renew_session(self.session):
-                        renewed = time.monotonic()
+                        renewed = self._confirmed = time.monotonic()
                     elif self.leading:
                         self._probe("the session ended (its renewal was refused)")
                     else:
@@ -381,6 +403,10 @@ class ReplicatedLog:
     def _watch_leadership(self) -> None:
         """While leading: wakes on a step-down request or when the lock's holder changes (then a fenced probe
         decides), else after `renew_s`."""
+        if self._suspicion is not None:
+            why, self._suspicion = self._suspicion, None
+            self._probe(why)
+            return
         holder = self.store.read(SEQUENCER_LEADER_KEY)
         if holder is not None and holder.session != self.session and self.leading:
             self._probe("the leader key is held by another session")
@@ -391,14 +417,18 @@ class ReplicatedLog:
     def _probe(self, why: str) -> None:
         """A fenced transaction that writes nothing: refused, this replica steps down; committed, it still
         leads. Only the store's refusal of a fenced transaction ends a leadership."""
-        assert self.session is not None
+        assert self.session is not None and self._gate is not None
         try:
             self.store.transact([CheckSession(SEQUENCER_LEADER_KEY, self.session)])
+            self._confirmed = time.monotonic()
         except TransactionConflict as error:
             log.warning("%s; the fenced probe was refused by the store (%s)", why, error)
             self._ask_step_down(f"the store refused this replica's transaction: {error}")
             return
         log.info("%s, but the fenced probe committed: still leading", why)
+        if self._paused:
+            self._paused = False
+            self._post(self._gate.lead)
 
     def _take_over(self) -> None:
         """Holding the lock: the heads (a consistent read), what the archive lacks of them, then lead."""
@@ -418,6 +448,7 @@ class ReplicatedLog:
                 log.error("took the leader lock but cannot lead: %s; releasing it", error)
                 self._release()
                 raise
+            self._confirmed = time.monotonic()
             self.leading = True
             self._standby.clear()
             self._post(self._gate.lead)
@@ -445,7 +476,7 @@ class ReplicatedLog:
         """Stop numbering, let every transaction in flight settle, fail what waits, tell the gate the durable
         ends, release the lock, follow."""
         assert self._gate is not None
-        self.leading = False
+        self.leading = self._paused = False
         for market in self._markets.values():
             with market.wakeup:
                 while market.busy:
@@ -531,6 +562,7 @@ class ReplicatedLog:
             try:
                 versions = self.store.transact(ops)
                 market.head_index = versions[key]
+                self._confirmed = time.monotonic()
                 break
             except TransactionConflict as error:
                 if not resent:

@@ -275,6 +275,11 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             if (error := command_error(command, config)) is not None:
                 raise InvalidArgument(f"command {number}: {error}; nothing of the request was numbered")
         if request.applied_seq > market.current:
+            if self.store.suspect(f"node {request.node_id} has applied {market.market} up to {request.applied_seq}, "
+                                  f"past this replica's {market.current}"):
+                raise Unavailable(f"node {request.node_id} has applied {market.market} up to {request.applied_seq} "
+                                  f"but this Sequencer replica's log ends at {market.current}: it may no longer "
+                                  "lead (it checks); retry")
             raise FailedPrecondition(
                 f"node {request.node_id} has applied {market.market} up to {request.applied_seq} but the "
                 f"Sequencer's log ends at {market.current}: the node's state is not from this log"

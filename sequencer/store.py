@@ -102,6 +102,9 @@ class LogStore:
         with self._lock:
             return [market for (market,) in self._writer.execute(DISTINCT_MARKETS)]
 
+    def suspect(self, why: str) -> bool:
+        return False  # the only Sequencer: a node ahead of it is not from this log
+
     def start(self, loop: asyncio.AbstractEventLoop, gate: Gate | None = None) -> None:
         self._loop = loop
 

@@ -10,7 +10,8 @@ the replica named by the leader lock in Consul KV (exchange.cluster.SEQUENCER_LE
 health check. A change of leader interrupts the gate streams to the old one at once, and the requests in
 flight are sent again to the new one: a request that was granted comes back as a stale answer carrying its
 entries (the new leader holds every committed entry), so nothing is numbered twice. Reads of the log go to
-the leader, or to any replica while none leads.
+the leader, or to any replica while none leads. While the node cannot reach Consul (its view of the lock is
+stale), each retry goes to the next replica it knows: only the leader numbers, the others answer UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class SequencerLink:
         self.outage_s = outage_s
         self.call_timeout_s = call_timeout_s
         self._gate_target: str | None = None
+        self._blind_tries = 0  # gate retries while the view of the leader lock is stale (see `_pick`)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, sequencer_pb2_grpc.SequencerStub] = {}
         self._gates: dict[str, GateStream] = {}
@@ -173,7 +175,7 @@ class SequencerLink:
         """Where the gate goes: the Sequencer, or in HA mode the leader (None while none is known)."""
         return self._pick(for_gate=True)
 
-    def _pick(self, for_gate: bool) -> str | None:
+    def _pick(self, for_gate: bool) -> str | None:  # noqa: C901 - the rules of the module docstring, in order
         if self.static_target is not None:
             return self.static_target
         assert self.watch is not None
@@ -183,6 +185,11 @@ class SequencerLink:
             return instances[0].target if instances else None
         values = self.leader_watch.current() if self.leader_watch is not None else None
         leader = LeaderRecord.decode((values or {}).get(SEQUENCER_LEADER_KEY))
+        if self.leader_watch is not None and not self.leader_watch.fresh():
+            if for_gate and self._blind_tries:  # Consul cannot tell: try them in turn, stay with one that works
+                return replicas[self._blind_tries % len(replicas)].target
+        else:
+            self._blind_tries = 0
         for instance in replicas:
             if leader is not None and instance.instance_id == leader.id:
                 return instance.target
@@ -238,6 +245,8 @@ class SequencerLink:
             except Unavailable:
                 if loop.time() + delay > deadline:
                     raise
+            if for_gate:
+                self._blind_tries += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 

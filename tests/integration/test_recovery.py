@@ -237,41 +237,47 @@ def test_sequencer_killed_and_restarted_loses_no_acknowledged_order(make_cluster
         finally:
             load.stop()
 
-        unexpected = [e for e in load.errors if e[2].code() not in AMBIGUOUS]
-        assert not unexpected, describe(unexpected)
         assert load.errors, "the Sequencer outage was not noticed by any client"
+        every_acknowledged_order_once(c, stubs, load)
 
-        # An ambiguous order retried with its client_order_id is placed at most once.
-        retried = {}
-        for target, request, _ in load.errors:
-            response = stubs[target].CreateOrder(request, timeout=CALL_TIMEOUT)
-            assert response.client_order_id == request.client_order_id
-            retried[request.client_order_id] = response
 
-        views = c.wait_converged(nodes=[0, 1, 2])
-        logs = {market: read_log(c, market) for market in markets}
-        by_seq: dict[tuple[str, int], str] = {}
-        seen: dict[str, list[tuple[str, int]]] = {}
-        for market, entries in logs.items():
-            assert [e.seq for e in entries] == list(range(1, len(entries) + 1)), f"{market}: gap in the log"
-            assert len(entries) == views[market][0]
-            for entry in entries:
-                command = types_pb2.Command.FromString(entry.command)
-                by_seq[(market, entry.seq)] = command.client_order_id
-                seen.setdefault(command.client_order_id, []).append((market, entry.seq))
-        twice = {coid: places for coid, places in seen.items() if len(places) > 1}
-        assert not twice, f"client_order_ids numbered more than once: {twice}"
+def every_acknowledged_order_once(c: Cluster, stubs: list[exchange_pb2_grpc.ExchangeNodeStub], load: Load) -> None:
+    """After a fault under `load` (unique client_order_ids): only ambiguous errors; each ambiguous order, sent
+    again with its client_order_id, is placed at most once; the log is gap-free, holds every acknowledged order
+    at the number it was acknowledged with and nothing else, and its replay gives the nodes' converged books."""
+    markets = [m.symbol for m in parse_markets(c.markets)]
+    unexpected = [e for e in load.errors if e[2].code() not in AMBIGUOUS]
+    assert not unexpected, describe(unexpected)
+    retried = {}
+    for target, request, _ in load.errors:
+        response = stubs[target].CreateOrder(request, timeout=CALL_TIMEOUT)
+        assert response.client_order_id == request.client_order_id
+        retried[request.client_order_id] = response
 
-        for _, request, response in load.ok:
-            assert response.order_id == response.seq
-            assert by_seq.get((response.market, response.seq)) == request.client_order_id, (
-                f"acknowledged order {request.client_order_id} at {response.market}#{response.seq} is not in the log"
-            )
-        for coid, response in retried.items():
-            assert by_seq.get((response.market, response.seq)) == coid
-        acknowledged = len(load.ok) + len(retried)
-        assert sum(len(entries) for entries in logs.values()) == acknowledged
-        checksums_equal_replay(c, views)
+    views = c.wait_converged(nodes=list(range(len(c.nodes))))
+    logs = {market: read_log(c, market) for market in markets}
+    by_seq: dict[tuple[str, int], str] = {}
+    seen: dict[str, list[tuple[str, int]]] = {}
+    for market, entries in logs.items():
+        assert [e.seq for e in entries] == list(range(1, len(entries) + 1)), f"{market}: gap in the log"
+        assert len(entries) == views[market][0]
+        for entry in entries:
+            command = types_pb2.Command.FromString(entry.command)
+            by_seq[(market, entry.seq)] = command.client_order_id
+            seen.setdefault(command.client_order_id, []).append((market, entry.seq))
+    twice = {coid: places for coid, places in seen.items() if len(places) > 1}
+    assert not twice, f"client_order_ids numbered more than once: {twice}"
+
+    for _, request, response in load.ok:
+        assert response.order_id == response.seq
+        assert by_seq.get((response.market, response.seq)) == request.client_order_id, (
+            f"acknowledged order {request.client_order_id} at {response.market}#{response.seq} is not in the log"
+        )
+    for coid, response in retried.items():
+        assert by_seq.get((response.market, response.seq)) == coid
+    acknowledged = len(load.ok) + len(retried)
+    assert sum(len(entries) for entries in logs.values()) == acknowledged
+    checksums_equal_replay(c, views)
 
 
 def test_client_order_id_places_one_order_across_nodes(cluster: Cluster,

@@ -68,11 +68,11 @@ class Replica:
     """One Sequencer replica in-process: the gate over a ReplicatedLog on a TestStore."""
 
     def __init__(self, name: str, kv: ConsulKV, archive: Path, failures: list[BaseException], window: int = 1_000,
-                 tail: int = 1_000, read_peer: Any = None) -> None:
+                 tail: int = 1_000, read_peer: Any = None, ttl: float = 10.0) -> None:
         self.store = TestStore(kv)
         self.log = ReplicatedLog(self.store, LogStore(archive, synchronous="NORMAL"), ["M"],
                                  LeaderRecord(name, "127.0.0.1:1"), ["serfHealth"], tail_entries=tail,
-                                 lock_delay_s=0, read_peer=read_peer)
+                                 lock_delay_s=0, read_peer=read_peer, session_ttl_s=ttl)
         self.service = SequencerService(self.log, SECRET, MARKETS, failures.append, dedup_window=window)
 
     def start(self) -> None:
@@ -194,6 +194,39 @@ def test_a_deposed_leader_is_fenced_its_commit_refused_by_consul_and_it_follows_
             entries = await read_all(replica.service)
             assert [e.seq for e in entries] == [1, 2]
             assert types_pb2.Command.FromString(entries[1].command).client_order_id == "taken"
+        await asyncio.to_thread(old.log.close)
+        await asyncio.to_thread(new.log.close)
+
+    run(scenario)
+    assert not failures
+
+
+def test_a_node_ahead_of_a_replica_is_told_unavailable_and_the_replica_verifies_its_leadership(
+    consul: ConsulDevAgent, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deposed leader that has not noticed yet (its session renewal is far off) is asked by a node that has
+    applied more than it holds: a sign another replica leads. The node is told UNAVAILABLE (it retries, on the
+    leader), not FAILED_PRECONDITION, and the replica's fenced probe is refused: it steps down."""
+    kv, failures = kv_of(consul), []
+    caplog.set_level(logging.INFO, logger="sequencer")
+
+    async def scenario() -> None:
+        old = Replica("old", kv, tmp_path / "old.sqlite3", failures, ttl=120)
+        old.start()
+        await old.leading()
+        await ask(old.service, 0, order(ref=1))
+        kv.destroy_session(old.log.session)
+        new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
+        new.start()
+        await new.leading()
+        await ask(new.service, 1, order(node="b", ref=1), order(node="b", ref=2), node="b")
+        assert old.service.leading, "the old leader has not noticed (the test relies on its long TTL)"
+        with pytest.raises(Exception) as ahead:
+            await ask(old.service, 3, order(node="b", ref=3), node="b")
+        assert ahead.value.code.name == "UNAVAILABLE" and "may no longer lead" in str(ahead.value)
+        await old.until(lambda: not old.service.leading and old.service.markets["M"].durable == 3,
+                        "the old leader to step down and follow")
+        assert "the fenced probe was refused by the store" in caplog.text
         await asyncio.to_thread(old.log.close)
         await asyncio.to_thread(new.log.close)
 
