@@ -129,7 +129,8 @@ class Cluster:
         `tls=True` runs every gRPC connection with mutual TLS: a CA and one certificate per process (and one
         for clients, `client_tls_dir`) are made under `workdir/tls` (devtools/certs.py).
         `ha=True`: three Consul servers (`consul_ports`: their HTTP ports) and `sequencers` Sequencer replicas
-        on the replicated log; Sequencer replica i and node i talk to Consul server i % 3."""
+        on the replicated log; node i talks to Consul server i % 3, Sequencer replica i to a client agent of
+        its own (as on a machine of its own in production: losing a Consul server is not losing its agent)."""
         self.workdir = workdir
         self.markets = markets
         self.secret = secret
@@ -144,7 +145,8 @@ class Cluster:
         consul_tls = None if self.tls_dir is None else self.tls_dir / "consul"
         self.consul: ConsulDevAgent | ConsulServers
         if ha:
-            self.consul = ConsulServers(workdir, http_ports=consul_ports, client_addr=client_addr, tls_dir=consul_tls)
+            self.consul = ConsulServers(workdir, http_ports=consul_ports, client_addr=client_addr, tls_dir=consul_tls,
+                                        clients=sequencers)
         else:
             self.consul = ConsulDevAgent(
                 data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
@@ -164,7 +166,7 @@ class Cluster:
         return self.consul.address
 
     def consul_address_for(self, index: int) -> str:
-        """The Consul HTTP address the harness's process `index` (Sequencer replica or node) talks to."""
+        """The Consul HTTP address node `index` talks to."""
         return self.consul.address_for(index) if isinstance(self.consul, ConsulServers) else self.consul.address
 
     @property
@@ -247,12 +249,15 @@ class Cluster:
 
     def make_sequencer(self, index: int = 0) -> ServiceProcess:
         name = self.sequencer_name(index)
-        ha = ["--log", "consul", "--id", name] if self.ha else []
+        env, ha = self._env(), []
+        if isinstance(self.consul, ConsulServers):  # HA: the replica's own Consul client agent
+            env["CONSUL_HTTP_ADDR"] = self.consul.client_address(index)
+            ha = ["--log", "consul", "--id", name]
         return ServiceProcess(
             name, "sequencer.main",
             ["--listen", self.sequencer_address_of(index), "--data-dir", str(self.workdir / name),
              "--markets", self.markets, *ha, *self._tls_args(name), *self.extra_sequencer_args],
-            self.workdir / "logs" / f"{name}.log", self._env(index),
+            self.workdir / "logs" / f"{name}.log", env,
         )
 
     def make_node(self, index: int) -> ServiceProcess:
@@ -364,7 +369,7 @@ class Cluster:
         self.netns.heal(index)
 
     def logs(self, tail: int = 4000) -> str:
-        servers = self.consul.servers if isinstance(self.consul, ConsulServers) else [self.consul]
+        servers = self.consul.agents if isinstance(self.consul, ConsulServers) else [self.consul]
         parts = [f"===== consul ({server.log_file}) =====\n{server.read_log()[-tail:]}" for server in servers]
         for process in self.processes():
             parts.append(f"===== {process.name} ({process.log_file}) =====\n{process.read_log()[-tail:]}")

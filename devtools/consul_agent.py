@@ -284,7 +284,8 @@ class _EarlyExit(RuntimeError):
 
 
 class ConsulServer(ConsulDevAgent):
-    """One server agent of a `ConsulServers` cluster: data on disk, joining the others."""
+    """One agent of a `ConsulServers` cluster: a server (data on disk, joining the other servers), or a client
+    agent (`expect` 0: it joins the servers and holds no data; what a service's machine runs in production)."""
 
     def __init__(self, peers: list[ConsulServer], expect: int, **options: object) -> None:
         super().__init__(**options)  # type: ignore[arg-type]
@@ -310,8 +311,10 @@ class ConsulServer(ConsulDevAgent):
         # Started together, the second server's first join fails and, by default, is retried only 30 s later:
         # every server is given the others to join, retried every second.
         joins = [f"-retry-join={peer.serf_address}" for peer in self._peers if peer is not self]
-        return ["-server", f"-bootstrap-expect={self._expect}", f"-data-dir={self._data_dir / 'data'}",
-                *joins, "-retry-interval=1s", "-hcl=performance { raft_multiplier = 1 }"]
+        role = ["-server", f"-bootstrap-expect={self._expect}"] if self._expect else []
+        return [*role, f"-data-dir={self._data_dir / 'data'}", *joins, "-retry-interval=1s",
+                "-hcl=performance { raft_multiplier = 1 }",
+                "-hcl=leave_on_terminate = false"]  # a client agent leaves gracefully by default: 4 s per stop
 
     def spawn(self) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
@@ -329,10 +332,12 @@ class ConsulServer(ConsulDevAgent):
 class ConsulServers:
     """`count` Consul servers on loopback forming one cluster (`-bootstrap-expect`, each given the others to
     join), with `performance { raft_multiplier = 1 }` (Consul's production timing: a lost Raft leader is
-    replaced within seconds). Process `i` of a harness talks to server `i % count`'s HTTP API."""
+    replaced within seconds), and `clients` client agents joined to them. Process `i` of a harness talks to
+    server `i % count`'s HTTP API (`address_for`), or to client agent `i` (`client_address`)."""
 
     def __init__(self, workdir: Path, count: int = 3, http_ports: list[int] | None = None,
-                 client_addr: str = "127.0.0.1", tls_dir: Path | None = None, start_timeout: float = 60.0) -> None:
+                 client_addr: str = "127.0.0.1", tls_dir: Path | None = None, start_timeout: float = 60.0,
+                 clients: int = 0) -> None:
         self.servers: list[ConsulServer] = []
         for index in range(count):
             self.servers.append(ConsulServer(
@@ -341,6 +346,11 @@ class ConsulServers:
                 http_port=http_ports[index] if http_ports else None, node_name=f"consul-server-{index + 1}",
                 start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir,
             ))
+        self.clients = [ConsulServer(
+            self.servers, 0, data_dir=workdir / f"consul-client-{index + 1}",
+            log_file=workdir / "logs" / f"consul-client-{index + 1}.log", node_name=f"consul-client-{index + 1}",
+            start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir,
+        ) for index in range(clients)]
         self._start_timeout = start_timeout
 
     # -- what the harness reads of one agent ------------------------------------------------------
@@ -357,26 +367,34 @@ class ConsulServers:
         return self.servers[0].log_file
 
     @property
+    def agents(self) -> list[ConsulServer]:
+        return [*self.servers, *self.clients]
+
+    @property
     def running(self) -> bool:
-        return all(server.running for server in self.servers)
+        return all(agent.running for agent in self.agents)
 
     @property
     def pids(self) -> list[int]:
-        return [server.pid for server in self.servers if server.pid is not None]
+        return [agent.pid for agent in self.agents if agent.pid is not None]
 
     def address_for(self, index: int) -> str:
-        """The HTTP address process `index` of a harness uses."""
+        """The HTTP address process `index` of a harness uses: a server's."""
         return self.servers[index % len(self.servers)].address
 
+    def client_address(self, index: int) -> str:
+        """The HTTP address of client agent `index`."""
+        return self.clients[index].address
+
     def read_log(self) -> str:
-        return "\n".join(f"--- {server.log_file.name} ---\n{server.read_log()}" for server in self.servers)
+        return "\n".join(f"--- {agent.log_file.name} ---\n{agent.read_log()}" for agent in self.agents)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> ConsulServers:
-        """Starts every server that is not running and waits until each knows the leader."""
-        for server in self.servers:
-            server.pick_ports()
-        stopped = [server for server in self.servers if not server.running]
+        """Starts every agent that is not running and waits until each knows the leader."""
+        for agent in self.agents:
+            agent.pick_ports()
+        stopped = [agent for agent in self.agents if not agent.running]
         for server in stopped:
             server.spawn()
         deadline = time.monotonic() + self._start_timeout
@@ -389,8 +407,8 @@ class ConsulServers:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        for server in self.servers:
-            server.stop(timeout)
+        for agent in reversed(self.agents):
+            agent.stop(timeout)
 
     def leader_index(self, timeout: float = 1.0) -> int | None:
         """Which server is the Raft leader now (None if no running server names one)."""

@@ -17,13 +17,25 @@ from exchange.v1 import exchange_pb2, sequencer_pb2, sequencer_pb2_grpc, types_p
 
 
 def read_log(cluster: Cluster, market: str, timeout: float = 60.0) -> list[types_pb2.SequencedCommand]:
-    """The whole log of `market` (ReadLog is cluster-internal: the call carries the cluster's token)."""
-    with cluster.channel(cluster.sequencer_address) as channel:
+    """The whole log of `market` from the Sequencer (in HA mode, the leader)."""
+    address = cluster.sequencer_address
+    with cluster.channel(address) as channel:
         stub = sequencer_pb2_grpc.SequencerStub(channel)
         current = stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=timeout).current_seq
-        if current == 0:
-            return []
-        request = sequencer_pb2.ReadLogRequest(market=market, from_seq=1, to_seq=current)
+    return _read(cluster, address, market, current, timeout) if current else []
+
+
+def read_replica_log(cluster: Cluster, index: int, market: str, to_seq: int = 0,
+                     timeout: float = 60.0) -> list[types_pb2.SequencedCommand]:
+    """The log of `market` as Sequencer replica `index` holds it (its archive), up to `to_seq` (0: all)."""
+    return _read(cluster, cluster.sequencer_address_of(index), market, to_seq, timeout)
+
+
+def _read(cluster: Cluster, address: str, market: str, to_seq: int, timeout: float) -> list[types_pb2.SequencedCommand]:
+    """ReadLog 1..to_seq (0: to the end; ReadLog is cluster-internal: the call carries the cluster's token)."""
+    with cluster.channel(address) as channel:
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        request = sequencer_pb2.ReadLogRequest(market=market, from_seq=1, to_seq=to_seq)
         metadata = token_metadata(cluster.secret.encode())
         return [entry for batch in stub.ReadLog(request, timeout=timeout, metadata=metadata) for entry in batch.entries]
 

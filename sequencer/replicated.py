@@ -66,6 +66,7 @@ MAX_BATCH_BYTES = 256 * 1024  # raw bytes of one batch value (Consul: 512 KiB pe
 MAX_DELETES = 32  # batches deleted per transaction (a transaction holds at most 64 operations)
 FOLLOW_WAIT_S = 5.0
 BACKOFF_MAX_S = 1.0
+STOPPING = "this replica is stopping"
 
 # Reads another replica's archive: (market, from_seq, to_seq) -> batches of verified entries, in order.
 PeerReader = Callable[[str, int, int], Iterator[list[StoredEntry]]]
@@ -240,7 +241,7 @@ class ReplicatedLog:
         """A leader steps down: lets its writes settle and releases the lock (an explicit release: the next
         leader need not wait for the lock-delay). Blocking, at most a few seconds."""
         if self.leading:
-            self._ask_step_down("this replica is stopping")
+            self._ask_step_down(STOPPING)
             deadline = time.monotonic() + 5
             while (self.leading or self._step_down is not None) and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -489,7 +490,10 @@ class ReplicatedLog:
         for market in self._markets.values():
             market.in_sync = False
         self._standby.set()
-        log.warning("stepped down (%s): following the log as a standby", reason)
+        if self._stop.is_set() or reason == STOPPING:
+            log.info("released the leader lock: %s", reason)
+        else:
+            log.warning("stepped down (%s): following the log as a standby", reason)
 
     # -- committing (the leader) ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import devtools.chaos
-from devtools.chaos.records import FAULT_KINDS, TIME_LIMIT_MARGIN, Config
+from devtools.chaos.records import FAULT_KINDS, HA_FAULT_KINDS, TIME_LIMIT_MARGIN, Config
 from devtools.chaos.run import make_cluster, run_chaos
 
 
@@ -25,21 +25,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="operations to send, spread over the duration (0: as many as the cluster takes)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (faults fall inside)")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--faults", default=",".join(FAULT_KINDS),
-                        help=f"comma-separated subset of {','.join(FAULT_KINDS)} ('' for none)")
+    parser.add_argument("--faults", default=None,
+                        help=f"comma-separated subset of {','.join(FAULT_KINDS)} ('' for none); with --ha, of "
+                             f"{','.join(HA_FAULT_KINDS)} (default: all of them)")
+    parser.add_argument("--ha", action="store_true",
+                        help="the Sequencer's HA mode: three Consul servers, two Sequencer replicas on the log "
+                             "replicated in Consul, and the faults kill-leader, stall-leader, kill-consul-server")
     parser.add_argument("--workdir", type=Path, default=None, help="logs and data (default: a new temp dir)")
     parser.add_argument("--no-netns", action="store_true", help="run the nodes on loopback (no partitions)")
     parser.add_argument("--time-limit", type=float, default=0.0,
                         help="seconds for the whole run, after which it stops and fails (default: the duration "
                              f"+ the settle timeout + {TIME_LIMIT_MARGIN:.0f})")
     args = parser.parse_args(argv)
-    faults = tuple(kind for kind in args.faults.split(",") if kind)
-    unknown = set(faults) - set(FAULT_KINDS)
+    kinds = HA_FAULT_KINDS if args.ha else FAULT_KINDS
+    faults = tuple(kind for kind in (",".join(kinds) if args.faults is None else args.faults).split(",") if kind)
+    unknown = set(faults) - set(kinds)
     if unknown:
-        parser.error(f"unknown fault kinds {sorted(unknown)}; choose among {','.join(FAULT_KINDS)}")
+        parser.error(f"unknown fault kinds {sorted(unknown)}{' in HA mode' if args.ha else ''}; choose among "
+                     f"{','.join(kinds)}")
     seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
     config = Config(seed=seed, orders=args.orders, duration=args.duration, clients=args.clients, faults=faults,
-                    netns=False if args.no_netns else None, time_limit=args.time_limit)
+                    netns=False if args.no_netns else None, time_limit=args.time_limit, ha=args.ha)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
     cluster = make_cluster(config, workdir)
     try:

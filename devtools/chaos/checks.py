@@ -16,12 +16,13 @@ import grpc
 
 from devtools.chaos.records import AMBIGUOUS_NAMES, CALL_TIMEOUT, DEFINITE_FAILURES, MAX_ATTEMPTS, Ledger, Report
 from devtools.chaos.workload import Clients
-from devtools.cluster import Cluster
-from devtools.verify import Replay, read_log, replay
+from devtools.cluster import Cluster, wait_until
+from devtools.verify import Replay, read_log, read_replica_log, replay
 from exchange import engine as eng
 from exchange.cluster import parse_markets
 from exchange.node import convert
 from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
 
 LOG_ALARMS = re.compile(r"Traceback|CRITICAL")
 # grpcio logs this (with a traceback) when a handler finishes after its client gave up (deadline passed,
@@ -48,6 +49,8 @@ class Checks:
     def settle(self, report: Report) -> View:
         """Heals the cluster, resolves ambiguous orders, waits for convergence: the nodes' common view."""
         cluster = self.cluster
+        for process in cluster.sequencers:
+            process.signal(signal.SIGCONT)
         for index, process in enumerate(cluster.nodes):
             process.signal(signal.SIGCONT)
             if cluster.netns is not None and index in cluster.netns.impaired:
@@ -105,6 +108,7 @@ class Checks:
             if len(seqs) > 1:
                 violation(f"{market}: client_order_id {coid} is in the log {len(seqs)} times: {seqs}")
         self.check_ledger(result, report)
+        self.check_replicas(logs, report)
         current = {market: len(entries) for market, entries in logs.items()}
         if views and any(views[m][0] != current[m] for m in self.markets):
             report.divergences += 1
@@ -162,6 +166,28 @@ class Checks:
                     report.divergences += 1
                     violation(f"amend of {change.market}#{change.order_id}: trades differ from the replay")
 
+    def check_replicas(self, logs: dict[str, list[types_pb2.SequencedCommand]], report: Report) -> None:
+        """HA mode: every Sequencer replica's archive is the leader's log, entry for entry (once it caught up)."""
+        cluster = self.cluster
+        leader = cluster.leader_index()
+        for index in range(len(cluster.sequencers) if cluster.ha else 0):
+            if index == leader:
+                continue
+            for market, entries in logs.items():
+                length = len(entries)
+                try:
+                    wait_until(lambda i=index, m=market, n=length: cluster.sequencer_view(i, m)[1] >= n, 30,
+                               f"{cluster.sequencer_name(index)} to hold {market}'s log")
+                    copy = read_replica_log(cluster, index, market, len(entries))
+                except (TimeoutError, grpc.RpcError) as error:
+                    copy, problem = [], str(error)
+                else:
+                    problem = ""
+                if copy != entries:
+                    report.divergences += 1
+                    self.ledger.violation(f"{cluster.sequencer_name(index)}'s archive of {market} differs from the "
+                                          f"leader's log ({len(copy)} entries against {len(entries)}) {problem}")
+
     def check_processes(self) -> None:
         """Every process runs at the end, and no service log holds a traceback or CRITICAL line."""
         cluster = self.cluster
@@ -171,7 +197,7 @@ class Checks:
         if not cluster.consul.running:
             self.ledger.violation("the Consul agent is not running at the end")
         for path in sorted((cluster.workdir / "logs").glob("*.log")):
-            if path.name == "consul.log":
+            if path.name.startswith("consul"):
                 continue
             lines = path.read_text(errors="replace").splitlines()
             benign = False  # within the traceback of a benign record

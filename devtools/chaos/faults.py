@@ -5,6 +5,12 @@ it with netem, in network namespaces), sequencer (SIGKILL the Sequencer, restart
 Consul agent); replay (genuine and forged broadcasts) is in replays.py. Each fault also checks what it
 promises: the other nodes keep trading, UNAVAILABLE while the Sequencer is gone, resumption, and
 re-registration in Consul (seen through the product's discovery, discovery.consul.ConsulRegistry).
+
+HA mode (--ha): kill-leader (SIGKILL the leading Sequencer replica: a standby leads and every node trades
+again within seconds; the replica restarted comes back a current standby), stall-leader (SIGSTOP the leader
+past its session's TTL: every node trades on the new leader meanwhile; woken, the old one is refused by Consul,
+steps down and follows), kill-consul-server (SIGKILL the Consul Raft leader: trading pauses for seconds and
+resumes on every node; the server is restarted).
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import signal
 import threading
 import time
 
+import grpc
+
 from devtools.chaos.records import Config, Ledger, OrderRecord
 from devtools.chaos.replays import Replays
 from devtools.chaos.workload import Clients
 from devtools.cluster import Cluster, wait_until
+from devtools.consul_agent import ConsulServers
 from discovery import DiscoveryError
 from discovery.consul import ConsulRegistry
 from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port
@@ -60,7 +69,9 @@ class Faults:
         for number, kind in enumerate(order[:count]):
             at = window_start + number * slot + rng.uniform(0, slot * 0.2)
             hold = {"kill": rng.uniform(2, 5), "stop": rng.uniform(3, 6), "partition": rng.uniform(3, 6),
-                    "sequencer": rng.uniform(6.5, 8), "consul": rng.uniform(3, 6), "replay": rng.uniform(2, 4)}[kind]
+                    "sequencer": rng.uniform(6.5, 8), "consul": rng.uniform(3, 6), "replay": rng.uniform(2, 4),
+                    "kill-leader": rng.uniform(3, 6), "stall-leader": rng.uniform(11, 13),  # past the 10 s TTL
+                    "kill-consul-server": rng.uniform(3, 6)}[kind]
             variant = rng.choice(["cut", "netem"]) if kind == "partition" else ""
             if variant == "netem" and not self.netem:
                 variant = "cut (no netem here)"
@@ -75,7 +86,7 @@ class Faults:
                 self.stats.faults[kind] += 1
                 self.ledger.note(f"fault {kind} node-{node + 1} hold {hold:.1f}s {variant}".rstrip())
                 try:
-                    getattr(self, f"fault_{kind}")(node, hold, variant)
+                    getattr(self, f"fault_{kind.replace('-', '_')}")(node, hold, variant)
                 except Exception as error:  # noqa: BLE001 - a fault that cannot be injected is a finding
                     self.ledger.violation(f"fault {kind} on node-{node + 1} failed: {type(error).__name__}: {error}")
         finally:
@@ -177,3 +188,85 @@ class Faults:
 
     def fault_replay(self, node: int, hold: float, variant: str) -> None:
         self.replays.run(self.stats.faults["replay"], hold)
+
+    # -- HA mode ------------------------------------------------------------------------------------
+
+    def leader(self) -> int:
+        """The leading Sequencer replica (waiting for one: a previous fault may have left a takeover going)."""
+        wait_until(lambda: self.cluster.leader_index() is not None, 30, "a Sequencer replica to lead")
+        leader = self.cluster.leader_index()
+        assert leader is not None
+        return leader
+
+    def every_node_trades(self, what: str, attempts: int = 3) -> None:
+        """Every node must take an order (retried a few times: a takeover may be under way)."""
+        for node in range(self.config.nodes):
+            record = self.clients.probe(node, f"{self.stats.faults.total()}-{node + 1}", attempts=attempts)
+            if self.failed(record):
+                self.ledger.violation(f"{what}, node-{node + 1} did not take an order: {record.attempts}")
+
+    def standby_follows(self, index: int, what: str) -> None:
+        """Replica `index` is a standby that reaches the leader's position."""
+        cluster = self.cluster
+        name = cluster.sequencer_name(index)
+        def following(goal: int) -> bool:
+            try:
+                role, position = cluster.sequencer_view(index)
+            except grpc.RpcError:
+                return False
+            return role == "standby" and position >= goal
+
+        try:
+            goal = cluster.sequencer_view(self.leader())[1]
+            wait_until(lambda: following(goal), 30, f"{name} to follow as a standby, at {goal} or further")
+        except (TimeoutError, grpc.RpcError) as error:
+            self.ledger.violation(f"{what}, {name} did not come back as a current standby: {error}")
+
+    def fault_kill_leader(self, node: int, hold: float, variant: str) -> None:
+        cluster, leader = self.cluster, self.leader()
+        process = cluster.sequencers[leader]
+        self.ledger.expected_down.add(process.name)
+        process.kill()
+        started = time.monotonic()
+        try:
+            self.every_node_trades(f"after {process.name} (the leader) was SIGKILLed")
+            self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s after the SIGKILL")
+            time.sleep(max(0.0, hold - (time.monotonic() - started)))
+        finally:
+            cluster.start_sequencer(leader)
+            self.ledger.expected_down.discard(process.name)
+        self.standby_follows(leader, f"after {process.name} was restarted")
+
+    def fault_stall_leader(self, node: int, hold: float, variant: str) -> None:
+        cluster, leader = self.cluster, self.leader()
+        process = cluster.sequencers[leader]
+        process.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            self.every_node_trades(f"while {process.name} (the leader) was SIGSTOPped")
+            self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s after the SIGSTOP")
+            time.sleep(max(0.0, hold - (time.monotonic() - started)))
+        finally:
+            process.signal(signal.SIGCONT)
+        self.standby_follows(leader, f"after {process.name} was woken up")
+        if "refused by the store" not in process.read_log():
+            self.ledger.violation(f"{process.name} woke up after {hold:.1f}s (past its session's TTL) and no "
+                                  "transaction of it was refused by Consul")
+
+    def fault_kill_consul_server(self, node: int, hold: float, variant: str) -> None:
+        consul = self.cluster.consul
+        assert isinstance(consul, ConsulServers)
+        wait_until(lambda: consul.leader_index() is not None, 30, "Consul to have a Raft leader")
+        index = consul.leader_index()
+        assert index is not None
+        self.ledger.expected_down.add("consul")
+        consul.servers[index].kill()
+        started = time.monotonic()
+        try:
+            self.every_node_trades(f"after Consul server {index + 1} (the Raft leader) was SIGKILLed")
+            self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s after the Consul leader "
+                             "was killed")
+            time.sleep(max(0.0, hold - (time.monotonic() - started)))
+        finally:
+            consul.servers[index].start()
+            self.ledger.expected_down.discard("consul")

@@ -19,6 +19,11 @@ import grpc
 from exchange.v1 import exchange_pb2 as pb
 
 FAULT_KINDS = ("kill", "stop", "partition", "sequencer", "consul", "replay")
+# --ha: the Sequencer replicated in Consul (three servers). The faults of the one Sequencer and the one Consul
+# agent give way to: kill-leader (SIGKILL the leading replica, restart it as a standby), stall-leader (SIGSTOP it
+# past its session's TTL: a standby takes over and Consul refuses the old one when it wakes), kill-consul-server
+# (SIGKILL the Consul Raft leader, restart it).
+HA_FAULT_KINDS = ("kill", "stop", "partition", "replay", "kill-leader", "stall-leader", "kill-consul-server")
 AMBIGUOUS = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
 AMBIGUOUS_NAMES = frozenset(code.name for code in AMBIGUOUS)
 DEFINITE_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND})
@@ -89,6 +94,7 @@ class Config:
     clients: int = 4
     faults: tuple[str, ...] = FAULT_KINDS
     workdir: Path | None = None
+    ha: bool = False  # the Sequencer's HA mode (HA_FAULT_KINDS)
     nodes: int = 3
     netns: bool | None = None  # None: use namespaces when available
     progress_interval: float = 2.0

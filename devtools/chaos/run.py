@@ -89,7 +89,7 @@ def make_cluster(config: Config, workdir: Path, out: Callable[[str], None] = pri
     if not netns and "partition" in config.faults:
         out(f"network namespaces are not available ({reason}): running without the partition fault")
         config.faults = tuple(kind for kind in config.faults if kind != "partition")
-    return Cluster(workdir, nodes=config.nodes, netns=netns)
+    return Cluster(workdir, nodes=config.nodes, netns=netns, ha=config.ha)
 
 
 def run_chaos(config: Config, cluster: Cluster, out: Callable[[str], None] = print) -> Report:
@@ -98,7 +98,8 @@ def run_chaos(config: Config, cluster: Cluster, out: Callable[[str], None] = pri
         f"{config.duration:.0f}s, faults {','.join(config.faults) or 'none'}, workdir {cluster.workdir}, "
         f"netns {'yes' if cluster.netns is not None else 'no'}, time limit {config.limit:.0f}s")
     out(f"reproduce with: python -m devtools.chaos --seed {config.seed} --orders {config.orders} "
-        f"--duration {config.duration:g} --clients {config.clients} --faults {','.join(config.faults)}")
+        f"--duration {config.duration:g} --clients {config.clients} --faults {','.join(config.faults)}"
+        + (" --ha" if config.ha else ""))
     ledger = Ledger(out)
 
     def expire() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from devtools.cluster import Cluster, wait_until
 from devtools.consul_agent import ConsulServers
-from devtools.verify import read_log
+from devtools.verify import read_log, read_replica_log
 from exchange.cluster import parse_markets, token_metadata
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.test_recovery import Load, checksums_equal_replay, every_acknowledged_order_once, node_stubs
@@ -82,16 +82,7 @@ def test_the_leader_sigkilled_under_load_a_standby_takes_over_and_no_acknowledge
         every_acknowledged_order_once(c, stubs, load)
     wait_standby_current(c, leader)
     for market in markets:  # the standby's archive is the leader's log, entry for entry
-        assert read_log(c, market) == replica_log(c, leader, market)
-
-
-def replica_log(c: Cluster, index: int, market: str) -> list[types_pb2.SequencedCommand]:
-    """Replica `index`'s whole log (ReadLog from its archive)."""
-    with c.channel(c.sequencer_address_of(index)) as channel:
-        stub = sequencer_pb2_grpc.SequencerStub(channel)
-        request = sequencer_pb2.ReadLogRequest(market=market, from_seq=1)
-        metadata = token_metadata(c.secret.encode())
-        return [e for batch in stub.ReadLog(request, timeout=60, metadata=metadata) for e in batch.entries]
+        assert read_log(c, market) == read_replica_log(c, leader, market)
 
 
 @pytest.mark.timeout(180)
@@ -195,6 +186,6 @@ def test_past_the_tail_consul_keeps_a_node_rejoins_from_a_snapshot_and_a_standby
         views = c.wait_converged(nodes=[0, 1, 2])
         checksums_equal_replay(c, views)
         for market in markets:  # the oldest entries are in no Consul key, only in the replicas' archives
-            assert replica_log(c, standby, market) == read_log(c, market)
-            assert len(replica_log(c, standby, market)) == views[market][0]
+            assert read_replica_log(c, standby, market) == read_log(c, market)
+            assert len(read_replica_log(c, standby, market)) == views[market][0]
         every_acknowledged_order_once(c, stubs, load)
