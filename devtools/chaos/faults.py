@@ -198,12 +198,15 @@ class Faults:
         assert leader is not None
         return leader
 
-    def every_node_trades(self, what: str, attempts: int = 3) -> None:
-        """Every node must take an order (retried a few times: a takeover may be under way)."""
+    def every_node_trades(self, what: str, started: float, hold: float, attempts: int = 3) -> None:
+        """Every node must take an order (retried a few times: a takeover may be under way); then the fault
+        holds until `hold` seconds after `started`."""
         for node in range(self.config.nodes):
             record = self.clients.probe(node, f"{self.stats.faults.total()}-{node + 1}", attempts=attempts)
             if self.failed(record):
                 self.ledger.violation(f"{what}, node-{node + 1} did not take an order: {record.attempts}")
+        self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s {what}")
+        time.sleep(max(0.0, hold - (time.monotonic() - started)))
 
     def standby_follows(self, index: int, what: str) -> None:
         """Replica `index` is a standby that reaches the leader's position."""
@@ -227,11 +230,8 @@ class Faults:
         process = cluster.sequencers[leader]
         self.ledger.expected_down.add(process.name)
         process.kill()
-        started = time.monotonic()
         try:
-            self.every_node_trades(f"after {process.name} (the leader) was SIGKILLed")
-            self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s after the SIGKILL")
-            time.sleep(max(0.0, hold - (time.monotonic() - started)))
+            self.every_node_trades(f"after {process.name} (the leader) was SIGKILLed", time.monotonic(), hold)
         finally:
             cluster.start_sequencer(leader)
             self.ledger.expected_down.discard(process.name)
@@ -241,11 +241,8 @@ class Faults:
         cluster, leader = self.cluster, self.leader()
         process = cluster.sequencers[leader]
         process.signal(signal.SIGSTOP)
-        started = time.monotonic()
         try:
-            self.every_node_trades(f"while {process.name} (the leader) was SIGSTOPped")
-            self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s after the SIGSTOP")
-            time.sleep(max(0.0, hold - (time.monotonic() - started)))
+            self.every_node_trades(f"after {process.name} (the leader) was SIGSTOPped", time.monotonic(), hold)
         finally:
             process.signal(signal.SIGCONT)
         self.standby_follows(leader, f"after {process.name} was woken up")
@@ -261,12 +258,9 @@ class Faults:
         assert index is not None
         self.ledger.expected_down.add("consul")
         consul.servers[index].kill()
-        started = time.monotonic()
         try:
-            self.every_node_trades(f"after Consul server {index + 1} (the Raft leader) was SIGKILLed")
-            self.ledger.note(f"every node traded again {time.monotonic() - started:.1f}s after the Consul leader "
-                             "was killed")
-            time.sleep(max(0.0, hold - (time.monotonic() - started)))
+            self.every_node_trades(f"after Consul server {index + 1} (the Raft leader) was SIGKILLed",
+                                   time.monotonic(), hold)
         finally:
             consul.servers[index].start()
             self.ledger.expected_down.discard("consul")
