@@ -25,7 +25,7 @@ def _engine(args: argparse.Namespace) -> tuple[dict, str]:
 def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     from bench import cluster
 
-    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up)
+    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up, failovers=args.failovers)
     return result, cluster.table(result)
 
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (best kept)")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per cluster load level")
     parser.add_argument("--catch-up", type=int, default=100_000, help="log entries a late node must catch up")
+    parser.add_argument("--failovers", type=int, default=5, help="HA: SIGKILLs of the leading Sequencer replica")
     parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run only this section")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args(argv)

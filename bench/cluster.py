@@ -13,9 +13,14 @@ Every figure is printed next to its baseline from the same run:
 3. catch-up (measured first, on the fresh cluster, so the log holds exactly N entries): a node started
    behind by N log entries: entries/s until it serves, current;
 4. replication lag: time from the client's answer until the order is applied on the other replicas;
-5. scale: unary at 64 in flight and both streaming cases again on a 5-node cluster (the 3-node one stopped).
-Every cluster run also reports its cost per order: CPU of the Sequencer and of the nodes (from /proc), and
-the cluster's own messages (gate requests and answers, broadcast stream messages, from the nodes' counters).
+5. scale: unary at 64 in flight and both streaming cases again on a 5-node cluster (the 3-node one stopped);
+6. HA: the same unary and streaming load on the Sequencer's HA mode (three Consul servers, two Sequencer
+   replicas on the log replicated in Consul, three nodes), against the embedded figures of the same run; then
+   failover: the leading replica SIGKILLed FAILOVERS times under load, from the SIGKILL to the first order
+   granted by the new leader (its number is past the position the new leader took over at), p50 and max;
+   every acknowledged order of those runs must be in the log exactly once.
+Every cluster run also reports its cost per order: CPU of the Sequencer, of the nodes and of Consul (from /proc),
+and the cluster's own messages (gate requests and answers, broadcast stream messages, from the nodes' counters).
 At the end every replica must report the same sequence and checksum, and the trades must equal a replay.
 """
 
@@ -25,9 +30,11 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,8 +44,9 @@ from pathlib import Path
 import grpc
 
 from devtools.cluster import Cluster, ServiceProcess, wait_until
+from devtools.consul_agent import ConsulServers
 from devtools.ports import free_port
-from devtools.verify import replay_cluster
+from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
 from exchange.cluster import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
@@ -57,6 +65,10 @@ TARGET_UNARY_P50 = {1: 3.6, 8: 3.0}  # cluster p50 <= x echo p50
 TARGET_STREAM = {1: 13_000, 100: 30_000}  # orders/s by orders per message
 TARGET_SCALE = 0.6  # 5 nodes >= x the 3-node throughput
 TARGET_CATCH_UP = 200_000
+FAILOVERS = 5
+TARGET_FAILOVER_P50_S = 5.0
+TARGET_HA_UNARY = 0.7  # HA unary at 64 in flight >= x the embedded cluster's
+TARGET_HA_STREAM = 10_000  # orders/s
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -102,7 +114,10 @@ def _usage(cluster: Cluster) -> Usage:
     counters: Counter[str] = Counter()
     for index in range(len(cluster.nodes)):
         counters.update(dict(cluster.status(index).counters))
-    return Usage({p.name: _cpu_seconds(p.pid) for p in cluster.processes()}, counters)
+    cpu = {p.name: _cpu_seconds(p.pid) for p in cluster.processes()}
+    consul = cluster.consul.pids if isinstance(cluster.consul, ConsulServers) else [cluster.consul.pid]
+    cpu.update({f"consul-{n}": _cpu_seconds(pid) for n, pid in enumerate(consul)})
+    return Usage(cpu, counters)
 
 
 def _cost(before: Usage, after: Usage) -> dict:
@@ -114,8 +129,9 @@ def _cost(before: Usage, after: Usage) -> dict:
     gate = 2 * counted["gate_requests"] / orders  # request and answer
     broadcast = counted["broadcast_messages"] / orders
     return {
-        "cpu_us": {"sequencer": cpu.get("sequencer", 0.0),
+        "cpu_us": {"sequencer": sum(value for name, value in cpu.items() if name.startswith("sequencer")),
                    "nodes": sum(value for name, value in cpu.items() if name.startswith("node-")),
+                   "consul": sum(value for name, value in cpu.items() if name.startswith("consul")),
                    "total": sum(cpu.values())},
         "messages": {"gate": gate, "broadcast": broadcast, "total": gate + broadcast},
         "gate_batch": counted["gate_commands"] / max(counted["gate_requests"], 1),
@@ -441,11 +457,141 @@ def _scale_runs(workdir: Path, seconds: float) -> dict:
             "converged": converged}
 
 
+class _FailoverLoad:
+    """Client threads placing orders with unique client_order_ids on every node, each answer timed."""
+
+    def __init__(self, cluster: Cluster, threads: int = 8) -> None:
+        self.channels = [grpc.insecure_channel(address) for address in cluster.node_addresses]
+        self.stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in self.channels]
+        self.ok: list[tuple[float, pb.CreateOrderRequest, pb.CreateOrderResponse]] = []
+        self.failed: list[tuple[int, pb.CreateOrderRequest]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(threads)]
+
+    def _client(self, number: int) -> None:
+        orders = ORDERS.orders(random.Random(number))
+        for count in range(10**9):
+            if self.stop.is_set():
+                return
+            node = (number + count) % len(self.stubs)
+            request = orders.request(f"failover-{number}-{count}")
+            try:
+                response = self.stubs[node].CreateOrder(request, timeout=30)
+            except grpc.RpcError:
+                self.failed.append((node, request))
+                continue
+            self.ok.append((time.monotonic(), request, response))
+
+    def __enter__(self) -> _FailoverLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def halt(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt()
+        for channel in self.channels:
+            channel.close()
+
+
+TAKEOVER = re.compile(r"took the leader lock: leading at (.*)$", re.MULTILINE)
+
+
+def _takeover_positions(log: str) -> dict[str, int]:
+    """The positions the last takeover in a replica's log started from, per market."""
+    last = TAKEOVER.findall(log)[-1]
+    return {market: int(seq) for market, seq in (item.rsplit("@", 1) for item in last.split(", "))}
+
+
+def _failovers(cluster: Cluster, count: int) -> dict:
+    """SIGKILLs the leader `count` times under load: seconds from each SIGKILL to the first order the new leader
+    granted; then every acknowledged order must be in the log exactly once."""
+    seconds: list[float] = []
+    with _FailoverLoad(cluster) as load:
+        wait_until(lambda: len(load.ok) > 200, 60, "orders before the first failover")
+        for number in range(count):
+            old = cluster.leader_index()
+            assert old is not None
+            cluster.sequencers[old].kill()
+            killed_at = time.monotonic()
+            wait_until(lambda old=old: cluster.leader_index() not in (None, old), 60, "a standby to lead")
+            new = cluster.leader_index()
+            assert new is not None
+            positions = _takeover_positions(cluster.sequencers[new].read_log())
+
+            def granted_by_new_leader(killed_at: float = killed_at, positions: dict = positions) -> float | None:
+                return min((at for at, _, answer in load.ok[-2000:]
+                            if at > killed_at and answer.seq > positions[answer.market]), default=None)
+
+            wait_until(lambda: granted_by_new_leader() is not None, 60, "an order granted by the new leader")
+            seconds.append(granted_by_new_leader() - killed_at)  # type: ignore[operator]
+            _log(f"failover {number + 1}: sequencer-{old + 1} SIGKILLed, sequencer-{new + 1} granted an order "
+                 f"{seconds[-1]:.2f} s later")
+            cluster.start_sequencer(old)
+            wait_until(lambda old=old: cluster.sequencer_view(old)[0] == "standby", 60, "the old leader to follow")
+            time.sleep(1.0)
+        load.halt()
+        lost, twice = _exactly_once(cluster, load)
+    return {"seconds": seconds, "p50": statistics.median(seconds), "max": max(seconds), "acked": len(load.ok),
+            "ambiguous": len(load.failed), "lost": lost, "twice": twice}
+
+
+def _exactly_once(cluster: Cluster, load: _FailoverLoad) -> tuple[int, int]:
+    """(acknowledged orders not in the log at their number, client_order_ids in the log more than once), after
+    every ambiguous order was sent again with its client_order_id."""
+    retried = []
+    for node, request in load.failed:
+        try:
+            retried.append((0.0, request, load.stubs[node].CreateOrder(request, timeout=30)))
+        except grpc.RpcError as error:
+            _log(f"failover: {request.client_order_id} still fails: {error.code().name}")
+    cluster.wait_converged(120)
+    logs = {m.symbol: read_log(cluster, m.symbol) for m in parse_markets(cluster.markets)}
+    placed: Counter[str] = Counter()
+    at: dict[tuple[str, int], str] = {}
+    for market, entries in logs.items():
+        for entry in entries:
+            coid = types_pb2.Command.FromString(entry.command).client_order_id
+            placed[coid] += 1
+            at[(market, entry.seq)] = coid
+    lost = sum(1 for _, request, answer in [*load.ok, *retried]
+               if at.get((answer.market, answer.seq)) != request.client_order_id)
+    return lost, sum(1 for coid, times in placed.items() if coid and times > 1)
+
+
+def _ha_runs(workdir: Path, seconds: float, failovers: int) -> dict:
+    """The unary and streaming load on the HA cluster, then the failovers."""
+    cluster = Cluster(workdir / "cluster-ha", nodes=3, secret="bench-secret", ha=True)
+    _log("HA: three Consul servers, two Sequencer replicas on the replicated log, 3 nodes")
+    try:
+        cluster.start()
+        unary = [_best([_cluster_unary(cluster, in_flight, seconds, n) for n in range(1, UNARY_ROUNDS + 1)])
+                 for in_flight in CONCURRENCY]
+        streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
+        view = cluster.wait_converged(60)
+        replay = replay_cluster(cluster)
+        converged = all(replay.engine.checksum(m) == checksum for m, (_, checksum) in view.items())
+        _log(f"HA: {failovers} failovers under load")
+        failover = _failovers(cluster, failovers)
+    except Exception:
+        print(cluster.logs(), file=sys.stderr)
+        raise
+    finally:
+        cluster.stop()
+    return {"unary": unary, "streaming": [_stream_figures(run) for run in streaming], "converged": converged,
+            "failover": failover}
+
+
 def _stream_figures(run: StreamResult) -> dict:
     return vars(run) | {"rate": run.rate}
 
 
-def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | None = None) -> dict:
+def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | None = None,
+        failovers: int = FAILOVERS) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
     _log("starting two bare gRPC echo servers (baseline), Consul, the Sequencer and 3 nodes")
@@ -472,6 +618,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
     finally:
         cluster.stop()
     scale = _scale_runs(workdir, seconds)
+    ha = _ha_runs(workdir, seconds, failovers)
     return {
         **unary,
         "replication_lag_ms": {"p50": lag_p50, "p99": lag_p99},
@@ -480,6 +627,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "catch_up": catch_up,
         "streaming": [_stream_figures(run) for run in streaming],
         "scale": scale,
+        "ha": ha,
     }
 
 
@@ -491,7 +639,8 @@ def _cost_text(cost: dict | None) -> str:
     if not cost:
         return ""
     cpu, messages = cost["cpu_us"], cost["messages"]
-    return (f"{cpu['total']:>6.0f} us CPU/order (Sequencer {cpu['sequencer']:.0f}, nodes {cpu['nodes']:.0f}), "
+    return (f"{cpu['total']:>6.0f} us CPU/order (Sequencer {cpu['sequencer']:.0f}, nodes {cpu['nodes']:.0f}, "
+            f"Consul {cpu.get('consul', 0.0):.0f}), "
             f"{messages['total']:.2f} cluster messages/order (gate {messages['gate']:.2f}, broadcast "
             f"{messages['broadcast']:.2f}), gate batch {cost['gate_batch']:.1f}")
 
@@ -555,12 +704,55 @@ def table(result: dict) -> str:
         lines.append(f"{'':<58}{_cost_text(five.get('cost'))}")
         verdicts.append(f"{name}, {scale['nodes']} nodes >= {TARGET_SCALE}x 3 nodes: "
                         f"{_verdict(ratio >= TARGET_SCALE)} ({ratio:.2f})")
+    ha_lines, ha_verdicts = _ha_table(result)
+    lines += ha_lines
+    verdicts += ha_verdicts
+    ha = result["ha"]
+    aborts += sum(u["aborted"] for u in ha["unary"]) + sum(run["aborted"] for run in ha["streaming"])
     verdicts += [
         f"catch-up >= {TARGET_CATCH_UP:,} entries/s: {_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} "
         f"({catch_up['rate']:,.0f})",
         f"zero ABORTED: {_verdict(aborts == 0)} ({aborts})",
         "replicas converged and equal a replay of the log after every case: " + _verdict(
-            result["converged"] and scale["converged"]
-            and all(run["converged"] for run in [*result["streaming"], *scale["streaming"]])),
+            result["converged"] and scale["converged"] and ha["converged"]
+            and all(run["converged"] for run in [*result["streaming"], *scale["streaming"], *ha["streaming"]])),
     ]
     return "\n".join([*lines, "", "targets:", *(f"  {line}" for line in verdicts)])
+
+
+def _ha_table(result: dict) -> tuple[list[str], list[str]]:
+    """The HA section's lines and verdicts: its figures next to the embedded cluster's of the same run."""
+    ha = result["ha"]
+    lines = ["", "HA: the same load with the log replicated in Consul (3 Consul servers, 2 Sequencer replicas, "
+             "3 nodes), against the embedded cluster of the same run",
+             f"{'in flight':>9} {'embedded orders/s':>18} {'HA orders/s':>12} {'ratio':>6} {'embedded p50':>13} "
+             f"{'HA p50':>8} {'HA p99':>8} {'aborted':>8} {'errors':>7}  HA cost"]
+    verdicts = []
+    for embedded, unary in zip(result["unary"], ha["unary"], strict=True):
+        ratio = unary["rate"] / embedded["rate"]
+        lines.append(f"{unary['in_flight']:>9} {embedded['rate']:>18,.0f} {unary['rate']:>12,.0f} {ratio:>5.2f}x "
+                     f"{embedded['p50_ms']:>11.2f}ms {unary['p50_ms']:>6.2f}ms {unary['p99_ms']:>6.1f}ms "
+                     f"{unary['aborted']:>8} {unary['errors']:>7}  {_cost_text(unary.get('cost'))}")
+        if unary["in_flight"] == 64:
+            verdicts.append(f"HA unary, 64 in flight, >= {TARGET_HA_UNARY}x the embedded cluster: "
+                            f"{_verdict(ratio >= TARGET_HA_UNARY)} ({ratio:.2f})")
+    for embedded, run in zip(result["streaming"], ha["streaming"], strict=True):
+        how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
+        ok = run["rate"] >= TARGET_HA_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
+        lines.append(f"streaming, {how}: embedded {embedded['rate']:,.0f}, HA {run['rate']:,.0f} orders/s "
+                     f"({run['rate'] / embedded['rate']:.2f}x), aborted {run['aborted']}, errors {run['errors']}, "
+                     f"unanswered {run['unanswered']}, converged {run['converged']}; {_cost_text(run.get('cost'))}")
+        verdicts.append(f"HA streaming, {how}, >= {TARGET_HA_STREAM:,} orders/s: {_verdict(ok)} ({run['rate']:,.0f})")
+    failover = ha["failover"]
+    each = ", ".join(f"{value:.2f}" for value in failover["seconds"])
+    lines.append(f"failover, SIGKILL of the leader to the first order granted by the new leader, under load "
+                 f"({len(failover['seconds'])} failovers): p50 {failover['p50']:.2f} s, max {failover['max']:.2f} s "
+                 f"({each}); {failover['acked']:,} orders acknowledged, {failover['ambiguous']} ambiguous (sent "
+                 f"again with their client_order_id), {failover['lost']} lost, {failover['twice']} numbered twice")
+    verdicts += [
+        f"HA failover p50 <= {TARGET_FAILOVER_P50_S:g} s: {_verdict(failover['p50'] <= TARGET_FAILOVER_P50_S)} "
+        f"({failover['p50']:.2f} s)",
+        f"HA failovers: zero acknowledged orders lost, zero numbered twice: "
+        f"{_verdict(failover['lost'] == 0 and failover['twice'] == 0)} ({failover['lost']}, {failover['twice']})",
+    ]
+    return lines, verdicts

@@ -225,6 +225,10 @@ class ReplicatedStore(Protocol):
         """The keys under `prefix`, sorted."""
         ...
 
+    def read_many(self, keys: Sequence[str]) -> dict[str, Versioned] | None:
+        """Several keys in one read (at most 64); None if one of them does not exist."""
+        ...
+
     def wait_prefix(self, prefix: str, index: int, wait_s: float) -> tuple[int, dict[str, Versioned]]:
         """The keys under `prefix` once the prefix's version passes `index` (at most `wait_s` later; 0: at once),
         with the new version to wait on next."""
