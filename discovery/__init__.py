@@ -251,6 +251,10 @@ class ReplicatedStore(Protocol):
 
     def destroy_session(self, session: str) -> None: ...
 
+    def sessions(self, name: str) -> list[str]:
+        """The ids of the live sessions named `name`."""
+        ...
+
     def acquire(self, key: str, value: bytes, session: str) -> bool:
         """Takes `key` as a lock for `session` and writes `value`, if no session holds it; whether it did."""
         ...

@@ -492,6 +492,10 @@ class ConsulKV:
     def destroy_session(self, session: str) -> None:
         self._call(f"the end of session {session}", lambda: self._client.session.destroy(session))
 
+    def sessions(self, name: str) -> builtins.list[str]:
+        _, sessions = self._call("the sessions", lambda: self._client.session.list(consistency="consistent"))
+        return [str(session["ID"]) for session in sessions or [] if session.get("Name") == name]
+
     def acquire(self, key: str, value: bytes, session: str) -> bool:
         return bool(self._call(f"the lock {key}", lambda: self._client.kv.put(key, value, acquire=session)))
 

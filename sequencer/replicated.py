@@ -203,6 +203,7 @@ class ReplicatedLog:
         self.session_ttl_s = session_ttl_s
         self.lock_delay_s = lock_delay_s
         self.renew_s = session_ttl_s / 4
+        self.session_name = f"sequencer {identity.id}"
         # A leader that has not heard from the store for this long (no renewal, no commit) stops numbering (it
         # could not commit anyway, and another replica may lead by now) until a fenced probe decides.
         self.lease_s = session_ttl_s / 2
@@ -407,9 +408,12 @@ class ReplicatedLog:
     def _elect(self) -> None:
         gate = self._gate
         assert gate is not None
-        renewed, backoff = 0.0, 0.2
+        renewed, backoff, previous_ended = 0.0, 0.2, False
         while not self._stop.is_set():
             try:
+                if not previous_ended:
+                    self._end_previous_sessions()
+                    previous_ended = True
                 if self._step_down is not None:
                     self._do_step_down(self._step_down)
                     continue
@@ -436,7 +440,7 @@ class ReplicatedLog:
                     continue
                 if self.session is None:
                     self.session = self.store.create_session(
-                        f"sequencer {self.identity.id}", self.checks, self.session_ttl_s, self.lock_delay_s)
+                        self.session_name, self.checks, self.session_ttl_s, self.lock_delay_s)
                     renewed = time.monotonic()
                 holder = self.store.read(SEQUENCER_LEADER_KEY)
                 if holder is None or holder.session is None:
@@ -456,6 +460,14 @@ class ReplicatedLog:
                 log.warning("leader election: %s; retrying", error)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def _end_previous_sessions(self) -> None:
+        """Ends the sessions a previous run of this replica left: restarted at once on the same address, it answers
+        the health check those sessions carry before the check ever fails, and its old session would hold the
+        lock until its TTL ran out (measured: 19 s before anyone could lead)."""
+        for stale in self.store.sessions(self.session_name):
+            self.store.destroy_session(stale)
+            log.info("ended session %s, left by a previous run of this replica", stale)
 
     def _watch_leadership(self) -> None:
         """While leading: wakes on a step-down request or when the lock's holder changes (then a fenced probe

@@ -297,3 +297,33 @@ def test_consul_keeps_a_bounded_tail_and_a_replica_joining_later_copies_the_rest
 
     run(scenario)
     assert not failures
+
+
+def test_a_replica_restarted_at_once_ends_its_previous_session_instead_of_waiting_for_its_ttl(
+    consul: ConsulDevAgent, tmp_path: Path
+) -> None:
+    """Restarted at once on the same address, a replica answers the health check its dead run's session carries
+    before that check ever fails: the old session would hold the lock for its TTL (10-20 s) and nobody could
+    lead. The new run ends it first."""
+    kv, failures = kv_of(consul), []
+
+    async def scenario() -> None:
+        first = Replica("same", kv, tmp_path / "a.sqlite3", failures, ttl=60)
+        first.start()
+        await first.leading()
+        await ask(first.service, 0, order(ref=1))
+        first.log._stop.set()  # it dies; its session lives on (a 60 s TTL, a check that keeps passing)
+        first.store.dead = True
+        stale = first.log.session
+        assert stale in kv.sessions("sequencer same")
+        again = Replica("same", kv, tmp_path / "a.sqlite3", failures)
+        again.start()
+        started = time.monotonic()
+        await again.until(lambda: again.service.leading, "the new run to lead", timeout=8)
+        assert time.monotonic() - started < 5, "it waited for the old session's TTL"
+        assert stale not in kv.sessions("sequencer same")
+        assert seqs(await ask(again.service, 1, order(ref=2))) == [(2, False)]
+        await asyncio.to_thread(again.log.close)
+
+    run(scenario)
+    assert not failures
