@@ -368,6 +368,13 @@ class Cluster:
             raise RuntimeError("partitions need Cluster(..., netns=True)")
         self.netns.heal(index)
 
+    def dump_tasks(self) -> None:
+        """Asks every running service to log its asyncio tasks' stacks (SIGUSR1), for a failed test's logs."""
+        for process in self.processes():
+            if process.running:
+                process.signal(signal.SIGUSR1)
+        time.sleep(0.5)
+
     def logs(self, tail: int = 4000) -> str:
         servers = self.consul.agents if isinstance(self.consul, ConsulServers) else [self.consul]
         parts = [f"===== consul ({server.log_file}) =====\n{server.read_log()[-tail:]}" for server in servers]

@@ -292,9 +292,22 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def log_tasks() -> None:
+    """Logs the stack of every asyncio task of the running loop (what a hung process waits for)."""
+    log = logging.getLogger("tasks")
+    tasks = asyncio.all_tasks()
+    log.warning("SIGUSR1: %d asyncio tasks", len(tasks))
+    for task in tasks:
+        frames = "".join(f"\n    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+                         for frame in task.get_stack())
+        log.warning("task %s:%s", task.get_name(), frames)
+
+
 async def wait_for_signal() -> str:
-    """Returns the name of the first SIGTERM or SIGINT received."""
+    """Returns the name of the first SIGTERM or SIGINT received. Meanwhile SIGUSR1 logs every asyncio task's
+    stack (the test harness sends it before printing the logs of a failed test)."""
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
     received: asyncio.Future[str] = loop.create_future()
 
     def note(sig: signal.Signals) -> None:

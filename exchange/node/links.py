@@ -116,10 +116,12 @@ class GateStream:
                 response = await call.read()
             except BaseException as error:
                 self.reset()
-                if isinstance(error, asyncio.CancelledError) and expired:  # the watchdog, not the caller
-                    raise Unavailable(f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
-                if isinstance(error, asyncio.CancelledError) and self._interrupted:  # `interrupt`, not the caller
-                    raise Unavailable(f"{self._interrupted} ({self.market})") from error
+                if isinstance(error, asyncio.CancelledError) and not _cancelling():  # the call's, not the caller's
+                    if expired:  # the watchdog
+                        raise Unavailable(
+                            f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
+                    if self._interrupted:  # `interrupt`
+                        raise Unavailable(f"{self._interrupted} ({self.market})") from error
                 if isinstance(error, asyncio.InvalidStateError):  # the stream had already ended (Sequencer gone)
                     raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
                 raise
@@ -140,6 +142,12 @@ class GateStream:
         if self._call is not None and not self._call.done():
             self._interrupted = why
         self.reset()
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (then a CancelledError is not the gRPC call's)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class SequencerLink:

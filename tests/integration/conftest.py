@@ -59,7 +59,8 @@ def make_cluster(
     finally:
         for cluster in clusters:
             if _failed(request):
-                print(cluster.logs())
+                cluster.dump_tasks()
+                print(cluster.logs(tail=20000))
             cluster.stop()
 
 

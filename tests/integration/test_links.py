@@ -96,3 +96,29 @@ def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_cancelled() -> None:
+    """The interruption's CancelledError becomes UNAVAILABLE, the caller's own cancellation stays one (a node
+    that stops must not keep its gate loop running)."""
+
+    async def scenario() -> None:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        sequencer_pb2_grpc.add_SequencerServicer_to_server(NeverAnswers(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        gate = GateStream("M")
+        try:
+            asked = asyncio.create_task(
+                gate.ask(sequencer_pb2_grpc.SequencerStub(channel), sequencer_pb2.SequenceRequest(market="M"), 30))
+            await asyncio.sleep(0.3)
+            gate.interrupt("the Sequencer leader changed")
+            asked.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(asked, 5)
+        finally:
+            await channel.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
