@@ -105,7 +105,8 @@ def test_a_book_subscription_stays_equal_to_the_nodes_book_and_checksum_under_lo
         node_book = watcher.get_book("ETH-USD", all_levels=True, include_orders=True)
         assert subscription.wait_for(node_book.seq), subscription.stats
         assert same_book(subscription.book(include_orders=True), node_book)
-        assert subscription.wait_verified(subscription.stats.verified + 1)
+        # one check more than so far, and two in all (on a loaded machine none may have run during the writes)
+        assert subscription.wait_verified(max(2, subscription.stats.verified + 1))
         stats = subscription.stats
         assert stats.resyncs == 0 and stats.verified >= 2, stats
         assert stats.events > 3000, stats
