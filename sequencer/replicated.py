@@ -73,7 +73,7 @@ CONCURRENCY_WINDOW_S = 1.0
 FOLLOW_WAIT_S = 5.0
 # A standby reads the batches committed since its last round in one read, then waits this long before the next
 # round: its cost (and the store's) is per round, not per commit, and it trails the leader by about this much.
-FOLLOW_PACE_S = 0.05
+FOLLOW_PACE_S = 0.1
 RECENT = 32  # batch starts a head lists
 BACKOFF_MAX_S = 1.0
 STOPPING = "this replica is stopping"
