@@ -138,6 +138,8 @@ class _SideBook:
             queue.popleft()
             if not queue or not queue[0][0]:
                 self.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
+            elif self.tombs.get(price, 0) > _SLACK:  # one live order fewer, as many tombstones: see compact
+                self.compact(price)
         else:  # a tombstone behind the front order: count it
             tombs = self.tombs
             count = tombs[price] = tombs.get(price, 0) + 1

@@ -340,6 +340,23 @@ def test_many_cancels_in_a_level_keep_tombstones_bounded(book: Book) -> None:
     assert book.depth() == ([], [])
 
 
+def test_cancelling_the_front_order_keeps_the_tombstones_of_its_level_bounded(book: Book) -> None:
+    """A level at the bound (19 tombstones behind 3 live orders) losing its front order, whose successor is
+    live, must be compacted: it has one live order fewer and as many tombstones."""
+    book.sell(1, 100)  # 1: the front
+    book.sell(1, 100)  # 2: the next front
+    for _ in range(19):
+        book.sell(1, 100)  # 3..21, cancelled below
+    book.sell(1, 100)  # 22
+    for order_id in range(3, 22):
+        book.cancel(order_id)
+    assert book.engine._books[M].asks.tombs == {100: 19}  # 19 <= 3 live + 16: no compaction yet
+    book.cancel(1)  # check_consistency (in book.cancel) verifies the bound
+    assert book.engine._books[M].asks.tombs == {}
+    assert len(book.engine._books[M].asks.levels[100]) == 2
+    assert book.ids() == [2, 22]
+
+
 # ------------------------------------------------------------------------------------------- amend
 
 
