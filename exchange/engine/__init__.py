@@ -97,7 +97,8 @@ Snapshots (``Engine.snapshot()`` / ``Engine.restore(data)``)
 Enums
     ``Side``, ``OrderType``, ``SelfTradePrevention``, ``RejectReason``, ``CancelReason`` are ``IntEnum``s.
     ``SIDES``, ``ORDER_TYPES`` and ``SELF_TRADE_PREVENTIONS`` map an int value to its member (protobuf's
-    values are the same, see types.proto): every layer decodes numbers with them. ``SubmitOrder`` also takes
+    values are the same, see types.proto; a protobuf self-trade prevention enum must keep these numbers):
+    every layer decodes numbers with them. ``SubmitOrder`` also takes
     the plain ints and normalises them; any other value of ``side``, ``order_type`` or ``stp`` replays into
     its rejection (INVALID_SIDE, INVALID_ORDER_TYPE, INVALID_SELF_TRADE_PREVENTION).
 
