@@ -145,6 +145,14 @@ class KeyValue(Protocol):
         """Writes `key` only if it does not exist yet; returns whether this call created it."""
         ...
 
+    def get_versioned(self, key: str) -> tuple[bytes, int] | None:
+        """The value of `key` and its version (for `replace`), None if there is none."""
+        ...
+
+    def replace(self, key: str, value: bytes, version: int) -> bool:
+        """Writes `key` only if it is still at `version`; returns whether it was."""
+        ...
+
     def put(self, key: str, value: bytes) -> None: ...
 
     def list(self, prefix: str) -> dict[str, bytes]:

@@ -387,6 +387,13 @@ class ConsulKV:
     def create(self, key: str, value: bytes) -> bool:
         return bool(self._call(f"the creation of {key}", lambda: self._client.kv.put(key, value, cas=0)))
 
+    def get_versioned(self, key: str) -> tuple[bytes, int] | None:
+        _, item = self._call(f"a read of {key}", lambda: self._client.kv.get(key, consistency="consistent"))
+        return None if item is None else (item.get("Value") or b"", int(item["ModifyIndex"]))
+
+    def replace(self, key: str, value: bytes, version: int) -> bool:
+        return bool(self._call(f"the update of {key}", lambda: self._client.kv.put(key, value, cas=version)))
+
     def put(self, key: str, value: bytes) -> None:
         if not self._call(f"a write of {key}", lambda: self._client.kv.put(key, value)):
             raise DiscoveryError(f"Consul KV at {self.host}:{self.port} refused the write of {key}")

@@ -101,6 +101,14 @@ class MarketLog:
             await asyncio.shield(self.last_write)
 
 
+def dedup_key(command: types_pb2.Command) -> str | None:
+    """What makes two commands the same order for deduplication: the account and its client_order_id (unique
+    per account); None for a command without a client_order_id. Stored in the log's client_order_id column."""
+    if not command.client_order_id:
+        return None
+    return f"{command.account}\x1f{command.client_order_id}" if command.account else command.client_order_id
+
+
 def _may_repeat_numbered_commands(request: sequencer_pb2.SequenceRequest, entries: list[StoredEntry]) -> bool:
     """Whether a command of the request may already be among `entries`: it is, by its origin node and
     reference; or it carries no reference (a tool's command), so a repeat could not be told apart and the
@@ -213,7 +221,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         assignments: list[tuple[StoredEntry | int, bool]] = []
         fresh: list[StoredEntry] = []
         for command in request.commands:
-            client_order_id = command.client_order_id or None
+            client_order_id = dedup_key(command)
             if client_order_id is not None and client_order_id in market.client_order_ids:
                 assignments.append((market.client_order_ids[client_order_id], True))
                 continue
