@@ -244,10 +244,9 @@ class Cluster:
         return self.api_keys[name]
 
     def restore_accounts(self) -> None:
-        """Writes the registry back after a dev agent restart (it keeps nothing: a real Consul keeps its data)."""
-        kv = self.kv()
-        for key, value in self._account_records.items():
-            kv.put(key, value)
+        """Writes the registry back after a dev agent restart (it keeps nothing: a real Consul keeps its data), in
+        one transaction: a node that read a part of it would refuse the keys not in it yet."""
+        self.kv().put_all(self._account_records)
 
     def _env(self) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}

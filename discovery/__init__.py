@@ -155,6 +155,10 @@ class KeyValue(Protocol):
 
     def put(self, key: str, value: bytes) -> None: ...
 
+    def put_all(self, entries: Mapping[str, bytes]) -> None:
+        """Writes every key of `entries` at once: a reader sees all of them or none (at most 64)."""
+        ...
+
     def list(self, prefix: str) -> dict[str, bytes]:
         """Every key under `prefix` with its value."""
         ...

@@ -10,6 +10,7 @@ Resilience rules (Consul may be down or restarted at any time, a ``-dev`` restar
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -397,6 +398,13 @@ class ConsulKV:
     def put(self, key: str, value: bytes) -> None:
         if not self._call(f"a write of {key}", lambda: self._client.kv.put(key, value)):
             raise DiscoveryError(f"Consul KV at {self.host}:{self.port} refused the write of {key}")
+
+    def put_all(self, entries: Mapping[str, bytes]) -> None:
+        if len(entries) > 64:
+            raise ValueError(f"a Consul transaction holds at most 64 operations, not {len(entries)}")
+        payload = [{"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode()}}
+                   for key, value in entries.items()]
+        self._call(f"a transaction of {len(entries)} writes", lambda: self._client.txn.put(payload))
 
     def list(self, prefix: str) -> dict[str, bytes]:
         _, items = self._call(f"a read of {prefix}", lambda: self._client.kv.get(prefix, recurse=True))
