@@ -43,11 +43,12 @@ from pathlib import Path
 
 import grpc
 
-from devtools.cluster import Cluster, ServiceProcess, wait_until
+from devtools.cluster import TRADERS, Cluster, ServiceProcess, wait_until
 from devtools.consul_agent import ConsulServers
 from devtools.ports import free_port
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
+from exchange.accounts import AUTHORIZATION
 from exchange.cluster import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
@@ -64,6 +65,7 @@ TARGET_UNARY_RATE = {8: 0.35, 64: 0.55}  # cluster orders/s >= x echo calls/s
 TARGET_UNARY_P50 = {1: 3.6, 8: 3.0}  # cluster p50 <= x echo p50
 TARGET_STREAM = {1: 13_000, 100: 30_000}  # orders/s by orders per message
 TARGET_SCALE = 0.6  # 5 nodes >= x the 3-node throughput
+TARGET_AUTH = 0.9  # with API keys >= x the throughput without
 TARGET_CATCH_UP = 200_000
 FAILOVERS = 5
 TARGET_FAILOVER_P50_S = 5.0
@@ -142,8 +144,14 @@ def _cost(before: Usage, after: Usage) -> dict:
 ORDERS = Workload(markets=("",), prices=(990, 1010), sizes=(1, 5))
 
 
-async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int) -> LoadResult:
-    """Keeps `in_flight` CreateOrder calls outstanding, spread over `addresses`, for `seconds`."""
+def _auth(keys: list[str], number: int) -> tuple[tuple[str, str], ...]:
+    """Client `number`'s call metadata: the next of `keys` (none: no key, for a cluster without accounts)."""
+    return ((AUTHORIZATION, f"Bearer {keys[number % len(keys)]}"),) if keys else ()
+
+
+async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int, keys: list[str]) -> LoadResult:
+    """Keeps `in_flight` CreateOrder calls outstanding, spread over `addresses`, for `seconds`; client n sends
+    with the key keys[n % len(keys)]."""
     channels = [grpc.aio.insecure_channel(address) for address in addresses]
     stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
     latencies: list[float] = []
@@ -156,10 +164,11 @@ async def _drive(addresses: list[str], in_flight: int, seconds: float, seed: int
         nonlocal aborted, errors
         orders = ORDERS.orders(random.Random(seed * 1000 + number))
         stub = stubs[number % len(stubs)]
+        metadata = _auth(keys, number)
         while (now := loop.time()) < stop_at:
             started = time.perf_counter()
             try:
-                await stub.CreateOrder(orders.request(), timeout=30)
+                await stub.CreateOrder(orders.request(), timeout=30, metadata=metadata)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.ABORTED:
                     aborted += 1
@@ -199,7 +208,8 @@ class StreamResult:
         return self.orders / self.seconds if self.seconds else 0.0
 
 
-async def _stream_entry(addresses: list[str], seconds: float, seed: int, batch: int = 1) -> StreamResult:
+async def _stream_entry(addresses: list[str], seconds: float, seed: int, keys: list[str],
+                        batch: int = 1) -> StreamResult:
     """STREAMS_PER_NODE order-entry streams per node, each sending as fast as its window allows for `seconds`;
     the rate counts answered orders from the first send to the last answer. `batch` 1 uses OrderEntry (one
     order per message), more uses OrderEntryBatch with that many orders per message."""
@@ -240,7 +250,7 @@ async def _stream_entry(addresses: list[str], seconds: float, seed: int, batch: 
         stub = stubs[number % len(stubs)]
         call = stub.OrderEntry if batch == 1 else stub.OrderEntryBatch
         try:
-            async for answer in call(requests(), timeout=seconds + 120):
+            async for answer in call(requests(), timeout=seconds + 120, metadata=_auth(keys, number)):
                 received += 1
                 window.release()
                 if batch == 1:
@@ -265,7 +275,7 @@ def _streaming_run(cluster: Cluster, seconds: float, batch: int) -> StreamResult
     how = "one order per message" if batch == 1 else f"batches of {batch} orders (OrderEntryBatch)"
     _log(f"streaming entry, {how}: {STREAMS_PER_NODE} streams per node, window {STREAM_WINDOW} orders")
     before = _usage(cluster)
-    run = asyncio.run(_stream_entry(cluster.node_addresses, seconds, seed=7 + batch, batch=batch))
+    run = asyncio.run(_stream_entry(cluster.node_addresses, seconds, 7 + batch, _keys(cluster), batch=batch))
     run.cost = _cost(before, _usage(cluster))
     converge_started = time.perf_counter()
     try:
@@ -317,7 +327,7 @@ def _unary_rounds(cluster: Cluster, echoes: dict[str, str], seconds: float) -> d
     for in_flight in CONCURRENCY:
         for round_number in range(1, UNARY_ROUNDS + 1):
             for transport, address in echoes.items():
-                result = asyncio.run(_drive([address], in_flight, seconds, seed=in_flight))
+                result = asyncio.run(_drive([address], in_flight, seconds, in_flight, _keys(cluster)))
                 _log(f"round {round_number}, {in_flight} in flight, echo ({transport}): {result.rate:,.0f} calls/s, "
                      f"p50 {result.p50_ms:.2f} ms")
                 echo_runs[in_flight].append(result)
@@ -332,10 +342,17 @@ def _unary_rounds(cluster: Cluster, echoes: dict[str, str], seconds: float) -> d
     }
 
 
+def _keys(cluster: Cluster) -> list[str]:
+    """The keys clients send with: one trader account each, in turn (none if the nodes run without accounts)."""
+    if "--insecure-no-auth" in cluster.extra_node_args:
+        return []
+    return [cluster.api_keys[name] for name in TRADERS]
+
+
 def _cluster_unary(cluster: Cluster, in_flight: int, seconds: float, round_number: int) -> LoadResult:
     """One unary run against every node of the cluster, with its cost per order."""
     before = _usage(cluster)
-    result = asyncio.run(_drive(cluster.node_addresses, in_flight, seconds, seed=in_flight))
+    result = asyncio.run(_drive(cluster.node_addresses, in_flight, seconds, in_flight, _keys(cluster)))
     result.cost = _cost(before, _usage(cluster))
     _log(f"round {round_number}, {in_flight} in flight, {len(cluster.nodes)} nodes: {result.rate:,.0f} orders/s, "
          f"p50 {result.p50_ms:.2f} ms, aborted {result.aborted}, errors {result.errors}, "
@@ -368,8 +385,9 @@ async def _replication_lag(cluster: Cluster, orders: int) -> tuple[float, float]
     await asyncio.sleep(0.3)
     answered: dict[int, float] = {}
     generator = ORDERS.orders(random.Random(5))
+    metadata = _auth(_keys(cluster), 0)
     for _ in range(orders):
-        response = await stubs[0].CreateOrder(generator.request(), timeout=30)
+        response = await stubs[0].CreateOrder(generator.request(), timeout=30, metadata=metadata)
         answered[response.seq] = time.perf_counter()
         await asyncio.sleep(0.002)
     await asyncio.sleep(0.5)
@@ -437,10 +455,13 @@ def _catch_up(cluster: Cluster, entries: int) -> dict:
             "method": "peer snapshot + log" if "restored from" in log else "log replay"}
 
 
-def _scale_runs(workdir: Path, seconds: float) -> dict:
-    """Unary at 64 in flight and both streaming cases on a SCALE_NODES-node cluster."""
-    cluster = Cluster(workdir / f"cluster-{SCALE_NODES}", nodes=SCALE_NODES, secret="bench-secret")
-    _log(f"scale: Consul, the Sequencer and {SCALE_NODES} nodes")
+def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True) -> dict:
+    """Unary at 64 in flight and both streaming cases on another cluster: `nodes` nodes, with or without
+    accounts (API keys, rate limits)."""
+    name = f"cluster-{nodes}" + ("" if accounts else "-without-accounts")
+    cluster = Cluster(workdir / name, nodes=nodes, secret="bench-secret",
+                      extra_node_args=None if accounts else ["--insecure-no-auth"])
+    _log(f"{name}: Consul, the Sequencer and {nodes} nodes" + ("" if accounts else ", no API keys"))
     try:
         cluster.start()
         unary = _best([_cluster_unary(cluster, 64, seconds, n) for n in range(1, UNARY_ROUNDS + 1)])
@@ -453,15 +474,16 @@ def _scale_runs(workdir: Path, seconds: float) -> dict:
         raise
     finally:
         cluster.stop()
-    return {"nodes": SCALE_NODES, "unary_64": unary, "streaming": [_stream_figures(run) for run in streaming],
-            "converged": converged}
+    return {"nodes": nodes, "accounts": accounts, "unary_64": unary,
+            "streaming": [_stream_figures(run) for run in streaming], "converged": converged}
 
 
 class _FailoverLoad:
     """Client threads placing orders with unique client_order_ids on every node, each answer timed."""
 
     def __init__(self, cluster: Cluster, threads: int = 8) -> None:
-        self.channels = [grpc.insecure_channel(address) for address in cluster.node_addresses]
+        self.channels = [cluster.channel(address, cluster.trader(n))
+                         for n, address in enumerate(cluster.node_addresses)]
         self.stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in self.channels]
         self.ok: list[tuple[float, pb.CreateOrderRequest, pb.CreateOrderResponse]] = []
         self.failed: list[tuple[int, pb.CreateOrderRequest]] = []
@@ -617,7 +639,8 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         raise
     finally:
         cluster.stop()
-    scale = _scale_runs(workdir, seconds)
+    scale = _other_runs(workdir, seconds, SCALE_NODES)
+    without_accounts = _other_runs(workdir, seconds, 3, accounts=False)
     ha = _ha_runs(workdir, seconds, failovers)
     return {
         **unary,
@@ -627,6 +650,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "catch_up": catch_up,
         "streaming": [_stream_figures(run) for run in streaming],
         "scale": scale,
+        "without_accounts": without_accounts,
         "ha": ha,
     }
 
@@ -671,7 +695,8 @@ def table(result: dict) -> str:
     lag = result["replication_lag_ms"]
     scale = result["scale"]
     aborts = (sum(u["aborted"] for u in result["unary"]) + sum(run["aborted"] for run in result["streaming"])
-              + scale["unary_64"]["aborted"] + sum(run["aborted"] for run in scale["streaming"]))
+              + sum(other["unary_64"]["aborted"] + sum(run["aborted"] for run in other["streaming"])
+                  for other in (scale, result["without_accounts"])))
     for run in result["streaming"]:
         how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
         target = TARGET_STREAM[run["batch"]]
@@ -698,12 +723,23 @@ def table(result: dict) -> str:
     pairs += [(f"streaming, {'1 order/message' if a['batch'] == 1 else 'batches of ' + str(a['batch'])}", a, b)
               for a, b in zip(result["streaming"], scale["streaming"], strict=True)]
     for name, three, five in pairs:
-        ratio = five["rate"] / three["rate"]
+        ratio = five["rate"] / three["rate"] if three["rate"] else 0.0
         lines.append(f"{name:<28} {three['rate']:>10,.0f} {five['rate']:>10,.0f} {ratio:>5.2f}x  "
                      f"{_cost_text(three.get('cost'))}")
         lines.append(f"{'':<58}{_cost_text(five.get('cost'))}")
         verdicts.append(f"{name}, {scale['nodes']} nodes >= {TARGET_SCALE}x 3 nodes: "
                         f"{_verdict(ratio >= TARGET_SCALE)} ({ratio:.2f})")
+    plain = result["without_accounts"]
+    lines += ["", "accounts: the same load on 3 nodes with API keys (every call authenticated, rate-limited) and "
+              "without (--insecure-no-auth)", f"{'case':<28} {'with keys':>10} {'without':>10} {'ratio':>6}"]
+    pairs = [("unary, 64 in flight", result["unary"][-1], plain["unary_64"])]
+    pairs += [(f"streaming, {'1 order/message' if a['batch'] == 1 else 'batches of ' + str(a['batch'])}", a, b)
+              for a, b in zip(result["streaming"], plain["streaming"], strict=True)]
+    for name, keyed, open_ in pairs:
+        ratio = keyed["rate"] / open_["rate"] if open_["rate"] else 0.0
+        lines.append(f"{name:<28} {keyed['rate']:>10,.0f} {open_['rate']:>10,.0f} {ratio:>5.2f}x")
+        verdicts.append(f"{name}, with API keys >= {TARGET_AUTH}x without: {_verdict(ratio >= TARGET_AUTH)} "
+                        f"({ratio:.2f})")
     ha_lines, ha_verdicts = _ha_table(result)
     lines += ha_lines
     verdicts += ha_verdicts
@@ -714,7 +750,7 @@ def table(result: dict) -> str:
         f"({catch_up['rate']:,.0f})",
         f"zero ABORTED: {_verdict(aborts == 0)} ({aborts})",
         "replicas converged and equal a replay of the log after every case: " + _verdict(
-            result["converged"] and scale["converged"] and ha["converged"]
+            result["converged"] and scale["converged"] and result["without_accounts"]["converged"] and ha["converged"]
             and all(run["converged"] for run in [*result["streaming"], *scale["streaming"], *ha["streaming"]])),
     ]
     return "\n".join([*lines, "", "targets:", *(f"  {line}" for line in verdicts)])

@@ -2,7 +2,9 @@
 
 The stream (deterministic, fixed seed, generated once and never timed) is ~70% passive limit orders near a
 drifting mid price, ~20% aggressive limit orders crossing one or more levels and ~10% cancels of orders
-that are still resting (the generator runs the floor book to know which ids are live).
+that are still resting (the generator runs the floor book to know which ids are live). Every order belongs
+to one of ``ACCOUNTS``, with the default self-trade prevention (CANCEL_TAKER), so some aggressive orders
+meet a resting order of their own account and stop there; cancels come from the order's owner.
 
 Implementations, each run on a fresh book, best of ``repeat`` timed runs after a warm-up run:
 
@@ -10,9 +12,13 @@ Implementations, each run on a fresh book, best of ``repeat`` timed runs after a
 * ``floor``: the least work any correct price-time book must do in pure Python: a ``SortedDict`` price ->
   ``deque`` per side, a dict index for cancels (tombstones, with the upkeep that keeps the best price right
   and memory bounded: see ``FloorBook``), walking levels and computing trade sizes, no events, no
-  validation, no sequencing. Its fill count and traded volume must equal the engine's;
+  validation, no sequencing; self-trade prevention is one comparison per maker met. Its fill count and
+  traded volume must equal the engine's;
 * ``liquibook`` (C++ through SWIG, a Python ``on_fill`` callback counting fills) and
-  ``lightmatchingengine`` (pure Python), when installed; otherwise reported as skipped.
+  ``lightmatchingengine`` (pure Python), when installed; otherwise reported as skipped. They know no
+  accounts: they run the stream with self-trade prevention resolved in advance (``Stream.peer_ops``: an
+  order that self-trade prevention stops is sent with the size it traded, or left out if that is 0), which
+  trades exactly like the stream, and their rate counts the operations they ran.
 """
 
 from __future__ import annotations
@@ -27,13 +33,29 @@ from dataclasses import dataclass
 
 from sortedcontainers import SortedDict
 
-from exchange.engine import CancelOrder, Command, Engine, MarketConfig, OrderFilled, OrderType, Side, SubmitOrder
+from exchange.engine import (
+    CancelOrder,
+    CancelReason,
+    Command,
+    Engine,
+    MarketConfig,
+    OrderCancelled,
+    OrderFilled,
+    OrderRejected,
+    OrderType,
+    Side,
+    SubmitOrder,
+)
 
 MARKET = "BENCH"
 SEED = 20240601
 
-# one stream operation: (oid, is_buy, price, size) for a limit order, (oid, None, 0, 0) for a cancel of oid
-Op = tuple[int, bool | None, int, int]
+# one stream operation: (oid, is_buy, price, size, account) for a limit order, (oid, None, 0, 0, owner) for a
+# cancel of oid; the peers' operations have no account
+Op = tuple[int, bool | None, int, int, str]
+PeerOp = tuple[int, bool | None, int, int]
+
+ACCOUNTS = tuple(f"trader-{n}" for n in range(1, 17))
 
 
 # ------------------------------------------------------------------------------------------------ floor
@@ -42,7 +64,9 @@ Op = tuple[int, bool | None, int, int]
 class FloorBook:
     """The minimum *correct* price-time book (see the module docstring).
 
-    Orders are ``[remaining, order_id, key]`` lists (key: ``-price`` for bids, ``price`` for asks). A cancel
+    Orders are ``[remaining, order_id, key, account]`` lists (key: ``-price`` for bids, ``price`` for asks);
+    every order has an account, and one that meets a resting order of its own account stops there, its
+    remainder cancelled (self-trade prevention's default, CANCEL_TAKER). A cancel
     only marks the order (``remaining = 0``, a tombstone); the book stays correct for a reader with the least
     upkeep, the same guarantees the engine gives:
 
@@ -61,24 +85,30 @@ class FloorBook:
         self.asks: SortedDict = SortedDict()  # key price: best ask first
         self.bid_tombs: dict[int, int] = {}  # key -> tombstones behind the front of that level
         self.ask_tombs: dict[int, int] = {}
-        self.index: dict[int, list[int]] = {}
+        self.index: dict[int, list] = {}  # oid -> [remaining, order_id, key, account]
         self.fills = 0
         self.volume = 0
+        self.prevented = 0
 
-    def limit(self, oid: int, is_buy: bool, price: int, size: int) -> None:
-        """Match against the opposite side, then rest the remainder."""
+    def limit(self, oid: int, is_buy: bool, price: int, size: int, account: str) -> int | None:
+        """Match against the opposite side, then rest the remainder. Returns None, or what the order traded
+        if self-trade prevention stopped it."""
         if is_buy:
             opposite, tombs, limit_key, own, own_key = self.asks, self.ask_tombs, price, self.bids, -price
         else:
             opposite, tombs, limit_key, own, own_key = self.bids, self.bid_tombs, -price, self.asks, price
         index = self.index
         fills = volume = 0
+        stopped = False
         while size and opposite:
             best, queue = opposite.peekitem(0)
             if best > limit_key:
                 break
             while size and queue:  # the front order is live
                 maker = queue[0]
+                if maker[3] == account:  # its own: the remainder is cancelled
+                    stopped = True
+                    break
                 available = maker[0]
                 if available <= size:
                     size -= available
@@ -97,16 +127,22 @@ class FloorBook:
             if not queue:
                 del opposite[best]
                 tombs.pop(best, None)
+            if stopped:
+                break
         if fills:
             self.fills += fills
             self.volume += volume
+        if stopped:
+            self.prevented += 1
+            return volume
         if size:
-            order = [size, oid, own_key]
+            order = [size, oid, own_key, account]
             queue = own.get(own_key)
             if queue is None:
                 queue = own[own_key] = deque()
             queue.append(order)
             index[oid] = order
+        return None
 
     def cancel(self, oid: int) -> None:
         order = self.index.pop(oid, None)
@@ -137,9 +173,11 @@ class FloorBook:
 @dataclass
 class Stream:
     ops: list[Op]
+    peer_ops: list[PeerOp]  # the same, for the peers: self-trade prevention resolved (module docstring)
     passive: int
     aggressive: int
     cancels: int
+    prevented: int  # orders that self-trade prevention stopped
     resting_at_end: int
     levels_at_end: tuple[int, int]
 
@@ -149,8 +187,10 @@ def make_stream(count: int, seed: int = SEED) -> Stream:
     rng = random.Random(seed)
     book = FloorBook()
     live: list[int] = []  # ids that may be live; filled ones are dropped lazily when drawn
+    owner: dict[int, str] = {}
     mid = 10_000
     ops: list[Op] = []
+    peer_ops: list[PeerOp] = []
     passive = aggressive = cancels = 0
     for oid in range(1, count + 1):
         if rng.random() < 0.05:
@@ -162,7 +202,8 @@ def make_stream(count: int, seed: int = SEED) -> Stream:
                 live[i], live[-1] = live[-1], live[i]
                 target = live.pop()
                 if target in book.index:
-                    ops.append((target, None, 0, 0))
+                    ops.append((target, None, 0, 0, owner.pop(target)))
+                    peer_ops.append((target, None, 0, 0))
                     book.cancel(target)
                     cancels += 1
                     break
@@ -180,13 +221,21 @@ def make_stream(count: int, seed: int = SEED) -> Stream:
                 price = mid - distance if is_buy else mid + distance
                 size = rng.randint(1, 10)
                 passive += 1
-            ops.append((oid, is_buy, price, size))
-            book.limit(oid, is_buy, price, size)
+            account = rng.choice(ACCOUNTS)
+            ops.append((oid, is_buy, price, size, account))
+            traded = book.limit(oid, is_buy, price, size, account)
+            if traded is None:
+                peer_ops.append((oid, is_buy, price, size))
+            elif traded:
+                peer_ops.append((oid, is_buy, price, traded))
             if oid in book.index:
                 live.append(oid)
+                owner[oid] = account
         if len(ops) != oid:
             raise AssertionError("one operation per id")
-    return Stream(ops, passive, aggressive, cancels, len(book.index), (len(book.bids), len(book.asks)))
+    return Stream(
+        ops, peer_ops, passive, aggressive, cancels, book.prevented, len(book.index), (len(book.bids), len(book.asks))
+    )
 
 
 # ------------------------------------------------------------------------------------------- contenders
@@ -197,21 +246,22 @@ class Outcome:
     seconds: float
     fills: int
     volume: int
+    ops: int  # operations run (the peers run ``Stream.peer_ops``)
 
 
 def _commands(ops: list[Op]) -> list[Command]:
     commands: list[Command] = []
-    for seq, (oid, is_buy, price, size) in enumerate(ops, start=1):
+    for seq, (oid, is_buy, price, size, account) in enumerate(ops, start=1):
         if is_buy is None:
-            commands.append(CancelOrder(MARKET, seq, oid))
+            commands.append(CancelOrder(MARKET, seq, oid, account))
         else:
             side = Side.BUY if is_buy else Side.SELL
-            commands.append(SubmitOrder(MARKET, seq, side, OrderType.LIMIT, size, price))
+            commands.append(SubmitOrder(MARKET, seq, side, OrderType.LIMIT, size, price, account))
     return commands
 
 
-def run_engine(ops: list[Op]) -> Callable[[], Outcome]:
-    commands = _commands(ops)
+def run_engine(stream: Stream) -> Callable[[], Outcome]:
+    commands = _commands(stream.ops)
 
     def once() -> Outcome:
         engine = Engine([MarketConfig(MARKET)])
@@ -220,40 +270,48 @@ def run_engine(ops: list[Op]) -> Callable[[], Outcome]:
         for command in commands:
             apply(command)
         seconds = time.perf_counter() - start
-        return Outcome(seconds, -1, -1)
+        return Outcome(seconds, -1, -1, len(commands))
 
     def verify() -> Outcome:
         engine = Engine([MarketConfig(MARKET)])
-        fills = volume = 0
+        fills = volume = prevented = 0
         for command in commands:
             for event in engine.apply(command):
                 if type(event) is OrderFilled:
                     fills += 1
                     volume += event.size
+                elif type(event) is OrderCancelled and event.reason is CancelReason.SELF_TRADE_PREVENTED:
+                    prevented += 1
+                elif type(event) is OrderRejected:
+                    raise AssertionError(f"the bench stream has no rejections: {event}")
         engine.check_consistency()
-        return Outcome(0.0, fills, volume)
+        if prevented != stream.prevented:
+            raise AssertionError(f"self-trade prevention stopped {prevented} orders, the floor {stream.prevented}")
+        return Outcome(0.0, fills, volume, len(commands))
 
     once.verify = verify  # type: ignore[attr-defined]
     return once
 
 
-def run_floor(ops: list[Op]) -> Callable[[], Outcome]:
+def run_floor(stream: Stream) -> Callable[[], Outcome]:
+    ops = stream.ops
+
     def once() -> Outcome:
         book = FloorBook()
         limit, cancel = book.limit, book.cancel
         start = time.perf_counter()
-        for oid, is_buy, price, size in ops:
+        for oid, is_buy, price, size, account in ops:
             if is_buy is None:
                 cancel(oid)
             else:
-                limit(oid, is_buy, price, size)
+                limit(oid, is_buy, price, size, account)
         seconds = time.perf_counter() - start
-        return Outcome(seconds, book.fills, book.volume)
+        return Outcome(seconds, book.fills, book.volume, len(ops))
 
     return once
 
 
-def run_liquibook(ops: list[Op]) -> Callable[[], Outcome]:
+def run_liquibook(stream: Stream) -> Callable[[], Outcome]:
     import liquibook  # noqa: PLC0415 - optional peer
 
     class Fills(liquibook.OrderListener):
@@ -288,6 +346,8 @@ def run_liquibook(ops: list[Op]) -> Callable[[], Outcome]:
         def on_trigger_stop(self, order) -> None:  # noqa: ANN001
             pass
 
+    ops = stream.peer_ops
+
     def once() -> Outcome:
         orders = {oid: liquibook.SimpleOrder(is_buy, price, size) for oid, is_buy, price, size in ops if size}
         plan = [(is_buy is None, orders[oid]) for oid, is_buy, _, _ in ops]
@@ -303,21 +363,21 @@ def run_liquibook(ops: list[Op]) -> Callable[[], Outcome]:
             else:
                 add(order)
         seconds = time.perf_counter() - start
-        outcome = Outcome(seconds, listener.fills, listener.volume)
+        outcome = Outcome(seconds, listener.fills, listener.volume, len(ops))
         del book, orders, plan  # the book refers to the orders: free it first
         return outcome
 
     return once
 
 
-def run_lightmatchingengine(ops: list[Op]) -> Callable[[], Outcome]:
+def run_lightmatchingengine(stream: Stream) -> Callable[[], Outcome]:
     from lightmatchingengine.lightmatchingengine import LightMatchingEngine  # noqa: PLC0415 - optional peer
     from lightmatchingengine.lightmatchingengine import Side as LmeSide  # noqa: PLC0415
 
     # it numbers orders itself, 1, 2, ... per add_order: translate our ids up front
     lme_id: dict[int, int] = {}
     plan: list[tuple[int, int, int, int]] = []  # (lme id to cancel or 0, side, price, size)
-    for oid, is_buy, price, size in ops:
+    for oid, is_buy, price, size in stream.peer_ops:
         if is_buy is None:
             plan.append((lme_id[oid], 0, 0, 0))
         else:
@@ -339,12 +399,12 @@ def run_lightmatchingengine(ops: list[Op]) -> Callable[[], Outcome]:
                         fills += 1
                         volume += trade.trade_qty
         seconds = time.perf_counter() - start
-        return Outcome(seconds, fills, volume)
+        return Outcome(seconds, fills, volume, len(plan))
 
     return once
 
 
-CONTENDERS: dict[str, Callable[[list[Op]], Callable[[], Outcome]]] = {
+CONTENDERS: dict[str, Callable[[Stream], Callable[[], Outcome]]] = {
     "engine": run_engine,
     "floor": run_floor,
     "liquibook": run_liquibook,
@@ -376,15 +436,16 @@ def run(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> dict:
     _log(f"engine bench: generating {ops_count} operations (seed {seed})")
     stream = make_stream(ops_count, seed)
     _log(
-        f"engine bench: {stream.passive} passive, {stream.aggressive} aggressive, {stream.cancels} cancels; "
-        f"{stream.resting_at_end} orders resting at the end on {stream.levels_at_end} bid/ask levels"
+        f"engine bench: {stream.passive} passive, {stream.aggressive} aggressive ({stream.prevented} stopped by "
+        f"self-trade prevention), {stream.cancels} cancels; {stream.resting_at_end} orders resting at the end on "
+        f"{stream.levels_at_end} bid/ask levels"
     )
     results: dict[str, dict] = {}
     reference: Outcome | None = None
     for name, make in CONTENDERS.items():
         _log(f"engine bench: {name} ...")
         try:
-            once = make(stream.ops)
+            once = make(stream)
             if name == "engine":
                 reference = once.verify()  # type: ignore[attr-defined]
             outcome = _best_of(once, repeat)
@@ -401,7 +462,7 @@ def run(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> dict:
             outcome.fills, outcome.volume = reference.fills, reference.volume
         entry = {
             "status": "ok",
-            "ops_per_s": round(ops_count / outcome.seconds),
+            "ops_per_s": round(outcome.ops / outcome.seconds),
             "seconds": round(outcome.seconds, 4),
             "fills": outcome.fills,
             "volume": outcome.volume,
@@ -437,6 +498,7 @@ def run(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> dict:
             "passive": stream.passive,
             "aggressive": stream.aggressive,
             "cancels": stream.cancels,
+            "self_trade_prevented": stream.prevented,
             "fills": reference.fills,
             "volume": reference.volume,
             "resting_at_end": stream.resting_at_end,
@@ -450,7 +512,8 @@ def table(result: dict) -> str:
     to liquibook (figures for comparison; the engine has no target against either)."""
     lines = [
         f"engine benchmark: {result['ops']:,} operations, best of {result['repeat']} "
-        f"({result['stream']['fills']:,} fills, {result['stream']['volume']:,} lots traded)",
+        f"({result['stream']['fills']:,} fills, {result['stream']['volume']:,} lots traded, "
+        f"{result['stream']['self_trade_prevented']:,} orders stopped by self-trade prevention)",
         f"{'implementation':<22}{'ops/s':>12}{'vs floor':>10}{'vs liquibook':>14}  status",
     ]
     for name, entry in result["implementations"].items():

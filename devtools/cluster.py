@@ -15,16 +15,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from devtools.auth_channels import with_metadata
 from devtools.certs import make_cluster_tls
 from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
+from discovery.consul import ConsulKV
+from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, add_account
 from exchange.cluster import parse_markets
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
 from exchange.tls import TlsConfig
@@ -32,6 +35,11 @@ from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MARKETS = "BTC-USD,ETH-USD"
+# Every cluster has these accounts: alice and bob (the demo's), and traders for concurrent clients (an account's
+# own orders never trade with each other, so a workload that should trade spreads over accounts).
+DEMO_ACCOUNTS = ("alice", "bob")
+TRADERS = tuple(f"trader-{number}" for number in range(1, 13))
+DEFAULT_ACCOUNT = "alice"
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -121,13 +129,16 @@ class Cluster:
         self, workdir: Path, nodes: int = 3, markets: str = DEFAULT_MARKETS, consul_port: int | None = None,
         sequencer_port: int | None = None, node_ports: list[int] | None = None, max_retries: int = 5,
         secret: str = "test-cluster-secret", extra_node_args: list[str] | None = None, netns: bool = False,
-        tls: bool = False, ha: bool = False, sequencers: int = 2, sequencer_ports: list[int] | None = None,
+        tls: bool = False, rate_limit: float | None = 1e9, accounts: Sequence[str] = (*DEMO_ACCOUNTS, *TRADERS),
+        ha: bool = False, sequencers: int = 2, sequencer_ports: list[int] | None = None,
         consul_ports: list[int] | None = None, extra_sequencer_args: list[str] | None = None,
     ) -> None:
         """`netns=True` runs every node in its own network namespace (see NetNamespaces), so that
         `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace.
         `tls=True` runs every gRPC connection with mutual TLS: a CA and one certificate per process (and one
-        for clients, `client_tls_dir`) are made under `workdir/tls` (devtools/certs.py).
+        for clients, `client_tls_dir`) are made under `workdir/tls` (devtools/certs.py). `rate_limit`: orders
+        per second per account (and its burst) on every node: unlimited for the tests and the bench by default,
+        None for the nodes' own default (the demo).
         `ha=True`: three Consul servers (`consul_ports`: their HTTP ports) and `sequencers` Sequencer replicas
         on the replicated log; node i talks to Consul server i % 3, Sequencer replica i to a client agent of
         its own (as on a machine of its own in production: losing a Consul server is not losing its agent)."""
@@ -138,6 +149,8 @@ class Cluster:
         self.ha = ha
         self.extra_node_args = extra_node_args or []
         self.extra_sequencer_args = extra_sequencer_args or []
+        self.rate_limit = rate_limit
+        self.accounts = tuple(accounts)
         self.node_ports = node_ports or [free_port() for _ in range(nodes)]
         self.netns = NetNamespaces(len(self.node_ports)) if netns else None
         self.tls_dir = workdir / "tls" if tls else None
@@ -153,6 +166,8 @@ class Cluster:
                 client_addr=client_addr, tls_dir=consul_tls,
             )
         self._client_tls: TlsConfig | None = None
+        self.api_keys: dict[str, str] = {}  # account -> its API key (made at start)
+        self._account_records: dict[str, bytes] = {}
         count = sequencers if ha else 1
         self.sequencer_ports = sequencer_ports or [sequencer_port or free_port(), *(
             free_port() for _ in range(count - 1))]
@@ -219,6 +234,10 @@ class Cluster:
             identities[self.node_id(index)] = [self.node_address(index).rpartition(":")[0], "localhost"]
         make_cluster_tls(self.tls_dir, identities)
 
+    def _rate_args(self) -> list[str]:
+        limit = self.rate_limit
+        return [] if limit is None else ["--rate-limit", f"{limit:g}", "--rate-burst", f"{limit:g}"]
+
     def _tls_args(self, name: str) -> list[str]:
         return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir / name)]
 
@@ -233,9 +252,44 @@ class Cluster:
             self._client_tls = TlsConfig.load(self.client_tls_dir)
         return self._client_tls
 
-    def channel(self, address: str) -> grpc.Channel:
-        """A channel to one of the cluster's servers, as a client of the cluster (TLS when it runs with it)."""
-        return sync_channel(address, self.client_tls)
+    def channel(self, address: str, account: str | None = DEFAULT_ACCOUNT) -> grpc.Channel:
+        """A channel to one of the cluster's servers, as a client of the cluster (TLS when it runs with it), every
+        call of which carries `account`'s API key (None: no key)."""
+        return with_metadata(sync_channel(address, self.client_tls), self.auth_metadata(account))
+
+    def auth_metadata(self, account: str | None = DEFAULT_ACCOUNT) -> tuple[tuple[str, str], ...]:
+        """The `authorization` metadata of `account` (empty for None)."""
+        return () if account is None else ((AUTHORIZATION, f"Bearer {self.api_keys[account]}"),)
+
+    # -- accounts ---------------------------------------------------------------------------------
+
+    def kv(self) -> ConsulKV:
+        host, port = self.consul_address.rsplit(":", 1)
+        return ConsulKV(host, int(port))
+
+    def _make_accounts(self) -> None:
+        """The cluster's accounts in the registry, once (a restarted cluster keeps its keys)."""
+        kv = self.kv()
+        for account in self.accounts:
+            if account not in self.api_keys:
+                self.api_keys[account] = add_account(kv, account)
+        self._account_records = kv.list(ACCOUNTS_PREFIX)
+
+    @staticmethod
+    def trader(number: int) -> str:
+        """The account of concurrent client `number` (TRADERS, in turn)."""
+        return TRADERS[number % len(TRADERS)]
+
+    def add_account(self, name: str) -> str:
+        """A further account (its key is kept in `api_keys` and restored with the others)."""
+        self.api_keys[name] = add_account(self.kv(), name)
+        self._account_records = self.kv().list(ACCOUNTS_PREFIX)
+        return self.api_keys[name]
+
+    def restore_accounts(self) -> None:
+        """Writes the registry back after a dev agent restart (it keeps nothing: a real Consul keeps its data), in
+        one transaction: a node that read a part of it would refuse the keys not in it yet."""
+        self.kv().put_all(self._account_records)
 
     def _env(self, index: int = 0) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
@@ -269,7 +323,8 @@ class Cluster:
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",
             ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
-             "--max-retries", str(self.max_retries), *self._tls_args(self.node_id(index)), *self.extra_node_args],
+             "--max-retries", str(self.max_retries), *self._tls_args(self.node_id(index)), *self._rate_args(),
+             *self.extra_node_args],
             self.workdir / "logs" / f"{self.node_id(index)}.log", env, prefix,
         )
 
@@ -282,6 +337,7 @@ class Cluster:
                 self.netns.create()
             self._make_certificates()
             self.consul.start()
+            self._make_accounts()
             self.sequencers = [self.make_sequencer(i) for i in range(len(self.sequencer_ports))]
             for index in range(len(self.sequencers)):
                 self.start_sequencer(index)

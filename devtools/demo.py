@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from devtools.cluster import ROOT, Cluster, pid_alive, wait_until
+from devtools.cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
 from devtools.consul_agent import ConsulServers
 from exchange.cluster import parse_markets
 from exchange.runtime import sync_channel
@@ -40,7 +40,8 @@ def _demo_cluster(tls: bool, ha: bool) -> Cluster:
     )
     return Cluster(
         DEMO_DIR, nodes=3, node_ports=list(DEMO_PORTS["nodes"]),
-        secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"), tls=tls, ha=ha, **ports,  # type: ignore[arg-type]
+        secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"), tls=tls, ha=ha, rate_limit=None,
+        accounts=DEMO_ACCOUNTS, **ports,  # type: ignore[arg-type]
     )
 
 
@@ -80,6 +81,9 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         g = f"{grpcurl} -cacert {tls_dir}/ca.pem -cert {tls_dir}/cert.pem -key {tls_dir}/key.pem"
         c = f"{cli} --tls-dir {tls_dir}"
         security = f"mutual TLS: the cluster's CA and certificates are in {tls_dir.parent}, a client's in {tls_dir}"
+    keys = DEMO_DIR / "api-keys"
+    keys.write_text("".join(f"{name.upper()}={cluster.api_keys[name]}\n" for name in DEMO_ACCOUNTS))
+    keys.chmod(0o600)
     node1, node2, node3 = cluster.node_addresses
     if ha:
         leader = cluster.leader_index()
@@ -88,19 +92,25 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nHA mode: the log is replicated in Consul; Sequencer replicas: {roles}\n"
               f"(kill the leader, e.g. `kill -9 <pid from {STATE_FILE.name}>`, and a standby takes over; "
               "`make cluster-status` shows who leads)")
+    alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
+accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more: {cli} accounts add NAME)
 
-try grpcurl:
+try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
   {g} {node1} list
-  {g} -d '{{"size": -10, "limit_price": 100}}' {node1} exchange.v1.ExchangeNode/CreateOrder
-  {g} -d '{{"size": 15, "limit_price": 100}}' {node2} exchange.v1.ExchangeNode/CreateOrder
+  {g} {alice} -d '{{"size": -10, "limit_price": 100}}' {node1} exchange.v1.ExchangeNode/CreateOrder
+  {g} {bob} -d '{{"size": 15, "limit_price": 100}}' {node2} exchange.v1.ExchangeNode/CreateOrder
   {g} -d '{{"depth": 5}}' {node3} exchange.v1.ExchangeNode/GetOrderBook
+  {g} {bob} {node1} exchange.v1.ExchangeNode/ListOrders
   {g} {node1} exchange.v1.ExchangeNode/GetStatus
 
 or the CLI:
-  {c} --node {node1} buy 10 --price 100
-  {c} --node {node2} book
+  {c} --api-key $ALICE --node {node1} buy 10 --price 100
+  {c} --api-key $BOB --node {node2} sell 4 --price 100
+  {c} --api-key $ALICE --node {node1} orders
+  {c} --api-key $ALICE --node {node1} fills --watch
+  {c} --node {node2} book --watch
   {c} status {node1} {node2} {node3}
 
 stop everything with: make cluster-down""")

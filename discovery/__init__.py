@@ -157,7 +157,19 @@ class KeyValue(Protocol):
         """Writes `key` only if it does not exist yet; returns whether this call created it."""
         ...
 
+    def get_versioned(self, key: str) -> tuple[bytes, int] | None:
+        """The value of `key` and its version (for `replace`), None if there is none."""
+        ...
+
+    def replace(self, key: str, value: bytes, version: int) -> bool:
+        """Writes `key` only if it is still at `version`; returns whether it was."""
+        ...
+
     def put(self, key: str, value: bytes) -> None: ...
+
+    def put_all(self, entries: Mapping[str, bytes]) -> None:
+        """Writes every key of `entries` at once: a reader sees all of them or none (at most 64)."""
+        ...
 
     def list(self, prefix: str) -> dict[str, bytes]:
         """Every key under `prefix` with its value."""

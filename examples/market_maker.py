@@ -15,7 +15,16 @@ import queue
 import threading
 import time
 
-from exchange.client import DEFAULT_NODES, Client, OrderStatus, OrderType, Side, TradeExecuted
+from exchange.client import (
+    DEFAULT_NODES,
+    Client,
+    OrderStatus,
+    OrderType,
+    Side,
+    TradeExecuted,
+    add_connection_arguments,
+    connection_from_arguments,
+)
 from exchange.errors import ExchangeError
 
 
@@ -37,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", type=int, default=1, help="ticks between the mid and each quote")
     parser.add_argument("--size", type=int, default=5, help="lots per quote")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds to run")
+    add_connection_arguments(parser)
     args = parser.parse_args(argv)
 
     fills: queue.Queue[TradeExecuted] = queue.Queue()
     stop = threading.Event()
     quotes: dict[Side, int] = {}  # side -> order id of the live quote
     placed = filled = 0
-    with Client(args.nodes) as client:
+    with Client(args.nodes, connection=connection_from_arguments(args)) as client:
         threading.Thread(target=watch_fills, args=(client, args.market, fills, stop), daemon=True).start()
         time.sleep(0.3)  # let the event stream open before quoting
 

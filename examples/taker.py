@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from exchange.client import DEFAULT_NODES, Client, OrderType, Side
+from exchange.client import DEFAULT_NODES, Client, OrderType, Side, add_connection_arguments, connection_from_arguments
 from exchange.errors import ExchangeError
 
 
@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2, help="lots per order")
     parser.add_argument("--orders", type=int, default=20, help="how many orders to send")
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between orders")
+    add_connection_arguments(parser)
     args = parser.parse_args(argv)
 
     filled = traded = 0
-    with Client(args.nodes) as client:
+    with Client(args.nodes, connection=connection_from_arguments(args)) as client:
         for number in range(args.orders):
             book = client.get_book(args.market, depth=1)
             side = Side.BUY if number % 2 == 0 else Side.SELL

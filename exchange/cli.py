@@ -10,9 +10,24 @@ import os
 import sys
 import time
 
-from exchange.client import Book, Client, OrderResult, OrderType, RetryPolicy, Side, connection_of, types
+from discovery import DiscoveryError
+from discovery.consul import ConsulKV
+from exchange.accounts import AccountError, add_account, add_key, list_accounts, set_active
+from exchange.client import (
+    Book,
+    Client,
+    Fill,
+    NewOrder,
+    OrderResult,
+    OrderType,
+    RetryPolicy,
+    SelfTradePrevention,
+    Side,
+    add_connection_arguments,
+    connection_from_arguments,
+    types,
+)
 from exchange.errors import ExchangeError
-from exchange.tls import add_tls_argument, load_tls
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 
@@ -72,12 +87,49 @@ def print_cluster_status(addresses: list[str], client: Client | None = None) -> 
     return 0 if agree and not failures else 1
 
 
+def print_fills(client: Client, market: str, from_seq: int, watch: bool, everything: bool) -> int:
+    """Your fills from `from_seq`; without `watch`, up to what has happened so far."""
+    until = client.get_book(market, depth=1, timeout=5).seq
+    for event in client.order_events(market, from_seq):
+        if everything or isinstance(event, Fill):
+            body = types.describe(event, skip=("market", "seq")).replace("\n", " ")
+            print(f"{event.market} #{event.seq} {event.kind}: {body}", flush=True)
+        if not watch and event.seq >= until:
+            break
+    return 0
+
+
+def manage_accounts(consul: str, action: str, name: str | None) -> int:
+    """`exchange-cli accounts ...`: writes the registry every node follows (exchange/accounts.py)."""
+    host, _, port = consul.rpartition(":")
+    kv = ConsulKV(host, int(port))
+    try:
+        if action == "list":
+            for account in list_accounts(kv):
+                state = "active" if account.active else "DISABLED"
+                print(f"{account.name:<24} {state:<9} {len(account.key_hashes)} key(s)")
+            return 0
+        if name is None:
+            print(f"accounts {action} needs the account's name", file=sys.stderr)
+            return 2
+        if action in ("add", "add-key"):
+            key = add_account(kv, name) if action == "add" else add_key(kv, name)
+            print(f"account {name}: new API key (shown once; keep it secret):\n{key}")
+        else:
+            account = set_active(kv, name, action == "enable")
+            print(f"account {account.name} is {'active' if account.active else 'disabled'}")
+    except (AccountError, DiscoveryError) as error:
+        print(f"accounts {action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="exchange-cli", description=__doc__)
     parser.add_argument("--node", default=os.environ.get("EXCHANGE_NODE", "127.0.0.1:50051"),
                         help="node address host:port, or several comma-separated to fail over (env EXCHANGE_NODE)")
     parser.add_argument("--market", default="", help="market symbol (default: the cluster's default market)")
-    add_tls_argument(parser)
+    add_connection_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     for side in ("buy", "sell"):
         order = commands.add_parser(side, help=f"place a {side} order")
@@ -85,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         order.add_argument("--price", type=int, default=0, help="limit price in ticks (not for market orders)")
         order.add_argument("--type", choices=ORDER_TYPES, default="LIMIT")
         order.add_argument("--client-order-id", default=None, help="idempotency key (default: a new random one)")
+        order.add_argument("--stp", choices=[mode.name for mode in SelfTradePrevention], default=None,
+                           help="self-trade prevention (default CANCEL_TAKER)")
     cancel = commands.add_parser("cancel", help="cancel a resting order")
     cancel.add_argument("order_id", type=int)
     amend = commands.add_parser("amend", help="change a resting order's size and/or price")
@@ -100,16 +154,28 @@ def main(argv: list[str] | None = None) -> int:
     events.add_argument("--from-seq", type=int, default=1)
     status = commands.add_parser("status", help="sequence and checksum of every node: do the replicas agree?")
     status.add_argument("addresses", nargs="*", help="node addresses (default: --node)")
+    commands.add_parser("orders", help="your open orders in the market")
+    fills = commands.add_parser("fills", help="your fills (and other order events with --all); --watch follows")
+    fills.add_argument("--from-seq", type=int, default=1)
+    fills.add_argument("--watch", action="store_true", help="go on with new ones as they happen")
+    fills.add_argument("--all", action="store_true", help="every event of your orders, not only fills")
+    accounts = commands.add_parser("accounts", help="the account registry in Consul KV (administrators)")
+    accounts.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+                          help="Consul agent HTTP address (env CONSUL_HTTP_ADDR)")
+    accounts.add_argument("action", choices=["add", "add-key", "disable", "enable", "list"])
+    accounts.add_argument("name", nargs="?", help="the account (all but list)")
     args = parser.parse_args(argv)
+    if args.command == "accounts":
+        return manage_accounts(args.consul, args.action, args.name)
 
     # a person waits: give up after 30 s (5 s for reads), as the CLI always did
-    client = Client(args.node, connection=connection_of(load_tls(args.tls_dir)),
+    client = Client(args.node, connection=connection_from_arguments(args),
                     policy=RetryPolicy(timeout=30, attempt_timeout=30))
     try:
         if args.command in ("buy", "sell"):
-            result = client.create_order(Side[args.command.upper()], args.size, args.price or None,
-                                         order_type=args.type, market=args.market,
-                                         client_order_id=args.client_order_id)
+            result = client.place(NewOrder(
+                Side[args.command.upper()], args.size, args.price or None, OrderType[args.type], args.market,
+                args.client_order_id, SelfTradePrevention[args.stp] if args.stp else None))
             print(format_order_result(result))
         elif args.command == "cancel":
             cancelled = client.cancel_order(args.order_id, market=args.market)
@@ -137,6 +203,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{event.market} #{event.seq} {event.kind}: {body} ", flush=True)
         elif args.command == "status":
             return print_cluster_status(args.addresses or args.node.split(","), client)
+        elif args.command == "orders":
+            orders = client.list_orders(args.market)
+            for open_order in orders:
+                print(f"order {open_order.order_id} {open_order.side.name if open_order.side else '?'} "
+                      f"{open_order.remaining_size}/{open_order.size} @ {open_order.price}  filled "
+                      f"{open_order.filled_size}" + (f"  ({open_order.client_order_id})" if open_order.client_order_id
+                                                     else ""))
+            print(f"{len(orders)} open order(s)")
+        elif args.command == "fills":
+            return print_fills(client, args.market, args.from_seq, args.watch, args.all)
     except ExchangeError as error:
         print(f"{error.code.name}: {error.message}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ from exchange.tls import TlsConfig
 # Requests far larger than any valid order are refused by grpc itself (RESOURCE_EXHAUSTED).
 MAX_RECEIVE_BYTES = 1 * 1024 * 1024
 MAX_SEND_BYTES = 64 * 1024 * 1024
+MAX_METADATA_BYTES = 16 * 1024
 # Keepalive: the cluster's channels ping every KEEPALIVE_MS, also while idle, so a dead peer or Sequencer is
 # noticed within seconds. Servers must accept that rate: grpc's default (pings without data at most every
 # 5 minutes, 2 strikes) answers a third idle ping with GOAWAY too_many_pings, which broke every idle
@@ -40,6 +41,11 @@ SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+    # Call metadata up to 16 KiB reaches the handlers (an oversized API key is UNAUTHENTICATED, saying why); more is
+    # RESOURCE_EXHAUSTED. One limit, not grpc's soft one (8 KiB) below which nothing and above which a random
+    # share of calls is refused.
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
 ]
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_SEND_BYTES),

@@ -16,8 +16,11 @@ DEFAULT_WINDOW = 200_000  # commands per market (the nodes keep the results of a
 
 
 def dedup_key(command: types_pb2.Command) -> str | None:
-    """The key a command is deduplicated by (None: it is not)."""
-    return command.client_order_id or None
+    """What makes two commands the same order for deduplication: the account and its client_order_id (unique
+    per account); None for a command without a client_order_id. Stored in the log's client_order_id column."""
+    if not command.client_order_id:
+        return None
+    return f"{command.account}\x1f{command.client_order_id}" if command.account else command.client_order_id
 
 
 class DedupWindow:

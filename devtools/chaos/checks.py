@@ -107,12 +107,28 @@ class Checks:
         for (market, coid), seqs in placements(result).items():
             if len(seqs) > 1:
                 violation(f"{market}: client_order_id {coid} is in the log {len(seqs)} times: {seqs}")
+        self.check_self_trades(result)
         self.check_ledger(result, report)
         self.check_replicas(logs, report)
         current = {market: len(entries) for market, entries in logs.items()}
         if views and any(views[m][0] != current[m] for m in self.markets):
             report.divergences += 1
             violation(f"the nodes' sequences {views} differ from the Sequencer's {current}")
+
+    def check_self_trades(self, result: Replay) -> None:
+        """No trade in the replayed log has one account on both sides; counts the trades prevented instead."""
+        prevented = 0
+        for market in self.markets:
+            for events in result.events[market].values():
+                for event in events:
+                    if isinstance(event, eng.OrderFilled) and event.maker_account and \
+                            event.maker_account == event.taker_account:
+                        self.ledger.violation(f"{market}: trade {event.trade_id} at {event.seq} is a self-trade of "
+                                              f"{event.maker_account}")
+                    elif isinstance(event, eng.OrderCancelled | eng.OrderReduced) and \
+                            event.reason is eng.CancelReason.SELF_TRADE_PREVENTED:
+                        prevented += 1
+        self.ledger.stats.add("self_trades_prevented", prevented)
 
     def check_ledger(self, result: Replay, report: Report) -> None:
         """Every acknowledged operation is in the log with the answer given; no refused order is."""

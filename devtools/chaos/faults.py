@@ -165,6 +165,7 @@ class Faults:
             self.hold_while(-1, "Consul was down", hold)
         finally:
             self.cluster.consul.start()
+            self.cluster.restore_accounts()  # the dev agent keeps nothing (a real Consul keeps its data)
             self.ledger.expected_down.discard("consul")
         wanted = {self.cluster.node_id(i) for i in range(self.config.nodes)}
         try:

@@ -28,7 +28,7 @@ AMBIGUOUS = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAI
 AMBIGUOUS_NAMES = frozenset(code.name for code in AMBIGUOUS)
 DEFINITE_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND})
 # Definite refusals of a cancel or amend by the market (amend AMEND_NO_CHANGE / POST_ONLY_WOULD_TAKE ...).
-CHANGE_REFUSALS = DEFINITE_FAILURES | {grpc.StatusCode.FAILED_PRECONDITION}
+CHANGE_REFUSALS = DEFINITE_FAILURES | {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED}
 CALL_TIMEOUT = 8.0  # probes: longer than a node's Sequencer retries (5 s), so they see its UNAVAILABLE
 CLIENT_TIMEOUT = 3.0  # workload clients: short, so a stopped or cut-off node does not stall the load
 MAX_ATTEMPTS = 6

@@ -131,6 +131,7 @@ def print_summary(report: Report, out: Callable[[str], None] = print) -> None:
         ("ambiguous answers (retried)", c["ambiguous"]), ("unresolved after retries", c["unresolved"]),
         ("probe orders of the fault injector", c["probes"]), ("entries replayed", c["replayed"]),
         ("forged broadcasts refused", c["forged_refused"]),
+        ("trades prevented between orders of one account", c["self_trades_prevented"]),
     ]
     rows += [(f"faults: {kind}", count) for kind, count in sorted(report.faults.items())]
     rows += [(f"final {market} (seq, checksum)", view) for market, view in sorted(report.final.items())]

@@ -28,12 +28,12 @@ from devtools.chaos.records import (
     Ledger,
     OrderRecord,
 )
-from devtools.cluster import Cluster
+from devtools.cluster import DEFAULT_ACCOUNT, Cluster
 from devtools.workload import Workload
-from exchange.runtime import CHANNEL_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
+ACCOUNTS = 3  # the clients' accounts (client i trades as Cluster.trader(i % ACCOUNTS))
 AVOID_S = 2.0  # a client avoids a node for this long after an ambiguous answer from it (like a real client)
 
 Stubs = list[exchange_pb2_grpc.ExchangeNodeStub]
@@ -49,17 +49,25 @@ class Clients:
         self.stats = ledger.stats
         self.markets = markets
         # ~3% of the orders are invalid on purpose: they must be refused and never exist
+        # every self-trade prevention mode: clients share accounts (account), so their orders meet their own
         self.workload = Workload(markets=tuple(markets), prices=PRICES, sides="either", invalid_share=0.03, types={
-            types_pb2.LIMIT: 50, types_pb2.MARKET: 8, types_pb2.IOC: 14, types_pb2.FOK: 14, types_pb2.POST_ONLY: 14})
+            types_pb2.LIMIT: 50, types_pb2.MARKET: 8, types_pb2.IOC: 14, types_pb2.FOK: 14, types_pb2.POST_ONLY: 14},
+            stp={0: 4, types_pb2.CANCEL_TAKER: 1, types_pb2.CANCEL_MAKER: 2, types_pb2.CANCEL_BOTH: 1,
+                 types_pb2.DECREMENT: 2})
         self.stop = threading.Event()  # set when the load phase ends
         self.tickets = 0
         self.channels: list[grpc.Channel] = []
-        self.probe_stubs = self.stubs()
+        self.probe_stubs = self.stubs(DEFAULT_ACCOUNT)
 
-    def stubs(self) -> Stubs:
+    @staticmethod
+    def account(index: int) -> str:
+        """Client `index`'s account: three accounts for all clients, so some clients share one."""
+        return Cluster.trader(index % ACCOUNTS)
+
+    def stubs(self, account: str) -> Stubs:
         stubs = []
         for address in self.cluster.node_addresses:
-            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = self.cluster.channel(address, account)
             self.channels.append(channel)
             stubs.append(exchange_pb2_grpc.ExchangeNodeStub(channel))
         return stubs
@@ -134,7 +142,7 @@ class Clients:
     def client(self, index: int) -> None:
         """One client thread: until the load stops, new orders (70%), cancels and amends of its resting ones."""
         rng = random.Random(f"{self.config.seed}-client-{index}")
-        stubs = self.stubs()
+        stubs = self.stubs(self.account(index))
         resting: list[tuple[str, int]] = []
         rate = self.config.orders / self.config.duration if self.config.orders else 0.0
         orders = self.workload.orders(rng, ids=f"s{self.config.seed}-c{index}-")

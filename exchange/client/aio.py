@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -22,6 +22,7 @@ from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
 
 R = TypeVar("R")
+E = TypeVar("E")
 
 
 class AsyncClient(ClientBase):
@@ -173,25 +174,43 @@ class AsyncClient(ClientBase):
             raise error_from_rpc(error) from None
         return operation.convert(answer)
 
-    async def events(self, market: str = "", from_seq: int = 0, *,
-                     timeout: float | None = None) -> AsyncIterator[t.Event]:
+    async def list_orders(self, market: str = "", *, timeout: float | None = None) -> list[t.Order]:
+        """See `Client.list_orders`."""
+        orders: list[t.Order] = []
+        token = ""
+        while True:
+            page, token = await self._run(core.list_orders(market, token), timeout)
+            orders += page
+            if not token:
+                return orders
+
+    def events(self, market: str = "", from_seq: int = 0, *, timeout: float | None = None) -> AsyncIterator[t.Event]:
         """See `Client.events`."""
+        return self._follow("StreamEvents", pb.StreamEventsRequest, t.event_from_pb, market, from_seq, timeout)
+
+    def order_events(self, market: str = "", from_seq: int = 0, *,
+                     timeout: float | None = None) -> AsyncIterator[t.OrderEvent]:
+        """See `Client.order_events`."""
+        return self._follow("StreamOrders", pb.StreamOrdersRequest, t.order_event_from_pb, market, from_seq, timeout)
+
+    async def _follow(self, method: str, request_type: Callable[..., Any], convert: Callable[[Any], E], market: str,
+                      from_seq: int, timeout: float | None) -> AsyncIterator[E]:
         position = core.StreamPosition.starting_at(from_seq)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while True:
             attempt = plan.next()
             if attempt.delay:
                 await asyncio.sleep(attempt.delay)
-            request = pb.StreamEventsRequest(market=market, from_seq=position.resume())
+            request = request_type(market=market, from_seq=position.resume())
             try:
-                async for message in self.stub(attempt.address).StreamEvents(request, metadata=self._metadata):
+                async for message in getattr(self.stub(attempt.address), method)(request, metadata=self._metadata):
                     plan.progress()
                     if position.accept(message.seq):
-                        yield t.event_from_pb(message)
+                        yield convert(message)
             except grpc.RpcError as error:
                 plan.failed(attempt, error)
                 continue
-            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the event stream"))
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
 
     async def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
                              timeout: float | None = None) -> AsyncBookSubscription:

@@ -104,6 +104,9 @@ class LocalBook:
                 self.set_size(event.taker_order_id, taker - event.size)
         elif isinstance(event, t.OrderCancelled):
             self.remove(event.order_id)
+        elif isinstance(event, t.OrderReduced):
+            if self.size_of(event.order_id) is not None:  # a resting order (an incoming one does not rest yet)
+                self.set_size(event.order_id, event.remaining)
         elif isinstance(event, t.OrderAmended):
             placed = self.orders.get(event.order_id)
             if placed is None:

@@ -23,7 +23,9 @@ remaining size: replayed after a fill it would enlarge the order again.
 
 from __future__ import annotations
 
+import argparse
 import enum
+import os
 import random
 import threading
 import time
@@ -35,6 +37,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from exchange.accounts import AUTHORIZATION
 from exchange.client import types as t
 from exchange.cluster import PEER_SERVICE
 from exchange.errors import (
@@ -47,7 +50,7 @@ from exchange.errors import (
     error_from_status,
 )
 from exchange.runtime import CHANNEL_OPTIONS  # answers may be large (a whole L3 book): 64 MiB
-from exchange.tls import TlsConfig
+from exchange.tls import TlsConfig, add_tls_argument, load_tls
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 
@@ -79,7 +82,7 @@ class Connection:
     options: tuple[tuple[str, Any], ...] = tuple(CHANNEL_OPTIONS)
 
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
-        auth = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+        auth = ((AUTHORIZATION, f"Bearer {self.api_key}"),) if self.api_key else ()
         return auth + self.metadata
 
 
@@ -87,6 +90,18 @@ def connection_of(tls: TlsConfig | None = None, api_key: str | None = None) -> C
     """The connection of a client of a cluster: mutual TLS with the files of a `--tls-dir` (exchange/tls.py)
     when given, plaintext otherwise; `api_key` for the order-entry calls."""
     return Connection(credentials=None if tls is None else tls.channel_credentials(), api_key=api_key)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a program that connects to a cluster (exchange-cli, the examples): --api-key, --tls-dir."""
+    parser.add_argument("--api-key", default=os.environ.get("EXCHANGE_API_KEY") or None,
+                        help="the API key orders are placed with (env EXCHANGE_API_KEY)")
+    add_tls_argument(parser)
+
+
+def connection_from_arguments(args: argparse.Namespace) -> Connection:
+    """The Connection the options of add_connection_arguments describe."""
+    return connection_of(load_tls(args.tls_dir), args.api_key)
 
 
 # -- which nodes -------------------------------------------------------------------------------------------
@@ -424,6 +439,12 @@ def amend_order(order_id: int, size: int, price: int | None = None, market: str 
 
 def get_order(order_id: int, market: str = "") -> Operation[t.Order]:
     return Operation("GetOrder", pb.GetOrderRequest(market=market, order_id=order_id), t.order_from_pb)
+
+
+def list_orders(market: str = "", page_token: str = "") -> Operation[tuple[list[t.Order], str]]:
+    """One page of the caller's open orders, and the token of the next page ("" after the last)."""
+    return Operation("ListOrders", pb.ListOrdersRequest(market=market, page_token=page_token),
+                     lambda answer: ([t.order_from_pb(o) for o in answer.orders], answer.next_page_token))
 
 
 def get_book(market: str = "", depth: int = 10, all_levels: bool = False,

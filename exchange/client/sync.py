@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +21,7 @@ from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
 
 R = TypeVar("R")
+E = TypeVar("E")
 
 
 class Client(ClientBase):
@@ -206,26 +207,45 @@ class Client(ClientBase):
             raise error_from_rpc(error) from None
         return operation.convert(answer)
 
+    def list_orders(self, market: str = "", *, timeout: float | None = None) -> list[t.Order]:
+        """The caller's open orders in `market` (every page), oldest first."""
+        orders: list[t.Order] = []
+        token = ""
+        while True:
+            page, token = self._run(core.list_orders(market, token), timeout)
+            orders += page
+            if not token:
+                return orders
+
     def events(self, market: str = "", from_seq: int = 0, *, timeout: float | None = None) -> Iterator[t.Event]:
         """Every event of `market` from `from_seq` (0: from now on), then live, without end. A broken stream is
         resumed where it stopped, on another node if need be, with no event lost or repeated; `timeout`: the
         longest to go on trying to reconnect."""
+        return self._follow("StreamEvents", pb.StreamEventsRequest, t.event_from_pb, market, from_seq, timeout)
+
+    def order_events(self, market: str = "", from_seq: int = 0, *,
+                     timeout: float | None = None) -> Iterator[t.OrderEvent]:
+        """What happens to the caller's own orders in `market` (fills from their side), like `events`."""
+        return self._follow("StreamOrders", pb.StreamOrdersRequest, t.order_event_from_pb, market, from_seq, timeout)
+
+    def _follow(self, method: str, request_type: Callable[..., Any], convert: Callable[[Any], E], market: str,
+                from_seq: int, timeout: float | None) -> Iterator[E]:
         position = core.StreamPosition.starting_at(from_seq)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while True:
             attempt = plan.next()
             if attempt.delay:
                 time.sleep(attempt.delay)
-            request = pb.StreamEventsRequest(market=market, from_seq=position.resume())
+            request = request_type(market=market, from_seq=position.resume())
             try:
-                for message in self.stub(attempt.address).StreamEvents(request, metadata=self._metadata):
+                for message in getattr(self.stub(attempt.address), method)(request, metadata=self._metadata):
                     plan.progress()
                     if position.accept(message.seq):
-                        yield t.event_from_pb(message)
+                        yield convert(message)
             except grpc.RpcError as error:
                 plan.failed(attempt, error)
                 continue
-            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the event stream"))
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
 
     def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
                        timeout: float | None = None) -> BookSubscription:

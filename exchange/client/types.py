@@ -27,6 +27,15 @@ class OrderType(enum.IntEnum):
     POST_ONLY = types_pb2.POST_ONLY
 
 
+class SelfTradePrevention(enum.IntEnum):
+    """What happens instead of a trade with a resting order of the same account (types.proto)."""
+
+    CANCEL_TAKER = 1  # cancel what is left of the incoming order (the default)
+    CANCEL_MAKER = 2  # cancel the resting order and go on matching
+    CANCEL_BOTH = 3
+    DECREMENT = 4  # decrement both by the overlap, without a trade
+
+
 class OrderStatus(enum.IntEnum):
     UNKNOWN = pb.ORDER_STATUS_UNSPECIFIED
     RESTING = pb.RESTING
@@ -46,11 +55,13 @@ class NewOrder:
     order_type: OrderType = OrderType.LIMIT
     market: str = ""  # "" is the cluster's default market
     client_order_id: str | None = None
+    self_trade_prevention: SelfTradePrevention | None = None  # None: the default, CANCEL_TAKER
 
     def to_pb(self, client_order_id: str) -> pb.CreateOrderRequest:
         return pb.CreateOrderRequest(
             market=self.market, size=self.size, limit_price=self.price or 0, side=self.side.name,
             order_type=self.order_type.name, client_order_id=client_order_id,
+            self_trade_prevention=self.self_trade_prevention.name if self.self_trade_prevention else None,
         )
 
 
@@ -75,11 +86,22 @@ class OrderResult:
     side: Side
     filled_size: int
     remaining_size: int  # resting in the book (0 unless RESTING)
-    cancelled_size: int  # IOC or market remainder
+    cancelled_size: int  # IOC or market remainder, or what self-trade prevention cancelled (cancel_reason)
     trades: tuple[Trade, ...]
     reject_reason: str  # with REJECTED, e.g. "POST_ONLY_WOULD_TAKE"
     duplicate: bool
     client_order_id: str
+    cancel_reason: str = ""  # IOC_REMAINDER, MARKET_REMAINDER or SELF_TRADE_PREVENTED
+    prevented_trades: tuple[PreventedTrade, ...] = ()  # resting orders of the caller's own met instead of trading
+
+
+@dataclass(frozen=True, slots=True)
+class PreventedTrade:
+    """A self-trade that did not happen: the order met a resting order of its own account (0 if not named)."""
+
+    resting_order_id: int
+    resting_size_removed: int
+    incoming_size_removed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +250,7 @@ class OrderCancelled:
     seq: int
     order_id: int
     size: int  # the open size removed
-    reason: str  # USER, IOC_REMAINDER or MARKET_REMAINDER
+    reason: str  # USER, IOC_REMAINDER, MARKET_REMAINDER or SELF_TRADE_PREVENTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +273,43 @@ class OrderAmended:
     priority_kept: bool
 
 
-Event = OrderAccepted | TradeExecuted | OrderRested | OrderCancelled | OrderRejected | OrderAmended
+@dataclass(frozen=True, slots=True)
+class OrderReduced:
+    """An order lost `size` without a trade (self-trade prevention DECREMENT) and keeps `remaining` open."""
+
+    kind: ClassVar[str] = "order_reduced"
+    market: str
+    seq: int
+    order_id: int
+    size: int
+    remaining: int
+    reason: str
+
+
+Event = OrderAccepted | TradeExecuted | OrderRested | OrderCancelled | OrderRejected | OrderAmended | OrderReduced
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in
                                        (OrderAccepted, TradeExecuted, OrderRested, OrderCancelled, OrderRejected,
-                                        OrderAmended)}
+                                        OrderAmended, OrderReduced)}
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A trade of one of the caller's own orders, from that order's side (StreamOrders)."""
+
+    kind: ClassVar[str] = "fill"
+    market: str
+    seq: int
+    order_id: int
+    trade_id: int
+    price: int
+    size: int
+    side: Side
+    maker: bool  # the order was resting (False: it was the incoming order)
+    remaining: int  # the order's open size after the trade
+
+
+# What happened to one of the caller's own orders (StreamOrders): the public kinds without trades, and fills.
+OrderEvent = OrderAccepted | Fill | OrderRested | OrderCancelled | OrderRejected | OrderAmended | OrderReduced
 
 
 def describe(value: Any, skip: tuple[str, ...] = ()) -> str:
@@ -293,6 +348,9 @@ def order_result_from_pb(message: pb.CreateOrderResponse) -> OrderResult:
         side=_side(message.side), filled_size=message.filled_size, remaining_size=message.remaining_size,
         cancelled_size=message.cancelled_size, trades=tuple(trade_from_pb(t) for t in message.trades),
         reject_reason=message.reject_reason, duplicate=message.duplicate, client_order_id=message.client_order_id,
+        cancel_reason=message.cancel_reason,
+        prevented_trades=tuple(PreventedTrade(p.resting_order_id, p.resting_size_removed, p.incoming_size_removed)
+                               for p in message.prevented_trades),
     )
 
 
@@ -354,4 +412,23 @@ def event_from_pb(message: pb.MarketEvent) -> Event:
     if kind == "order_amended":
         m = message.order_amended
         return OrderAmended(market, seq, m.order_id, m.price, m.size, m.priority_kept)
+    if kind == "order_reduced":
+        d = message.order_reduced
+        return OrderReduced(market, seq, d.order_id, d.size, d.remaining, d.reason)
     raise ValueError(f"event {seq} of {market} has no kind this client knows ({kind!r}): upgrade the client")
+
+
+def order_event_from_pb(message: pb.OrderEvent) -> OrderEvent:
+    """One of the caller's own order events (StreamOrders)."""
+    kind = message.WhichOneof("event")
+    if kind == "fill":
+        f = message.fill
+        return Fill(message.market, message.seq, f.order_id, f.trade_id, f.price, f.size, _side(f.side), f.maker,
+                    f.remaining)
+    if kind is None:
+        raise ValueError(f"order event {message.seq} of {message.market} has no kind: upgrade the client")
+    public = pb.MarketEvent(market=message.market, seq=message.seq)
+    getattr(public, "order_" + kind).CopyFrom(getattr(message, kind))
+    event = event_from_pb(public)
+    assert not isinstance(event, TradeExecuted)
+    return event

@@ -5,55 +5,102 @@ checksums and the same snapshot bytes on every node. Prices are ints in ticks, s
 
 Sequencing
     ``Engine.apply(command)`` requires ``command.seq == last_seq(market) + 1`` (else ``SequenceError``;
-    unknown market: ``UnknownMarketError``), and then always consumes the seq, even if the command is
-    rejected. Every market-level failure is an ``OrderRejected`` event, never an exception, and leaves the
-    book unchanged. An order's id is the seq of its ``SubmitOrder``; trade ids count from 1 per market.
+    unknown market: ``UnknownMarketError``; an ``account`` that is not a str: ``TypeError``), and then
+    always consumes the seq, even if the command is rejected. Every market-level failure is an
+    ``OrderRejected`` event, never an exception, and leaves the book unchanged. An order's id is the seq of
+    its ``SubmitOrder``; trade ids count from 1 per market.
+
+Accounts and ownership
+    Every command carries the ``account`` it acts for (a str; "" is "no account", for tools and commands
+    from before accounts), so every replica and every replay knows each order's owner. The account of a
+    ``SubmitOrder`` owns the order. A cancel or amend of an order of another account is rejected with
+    NOT_ORDER_OWNER (the book does not change); "" owns its orders like any other value (a cancel from ""
+    of an order of "" is allowed, from "alice" it is NOT_ORDER_OWNER). Every event names the account(s) of
+    the order(s) it concerns in its last field(s): ``OrderFilled`` has ``maker_account`` and
+    ``taker_account``, ``OrderRejected`` the command's account, every other event its order's owner.
+    Consumers filter a trader's own view with them; public market data drops them.
+
+Self-trade prevention (``SubmitOrder.stp``, a ``SelfTradePrevention``; default CANCEL_TAKER)
+    An incoming order never trades with a resting order of its own non-empty account; orders of "" never
+    trigger it. Wherever the matching walk (price-time priority, otherwise unchanged) meets such a resting
+    order, the incoming order's mode decides, and its events stand where the trade would have been, the
+    resting order's first:
+
+    * CANCEL_TAKER: ``OrderCancelled(incoming remainder, SELF_TRADE_PREVENTED)``; the incoming order stops;
+    * CANCEL_MAKER: ``OrderCancelled(resting order's open size, SELF_TRADE_PREVENTED)``; matching goes on;
+    * CANCEL_BOTH: both of those cancels, the resting order's first; the incoming order stops;
+    * DECREMENT: q = min(incoming open size, resting open size); both lose q without a trade. An order left
+      with nothing gets ``OrderCancelled(size=q, SELF_TRADE_PREVENTED)``, one left with something
+      ``OrderReduced(size=q, remaining, SELF_TRADE_PREVENTED)`` (a resting order keeps its place); an
+      incoming order with size left goes on matching.
+
+    What is cancelled of an incoming order never rests, whatever its type; an incoming order stopped by
+    CANCEL_TAKER or CANCEL_BOTH has no further event. An IOC or MARKET remainder cancelled for running out
+    of liquidity keeps IOC_REMAINDER/MARKET_REMAINDER. A FOK fills completely by trades or is rejected
+    (FOK_CANNOT_FILL) before anything changes: its availability check counts, in priority order within its
+    limit, only what it can trade: under CANCEL_MAKER every resting order of other accounts (its own ones
+    met are cancelled as it goes), under the other modes only what lies ahead of its first own resting
+    order. POST_ONLY never takes, so self-trade prevention never applies to it. A resting order keeps its
+    mode: an amend that makes it cross applies that mode to it as the incoming order.
 
 Submitting (``SubmitOrder``)
     Events: ``OrderAccepted``, one ``OrderFilled`` per trade in match order (best price first, FIFO within
-    a price, each at the maker's price), then ``OrderRested`` (LIMIT/POST_ONLY remainder) or
-    ``OrderCancelled`` (IOC remainder: IOC_REMAINDER; MARKET remainder: MARKET_REMAINDER) if anything is
-    left. A rejection is a lone ``OrderRejected``, decided before any trade: input errors (checked in the
-    order side, type, size bounds, lot, price presence, price bounds, tick), POST_ONLY_WOULD_TAKE,
-    FOK_CANNOT_FILL (a FOK fills completely or not at all), NO_LIQUIDITY (MARKET facing an empty side).
-    An IOC that cannot trade is accepted and its whole size cancelled (IOC_REMAINDER).
+    a price, each at the maker's price) with self-trade prevention's events among them, then
+    ``OrderRested`` (LIMIT/POST_ONLY remainder) or ``OrderCancelled`` (IOC remainder: IOC_REMAINDER;
+    MARKET remainder: MARKET_REMAINDER) if anything is left. A rejection is a lone ``OrderRejected``,
+    decided before any trade: input errors (checked in the order side, type, self-trade prevention mode
+    (INVALID_SELF_TRADE_PREVENTION), size bounds, lot, price presence, price bounds, tick),
+    POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL (a FOK fills completely or not at all), NO_LIQUIDITY (MARKET
+    facing an empty side). An IOC that cannot trade is accepted and its whole size cancelled
+    (IOC_REMAINDER).
 
 Cancelling (``CancelOrder``)
-    ``OrderCancelled(size=open size, reason=USER)``, or ``OrderRejected(ORDER_NOT_FOUND)`` for an unknown,
-    filled or cancelled order.
+    ``OrderCancelled(size=open size, reason=USER)``, or ``OrderRejected`` with, in check order,
+    ORDER_NOT_FOUND (an unknown, filled or cancelled order) or NOT_ORDER_OWNER.
 
 Amending (``AmendOrder(order_id, new_size, new_price)``)
     ``new_size`` is the new *open* (remaining) size; ``new_price`` None keeps the price. The order's total
     size becomes ``filled + new_size`` (that total must not exceed ``max_size``; ``min_size`` is not applied,
     an amend may shrink like a partial cancel). Rejections, in check order: AMEND_SIZE_INVALID
-    (``new_size`` <= 0), ORDER_NOT_FOUND, SIZE_OUT_OF_BOUNDS, SIZE_NOT_ON_LOT, PRICE_OUT_OF_BOUNDS,
-    PRICE_NOT_ON_TICK, AMEND_NO_CHANGE (same price and size), POST_ONLY_WOULD_TAKE (a POST_ONLY order moved
-    to a crossing price). Otherwise:
+    (``new_size`` <= 0), ORDER_NOT_FOUND, NOT_ORDER_OWNER, SIZE_OUT_OF_BOUNDS, SIZE_NOT_ON_LOT,
+    PRICE_OUT_OF_BOUNDS, PRICE_NOT_ON_TICK, AMEND_NO_CHANGE (same price and size), POST_ONLY_WOULD_TAKE (a
+    POST_ONLY order moved to a crossing price). Otherwise:
 
     * same price, smaller size: the order keeps its place; ``OrderAmended(priority_kept=True)``;
     * same price, larger size, or a new price that does not cross: the order moves to the back of its
       (new) level; ``OrderAmended(priority_kept=False)``;
     * a new price that crosses the opposite best: ``OrderAmended(priority_kept=False)``, then the order
-      trades as an aggressive limit order of ``new_size`` (``OrderFilled`` with it as taker), then
+      trades as an aggressive limit order of ``new_size`` (``OrderFilled`` with it as taker; self-trade
+      prevention with the order's own mode and the command's account, which owns it), then
       ``OrderRested`` with what is left, if anything (nothing left: the order is finished).
+
+    An order's total size (``OrderView.size``) is ``filled + remaining``: what an amend or DECREMENT took
+    away is no longer part of it.
 
 Checksum (``Engine.checksum(market)``, part of the API: equal books give equal checksums)
     ``zlib.crc32`` (unsigned) of: the number of resting bid orders as an 8-byte big-endian signed int, then
     for every resting order in priority order -- bids best (highest) price first, FIFO within a level, then
     asks best (lowest) price first, FIFO within a level -- its order id, price and remaining size, each an
     8-byte big-endian signed int. The empty book encodes as 8 zero bytes: checksum
-    ``zlib.crc32(bytes(8)) == 0x6522DF69``.
+    ``zlib.crc32(bytes(8)) == 0x6522DF69``. Owners are not part of it (public market data carries none).
 
 Snapshots (``Engine.snapshot()`` / ``Engine.restore(data)``)
-    8-byte magic ``b"P2PXENG\\0"``, u16 version (1), u32 CRC32 of the body, all big-endian, then the body:
+    8-byte magic ``b"P2PXENG\\0"``, u16 version (2), u32 CRC32 of the body, all big-endian, then the body:
     canonical JSON (sorted keys, no spaces, ASCII) of every market's config, last seq, next trade id and
-    resting orders ``[id, price, size, remaining, post_only]`` in priority order. Restoring gives the same
-    checksums and the same events for the same following commands; bad input raises ValueError.
+    resting orders ``[id, price, size, remaining, post_only, account, stp]`` in priority order (``stp``: the
+    order's ``SelfTradePrevention`` value, which an amend that crosses applies again). Restoring gives the
+    same checksums and the same events for the same following commands, owners included; bad input raises
+    ValueError. A version-1 snapshot (from before accounts: ``[id, price, size, remaining, post_only]``) is
+    still read, every order with account "" and mode CANCEL_TAKER, which is what replaying its commands
+    gives.
 
 Enums
-    ``Side``, ``OrderType``, ``RejectReason``, ``CancelReason`` are ``IntEnum``s. ``SIDES`` and ``ORDER_TYPES``
-    map an int value to its ``Side`` or ``OrderType`` (protobuf's values are the same, see types.proto):
-    every layer decodes numbers with them. ``SubmitOrder`` also takes the plain ints and normalises them.
+    ``Side``, ``OrderType``, ``SelfTradePrevention``, ``RejectReason``, ``CancelReason`` are ``IntEnum``s.
+    ``SIDES``, ``ORDER_TYPES`` and ``SELF_TRADE_PREVENTIONS`` map an int value to its member (protobuf's
+    values are the same, see types.proto; a protobuf self-trade prevention enum must keep these numbers):
+    every layer decodes numbers with them. ``SubmitOrder`` also takes
+    the plain ints and normalises them; any other value of ``side``, ``order_type`` or ``stp`` replays into
+    its rejection (INVALID_SIDE, INVALID_ORDER_TYPE, INVALID_SELF_TRADE_PREVENTION).
 
 Memory is proportional to the resting orders: filled and cancelled orders leave every structure (a
 cancelled order may linger as a bounded tombstone, see ``exchange.engine.book``), empty levels are removed.
@@ -62,6 +109,7 @@ cancelled order may linger as a bounded tombstone, see ``exchange.engine.book``)
 from exchange.engine.engine import Engine
 from exchange.engine.model import (
     ORDER_TYPES,
+    SELF_TRADE_PREVENTIONS,
     SIDES,
     AmendOrder,
     CancelOrder,
@@ -73,11 +121,13 @@ from exchange.engine.model import (
     OrderAmended,
     OrderCancelled,
     OrderFilled,
+    OrderReduced,
     OrderRejected,
     OrderRested,
     OrderType,
     OrderView,
     RejectReason,
+    SelfTradePrevention,
     SequenceError,
     Side,
     SubmitOrder,
@@ -86,6 +136,7 @@ from exchange.engine.model import (
 
 __all__ = [
     "ORDER_TYPES",
+    "SELF_TRADE_PREVENTIONS",
     "SIDES",
     "AmendOrder",
     "CancelOrder",
@@ -98,11 +149,13 @@ __all__ = [
     "OrderAmended",
     "OrderCancelled",
     "OrderFilled",
+    "OrderReduced",
     "OrderRejected",
     "OrderRested",
     "OrderType",
     "OrderView",
     "RejectReason",
+    "SelfTradePrevention",
     "SequenceError",
     "Side",
     "SubmitOrder",

@@ -2,10 +2,13 @@
 
 Data layout
 -----------
-An order is a list ``[remaining, order_id, price, size, side, post_only]`` (a record, indexed by the
-``REMAINING``..``POST_ONLY`` constants; the hot paths use the literal indexes, with the field named in a
-comment). ``size`` is the order's total size, ``filled + remaining``. Lists are used rather than slotted
-objects because building one costs a quarter as much, and a passive order builds one per command.
+An order is a list ``[remaining, order_id, price, size, side, post_only, account, stp]`` (a record, indexed
+by the ``REMAINING``..``STP`` constants; the hot paths use the literal indexes, with the field named in a
+comment). ``size`` is the order's total size, ``filled + remaining`` (what an amend or self-trade
+prevention took away is no longer part of it). ``account`` owns the order ("" for none) and ``stp`` is the
+``SelfTradePrevention`` mode it was submitted with, which it applies again when an amend makes it cross.
+Lists are used rather than slotted objects because building one costs a quarter as much, and a passive
+order builds one per command.
 
 Each side (``_SideBook``) keeps
 
@@ -36,6 +39,11 @@ Invariants (``Book.check`` verifies them)
 5. ``keys`` is exactly the set of level keys; ``best`` is its first element (or ``_EMPTY``).
 6. The book is not crossed: best bid < best ask.
 7. FIFO: within a level, live orders are in the order they were accepted or re-queued.
+8. Every live order's ``account`` is a str and its ``stp`` a ``SelfTradePrevention``.
+
+Self-trade prevention adds no structure: the matching walk compares each maker's ``account`` with the
+taker's and hands an own maker to ``Book._prevent_self_trade``, which cancels or reduces orders with the
+same primitives as a cancel (``unlink``) or a partial fill.
 """
 
 from __future__ import annotations
@@ -47,12 +55,17 @@ from sortedcontainers import SortedList
 
 from exchange.engine.model import (
     BUY,
+    CANCEL_BOTH,
+    CANCEL_MAKER,
+    CANCEL_TAKER,
     FOK,
     IOC,
     LIMIT,
     MARKET,
     ORDER_TYPES,
     POST_ONLY,
+    SELF_TRADE_PREVENTED,
+    SELF_TRADE_PREVENTIONS,
     SELL,
     SIDES,
     USER,
@@ -65,23 +78,31 @@ from exchange.engine.model import (
     OrderAmended,
     OrderCancelled,
     OrderFilled,
+    OrderReduced,
     OrderRejected,
     OrderRested,
     OrderType,
     RejectReason,
+    SelfTradePrevention,
     Side,
     SubmitOrder,
 )
 
 # fields of an order record
-REMAINING, ORDER_ID, PRICE, SIZE, SIDE, POST_ONLY_FLAG = range(6)
-Order = list  # [remaining, order_id, price, size, side, post_only]
+REMAINING, ORDER_ID, PRICE, SIZE, SIDE, POST_ONLY_FLAG, ACCOUNT, STP = range(8)
+Order = list  # [remaining, order_id, price, size, side, post_only, account, stp]
 
 _EMPTY = 2**64  # ``best`` of a side without levels: larger than every key
 _ANY_PRICE = 2**63  # limit key of a market order: larger than every real key, smaller than _EMPTY
 _SLACK = 16  # tombstones tolerated in a level beyond its live count before compaction
 
 _new = tuple.__new__  # builds an event without the NamedTuple's Python-level __new__
+
+
+def _bad_account(account: object) -> TypeError:
+    """A command whose account is not a str: a caller bug (protobuf strings never are), refused before
+    anything changes, like a wrong seq; the account would otherwise reach snapshots that cannot be read."""
+    return TypeError(f"a command's account must be a str, got {type(account).__name__}")
 
 
 class _SideBook:
@@ -138,6 +159,8 @@ class _SideBook:
             queue.popleft()
             if not queue or not queue[0][0]:
                 self.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
+            elif self.tombs.get(price, 0) > _SLACK:  # one live order fewer, as many tombstones: see compact
+                self.compact(price)
         else:  # a tombstone behind the front order: count it
             tombs = self.tombs
             count = tombs[price] = tombs.get(price, 0) + 1
@@ -158,15 +181,23 @@ class _SideBook:
             self.levels[price] = deque([o for o in self.levels[price] if o[REMAINING]])
             del self.tombs[price]
 
-    def available(self, limit_key: int, wanted: int) -> bool:
-        """Whether at least ``wanted`` is resting at keys <= ``limit_key`` (for FOK)."""
+    def available(self, limit_key: int, wanted: int, account: str, stp: SelfTradePrevention) -> bool:
+        """Whether an order of ``account`` with self-trade prevention ``stp`` can *trade* at least ``wanted``
+        at keys <= ``limit_key`` (for FOK). Walking in priority order, orders of other accounts count; an own
+        order (a non-empty ``account``'s) is skipped under CANCEL_MAKER (the walk would cancel it) and ends
+        the count under every other mode (the walk would stop or lose size there)."""
         levels = self.levels
         sign = self.sign
+        skip_own = stp is CANCEL_MAKER
         for key in self.keys.irange(maximum=limit_key):
             for order in levels[sign * key]:
+                if order[ACCOUNT] == account and account and order[REMAINING]:
+                    if skip_own:
+                        continue
+                    return False
                 wanted -= order[REMAINING]
-            if wanted <= 0:
-                return True
+                if wanted <= 0:
+                    return True
         return False
 
     def iter_orders(self) -> Iterator[Order]:
@@ -182,7 +213,9 @@ class _SideBook:
 class Book:
     """The state of one market and the rules that change it. Driven by ``Engine.apply``."""
 
-    __slots__ = ("config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "limits")
+    __slots__ = (
+        "config", "market", "bids", "asks", "orders", "last_seq", "next_trade_id", "limits", "taker_reduced"
+    )
 
     def __init__(self, config: MarketConfig) -> None:
         self.config = config
@@ -194,22 +227,26 @@ class Book:
         self.next_trade_id = 1
         c = config
         self.limits = (c.min_size, c.max_size, c.lot_size, c.min_price, c.max_price, c.tick_size)
+        self.taker_reduced = 0  # _take's second result: what DECREMENT took from the taker without a trade
 
     # -------------------------------------------------------------------------------------- commands
 
     def submit(self, cmd: SubmitOrder) -> list[Event]:
         """Every submit. Rejections are decided before any trade (nothing changes then).
 
-        Check order: side, order type, size (bounds, lot), price (presence, bounds, tick), then the book:
-        POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY. The most common command, a valid LIMIT
-        order with enum side and type, is recognised by one fast check (it lets nothing else through);
-        everything else is decoded and asked ``MarketConfig.order_error``. Both go on the same way.
+        Check order: side, order type, self-trade prevention mode, size (bounds, lot), price (presence,
+        bounds, tick), then the book: POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY. The most common
+        command, a valid LIMIT order with enum side, type and mode, is recognised by one fast check (it lets
+        nothing else through); everything else is decoded and asked ``MarketConfig.order_error``. Both go on
+        the same way.
         """
         seq = cmd.seq
         side = cmd.side
         otype = cmd.order_type
         size = cmd.size
         price = cmd.price
+        account = cmd.account
+        stp = cmd.stp
         min_size, max_size, lot, min_price, max_price, tick = self.limits
         if not (
             otype is LIMIT
@@ -222,19 +259,26 @@ class Book:
             and not price % tick
             and not size % lot
             and (side is BUY or side is SELL)
+            and (stp is CANCEL_TAKER or type(stp) is SelfTradePrevention)  # the default first: cheaper
+            and type(account) is str
         ):
-            # A logged command may carry any value (model.py): a plain int 1/2 becomes the enum, anything
-            # else (even an unhashable value) None, which order_error refuses.
+            if type(account) is not str:
+                raise _bad_account(account)
+            # A logged command may carry any value (model.py): a plain int that is a member's value becomes
+            # the enum, anything else (even an unhashable value) None, which order_error refuses.
             raw_side: object = side
             raw_type: object = otype
+            raw_stp: object = stp
             decoded_side = raw_side if type(raw_side) is Side else (
                 SIDES.get(raw_side) if type(raw_side) is int else None)
             decoded_type = raw_type if type(raw_type) is OrderType else (
                 ORDER_TYPES.get(raw_type) if type(raw_type) is int else None)
-            reason = self.config.order_error(decoded_side, decoded_type, size, price)
-            if reason is not None or decoded_side is None or decoded_type is None:
-                return [_new(OrderRejected, (self.market, seq, seq, reason))]
-            side, otype = decoded_side, decoded_type
+            decoded_stp = raw_stp if type(raw_stp) is SelfTradePrevention else (
+                SELF_TRADE_PREVENTIONS.get(raw_stp) if type(raw_stp) is int else None)
+            reason = self.config.order_error(decoded_side, decoded_type, size, price, decoded_stp)
+            if reason is not None or decoded_side is None or decoded_type is None or decoded_stp is None:
+                return [_new(OrderRejected, (self.market, seq, seq, reason, account))]
+            side, otype, stp = decoded_side, decoded_type, decoded_stp
 
         market = self.market
         if side is BUY:
@@ -246,7 +290,7 @@ class Book:
 
         if opp.best > limit_key:  # cannot trade: the common, passive case
             if otype is LIMIT or otype is POST_ONLY:  # rest (``own.rest``, inlined on the hot path)
-                order = [size, seq, price, size, side, otype is POST_ONLY]
+                order = [size, seq, price, size, side, otype is POST_ONLY, account, stp]
                 # a LIMIT or POST_ONLY order has an int price here (the fast check, or order_error, said so)
                 queue = own.levels.get(price)  # type: ignore[arg-type]
                 if queue is None:
@@ -254,34 +298,34 @@ class Book:
                 queue.append(order)
                 self.orders[seq] = order
                 return [
-                    _new(OrderAccepted, (market, seq, seq, side, otype, price, size)),
-                    _new(OrderRested, (market, seq, seq, side, price, size)),
+                    _new(OrderAccepted, (market, seq, seq, side, otype, price, size, account)),
+                    _new(OrderRested, (market, seq, seq, side, price, size, account)),
                 ]
             if otype is IOC:
                 return [
-                    _new(OrderAccepted, (market, seq, seq, side, otype, price, size)),
-                    _new(OrderCancelled, (market, seq, seq, size, CancelReason.IOC_REMAINDER)),
+                    _new(OrderAccepted, (market, seq, seq, side, otype, price, size, account)),
+                    _new(OrderCancelled, (market, seq, seq, size, CancelReason.IOC_REMAINDER, account)),
                 ]
             if otype is FOK:
-                return [_new(OrderRejected, (market, seq, seq, RejectReason.FOK_CANNOT_FILL))]
-            return [_new(OrderRejected, (market, seq, seq, RejectReason.NO_LIQUIDITY))]
+                return [_new(OrderRejected, (market, seq, seq, RejectReason.FOK_CANNOT_FILL, account))]
+            return [_new(OrderRejected, (market, seq, seq, RejectReason.NO_LIQUIDITY, account))]
 
-        if otype is POST_ONLY:
-            return [_new(OrderRejected, (market, seq, seq, RejectReason.POST_ONLY_WOULD_TAKE))]
-        if otype is FOK and not opp.available(limit_key, size):
-            return [_new(OrderRejected, (market, seq, seq, RejectReason.FOK_CANNOT_FILL))]
+        if otype is POST_ONLY:  # never takes, so self-trade prevention never applies to it
+            return [_new(OrderRejected, (market, seq, seq, RejectReason.POST_ONLY_WOULD_TAKE, account))]
+        if otype is FOK and not opp.available(limit_key, size, account, stp):
+            return [_new(OrderRejected, (market, seq, seq, RejectReason.FOK_CANNOT_FILL, account))]
 
-        events: list[Event] = [_new(OrderAccepted, (market, seq, seq, side, otype, price, size))]
-        remaining = self._take(seq, seq, side, size, limit_key, opp, events)
+        events: list[Event] = [_new(OrderAccepted, (market, seq, seq, side, otype, price, size, account))]
+        remaining = self._take(seq, seq, side, size, limit_key, opp, events, account, stp)
         if remaining:
             if otype is LIMIT:
-                order = [remaining, seq, price, size, side, False]
+                order = [remaining, seq, price, size - self.taker_reduced, side, False, account, stp]
                 own.rest(order)
                 self.orders[seq] = order
-                events.append(_new(OrderRested, (market, seq, seq, side, price, remaining)))
-            else:  # IOC or MARKET (a FOK was checked to fill completely)
+                events.append(_new(OrderRested, (market, seq, seq, side, price, remaining, account)))
+            else:  # IOC or MARKET out of liquidity (a FOK was checked to fill completely)
                 why = CancelReason.MARKET_REMAINDER if otype is MARKET else CancelReason.IOC_REMAINDER
-                events.append(_new(OrderCancelled, (market, seq, seq, remaining, why)))
+                events.append(_new(OrderCancelled, (market, seq, seq, remaining, why, account)))
         return events
 
     def _take(
@@ -293,10 +337,15 @@ class Book:
         limit_key: int,
         opp: _SideBook,
         events: list[Event],
+        account: str,
+        stp: SelfTradePrevention,
     ) -> int:
         """Match ``remaining`` against ``opp`` at keys <= ``limit_key``, best level first, FIFO within it.
 
-        Appends one OrderFilled per trade, at the maker's price, and returns what is left to fill.
+        Appends one OrderFilled per trade, at the maker's price, and returns what is left to fill. A maker of
+        the taker's own non-empty ``account`` is handed to ``_prevent_self_trade`` instead (its events go
+        where the trade would have); if that finishes the taker, its cancel is appended and 0 returned.
+        What DECREMENT took from the taker is left in ``self.taker_reduced``, for a remainder that rests.
         Callers only call this when the order crosses (``opp.best <= limit_key``).
         """
         market = self.market
@@ -305,11 +354,18 @@ class Book:
         sign = opp.sign
         trade_id = self.next_trade_id
         append = events.append
+        self.taker_reduced = 0
         best = opp.best
         while best <= limit_key:
             price = sign * best
             queue = levels[price]
             maker = queue[0]  # the front order of a level is always live
+            if maker[6] == account and account:  # account: an own order, no trade
+                remaining = self._prevent_self_trade(seq, taker_id, remaining, maker, opp, events, account, stp)
+                if not remaining:
+                    break
+                best = opp.best
+                continue
             available = maker[0]  # remaining
             while available <= remaining:  # the maker is filled completely and leaves the book
                 queue.popleft()
@@ -318,7 +374,10 @@ class Book:
                 append(
                     _new(
                         OrderFilled,
-                        (market, seq, trade_id, price, available, maker[1], taker_id, taker_side, 0, remaining),
+                        (
+                            market, seq, trade_id, price, available, maker[1], taker_id, taker_side, 0, remaining,
+                            maker[6], account,  # accounts
+                        ),
                     )
                 )
                 trade_id += 1
@@ -329,6 +388,8 @@ class Book:
                 if not remaining:
                     break
                 maker = queue[0]
+                if maker[6] == account and account:  # account: an own order, handled from the top
+                    break
                 available = maker[0]
             else:  # the maker keeps a remainder; the taker is done
                 available -= remaining
@@ -336,7 +397,10 @@ class Book:
                 append(
                     _new(
                         OrderFilled,
-                        (market, seq, trade_id, price, remaining, maker[1], taker_id, taker_side, available, 0),
+                        (
+                            market, seq, trade_id, price, remaining, maker[1], taker_id, taker_side, available, 0,
+                            maker[6], account,  # accounts
+                        ),
                     )
                 )
                 trade_id += 1
@@ -349,34 +413,89 @@ class Book:
         self.next_trade_id = trade_id
         return remaining
 
+    def _prevent_self_trade(
+        self,
+        seq: int,
+        taker_id: int,
+        remaining: int,
+        maker: Order,
+        opp: _SideBook,
+        events: list[Event],
+        account: str,
+        stp: SelfTradePrevention,
+    ) -> int:
+        """The taker (``remaining`` open) met ``maker``, the front order of ``opp``'s best level, of its own
+        account: apply ``stp`` instead of a trade. Appends the maker's event, then the taker's if it has one
+        (a cancel finishes it); returns the taker's new open size (0: finished)."""
+        market = self.market
+        if stp is CANCEL_TAKER:
+            events.append(_new(OrderCancelled, (market, seq, taker_id, remaining, SELF_TRADE_PREVENTED, account)))
+            return 0
+        maker_id = maker[ORDER_ID]
+        lost = maker[REMAINING] if stp is CANCEL_MAKER or stp is CANCEL_BOTH else min(remaining, maker[REMAINING])
+        if lost == maker[REMAINING]:  # the maker is cancelled
+            del self.orders[maker_id]
+            opp.unlink(maker)
+            events.append(_new(OrderCancelled, (market, seq, maker_id, lost, SELF_TRADE_PREVENTED, account)))
+        else:  # DECREMENT, the maker keeps a remainder (and its place)
+            maker[REMAINING] -= lost
+            maker[SIZE] -= lost
+            events.append(
+                _new(OrderReduced, (market, seq, maker_id, lost, maker[REMAINING], SELF_TRADE_PREVENTED, account))
+            )
+        if stp is CANCEL_MAKER:
+            return remaining
+        if stp is CANCEL_BOTH:
+            events.append(_new(OrderCancelled, (market, seq, taker_id, remaining, SELF_TRADE_PREVENTED, account)))
+            return 0
+        remaining -= lost  # DECREMENT
+        if not remaining:
+            events.append(_new(OrderCancelled, (market, seq, taker_id, lost, SELF_TRADE_PREVENTED, account)))
+            return 0
+        self.taker_reduced += lost
+        events.append(_new(OrderReduced, (market, seq, taker_id, lost, remaining, SELF_TRADE_PREVENTED, account)))
+        return remaining
+
     def cancel(self, cmd: CancelOrder) -> list[Event]:
+        """Check order: ORDER_NOT_FOUND, NOT_ORDER_OWNER."""
         order_id = cmd.order_id
-        order = self.orders.pop(order_id, None) if type(order_id) is int else None
+        account = cmd.account
+        if type(account) is not str:
+            raise _bad_account(account)
+        order = self.orders.get(order_id) if type(order_id) is int else None
         if order is None:
-            return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND))]
+            return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.ORDER_NOT_FOUND, account))]
+        if order[6] != account:  # account
+            return [_new(OrderRejected, (self.market, cmd.seq, order_id, RejectReason.NOT_ORDER_OWNER, account))]
+        del self.orders[order_id]
         side = self.bids if order[4] is BUY else self.asks  # side
-        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, side.unlink(order), USER))]
+        return [_new(OrderCancelled, (self.market, cmd.seq, order_id, side.unlink(order), USER, account))]
 
     def amend(self, cmd: AmendOrder) -> list[Event]:
         """Change a resting order's open size and/or price (see the package docstring for the rules).
 
-        Check order: AMEND_SIZE_INVALID, ORDER_NOT_FOUND, the market's rules for the order's filled size
-        (``MarketConfig.amend_error``: size, then price), AMEND_NO_CHANGE, POST_ONLY_WOULD_TAKE (a
+        Check order: AMEND_SIZE_INVALID, ORDER_NOT_FOUND, NOT_ORDER_OWNER, the market's rules for the order's
+        filled size (``MarketConfig.amend_error``: size, then price), AMEND_NO_CHANGE, POST_ONLY_WOULD_TAKE (a
         post-only order amended to a crossing price).
         """
         market, seq, order_id, new_size, new_price = self.market, cmd.seq, cmd.order_id, cmd.new_size, cmd.new_price
+        account = cmd.account
+        if type(account) is not str:
+            raise _bad_account(account)
         order = self.orders.get(order_id) if type(order_id) is int else None
         filled = 0 if order is None else order[SIZE] - order[REMAINING]
         reason = self.config.amend_error(new_size, new_price, filled)
         if order is None:
             if reason is not RejectReason.AMEND_SIZE_INVALID:  # the one check that ranks before the order's
                 reason = RejectReason.ORDER_NOT_FOUND
+        elif reason is not RejectReason.AMEND_SIZE_INVALID and order[ACCOUNT] != account:
+            reason = RejectReason.NOT_ORDER_OWNER
         elif reason is None:
             price = order[PRICE] if new_price is None else new_price
             if price == order[PRICE] and new_size == order[REMAINING]:
                 reason = RejectReason.AMEND_NO_CHANGE
         if reason is not None:
-            return [_new(OrderRejected, (market, seq, order_id, reason))]
+            return [_new(OrderRejected, (market, seq, order_id, reason, account))]
         assert order is not None
 
         side = order[SIDE]
@@ -384,22 +503,24 @@ class Book:
         if price == order[PRICE] and new_size < order[REMAINING]:  # a pure reduction keeps priority
             order[SIZE] = filled + new_size
             order[REMAINING] = new_size
-            return [_new(OrderAmended, (market, seq, order_id, price, new_size, True))]
+            return [_new(OrderAmended, (market, seq, order_id, price, new_size, True, account))]
 
         limit_key = price if side is BUY else -price
         crosses = opp.best <= limit_key
         if crosses and order[POST_ONLY_FLAG]:
-            return [_new(OrderRejected, (market, seq, order_id, RejectReason.POST_ONLY_WOULD_TAKE))]
+            return [_new(OrderRejected, (market, seq, order_id, RejectReason.POST_ONLY_WOULD_TAKE, account))]
         own.unlink(order)
         del self.orders[order_id]
-        events: list[Event] = [_new(OrderAmended, (market, seq, order_id, price, new_size, False))]
+        events: list[Event] = [_new(OrderAmended, (market, seq, order_id, price, new_size, False, account))]
         remaining = new_size
-        if crosses:  # trade like a new aggressive limit order of the new open size
-            remaining = self._take(seq, order_id, side, new_size, limit_key, opp, events)
+        size = filled + new_size
+        if crosses:  # trade like a new aggressive limit order of the new open size, with its own STP mode
+            remaining = self._take(seq, order_id, side, new_size, limit_key, opp, events, account, order[STP])
             if not remaining:
                 return events
-            events.append(_new(OrderRested, (market, seq, order_id, side, price, remaining)))
-        requeued = [remaining, order_id, price, filled + new_size, side, order[POST_ONLY_FLAG]]
+            size -= self.taker_reduced
+            events.append(_new(OrderRested, (market, seq, order_id, side, price, remaining, account)))
+        requeued = [remaining, order_id, price, size, side, order[POST_ONLY_FLAG], account, order[STP]]
         own.rest(requeued)
         self.orders[order_id] = requeued
         return events
@@ -437,7 +558,7 @@ class Book:
                 assert book.tombs.get(price, 0) == tombs, f"{where}: {tombs} tombstones, counted {book.tombs}"
                 assert tombs <= len(queue) - tombs + _SLACK, f"{where}: too many tombstones"
                 for o in queue:
-                    assert len(o) == 6, f"{where}: malformed order record {o!r}"
+                    assert len(o) == 8, f"{where}: malformed order record {o!r}"
                     if not o[REMAINING]:
                         indexed = self.orders.get(o[ORDER_ID]) is o
                         assert not indexed, f"{where}: tombstone {o[ORDER_ID]} in the index"
@@ -445,6 +566,8 @@ class Book:
                     oid = o[ORDER_ID]
                     assert 0 < o[REMAINING] <= o[SIZE], f"{where}: order {oid} remaining {o[REMAINING]}"
                     assert o[PRICE] == price and o[SIDE] is side, f"{where}: order {oid} misplaced"
+                    assert type(o[ACCOUNT]) is str, f"{where}: order {oid} account {o[ACCOUNT]!r}"
+                    assert type(o[STP]) is SelfTradePrevention, f"{where}: order {oid} stp {o[STP]!r}"
                     assert oid not in seen, f"{where}: order {oid} twice"
                     assert self.orders.get(oid) is o, f"{where}: order {oid} not indexed"
                     seen[oid] = o

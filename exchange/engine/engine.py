@@ -8,8 +8,10 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
-from exchange.engine.book import ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, Book, Order
+from exchange.engine.book import ACCOUNT, ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, STP, Book, Order
 from exchange.engine.model import (
+    CANCEL_TAKER,
+    SELF_TRADE_PREVENTIONS,
     AmendOrder,
     CancelOrder,
     Command,
@@ -23,7 +25,7 @@ from exchange.engine.model import (
 )
 
 SNAPSHOT_MAGIC = b"P2PXENG\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # written; 1 (before accounts: orders of account "") is still read
 _HEADER = struct.Struct(">8sHI")  # magic, version, crc32 of the body
 _CONFIG_FIELDS = ("symbol", "tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
 
@@ -53,9 +55,10 @@ class Engine:
     def apply(self, command: Command) -> list[Event]:
         """Apply the next command of its market; return the events it produced, in order.
 
-        Raises UnknownMarketError for an unknown market and SequenceError unless ``command.seq`` is
-        exactly ``last_seq(market) + 1``; in both cases nothing changes. Every market-level failure is an
-        ``OrderRejected`` event instead, and a rejected command still consumes its seq.
+        Raises UnknownMarketError for an unknown market, SequenceError unless ``command.seq`` is exactly
+        ``last_seq(market) + 1``, and TypeError for a command whose ``account`` is not a str; in all these
+        cases nothing changes. Every market-level failure is an ``OrderRejected`` event instead, and a
+        rejected command still consumes its seq.
         """
         try:
             book = self._books[command.market]
@@ -150,21 +153,21 @@ class Engine:
         magic, version, crc = _HEADER.unpack_from(data)
         if magic != SNAPSHOT_MAGIC:
             raise ValueError(f"not an engine snapshot: magic {magic!r}")
-        if version != SNAPSHOT_VERSION:
-            raise ValueError(f"unsupported snapshot version {version}, this engine reads {SNAPSHOT_VERSION}")
+        if version not in (1, SNAPSHOT_VERSION):
+            raise ValueError(f"unsupported snapshot version {version}, this engine reads 1 and {SNAPSHOT_VERSION}")
         body = data[_HEADER.size :]
         if zlib.crc32(body) != crc:
             raise ValueError("snapshot corrupt: body CRC32 mismatch")
         try:
             state = json.loads(body)
-            return cls._from_state(state)
+            return cls._from_state(state, version)
         except ValueError as exc:
             raise ValueError(f"invalid snapshot: {exc}") from exc
         except (KeyError, TypeError, AssertionError) as exc:
             raise ValueError(f"invalid snapshot: {type(exc).__name__}: {exc}") from exc
 
     @classmethod
-    def _from_state(cls, state: dict) -> Engine:
+    def _from_state(cls, state: dict, version: int) -> Engine:
         markets = state["markets"]
         if not isinstance(markets, list) or not markets:
             raise ValueError("no markets")
@@ -176,7 +179,7 @@ class Engine:
                 side_book = book.bids if side is Side.BUY else book.asks
                 previous_key = None
                 for entry in m[key]:
-                    order = _decode_order(entry, side, book)
+                    order = _decode_order(entry, side, book, version)
                     order_id = order[ORDER_ID]
                     if order_id in book.orders or order_id > book.last_seq:
                         raise ValueError(f"{book.market}: bad or duplicate order id {order_id}")
@@ -192,12 +195,26 @@ class Engine:
 
 def _view(order: Order) -> OrderView:
     return OrderView(
-        order[ORDER_ID], order[SIDE], order[PRICE], order[SIZE], order[REMAINING], order[SIZE] - order[REMAINING]
+        order[ORDER_ID],
+        order[SIDE],
+        order[PRICE],
+        order[SIZE],
+        order[REMAINING],
+        order[SIZE] - order[REMAINING],
+        order[ACCOUNT],
     )
 
 
-def _encode_order(order: Order) -> list[int]:
-    return [order[ORDER_ID], order[PRICE], order[SIZE], order[REMAINING], int(order[POST_ONLY_FLAG])]
+def _encode_order(order: Order) -> list[int | str]:
+    return [
+        order[ORDER_ID],
+        order[PRICE],
+        order[SIZE],
+        order[REMAINING],
+        int(order[POST_ONLY_FLAG]),
+        order[ACCOUNT],
+        int(order[STP]),
+    ]
 
 
 def _int(value: object, what: str, minimum: int) -> int:
@@ -206,14 +223,26 @@ def _int(value: object, what: str, minimum: int) -> int:
     return value
 
 
-def _decode_order(entry: object, side: Side, book: Book) -> Order:
-    if not isinstance(entry, list) or len(entry) != 5:
-        raise ValueError(f"{book.market}: order entry must be [id, price, size, remaining, post_only]")
+def _decode_order(entry: object, side: Side, book: Book, version: int) -> Order:
+    if version == 1:  # before accounts: every order is of account "", with the default mode
+        if not isinstance(entry, list) or len(entry) != 5:
+            raise ValueError(f"{book.market}: order entry must be [id, price, size, remaining, post_only]")
+        entry = [*entry, "", int(CANCEL_TAKER)]
+    if not isinstance(entry, list) or len(entry) != 7:
+        raise ValueError(f"{book.market}: order entry must be [id, price, size, remaining, post_only, account, stp]")
     order_id = _int(entry[0], "order id", 1)
     price = _int(entry[1], "price", 1)
     size = _int(entry[2], "size", 1)
     remaining = _int(entry[3], "remaining", 1)
     post_only = _int(entry[4], "post_only", 0)
-    if remaining > size or post_only > 1 or book.config.price_error(price) is not None:
+    account = entry[5]
+    stp = SELF_TRADE_PREVENTIONS.get(_int(entry[6], "stp", 1))
+    if (
+        remaining > size
+        or post_only > 1
+        or type(account) is not str
+        or stp is None
+        or book.config.price_error(price) is not None
+    ):
         raise ValueError(f"{book.market}: invalid order entry {entry!r}")
-    return [remaining, order_id, price, size, side, bool(post_only)]
+    return [remaining, order_id, price, size, side, bool(post_only), account, stp]

@@ -61,7 +61,7 @@ def _check_client_order_id(client_order_id: str) -> None:
 
 
 def new_order_command(
-    request: pb.CreateOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
+    request: pb.CreateOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str, account: str
 ) -> types_pb2.Command:
     """Validates a CreateOrderRequest and turns it into the command to sequence.
 
@@ -87,21 +87,28 @@ def new_order_command(
     if order_type is None:
         names = ", ".join(f"{t.name} ({t.value})" for t in eng.OrderType)
         raise InvalidArgument(f"unknown order_type {request.order_type}: use one of {names}")
+    stp = request.self_trade_prevention or types_pb2.CANCEL_TAKER
+    if stp not in eng.SELF_TRADE_PREVENTIONS:
+        names = ", ".join(f"{mode.name} ({mode.value})" for mode in eng.SelfTradePrevention)
+        raise InvalidArgument(f"unknown self_trade_prevention {request.self_trade_prevention}: use one of {names}, "
+                              "or leave it unset (CANCEL_TAKER)")
     price = request.limit_price or None  # 0: unset
     _refuse(config.order_error(side, order_type, size, price), config, size, price)
     _check_client_order_id(request.client_order_id)
     return types_pb2.Command(
         market=config.symbol,
         new_order=types_pb2.NewOrderCommand(
-            side=proto_side(side), order_type=proto_order_type(order_type), size=size, price=request.limit_price
+            side=proto_side(side), order_type=proto_order_type(order_type), size=size, price=request.limit_price,
+            self_trade_prevention=stp,
         ),
         client_order_id=request.client_order_id,
         origin_node=node_id,
+        account=account,
     )
 
 
 def cancel_command(
-    request: pb.CancelOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
+    request: pb.CancelOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str, account: str
 ) -> types_pb2.Command:
     config = resolve_market(markets, request.market)
     if request.order_id <= 0:
@@ -110,11 +117,12 @@ def cancel_command(
         market=config.symbol,
         cancel_order=types_pb2.CancelOrderCommand(order_id=request.order_id),
         origin_node=node_id,
+        account=account,
     )
 
 
 def amend_command(
-    request: pb.AmendOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str
+    request: pb.AmendOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str, account: str
 ) -> types_pb2.Command:
     config = resolve_market(markets, request.market)
     if request.order_id <= 0:
@@ -129,6 +137,7 @@ def amend_command(
             order_id=request.order_id, new_size=request.size, new_price=request.limit_price
         ),
         origin_node=node_id,
+        account=account,
     )
 
 
@@ -141,13 +150,17 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
         order_type = eng.ORDER_TYPES.get(order.order_type, order.order_type)
         side = eng.SIDES.get(order.side, order.side)
         price = order.price if order_type is not eng.OrderType.MARKET else (order.price or None)
-        # a logged command may carry numbers that are no side or type: the engine rejects them as an event
-        return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price)  # type: ignore[arg-type]
+        stp = eng.SELF_TRADE_PREVENTIONS.get(order.self_trade_prevention or types_pb2.CANCEL_TAKER,
+                                             order.self_trade_prevention)
+        # a logged command may carry numbers that are no side, type or mode: the engine rejects them as an event
+        return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price,  # type: ignore[arg-type]
+                               command.account, stp)  # type: ignore[arg-type]
     if kind == "cancel_order":
-        return eng.CancelOrder(command.market, seq, command.cancel_order.order_id)
+        return eng.CancelOrder(command.market, seq, command.cancel_order.order_id, command.account)
     if kind == "amend_order":
         amend = command.amend_order
-        return eng.AmendOrder(command.market, seq, amend.order_id, amend.new_size, amend.new_price or None)
+        return eng.AmendOrder(command.market, seq, amend.order_id, amend.new_size, amend.new_price or None,
+                              command.account)
     raise ValueError(f"sequenced command {seq} of {command.market} has no kind")
 
 
@@ -202,7 +215,41 @@ def market_event(event: eng.Event) -> pb.MarketEvent:
                 order_id=event.order_id, price=event.price, size=event.size, priority_kept=event.priority_kept
             )
         )
+    elif isinstance(event, eng.OrderReduced):
+        message.order_reduced.CopyFrom(
+            pb.OrderReduced(order_id=event.order_id, size=event.size, remaining=event.remaining,
+                            reason=event.reason.name)
+        )
     return message
+
+
+def order_events(market: str, seq: int, events: Iterable[eng.Event], account: str,
+                 client_order_id: str) -> list[pb.OrderEvent]:
+    """The events of one command that concern `account`'s orders, as its StreamOrders shows them (a trade is
+    a Fill from the side of the account's order)."""
+    found = []
+    for event in events:
+        if isinstance(event, eng.OrderFilled):
+            fills = []
+            if event.maker_account == account:
+                maker_side = eng.Side.SELL if event.taker_side is eng.Side.BUY else eng.Side.BUY
+                fills.append(pb.Fill(order_id=event.maker_order_id, trade_id=event.trade_id, price=event.price,
+                                     size=event.size, side=proto_side(maker_side), maker=True,
+                                     remaining=event.maker_remaining))
+            if event.taker_account == account:
+                fills.append(pb.Fill(order_id=event.taker_order_id, trade_id=event.trade_id, price=event.price,
+                                     size=event.size, side=proto_side(event.taker_side), maker=False,
+                                     remaining=event.taker_remaining))
+            found += [pb.OrderEvent(market=market, seq=seq, fill=fill, client_order_id=client_order_id)
+                      for fill in fills]
+        elif event.account == account:
+            public = market_event(event)
+            kind = public.WhichOneof("event")
+            assert kind is not None
+            own = pb.OrderEvent(market=market, seq=seq, client_order_id=client_order_id)
+            getattr(own, kind.removeprefix("order_")).CopyFrom(getattr(public, kind))
+            found.append(own)
+    return found
 
 
 def create_order_response(
@@ -218,12 +265,20 @@ def create_order_response(
         if isinstance(event, eng.OrderFilled):
             response.trades.append(trade(event))
             filled += event.size
+        elif isinstance(event, eng.OrderCancelled | eng.OrderReduced) and event.order_id != seq:
+            # a resting order of the caller's own account, cancelled or decremented instead of a trade
+            response.prevented_trades.add(resting_order_id=event.order_id, resting_size_removed=event.size)
+        elif isinstance(event, eng.OrderReduced):  # this order, decremented against one of its own
+            _prevented(response).incoming_size_removed += event.size
         elif isinstance(event, eng.OrderRested):
             response.status = pb.RESTING
             response.remaining_size = event.size
         elif isinstance(event, eng.OrderCancelled):
             response.status = pb.CANCELLED
             response.cancelled_size = event.size
+            response.cancel_reason = event.reason.name
+            if event.reason is eng.CancelReason.SELF_TRADE_PREVENTED:
+                _prevented(response).incoming_size_removed += event.size
         elif isinstance(event, eng.OrderRejected):
             response.status = pb.REJECTED
             response.reject_reason = event.reason.name
@@ -231,6 +286,15 @@ def create_order_response(
     if response.status == pb.ORDER_STATUS_UNSPECIFIED:
         response.status = pb.FILLED
     return response
+
+
+def _prevented(response: pb.CreateOrderResponse) -> pb.PreventedTrade:
+    """The prevented trade an incoming order's own reduction belongs to: the last one met, whose incoming side
+    is not known yet (CANCEL_TAKER cancels without touching the resting order: a new entry, resting id 0)."""
+    prevented = response.prevented_trades
+    if not prevented or prevented[-1].incoming_size_removed:
+        return prevented.add()
+    return prevented[-1]
 
 
 def rejection(events: Iterable[eng.Event]) -> eng.OrderRejected | None:

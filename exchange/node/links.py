@@ -308,6 +308,7 @@ class PeerStream:
     """
 
     MAX_QUEUED = 10_000  # broadcasts waiting for a slow peer before new ones are dropped
+    MAX_COALESCED = 2_000  # entries in one stream message (~160 KB, well inside a peer's 1 MiB limit)
     FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.05, 1.0
 
     def __init__(self, target: str, stub: exchange_pb2_grpc.ExchangeNodeStub, metadata: tuple) -> None:
@@ -338,7 +339,7 @@ class PeerStream:
         call = None
         try:
             while True:
-                request = await self.queue.get()
+                request = self._coalesced(await self.queue.get())
                 call = await self._write(call, request)
                 if self.failures:
                     log.info("broadcast stream to %s restored after %d failed", self.target, self.failures)
@@ -360,6 +361,16 @@ class PeerStream:
                             self.target, self.failures, lost, code)
             if call is not None:
                 call.cancel()
+
+    def _coalesced(self, request: exchange_pb2.BroadcastOrderRequest) -> exchange_pb2.BroadcastOrderRequest:
+        """`request` and the broadcasts queued behind it, as one message (up to MAX_COALESCED entries): under load
+        the stream then carries one message per write, not one per granted batch."""
+        if self.queue.empty():
+            return request
+        merged = exchange_pb2.BroadcastOrderRequest(origin_node=request.origin_node, commands=request.commands)
+        while not self.queue.empty() and len(merged.commands) < self.MAX_COALESCED:
+            merged.commands.extend(self.queue.get_nowait().commands)
+        return merged
 
     async def _write(self, call: grpc.aio.StreamUnaryCall | None,
                      request: exchange_pb2.BroadcastOrderRequest) -> grpc.aio.StreamUnaryCall:

@@ -8,15 +8,18 @@ import logging
 import socket
 
 from discovery.consul import ConsulKV, ConsulRegistry
+from exchange.accounts import ACCOUNTS_PREFIX
 from exchange.cluster import (
     PEER_SERVICE,
     add_cluster_arguments,
+    is_loopback,
     peer_token,
     refuse_development_secret,
     split_host_port,
 )
 from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
+from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccountRegistry, Gatekeeper, RateLimiter
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
 from exchange.node.replica import Replica
@@ -39,9 +42,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="commands per market whose events are kept for retries and StreamEvents resume")
     parser.add_argument("--snapshot-threshold", type=int, default=10_000,
                         help="log entries behind at start from which a peer's snapshot is fetched first")
+    parser.add_argument("--rate-limit", type=float, default=DEFAULT_RATE,
+                        help="orders (and cancels, amends) per second per account")
+    parser.add_argument("--rate-burst", type=float, default=DEFAULT_BURST, help="orders an account may send at once")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="development only: order entry without API keys (orders belong to no account); "
+                             "refused beyond loopback")
     add_cluster_arguments(parser)
     add_tls_argument(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.insecure_no_auth and not is_loopback(split_host_port(args.listen)[0]):
+        parser.error("--insecure-no-auth is for development on loopback only: anyone could trade as anyone")
+    return args
 
 
 async def initial_catch_up(
@@ -64,7 +76,7 @@ async def initial_catch_up(
         snapshot = await peers.fetch_snapshot()
         if snapshot is not None:
             try:
-                ids = [(c.market, c.client_order_id, c.seq) for c in snapshot.client_order_ids]
+                ids = [(c.market, c.account, c.client_order_id, c.seq) for c in snapshot.client_order_ids]
                 if replica.adopt(snapshot.engine, ids):
                     log.info("restored from %s's snapshot at %s", snapshot.node_id,
                              {m: replica.applied_seq(m) for m in pipelines})
@@ -82,6 +94,17 @@ async def initial_catch_up(
                 delay = min(delay * 2, 2.0)
 
 
+async def _ready(catch_up: asyncio.Future[None], accounts: AccountRegistry | None) -> None:
+    """The node may serve once it is current and, with accounts, once it has read the account registry."""
+    await catch_up
+    waited = False
+    while accounts is not None and not accounts.status()[0]:
+        if not waited:
+            log.info("waiting for the account registry (Consul KV %s)", ACCOUNTS_PREFIX)
+            waited = True
+        await asyncio.sleep(0.05)
+
+
 async def serve(args: argparse.Namespace) -> None:
     host, port = split_host_port(args.listen)
     secret = args.cluster_secret.encode()
@@ -93,6 +116,11 @@ async def serve(args: argparse.Namespace) -> None:
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     kv = ConsulKV(consul_host, consul_port)
     markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
+    accounts = None
+    if not args.insecure_no_auth:
+        accounts = AccountRegistry()
+        accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
+    gate = Gatekeeper(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
     sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls, leader=kv)
     peers = PeerSet(registry, node_id, secret, tls=tls)
@@ -100,7 +128,7 @@ async def serve(args: argparse.Namespace) -> None:
         market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)
         for market in replica.markets
     }
-    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret)
+    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, gate)
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
     await server.start()
     await server.set_serving(False)
@@ -110,8 +138,9 @@ async def serve(args: argparse.Namespace) -> None:
     catch_up = asyncio.ensure_future(
         initial_catch_up(pipelines, sequencer, replica, peers, args.snapshot_threshold)
     )
-    await asyncio.wait([stop, catch_up], return_when=asyncio.FIRST_COMPLETED)
-    if catch_up.done():
+    ready = asyncio.ensure_future(_ready(catch_up, accounts))
+    await asyncio.wait([stop, ready], return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
         for pipeline in pipelines.values():
             pipeline.start()
         service.state = SERVING
@@ -121,6 +150,7 @@ async def serve(args: argparse.Namespace) -> None:
         )
         log.info("node %s serving", node_id)
     signal_name = await stop
+    ready.cancel()
     catch_up.cancel()
     log.info("%s received: stopping", signal_name)
     service.state = STOPPING
@@ -133,6 +163,8 @@ async def serve(args: argparse.Namespace) -> None:
     await peers.close()
     await sequencer.close()
     registry.close()
+    if accounts is not None:
+        accounts.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ and on whichever node it is sent: a repeat gets the first result, marked `duplic
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -16,8 +17,17 @@ from typing import TypeVar
 import grpc
 
 from exchange import engine as eng
-from exchange.errors import ExchangeError, FailedPrecondition, InvalidArgument, NotFound, rpc, status_of
+from exchange.errors import (
+    ExchangeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    rpc,
+    status_of,
+)
 from exchange.node import convert
+from exchange.node.auth import Caller, Gatekeeper
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Sequencer
 from exchange.node.metrics import counters
@@ -39,6 +49,7 @@ MAX_BATCH_ORDERS = 1000
 REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
     eng.RejectReason.ORDER_NOT_FOUND: NotFound,
     eng.RejectReason.POST_ONLY_WOULD_TAKE: FailedPrecondition,
+    eng.RejectReason.NOT_ORDER_OWNER: PermissionDenied,
 }
 
 
@@ -119,13 +130,15 @@ class OrderEntryRPCs:
     """The order-entry RPCs of ExchangeNode (see exchange/node/service.py for the other parts)."""
 
     def __init__(
-        self, node: NodeState, replica: Replica, pipelines: Mapping[str, MarketPipeline], sequencer: Sequencer
+        self, node: NodeState, replica: Replica, pipelines: Mapping[str, MarketPipeline], sequencer: Sequencer,
+        gate: Gatekeeper,
     ) -> None:
         self.node = node
+        self.gate = gate
         self.replica = replica
         self.pipelines = pipelines
         self.sequencer = sequencer
-        self._in_flight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
+        self._in_flight: dict[tuple[str, str, str], asyncio.Future[Outcome]] = {}  # (market, account, coid)
 
     @property
     def node_id(self) -> str:
@@ -139,7 +152,8 @@ class OrderEntryRPCs:
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateOrderResponse:
-        return await self._place(request)
+        caller = self.gate.caller(context)
+        return await self._place(request, caller)
 
     @rpc
     @receives_malformed_items
@@ -147,8 +161,12 @@ class OrderEntryRPCs:
         self, request_iterator: AsyncIterator[pb.CreateOrderRequest | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderEntryResult]:
         """Starts each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
-        request order, one result each; a failed order is an error result and the stream goes on."""
-        async for result in _answered_in_order(request_iterator, self._start_entry, self._entry_result, ENTRY_WINDOW):
+        request order, one result each; a failed order is an error result and the stream goes on. A key
+        disabled while the stream is open ends it with UNAUTHENTICATED: nothing after is placed."""
+        caller = self.gate.caller(context)
+        async for result in _answered_in_order(
+            request_iterator, functools.partial(self._start_entry, caller=caller), self._entry_result, ENTRY_WINDOW
+        ):
             yield result
 
     @rpc
@@ -157,10 +175,15 @@ class OrderEntryRPCs:
         self, request_iterator: AsyncIterator[pb.OrderBatch | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderBatchResult]:
         """OrderEntry with batches: each order of a batch is an OrderEntry item, the batch one message."""
-        async for result in _answered_in_order(request_iterator, self._start_batch, self._batch_result, BATCH_WINDOW):
+        caller = self.gate.caller(context)
+        async for result in _answered_in_order(
+            request_iterator, functools.partial(self._start_batch, caller=caller), self._batch_result, BATCH_WINDOW
+        ):
             yield result
 
-    def _start_batch(self, batch: pb.OrderBatch | Malformed) -> list[asyncio.Future[Outcome] | pb.OrderEntryResult]:
+    def _start_batch(
+        self, batch: pb.OrderBatch | Malformed, caller: Caller
+    ) -> list[asyncio.Future[Outcome] | pb.OrderEntryResult]:
         if isinstance(batch, Malformed):
             return [_entry_error(InvalidArgument(f"this stream item is not a valid OrderBatch: {batch.error}"))]
         if len(batch.orders) > MAX_BATCH_ORDERS:
@@ -168,17 +191,21 @@ class OrderEntryRPCs:
                 f"a batch holds at most {MAX_BATCH_ORDERS} orders, this one {len(batch.orders)}; none was placed"
             ))
             return [refused] * len(batch.orders)
-        return [self._start_entry(order) for order in batch.orders]
+        return [self._start_entry(order, caller) for order in batch.orders]
 
     async def _batch_result(self, started: list[asyncio.Future[Outcome] | pb.OrderEntryResult]) -> pb.OrderBatchResult:
         return pb.OrderBatchResult(results=[await self._entry_result(order) for order in started])
 
-    def _start_entry(self, request: pb.CreateOrderRequest | Malformed) -> asyncio.Future[Outcome] | pb.OrderEntryResult:
-        """Starts one order of an OrderEntry stream; an order refused at once gets its error result."""
+    def _start_entry(
+        self, request: pb.CreateOrderRequest | Malformed, caller: Caller
+    ) -> asyncio.Future[Outcome] | pb.OrderEntryResult:
+        """Starts one order of an OrderEntry stream; an order refused at once gets its error result. A key that
+        no longer works raises (UNAUTHENTICATED), which ends the stream."""
+        account = self.gate.account(caller)
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument(f"this stream item is not a valid CreateOrderRequest: {request.error}")
-            return self._start_order(request)
+            return self._start_order(request, account)
         except Exception as error:  # noqa: BLE001 - a bad order must not end the stream
             return _entry_error(error)
 
@@ -193,31 +220,32 @@ class OrderEntryRPCs:
         except Exception as error:  # noqa: BLE001 - a failed order must not end the stream
             return _entry_error(error)
 
-    def _start_order(self, request: pb.CreateOrderRequest) -> asyncio.Future[Outcome]:
-        """Validates a new order and starts placing it (CreateOrder and each item of OrderEntry)."""
+    def _start_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
+        """Validates a new order of `account` and starts placing it (CreateOrder and each item of OrderEntry)."""
         counters["orders"] += 1
-        command = convert.new_order_command(request, self.markets, self.node_id)
+        self.gate.spend(account)
+        command = convert.new_order_command(request, self.markets, self.node_id, account)
         self.node.require_serving()
         if command.client_order_id:
             return self._once_per_client_id(command)
         return self.pipelines[command.market].enqueue(command)
 
-    async def _place(self, request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
+    async def _place(self, request: pb.CreateOrderRequest, caller: Caller) -> pb.CreateOrderResponse:
         """Validates, sequences and applies one new order; cancelling the caller does not withdraw it."""
-        return _order_response(await asyncio.shield(self._start_order(request)))
+        return _order_response(await asyncio.shield(self._start_order(request, self.gate.account(caller))))
 
     def _once_per_client_id(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
         """The first outcome for a client_order_id, however many times and wherever it is sent (a
         duplicate's outcome is marked so)."""
-        market, client_order_id = command.market, command.client_order_id
-        seq = self.replica.order_of_client_id(market, client_order_id)
+        market, account, client_order_id = command.market, command.account, command.client_order_id
+        seq = self.replica.order_of_client_id(market, account, client_order_id)
         loop = asyncio.get_running_loop()
         if seq is not None:
             applied = self.replica.retained_result(market, seq, client_order_id)
             known: asyncio.Future[Outcome] = loop.create_future()
             known.set_result(Outcome(seq, applied, duplicate=True))
             return known
-        key = (market, client_order_id)
+        key = (market, account, client_order_id)
         running = self._in_flight.get(key)
         if running is not None:
             duplicate: asyncio.Future[Outcome] = loop.create_future()
@@ -233,6 +261,9 @@ class OrderEntryRPCs:
         self.node.require_serving()
         market = command.market
         await self._require_may_rest(market, order_id)
+        owner = self.replica.owner(market, order_id)
+        if owner is not None and owner != command.account:
+            raise PermissionDenied(f"order {order_id} of {market} belongs to another account")
         outcome = await self.pipelines[market].submit(command)
         rejected = convert.rejection(outcome.applied.events)
         if rejected is not None:
@@ -258,7 +289,8 @@ class OrderEntryRPCs:
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOrderResponse:
-        command = convert.cancel_command(request, self.markets, self.node_id)
+        account = self._admit(context)
+        command = convert.cancel_command(request, self.markets, self.node_id, account)
         applied = await self._sequenced_change(command, request.order_id)
         cancelled = sum(e.size for e in applied.events if isinstance(e, eng.OrderCancelled))
         return pb.CancelOrderResponse(
@@ -269,7 +301,8 @@ class OrderEntryRPCs:
     async def AmendOrder(
         self, request: pb.AmendOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.AmendOrderResponse:
-        command = convert.amend_command(request, self.markets, self.node_id)
+        account = self._admit(context)
+        command = convert.amend_command(request, self.markets, self.node_id, account)
         applied = await self._sequenced_change(command, request.order_id)
         response = pb.AmendOrderResponse(market=command.market, order_id=request.order_id, seq=applied.seq)
         for event in applied.events:
@@ -281,4 +314,14 @@ class OrderEntryRPCs:
                 response.remaining_size = event.taker_remaining
             elif isinstance(event, eng.OrderRested):
                 response.remaining_size = event.size
+            elif isinstance(event, eng.OrderReduced) and event.order_id == request.order_id:
+                response.remaining_size = event.remaining  # decremented against an order of its own account
+            elif isinstance(event, eng.OrderCancelled) and event.order_id == request.order_id:
+                response.remaining_size = 0  # self-trade prevention cancelled what was left
         return response
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> str:
+        """The account of a cancel's or an amend's caller, within its rate limit (they count as orders)."""
+        account = self.gate.account(self.gate.caller(context))
+        self.gate.spend(account)
+        return account

@@ -38,7 +38,8 @@ class PeerRPCs:
         engine, client_order_ids = self.replica.snapshot()
         return pb.ReplicaSnapshot(
             node_id=self.node.node_id, engine=engine,
-            client_order_ids=[pb.ClientOrderId(market=m, client_order_id=c, seq=s) for m, c, s in client_order_ids],
+            client_order_ids=[pb.ClientOrderId(market=m, account=a, client_order_id=c, seq=s)
+                              for m, a, c, s in client_order_ids],
         )
 
     @rpc

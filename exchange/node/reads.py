@@ -1,4 +1,5 @@
-"""Reads: GetOrderBook, GetOrder, StreamEvents and GetStatus, answered from this node's replica.
+"""Market data: GetOrderBook, StreamEvents and GetStatus, answered from this node's replica, for anyone:
+no key is needed and no owner is shown.
 
 A node that is still catching up answers UNAVAILABLE rather than from a stale book; every book answer
 says which sequence it reflects (`seq`) and the highest one the node knows exists (`known_seq`).
@@ -6,17 +7,18 @@ says which sequence it reflects (`seq`) and the highest one the node knows exist
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 
 from exchange import engine as eng
-from exchange.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, rpc
+from exchange.errors import InvalidArgument, OutOfRange, Unavailable, rpc
 from exchange.node import convert
+from exchange.node.auth import AccountRegistry
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
 from exchange.node.metrics import counters
-from exchange.node.replica import Replica
+from exchange.node.replica import Applied, Replica
 from exchange.v1 import exchange_pb2 as pb
 
 # Applied entries a StreamEvents subscriber may fall behind by before its stream is ended (it resumes).
@@ -25,11 +27,45 @@ STREAM_QUEUE_LIMIT = 100_000
 ALL_LEVELS = 2**31
 
 
+async def applied_entries(replica: Replica, market: str, from_seq: int,
+                          still_allowed: Callable[[], object] = lambda: None) -> AsyncIterator[Applied]:
+    """The entries of `market` from `from_seq` (0: from now on), journaled then live, in sequence order, without
+    end: what an event stream (StreamEvents, StreamOrders) shows. OUT_OF_RANGE for a resume point the node no
+    longer retains; UNAVAILABLE for a reader that fell too far behind. `still_allowed` is asked before every live
+    entry and may raise (a disabled key ends its stream)."""
+    if from_seq < 0:
+        raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
+    with replica.subscribe(market) as queue:
+        next_seq = replica.applied_seq(market) + 1
+        if from_seq:
+            oldest = replica.oldest_journaled(market)
+            if from_seq < oldest:
+                raise OutOfRange(
+                    f"events of {market} before sequence {oldest} are no longer retained by this node; "
+                    f"resume from {oldest} or later"
+                )
+            for seq in range(from_seq, next_seq):
+                journaled = replica.journal_entry(market, seq)
+                assert journaled is not None  # between the oldest retained and the applied: journaled
+                yield journaled
+            next_seq = max(next_seq, from_seq)
+        while True:
+            applied = await queue.get()
+            if applied.seq < next_seq:
+                continue
+            if queue.qsize() > STREAM_QUEUE_LIMIT:
+                raise Unavailable("the stream fell too far behind; resume it from the last sequence seen")
+            still_allowed()
+            yield applied
+
+
 class ReadRPCs:
     """The read RPCs of ExchangeNode (see exchange/node/service.py for the other parts)."""
 
-    def __init__(self, node: NodeState, replica: Replica, sequencer: Sequencer, peers: Peers) -> None:
+    def __init__(self, node: NodeState, replica: Replica, sequencer: Sequencer, peers: Peers,
+                 registry: AccountRegistry | None) -> None:
         self.node = node
+        self.registry = registry
         self.replica = replica
         self.sequencer = sequencer
         self.peers = peers
@@ -79,51 +115,13 @@ class ReadRPCs:
         return sides[eng.Side.BUY], sides[eng.Side.SELL]
 
     @rpc
-    async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
-        market = convert.resolve_market(self.markets, request.market).symbol
-        if request.order_id <= 0:
-            raise InvalidArgument(f"order_id must be positive, got {request.order_id}")
-        state = self.replica.order_state(market, request.order_id)
-        if state is None:
-            raise NotFound(
-                f"order {request.order_id} of {market} is not resting and this node has no record of it "
-                f"(unknown, or finished longer ago than this node retains)"
-            )
-        return pb.Order(
-            market=market, order_id=state.order_id, side=state.side, order_type=state.order_type,
-            price=state.price, size=state.size, filled_size=state.filled, remaining_size=state.remaining,
-            status=state.status,
-            client_order_id=state.client_order_id,
-        )
-
-    @rpc
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.MarketEvent]:
         market = convert.resolve_market(self.markets, request.market).symbol
-        if request.from_seq < 0:
-            raise InvalidArgument(f"from_seq must be >= 0, got {request.from_seq}")
-        with self.replica.subscribe(market) as queue:
-            next_seq = self.replica.applied_seq(market) + 1
-            if request.from_seq:
-                oldest = self.replica.oldest_journaled(market)
-                if request.from_seq < oldest:
-                    raise OutOfRange(
-                        f"events of {market} before sequence {oldest} are no longer retained by this node; "
-                        f"resume from {oldest} or later"
-                    )
-                for seq in range(request.from_seq, next_seq):
-                    for event in self.replica.journaled_events(market, seq):
-                        yield convert.market_event(event)
-                next_seq = max(next_seq, request.from_seq)
-            while True:
-                applied = await queue.get()
-                if applied.seq < next_seq:
-                    continue
-                if queue.qsize() > STREAM_QUEUE_LIMIT:
-                    raise Unavailable("event stream fell too far behind; resume it from the last sequence seen")
-                for event in applied.events:
-                    yield convert.market_event(event)
+        async for applied in applied_entries(self.replica, market, request.from_seq):
+            for event in applied.events:
+                yield convert.market_event(event)
 
     @rpc
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
@@ -131,6 +129,11 @@ class ReadRPCs:
             node_id=self.node.node_id, state=self.node.state, peers=self.peers.targets(),
             sequencer=self.sequencer.target or "", counters=counters,
         )
+        if self.registry is not None:
+            loaded, fresh, accounts, keys = self.registry.status()
+            response.accounts.CopyFrom(
+                pb.AccountRegistryStatus(loaded=loaded, fresh=fresh, active_accounts=accounts, keys=keys)
+            )
         for market in self.markets:
             view = self.replica.view(market)
             response.markets.add(

@@ -6,9 +6,10 @@ market, buffers it when it is ahead, and ignores it when it is already applied, 
 idempotent and order-insensitive, and the books are a pure function of the log.
 
 Besides the engine, the replica keeps what is derived from the log and needed to answer clients:
-the events of recent commands (the journal: results of retried orders, StreamEvents resume, GetOrder),
-the client_order_id -> order id map (idempotency), the orders that left the book recently, and the open
-subscriptions of StreamEvents. Callers use its query methods; the state behind them is its own.
+the events of recent commands (the journal: results of retried orders, StreamEvents/StreamOrders resume,
+GetOrder), the (account, client_order_id) -> order id map (idempotency), each account's resting orders
+(ListOrders), the orders that left the book recently, and the open subscriptions of the event streams.
+Callers use its query methods; the state behind them is its own.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ log = logging.getLogger(__name__)
 
 MAX_BUFFERED = 200_000
 FILLED, CANCELLED, REJECTED, RESTING = pb.FILLED, pb.CANCELLED, pb.REJECTED, pb.RESTING
-FinishedRecord = tuple[pb.OrderStatus, int]  # (status, cancelled size) of an order that left the book
-OrderFilled, OrderCancelled, OrderRejected = eng.OrderFilled, eng.OrderCancelled, eng.OrderRejected
+FinishedRecord = tuple[pb.OrderStatus, int, str]  # (status, cancelled size, account) of an order that left the book
+ClientOrderKey = tuple[str, str]  # (account, client_order_id): a client_order_id is unique per account
+OrderFilled, OrderCancelled, OrderRejected, OrderRested = (
+    eng.OrderFilled, eng.OrderCancelled, eng.OrderRejected, eng.OrderRested)
 Level = tuple[int, int, int]  # (price, total open size, order count)
 
 
@@ -76,6 +79,7 @@ class OrderState:
     filled: int
     remaining: int
     client_order_id: str
+    account: str
 
 
 # A journal record: the command's bytes as logged (parsed again only when asked for: a retried order,
@@ -89,7 +93,9 @@ class _MarketState:
     market: str
     buffer: dict[int, types_pb2.SequencedCommand] = field(default_factory=dict)
     journal: OrderedDict[int, JournalRecord] = field(default_factory=OrderedDict)
-    client_order_ids: dict[str, int] = field(default_factory=dict)
+    client_order_ids: dict[ClientOrderKey, int] = field(default_factory=dict)
+    # account -> its resting orders' ids, oldest first (values unused: an ordered set)
+    resting_by_account: dict[str, dict[int, None]] = field(default_factory=dict)
     known_seq: int = 0
     listeners: set[asyncio.Queue[Applied]] = field(default_factory=set)
     # order id -> (status, cancelled size) of orders that left the book, most recent last (bounded).
@@ -159,23 +165,41 @@ class Replica:
         """The order as this node knows it: resting, or finished and still retained; None if neither."""
         side, order_type = types_pb2.SIDE_UNSPECIFIED, types_pb2.ORDER_TYPE_UNSPECIFIED
         price = size = 0
-        client_order_id = ""
+        client_order_id = account = ""
         submitted = self.journal_entry(market, order_id)
         if submitted is not None and submitted.command.WhichOneof("kind") == "new_order":
             new_order = submitted.command.new_order
             side, order_type, price, size = new_order.side, new_order.order_type, new_order.price, new_order.size
-            client_order_id = submitted.command.client_order_id
+            client_order_id, account = submitted.command.client_order_id, submitted.command.account
         view = self._engine.order(market, order_id)
         if view is not None:
-            side = proto_side(view.side)
-            return OrderState(market, order_id, RESTING, side, order_type, view.price, view.size,
-                              view.filled, view.remaining, client_order_id)
+            return OrderState(market, order_id, RESTING, proto_side(view.side), order_type, view.price, view.size,
+                              view.filled, view.remaining, client_order_id, view.account)
         finished = self._states[market].finished.get(order_id)
         if finished is None:
             return None
-        status, cancelled = finished
+        status, cancelled, owner = finished
         filled = size - cancelled if status == CANCELLED and size else size if status == FILLED else 0
-        return OrderState(market, order_id, status, side, order_type, price, size, filled, 0, client_order_id)
+        return OrderState(market, order_id, status, side, order_type, price, size, filled, 0, client_order_id,
+                          owner or account)
+
+    def owner(self, market: str, order_id: int) -> str | None:
+        """The account of a resting order (None if it does not rest here)."""
+        view = self._engine.order(market, order_id)
+        return None if view is None else view.account
+
+    def resting_orders_of(self, market: str, account: str, after: int = 0, limit: int = 100) -> list[OrderState]:
+        """`account`'s resting orders with ids above `after`, oldest first, at most `limit` of them."""
+        ids = self._states[market].resting_by_account.get(account, {})
+        found = []
+        for order_id in ids:
+            if order_id > after:
+                state = self.order_state(market, order_id)
+                if state is not None:
+                    found.append(state)
+                    if len(found) == limit:
+                        break
+        return found
 
     # -- the journal and idempotency -----------------------------------------------------------------
 
@@ -196,8 +220,8 @@ class Replica:
         """The events of journaled command `seq` (KeyError if it is not journaled)."""
         return self._states[market].journal[seq][1]
 
-    def order_of_client_id(self, market: str, client_order_id: str) -> int | None:
-        return self._states[market].client_order_ids.get(client_order_id)
+    def order_of_client_id(self, market: str, account: str, client_order_id: str) -> int | None:
+        return self._states[market].client_order_ids.get((account, client_order_id))
 
     def retained_result(self, market: str, seq: int, client_order_id: str) -> Applied:
         """The first result of the order a repeated `client_order_id` names, for its duplicate's answer.
@@ -246,16 +270,17 @@ class Replica:
             pass
         return True
 
-    def snapshot(self) -> tuple[bytes, list[tuple[str, str, int]]]:
-        """The replicated state a peer needs to start here: the engine, and every client_order_id."""
+    def snapshot(self) -> tuple[bytes, list[tuple[str, str, str, int]]]:
+        """The replicated state a peer needs to start here: the engine (with every resting order's owner),
+        and every (market, account, client_order_id, order id)."""
         client_order_ids = [
-            (market, client_order_id, seq)
+            (market, account, client_order_id, seq)
             for market, state in self._states.items()
-            for client_order_id, seq in state.client_order_ids.items()
+            for (account, client_order_id), seq in state.client_order_ids.items()
         ]
         return self._engine.snapshot(), client_order_ids
 
-    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, int]]) -> bool:
+    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, str, int]]) -> bool:
         """Replaces this replica's state by a peer's snapshot if it trades the same markets and is not
         behind in any of them; returns whether it did. Raises ValueError for a corrupt snapshot.
 
@@ -273,9 +298,13 @@ class Replica:
             applied = engine.last_seq(market)
             self.note_known(market, applied)
             state.buffer = {seq: entry for seq, entry in state.buffer.items() if seq > applied}
-        for market, client_order_id, seq in client_order_ids:
+        for market, account, client_order_id, seq in client_order_ids:
             if market in self._states:
-                self._states[market].client_order_ids.setdefault(client_order_id, seq)
+                self._states[market].client_order_ids.setdefault((account, client_order_id), seq)
+        for market, state in self._states.items():
+            state.resting_by_account = {}
+            for view in engine.resting_orders(market):
+                state.resting_by_account.setdefault(view.account, {})[view.order_id] = None
         while any(self._drain(state) for state in self._states.values()):
             pass
         return True
@@ -298,23 +327,30 @@ class Replica:
             journal.popitem(last=False)
         self._note_finished(state, events)
         if command.client_order_id and command.WhichOneof("kind") == "new_order":
-            state.client_order_ids.setdefault(command.client_order_id, entry.seq)
+            state.client_order_ids.setdefault((command.account, command.client_order_id), entry.seq)
         for listener in state.listeners:
             listener.put_nowait(applied)
         for callback in self._on_applied[state.market]:
             callback(applied)
 
     def _note_finished(self, state: _MarketState, events: list[eng.Event]) -> None:
+        """Keeps each account's resting orders and the recently finished orders current."""
         finished = state.finished
+        resting = state.resting_by_account
         for event in events:
             if type(event) is OrderFilled:
                 if event.maker_remaining == 0:
-                    finished[event.maker_order_id] = (FILLED, 0)
+                    finished[event.maker_order_id] = (FILLED, 0, event.maker_account)
+                    resting.get(event.maker_account, {}).pop(event.maker_order_id, None)
                 if event.taker_remaining == 0:
-                    finished[event.taker_order_id] = (FILLED, 0)
+                    finished[event.taker_order_id] = (FILLED, 0, event.taker_account)
+                    resting.get(event.taker_account, {}).pop(event.taker_order_id, None)
+            elif type(event) is OrderRested:
+                resting.setdefault(event.account, {})[event.order_id] = None
             elif type(event) is OrderCancelled:
-                finished[event.order_id] = (CANCELLED, event.size)
+                finished[event.order_id] = (CANCELLED, event.size, event.account)
+                resting.get(event.account, {}).pop(event.order_id, None)
             elif type(event) is OrderRejected and event.order_id == event.seq:
-                finished[event.order_id] = (REJECTED, 0)
+                finished[event.order_id] = (REJECTED, 0, event.account)
         while len(finished) > self.journal_size:
             finished.popitem(last=False)

@@ -1,7 +1,8 @@
 """The ExchangeNode gRPC service: one servicer made of three parts, one per audience.
 
-* `OrderEntryRPCs` (orders.py): clients placing, amending and cancelling orders;
-* `ReadRPCs` (reads.py): books, orders, events and status;
+* `OrderEntryRPCs` (orders.py): clients placing, amending and cancelling orders (with an API key);
+* `TraderViewRPCs` (trader_view.py): a trader's own orders and order events (with an API key);
+* `ReadRPCs` (reads.py): market data: books, events and status, for anyone;
 * `PeerRPCs` (peer_rpcs.py): the cluster's own calls (broadcasts, snapshots), behind the cluster token.
 
 Each part is a thin adapter over the replica and the sequencing pipelines; this module only states which
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from exchange.node.auth import Gatekeeper
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
 from exchange.node.orders import OrderEntryRPCs
@@ -20,19 +22,21 @@ from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.reads import ReadRPCs
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
+from exchange.node.trader_view import TraderViewRPCs
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 
 class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
     def __init__(
         self, node_id: str, replica: Replica, pipelines: Mapping[str, MarketPipeline],
-        sequencer: Sequencer, peers: Peers, secret: bytes,
+        sequencer: Sequencer, peers: Peers, secret: bytes, gate: Gatekeeper,
     ) -> None:
         self.node = NodeState(node_id)
-        self.orders = OrderEntryRPCs(self.node, replica, pipelines, sequencer)
-        self.reads = ReadRPCs(self.node, replica, sequencer, peers)
+        self.orders = OrderEntryRPCs(self.node, replica, pipelines, sequencer, gate)
+        self.trader_view = TraderViewRPCs(self.node, replica, gate)
+        self.reads = ReadRPCs(self.node, replica, sequencer, peers, gate.registry)
         self.peer_rpcs = PeerRPCs(self.node, replica, secret)
-        parts = (self.orders, self.reads, self.peer_rpcs)
+        parts = (self.orders, self.trader_view, self.reads, self.peer_rpcs)
         for method in exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"].methods:
             owners = [part for part in parts if hasattr(part, method.name)]
             if len(owners) != 1:

@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from devtools.cluster import DEFAULT_MARKETS, Cluster
@@ -72,9 +71,16 @@ def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     return running
 
 
+# Whose key each of the `stubs` carries: node 1 and node 3 trade as alice, node 2 as bob, so orders placed on
+# different nodes can trade with each other (an account's own orders never do).
+STUB_ACCOUNTS = ("alice", "bob", "alice")
+
+
 @pytest.fixture
 def stubs(cluster: Cluster) -> Iterator[list[exchange_pb2_grpc.ExchangeNodeStub]]:
-    channels = [grpc.insecure_channel(address) for address in cluster.node_addresses]
+    """One stub per node, with the API key of STUB_ACCOUNTS[node]."""
+    addresses = cluster.node_addresses
+    channels = [cluster.channel(address, STUB_ACCOUNTS[index % 3]) for index, address in enumerate(addresses)]
     yield [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
     for channel in channels:
         channel.close()

@@ -13,7 +13,7 @@ import pytest
 
 from devtools.cluster import ROOT, Cluster
 from devtools.workload import Workload
-from exchange.client import AsyncClient, Book, Client, NewOrder, OrderResult, OrderStatus, OrderType, Side
+from exchange.client import AsyncClient, Book, Client, Connection, NewOrder, OrderResult, OrderStatus, OrderType, Side
 from exchange.client.book import book_checksum
 from exchange.errors import InvalidArgument, NotFound
 from exchange.v1 import exchange_pb2 as pb
@@ -37,17 +37,23 @@ def new_orders(count: int, seed: int, workload: Workload = LOAD) -> list[NewOrde
     return orders
 
 
+def connection(cluster: Cluster, account: str = "alice") -> Connection:
+    return Connection(api_key=cluster.api_keys[account])
+
+
 def same_book(local: Book, node: Book) -> bool:
     return (local.seq, local.checksum, local.bids, local.asks) == (node.seq, node.checksum, node.bids, node.asks)
 
 
 def test_orders_and_errors_come_back_typed(module_cluster: Cluster) -> None:
-    with Client(module_cluster.node_addresses) as client:
+    nodes = module_cluster.node_addresses
+    with Client(nodes, connection=connection(module_cluster)) as client, \
+            Client(nodes, connection=connection(module_cluster, "bob")) as other:
         rested = client.sell(10, 5000, market="BTC-USD")
         assert isinstance(rested, OrderResult) and rested.status is OrderStatus.RESTING and rested.remaining_size == 10
-        taken = client.buy(4, 5000, market="BTC-USD", client_order_id="typed-1")
+        taken = other.buy(4, 5000, market="BTC-USD", client_order_id="typed-1")
         assert taken.status is OrderStatus.FILLED and [(x.price, x.size) for x in taken.trades] == [(5000, 4)]
-        again = client.buy(4, 5000, market="BTC-USD", client_order_id="typed-1")
+        again = other.buy(4, 5000, market="BTC-USD", client_order_id="typed-1")
         assert again.duplicate and again.order_id == taken.order_id, "a repeated id is the same order"
         amended = client.amend_order(rested.order_id, 3, 5001, market="BTC-USD")
         assert (amended.price, amended.remaining_size, amended.priority_kept) == (5001, 3, False)
@@ -65,14 +71,15 @@ def test_orders_and_errors_come_back_typed(module_cluster: Cluster) -> None:
 
 
 def test_the_client_finds_the_nodes_through_consul(module_cluster: Cluster) -> None:
-    with Client.from_consul(module_cluster.consul_address) as client:
+    with Client.from_consul(module_cluster.consul_address, connection=connection(module_cluster)) as client:
         assert client.buy(1, 10, market="BTC-USD").status is OrderStatus.RESTING
         assert sorted(client.nodes.addresses) == sorted(module_cluster.node_addresses)
 
 
 def test_the_l3_book_lists_each_levels_orders_in_priority_order_and_no_owner(module_cluster: Cluster) -> None:
     assert [f.name for f in pb.LevelOrder.DESCRIPTOR.fields] == ["order_id", "size"], "public data: no owner"
-    with Client(module_cluster.node_address(0)) as client, Client(module_cluster.node_address(2)) as reader:
+    with Client(module_cluster.node_address(0), connection=connection(module_cluster)) as client, \
+            Client(module_cluster.node_address(2)) as reader:  # market data: no key
         ids = [client.buy(size, 3000 + size % 2, market="BTC-USD", client_order_id=f"l3-{size}").order_id
                for size in (1, 2, 3, 4)]
         module_cluster.wait_converged()
@@ -91,11 +98,13 @@ def test_the_l3_book_lists_each_levels_orders_in_priority_order_and_no_owner(mod
 
 def test_a_book_subscription_stays_equal_to_the_nodes_book_and_checksum_under_load(module_cluster: Cluster) -> None:
     addresses = module_cluster.node_addresses
-    with Client(addresses[1]) as watcher, Client(addresses) as trader, \
+    with Client(addresses[1]) as watcher, Client(addresses, connection=connection(module_cluster)) as trader, \
+            Client(addresses, connection=connection(module_cluster, "bob")) as other, \
             watcher.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
         results: list = []
-        writers = [threading.Thread(target=lambda seed=seed: results.extend(
-            trader.submit_many(new_orders(1500, seed), batch_size=25, window=200))) for seed in (1, 2)]
+        writers = [threading.Thread(target=lambda seed=seed, client=client: results.extend(
+            client.submit_many(new_orders(1500, seed), batch_size=25, window=200)))
+            for seed, client in ((1, trader), (2, other))]
         for writer in writers:
             writer.start()
         for writer in writers:
@@ -113,7 +122,7 @@ def test_a_book_subscription_stays_equal_to_the_nodes_book_and_checksum_under_lo
 
 
 def test_a_book_subscription_finds_a_divergence_and_resynchronises(module_cluster: Cluster) -> None:
-    with Client(module_cluster.node_addresses) as client:
+    with Client(module_cluster.node_addresses, connection=connection(module_cluster)) as client:
         client.submit_many(new_orders(200, 7))
         with client.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
             with subscription._changed:  # damage the local copy, as a lost event would
@@ -131,7 +140,7 @@ def test_a_book_subscription_finds_a_divergence_and_resynchronises(module_cluste
 
 def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluster) -> None:
     async def run() -> None:
-        async with AsyncClient(module_cluster.node_addresses) as client:
+        async with AsyncClient(module_cluster.node_addresses, connection=connection(module_cluster)) as client:
             first = await client.sell(2, 7000, market="BTC-USD")
             assert first.status is OrderStatus.RESTING
             results = await client.submit_many(new_orders(300, 11), batch_size=20, window=60)
@@ -158,7 +167,8 @@ def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluste
 
 
 def test_the_cli_places_orders_and_checks_the_cluster_through_the_library(module_cluster: Cluster) -> None:
-    cli = [sys.executable, "-m", "exchange.cli", "--node", ",".join(module_cluster.node_addresses)]
+    cli = [sys.executable, "-m", "exchange.cli", "--node", ",".join(module_cluster.node_addresses),
+           "--api-key", module_cluster.api_keys["alice"]]
     placed = subprocess.run([*cli, "--market", "BTC-USD", "sell", "3", "--price", "9000"], capture_output=True,
                             text=True, timeout=60)
     assert placed.returncode == 0 and ": RESTING  filled 0  resting 3" in placed.stdout, placed
@@ -173,7 +183,8 @@ def test_the_cli_places_orders_and_checks_the_cluster_through_the_library(module
 def test_the_examples_trade_against_the_cluster(module_cluster: Cluster) -> None:
     nodes = module_cluster.node_addresses
     maker = subprocess.Popen([sys.executable, str(ROOT / "examples" / "market_maker.py"), *nodes, "--market",
-                              "SOL-USD", "--mid", "20000", "--duration", "6"], stdout=subprocess.PIPE,
+                              "SOL-USD", "--mid", "20000", "--duration", "6",
+                              "--api-key", module_cluster.api_keys["alice"]], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         with Client(nodes) as client:  # wait for both quotes
@@ -183,7 +194,8 @@ def test_the_examples_trade_against_the_cluster(module_cluster: Cluster) -> None
                     break
                 threading.Event().wait(0.1)
         taker = subprocess.run([sys.executable, str(ROOT / "examples" / "taker.py"), *nodes, "--market", "SOL-USD",
-                                "--orders", "6", "--interval", "0.3", "--size", "5"], capture_output=True, text=True,
+                                "--orders", "6", "--interval", "0.3", "--size", "5",
+                                "--api-key", module_cluster.api_keys["bob"]], capture_output=True, text=True,
                                timeout=90)
         maker_output, _ = maker.communicate(timeout=60)
     finally:

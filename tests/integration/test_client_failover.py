@@ -19,7 +19,7 @@ import pytest
 from devtools.cluster import Cluster, wait_until
 from devtools.verify import replay_cluster
 from devtools.workload import Workload
-from exchange.client import Client, ClientStats, NewOrder, OrderResult, OrderType, RetryPolicy, Side
+from exchange.client import Client, ClientStats, Connection, NewOrder, OrderResult, OrderType, RetryPolicy, Side
 from exchange.errors import ExchangeError
 
 pytestmark = pytest.mark.integration
@@ -47,12 +47,14 @@ def test_every_order_ends_exactly_once_when_the_clients_node_is_killed_mid_strea
     single_sent = threading.Event()
 
     def batched() -> None:
-        with Client(cluster.node_addresses, policy=policy) as client:
+        with Client(cluster.node_addresses, policy=policy,
+                    connection=Connection(api_key=cluster.api_keys["alice"])) as client:
             results["batched"] = client.submit_many(batched_orders, batch_size=10, window=40)
             stats["batched"] = client.stats
 
     def single() -> None:
-        with Client(cluster.node_addresses, policy=policy) as client:
+        bob = Connection(api_key=cluster.api_keys["bob"])
+        with Client(cluster.node_addresses, policy=policy, connection=bob) as client:
             for number, order in enumerate(single_orders):
                 if number == 20:
                     single_sent.set()

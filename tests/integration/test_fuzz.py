@@ -59,7 +59,7 @@ def fuzz_cluster(module_cluster: Cluster) -> Cluster:
 
 @pytest.fixture(scope="module")
 def channels(fuzz_cluster: Cluster) -> Iterator[list[grpc.Channel]]:
-    opened = [grpc.insecure_channel(address) for address in fuzz_cluster.node_addresses]
+    opened = [fuzz_cluster.channel(address) for address in fuzz_cluster.node_addresses]
     yield opened
     for channel in opened:
         channel.close()

@@ -35,22 +35,26 @@ def shared_cluster(module_cluster: Cluster) -> Cluster:
     return module_cluster
 
 
-def grpcurl(*args: str, data: dict[str, object] | str | None = None) -> subprocess.CompletedProcess[str]:
+def grpcurl(*args: str, data: dict[str, object] | str | None = None, key: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
     command = [GRPCURL, "-plaintext", "-max-time", "20"]
+    if key is not None:
+        command += ["-H", f"authorization: Bearer {key}"]
     if data is not None:
         command += ["-d", data if isinstance(data, str) else json.dumps(data)]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)  # type: ignore[list-item]
 
 
-def call_ok(address: str, method: str, data: dict[str, object] | str | None = None) -> dict[str, object]:
-    result = grpcurl(address, f"{NODE}/{method}", data=data)
+def call_ok(address: str, method: str, data: dict[str, object] | str | None = None,
+            key: str | None = None) -> dict[str, object]:
+    result = grpcurl(address, f"{NODE}/{method}", data=data, key=key)
     assert result.returncode == 0, f"grpcurl {method} failed ({result.returncode}): {result.stderr}{result.stdout}"
     return json.loads(result.stdout)
 
 
-def call_error(address: str, method: str, data: dict[str, object] | str) -> tuple[str, str]:
+def call_error(address: str, method: str, data: dict[str, object] | str, key: str | None = None) -> tuple[str, str]:
     """(Code, Message) of a call that must fail with a gRPC status."""
-    result = grpcurl(address, f"{NODE}/{method}", data=data)
+    result = grpcurl(address, f"{NODE}/{method}", data=data, key=key)
     output = result.stderr + result.stdout
     assert result.returncode != 0, f"grpcurl {method} {data} unexpectedly succeeded: {output}"
     lines = [line.strip() for line in output.splitlines()]
@@ -68,7 +72,7 @@ def world(cluster: Cluster) -> tuple[list[tuple[str, str, int, int]], dict[str, 
     for index in range(len(cluster.node_ports)):
         status = cluster.status(index)
         views += [(status.node_id, m.market, m.applied_seq, m.checksum) for m in status.markets]
-    with grpc.insecure_channel(cluster.sequencer_address) as channel:
+    with cluster.channel(cluster.sequencer_address) as channel:
         stub = sequencer_pb2_grpc.SequencerStub(channel)
         sequence = {
             market: stub.GetSequence(sequencer_pb2.GetSequenceRequest(market=market), timeout=5).current_seq
@@ -104,12 +108,13 @@ def test_original_request_shape_trades_and_replicates(shared_cluster: Cluster) -
     book = call_ok(c.node_address(0), "GetOrderBook", {"depth": 1000})
     assert not book.get("bids") and not book.get("asks"), "this test expects the module's first orders"
 
-    sell = call_ok(c.node_address(0), "CreateOrder", {"size": -10, "limit_price": 100})
+    alice, bob = c.api_keys["alice"], c.api_keys["bob"]
+    sell = call_ok(c.node_address(0), "CreateOrder", {"size": -10, "limit_price": 100}, key=alice)
     assert sell["status"] == "RESTING" and sell["side"] == "SELL"
     assert sell["remaining_size"] == "10" and sell["order_id"] == sell["seq"]
     assert sell["market"] == "BTC-USD" and "trades" not in sell
 
-    buy = call_ok(c.node_address(1), "CreateOrder", {"size": 10, "limit_price": 100})
+    buy = call_ok(c.node_address(1), "CreateOrder", {"size": 10, "limit_price": 100}, key=bob)
     assert buy["status"] == "FILLED" and buy["side"] == "BUY" and buy["filled_size"] == "10"
     assert int(buy["seq"]) > int(sell["seq"])
     (trade,) = buy["trades"]
@@ -148,7 +153,7 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(shared_cluster: Clust
     failures = []
     for param in BAD_CREATE_ORDERS:
         data, code, mentioned = param.values
-        got_code, message = call_error(address, "CreateOrder", data)
+        got_code, message = call_error(address, "CreateOrder", data, key=c.api_keys["alice"])
         if got_code != code or mentioned not in message:
             failures.append(f"{param.id}: {got_code} {message!r} (wanted {code}, a message naming {mentioned!r})")
     assert not failures, failures
@@ -159,8 +164,10 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(shared_cluster: Clust
     assert "ERROR:" not in result.stderr, "the request should not have reached the server"
     assert "request data" in result.stderr and '"ten"' in result.stderr, result.stderr
 
-    code, message = call_error(c.node_address(1), "CancelOrder", {"order_id": 987654})
+    code, message = call_error(c.node_address(1), "CancelOrder", {"order_id": 987654}, key=c.api_keys["alice"])
     assert code == "NotFound" and "987654" in message
+    code, message = call_error(c.node_address(1), "CreateOrder", {"size": 10, "limit_price": 100})
+    assert code == "Unauthenticated" and "authorization: Bearer" in message
     code, message = call_error(c.node_address(2), "BroadcastOrder", {"origin_node": "intruder", "commands": []})
     assert code == "PermissionDenied" and "x-cluster-token" in message
 
@@ -171,7 +178,7 @@ def test_message_over_the_receive_limit_is_refused_and_the_node_survives(shared_
     c = shared_cluster
     huge = "x" * (2 * runtime.MAX_RECEIVE_BYTES)
     before = world(c)
-    with grpc.insecure_channel(c.node_address(0)) as channel:
+    with c.channel(c.node_address(0)) as channel:
         stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
             stub.CreateOrder(pb.CreateOrderRequest(size=1, limit_price=100, client_order_id=huge), timeout=10)

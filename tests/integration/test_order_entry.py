@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pytest
 
 from devtools.cluster import Cluster
@@ -33,8 +32,9 @@ def mixed_orders(rng: random.Random, stream: int, count: int) -> tuple[list[pb.C
     return [order.request for order in drawn], [order.error for order in drawn]
 
 
-def entry(address: str, requests: list) -> list[pb.OrderEntryResult]:  # type: ignore[type-arg]
-    with grpc.insecure_channel(address) as channel:
+def entry(cluster: Cluster, address: str, requests: list, account: str = "alice"  # type: ignore[type-arg]
+          ) -> list[pb.OrderEntryResult]:
+    with cluster.channel(address, account) as channel:
         return list(exchange_pb2_grpc.ExchangeNodeStub(channel).OrderEntry(iter(requests), timeout=60))
 
 
@@ -42,7 +42,8 @@ def test_a_stream_answers_every_order_in_order_with_per_order_errors_and_replica
     rng = random.Random(11)
     streams = [mixed_orders(rng, number, 100) for number in range(3)]
     with ThreadPoolExecutor(3) as pool:
-        answers = list(pool.map(entry, cluster.node_addresses, [requests for requests, _ in streams]))
+        answers = list(pool.map(entry, [cluster] * 3, cluster.node_addresses, [requests for requests, _ in streams],
+                                [cluster.trader(number) for number in range(3)]))
 
     responses: list[pb.CreateOrderResponse] = []
     for (requests, expected), results in zip(streams, answers, strict=True):
@@ -76,7 +77,7 @@ def test_a_stream_answers_every_order_in_order_with_per_order_errors_and_replica
 def test_a_client_order_id_repeated_within_a_stream_is_one_order(cluster: Cluster) -> None:
     order = pb.CreateOrderRequest(size=3, limit_price=50, client_order_id="twice")
     other = pb.CreateOrderRequest(size=-2, limit_price=500)
-    results = entry(cluster.node_address(1), [order, other, order, other])
+    results = entry(cluster, cluster.node_address(1), [order, other, order, other])
 
     assert [r.HasField("order") for r in results] == [True] * 4
     first, again = results[0].order, results[2].order
@@ -84,7 +85,7 @@ def test_a_client_order_id_repeated_within_a_stream_is_one_order(cluster: Cluste
     assert again.order_id == first.order_id and again.seq == first.seq
     assert results[1].order.order_id != results[3].order.order_id
     # and later, on another node, it is still the same order
-    later = entry(cluster.node_address(2), [order])
+    later = entry(cluster, cluster.node_address(2), [order])
     assert later[0].order.duplicate and later[0].order.order_id == first.order_id
     view = cluster.wait_converged()
     assert view["BTC-USD"][0] == 3
@@ -92,7 +93,7 @@ def test_a_client_order_id_repeated_within_a_stream_is_one_order(cluster: Cluste
 
 def test_an_undecodable_stream_item_is_an_error_result_and_the_stream_goes_on(cluster: Cluster) -> None:
     good = pb.CreateOrderRequest(size=1, limit_price=10).SerializeToString()
-    with grpc.insecure_channel(cluster.node_address(0)) as channel:
+    with cluster.channel(cluster.node_address(0)) as channel:
         call = channel.stream_stream(METHOD, request_serializer=lambda raw: raw,
                                      response_deserializer=pb.OrderEntryResult.FromString)
         results = list(call(iter([good, b"\xff\xff\xff", good]), timeout=30))
@@ -103,8 +104,9 @@ def test_an_undecodable_stream_item_is_an_error_result_and_the_stream_goes_on(cl
     assert results[2].order.seq == results[0].order.seq + 1
 
 
-def entry_batches(address: str, batches: list[list[pb.CreateOrderRequest]]) -> list[pb.OrderBatchResult]:
-    with grpc.insecure_channel(address) as channel:
+def entry_batches(cluster: Cluster, address: str, batches: list[list[pb.CreateOrderRequest]],
+                  account: str = "alice") -> list[pb.OrderBatchResult]:
+    with cluster.channel(address, account) as channel:
         stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
         return list(stub.OrderEntryBatch(iter([pb.OrderBatch(orders=b) for b in batches]), timeout=60))
 
@@ -113,7 +115,7 @@ def test_batched_entry_answers_each_order_of_each_batch_like_order_entry(cluster
     rng = random.Random(12)
     requests, expected = mixed_orders(rng, 7, 120)
     batches = [requests[i:i + 17] for i in range(0, len(requests), 17)]
-    answers = entry_batches(cluster.node_address(2), batches)
+    answers = entry_batches(cluster, cluster.node_address(2), batches)
 
     assert [len(a.results) for a in answers] == [len(b) for b in batches], "one result per order, per batch"
     results = [r for a in answers for r in a.results]
@@ -136,7 +138,7 @@ def test_batched_entry_answers_each_order_of_each_batch_like_order_entry(cluster
 def test_an_oversized_or_undecodable_batch_gets_error_results_and_the_stream_goes_on(cluster: Cluster) -> None:
     good = pb.OrderBatch(orders=[pb.CreateOrderRequest(size=1, limit_price=10)])
     too_big = pb.OrderBatch(orders=[pb.CreateOrderRequest(size=1, limit_price=10)] * 1001)
-    with grpc.insecure_channel(cluster.node_address(0)) as channel:
+    with cluster.channel(cluster.node_address(0)) as channel:
         call = channel.stream_stream(f"{SERVICE}/OrderEntryBatch", request_serializer=lambda raw: raw,
                                      response_deserializer=pb.OrderBatchResult.FromString)
         raw = [good.SerializeToString(), too_big.SerializeToString(), b"\xff\xff\xff", good.SerializeToString()]

@@ -29,6 +29,7 @@ from exchange.errors import Unavailable
 from exchange.node.links import GateStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from tests.integration.conftest import STUB_ACCOUNTS
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,8 @@ AMBIGUOUS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 @contextmanager
 def node_stubs(cluster: Cluster) -> Iterator[list[exchange_pb2_grpc.ExchangeNodeStub]]:
-    channels = [grpc.insecure_channel(address) for address in cluster.node_addresses]
+    addresses = cluster.node_addresses
+    channels = [cluster.channel(address, STUB_ACCOUNTS[index % 3]) for index, address in enumerate(addresses)]
     try:
         yield [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
     finally:
@@ -280,8 +282,11 @@ def every_acknowledged_order_once(c: Cluster, stubs: list[exchange_pb2_grpc.Exch
     checksums_equal_replay(c, views)
 
 
-def test_client_order_id_places_one_order_across_nodes(cluster: Cluster,
-                                                       stubs: list[exchange_pb2_grpc.ExchangeNodeStub]) -> None:
+def test_client_order_id_places_one_order_across_nodes(cluster: Cluster) -> None:
+    """One account's client_order_id is one order, whichever node it is sent to (ids are unique per account:
+    bob's "idem-1" is another order)."""
+    channels = [cluster.channel(address, "alice") for address in cluster.node_addresses]
+    stubs = [exchange_pb2_grpc.ExchangeNodeStub(channel) for channel in channels]
     request = pb.CreateOrderRequest(size=-7, limit_price=150, client_order_id="idem-1")
     first = stubs[0].CreateOrder(request, timeout=CALL_TIMEOUT)
     assert not first.duplicate and first.status == pb.RESTING and first.client_order_id == "idem-1"
@@ -300,14 +305,21 @@ def test_client_order_id_places_one_order_across_nodes(cluster: Cluster,
     assert pair[0].order_id == pair[1].order_id
     assert sorted(r.duplicate for r in pair) == [False, True]
 
+    with cluster.channel(cluster.node_address(0), "bob") as channel:  # bob's "idem-1" is bob's own order
+        bobs = exchange_pb2_grpc.ExchangeNodeStub(channel).CreateOrder(
+            pb.CreateOrderRequest(size=-7, limit_price=160, client_order_id="idem-1"), timeout=CALL_TIMEOUT)
+    assert not bobs.duplicate and bobs.order_id != first.order_id
+
     views = cluster.wait_converged()
     log = read_log(cluster, first.market)
     ids = [types_pb2.Command.FromString(entry.command).client_order_id for entry in log]
-    assert ids == ["idem-1", "idem-2"]
+    assert ids == ["idem-1", "idem-2", "idem-1"]
     book = stubs[2].GetOrderBook(pb.GetOrderBookRequest(), timeout=CALL_TIMEOUT)
-    assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.asks] == [(150, 7, 1)]
+    assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.asks] == [(150, 7, 1), (160, 7, 1)]
     assert [(lvl.price, lvl.size, lvl.order_count) for lvl in book.bids] == [(90, 3, 1)]
     checksums_equal_replay(cluster, views)
+    for channel in channels:
+        channel.close()
 
 
 def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the_lost_grant(

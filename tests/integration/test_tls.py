@@ -39,7 +39,7 @@ def test_a_mutual_tls_cluster_trades_and_admits_only_certificates_of_its_ca(
     with c.channel(c.node_address(0)) as channel:
         stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
         sell = stub.CreateOrder(pb.CreateOrderRequest(size=-5, limit_price=100), timeout=10)
-    with c.channel(c.node_address(1)) as channel:
+    with c.channel(c.node_address(1), "bob") as channel:
         buy = exchange_pb2_grpc.ExchangeNodeStub(channel).CreateOrder(
             pb.CreateOrderRequest(size=5, limit_price=100), timeout=10)
     assert [(t.maker_order_id, t.size) for t in buy.trades] == [(sell.order_id, 5)]

@@ -7,20 +7,31 @@ from collections.abc import Callable
 
 import pytest
 
-from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, Side, SubmitOrder
+from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, SelfTradePrevention, Side, SubmitOrder
 
 StreamFactory = Callable[..., list[Command]]
+
+# a few accounts, and "" (no account: never self-trade prevented)
+ACCOUNTS = ("", "alice", "bob", "carol")
 
 
 def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spread: int = 8) -> list[Command]:
     """``count`` commands of every kind over a small price range around a drifting mid, so orders cross.
 
-    Cancels and amends pick ids the generator believes may still rest (it cannot know about fills, so some
-    hit finished orders and are rejected, which is part of the test); ~2% of commands are invalid on purpose.
-    The live book stays small (tens to a few hundred orders), which keeps the naive reference model fast.
+    Every order belongs to one of ``ACCOUNTS`` and has a random self-trade prevention mode, so orders meet
+    orders of their own account often, under every mode. Cancels and amends pick ids the generator believes
+    may still rest (it cannot know about fills, so some hit finished orders and are rejected, which is part
+    of the test), mostly from the order's owner and sometimes from another account (NOT_ORDER_OWNER); ~2% of
+    commands are invalid on purpose. The live book stays small (tens to a few hundred orders), which keeps
+    the naive reference model fast.
     """
     rng = random.Random(seed)
     maybe_live: list[int] = []
+    owner: dict[int, str] = {}
+
+    def acting_for(order_id: int) -> str:
+        return owner[order_id] if rng.random() < 0.9 else rng.choice(ACCOUNTS)
+
     commands: list[Command] = []
     for seq in range(1, count + 1):
         if rng.random() < 0.01:
@@ -29,17 +40,20 @@ def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spre
         if roll < 0.30 and maybe_live:
             index = rng.randrange(len(maybe_live))
             maybe_live[index] = maybe_live[-1]
-            commands.append(CancelOrder(market, seq, maybe_live.pop()))
+            target = maybe_live.pop()
+            commands.append(CancelOrder(market, seq, target, acting_for(target)))
             continue
         if roll < 0.38 and maybe_live:
             previous = commands[-1]
             if isinstance(previous, AmendOrder) and rng.random() < 0.2:  # repeated: usually AMEND_NO_CHANGE
-                commands.append(AmendOrder(market, seq, previous.order_id, previous.new_size, previous.new_price))
+                commands.append(
+                    AmendOrder(market, seq, previous.order_id, previous.new_size, previous.new_price, previous.account)
+                )
                 continue
             target = maybe_live[rng.randrange(len(maybe_live))]
             new_price = None if rng.random() < 0.5 else mid + rng.randint(-spread, spread)
             new_size = rng.randint(0, 12) if rng.random() < 0.05 else rng.randint(1, 12)
-            commands.append(AmendOrder(market, seq, target, new_size, new_price))
+            commands.append(AmendOrder(market, seq, target, new_size, new_price, acting_for(target)))
             continue
         side = Side.BUY if rng.random() < 0.5 else Side.SELL
         kind = rng.random()
@@ -60,11 +74,15 @@ def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spre
         price = price - 2 if side is Side.BUY else price + 2
         if order_type is OrderType.MARKET:
             price = None
+        account = rng.choice(ACCOUNTS)
+        stp: SelfTradePrevention | int = rng.choice(list(SelfTradePrevention))
         if rng.random() < 0.02:  # invalid on purpose
-            size, price = rng.choice([(0, price), (size, None), (size, 0), (-size, price)])
-        commands.append(SubmitOrder(market, seq, side, order_type, size, price))
+            size, price, stp = rng.choice([(0, price, stp), (size, None, stp), (size, 0, stp), (-size, price, stp),
+                                           (size, price, 0), (size, price, 5)])
+        commands.append(SubmitOrder(market, seq, side, order_type, size, price, account, stp))
         if order_type in (OrderType.LIMIT, OrderType.POST_ONLY):
             maybe_live.append(seq)
+            owner[seq] = account
     return commands
 
 

@@ -1,4 +1,8 @@
-"""Property tests: invariants of the book checked after every command of random command sequences."""
+"""Property tests: invariants of the book checked after every command of random command sequences.
+
+Orders belong to two accounts and "" (no account), with every self-trade prevention mode, so orders meet
+orders of their own account all the time; cancels and amends come from any account, the owner or not.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 from exchange.engine import (
     AmendOrder,
     CancelOrder,
+    CancelReason,
     Command,
     Engine,
     MarketConfig,
@@ -17,9 +22,11 @@ from exchange.engine import (
     OrderAmended,
     OrderCancelled,
     OrderFilled,
+    OrderReduced,
     OrderRejected,
     OrderRested,
     OrderType,
+    SelfTradePrevention,
     Side,
     SubmitOrder,
 )
@@ -28,31 +35,36 @@ M = "X"
 PRICES = st.integers(min_value=96, max_value=104)  # a narrow range, so orders cross often
 SIZES = st.integers(min_value=1, max_value=8)
 IDS = st.integers(min_value=1, max_value=40)
+ACCOUNTS = st.sampled_from(("", "a", "b"))
+MODES = st.sampled_from(SelfTradePrevention)
 
 # a command without its seq: the test numbers them
-submit = st.tuples(st.just("submit"), st.sampled_from(Side), st.sampled_from(OrderType), SIZES, PRICES, st.booleans())
-cancel = st.tuples(st.just("cancel"), IDS)
-amend = st.tuples(st.just("amend"), IDS, st.integers(min_value=-1, max_value=8), st.none() | PRICES)
+submit = st.tuples(st.just("submit"), st.sampled_from(Side), st.sampled_from(OrderType), SIZES, PRICES, ACCOUNTS, MODES)
+cancel = st.tuples(st.just("cancel"), IDS, ACCOUNTS)
+amend = st.tuples(st.just("amend"), IDS, st.integers(min_value=-1, max_value=8), st.none() | PRICES, ACCOUNTS)
 OPS = st.lists(st.one_of(submit, submit, submit, cancel, amend), min_size=1, max_size=60)
 
 
 def build(op: tuple, seq: int) -> Command:
     if op[0] == "submit":
-        _, side, order_type, size, price, _ = op
-        return SubmitOrder(M, seq, side, order_type, size, None if order_type is OrderType.MARKET else price)
+        _, side, order_type, size, price, account, stp = op
+        price = None if order_type is OrderType.MARKET else price
+        return SubmitOrder(M, seq, side, order_type, size, price, account, stp)
     if op[0] == "cancel":
-        return CancelOrder(M, seq, op[1])
-    return AmendOrder(M, seq, op[1], op[2], op[3])
+        return CancelOrder(M, seq, op[1], op[2])
+    return AmendOrder(M, seq, op[1], op[2], op[3], op[4])
 
 
 class Ledger:
-    """What the events say about every order: quantity added, filled, cancelled; FIFO stamps."""
+    """What the events say about every order: quantity added, filled, cancelled, reduced (by an amend or by
+    self-trade prevention); its owner; FIFO stamps. Checks each event against what came before it."""
 
     def __init__(self) -> None:
         self.added: dict[int, int] = defaultdict(int)
         self.filled: dict[int, int] = defaultdict(int)
         self.cancelled: dict[int, int] = defaultdict(int)
         self.reduced: dict[int, int] = defaultdict(int)
+        self.owner: dict[int, str] = {}
         self.stamp: dict[int, int] = {}
         self.clock = 0
         self.total_traded = 0
@@ -65,6 +77,16 @@ class Ledger:
             assert event.market == M and event.seq == cmd.seq
             kind = type(event)
             if kind is OrderAccepted:
+                self.owner[event.order_id] = event.account
+            if kind is OrderFilled:
+                # never a trade between two orders of the same (non-empty) account
+                assert not (event.maker_account and event.maker_account == event.taker_account), event
+                assert event.maker_account == self.owner[event.maker_order_id]
+                assert event.taker_account == self.owner[event.taker_order_id] == cmd.account
+            else:  # the command's account; it owns the order (self-trade prevention: both orders)
+                assert event.account == cmd.account, event
+                assert kind is OrderRejected or event.account == self.owner[event.order_id], event
+            if kind is OrderAccepted:
                 self.added[event.order_id] += event.size
             elif kind is OrderFilled:
                 self.filled[event.maker_order_id] += event.size
@@ -74,6 +96,10 @@ class Ledger:
                 assert event.taker_remaining == self.open_size(event.taker_order_id)
             elif kind is OrderCancelled:
                 self.cancelled[event.order_id] += event.size
+            elif kind is OrderReduced:
+                assert event.reason is CancelReason.SELF_TRADE_PREVENTED
+                self.reduced[event.order_id] += event.size
+                assert event.remaining == self.open_size(event.order_id) > 0
             elif kind is OrderRested:
                 if event.order_id not in self.stamp or isinstance(cmd, SubmitOrder):
                     self.clock += 1
@@ -104,6 +130,13 @@ def test_invariants_hold_after_every_command(ops: list[tuple]) -> None:
         ledger.record(cmd, events)
         engine.check_consistency()
         after = list(engine.resting_orders(M))
+        assert all(view.account == ledger.owner[view.order_id] for view in after)
+
+        # a FOK fills completely by trades or is rejected before anything changes
+        if isinstance(cmd, SubmitOrder) and cmd.order_type is OrderType.FOK and type(events[0]) is OrderAccepted:
+            assert all(type(e) is not OrderRejected for e in events)
+            assert sum(e.size for e in events if type(e) is OrderFilled) == cmd.size
+            assert not any(type(e) in (OrderCancelled, OrderReduced) and e.order_id == cmd.seq for e in events)
 
         bids, asks = engine.depth(M, 1000)
         if bids and asks:
@@ -148,12 +181,18 @@ def test_invariants_hold_after_every_command(ops: list[tuple]) -> None:
 @settings(max_examples=40, deadline=None)
 @given(ops=OPS, cut=st.integers(min_value=0, max_value=60))
 def test_snapshot_restore_anywhere_continues_identically(ops: list[tuple], cut: int) -> None:
+    """Determinism (two engines, the same commands) and snapshot/restore at any point: the same events,
+    owners included, the same checksums, the same snapshot bytes."""
     config = MarketConfig(M, max_price=1000, max_size=100)
-    straight, split = Engine([config]), Engine([config])
+    straight, split, again = Engine([config]), Engine([config]), Engine([config])
     for seq, op in enumerate(ops, start=1):
         if seq == cut:
             split = Engine.restore(split.snapshot())
+            assert list(split.resting_orders(M)) == list(straight.resting_orders(M))
         cmd = build(op, seq)
-        assert straight.apply(cmd) == split.apply(cmd)
-    assert straight.checksum(M) == split.checksum(M)
-    assert straight.snapshot() == split.snapshot()
+        events = straight.apply(cmd)
+        assert split.apply(cmd) == events
+        assert again.apply(cmd) == events
+        split.check_consistency()
+    assert straight.checksum(M) == split.checksum(M) == again.checksum(M)
+    assert straight.snapshot() == split.snapshot() == again.snapshot()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from exchange.engine import (
     OrderType,
     OrderView,
     RejectReason,
+    SelfTradePrevention,
     SequenceError,
     Side,
     SubmitOrder,
@@ -41,7 +43,7 @@ M = "X"
 
 
 class Book:
-    """Drives one market of an engine, numbering commands itself."""
+    """Drives one market of an engine, numbering commands itself (test_engine_accounts uses it too)."""
 
     def __init__(self, engine: Engine | None = None, market: str = M) -> None:
         self.engine = engine or Engine([MarketConfig(M)])
@@ -51,25 +53,33 @@ class Book:
     def next_seq(self) -> int:
         return self.engine.last_seq(self.market) + 1
 
-    def submit(self, side: Side, size: int, price: int | None, order_type: OrderType = LIMIT) -> list[Event]:
-        cmd = SubmitOrder(self.market, self.next_seq, side, order_type, size, price)
+    def submit(
+        self,
+        side: Side,
+        size: int,
+        price: int | None,
+        order_type: OrderType = LIMIT,
+        account: str = "",
+        stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER,
+    ) -> list[Event]:
+        cmd = SubmitOrder(self.market, self.next_seq, side, order_type, size, price, account, stp)
         events = self.engine.apply(cmd)
         self.engine.check_consistency()
         return events
 
-    def buy(self, size: int, price: int | None, order_type: OrderType = LIMIT) -> list[Event]:
-        return self.submit(BUY, size, price, order_type)
+    def buy(self, size: int, price: int | None, order_type: OrderType = LIMIT, **owner: Any) -> list[Event]:
+        return self.submit(BUY, size, price, order_type, **owner)
 
-    def sell(self, size: int, price: int | None, order_type: OrderType = LIMIT) -> list[Event]:
-        return self.submit(SELL, size, price, order_type)
+    def sell(self, size: int, price: int | None, order_type: OrderType = LIMIT, **owner: Any) -> list[Event]:
+        return self.submit(SELL, size, price, order_type, **owner)
 
-    def cancel(self, order_id: int) -> list[Event]:
-        events = self.engine.apply(CancelOrder(self.market, self.next_seq, order_id))
+    def cancel(self, order_id: int, account: str = "") -> list[Event]:
+        events = self.engine.apply(CancelOrder(self.market, self.next_seq, order_id, account))
         self.engine.check_consistency()
         return events
 
-    def amend(self, order_id: int, new_size: int, new_price: int | None = None) -> list[Event]:
-        events = self.engine.apply(AmendOrder(self.market, self.next_seq, order_id, new_size, new_price))
+    def amend(self, order_id: int, new_size: int, new_price: int | None = None, account: str = "") -> list[Event]:
+        events = self.engine.apply(AmendOrder(self.market, self.next_seq, order_id, new_size, new_price, account))
         self.engine.check_consistency()
         return events
 
@@ -80,12 +90,14 @@ class Book:
         return [o.order_id for o in self.engine.resting_orders(self.market)]
 
 
-def accepted(seq: int, side: Side, price: int | None, size: int, order_type: OrderType = LIMIT) -> OrderAccepted:
-    return OrderAccepted(M, seq, seq, side, order_type, price, size)
+def accepted(
+    seq: int, side: Side, price: int | None, size: int, order_type: OrderType = LIMIT, account: str = ""
+) -> OrderAccepted:
+    return OrderAccepted(M, seq, seq, side, order_type, price, size, account)
 
 
-def rested(seq: int, side: Side, price: int, size: int, order_id: int | None = None) -> OrderRested:
-    return OrderRested(M, seq, seq if order_id is None else order_id, side, price, size)
+def rested(seq: int, side: Side, price: int, size: int, order_id: int | None = None, account: str = "") -> OrderRested:
+    return OrderRested(M, seq, seq if order_id is None else order_id, side, price, size, account)
 
 
 def fill(
@@ -98,14 +110,27 @@ def fill(
     maker_rem: int,
     taker_rem: int,
     taker: int | None = None,
+    maker_account: str = "",
+    taker_account: str = "",
 ) -> OrderFilled:
     return OrderFilled(
-        M, seq, trade_id, price, size, maker, seq if taker is None else taker, side, maker_rem, taker_rem
+        M,
+        seq,
+        trade_id,
+        price,
+        size,
+        maker,
+        seq if taker is None else taker,
+        side,
+        maker_rem,
+        taker_rem,
+        maker_account,
+        taker_account,
     )
 
 
-def rejected(seq: int, reason: RejectReason, order_id: int | None = None) -> OrderRejected:
-    return OrderRejected(M, seq, seq if order_id is None else order_id, reason)
+def rejected(seq: int, reason: RejectReason, order_id: int | None = None, account: str = "") -> OrderRejected:
+    return OrderRejected(M, seq, seq if order_id is None else order_id, reason, account)
 
 
 @pytest.fixture
@@ -338,6 +363,23 @@ def test_many_cancels_in_a_level_keep_tombstones_bounded(book: Book) -> None:
     assert book.depth() == ([], [(100, 201, 201)])
     assert book.buy(201, 100)[-1].taker_remaining == 0
     assert book.depth() == ([], [])
+
+
+def test_cancelling_the_front_order_keeps_the_tombstones_of_its_level_bounded(book: Book) -> None:
+    """A level at the bound (19 tombstones behind 3 live orders) losing its front order, whose successor is
+    live, must be compacted: it has one live order fewer and as many tombstones."""
+    book.sell(1, 100)  # 1: the front
+    book.sell(1, 100)  # 2: the next front
+    for _ in range(19):
+        book.sell(1, 100)  # 3..21, cancelled below
+    book.sell(1, 100)  # 22
+    for order_id in range(3, 22):
+        book.cancel(order_id)
+    assert book.engine._books[M].asks.tombs == {100: 19}  # 19 <= 3 live + 16: no compaction yet
+    book.cancel(1)  # check_consistency (in book.cancel) verifies the bound
+    assert book.engine._books[M].asks.tombs == {}
+    assert len(book.engine._books[M].asks.levels[100]) == 2
+    assert book.ids() == [2, 22]
 
 
 # ------------------------------------------------------------------------------------------- amend
@@ -679,7 +721,7 @@ def test_snapshot_restore_round_trip_keeps_state_and_future_events(book: Book) -
         lambda d: b"",
         lambda d: d[:10],
         lambda d: b"XXXXXXXX" + d[8:],
-        lambda d: d[:8] + b"\x00\x02" + d[10:],
+        lambda d: d[:8] + b"\x00\x03" + d[10:],
         lambda d: d[:-1] + bytes([d[-1] ^ 1]),
         lambda d: d + b" ",
     ],

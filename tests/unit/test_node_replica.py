@@ -74,7 +74,7 @@ def test_client_order_ids_and_journal_are_derived_from_the_log() -> None:
         replica.offer(entry)
     reference = eng.Engine(MARKETS)
     expected = [reference.apply(convert.engine_command(types_pb2.Command.FromString(e.command), e.seq)) for e in log]
-    assert replica.order_of_client_id("BTC-USD", "c4") == 4
+    assert replica.order_of_client_id("BTC-USD", "", "c4") == 4
     for entry, events in zip(log, expected, strict=True):
         applied = replica.journal_entry("BTC-USD", entry.seq)
         assert applied is not None
@@ -179,7 +179,7 @@ def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_boun
     request_fields: dict[str, object], error: type[Exception], message: str
 ) -> None:
     with _refused(error, message):
-        convert.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1")  # type: ignore[arg-type]
+        convert.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1", "acct")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -208,22 +208,23 @@ def test_bad_amends_are_refused_with_a_message_naming_the_field_and_the_bound(
     request_fields: dict[str, object], error: type[Exception], message: str
 ) -> None:
     with _refused(error, message):
-        convert.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1")  # type: ignore[arg-type]
+        convert.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1", "acct")  # type: ignore[arg-type]
 
 
 def test_an_amend_below_min_size_passes_validation_and_the_engine_accepts_it() -> None:
     """min_size is not applied to an amend (see exchange.engine): it may shrink an order like a partial cancel."""
     engine = eng.Engine([STRICT])
-    engine.apply(eng.SubmitOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100))
-    command = convert.amend_command(pb.AmendOrderRequest(market="SOL-USD", order_id=1, size=2), CONFIGS, "node-1")
-    assert engine.apply(convert.engine_command(command, 2)) == [eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True)]
+    engine.apply(eng.SubmitOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100, "acct"))
+    request = pb.AmendOrderRequest(market="SOL-USD", order_id=1, size=2)
+    command = convert.amend_command(request, CONFIGS, "node-1", "acct")
+    assert engine.apply(convert.engine_command(command, 2)) == [eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True, "acct")]
 
 
 def test_bad_cancels_are_refused_with_a_message_naming_the_field() -> None:
     with _refused(InvalidArgument, "order_id must be positive (the order's sequence number), got -1"):
-        convert.cancel_command(pb.CancelOrderRequest(order_id=-1), CONFIGS, "node-1")
+        convert.cancel_command(pb.CancelOrderRequest(order_id=-1), CONFIGS, "node-1", "acct")
     with _refused(NotFound, "unknown market 'DOGE'; this cluster trades: BTC-USD, ETH-USD, SOL-USD"):
-        convert.cancel_command(pb.CancelOrderRequest(market="DOGE", order_id=1), CONFIGS, "node-1")
+        convert.cancel_command(pb.CancelOrderRequest(market="DOGE", order_id=1), CONFIGS, "node-1", "acct")
 
 
 def test_protobuf_enum_values_are_the_engines() -> None:
@@ -233,8 +234,8 @@ def test_protobuf_enum_values_are_the_engines() -> None:
 
 
 def test_side_comes_from_the_sign_of_size_when_unset() -> None:
-    sell = convert.new_order_command(pb.CreateOrderRequest(size=-10, limit_price=100), CONFIGS, "n")
-    buy = convert.new_order_command(pb.CreateOrderRequest(size=10, limit_price=100), CONFIGS, "n")
+    sell = convert.new_order_command(pb.CreateOrderRequest(size=-10, limit_price=100), CONFIGS, "n", "acct")
+    buy = convert.new_order_command(pb.CreateOrderRequest(size=10, limit_price=100), CONFIGS, "n", "acct")
     assert (sell.market, sell.new_order.side, sell.new_order.size) == ("BTC-USD", types_pb2.SELL, 10)
     assert (buy.new_order.side, buy.new_order.order_type) == (types_pb2.BUY, types_pb2.LIMIT)
 
@@ -263,7 +264,7 @@ def test_replica_adopts_a_peers_snapshot_then_applies_the_rest_of_the_log() -> N
 
     assert late.applied_seq("BTC-USD") == 300
     assert late.checksum("BTC-USD") == peer.checksum("BTC-USD")
-    assert late.order_of_client_id("BTC-USD", "c42") == 42
+    assert late.order_of_client_id("BTC-USD", "", "c42") == 42
     assert late.first_gap("BTC-USD") == (301, 350)
     for entry in log[300:]:
         late.offer(entry)

@@ -22,7 +22,7 @@ EVERY_TYPE = {types_pb2.LIMIT: 4, types_pb2.MARKET: 1, types_pb2.IOC: 1, types_p
 
 def node_answer(request: object) -> str:
     try:
-        new_order_command(request, MARKETS, "test")  # type: ignore[arg-type]
+        new_order_command(request, MARKETS, "test", "acct")  # type: ignore[arg-type]
     except ExchangeError as error:
         return STATUS_BY_ERROR[type(error)].name
     return ""

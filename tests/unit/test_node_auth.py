@@ -1,0 +1,84 @@
+"""API keys against a registry read, and the rate limiter, in-process."""
+
+from __future__ import annotations
+
+import pytest
+
+from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
+from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable
+from exchange.node.auth import AccountRegistry, RateLimiter
+from tests.unit.fakes import FakeContext
+
+ALICE, BOB = new_api_key(), new_api_key()
+
+
+def registry(*accounts: Account) -> AccountRegistry:
+    read = AccountRegistry()
+    read.update({ACCOUNTS_PREFIX + a.name: encode(a) for a in accounts})
+    return read
+
+
+def context(value: str | bytes | None) -> FakeContext:
+    return FakeContext(() if value is None else (("authorization", value),))  # type: ignore[arg-type]
+
+
+def test_a_valid_key_names_its_account_and_the_registry_keeps_no_key() -> None:
+    accounts = registry(Account("alice", True, (key_hash(ALICE),)), Account("bob", True, (key_hash(BOB),)))
+    assert accounts.authenticate(context(f"Bearer {ALICE}")).account == "alice"
+    assert accounts.authenticate(context(f"bearer   {BOB} ")).account == "bob"
+    assert ALICE not in encode(Account("alice", True, (key_hash(ALICE),))).decode()
+    assert accounts.status() == (True, True, 2, 2)
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (None, "needs an API key"), ("", "Bearer"), ("Basic abc", "Bearer"), ("Bearer", "Bearer"),
+    ("Bearer " + "k" * 10_240, "not an API key"), ("Bearer pxk_\u00e9", "not an API key"),
+    (b"Bearer \xff", "as text"), ("Bearer pxk_unknown", "unknown API key"),
+])
+def test_missing_malformed_and_unknown_keys_are_unauthenticated_with_how_to(value: str | bytes | None,
+                                                                            says: str) -> None:
+    accounts = registry(Account("alice", True, (key_hash(ALICE),)))
+    with pytest.raises(Unauthenticated, match=says) as refused:
+        accounts.authenticate(context(value))
+    assert "authorization" in str(refused.value) or says in ("unknown API key",)
+
+
+def test_a_disabled_account_stops_working_and_an_open_stream_notices() -> None:
+    accounts = registry(Account("alice", True, (key_hash(ALICE),)))
+    caller = accounts.authenticate(context(f"Bearer {ALICE}"))
+    accounts.update({ACCOUNTS_PREFIX + "alice": encode(Account("alice", False, (key_hash(ALICE),)))})
+    with pytest.raises(Unauthenticated, match="'alice' of this API key is disabled"):
+        accounts.account_of(caller)
+    with pytest.raises(Unauthenticated, match="disabled"):
+        accounts.authenticate(context(f"Bearer {ALICE}"))
+
+
+def test_never_falls_open_before_a_read_nor_when_consul_comes_back_empty() -> None:
+    with pytest.raises(Unavailable, match="not read the account registry"):
+        AccountRegistry().authenticate(context(f"Bearer {ALICE}"))
+    accounts = registry(Account("alice", True, (key_hash(ALICE),)))
+    accounts.update({})  # a dev agent restarted empty: keys keep working rather than all stop at once
+    assert accounts.authenticate(context(f"Bearer {ALICE}")).account == "alice"
+    corrupt = AccountRegistry()
+    corrupt.update({ACCOUNTS_PREFIX + "alice": b"{not json"})
+    with pytest.raises(Unauthenticated):
+        corrupt.authenticate(context(f"Bearer {ALICE}"))
+
+
+def test_the_rate_limiter_allows_the_burst_then_the_rate_and_says_when_to_retry() -> None:
+    now = [100.0]
+    limiter = RateLimiter(rate=10, burst=3, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.take("alice")
+    with pytest.raises(ResourceExhausted, match="retry in 100 ms"):
+        limiter.take("alice")
+    limiter.take("bob")  # every account has its own bucket
+    now[0] += 0.1
+    limiter.take("alice")
+    with pytest.raises(ResourceExhausted):
+        limiter.take("alice")
+    now[0] += 10
+    for _ in range(3):
+        limiter.take("alice")  # refilled to the burst, not beyond
+    with pytest.raises(ResourceExhausted):
+        limiter.take("alice")

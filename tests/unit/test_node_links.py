@@ -1,0 +1,53 @@
+"""The node's broadcast stream to one peer, against a fake stub (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from exchange.node.links import PeerStream
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
+from tests.unit.fakes import signed_entry
+
+
+class FakeCall:
+    def __init__(self) -> None:
+        self.written: list[pb.BroadcastOrderRequest] = []
+
+    async def write(self, request: pb.BroadcastOrderRequest) -> None:
+        self.written.append(request)
+        await asyncio.sleep(0)
+
+    def done(self) -> bool:
+        return False
+
+    def cancel(self) -> None:
+        pass
+
+
+class FakeStub:
+    def __init__(self) -> None:
+        self.calls: list[FakeCall] = []
+
+    def BroadcastOrderStream(self, metadata: object = ()) -> FakeCall:  # noqa: N802 - the RPC's name
+        self.calls.append(FakeCall())
+        return self.calls[-1]
+
+
+def entry(seq: int) -> types_pb2.SequencedCommand:
+    return signed_entry("M", seq, types_pb2.Command(market="M", cancel_order=types_pb2.CancelOrderCommand(order_id=1)))
+
+
+def test_broadcasts_queued_behind_a_write_go_out_as_one_message_in_order() -> None:
+    async def scenario() -> list[list[int]]:
+        stub = FakeStub()
+        stream = PeerStream("peer", stub, ())  # type: ignore[arg-type]
+        for seq in range(1, 6):  # all queued before the pump first runs
+            stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(seq)]))
+        await asyncio.sleep(0.01)
+        stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(6)]))
+        await asyncio.sleep(0.01)
+        stream.close()
+        return [[e.seq for e in request.commands] for call in stub.calls for request in call.written]
+
+    assert asyncio.run(scenario()) == [[1, 2, 3, 4, 5], [6]]
