@@ -26,6 +26,7 @@ from devtools.certs import make_cluster_tls
 from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
+from discovery import Put
 from discovery.consul import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, add_account
 from exchange.cluster import parse_markets
@@ -289,7 +290,7 @@ class Cluster:
     def restore_accounts(self) -> None:
         """Writes the registry back after a dev agent restart (it keeps nothing: a real Consul keeps its data), in
         one transaction: a node that read a part of it would refuse the keys not in it yet."""
-        self.kv().put_all(self._account_records)
+        self.kv().transact([Put(key, value) for key, value in self._account_records.items()])
 
     def _env(self, index: int = 0) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}

@@ -145,41 +145,6 @@ class KeyWatch(Protocol):
     def stop(self) -> None: ...
 
 
-@runtime_checkable
-class KeyValue(Protocol):
-    """The cluster's replicated key-value store. Every call raises DiscoveryError when it cannot answer."""
-
-    def get(self, key: str) -> bytes | None:
-        """The value of `key` (a consistent read), None if there is none."""
-        ...
-
-    def create(self, key: str, value: bytes) -> bool:
-        """Writes `key` only if it does not exist yet; returns whether this call created it."""
-        ...
-
-    def get_versioned(self, key: str) -> tuple[bytes, int] | None:
-        """The value of `key` and its version (for `replace`), None if there is none."""
-        ...
-
-    def replace(self, key: str, value: bytes, version: int) -> bool:
-        """Writes `key` only if it is still at `version`; returns whether it was."""
-        ...
-
-    def put(self, key: str, value: bytes) -> None: ...
-
-    def put_all(self, entries: Mapping[str, bytes]) -> None:
-        """Writes every key of `entries` at once: a reader sees all of them or none (at most 64)."""
-        ...
-
-    def list(self, prefix: str) -> dict[str, bytes]:
-        """Every key under `prefix` with its value."""
-        ...
-
-    def watch_prefix(self, prefix: str, on_change: Callable[[dict[str, bytes]], None] | None = None) -> KeyWatch:
-        """Follows the keys under `prefix`; calls `on_change` (if given) with all of them on every change."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class Versioned:
     """A key's value with its version (`index`: what a compare-and-set compares) and the session holding
@@ -222,16 +187,45 @@ TransactionOp = CheckSession | CompareAndSet | Put | Delete
 
 
 @runtime_checkable
-class ReplicatedStore(Protocol):
+class KeyValue(Protocol):
+    """The cluster's replicated key-value store. Every call raises DiscoveryError when it cannot answer."""
+
+    def get(self, key: str) -> bytes | None:
+        """The value of `key` (a consistent read), None if there is none."""
+        ...
+
+    def read(self, key: str, consistent: bool = False) -> Versioned | None:
+        """The key's value and version (None if it does not exist); `consistent`: linearizable."""
+        ...
+
+    def create(self, key: str, value: bytes) -> bool:
+        """Writes `key` only if it does not exist yet; returns whether this call created it."""
+        ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
+        """Applies every operation or none, atomically (at most 64; a compare-and-set is one). Returns the new
+        version of each key written. Raises TransactionConflict (nothing applied), TransactionRejected (nothing
+        applied, never will be) or DiscoveryError (outcome unknown)."""
+        ...
+
+    def list(self, prefix: str) -> dict[str, bytes]:
+        """Every key under `prefix` with its value."""
+        ...
+
+    def watch_prefix(self, prefix: str, on_change: Callable[[dict[str, bytes]], None] | None = None) -> KeyWatch:
+        """Follows the keys under `prefix`; calls `on_change` (if given) with all of them on every change."""
+        ...
+
+
+@runtime_checkable
+class ReplicatedStore(KeyValue, Protocol):
     """The replicated key-value store as a replicated log needs it (Consul KV and sessions).
 
     Every call raises DiscoveryError when the store cannot answer; for `transact` that means its outcome is
     unknown. A session is a lease: the store ends it when one of its health checks fails or when it is not
     renewed within its TTL, and then every lock it holds is released."""
-
-    def read(self, key: str, consistent: bool = False) -> Versioned | None:
-        """The key's value and version (None if it does not exist); `consistent`: linearizable."""
-        ...
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under `prefix`, sorted."""
@@ -244,12 +238,6 @@ class ReplicatedStore(Protocol):
     def wait_prefix(self, prefix: str, index: int, wait_s: float) -> tuple[int, dict[str, Versioned]]:
         """The keys under `prefix` once the prefix's version passes `index` (at most `wait_s` later; 0: at once),
         with the new version to wait on next."""
-        ...
-
-    def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
-        """Applies every operation or none, atomically. Returns the new version of each key written. Raises
-        TransactionConflict (nothing applied), TransactionRejected (nothing applied, never will be) or
-        DiscoveryError (outcome unknown)."""
         ...
 
     def create_session(self, name: str, checks: Sequence[str], ttl_s: float, lock_delay_s: float) -> str:

@@ -379,9 +379,9 @@ class ConsulWatch:
 
 
 class ConsulKV:
-    """The KeyValue store on Consul KV (see `discovery.KeyValue`), and the ReplicatedStore (`discovery.
-    ReplicatedStore`: versioned and blocking reads, sessions, locks, transactions) the Sequencer's HA mode
-    keeps its log in. Never contacts Consul when constructed. Thread-safe: each thread has its own connection."""
+    """The ReplicatedStore on Consul KV and sessions (`discovery.ReplicatedStore`: the KeyValue store the
+    nodes and the tools use, plus the blocking reads, sessions and locks the Sequencer's HA mode keeps its log
+    in). Never contacts Consul when constructed. Thread-safe: each thread has its own connection."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8500, request_timeout: float = 5.0,
                  wait: str = "30s") -> None:
@@ -416,23 +416,9 @@ class ConsulKV:
     def create(self, key: str, value: bytes) -> bool:
         return bool(self._call(f"the creation of {key}", lambda: self._client.kv.put(key, value, cas=0)))
 
-    def get_versioned(self, key: str) -> tuple[bytes, int] | None:
-        _, item = self._call(f"a read of {key}", lambda: self._client.kv.get(key, consistency="consistent"))
-        return None if item is None else (item.get("Value") or b"", int(item["ModifyIndex"]))
-
-    def replace(self, key: str, value: bytes, version: int) -> bool:
-        return bool(self._call(f"the update of {key}", lambda: self._client.kv.put(key, value, cas=version)))
-
     def put(self, key: str, value: bytes) -> None:
         if not self._call(f"a write of {key}", lambda: self._client.kv.put(key, value)):
             raise DiscoveryError(f"Consul KV at {self.host}:{self.port} refused the write of {key}")
-
-    def put_all(self, entries: Mapping[str, bytes]) -> None:
-        if len(entries) > 64:
-            raise ValueError(f"a Consul transaction holds at most 64 operations, not {len(entries)}")
-        payload = [{"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode()}}
-                   for key, value in entries.items()]
-        self._call(f"a transaction of {len(entries)} writes", lambda: self._client.txn.put(payload))
 
     def list(self, prefix: str) -> dict[str, bytes]:
         _, items = self._call(f"a read of {prefix}", lambda: self._client.kv.get(prefix, recurse=True))

@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from discovery import KeyValue
+from discovery import CompareAndSet, KeyValue, TransactionConflict
 
 ACCOUNTS_PREFIX = "exchange/accounts/"
 AUTHORIZATION = "authorization"  # the metadata that carries `Bearer <api key>` on order-entry calls
@@ -87,13 +87,15 @@ def add_account(kv: KeyValue, name: str) -> str:
 def _update(kv: KeyValue, name: str, change: Callable[[Account], Account]) -> Account:
     """Applies `change` (Account -> Account) with compare-and-set, retrying if someone else wrote meanwhile."""
     while True:
-        found = kv.get_versioned(ACCOUNTS_PREFIX + check_name(name))
+        found = kv.read(ACCOUNTS_PREFIX + check_name(name), consistent=True)
         if found is None:
             raise AccountError(f"there is no account {name!r}; create it with `accounts add {name}`")
-        value, version = found
-        updated = change(decode(name, value))
-        if kv.replace(ACCOUNTS_PREFIX + name, encode(updated), version):
-            return updated
+        updated = change(decode(name, found.value))
+        try:
+            kv.transact([CompareAndSet(ACCOUNTS_PREFIX + name, encode(updated), found.index)])
+        except TransactionConflict:
+            continue
+        return updated
 
 
 def add_key(kv: KeyValue, name: str) -> str:
