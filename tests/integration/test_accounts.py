@@ -305,3 +305,34 @@ def test_a_late_node_restored_from_a_snapshot_knows_every_owner(make_cluster: Ca
     views = c.wait_converged()
     replay = replay_cluster(c)
     assert {m: (replay.engine.last_seq(m), replay.engine.checksum(m)) for m in views} == views
+
+
+def test_with_consul_unreachable_nodes_keep_the_last_registry_say_so_and_never_fall_open(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    c = make_cluster()
+    c.start()
+    assert all(c.status(i).accounts.fresh and c.status(i).accounts.loaded for i in range(3))
+    c.consul.stop()
+    try:
+        wait_until(lambda: not any(c.status(i).accounts.fresh for i in range(3)), 20,
+                   "every node to report its registry as not fresh while Consul is down")
+        unknown = (("authorization", "Bearer pxk_not-a-key"),)
+        for node in range(3):
+            held = c.status(node).accounts
+            assert held.loaded and held.active_accounts >= 2, "the last registry read is kept"
+            placed = stub(c, node, "alice").CreateOrder(pb.CreateOrderRequest(size=1, limit_price=10 + node),
+                                                        timeout=CALL)
+            assert placed.order_id > 0, "a known key keeps working"
+            anonymous = stub(c, node, None)
+            assert status_of(lambda anonymous=anonymous: anonymous.CreateOrder(
+                pb.CreateOrderRequest(size=1, limit_price=10), metadata=unknown, timeout=CALL)) == \
+                grpc.StatusCode.UNAUTHENTICATED, "an unknown key is never let in"
+    finally:
+        c.consul.start()
+        c.restore_accounts()  # the dev agent keeps nothing (a real Consul keeps its data)
+    wait_until(lambda: all(c.status(i).accounts.fresh for i in range(3)), 30,
+               "every node to read the registry again once Consul is back")
+    views = c.wait_converged()
+    replay = replay_cluster(c)
+    assert {m: (replay.engine.last_seq(m), replay.engine.checksum(m)) for m in views} == views
