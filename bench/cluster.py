@@ -686,11 +686,11 @@ def table(result: dict) -> str:
         if in_flight in TARGET_UNARY_RATE:
             target = TARGET_UNARY_RATE[in_flight]
             verdicts.append(f"unary, {in_flight} in flight, >= {target}x echo calls/s: {_verdict(ratio >= target)} "
-                            f"({ratio:.2f})")
+                            f"({ratio:.3f})")
         if in_flight in TARGET_UNARY_P50:
             target = TARGET_UNARY_P50[in_flight]
             verdicts.append(f"unary, {in_flight} in flight, p50 <= {target}x echo p50: "
-                            f"{_verdict(p50_ratio <= target)} ({p50_ratio:.2f})")
+                            f"{_verdict(p50_ratio <= target)} ({p50_ratio:.3f})")
     catch_up = result["catch_up"]
     lag = result["replication_lag_ms"]
     scale = result["scale"]
@@ -728,7 +728,7 @@ def table(result: dict) -> str:
                      f"{_cost_text(three.get('cost'))}")
         lines.append(f"{'':<58}{_cost_text(five.get('cost'))}")
         verdicts.append(f"{name}, {scale['nodes']} nodes >= {TARGET_SCALE}x 3 nodes: "
-                        f"{_verdict(ratio >= TARGET_SCALE)} ({ratio:.2f})")
+                        f"{_verdict(ratio >= TARGET_SCALE)} ({ratio:.3f})")
     plain = result["without_accounts"]
     lines += ["", "accounts: the same load on 3 nodes with API keys (every call authenticated, rate-limited) and "
               "without (--insecure-no-auth)", f"{'case':<28} {'with keys':>10} {'without':>10} {'ratio':>6}"]
@@ -739,7 +739,7 @@ def table(result: dict) -> str:
         ratio = keyed["rate"] / open_["rate"] if open_["rate"] else 0.0
         lines.append(f"{name:<28} {keyed['rate']:>10,.0f} {open_['rate']:>10,.0f} {ratio:>5.2f}x")
         verdicts.append(f"{name}, with API keys >= {TARGET_AUTH}x without: {_verdict(ratio >= TARGET_AUTH)} "
-                        f"({ratio:.2f})")
+                        f"({ratio:.3f})")
     ha_lines, ha_verdicts = _ha_table(result)
     lines += ha_lines
     verdicts += ha_verdicts
@@ -771,7 +771,7 @@ def _ha_table(result: dict) -> tuple[list[str], list[str]]:
                      f"{unary['aborted']:>8} {unary['errors']:>7}  {_cost_text(unary.get('cost'))}")
         if unary["in_flight"] == 64:
             verdicts.append(f"HA unary, 64 in flight, >= {TARGET_HA_UNARY}x the embedded cluster: "
-                            f"{_verdict(ratio >= TARGET_HA_UNARY)} ({ratio:.2f})")
+                            f"{_verdict(ratio >= TARGET_HA_UNARY)} ({ratio:.3f})")
     for embedded, run in zip(result["streaming"], ha["streaming"], strict=True):
         how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
         ok = run["rate"] >= TARGET_HA_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
