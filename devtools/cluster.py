@@ -447,8 +447,21 @@ class Cluster:
                 exchange_pb2.GetStatusRequest(), timeout=timeout
             )
 
+    def sequencer_positions(self) -> dict[str, int] | None:
+        """Each market's durable position at the leading Sequencer, None if none answers."""
+        leader = self.leader_index()
+        if leader is None:
+            return None
+        try:
+            return {market.symbol: self.sequencer_view(leader, market.symbol)[1]
+                    for market in parse_markets(self.markets)}
+        except grpc.RpcError:
+            return None
+
     def wait_converged(self, timeout: float = 30.0, nodes: list[int] | None = None) -> dict[str, tuple[int, int]]:
-        """Waits until the given nodes report the same (seq, checksum) for every market, lag 0."""
+        """Waits until the given nodes report the same (seq, checksum) for every market, lag 0, nothing buffered
+        and no command of theirs still on its way to the log, at the leading Sequencer's position (when one
+        answers): a node may still place a command its client gave up on (after a partition, say)."""
         indexes = nodes if nodes is not None else [i for i, n in enumerate(self.nodes) if n.running]
         views: list[dict[str, tuple[int, int]]] = []
 
@@ -457,12 +470,15 @@ class Cluster:
             try:
                 for index in indexes:
                     status = self.status(index)
-                    if any(m.lag or m.buffered for m in status.markets) or status.state != "SERVING":
+                    if any(m.lag or m.buffered or m.pending for m in status.markets) or status.state != "SERVING":
                         return False
                     views.append({m.market: (m.applied_seq, m.checksum) for m in status.markets})
             except grpc.RpcError:
                 return False
-            return all(view == views[0] for view in views)
+            if not all(view == views[0] for view in views):
+                return False
+            positions = self.sequencer_positions()
+            return positions is None or all(views[0][market][0] == seq for market, seq in positions.items())
 
         wait_until(converged, timeout, "the nodes to converge", interval=0.2)
         return views[0]

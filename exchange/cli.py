@@ -69,12 +69,12 @@ def print_cluster_status(addresses: list[str], client: Client | None = None) -> 
             status = client.node_status(address, timeout=3)
         except ExchangeError as error:
             failures += 1
-            rows.append((address, "-", "DOWN", "-", "-", "-", "-", error.code.name))
+            rows.append((address, "-", "DOWN", "-", "-", "-", "-", "-", error.code.name))
             continue
         for market in status.markets:
             rows.append((address, status.node_id, status.state, market.market, str(market.applied_seq),
-                         str(market.checksum), str(market.lag), f"{len(status.peers)} peers"))
-    header = ("address", "node", "state", "market", "seq", "checksum", "lag", "peers")
+                         str(market.checksum), str(market.lag), str(market.pending), f"{len(status.peers)} peers"))
+    header = ("address", "node", "state", "market", "seq", "checksum", "lag", "pending", "peers")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))

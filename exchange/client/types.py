@@ -192,6 +192,7 @@ class MarketStatus:
     checksum: int
     buffered: int
     resting_orders: int
+    pending: int = 0  # commands the node took and has not yet sequenced and applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +387,7 @@ def order_from_pb(message: pb.Order) -> Order:
 
 def node_status_from_pb(address: str, message: pb.GetStatusResponse) -> NodeStatus:
     markets = tuple(MarketStatus(m.market, m.applied_seq, m.known_seq, m.lag, m.checksum, m.buffered,
-                                 m.resting_orders) for m in message.markets)
+                                 m.resting_orders, m.pending) for m in message.markets)
     return NodeStatus(address, message.node_id, message.state, markets, tuple(message.peers), message.sequencer)
 
 

@@ -19,6 +19,7 @@ from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
 from exchange.node.metrics import counters
 from exchange.node.replica import Applied, Replica
+from exchange.node.sequencing import MarketPipeline
 from exchange.v1 import exchange_pb2 as pb
 
 # Applied entries a StreamEvents subscriber may fall behind by before its stream is ended (it resumes).
@@ -62,9 +63,10 @@ async def applied_entries(replica: Replica, market: str, from_seq: int,
 class ReadRPCs:
     """The read RPCs of ExchangeNode (see exchange/node/service.py for the other parts)."""
 
-    def __init__(self, node: NodeState, replica: Replica, sequencer: Sequencer, peers: Peers,
-                 registry: AccountRegistry | None) -> None:
+    def __init__(self, node: NodeState, replica: Replica, pipelines: Mapping[str, MarketPipeline],
+                 sequencer: Sequencer, peers: Peers, registry: AccountRegistry | None) -> None:
         self.node = node
+        self.pipelines = pipelines
         self.registry = registry
         self.replica = replica
         self.sequencer = sequencer
@@ -139,5 +141,6 @@ class ReadRPCs:
             response.markets.add(
                 market=market, applied_seq=view.applied_seq, known_seq=view.known_seq, lag=view.lag,
                 checksum=view.checksum, buffered=view.buffered, resting_orders=view.resting_orders,
+                pending=self.pipelines[market].pending,
             )
         return response

@@ -105,6 +105,11 @@ class MarketPipeline:
 
     # -- the gate ---------------------------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        """Commands taken and not yet applied here: queued for the gate or at the Sequencer."""
+        return len(self._by_ref)
+
     def enqueue(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
         """Queues a command for the gate; the future resolves with its outcome once it is applied here.
 

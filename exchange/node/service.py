@@ -34,7 +34,7 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self.node = NodeState(node_id)
         self.orders = OrderEntryRPCs(self.node, replica, pipelines, sequencer, gate)
         self.trader_view = TraderViewRPCs(self.node, replica, gate)
-        self.reads = ReadRPCs(self.node, replica, sequencer, peers, gate.registry)
+        self.reads = ReadRPCs(self.node, replica, pipelines, sequencer, peers, gate.registry)
         self.peer_rpcs = PeerRPCs(self.node, replica, secret)
         parts = (self.orders, self.trader_view, self.reads, self.peer_rpcs)
         for method in exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"].methods:

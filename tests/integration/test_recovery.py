@@ -362,3 +362,32 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         await channel.close()
 
     asyncio.run(scenario())
+
+
+def test_an_order_whose_client_gave_up_is_shown_pending_then_placed_and_convergence_waits_for_it(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A node keeps a command it took until the log has it, even after its client stopped waiting (here: the
+    Sequencer stalled). GetStatus shows it as `pending`, and the harness's convergence waits for it, so a check
+    made meanwhile cannot call a cluster converged that is one entry short of its log (chaos seed 2004)."""
+    c = make_cluster()
+    c.start()
+    with node_stubs(c) as stubs:
+        stubs[0].CreateOrder(pb.CreateOrderRequest(size=2, limit_price=100), timeout=CALL_TIMEOUT)
+        before = c.wait_converged()
+        c.sequencer.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.RpcError) as gave_up:
+                stubs[1].CreateOrder(pb.CreateOrderRequest(size=-1, limit_price=100, client_order_id="late-1"),
+                                     timeout=0.5)
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            held = {m.market: m.pending for m in c.status(1).markets}
+            assert held["BTC-USD"] == 1, f"the node still holds the order: {held}"
+            with pytest.raises(TimeoutError):
+                c.wait_converged(timeout=1.0)
+        finally:
+            c.sequencer.signal(signal.SIGCONT)
+        after = c.wait_converged()
+    assert after["BTC-USD"][0] == before["BTC-USD"][0] + 1, "the order its client gave up on is placed once"
+    assert all(m.pending == 0 for i in range(3) for m in c.status(i).markets)
+    checksums_equal_replay(c, after)
