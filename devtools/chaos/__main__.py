@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
     config = Config(seed=seed, orders=args.orders, duration=args.duration, clients=args.clients, faults=faults,
                     netns=False if args.no_netns else None, time_limit=args.time_limit, ha=args.ha)
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        # A previous run's log would be resumed: its client_order_ids are this run's, so every check would fail.
+        parser.error(f"--workdir {args.workdir} is not empty: give a new directory (or remove it)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
     cluster = make_cluster(config, workdir)
     try:
