@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ha", action="store_true",
                         help="the Sequencer's HA mode: three Consul servers, two Sequencer replicas on the log "
                              "replicated in Consul, and the faults kill-leader, stall-leader, kill-consul-server")
-    parser.add_argument("--workdir", type=Path, default=None, help="logs and data, a new or empty directory (default: a new temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="logs and data, a new or empty directory (default: a new temp dir)")
     parser.add_argument("--no-netns", action="store_true", help="run the nodes on loopback (no partitions)")
     parser.add_argument("--time-limit", type=float, default=0.0,
                         help="seconds for the whole run, after which it stops and fails (default: the duration "
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = make_cluster(config, workdir)
     try:
         report = run_chaos(config, cluster)
+        if not report.ok:
+            cluster.dump_tasks()  # every live service logs its asyncio tasks' stacks: where a stuck one waits
     except KeyboardInterrupt:
         print(f"interrupted; logs in {workdir / 'logs'}")
         return 130
