@@ -83,6 +83,11 @@ class GateStream:
     Any failure (stream broken, no answer within the timeout, Sequencer moved) discards the stream and the
     caller's retry opens a new one. Whether the lost request was granted does not matter: the retry states
     the same applied sequence, so if it was, the answer is "stale" and carries the granted entries.
+
+    The timeout cancels the waiting task itself (asyncio.timeout), not only the call: grpc's `write` waits for
+    the call's initial metadata to be sent, and a call cancelled before that (a Sequencer restarting: the
+    connection accepted, no HTTP/2 yet) never wakes it. Measured with grpcio 1.85: `call.cancel()` alone left
+    the write waiting for good, and with it this market's gate (chaos seed 2013).
     """
 
     def __init__(self, market: str) -> None:
@@ -90,6 +95,7 @@ class GateStream:
         self._stub: sequencer_pb2_grpc.SequencerStub | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
         self._lock = asyncio.Lock()
+        self._deadline: asyncio.Timeout | None = None  # of the request in flight
         self._interrupted: str | None = None  # why the request in flight was cut short (see `interrupt`)
 
     async def ask(
@@ -102,31 +108,25 @@ class GateStream:
                 self._stub, self._call = stub, stub.SequenceStream(metadata=metadata)
             call = self._call
             self._interrupted = None
-            # a watchdog rather than asyncio.wait_for, which costs a task and a loop iteration per answer
-            expired = False
-
-            def expire() -> None:
-                nonlocal expired
-                expired = True
-                call.cancel()
-
-            watchdog = asyncio.get_running_loop().call_later(timeout, expire)
             try:
-                await call.write(request)
-                response = await call.read()
+                async with asyncio.timeout(timeout) as self._deadline:
+                    await call.write(request)
+                    response = await call.read()
             except BaseException as error:
                 self.reset()
-                if isinstance(error, asyncio.CancelledError) and not _cancelling():  # the call's, not the caller's
-                    if expired:  # the watchdog
+                if isinstance(error, TimeoutError | asyncio.CancelledError) and not _cancelling():
+                    # the deadline, `interrupt`, or the call cancelled under us: never the caller's own cancel
+                    if self._interrupted:
+                        raise Unavailable(f"{self._interrupted} ({self.market})") from error
+                    if isinstance(error, TimeoutError):
                         raise Unavailable(
                             f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
-                    if self._interrupted:  # `interrupt`
-                        raise Unavailable(f"{self._interrupted} ({self.market})") from error
+                    raise Unavailable(f"the gate stream of {self.market} was cancelled") from error
                 if isinstance(error, asyncio.InvalidStateError):  # the stream had already ended (Sequencer gone)
                     raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
                 raise
             finally:
-                watchdog.cancel()
+                self._deadline = None
             if response is grpc.aio.EOF:
                 self.reset()
                 raise Unavailable(f"the Sequencer ended the gate stream of {self.market}")
@@ -139,8 +139,9 @@ class GateStream:
 
     def interrupt(self, why: str) -> None:
         """Cuts the request in flight short (its caller gets UNAVAILABLE `why` and retries) and ends the stream."""
-        if self._call is not None and not self._call.done():
+        if self._deadline is not None:
             self._interrupted = why
+            self._deadline.reschedule(asyncio.get_running_loop().time())  # expires now, waking the request
         self.reset()
 
 
@@ -308,6 +309,7 @@ class PeerStream:
     """
 
     MAX_QUEUED = 10_000  # broadcasts waiting for a slow peer before new ones are dropped
+    WRITE_TIMEOUT_S = 5.0  # a write not done by then fails the stream (a write may never wake: see GateStream)
     MAX_COALESCED = 2_000  # entries in one stream message (~160 KB, well inside a peer's 1 MiB limit)
     FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.05, 1.0
 
@@ -380,7 +382,8 @@ class PeerStream:
             if call is None or call.done():
                 call = self.stub.BroadcastOrderStream(metadata=self.metadata)
             try:
-                await call.write(request)
+                async with asyncio.timeout(self.WRITE_TIMEOUT_S):
+                    await call.write(request)
                 return call
             except asyncio.InvalidStateError:  # it ended between the check and the write
                 call = None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -122,3 +123,62 @@ def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_c
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """An address whose TCP connections are accepted (by the kernel's backlog) and never spoken to, as a
+    Sequencer or a peer restarting on its address looks before its gRPC server serves."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_a_gate_request_to_a_server_that_never_speaks_times_out_and_can_be_interrupted(silent_server: str) -> None:
+    """grpc's `write` waits for the call's initial metadata, and a call cancelled before that never wakes it
+    (grpcio 1.85): cancelling the call alone, as the gate's watchdog did, left the market's gate stuck for good
+    (chaos seed 2013). Both the timeout and an interruption must end the request."""
+
+    async def scenario() -> None:
+        channel = grpc.aio.insecure_channel(silent_server, options=CHANNEL_OPTIONS)
+        stub = sequencer_pb2_grpc.SequencerStub(channel)
+        gate = GateStream("M")
+        try:
+            with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
+                await asyncio.wait_for(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), 0.5), 5)
+            asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), 30))
+            await asyncio.sleep(0.3)
+            gate.interrupt("the Sequencer leader changed")
+            with pytest.raises(Unavailable, match="the Sequencer leader changed"):
+                await asyncio.wait_for(asked, 5)
+        finally:
+            await channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_broadcast_stream_to_a_peer_that_never_speaks_fails_and_is_reopened_later(
+    silent_server: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that cannot complete fails the stream after WRITE_TIMEOUT_S (the peer reads what it missed from
+    the log) instead of holding the peer's broadcasts forever."""
+    monkeypatch.setattr(PeerStream, "WRITE_TIMEOUT_S", 0.5)
+
+    async def scenario() -> PeerStream:
+        channel = grpc.aio.insecure_channel(silent_server, options=CHANNEL_OPTIONS)
+        stream = PeerStream(silent_server, exchange_pb2_grpc.ExchangeNodeStub(channel), ())
+        try:
+            stream.send(pb.BroadcastOrderRequest(origin_node="b0"))
+            assert stream.task is not None
+            await asyncio.wait_for(asyncio.shield(stream.task), 5)
+            return stream
+        finally:
+            stream.close()
+            await channel.close()
+
+    stream = asyncio.run(scenario())
+    assert stream.failures == 1 and stream.reopen_at > 0
