@@ -92,6 +92,11 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nHA mode: the log is replicated in Consul; Sequencer replicas: {roles}\n"
               f"(kill the leader, e.g. `kill -9 <pid from {STATE_FILE.name}>`, and a standby takes over; "
               "`make cluster-status` shows who leads)")
+    resumed = {m.market: m.applied_seq for m in cluster.status(0).markets if m.applied_seq}
+    if resumed:  # the walk-through below assumes empty books: say why alice's first order may meet her own
+        where = ", ".join(f"{market} at sequence {seq}" for market, seq in resumed.items())
+        print(f"\nresumed the log of an earlier demo run ({where}): its orders still rest; for empty books run "
+              f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
