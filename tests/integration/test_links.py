@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -72,16 +73,25 @@ class NeverAnswers(sequencer_pb2_grpc.SequencerServicer):
         yield sequencer_pb2.SequenceResponse()  # pragma: no cover
 
 
+@contextlib.asynccontextmanager
+async def never_answering_sequencer() -> AsyncIterator[sequencer_pb2_grpc.SequencerStub]:
+    """A stub of an in-process NeverAnswers Sequencer on loopback, stopped on exit."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    sequencer_pb2_grpc.add_SequencerServicer_to_server(NeverAnswers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+    try:
+        yield sequencer_pb2_grpc.SequencerStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
 def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes_on_a_new_stream() -> None:
     async def scenario() -> None:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        sequencer_pb2_grpc.add_SequencerServicer_to_server(NeverAnswers(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-        stub = sequencer_pb2_grpc.SequencerStub(channel)
-        gate = GateStream("M")
-        try:
+        async with never_answering_sequencer() as stub:
+            gate = GateStream("M")
             asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), timeout=30))
             await asyncio.sleep(0.3)
             started = asyncio.get_running_loop().time()
@@ -92,9 +102,6 @@ def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes
             again = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), timeout=0.5))
             with pytest.raises(Unavailable, match="did not answer within"):  # a new stream, its own watchdog
                 await again
-        finally:
-            await channel.close()
-            await server.stop(0)
 
     asyncio.run(scenario())
 
@@ -104,23 +111,14 @@ def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_c
     that stops must not keep its gate loop running)."""
 
     async def scenario() -> None:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        sequencer_pb2_grpc.add_SequencerServicer_to_server(NeverAnswers(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-        gate = GateStream("M")
-        try:
-            asked = asyncio.create_task(
-                gate.ask(sequencer_pb2_grpc.SequencerStub(channel), sequencer_pb2.SequenceRequest(market="M"), 30))
+        async with never_answering_sequencer() as stub:
+            gate = GateStream("M")
+            asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), 30))
             await asyncio.sleep(0.3)
             gate.interrupt("the Sequencer leader changed")
             asked.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(asked, 5)
-        finally:
-            await channel.close()
-            await server.stop(0)
 
     asyncio.run(scenario())
 
