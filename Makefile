@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/exchange/v1/*.proto)
 STUBS := exchange/v1/exchange_pb2.py
 CONSUL_STAMP := .cache/consul/path
 
-.PHONY: install proto consul test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
+.PHONY: install proto consul hygiene test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
 
 # make chaos CHAOS_ARGS='--seed 7 --orders 10000 --duration 300'
 CHAOS_ARGS ?= --duration 120
@@ -33,7 +33,12 @@ consul: $(CONSUL_STAMP)
 $(CONSUL_STAMP): scripts/ensure-consul.sh
 	bash scripts/ensure-consul.sh
 
-test: install consul
+# First, before anything is installed: a tracked symlink out of the repository or a path of one machine
+# breaks every fresh clone (python3 and git only).
+hygiene:
+	$(PYTHON) -m devtools.repo_hygiene
+
+test: hygiene install consul
 	$(PY) -m pytest
 
 test-unit: install

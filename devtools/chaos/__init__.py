@@ -1,7 +1,7 @@
 """The convergence checker under faults: a real cluster, a randomized workload, real faults, then proof.
 
     python -m devtools.chaos --seed 7 --orders 2000 --duration 90 --clients 4 \\
-        --faults kill,stop,partition,sequencer,consul,replay --workdir /tmp/chaos-7
+        --faults kill,stop,partition,sequencer,consul,replay --workdir .chaos/seed-7
 
 It starts Consul, the Sequencer and 3 nodes (each node in its own network namespace when that is
 possible, so partitions are real), drives several concurrent clients against every node (limit,
