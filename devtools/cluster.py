@@ -23,6 +23,7 @@ import grpc
 
 from devtools.auth_channels import with_metadata
 from devtools.certs import make_cluster_tls
+from devtools.consul_acl import ConsulSecurity
 from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
@@ -157,14 +158,17 @@ class Cluster:
         self.tls_dir = workdir / "tls" if tls else None
         client_addr = "127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}"
         consul_tls = None if self.tls_dir is None else self.tls_dir / "consul"
+        # Consul with ACLs (default deny, a token per role) and gossip encryption: devtools/consul_acl.py
+        self.consul_security = ConsulSecurity(workdir)
+        config = self.consul_security.config_file
         self.consul: ConsulDevAgent | ConsulServers
         if ha:
             self.consul = ConsulServers(workdir, http_ports=consul_ports, client_addr=client_addr, tls_dir=consul_tls,
-                                        clients=sequencers)
+                                        clients=sequencers, config_file=config)
         else:
             self.consul = ConsulDevAgent(
                 data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
-                client_addr=client_addr, tls_dir=consul_tls,
+                client_addr=client_addr, tls_dir=consul_tls, config_file=config,
             )
         self._client_tls: TlsConfig | None = None
         self.api_keys: dict[str, str] = {}  # account -> its API key (made at start)
@@ -264,16 +268,34 @@ class Cluster:
 
     # -- accounts ---------------------------------------------------------------------------------
 
-    def kv(self) -> ConsulKV:
+    def consul_token(self, role: str) -> str:
+        """The Consul ACL token of `role`: node, sequencer, accounts, observer (devtools/consul_acl.py), or
+        management."""
+        security = self.consul_security
+        return security.management_token if role == "management" else security.token(role)
+
+    def kv(self, role: str = "accounts") -> ConsulKV:
+        """Consul KV as `role` sees it (by default as the accounts administrator)."""
         host, port = self.consul_address.rsplit(":", 1)
-        return ConsulKV(host, int(port))
+        return ConsulKV(host, int(port), token=self.consul_token(role))
+
+    def admin_env(self) -> dict[str, str]:
+        """The environment of `exchange-cli accounts` for this cluster: its Consul, the accounts role's token and
+        the cluster secret (which signs the records)."""
+        return {"CONSUL_HTTP_ADDR": self.consul_address, "CONSUL_HTTP_TOKEN": self.consul_token("accounts"),
+                "EXCHANGE_CLUSTER_SECRET": self.secret}
+
+    def _secure_consul(self) -> None:
+        """Consul's ACLs, bootstrapped if they were not, with every role's and every agent's token."""
+        agents = self.consul.agents if isinstance(self.consul, ConsulServers) else [self.consul]
+        self.consul_security.apply(self.consul.address, [(agent.address, agent.node_name) for agent in agents])
 
     def _make_accounts(self) -> None:
         """The cluster's accounts in the registry, once (a restarted cluster keeps its keys)."""
         kv = self.kv()
         for account in self.accounts:
             if account not in self.api_keys:
-                self.api_keys[account] = add_account(kv, account)
+                self.api_keys[account] = add_account(kv, self.secret.encode(), account)
         self._account_records = kv.list(ACCOUNTS_PREFIX)
 
     @staticmethod
@@ -283,19 +305,21 @@ class Cluster:
 
     def add_account(self, name: str) -> str:
         """A further account (its key is kept in `api_keys` and restored with the others)."""
-        self.api_keys[name] = add_account(self.kv(), name)
+        self.api_keys[name] = add_account(self.kv(), self.secret.encode(), name)
         self._account_records = self.kv().list(ACCOUNTS_PREFIX)
         return self.api_keys[name]
 
     def restore_accounts(self) -> None:
-        """Writes the registry back after a dev agent restart (it keeps nothing: a real Consul keeps its data), in
-        one transaction: a node that read a part of it would refuse the keys not in it yet."""
+        """Sets up the ACLs again (the same tokens) and writes the registry back after a dev agent restart (it keeps
+        nothing: a real Consul keeps its data), the registry in one transaction: a node that read a part of it
+        would refuse the keys not in it yet."""
+        self._secure_consul()
         self.kv().transact([Put(key, value) for key, value in self._account_records.items()])
 
-    def _env(self, index: int = 0) -> dict[str, str]:
+    def _env(self, role: str, index: int = 0) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
         return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address_for(index),
-                "PYTHONUNBUFFERED": "1", **transport}
+                "CONSUL_HTTP_TOKEN": self.consul_token(role), "PYTHONUNBUFFERED": "1", **transport}
 
     # -- processes --------------------------------------------------------------------------------
 
@@ -304,7 +328,7 @@ class Cluster:
 
     def make_sequencer(self, index: int = 0) -> ServiceProcess:
         name = self.sequencer_name(index)
-        env, ha = self._env(), []
+        env, ha = self._env("sequencer"), []
         if isinstance(self.consul, ConsulServers):  # HA: the replica's own Consul client agent
             env["CONSUL_HTTP_ADDR"] = self.consul.client_address(index)
             ha = ["--log", "consul", "--id", name]
@@ -316,7 +340,7 @@ class Cluster:
         )
 
     def make_node(self, index: int) -> ServiceProcess:
-        env, prefix = self._env(index), []
+        env, prefix = self._env("node", index), []
         if self.netns is not None:  # the node reaches Consul through the bridge's address
             consul_port = self.consul_address_for(index).rpartition(":")[2]
             env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{consul_port}"
@@ -337,7 +361,9 @@ class Cluster:
             if self.netns is not None and not self.netns.created:
                 self.netns.create()
             self._make_certificates()
+            self.consul_security.write_config()
             self.consul.start()
+            self._secure_consul()
             self._make_accounts()
             self.sequencers = [self.make_sequencer(i) for i in range(len(self.sequencer_ports))]
             for index in range(len(self.sequencers)):

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from devtools.cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
+from devtools.consul_acl import write_private
 from devtools.consul_agent import ConsulServers
 from exchange.cluster import parse_markets
 from exchange.runtime import sync_channel
@@ -82,8 +83,9 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         c = f"{cli} --tls-dir {tls_dir}"
         security = f"mutual TLS: the cluster's CA and certificates are in {tls_dir.parent}, a client's in {tls_dir}"
     keys = DEMO_DIR / "api-keys"
-    keys.write_text("".join(f"{name.upper()}={cluster.api_keys[name]}\n" for name in DEMO_ACCOUNTS))
-    keys.chmod(0o600)
+    write_private(keys, "".join(f"{name.upper()}={cluster.api_keys[name]}\n" for name in DEMO_ACCOUNTS))
+    admin = DEMO_DIR / "admin.env"  # what `exchange-cli accounts` needs: the accounts role's token, the secret
+    write_private(admin, "".join(f"{name}={value}\n" for name, value in cluster.admin_env().items()))
     node1, node2, node3 = cluster.node_addresses
     if ha:
         leader = cluster.leader_index()
@@ -100,7 +102,10 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
-accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more: {cli} accounts add NAME)
+Consul runs with ACLs (default deny: anonymous may only read services) and gossip encryption; its tokens, the
+management one too, are in {cluster.consul_security.state_file.relative_to(ROOT)} (README, Security)
+accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more, with the accounts role's token and the
+cluster secret: (set -a; . {admin.relative_to(ROOT)}; {cli} accounts add NAME))
 
 try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
   {g} {node1} list

@@ -90,13 +90,14 @@ def peer_reader(registry: ConsulRegistry, own_id: str, secret: bytes, tls: TlsCo
 
 async def serve(args: argparse.Namespace) -> None:
     consul_host, consul_port = split_host_port(args.consul)
-    kv = ConsulKV(consul_host, consul_port)
-    markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
+    kv = ConsulKV(consul_host, consul_port, token=args.consul_token)
     secret = args.cluster_secret.encode()
+    markets = await asyncio.to_thread(agree_on_markets, kv, secret, args.markets)
     tls = load_tls(args.tls_dir)
     host, _ = split_host_port(args.listen)
     # the check is in the HA leader's session: a stalled replica fails it (and loses the lock) within seconds
-    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, check_timeout="2s")
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token,
+                              check_timeout="2s")
     server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], peer_token(secret), tls)
     store: LogBackend
     if args.log == "consul":

@@ -113,12 +113,12 @@ async def serve(args: argparse.Namespace) -> None:
     server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls)
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
     consul_host, consul_port = split_host_port(args.consul)
-    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
-    kv = ConsulKV(consul_host, consul_port)
-    markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token)
+    kv = ConsulKV(consul_host, consul_port, token=args.consul_token)
+    markets = await asyncio.to_thread(agree_on_markets, kv, secret, args.markets)
     accounts = None
     if not args.insecure_no_auth:
-        accounts = AccountRegistry()
+        accounts = AccountRegistry(secret)
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
     gate = Gatekeeper(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
