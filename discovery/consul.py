@@ -502,13 +502,18 @@ class ConsulKV:
     def _txn(self, operations: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
         """The results of a transaction; raises as `transact` says."""
         try:
-            response = self._client.http.put(lambda response: response, "/v1/txn", data=json.dumps(operations))
+            client = self._client
+            response = client.http.put(lambda response: response, "/v1/txn", data=json.dumps(operations),
+                                       headers=client.prepare_headers())
         except Exception as e:  # timeout, connection reset, ...: it may have been applied
             raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer a transaction: {e}") from e
         if response.code == 200:
             return list(json.loads(response.body).get("Results") or [])
         if response.code == 409:
             errors = json.loads(response.body).get("Errors") or []
+            if any("Permission denied" in str(error.get("What")) for error in errors):  # how a txn says 403
+                raise AccessDenied(f"Consul at {self.host}:{self.port} refused a transaction: "
+                                   f"{describe_failure(AccessDenied(response.body), self.token)}")
             raise TransactionConflict("; ".join(str(error.get("What")) for error in errors) or response.body)
         if response.code == 403:
             raise AccessDenied(f"Consul at {self.host}:{self.port} refused a transaction: "

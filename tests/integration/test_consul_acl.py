@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from devtools.cluster import Cluster, serving, wait_until
+from discovery import AccessDenied, Put
 from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
 from exchange.cluster_config import MARKETS_KEY
 from exchange.v1 import exchange_pb2 as pb
@@ -97,6 +98,8 @@ def test_each_role_writes_only_what_it_must(module_cluster: Cluster) -> None:
     for token, method, path, body in refused:
         role = next(role for role in ("node", "sequencer", "accounts", "observer") if c.consul_token(role) == token)
         assert consul(c, method, path, token, body) == 403, f"{role} may {method} {path}"
+    with pytest.raises(AccessDenied, match="ACLs refused"):  # a transaction is refused as such, not a conflict
+        c.kv("node").transact([Put(ACCOUNTS_PREFIX + "mallory", forged)])
     assert consul(c, "GET", f"/v1/kv/{MARKETS_KEY}", sequencer) == 200
     assert consul(c, "GET", f"/v1/kv/{ACCOUNTS_PREFIX}alice", accounts) == 200
 
