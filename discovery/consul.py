@@ -273,7 +273,8 @@ class ConsulRegistry:
             with self._lock:
                 _, entries = self._client.health.service(service, passing=True)
         except Exception as e:
-            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer: {e}") from e
+            error = AccessDenied if acl_refused(e) else DiscoveryError
+            raise error(f"Consul at {self.host}:{self.port}: {describe_failure(e, self.token)}") from e
         return _parse_entries(service, entries)
 
     def watch(self, service: str, on_change: Callable[[list[ServiceInstance]], None]) -> ConsulWatch:

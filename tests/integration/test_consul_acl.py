@@ -114,9 +114,9 @@ def test_a_forged_account_record_is_ignored_and_alice_keeps_trading(module_clust
     plain = json.dumps({"active": True, "keys": [hashlib.sha256(intruder.encode()).hexdigest()]}).encode()
     guessed = encode(b"not the cluster secret", Account("alice", True, (key_hash(intruder),), version=99))
     try:
-        for token, record in (("accounts", plain), ("management", guessed)):
+        for role, record in (("accounts", plain), ("management", guessed)):
             before = [c.status(node).counters["registry_records_refused"] for node in range(3)]
-            c.kv(token).put(ACCOUNTS_PREFIX + "alice", record)
+            c.kv(role).put(ACCOUNTS_PREFIX + "alice", record)
             wait_until(lambda before=before: all(  # type: ignore[misc]
                 c.status(node).counters["registry_records_refused"] > before[node] for node in range(3)), 15,
                 "every node to refuse the forged record")
