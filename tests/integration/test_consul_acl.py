@@ -65,6 +65,7 @@ def test_anonymous_may_find_the_nodes_and_nothing_else(module_cluster: Cluster) 
     for service in ("peer-server", "sequencer"):
         assert consul(c, "PUT", "/v1/agent/service/register", body=register(service)) == 403
     assert consul(c, "PUT", "/v1/session/create", body={"Name": "stranger"}) == 403  # no lock without a session
+    assert consul(c, "PUT", f"/v1/kv/exchange/sequencer/leader?acquire={uuid.uuid4()}", body=b"{}") == 403
     assert consul(c, "PUT", "/v1/acl/bootstrap") == 403  # bootstrapped: nobody takes the management token
     # the harness's own tokens work: what a role may do it can do
     assert consul(c, "GET", f"/v1/kv/{ACCOUNTS_PREFIX}alice", c.consul_token("node")) == 200
@@ -92,6 +93,7 @@ def test_each_role_writes_only_what_it_must(module_cluster: Cluster) -> None:
         (accounts, "PUT", f"/v1/kv/{MARKETS_KEY}", b"{}"),
         (accounts, "PUT", "/v1/kv/exchange/sequencer/leader", b"{}"),
         (accounts, "PUT", "/v1/agent/service/register", register("peer-server")),
+        (accounts, "PUT", "/v1/session/create", {"Name": "accounts"}),
         (observer, "GET", f"/v1/kv/{ACCOUNTS_PREFIX}alice", None),
         (observer, "PUT", "/v1/agent/service/register", register("peer-server")),
     ]
