@@ -186,8 +186,9 @@ class Cluster:
         return self.consul.address
 
     def consul_address_for(self, index: int) -> str:
-        """The Consul HTTP address node `index` talks to."""
-        return self.consul.address_for(index) if isinstance(self.consul, ConsulServers) else self.consul.address
+        """The Consul address node `index` talks to (`https://...` in TLS mode: Consul's API with the cluster's CA)."""
+        consul = self.consul
+        return consul.address_for(index) if isinstance(consul, ConsulServers) else consul.service_address
 
     @property
     def sequencer_port(self) -> int:
@@ -233,7 +234,8 @@ class Cluster:
         if self.tls_dir is None:
             return
         gateway = "127.0.0.1" if self.netns is None else self.netns.gateway
-        identities = {"consul": ["127.0.0.1", "localhost"], "client": ["127.0.0.1", "localhost"]}
+        consul = ["127.0.0.1", "localhost", *([] if self.netns is None else [gateway])]  # its API, over HTTPS
+        identities = {"consul": consul, "client": ["127.0.0.1", "localhost"]}
         identities.update({self.sequencer_name(i): [gateway, "localhost"] for i in range(len(self.sequencer_ports))})
         for index in range(len(self.node_ports)):
             identities[self.node_id(index)] = [self.node_address(index).rpartition(":")[0], "localhost"]
@@ -342,8 +344,9 @@ class Cluster:
     def make_node(self, index: int) -> ServiceProcess:
         env, prefix = self._env("node", index), []
         if self.netns is not None:  # the node reaches Consul through the bridge's address
-            consul_port = self.consul_address_for(index).rpartition(":")[2]
-            env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{consul_port}"
+            scheme, _, address = self.consul_address_for(index).rpartition("://")
+            env["CONSUL_HTTP_ADDR"] = f"{scheme}{'://' if scheme else ''}{self.netns.gateway}:" \
+                                      f"{address.rpartition(':')[2]}"
             prefix = self.netns.exec_prefix(index)
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",

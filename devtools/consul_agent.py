@@ -100,6 +100,15 @@ class ConsulDevAgent:
         return self._node
 
     @property
+    def service_address(self) -> str:
+        """The address the cluster's services use: `https://127.0.0.1:PORT` with a `tls_dir` (the API over TLS with
+        the cluster's CA), else the plain HTTP one (which the harness itself keeps using, on loopback)."""
+        if self._tls_dir is None:
+            return self.address
+        assert self._ports is not None
+        return f"https://127.0.0.1:{self._ports['https']}"
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self.running else None  # type: ignore[union-attr]
 
@@ -193,6 +202,8 @@ class ConsulDevAgent:
         ports["serf_wan"] = pick(True)
         ports["server"] = pick(False)
         ports["grpc"] = pick(False)
+        if self._tls_dir is not None:
+            ports["https"] = pick(False)
         return ports
 
     def _mode(self) -> list[str]:
@@ -232,8 +243,10 @@ class ConsulDevAgent:
         if self._tls_dir is None:
             return []
         files = {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}
+        assert self._ports is not None
         return [*(f'-hcl={option} = "{self._tls_dir / name}"' for option, name in files.items()),
-                "-hcl=enable_agent_tls_for_checks = true", '-hcl=server_name = "localhost"']
+                "-hcl=enable_agent_tls_for_checks = true", '-hcl=server_name = "localhost"',
+                f"-hcl=ports {{ https = {self._ports['https']} }}"]  # the services' API: service_address
 
     def _spawn_and_wait(self) -> None:
         self._spawn()
@@ -387,12 +400,12 @@ class ConsulServers:
         return [agent.pid for agent in self.agents if agent.pid is not None]
 
     def address_for(self, index: int) -> str:
-        """The HTTP address process `index` of a harness uses: a server's."""
-        return self.servers[index % len(self.servers)].address
+        """The address process `index` of a harness uses: a server's (`service_address`)."""
+        return self.servers[index % len(self.servers)].service_address
 
     def client_address(self, index: int) -> str:
-        """The HTTP address of client agent `index`."""
-        return self.clients[index].address
+        """The address the service on client agent `index`'s machine uses (`service_address`)."""
+        return self.clients[index].service_address
 
     def read_log(self) -> str:
         return "\n".join(f"--- {agent.log_file.name} ---\n{agent.read_log()}" for agent in self.agents)

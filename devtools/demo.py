@@ -100,10 +100,11 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nresumed the log of an earlier demo run ({where}): its orders still rest; for empty books run "
               f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
+    https = "" if tls_dir is None else f"; the services use its HTTPS API, {cluster.consul_address_for(0)}"
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
-Consul runs with ACLs (default deny: anonymous may only read services) and gossip encryption; its tokens, the
-management one too, are in {cluster.consul_security.state_file.relative_to(ROOT)} (README, Security)
+Consul runs with ACLs (default deny: anonymous may only read services) and gossip encryption{https}; its tokens,
+the management one too, are in {cluster.consul_security.state_file.relative_to(ROOT)} (README, Security)
 accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more, with the accounts role's token and the
 cluster secret: (set -a; . {admin.relative_to(ROOT)}; {cli} accounts add NAME))
 

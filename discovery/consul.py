@@ -71,11 +71,24 @@ def _parse_entries(service: str, entries: list[dict[str, Any]] | None) -> list[S
     return sorted(out.values(), key=lambda i: i.instance_id)
 
 
-def consul_client(host: str, port: int, token: str | None, timeout: float | None) -> consul.Consul:
-    """A py-consul client sending `token` (None or "": Consul's anonymous token). py-consul would let
-    CONSUL_HTTP_TOKEN override the token it is given; here the caller's token wins (the processes' flags read
-    that variable as their default)."""
-    client = consul.Consul(host=host, port=port, connections_timeout=timeout)
+@dataclass(frozen=True)
+class ConsulHttps:
+    """HTTPS to the Consul agent: the CA file its certificate must be of, and this process's certificate and key
+    (presented when the agent asks for one)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+def consul_client(host: str, port: int, token: str | None, timeout: float | None,
+                  https: ConsulHttps | None = None) -> consul.Consul:
+    """A py-consul client sending `token` (None or "": Consul's anonymous token), over HTTPS with `https`.
+    py-consul would let CONSUL_HTTP_TOKEN override the token it is given; here the caller's token wins (the
+    processes' flags read that variable as their default)."""
+    client = consul.Consul(host=host, port=port, connections_timeout=timeout, scheme="https" if https else "http",
+                           verify=https.ca_file if https else True,
+                           cert=(https.cert_file, https.key_file) if https else None)
     client.token = token or None
     # the agent is local: no proxy, and requests would read the proxy variables on every call (~17% of a call's
     # CPU, measured)
@@ -114,6 +127,7 @@ class ConsulRegistry:
         request_timeout: float = 5.0,
         grpc_tls: bool = False,
         token: str | None = None,
+        https: ConsulHttps | None = None,
     ) -> None:
         """Never contacts Consul: constructing it works while Consul is still down.
 
@@ -121,7 +135,8 @@ class ConsulRegistry:
         TLS (the agent needs the cluster's CA, and a client certificate when the services require one:
         ``enable_agent_tls_for_checks``).
 
-        ``token``: the Consul ACL token every request carries (None: the anonymous token).
+        ``token``: the Consul ACL token every request carries (None: the anonymous token); ``https``: talk to
+        the agent over HTTPS.
 
         ``deregister_after``: Consul reaps a service whose check stays critical that long
         (Consul enforces a minimum of 1 minute and reaps every ~30 s).
@@ -137,6 +152,7 @@ class ConsulRegistry:
         self.request_timeout = request_timeout
         self.grpc_tls = grpc_tls
         self.token = token
+        self.https = https
         self._lock = threading.RLock()
         self._client = self._new_client(request_timeout)
         self._registrations: dict[str, _Registration] = {}
@@ -146,7 +162,7 @@ class ConsulRegistry:
         self._keeper_outage = False
 
     def _new_client(self, timeout: float | None) -> consul.Consul:
-        return consul_client(self.host, self.port, self.token, timeout)
+        return consul_client(self.host, self.port, self.token, timeout, self.https)
 
     # -- registration -----------------------------------------------------------------------
     def register(
@@ -424,11 +440,13 @@ class ConsulKV:
     in). Never contacts Consul when constructed. Thread-safe: each thread has its own connection."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8500, request_timeout: float = 5.0,
-                 wait: str = "30s", token: str | None = None) -> None:
-        """`token`: the Consul ACL token every request carries (None: the anonymous token)."""
+                 wait: str = "30s", token: str | None = None, https: ConsulHttps | None = None) -> None:
+        """`token`: the Consul ACL token every request carries (None: the anonymous token); `https`: talk to the
+        agent over HTTPS."""
         self.host = host
         self.port = port
         self.token = token
+        self.https = https
         self.request_timeout = request_timeout
         self.wait = wait
         self._local = threading.local()
@@ -437,7 +455,8 @@ class ConsulKV:
     def _client(self) -> consul.Consul:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = consul_client(self.host, self.port, self.token, self.request_timeout)
+            client = self._local.client = consul_client(self.host, self.port, self.token, self.request_timeout,
+                                                        self.https)
         return client
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
@@ -600,7 +619,7 @@ class ConsulKeyWatch:
 
     def _run(self) -> None:
         kv = self._kv
-        client = consul_client(kv.host, kv.port, kv.token, kv.request_timeout)
+        client = consul_client(kv.host, kv.port, kv.token, kv.request_timeout, kv.https)
         index: int | None = None
         backoff = _BACKOFF_MIN
         refused = False

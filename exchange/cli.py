@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from discovery import DiscoveryError
 from discovery.consul import ConsulKV
@@ -29,6 +30,7 @@ from exchange.client import (
 )
 from exchange.cluster import add_consul_arguments, add_secret_argument
 from exchange.errors import ExchangeError
+from exchange.tls import consul_endpoint
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 
@@ -100,11 +102,12 @@ def print_fills(client: Client, market: str, from_seq: int, watch: bool, everyth
     return 0
 
 
-def manage_accounts(consul: str, token: str | None, secret: bytes, action: str, name: str | None) -> int:
+def manage_accounts(consul: str, token: str | None, secret: bytes, action: str, name: str | None,
+                    tls_dir: Path | None = None) -> int:
     """`exchange-cli accounts ...`: writes the registry every node follows (exchange/accounts.py), its records
     signed with the cluster secret, through Consul with the accounts role's token."""
-    host, _, port = consul.rpartition(":")
-    kv = ConsulKV(host, int(port), token=token)
+    host, port, https = consul_endpoint(consul, tls_dir)
+    kv = ConsulKV(host, port, token=token, https=https)
     try:
         if action == "list":
             accounts, forged = list_accounts(kv, secret)
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     accounts.add_argument("name", nargs="?", help="the account (all but list)")
     args = parser.parse_args(argv)
     if args.command == "accounts":
-        return manage_accounts(args.consul, args.consul_token, args.cluster_secret.encode(), args.action, args.name)
+        return manage_accounts(args.consul, args.consul_token, args.cluster_secret.encode(), args.action, args.name,
+                               args.tls_dir)
 
     # a person waits: give up after 30 s (5 s for reads), as the CLI always did
     client = Client(args.node, connection=connection_from_arguments(args),

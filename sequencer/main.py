@@ -27,7 +27,7 @@ from exchange.cluster import (
 from exchange.cluster_config import agree_on_markets
 from exchange.entries import entry_is_authentic
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, sync_channel, wait_for_signal
-from exchange.tls import TlsConfig, add_tls_argument, load_tls
+from exchange.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.dedup import DEFAULT_WINDOW, dedup_key
 from sequencer.log import LogBackend, StoredEntry
@@ -89,15 +89,15 @@ def peer_reader(registry: ConsulRegistry, own_id: str, secret: bytes, tls: TlsCo
 
 
 async def serve(args: argparse.Namespace) -> None:
-    consul_host, consul_port = split_host_port(args.consul)
-    kv = ConsulKV(consul_host, consul_port, token=args.consul_token)
+    consul_host, consul_port, consul_https = consul_endpoint(args.consul, args.tls_dir)
+    kv = ConsulKV(consul_host, consul_port, token=args.consul_token, https=consul_https)
     secret = args.cluster_secret.encode()
     markets = await asyncio.to_thread(agree_on_markets, kv, secret, args.markets)
     tls = load_tls(args.tls_dir)
     host, _ = split_host_port(args.listen)
     # the check is in the HA leader's session: a stalled replica fails it (and loses the lock) within seconds
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token,
-                              check_timeout="2s")
+                              check_timeout="2s", https=consul_https)
     server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], peer_token(secret), tls)
     store: LogBackend
     if args.log == "consul":

@@ -26,7 +26,7 @@ from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
 from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
-from exchange.tls import add_tls_argument, load_tls
+from exchange.tls import add_tls_argument, consul_endpoint, load_tls
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")
@@ -112,9 +112,10 @@ async def serve(args: argparse.Namespace) -> None:
     service_descriptor = exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"]
     server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls)
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
-    consul_host, consul_port = split_host_port(args.consul)
-    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token)
-    kv = ConsulKV(consul_host, consul_port, token=args.consul_token)
+    consul_host, consul_port, consul_https = consul_endpoint(args.consul, args.tls_dir)
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token,
+                              https=consul_https)
+    kv = ConsulKV(consul_host, consul_port, token=args.consul_token, https=consul_https)
     markets = await asyncio.to_thread(agree_on_markets, kv, secret, args.markets)
     accounts = None
     if not args.insecure_no_auth:
