@@ -31,6 +31,7 @@ from discovery import Put
 from discovery.consul import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, add_account
 from exchange.cluster import parse_markets
+from exchange.cluster_config import MARKETS_KEY, markets_record
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
 from exchange.tls import TlsConfig
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
@@ -312,10 +313,11 @@ class Cluster:
         return self.api_keys[name]
 
     def restore_accounts(self) -> None:
-        """Sets up the ACLs again (the same tokens) and writes the registry back after a dev agent restart (it keeps
-        nothing: a real Consul keeps its data), the registry in one transaction: a node that read a part of it
-        would refuse the keys not in it yet."""
+        """Writes back what a dev agent restart lost (a real Consul keeps its data): the ACLs (the same tokens), the
+        markets (a node may not define them: it would wait for the Sequencer, which is not restarting) and the
+        registry, in one transaction: a node that read a part of it would refuse the keys not in it yet."""
         self._secure_consul()
+        self.kv("sequencer").create(MARKETS_KEY, markets_record(self.secret.encode(), parse_markets(self.markets)))
         self.kv().transact([Put(key, value) for key, value in self._account_records.items()])
 
     def _env(self, role: str, index: int = 0) -> dict[str, str]:

@@ -155,3 +155,18 @@ def test_a_node_whose_token_is_removed_fails_loudly_and_never_open(make_cluster:
     process.start()
     wait_until(lambda: "ACLs refused" in process.read_log(), 30, "the node to report the refused token")
     assert not serving(c.node_address(0), c.client_tls)
+
+
+def test_a_node_restarted_after_the_dev_agent_lost_everything_serves_again(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The dev agent keeps nothing across a restart; the harness writes back the ACLs, the markets and the registry
+    (what a real Consul keeps), so a node restarted afterwards, whose role may only read the markets, serves."""
+    c = make_cluster(nodes=1)
+    c.start()
+    c.consul.stop()
+    c.consul.start()
+    c.restore_accounts()
+    c.nodes[0].stop()
+    c.start_node(0, timeout=30)
+    stub(c, 0, "alice").ListOrders(pb.ListOrdersRequest(), timeout=CALL)
