@@ -30,6 +30,9 @@ DEMO_DIR = ROOT / ".cluster"
 DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
 # HA mode: three Consul servers' HTTP APIs, two Sequencer replicas (the nodes' ports are the same)
 HA_PORTS = {"consul": [18500, 18501, 18502], "sequencers": [50050, 50054]}
+# Each process's Prometheus metrics (http://127.0.0.1:PORT/metrics)
+METRICS_PORTS = {"sequencer": 19100, "sequencer-1": 19100, "sequencer-2": 19104, "node-1": 19101, "node-2": 19102,
+                 "node-3": 19103}
 STATE_FILE = DEMO_DIR / "state.json"
 
 
@@ -41,7 +44,7 @@ def _demo_cluster(tls: bool, ha: bool) -> Cluster:
     return Cluster(
         DEMO_DIR, nodes=3, node_ports=list(DEMO_PORTS["nodes"]),
         secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"), tls=tls, ha=ha, rate_limit=None,
-        accounts=DEMO_ACCOUNTS, **ports,  # type: ignore[arg-type]
+        accounts=DEMO_ACCOUNTS, metrics=True, metrics_ports=METRICS_PORTS, **ports,  # type: ignore[arg-type]
     )
 
 
@@ -70,6 +73,7 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         "markets": cluster.markets,
         "ha": ha,
         "tls_dir": str(cluster.client_tls_dir) if cluster.client_tls_dir else None,
+        "metrics": {p.name: cluster.metrics_url(p.name) for p in cluster.processes()},
     }, indent=2))
     grpcurl = Path(sys.executable).parent.relative_to(ROOT) / "grpcurl"
     cli = Path(sys.executable).parent.relative_to(ROOT) / "exchange-cli"
@@ -98,8 +102,11 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nresumed the log of an earlier demo run ({where}): its orders still rest; for empty books run "
               f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
+    metrics = "\n".join(f"  {p.name:<12} {cluster.metrics_url(p.name)}" for p in cluster.processes())
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
+Prometheus metrics of every process (registered in Consul: service meta metrics_port):
+{metrics}
 accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more: {cli} accounts add NAME)
 
 try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exchange.cluster import CLUSTER_ONLY_METHODS, TOKEN_HEADER
+from exchange.grpc_metrics import ServerMetrics, channel_interceptors
 from exchange.tls import TlsConfig
 
 # Requests far larger than any valid order are refused by grpc itself (RESOURCE_EXHAUSTED).
@@ -59,10 +60,13 @@ CHANNEL_OPTIONS = [
 ]
 
 def aio_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
-    """A channel of the cluster's processes: their options, TLS when the cluster runs with it."""
+    """A channel of the cluster's processes: their options, TLS when the cluster runs with it, the gRPC client
+    metrics when the process serves metrics."""
+    interceptors = channel_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS,
+                                   interceptors=interceptors)
 
 
 def sync_channel(target: str, tls: TlsConfig | None = None) -> grpc.Channel:
@@ -260,12 +264,16 @@ class GrpcServer:
     its services (exchange.cluster.CLUSTER_ONLY_METHODS) require the cluster token."""
 
     def __init__(
-        self, bind: str, services: Iterable[ServiceDescriptor], cluster_token: str, tls: TlsConfig | None = None
+        self, bind: str, services: Iterable[ServiceDescriptor], cluster_token: str, tls: TlsConfig | None = None,
+        metrics: bool = False,
     ) -> None:
-        interceptors = [
+        """`metrics`: record every call (exchange/grpc_metrics.py), those the other interceptors refuse too."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
             RequireClusterToken(cluster_token, CLUSTER_ONLY_METHODS, TOKEN_HEADER),
             RejectMalformedRequests(),
         ]
+        if metrics:
+            interceptors.insert(0, ServerMetrics())
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -55,6 +55,7 @@ from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.dedup import dedup_key
 from sequencer.log import Gate, LeadershipLost, Recovered, StoredEntry, settle_all
+from sequencer.metrics import CONSUL_TXN_CONFLICTS, CONSUL_TXN_SECONDS, SESSION_RENEWALS
 from sequencer.store import LogStore
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,13 @@ class ReplicatedLog:
                     self._probe(why)
                     continue
                 if self.session is not None and time.monotonic() - renewed >= self.renew_s:
-                    if self.store.renew_session(self.session):
+                    try:
+                        renewal = self.store.renew_session(self.session)
+                    except DiscoveryError:
+                        SESSION_RENEWALS.labels("failed").inc()
+                        raise
+                    SESSION_RENEWALS.labels("ok" if renewal else "refused").inc()
+                    if renewal:
                         renewed = self._confirmed = time.monotonic()
                     elif self.leading:
                         self._probe("the session ended (its renewal was refused)")
@@ -641,12 +648,15 @@ class ReplicatedLog:
         while True:
             if self._stop.is_set():
                 raise Fenced(f"{market.name}: stopping before batch {first}..{last} committed")
+            began = time.perf_counter()
             try:
                 versions = self.store.transact(ops)
+                CONSUL_TXN_SECONDS.observe(time.perf_counter() - began)
                 market.head_index = versions[key]
                 self._confirmed = time.monotonic()
                 break
             except TransactionConflict as error:
+                CONSUL_TXN_CONFLICTS.inc()
                 if not resent:
                     raise Fenced(str(error)) from error
                 found = self._head_after_unknown(market, key, head)  # it may be the first that committed
