@@ -2,9 +2,11 @@
 # Install Prometheus and promtool for the demo and the tests, and record the directory holding both in
 # .cache/prometheus/path (like scripts/ensure-consul.sh for Consul).
 #
-# Order: `prometheus` and `promtool` on PATH -> previously extracted .cache/prometheus/usr/bin/ ->
-# download Debian's `prometheus` package (bookworm: 2.42, promtool included) with this machine's own apt
-# sources (`apt-get download`: nothing installed, no root needed) and extract it with dpkg -x.
+# Order: `prometheus` and `promtool` on PATH (if that Prometheus has Consul service discovery) -> previously
+# extracted .cache/prometheus/usr/bin/ -> download Debian bullseye's `prometheus` package (2.24.1, promtool
+# included) and extract it (scripts/debian-package.sh, as for Consul). Not bookworm's 2.42: Debian builds it
+# without Consul service discovery ("Disable Consul SD until its Debian package is back in shape", its
+# changelog), and deploy/prometheus/prometheus.yml finds every process through Consul.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,10 +19,14 @@ log() { echo "ensure-prometheus: $*" >&2; }
 die() { echo "ensure-prometheus: ERROR: $*" >&2; exit 1; }
 
 check_dir() {
-    # Prints the version line if both binaries of directory $1 run.
+    # Prints the version line if both binaries of directory $1 run and promtool accepts the repository's
+    # configuration (consul_sd_configs: a Prometheus built without Consul service discovery refuses it).
     local dir="$1" out
     out="$("$dir/prometheus" --version 2>&1)" || { log "'$dir/prometheus --version' failed: $out"; return 1; }
-    "$dir/promtool" --version >/dev/null 2>&1 || { log "'$dir/promtool --version' failed"; return 1; }
+    "$dir/promtool" check config "$ROOT/deploy/prometheus/prometheus.yml" >/dev/null 2>&1 || {
+        log "'$dir/promtool check config deploy/prometheus/prometheus.yml' failed (no Consul service discovery?)"
+        return 1
+    }
     log "$(head -n1 <<<"$out") at $dir"
 }
 
@@ -50,23 +56,10 @@ if [[ -x "$LOCAL_DIR/prometheus" && -x "$LOCAL_DIR/promtool" ]]; then
     log "extracted copy does not run; downloading again"
 fi
 
-# 3. download Debian's package with the machine's own sources, extract it
-command -v apt-get >/dev/null || die "no prometheus on PATH and no apt-get to download Debian's package; install Prometheus 2.x (with promtool) and put it on PATH"
-command -v dpkg >/dev/null || die "dpkg not found; cannot extract the prometheus package"
-DOWNLOAD="$CACHE/download"
-mkdir -p "$DOWNLOAD"
-rm -f "$DOWNLOAD"/prometheus_*.deb
-log "apt-get download prometheus (this machine's apt sources)"
-if ! (cd "$DOWNLOAD" && apt-get download prometheus) >"$DOWNLOAD/download.log" 2>&1; then
-    cat "$DOWNLOAD/download.log" >&2
-    die "apt-get download prometheus failed (see above; if apt knows no such package, run apt-get update first)"
-fi
-shopt -s nullglob
-debs=("$DOWNLOAD"/prometheus_*.deb)
-shopt -u nullglob
-((${#debs[@]})) || die "apt-get download reported success but no prometheus_*.deb in $DOWNLOAD"
-log "downloaded $(basename "${debs[0]}"); extracting into $CACHE"
-dpkg -x "${debs[0]}" "$CACHE" || die "dpkg -x ${debs[0]} failed"
+# 3. download Debian bullseye's package (scripts/debian-package.sh)
+# shellcheck source=scripts/debian-package.sh
+source "$ROOT/scripts/debian-package.sh"
+fetch_debian_package prometheus "$CACHE"
 [[ -x "$LOCAL_DIR/prometheus" && -x "$LOCAL_DIR/promtool" ]] || die "package extracted but $LOCAL_DIR/prometheus or promtool is missing"
 check_dir "$LOCAL_DIR" || die "$LOCAL_DIR was extracted but does not run"
 write_stamp "$LOCAL_DIR"
