@@ -38,6 +38,12 @@ def find_prometheus() -> Path:
                             "PATH; run `make prometheus` (scripts/ensure-prometheus.sh) first")
 
 
+def web_assets(directory: Path) -> list[str]:
+    """Debian's Prometheus serves its UI from files (/usr/share/prometheus/web/): where they were extracted."""
+    assets = directory.parent / "share" / "prometheus" / "web"
+    return [f"--web.local-assets={assets}/"] if assets.is_dir() else []
+
+
 def configuration(consul_address: str, interval: str) -> str:
     """deploy/prometheus/prometheus.yml for the cluster whose Consul agent is `consul_address`, scraping and
     evaluating every `interval`, with the rules file by its absolute path."""
@@ -82,7 +88,7 @@ class PrometheusServer:
             self.popen = subprocess.Popen(
                 [str(directory / "prometheus"), f"--config.file={config}",
                  f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+                 f"--web.listen-address=127.0.0.1:{self.port}", *web_assets(directory)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
