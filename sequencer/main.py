@@ -28,7 +28,15 @@ from exchange.cluster import (
 from exchange.cluster_config import agree_on_markets
 from exchange.entries import entry_is_authentic
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
-from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, sync_channel, wait_for_signal
+from exchange.runtime import (
+    GrpcServer,
+    configure_logging,
+    grpc_transport,
+    run,
+    set_log_node,
+    sync_channel,
+    wait_for_signal,
+)
 from exchange.tls import TlsConfig, add_tls_argument, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.dedup import DEFAULT_WINDOW, dedup_key
@@ -143,7 +151,8 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     refuse_development_secret(args.listen, args.cluster_secret)
-    configure_logging("sequencer", args.log_level)
+    configure_logging("sequencer", args.log_level, args.log_format)
+    set_log_node(args.id)
     run(lambda: serve(args))
 
 

@@ -41,7 +41,7 @@ from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from exchange.metrics import gauge
-from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
+from exchange.runtime import LongLivedStreams, Malformed, log_fields, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
 from sequencer.log import LeadershipLost, LogBackend, StoredEntry
@@ -382,7 +382,8 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             for market in self.markets.values():
                 stats, market.stats = market.stats, MarketStats()
                 if stats.grants or stats.stale:
-                    log.info("%s at %d: %s", market.market, market.current, stats.line(every_s))
+                    log.info("%s at %d: %s", market.market, market.current, stats.line(every_s),
+                             extra=log_fields(market.market, market.current))
 
     @rpc
     async def ReadLog(

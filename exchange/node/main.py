@@ -30,7 +30,15 @@ from exchange.node.metrics import node_gauges
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
-from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
+from exchange.runtime import (
+    GrpcServer,
+    configure_logging,
+    grpc_transport,
+    log_fields,
+    run,
+    set_log_node,
+    wait_for_signal,
+)
 from exchange.tls import add_tls_argument, load_tls
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -92,10 +100,11 @@ async def initial_catch_up(
         while True:
             try:
                 await pipeline.catch_up(current[market])
-                log.info("%s: caught up to %d", market, replica.applied_seq(market))
+                log.info("%s: caught up to %d", market, replica.applied_seq(market),
+                         extra=log_fields(market, replica.applied_seq(market)))
                 break
             except ExchangeError as error:
-                log.warning("%s: waiting for the Sequencer: %s", market, error)
+                log.warning("%s: waiting for the Sequencer: %s", market, error, extra=log_fields(market))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -121,6 +130,7 @@ async def serve(args: argparse.Namespace) -> None:
         enable_client_metrics()
     server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls, metrics=metrics_port is not None)
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
+    set_log_node(node_id)
     consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     kv = ConsulKV(consul_host, consul_port)
@@ -184,7 +194,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     refuse_development_secret(args.listen, args.cluster_secret)
-    configure_logging("node", args.log_level)
+    configure_logging("node", args.log_level, args.log_format)
     run(lambda: serve(args))
 
 

@@ -37,6 +37,7 @@ from exchange.errors import Aborted, ExchangeError, Unavailable, status_of
 from exchange.node.links import Peers, Sequencer
 from exchange.node.metrics import MarketMetrics, counters, order_rejected
 from exchange.node.replica import Applied, Replica
+from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class MarketPipeline:
                     await self._sequence(batch)
                 except Exception as error:  # noqa: BLE001 - a failed round fails its orders, not the node
                     if not isinstance(error, ExchangeError):
-                        log.exception("%s: sequencing round failed", self.market)
+                        log.exception("%s: sequencing round failed", self.market, extra=log_fields(self.market))
                         error = Unavailable(f"sequencing failed on this node: {type(error).__name__}")
                     reason = status_of(error).name
                     for pending in batch:
@@ -281,10 +282,11 @@ class MarketPipeline:
                     last_applied, stuck_since = applied, now
                     continue
                 if now - stuck_since >= self.gap_wait_s:
-                    log.info("%s: filling gap after %d from the Sequencer's log", self.market, applied)
+                    log.info("%s: filling gap after %d from the Sequencer's log", self.market, applied,
+                             extra=log_fields(self.market, applied))
                     await self.catch_up()
                     stuck_since = loop.time()
             except ExchangeError as error:
-                log.warning("%s: catch-up check failed: %s", self.market, error)
+                log.warning("%s: catch-up check failed: %s", self.market, error, extra=log_fields(self.market))
             except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("%s: catch-up check crashed", self.market)
+                log.exception("%s: catch-up check crashed", self.market, extra=log_fields(self.market))

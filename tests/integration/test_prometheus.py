@@ -3,6 +3,7 @@ Prometheus finding every process of a real cluster through Consul and reading wh
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import urllib.request
@@ -169,3 +170,22 @@ def _places(stub: exchange_pb2_grpc.ExchangeNodeStub) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_json_logs_one_object_per_line_naming_the_process_node_and_market(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    json_logs = ["--log-format", "json"]
+    cluster = make_cluster(nodes=1, extra_node_args=json_logs, extra_sequencer_args=json_logs)
+    cluster.start()
+    with cluster.channel(cluster.node_address(0)) as channel:
+        stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+        stub.CreateOrder(pb.CreateOrderRequest(size=1, limit_price=90), timeout=10)
+    cluster.stop()
+    node = [json.loads(line) for line in cluster.nodes[0].read_log().splitlines()]
+    sequencer = [json.loads(line) for line in cluster.sequencers[0].read_log().splitlines()]
+    assert {(entry["process"], entry.get("node")) for entry in node} == {("node", "node-1")}
+    assert {(entry["process"], entry.get("node")) for entry in sequencer} == {("sequencer", "sequencer-1")}
+    caught_up = [entry for entry in node if entry["message"].startswith("BTC-USD: caught up")]
+    assert caught_up and caught_up[0]["market"] == "BTC-USD" and isinstance(caught_up[0]["seq"], int)
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in node + sequencer)
