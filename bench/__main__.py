@@ -29,10 +29,18 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.table(result)
 
 
+def _metrics(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import metrics
+
+    result = metrics.run(seconds=args.seconds)
+    return result, metrics.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table)
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
+    "metrics": _metrics,
 }
 
 
