@@ -26,7 +26,7 @@ from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta,
 from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccountRegistry, Gatekeeper, RateLimiter
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
-from exchange.node.metrics import node_gauges
+from exchange.node.metrics import NodeGauges
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
@@ -150,8 +150,8 @@ async def serve(args: argparse.Namespace) -> None:
     service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, gate)
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
     if metrics_port is not None:
-        REGISTRY.register(LoopCollector(asyncio.get_running_loop(), lambda: node_gauges(
-            replica, pipelines, peers, service.state == SERVING)))
+        REGISTRY.register(LoopCollector(asyncio.get_running_loop(), NodeGauges(
+            replica, pipelines, peers, lambda: service.state == SERVING)))
         log.info("metrics on http://%s:%d/metrics", split_host_port(args.metrics_listen)[0], metrics_port)
     await server.start()
     await server.set_serving(False)
