@@ -2,10 +2,12 @@
 serving Prometheus metrics (`--metrics-listen`: the gRPC interceptors on, the exchange's series counted) and
 scraped every second, against the same cluster without metrics, in one run.
 
-Each mode runs METRICS_ROUNDS times on a fresh cluster, the modes alternating (off, on, on, off, ...), and each
-case's figure is its best run (noise on this machine only ever slows a run down). The scraper is a process of its
-own (`python -m bench.metrics scrape URL...`), as Prometheus would be, scraping every process every second (15x
-Prometheus's default interval).
+Both clusters run side by side (the one not measured idles); each round measures every case on one, then on the
+other, the order alternating (off, on, on, off, ...), METRICS_ROUNDS rounds, and each case's figure is its best
+run (noise on this machine only ever slows a run down; a shared machine's load drifts over minutes, so the two
+modes are measured seconds apart). The scraper is a process of its own (`python -m bench.metrics scrape URL...`),
+as Prometheus would be, scraping every process of the cluster with metrics every second (15x Prometheus's default
+interval) for the whole run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from bench.cluster import STREAM_BATCHES, _best, _cluster_unary, _log, _stream_figures, _streaming_run
 from devtools.cluster import Cluster
 
-METRICS_ROUNDS = 2
+METRICS_ROUNDS = 3
 TARGET_METRICS = 0.95  # with metrics on >= x the throughput without
 SCRAPE_INTERVAL_S = 1.0
 
@@ -39,31 +41,36 @@ def _scraped(cluster: Cluster) -> Iterator[None]:
         scraper.wait(10)
 
 
-def _case(workdir: Path, seconds: float, metrics: bool, round_number: int) -> dict:
-    name = f"cluster-metrics-{'on' if metrics else 'off'}-{round_number}"
-    _log(f"{name}: Consul, the Sequencer and 3 nodes, metrics {'on, scraped every second' if metrics else 'off'}")
-    cluster = Cluster(workdir / name, nodes=3, secret="bench-secret", metrics=metrics)
-    try:
-        cluster.start()
-        with _scraped(cluster) if metrics else contextlib.nullcontext():
-            unary = _cluster_unary(cluster, 64, seconds, round_number)
-            streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
-        scrape_bytes = {process.name: len(urllib.request.urlopen(cluster.metrics_url(process.name), timeout=10).read())
-                        for process in cluster.processes()} if metrics else {}
-    except Exception:
-        print(cluster.logs(), file=sys.stderr)
-        raise
-    finally:
-        cluster.stop()
-    return {"unary": unary, "streaming": streaming, "scrape_bytes": scrape_bytes}
+def _cases(cluster: Cluster, seconds: float, round_number: int) -> dict:
+    mode = "on" if cluster.metrics else "off"
+    _log(f"round {round_number}, metrics {mode}")
+    return {"unary": _cluster_unary(cluster, 64, seconds, round_number),
+            "streaming": [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]}
 
 
 def run(seconds: float = 4.0, workdir: Path | None = None) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    clusters = {metrics: Cluster(workdir / f"cluster-metrics-{'on' if metrics else 'off'}", nodes=3,
+                                 secret="bench-secret", metrics=metrics) for metrics in (False, True)}
     runs: dict[bool, list[dict]] = {False: [], True: []}
-    for round_number in range(1, METRICS_ROUNDS + 1):
-        for metrics in ((False, True) if round_number % 2 else (True, False)):
-            runs[metrics].append(_case(workdir, seconds, metrics, round_number))
+    _log("two clusters of 3 nodes: metrics off, and metrics on (scraped every second)")
+    try:
+        for cluster in clusters.values():
+            cluster.start()
+        with _scraped(clusters[True]):
+            for round_number in range(1, METRICS_ROUNDS + 1):
+                for metrics in ((False, True) if round_number % 2 else (True, False)):
+                    runs[metrics].append(_cases(clusters[metrics], seconds, round_number))
+        scrape_bytes = {process.name: len(urllib.request.urlopen(clusters[True].metrics_url(process.name),
+                                                                 timeout=10).read())
+                        for process in clusters[True].processes()}
+    except Exception:
+        for cluster in clusters.values():
+            print(cluster.logs(), file=sys.stderr)
+        raise
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
     result: dict = {}
     for metrics, cases in runs.items():
         result["on" if metrics else "off"] = {
@@ -71,14 +78,14 @@ def run(seconds: float = 4.0, workdir: Path | None = None) -> dict:
             "streaming": [_stream_figures(max((case["streaming"][index] for case in cases), key=lambda r: r.rate))
                           for index in range(len(STREAM_BATCHES))],
         }
-    result["scrape_bytes"] = runs[True][-1]["scrape_bytes"]
+    result["scrape_bytes"] = scrape_bytes
     return result
 
 
 def table(result: dict) -> str:
     off, on = result["off"], result["on"]
     lines = [f"metrics: the same load on 3 nodes with every process serving /metrics (scraped every "
-             f"{SCRAPE_INTERVAL_S:g} s) and without; best of {METRICS_ROUNDS} fresh clusters each, alternating",
+             f"{SCRAPE_INTERVAL_S:g} s) and without; best of {METRICS_ROUNDS} alternating rounds each",
              f"{'case':<28} {'off':>10} {'on':>10} {'ratio':>6}  {'CPU/order off':>14} {'on':>8}"]
     verdicts = []
     pairs = [("unary, 64 in flight", off["unary_64"], on["unary_64"])]

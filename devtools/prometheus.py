@@ -44,11 +44,13 @@ def web_assets(directory: Path) -> list[str]:
     return [f"--web.local-assets={assets}/"] if assets.is_dir() else []
 
 
-def configuration(consul_address: str, interval: str) -> str:
-    """deploy/prometheus/prometheus.yml for the cluster whose Consul agent is `consul_address`, scraping and
-    evaluating every `interval`, with the rules file by its absolute path."""
+def configuration(consul_address: str, interval: str, consul_token: str | None = None) -> str:
+    """deploy/prometheus/prometheus.yml for the cluster whose Consul agent is `consul_address` (with ACLs: read
+    the catalog with `consul_token`), scraping and evaluating every `interval`, with the rules file by its
+    absolute path."""
     text = (DEPLOY / "prometheus.yml").read_text()
-    for old, new in (("server: 127.0.0.1:8500", f"server: {consul_address}"),
+    server = f"server: {consul_address}" + ("" if consul_token is None else f"\n        token: {consul_token}")
+    for old, new in (("server: 127.0.0.1:8500", server),
                      ("scrape_interval: 15s", f"scrape_interval: {interval}"),
                      ("evaluation_interval: 15s", f"evaluation_interval: {interval}"),
                      ("  - alerts.yml", f"  - {DEPLOY / 'alerts.yml'}")):
@@ -62,9 +64,11 @@ class PrometheusServer:
     """One Prometheus scraping a cluster through its Consul (deploy/prometheus/ configuration), data under
     `workdir`. It runs in a session of its own: the demo leaves it running after the command ends."""
 
-    def __init__(self, workdir: Path, consul_address: str, port: int | None = None, interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, consul_address: str, port: int | None = None, interval: str = "1s",
+                 consul_token: str | None = None) -> None:
         self.workdir = workdir
         self.consul_address = consul_address
+        self.consul_token = consul_token
         self.port = port or free_port()
         self.interval = interval
         self.log_file = workdir / "logs" / "prometheus.log"
@@ -82,7 +86,7 @@ class PrometheusServer:
         directory = find_prometheus()
         config = self.workdir / "prometheus.yml"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config.write_text(configuration(self.consul_address, self.interval))
+        config.write_text(configuration(self.consul_address, self.interval, self.consul_token))
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.popen = subprocess.Popen(
