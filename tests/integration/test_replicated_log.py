@@ -24,6 +24,7 @@ from sequencer.log import StoredEntry
 from sequencer.replicated import HEADS_PREFIX, ReplicatedLog, batch_prefix
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
+from tests.unit.fakes import run_scenario
 from tests.unit.log_contract import MARKETS, SECRET, LogContract, ask, order, position, read_all, seqs
 
 pytestmark = pytest.mark.integration
@@ -151,7 +152,7 @@ class TestReplicatedLog(LogContract):
 
 
 def run(scenario: Any) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 90))
+    run_scenario(scenario(), timeout_s=90)
 
 
 def test_a_deposed_leader_is_fenced_its_commit_refused_by_consul_and_it_follows_as_a_standby(
