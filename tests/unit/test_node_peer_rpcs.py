@@ -17,7 +17,8 @@ from exchange.v1 import types_pb2
 from tests.unit.fakes import SECRET, Aborted, FakeContext, run_scenario, signed_entry
 
 M = "BTC-USD"
-TOKEN = FakeContext(((TOKEN_HEADER, peer_token(SECRET)),))  # checked before the handler (test_cluster_token)
+# The token is checked before any handler runs (RequireClusterToken: tests/unit/test_cluster_token.py).
+TOKEN = FakeContext(((TOKEN_HEADER, peer_token(SECRET)),))
 
 
 def order(seq: int) -> types_pb2.SequencedCommand:
