@@ -46,11 +46,13 @@ class TestStore:
         self.lose_answers = 0  # the next N transactions: applied, then the answer is lost
         self.lose_requests = 0  # the next N transactions: lost before they reach the store
         self.transactions = 0
+        self.arrived = 0  # transactions sent, including those held by `gate`
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
+        self.arrived += 1
         self.gate.wait()
         if self.dead:
             raise DiscoveryError("the process is gone")
@@ -159,6 +161,28 @@ def run(scenario: Any) -> None:
     run_scenario(scenario(), timeout_s=90)
 
 
+async def deposed_with_a_stalled_write(
+    kv: ConsulKV, tmp_path: Path, failures: list[BaseException]
+) -> tuple[Replica, asyncio.Task[Any], Replica]:
+    """A leader ("old") commits number 1, then stalls with number 2 ("stalled") numbered, its transaction held
+    before it reaches Consul; Consul ends its session; another replica ("new") takes over (it read the head:
+    number 1). Returns old, the stalled request, new."""
+    old = Replica("old", kv, tmp_path / "old.sqlite3", failures)
+    old.start()
+    await old.leading()
+    await ask(old.service, 0, order(ref=1))
+    old.store.gate.clear()  # the stall: its next transaction waits before it reaches Consul
+    sent = old.store.arrived
+    stalled = asyncio.create_task(ask(old.service, 1, order("stalled", ref=2)))
+    await old.until(lambda: old.store.arrived > sent, "the old leader's transaction of number 2")
+    assert not stalled.done() and old.service.markets["M"].current == 2
+    kv.destroy_session(old.log.session)  # what Consul does when its check fails or its TTL passes
+    new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
+    new.start()
+    await new.leading()
+    return old, stalled, new
+
+
 def test_a_deposed_leader_is_fenced_its_commit_refused_by_consul_and_it_follows_as_a_standby(
     consul: ConsulDevAgent, tmp_path: Path
 ) -> None:
@@ -169,18 +193,7 @@ def test_a_deposed_leader_is_fenced_its_commit_refused_by_consul_and_it_follows_
     kv, failures = kv_of(consul), []
 
     async def scenario() -> None:
-        old = Replica("old", kv, tmp_path / "old.sqlite3", failures)
-        old.start()
-        await old.leading()
-        await ask(old.service, 0, order(ref=1))
-        old.store.gate.clear()  # the stall: its next transaction waits
-        stalled = asyncio.create_task(ask(old.service, 1, order("stalled", ref=2)))
-        await asyncio.sleep(0.2)
-        assert not stalled.done() and old.service.markets["M"].current == 2
-        kv.destroy_session(old.log.session)  # what Consul does when its check fails or its TTL passes
-        new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
-        new.start()
-        await new.leading()
+        old, stalled, new = await deposed_with_a_stalled_write(kv, tmp_path, failures)
         taken = await ask(new.service, 1, order("taken", node="b", ref=1), node="b")
         assert seqs(taken) == [(2, False)], "the new leader continues at exactly the head + 1"
         old.store.gate.set()  # the old leader wakes up and sends its transaction for number 2
@@ -213,17 +226,8 @@ def test_a_deposed_leaders_write_that_arrives_before_the_new_leader_commits_is_r
     kv, failures = kv_of(consul), []
 
     async def scenario() -> None:
-        old = Replica("old", kv, tmp_path / "old.sqlite3", failures)
-        old.start()
-        await old.leading()
-        await ask(old.service, 0, order(ref=1))
-        old.store.gate.clear()  # the stall: its next transaction waits before it reaches Consul
-        stalled = asyncio.create_task(ask(old.service, 1, order("stalled", ref=2)))
-        await old.until(lambda: old.log._markets["M"].busy, "the old leader's transaction of number 2")
-        kv.destroy_session(old.log.session)  # what Consul does when its check fails or its TTL passes
-        new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
-        new.start()
-        await new.leading()  # it read the head (number 1): the version the old leader's transaction expects
+        # the new leader read the head (number 1): the version the old leader's transaction expects
+        old, stalled, new = await deposed_with_a_stalled_write(kv, tmp_path, failures)
         old.store.gate.set()  # the old leader's transaction arrives first
         with pytest.raises(Unavailable):
             await stalled
