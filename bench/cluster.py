@@ -52,7 +52,7 @@ from devtools.consul_agent import ConsulServers
 from devtools.ports import free_port
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
-from exchange.accounts import AUTHORIZATION
+from exchange.accounts import AUTHORIZATION, new_api_key
 from exchange.cluster import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
@@ -343,9 +343,11 @@ def _interleaved(runners: dict[str, Runner], concurrency: tuple[int, ...] = CONC
     return runs
 
 
-def _echo_runner(address: str, transport: str, seconds: float) -> Runner:
+def _echo_runner(address: str, transport: str, seconds: float, keys: list[str]) -> Runner:
+    """Runs on an echo server; its clients send `keys` as the cluster's do (the echo ignores them)."""
+
     def run(in_flight: int, round_number: int) -> LoadResult:
-        result = asyncio.run(_drive([address], in_flight, seconds, in_flight, []))
+        result = asyncio.run(_drive([address], in_flight, seconds, in_flight, keys))
         _log(f"round {round_number}, {in_flight} in flight, echo ({transport}): {result.rate:,.0f} calls/s, "
              f"p50 {result.p50_ms:.2f} ms")
         return result
@@ -353,19 +355,21 @@ def _echo_runner(address: str, transport: str, seconds: float) -> Runner:
     return run
 
 
-def _path_runner(path: order_path.OrderPath, seconds: float) -> Runner:
-    return lambda in_flight, round_number: _path_unary(path, in_flight, seconds, round_number)
+def _path_runner(path: order_path.OrderPath, seconds: float, keys: list[str]) -> Runner:
+    return lambda in_flight, round_number: _path_unary(path, in_flight, seconds, round_number, keys)
 
 
-def _path_unary(path: order_path.OrderPath, in_flight: int, seconds: float, round_number: int) -> LoadResult:
-    """One unary run against every node of the echo-built order path, with its CPU per order."""
+def _path_unary(path: order_path.OrderPath, in_flight: int, seconds: float, round_number: int,
+                keys: list[str]) -> LoadResult:
+    """One unary run against every node of the echo-built order path, with its CPU per order; its clients send
+    `keys` as the cluster's do (the path ignores them)."""
 
     def usage() -> Usage:
         return Usage({process.name: _cpu_seconds(process.pid) for process in path.processes()},
                      Counter({"orders": path.position()}))
 
     before = usage()
-    result = asyncio.run(_drive(path.node_addresses, in_flight, seconds, in_flight, []))
+    result = asyncio.run(_drive(path.node_addresses, in_flight, seconds, in_flight, keys))
     result.cost = _cost(before, usage())
     _log(f"round {round_number}, {in_flight} in flight, echo-built path ({len(path.nodes)} nodes): "
          f"{result.rate:,.0f} orders/s, p50 {result.p50_ms:.2f} ms, errors {result.errors}, "
@@ -375,8 +379,9 @@ def _path_unary(path: order_path.OrderPath, in_flight: int, seconds: float, roun
 
 def _unary_rounds(cluster: Cluster, echoes: dict[str, str], path: order_path.OrderPath, seconds: float) -> dict:
     """At each concurrency, UNARY_ROUNDS rounds of: each echo server, the echo-built order path, the cluster."""
-    runners = {transport: _echo_runner(address, transport, seconds) for transport, address in echoes.items()}
-    runners["path"] = _path_runner(path, seconds)
+    keys = _keys(cluster)
+    runners = {transport: _echo_runner(address, transport, seconds, keys) for transport, address in echoes.items()}
+    runners["path"] = _path_runner(path, seconds, keys)
     runners["cluster"] = lambda in_flight, number: _cluster_unary(cluster, in_flight, seconds, number)
     runs = _interleaved(runners)
     echo_runs = {n: [r for transport in echoes for r in runs[transport][n]] for n in CONCURRENCY}
@@ -517,11 +522,11 @@ def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True
     floor: dict | None = None
     try:
         with contextlib.ExitStack() as stack:
-            runners: dict[str, Runner] = {}
-            if path:
-                floor_path = stack.enter_context(order_path.running(workdir / f"path-{nodes}", nodes))
-                runners["path"] = _path_runner(floor_path, seconds)
+            floor_path = stack.enter_context(order_path.running(workdir / f"path-{nodes}", nodes)) if path else None
             cluster.start()
+            runners: dict[str, Runner] = {}
+            if floor_path is not None:
+                runners["path"] = _path_runner(floor_path, seconds, _keys(cluster))
             runners["cluster"] = lambda in_flight, number: _cluster_unary(cluster, in_flight, seconds, number)
             runs = _interleaved(runners, (64,))
         unary = _best(runs["cluster"][64])
@@ -729,11 +734,12 @@ def run_path(seconds: float = 4.0, workdir: Path | None = None, node_counts: tup
     concurrency, interleaved with the echo servers as in the cluster section."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-path-"))
     _log(f"the echo-built order path with {' and '.join(map(str, node_counts))} nodes, beside two echo servers")
+    keys = [new_api_key() for _ in TRADERS]  # the shape of the cluster's, which the echo and the path ignore
     with _echo_servers(workdir) as echoes, contextlib.ExitStack() as stack:
-        runners = {transport: _echo_runner(address, transport, seconds) for transport, address in echoes.items()}
+        runners = {transport: _echo_runner(address, transport, seconds, keys) for transport, address in echoes.items()}
         for nodes in node_counts:
             runners[f"path-{nodes}"] = _path_runner(
-                stack.enter_context(order_path.running(workdir / f"path-{nodes}", nodes)), seconds)
+                stack.enter_context(order_path.running(workdir / f"path-{nodes}", nodes)), seconds, keys)
         runs = _interleaved(runners)
     return {
         "echo": [_best([r for transport in echoes for r in runs[transport][n]]) for n in CONCURRENCY],

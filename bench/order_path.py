@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -68,9 +69,9 @@ class Sequencer:
     def __init__(self) -> None:
         self.seq = 0
 
-    async def gate(self, requests: object, context: grpc.aio.ServicerContext
+    async def gate(self, requests: AsyncIterator[sequencer_pb2.SequenceRequest], context: grpc.aio.ServicerContext
                    ) -> AsyncIterator[sequencer_pb2.SequenceResponse]:
-        async for request in requests:  # type: ignore[attr-defined]
+        async for request in requests:
             response = sequencer_pb2.SequenceResponse(granted=True)
             for command in request.commands:
                 self.seq += 1
@@ -115,9 +116,10 @@ class Node:
         for channel in self.channels[1:]:
             broadcast = channel.stream_unary(BROADCAST, pb.BroadcastOrderRequest.SerializeToString,
                                              pb.BroadcastOrderResponse.FromString)
-            call = broadcast(wait_for_ready=True)
-            self._to_peers.append(Linger(lambda entries, call=call: call.write(
-                pb.BroadcastOrderRequest(origin_node=self.node_id, commands=entries))))
+            self._to_peers.append(Linger(functools.partial(self._broadcast, broadcast(wait_for_ready=True))))
+
+    async def _broadcast(self, call: grpc.aio.StreamUnaryCall, entries: list[types_pb2.SequencedCommand]) -> None:
+        await call.write(pb.BroadcastOrderRequest(origin_node=self.node_id, commands=entries))
 
     async def _sequence(self, items: list[tuple[types_pb2.Command, asyncio.Future[types_pb2.SequencedCommand]]]
                         ) -> None:
@@ -148,8 +150,9 @@ class Node:
         return pb.CreateOrderResponse(market=entry.market, order_id=entry.seq, seq=entry.seq, status=pb.RESTING,
                                       remaining_size=request.size)
 
-    async def broadcast(self, requests: object, context: grpc.aio.ServicerContext) -> pb.BroadcastOrderResponse:
-        async for request in requests:  # type: ignore[attr-defined]
+    async def broadcast(self, requests: AsyncIterator[pb.BroadcastOrderRequest],
+                        context: grpc.aio.ServicerContext) -> pb.BroadcastOrderResponse:
+        async for request in requests:
             self.received += len(request.commands)
         return pb.BroadcastOrderResponse()
 
@@ -224,7 +227,7 @@ def running(workdir: Path, nodes: int) -> Iterator[OrderPath]:
         for process in path.processes():
             process.start()
         for address in [sequencer_address, *addresses]:
-            wait_until(lambda address=address: _ready(address), 20, f"the order path's server at {address}")
+            wait_until(functools.partial(_ready, address), 20, f"the order path's server at {address}")
         yield path
     finally:
         for process in path.processes():
