@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from exchange.grpc_metrics import BIDI_STREAM, ClientStream, ServerMetrics, client_interceptors
+from tests.unit.fakes import run_scenario
 
 SERVICE = "test.metrics.Echo"
 # a status a handler ends with, named by the request (raw bytes: no serializers)
@@ -72,8 +73,9 @@ async def bidi(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
 
 
 def on_channel(scenario: Callable[[grpc.aio.Channel], Awaitable[None]]) -> None:
-    """Runs `scenario` with a channel (client interceptor) to a fresh server (server interceptor) on loopback."""
-    asyncio.run(_on_channel(scenario))
+    """Runs `scenario` with a channel (client interceptor) to a fresh server (server interceptor) on loopback,
+    within the test's own deadline."""
+    run_scenario(_on_channel(scenario))
 
 
 async def _on_channel(scenario: Callable[[grpc.aio.Channel], Awaitable[None]]) -> None:
