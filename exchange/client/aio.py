@@ -116,6 +116,8 @@ class AsyncClient(ClientBase):
             except ExchangeError as final:
                 entries.give_up(final)
         self.stats.resent_orders += entries.retried
+        self.stats.paced_orders += entries.paced
+        self.stats.paced_seconds += entries.paced_seconds
         return entries.final()
 
     async def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
@@ -128,6 +130,9 @@ class AsyncClient(ClientBase):
             while not entries.done:
                 batch = entries.next_batch()
                 if batch is None:
+                    if (pause := entries.pause()) > 0:  # paced to the account's rate limit
+                        await asyncio.sleep(pause)
+                        continue
                     room.clear()
                     await room.wait()
                     continue

@@ -106,7 +106,9 @@ class Client(ClientBase):
         """Places many orders over the OrderEntryBatch stream, at most `window` in flight, in batches of
         `batch_size`; returns one result or error per order, in order. A broken stream is reopened (on another
         node if need be) and the orders it had not answered are sent again: their client_order_ids make that
-        safe. `timeout`: the longest to go on without any answer (the policy's timeout by default)."""
+        safe. Paced to the account's rate limit: an order refused with "retry in N ms" is sent again once that
+        has passed (`stats.paced_orders`, `stats.paced_seconds`). `timeout`: the longest to go on without any
+        answer (the policy's timeout by default)."""
         entries = core.EntryWindow(core.entry_requests(orders), batch_size, window)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while not entries.done:
@@ -127,6 +129,8 @@ class Client(ClientBase):
             except ExchangeError as final:
                 entries.give_up(final)
         self.stats.resent_orders += entries.retried
+        self.stats.paced_orders += entries.paced
+        self.stats.paced_seconds += entries.paced_seconds
         return entries.final()
 
     def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
@@ -142,7 +146,7 @@ class Client(ClientBase):
                 with changed:
                     batch = entries.next_batch()
                     while batch is None and not state["closed"] and not entries.done:
-                        changed.wait(0.5)
+                        changed.wait(entries.pause() or 0.5)  # paced to the rate limit, or the window is full
                         batch = entries.next_batch()
                     if batch is None:
                         return
