@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from exchange.client import core
+from exchange.client import market_data as md
 from exchange.client import types as t
 from exchange.client.book import Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
@@ -250,6 +251,44 @@ class Client(ClientBase):
                 plan.failed(attempt, error)
                 continue
             plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+
+    # -- public market data: trades, candles, ticker (exchange.client.market_data) ----------------------
+
+    def trades(self, market: str = "", from_seq: int = 0, *,
+               timeout: float | None = None) -> Iterator[md.PublicTrade]:
+        """The public trades of `market` from sequence `from_seq` (0: from now on), then live, without end. A
+        broken stream resumes after the last trade seen, on another node if need be, with no trade lost or
+        repeated; OutOfRange if the node no longer retains trades that far back. `timeout`: the longest to go
+        on trying to reconnect."""
+        position = md.TradePosition(from_seq)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while True:
+            attempt = plan.next()
+            if attempt.delay:
+                time.sleep(attempt.delay)
+            try:
+                for message in self.stub(attempt.address).StreamTrades(position.request(market),
+                                                                      metadata=self._metadata):
+                    plan.progress()
+                    if position.accept(message):
+                        yield md.public_trade_from_pb(message)
+            except grpc.RpcError as error:
+                plan.failed(attempt, error)
+                continue
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+
+    def get_trades(self, market: str = "", limit: int = 100, *, before: int = 0,
+                   timeout: float | None = None) -> md.TradesPage:
+        """Recent trades, most recent first; `before`: a trade id, for the page of older ones."""
+        return self._run(md.get_trades(market, limit, before), timeout)
+
+    def get_candles(self, market: str = "", interval: str = "1m", *, from_ms: int = 0, to_ms: int = 0,
+                    limit: int = 100, timeout: float | None = None) -> md.Candles:
+        """The latest `limit` candles of `interval` (1m, 5m, 15m, 1h, 1d) starting in [from_ms, to_ms)."""
+        return self._run(md.get_candles(market, interval, from_ms, to_ms, limit), timeout)
+
+    def get_ticker(self, market: str = "", *, timeout: float | None = None) -> md.Ticker:
+        return self._run(md.get_ticker(market), timeout)
 
     def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
                        timeout: float | None = None) -> BookSubscription:
