@@ -5,6 +5,9 @@ nothing."""
 from __future__ import annotations
 
 import itertools
+import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -174,3 +177,34 @@ def test_market_data_needs_no_key(module_cluster: Cluster) -> None:
     with module_cluster.channel(module_cluster.node_address(0), None) as channel:
         ticker = exchange_pb2_grpc.ExchangeNodeStub(channel).GetTicker(pb.GetTickerRequest(), timeout=10)
     wait_until(lambda: ticker.market == MARKET, 1, "the default market's ticker")
+
+
+def test_the_cli_shows_trades_candles_and_the_ticker_and_watches_new_trades(
+    module_cluster: Cluster, traders: list[exchange_pb2_grpc.ExchangeNodeStub]
+) -> None:
+    trade_some(traders)
+    cli = [sys.executable, "-m", "exchange.cli", "--node", module_cluster.node_address(0), "--market", MARKET]
+    ticker = subprocess.run([*cli, "ticker"], capture_output=True, text=True, timeout=60)
+    assert ticker.returncode == 0 and "24h volume" in ticker.stdout and "best bid" in ticker.stdout, ticker
+    candles = subprocess.run([*cli, "candles", "--interval", "1d", "--limit", "3"], capture_output=True, text=True,
+                             timeout=60)
+    assert candles.returncode == 0 and "1d candles at seq" in candles.stdout and "close" in candles.stdout, candles
+    refused = subprocess.run([*cli, "trades", "--limit", "0"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.startswith("INVALID_ARGUMENT: "), refused
+
+    watch = subprocess.Popen([*cli, "trades", "--watch", "--limit", "2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout or []], daemon=True)
+    reader.start()
+    try:
+        seen = [lines.get(timeout=30) for _ in range(3)]  # the header and the 2 latest trades
+        assert seen[0].split()[:3] == ["time", "(UTC)", "trade"], seen
+        order(traders[1], 1, 300)
+        made = order(traders[0], -1, 300).trades
+        assert len(made) == 1
+        live = lines.get(timeout=30).split()
+        assert live[2:] == [str(made[0].trade_id), live[3], "SELL", "300", "1"], live
+    finally:
+        watch.kill()
+        watch.wait(10)
