@@ -61,8 +61,10 @@ class Candle:
     trade_count: int
 
     def add(self, price: int, size: int) -> None:
-        self.high = max(self.high, price)
-        self.low = min(self.low, price)
+        if price > self.high:
+            self.high = price
+        elif price < self.low:
+            self.low = price
         self.close = price
         self.volume += size
         self.trade_count += 1
@@ -95,6 +97,11 @@ class Tape:
     trades: deque[PublicTrade] = field(default_factory=deque)
     candles: dict[str, deque[Candle]] = field(default_factory=lambda: {name: deque() for name in INTERVALS_MS})
     retained_from_ms: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INTERVALS_MS, 0))
+    # The fast path of a trade in the same minute as the last one (every interval is a whole number of minutes,
+    # aligned to the epoch: the same minute is the same candle of every interval): the last candle of each
+    # interval, and the end of the last 1m candle (0: take the slow path). Derived, not in the snapshot.
+    _last_candles: list[Candle] = field(default_factory=list)
+    _minute_end: int = 0
 
     def apply(self, seq: int, time_ms: int, events: Iterable[eng.Event]) -> bool:
         """Notes entry `seq` (stamped `time_ms`) and its events; returns whether it made trades."""
@@ -119,6 +126,10 @@ class Tape:
             self.first_trade_id = trade.trade_id
         trades.append(trade)
         self.last_trade = trade
+        if trade.time_ms < self._minute_end:
+            for candle in self._last_candles:
+                candle.add(trade.price, trade.size)
+            return
         for name, length in INTERVALS_MS.items():
             start = trade.time_ms - trade.time_ms % length
             candles = self.candles[name]
@@ -129,6 +140,8 @@ class Tape:
                 candles.popleft()
                 self.retained_from_ms[name] = candles[0].start_ms if candles else start
             candles.append(Candle(start, trade.price, trade.price, trade.price, trade.price, trade.size, 1))
+        self._last_candles = [candles[-1] for candles in self.candles.values()]
+        self._minute_end = self._last_candles[0].start_ms + MINUTE_MS
 
     # -- queries ------------------------------------------------------------------------------------
 
