@@ -233,8 +233,9 @@ class AsyncClient(ClientBase):
                 async for message in self.stub(attempt.address).StreamTrades(position.request(market),
                                                                             metadata=self._metadata):
                     plan.progress()
-                    if position.accept(message):
-                        yield md.public_trade_from_pb(message)
+                    for trade in message.trades:
+                        if position.accept(trade):
+                            yield md.public_trade_from_pb(trade)
             except grpc.RpcError as error:
                 plan.failed(attempt, error)
                 continue

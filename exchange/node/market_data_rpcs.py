@@ -24,7 +24,7 @@ from exchange.node.replica import Applied, Replica
 from exchange.v1 import exchange_pb2 as pb
 
 MAX_LIMIT = 1_000  # trades per GetTrades page, candles per GetCandles answer
-STREAM_BATCH = 500  # trades a stream takes from the retained ones at a time
+STREAM_BATCH = 500  # trades a stream takes from the retained ones at a time: at most one message's
 
 
 def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
@@ -68,7 +68,7 @@ class MarketDataRPCs:
     @rpc
     async def StreamTrades(
         self, request: pb.StreamTradesRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.PublicTrade]:
+    ) -> AsyncIterator[pb.TradeBatch]:
         market = self._market(request.market)
         if request.from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0 (0: from now on), got {request.from_seq}")
@@ -79,10 +79,10 @@ class MarketDataRPCs:
             if not batch:
                 await self._traded[market].wait()  # taken with no await since the read: no trade is missed
                 continue
-            for trade in batch:
-                if trade.seq >= request.from_seq:
-                    yield public_trade(market, trade)
             cursor = batch[-1].trade_id
+            trades = [public_trade(market, trade) for trade in batch if trade.seq >= request.from_seq]
+            if trades:
+                yield pb.TradeBatch(market=market, trades=trades)
 
     @rpc
     async def GetTrades(self, request: pb.GetTradesRequest, context: grpc.aio.ServicerContext) -> pb.GetTradesResponse:
