@@ -96,10 +96,9 @@ def check(tape: Tape, trades: list[PublicTrade], trade_retention: int, candle_re
             else:
                 assert tape.trades_before("M", before, 2) == page
     # StreamTrades: replay from every retained sequence, refusal before it
-    for trade in kept[:3]:
-        if trade.seq >= tape.complete_from_seq:
-            after = tape.stream_start("M", trade.seq)
-            assert tape.trades_after("M", after, 10**6) == [t for t in kept if t.seq >= trade.seq]
+    for from_seq in range(max(1, tape.complete_from_seq), tape.seq + 2):  # every sequence it accepts: whole
+        after = tape.stream_start("M", from_seq)
+        assert tape.trades_after("M", after, 10**6) == [t for t in trades if t.seq >= from_seq]
     if tape.complete_from_seq > 1:
         with pytest.raises(OutOfRange):
             tape.stream_start("M", tape.complete_from_seq - 1)
