@@ -4,6 +4,7 @@ submit_many's window and resends, stream resumption, and the local book against 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound
 from exchange.node.auth import RateLimiter
 from exchange.node.convert import market_event
 from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
 
 NODES = ["n1:1", "n2:1", "n3:1"]
 FAST = RetryPolicy(timeout=2.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01,
@@ -397,3 +399,29 @@ def test_submit_many_paces_itself_to_the_accounts_rate_limit_instead_of_returnin
                                                                           not isinstance(r, t.OrderResult)][:3]
     assert client.stats.paced_orders > 0 and client.stats.paced_seconds > 0
     assert client.stats.resent_orders == 0
+
+
+def test_the_trade_iterator_resumes_on_another_node_after_the_last_trade_seen_without_loss_or_repeat() -> None:
+    def trade(trade_id: int, seq: int) -> pb.PublicTrade:
+        return pb.PublicTrade(market="M", trade_id=trade_id, seq=seq, price=100 + trade_id, size=1,
+                              aggressor_side=types_pb2.BUY, time_ms=1_000 + seq)
+
+    requests: list[tuple[str, int]] = []
+
+    class Stub:
+        def __init__(self, node: str) -> None:
+            self.node = node
+
+        def StreamTrades(self, request: pb.StreamTradesRequest, metadata: Any = None) -> Iterator[pb.TradeBatch]:
+            requests.append((self.node, request.from_seq))
+            if self.node == "n1:1":  # breaks between two trades of sequence 5
+                yield pb.TradeBatch(market="M", trades=[trade(1, 4), trade(2, 5)])
+                raise DROPPED
+            yield pb.TradeBatch(market="M", trades=[trade(2, 5), trade(3, 5)])  # from seq 5: trade 2 again
+            yield pb.TradeBatch(market="M", trades=[trade(4, 6)])
+
+    client = Client(NODES, policy=FAST, stub_factory=Stub)
+    seen = list(itertools.islice(client.trades("M", from_seq=4), 4))
+    assert [(t.trade_id, t.seq, t.time_ms) for t in seen] == [(1, 4, 1004), (2, 5, 1005), (3, 5, 1005), (4, 6, 1006)]
+    assert requests == [("n1:1", 4), ("n2:1", 5)], "resumed from the sequence of the last trade seen"
+    assert seen[0].aggressor_side is Side.BUY and isinstance(seen[0].price, int)
