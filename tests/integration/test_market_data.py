@@ -4,6 +4,7 @@ nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import queue
 import subprocess
@@ -16,7 +17,7 @@ import grpc
 import pytest
 
 from devtools.cluster import Cluster, wait_until
-from exchange.client import Client
+from exchange.client import AsyncClient, Client
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
@@ -212,3 +213,27 @@ def test_the_cli_shows_trades_candles_and_the_ticker_and_watches_new_trades(
     finally:
         watch.kill()
         watch.wait(10)
+
+
+def test_the_async_client_reads_the_same_trades_candles_and_ticker(
+    module_cluster: Cluster, traders: list[exchange_pb2_grpc.ExchangeNodeStub]
+) -> None:
+    made = trade_some(traders)
+    module_cluster.wait_converged()
+
+    async def run() -> tuple[list[int], int, int, int]:
+        async with AsyncClient(module_cluster.node_addresses) as client:
+            page = await client.get_trades(MARKET, len(made))
+            first = page.trades[-1]
+            streamed = []
+            async for trade in client.trades(MARKET, from_seq=first.seq, timeout=20):
+                streamed.append(trade.trade_id)
+                if len(streamed) == len(made):
+                    break
+            candles = await client.get_candles(MARKET, "1d", limit=1)
+            ticker = await client.get_ticker(MARKET)
+            return streamed, candles.candles[-1].close, ticker.last_price or 0, page.trades[0].price
+
+    streamed, close, last, latest = asyncio.run(asyncio.wait_for(run(), 60))
+    assert streamed == [t.trade_id for t in made]
+    assert close == last == latest == made[-1].price
