@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from devtools.cluster import Cluster, wait_until
+from devtools.verify import market_data_differences, replay_cluster
 from exchange.client import AsyncClient, Client
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -98,6 +99,8 @@ def test_every_node_gives_the_same_trades_with_the_same_times_candles_and_ticker
     assert (ticker.best_bid, ticker.best_bid_size) == (book.bids[0].price, book.bids[0].size)
     assert ticker.volume_24h == sum(t.size for t in tape) and ticker.trade_count_24h == len(tape)
     assert ticker.change_24h == tape[-1].price - tape[0].price and ticker.time_ms >= tape[-1].time_ms
+    assert market_data_differences(module_cluster, replay_cluster(module_cluster)) == [], \
+        "every node's market data is the log's, replayed: times come from the log alone"
 
 
 def test_stream_trades_replays_from_a_sequence_and_the_client_resumes_then_follows_live(
