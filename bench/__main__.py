@@ -44,6 +44,13 @@ def _path(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.path_table(result)
 
 
+def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import market_data
+
+    result = market_data.run(seconds=args.seconds)
+    return result, market_data.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
 # path beside its cluster; "path" measures that floor alone (not part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
@@ -51,8 +58,9 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "cluster": _cluster,
     "metrics": _metrics,
     "path": _path,
+    "market_data": _market_data,
 }
-DEFAULT = ["engine", "cluster", "metrics"]
+DEFAULT = ["engine", "cluster", "metrics", "market_data"]
 
 
 def main(argv: list[str] | None = None) -> int:
