@@ -185,6 +185,11 @@ class ViewDiff:
         bids, asks = book.top(Side.BUY, self.depth), book.top(Side.SELL, self.depth)
         return L2Update(self.seq, self.seq, tuple(bids), tuple(asks), checksum)
 
+    @property
+    def changed(self) -> bool:
+        """Whether the view has changes its subscriber does not hold yet."""
+        return bool(self.pending[Side.BUY] or self.pending[Side.SELL])
+
     def pending_levels(self) -> int:
         return sum(len(p) for p in self.pending.values())
 
@@ -221,12 +226,13 @@ class ViewDiff:
                         self._note(side, price, GONE)
             self.limits[side] = after
 
-    def take(self, checksum: Callable[[int], int]) -> L2Update | None:
-        """The pending changes as one update (None if the view has not changed). `checksum(depth)`: the top
-        checksum of a view of `depth` of the book now (which must be at `seq`)."""
+    def take(self, checksum: Callable[[int], int], even_unchanged: bool = False) -> L2Update | None:
+        """The pending changes as one update (None if there is none). `checksum(depth)`: the top checksum of a
+        view of `depth` of the book now (which must be at `seq`). An unchanged view gives None unless
+        `even_unchanged` (an update without levels, if sequences passed)."""
         if self.seq == self.sent_seq:
             return None
-        if not self.pending[Side.BUY] and not self.pending[Side.SELL]:
+        if not even_unchanged and not self.pending[Side.BUY] and not self.pending[Side.SELL]:
             return None  # nothing in view changed: the next update covers these sequences too
         sides = []
         for side in SIDES:
@@ -277,15 +283,14 @@ class BookFeed:
             touched[hint[0]].add(hint[1])
         self_trade = False
         for event in events:
-            kind = type(event)
-            if kind is OrderFilled:
-                touched[_opposite(event.taker_side)].add(event.price)  # type: ignore[union-attr]
-            elif kind is OrderRested:
-                touched[event.side].add(event.price)  # type: ignore[union-attr]
-            elif kind is OrderAmended and hint is not None:
-                touched[hint[0]].add(event.price)  # type: ignore[union-attr]
-            elif (kind is OrderCancelled or kind is OrderReduced) \
-                    and event.reason is CancelReason.SELF_TRADE_PREVENTED:  # type: ignore[union-attr]
+            if isinstance(event, OrderFilled):
+                touched[_opposite(event.taker_side)].add(event.price)
+            elif isinstance(event, OrderRested):
+                touched[event.side].add(event.price)
+            elif isinstance(event, OrderAmended):
+                if hint is not None:
+                    touched[hint[0]].add(event.price)
+            elif isinstance(event, OrderCancelled | OrderReduced) and event.reason is CancelReason.SELF_TRADE_PREVENTED:
                 self_trade = True
         engine, market, book = self.engine, self.market, self.book
         for side in SIDES:

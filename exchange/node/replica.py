@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from exchange import engine as eng
+from exchange.engine.l2 import BookFeed, ViewDiff
 from exchange.errors import FailedPrecondition
 from exchange.node.convert import engine_command, proto_side
 from exchange.v1 import exchange_pb2 as pb
@@ -45,6 +46,17 @@ class Applied:
     seq: int
     command: types_pb2.Command
     events: list[eng.Event]
+
+
+@dataclass(eq=False, slots=True)
+class BookWatch:
+    """One StreamBook subscriber: its view (pure, exchange/engine/l2.py) and what wakes its stream. The apply
+    path only merges into the view and sets `wake`; it never waits for the subscriber."""
+
+    feed: BookFeed
+    view: ViewDiff
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: str = ""  # why the node ended the stream (the book was replaced by a snapshot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,8 @@ class Replica:
         self._states = {name: _MarketState(name) for name in self._engine.markets}
         # market -> what to call with every entry applied in that market
         self._on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self._states}
+        # market -> its L2 levels and StreamBook subscribers, only while it has any
+        self._book_watches: dict[str, set[BookWatch]] = {}
 
     # -- position -----------------------------------------------------------------------------------
 
@@ -253,6 +267,25 @@ class Replica:
         finally:
             listeners.discard(queue)
 
+    @contextlib.contextmanager
+    def watch_book(self, market: str, depth: int) -> Iterator[BookWatch]:
+        """A StreamBook subscriber's view of `depth` levels per side from the applied sequence on; the market's
+        levels are kept (exchange/engine/l2.py BookFeed) only while someone watches."""
+        watches = self._book_watches.setdefault(market, set())
+        feed = next(iter(watches)).feed if watches else BookFeed(self._engine, market)
+        watch = BookWatch(feed, feed.subscribe(depth))
+        watches.add(watch)
+        try:
+            yield watch
+        finally:
+            feed.unsubscribe(watch.view)
+            watches.discard(watch)
+            if not watches and self._book_watches.get(market) is watches:
+                del self._book_watches[market]
+
+    def book_watchers(self, market: str) -> int:
+        return len(self._book_watches.get(market, ()))
+
     def offer(self, entry: types_pb2.SequencedCommand) -> bool:
         """Applies or buffers an entry; returns False if it was already known (applied or buffered)."""
         state = self._states[entry.market]
@@ -294,6 +327,11 @@ class Replica:
         if any(engine.last_seq(m) < self._engine.last_seq(m) for m in self._states):
             return False
         self._engine = engine
+        for watches in self._book_watches.values():  # their levels were the old engine's: they start again
+            for watch in watches:
+                watch.ended = "this node replaced its book by a peer's snapshot; subscribe again"
+                watch.wake.set()
+        self._book_watches = {}
         for market, state in self._states.items():
             applied = engine.last_seq(market)
             self.note_known(market, applied)
@@ -319,7 +357,11 @@ class Replica:
 
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
         command = types_pb2.Command.FromString(entry.command)
-        events = self._engine.apply(engine_command(command, entry.seq))
+        watches = self._book_watches.get(state.market)
+        if watches:
+            events = self._apply_watched(engine_command(command, entry.seq), watches)
+        else:
+            events = self._engine.apply(engine_command(command, entry.seq))
         applied = Applied(entry.seq, command, events)
         journal = state.journal
         journal[entry.seq] = (entry.command, tuple(events))
@@ -332,6 +374,17 @@ class Replica:
             listener.put_nowait(applied)
         for callback in self._on_applied[state.market]:
             callback(applied)
+
+    def _apply_watched(self, command: eng.Command, watches: set[BookWatch]) -> list[eng.Event]:
+        """Applies a command of a market with StreamBook subscribers: their views merge what it changed."""
+        feed = next(iter(watches)).feed
+        hint = feed.before(command)
+        events = self._engine.apply(command)
+        feed.after(command, events, hint)
+        for watch in watches:
+            if watch.view.changed:
+                watch.wake.set()
+        return events
 
     def _note_finished(self, state: _MarketState, events: list[eng.Event]) -> None:
         """Keeps each account's resting orders and the recently finished orders current."""

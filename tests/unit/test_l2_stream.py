@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from exchange.engine import Engine, MarketConfig, OrderType, Side, SubmitOrder
 from exchange.engine.l2 import BookFeed, L2Update, LevelBook, ViewDiff, top_checksum
-from tests.unit.test_engine_properties import M, OPS, build
+from tests.unit.test_engine_properties import OPS, M, build
 
 DEPTHS = (1, 2, 3, 10, 1000)
 
