@@ -23,7 +23,7 @@ from exchange.v1 import types_pb2
 
 pytestmark = pytest.mark.integration
 
-CLUSTER_MARKETS = "BTC-USD,ETH-USD,SOL-USD"  # SOL-USD: the examples' own market
+CLUSTER_MARKETS = "BTC-USD,ETH-USD,SOL-USD,ADA-USD"  # SOL-USD: the examples' own market; ADA-USD: the CLI watch's
 # crossing limit orders with some IOC and MARKET ones, so the book trades, rests and empties levels
 LOAD = Workload(markets=("ETH-USD",), types={types_pb2.LIMIT: 8, types_pb2.IOC: 1, types_pb2.MARKET: 1})
 
@@ -183,6 +183,24 @@ def test_the_cli_places_orders_and_checks_the_cluster_through_the_library(module
     assert status.returncode == 0 and "replicas agree" in status.stdout, status
     refused = subprocess.run([*cli, "cancel", "999999"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and refused.stderr.startswith("NOT_FOUND: "), refused
+
+
+def test_the_cli_watches_the_l2_book_with_size_bars_and_its_checksum_status(module_cluster: Cluster) -> None:
+    with Client(module_cluster.node_addresses, connection=connection(module_cluster)) as client:
+        client.sell(4, 8100, market="ADA-USD")
+        client.buy(2, 7900, market="ADA-USD")
+    watch = subprocess.Popen([sys.executable, "-m", "exchange.cli", "--node", module_cluster.node_address(0),
+                              "--market", "ADA-USD", "book", "--watch", "--depth", "5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            watch.communicate(timeout=4)  # it keeps watching
+    finally:
+        watch.kill()
+        output, _ = watch.communicate(timeout=30)
+    assert "top-10 checksum" in output and "verified" in output, output
+    assert "ask         8100            4      1  " + "#" * 30 in output, output
+    assert "bid         7900            2      1  " + "#" * 15 in output, output
 
 
 def test_the_examples_trade_against_the_cluster(module_cluster: Cluster) -> None:
