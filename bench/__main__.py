@@ -29,10 +29,18 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.table(result)
 
 
+def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import market_data
+
+    result = market_data.run(seconds=args.seconds)
+    return result, market_data.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table)
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
+    "market-data": _market_data,
 }
 
 

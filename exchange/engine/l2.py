@@ -7,27 +7,24 @@ tests, so the rules below have one home (README "Market data: the L2 book stream
   lowest first then the best 10 bids highest first, all joined by ``:`` (an empty book: CRC32 of b"").
 * ``LevelBook``: price -> (size, order count) per side, ordered best first; the node's copy of every level
   (one per market, kept only while someone subscribes) and the client's copy of its view.
-* ``BookFeed``: keeps a market's ``LevelBook`` equal to the engine's book, re-reading from the engine only the
-  levels a command touched (the events name them), and hands each change to the ``ViewDiff`` of every
-  subscriber.
-* ``ViewDiff``: one subscriber's view (its ``depth`` best levels per side). Every applied command merges into
-  its pending changes (absolute values: the latest one of a level wins); ``take`` hands them out as one
-  update covering every sequence since the previous one. A subscriber that does not read only makes its
-  pending changes cover a longer range, never grow without bound:
-
-  - ``sent``: what the subscriber holds, at most ``depth`` levels per side;
-  - ``pending``: a level is pending only while its value differs from ``sent``'s (a level that entered and
-    left the view between two updates, or came back to the value the subscriber holds, is dropped). A pending
-    level is either one the subscriber holds or one in the current view, so at most ``2 x depth`` per side.
-
-  In all, at most ``6 x depth`` (price, size, count) entries per subscriber (``2 x depth`` held, ``4 x depth``
-  pending), plus a constant.
+* ``BookFeed``: keeps a market's ``LevelBook`` equal to the engine's book from each command's events (a rest
+  adds to its level, a fill or a cancel takes from it; the few levels no event prices are read again from the
+  engine), and logs which levels each command touched: the last ``log_limit`` to ``2 x log_limit`` of them,
+  one log for all subscribers.
+* ``ViewDiff``: one subscriber's view (its ``depth`` best levels per side) and what it holds (``sent``: at most
+  ``depth`` levels per side). ``take`` gives one update covering every sequence since the previous one: the
+  levels touched since then (from the feed's log) whose value in the view differs from what the subscriber
+  holds, plus the levels that crossed the view's boundary (entered because better ones left, or pushed out by
+  better ones), all with their absolute value now (so changes merge: a level changed ten times is sent once, a
+  level that came and went in between is not sent). A subscriber that does not read costs nothing more the
+  longer it waits: nothing is queued for it; once the log has moved past it, its next ``take`` compares its
+  whole view (``2 x depth`` levels) instead. Per subscriber: at most ``2 x depth`` levels plus a constant.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sortedcontainers import SortedList
@@ -165,87 +162,85 @@ class L2Update:
 
 
 class ViewDiff:
-    """One subscriber's view of `depth` levels per side and its pending, merged changes (module docstring)."""
+    """One subscriber's view of `depth` levels per side: what it holds (`sent`) and how to bring it up to date
+    (module docstring). Its changes are not kept per subscriber: `take` reads, from its feed, the levels touched
+    since its previous update."""
 
-    __slots__ = ("depth", "sent", "pending", "limits", "sent_seq", "seq")
+    __slots__ = ("depth", "sent", "limits", "sent_seq", "seen_seq", "position", "full_diffs")
 
-    def __init__(self, book: LevelBook, depth: int, seq: int) -> None:
+    def __init__(self, feed: BookFeed, depth: int) -> None:
         if not 1 <= depth <= MAX_STREAM_DEPTH:
             raise ValueError(f"depth must be between 1 and {MAX_STREAM_DEPTH}, got {depth}")
+        book = feed.book
         self.depth = depth
         self.sent: dict[Side, dict[int, Value]] = {
             side: {p: (s, n) for p, s, n in book.top(side, depth)} for side in SIDES}
-        self.pending: dict[Side, dict[int, Value]] = {side: {} for side in SIDES}
-        self.limits = {side: book.limit(side, depth) for side in SIDES}
-        self.sent_seq = seq  # the last sequence the subscriber's view reflects
-        self.seq = seq  # the last sequence applied to the pending changes
+        self.limits = {side: book.limit(side, depth) for side in SIDES}  # at `seen_seq`
+        self.sent_seq = feed.seq  # the last sequence of the last message: what the subscriber's view reflects
+        self.seen_seq = feed.seq  # the last sequence compared with the view (no change since sent_seq: not sent)
+        self.position = feed.log_end  # where the feed's touched-level log was at `seen_seq`
+        self.full_diffs = 0  # takes that had to compare the whole view (the log had moved on)
 
-    def snapshot(self, book: LevelBook, checksum: int) -> L2Update:
-        """The view as first sent (the book must be at `sent_seq`; `checksum`: its top checksum for this depth)."""
-        bids, asks = book.top(Side.BUY, self.depth), book.top(Side.SELL, self.depth)
-        return L2Update(self.seq, self.seq, tuple(bids), tuple(asks), checksum)
-
-    @property
-    def changed(self) -> bool:
-        """Whether the view has changes its subscriber does not hold yet."""
-        return bool(self.pending[Side.BUY] or self.pending[Side.SELL])
-
-    def pending_levels(self) -> int:
-        return sum(len(p) for p in self.pending.values())
+    def snapshot(self, feed: BookFeed) -> L2Update:
+        """The view as first sent (the feed must be where the view was made)."""
+        bids, asks = feed.book.top(Side.BUY, self.depth), feed.book.top(Side.SELL, self.depth)
+        return L2Update(self.sent_seq, self.sent_seq, tuple(bids), tuple(asks), feed.checksum(self.depth))
 
     def held_levels(self) -> int:
         return sum(len(s) for s in self.sent.values())
 
-    def _note(self, side: Side, price: int, value: Value) -> None:
-        held = self.sent[side].get(price, GONE)
-        if held == value:
-            self.pending[side].pop(price, None)
-        else:
-            self.pending[side][price] = value
-
-    def on_changed(self, book: LevelBook, seq: int, touched: dict[Side, set[int]]) -> None:
-        """`book` is now at `seq`, changed only at the `touched` prices since the previous call."""
-        self.seq = seq
+    def take(self, feed: BookFeed, even_unchanged: bool = False) -> L2Update | None:
+        """The view's changes since its last update, as one update covering every sequence since then (None if
+        none of its levels changed, unless `even_unchanged` and sequences passed: an update without levels).
+        Reads only the levels the feed's log says were touched, and those that crossed the view's boundary; a
+        view so far behind that the log no longer reaches back compares its whole view instead."""
+        book, seq = feed.book, feed.seq
+        if seq == self.seen_seq:
+            if not even_unchanged or self.sent_seq == seq:
+                return None
+            update = L2Update(self.sent_seq + 1, seq, (), (), feed.checksum(self.depth))
+            self.sent_seq = seq
+            return update
+        touched = feed.touched_since(self.position)
+        if touched is None:
+            self.full_diffs += 1
+        sides: list[tuple[Level, ...]] = []
         for side in SIDES:
-            prices = touched[side]
-            before, after = self.limits[side], book.limit(side, self.depth)
-            for price in prices:
-                value = book.get(side, price)
-                key = book.key(side, price)
-                if value[0] and key <= after:
-                    self._note(side, price, value)
-                elif key <= before:
-                    self._note(side, price, GONE)
-            if after > before:  # better levels left: the next ones entered the view
-                for price in book.prices_between(side, before, after):
-                    if price not in prices:
-                        self._note(side, price, book.get(side, price))
-            elif after < before:  # better levels arrived: the last ones left the view
-                for price in book.prices_between(side, after, before):
-                    if price not in prices:
-                        self._note(side, price, GONE)
-            self.limits[side] = after
-
-    def take(self, checksum: Callable[[int], int], even_unchanged: bool = False) -> L2Update | None:
-        """The pending changes as one update (None if there is none). `checksum(depth)`: the top checksum of a
-        view of `depth` of the book now (which must be at `seq`). An unchanged view gives None unless
-        `even_unchanged` (an update without levels, if sequences passed)."""
-        if self.seq == self.sent_seq:
-            return None
-        if not even_unchanged and not self.pending[Side.BUY] and not self.pending[Side.SELL]:
-            return None  # nothing in view changed: the next update covers these sequences too
-        sides = []
-        for side in SIDES:
-            held, changes = self.sent[side], self.pending[side]
+            held, after = self.sent[side], book.limit(side, self.depth)
+            changes: dict[int, Value] = {}
+            if touched is None:
+                now = {p: (s, n) for p, s, n in book.top(side, self.depth)}
+                changes = {p: GONE for p in held if p not in now}
+                changes.update((p, v) for p, v in now.items() if held.get(p) != v)
+            else:
+                prices = touched[side]
+                for price in prices:
+                    value = book.get(side, price)
+                    if value[0] and book.key(side, price) > after:
+                        value = GONE  # beyond the view now
+                    if held.get(price, GONE) != value:
+                        changes[price] = value
+                before = self.limits[side]
+                if after > before:  # better levels left: the next ones entered the view
+                    for price in book.prices_between(side, before, after):
+                        if price not in prices:
+                            changes[price] = book.get(side, price)
+                elif after < before:  # better levels arrived: the last ones left the view
+                    for price in book.prices_between(side, after, before):
+                        if price not in prices and price in held:
+                            changes[price] = GONE
             for price, value in changes.items():
                 if value[0]:
                     held[price] = value
                 else:
                     held.pop(price, None)
+            self.limits[side] = after
             sides.append(tuple((p, s, n) for p, (s, n) in changes.items()))
-            self.pending[side] = {}
-        update = L2Update(self.sent_seq + 1, self.seq, sides[0], sides[1], checksum(self.depth))
-        self.sent_seq = self.seq
+        self.seen_seq, self.position = seq, feed.log_end
+        if not sides[0] and not sides[1] and not even_unchanged:
+            return None  # nothing in view changed: the next update covers these sequences too
+        update = L2Update(self.sent_seq + 1, seq, sides[0], sides[1], feed.checksum(self.depth))
+        self.sent_seq = seq
         return update
 
 
@@ -253,65 +248,104 @@ def _opposite(side: Side) -> Side:
     return Side.SELL if side is Side.BUY else Side.BUY
 
 
+Hint = tuple[Side, int, int, int]  # the resting order a cancel or amend names: side, price, order id, open size
+
+
 class BookFeed:
-    """One market's levels kept equal to the engine's book, and the views of its subscribers.
+    """One market's levels kept equal to the engine's book, and the log of the levels each command touched,
+    which every subscriber's view reads from (bounded: `log_limit` entries; a view further behind compares its
+    whole view once).
 
     Drive it around every ``Engine.apply`` of the market: ``hint = before(command)``, apply, then
-    ``after(command, events, hint)``."""
+    ``after(command, events, hint)``. Level totals follow from the events (a rest adds, a fill or a cancel
+    takes away); only the rare levels no event prices (an amend's, a maker's that self-trade prevention
+    reduced) are read again from the engine."""
 
-    def __init__(self, engine: Engine, market: str) -> None:
+    def __init__(self, engine: Engine, market: str, log_limit: int = 4096) -> None:
         self.engine = engine
         self.market = market
         bids, asks = engine.depth(market, 2**31)
         self.book = LevelBook.of(bids, asks)
         self.seq = engine.last_seq(market)
-        self.views: set[ViewDiff] = set()
-        self._checksums: dict[int, tuple[int, int]] = {}  # depth class -> (seq, checksum)
+        self.log_limit = log_limit
+        self._log: list[tuple[Side, int]] = []  # touched levels, oldest first
+        self._log_base = 0  # the position of _log[0]
+        self._checksums: dict[int, tuple[int, int]] = {}  # checksum levels -> (seq, checksum)
 
-    def before(self, command: Command) -> tuple[Side, int] | None:
-        """Where the order a cancel or amend names rests now (its level changes)."""
+    @property
+    def log_end(self) -> int:
+        return self._log_base + len(self._log)
+
+    def touched_since(self, position: int) -> dict[Side, set[int]] | None:
+        """The prices touched since log `position`, per side; None if the log no longer reaches back there."""
+        if position < self._log_base:
+            return None
+        touched: dict[Side, set[int]] = {Side.BUY: set(), Side.SELL: set()}
+        for side, price in self._log[position - self._log_base:]:
+            touched[side].add(price)
+        return touched
+
+    def before(self, command: Command) -> Hint | None:
+        """Where the order a cancel or amend names rests now, and its open size."""
         if type(command) is CancelOrder or type(command) is AmendOrder:
             view = self.engine.order(self.market, command.order_id)
             if view is not None:
-                return view.side, view.price
+                return view.side, view.price, view.order_id, view.remaining
         return None
 
-    def after(self, command: Command, events: list[Event], hint: tuple[Side, int] | None) -> dict[Side, set[int]]:
-        """Re-reads the levels `events` touched, updates every view; returns the touched prices per side."""
-        touched: dict[Side, set[int]] = {Side.BUY: set(), Side.SELL: set()}
-        if hint is not None:
-            touched[hint[0]].add(hint[1])
-        self_trade = False
+    def after(self, command: Command, events: list[Event], hint: Hint | None) -> None:
+        """Brings the levels to the engine's book after `command` and logs the levels it touched."""
+        deltas: dict[tuple[Side, int], list[int]] = {}
+        reread: set[tuple[Side, int]] = set()
+        taker = command.order_id if type(command) is AmendOrder else command.seq
         for event in events:
-            if isinstance(event, OrderFilled):
-                touched[_opposite(event.taker_side)].add(event.price)
-            elif isinstance(event, OrderRested):
-                touched[event.side].add(event.price)
-            elif isinstance(event, OrderAmended):
-                if hint is not None:
-                    touched[hint[0]].add(event.price)
-            elif isinstance(event, OrderCancelled | OrderReduced) and event.reason is CancelReason.SELF_TRADE_PREVENTED:
-                self_trade = True
-        engine, market, book = self.engine, self.market, self.book
-        for side in SIDES:
-            best = engine.best_price(market, side)
-            if self_trade and best is not None:  # a maker reduced without a trade rests at the new best
-                touched[side].add(best)
-            # levels better than the engine's best are gone (a walk took them, a self-trade cancelled them)
-            new_key = _INF if best is None else book.key(side, best)
+            if isinstance(event, OrderRested):
+                delta = deltas.setdefault((event.side, event.price), [0, 0])
+                delta[0] += event.size
+                delta[1] += 1
+            elif isinstance(event, OrderFilled):
+                delta = deltas.setdefault((_opposite(event.taker_side), event.price), [0, 0])
+                delta[0] -= event.size
+                delta[1] -= event.maker_remaining == 0
+            elif isinstance(event, OrderCancelled | OrderReduced):
+                if hint is not None and event.order_id == hint[2] and type(command) is CancelOrder:
+                    delta = deltas.setdefault((hint[0], hint[1]), [0, 0])
+                    delta[0] -= event.size
+                    delta[1] -= 1
+                elif event.reason is CancelReason.SELF_TRADE_PREVENTED and event.order_id != taker:
+                    for side in SIDES:  # a maker, at the best level of its side that is left (or gone)
+                        best = self.engine.best_price(self.market, side)
+                        if best is not None:
+                            reread.add((side, best))
+            elif isinstance(event, OrderAmended) and hint is not None:
+                reread.update(((hint[0], hint[1]), (hint[0], event.price)))
+        book, touched = self.book, self._log
+        for side in SIDES:  # levels better than the engine's best are gone (taken, or cancelled by STP)
+            best = self.engine.best_price(self.market, side)
+            limit = _INF if best is None else book.key(side, best)
             for price in book.prices(side):
-                if book.key(side, price) >= new_key:
+                if book.key(side, price) >= limit:
                     break
-                touched[side].add(price)
-            for price in touched[side]:
-                book.set(side, price, engine.level(market, side, price))
+                reread.add((side, price))
+        for key in reread:
+            side, price = key
+            book.set(side, price, self.engine.level(self.market, side, price))
+            touched.append(key)
+        for key, (size, count) in deltas.items():
+            if key in reread:
+                continue
+            side, price = key
+            held = book.get(side, price)
+            book.set(side, price, (held[0] + size, held[1] + count))
+            touched.append(key)
         self.seq = command.seq
-        for view in self.views:
-            view.on_changed(book, command.seq, touched)
-        return touched
+        if len(touched) > 2 * self.log_limit:  # trimmed in halves: amortised O(1) per entry
+            drop = len(touched) - self.log_limit
+            del touched[:drop]
+            self._log_base += drop
 
     def checksum(self, depth: int) -> int:
-        """The top checksum of a view of `depth` at the current sequence (computed once per depth class)."""
+        """The top checksum of a view of `depth` now (computed once per sequence and number of levels)."""
         n = min(depth, CHECKSUM_LEVELS)
         cached = self._checksums.get(n)
         if cached is not None and cached[0] == self.seq:
@@ -321,9 +355,5 @@ class BookFeed:
         return value
 
     def subscribe(self, depth: int) -> ViewDiff:
-        view = ViewDiff(self.book, depth, self.seq)
-        self.views.add(view)
-        return view
-
-    def unsubscribe(self, view: ViewDiff) -> None:
-        self.views.discard(view)
+        """A new subscriber's view of `depth` levels per side, from now on."""
+        return ViewDiff(self, depth)

@@ -1,14 +1,15 @@
 """StreamBook: the L2 book stream of a market, for anyone (no key, no owners), from this node's replica.
 
 The rules (what a view is, how changes merge, the top-10 checksum) live in exchange/engine/l2.py; the replica
-keeps each subscriber's view current as it applies commands (Replica.watch_book) and only sets its `wake`
-event, so a subscriber that does not read never holds the replica back: its changes merge while its stream
-waits on the network, and it gets them as one update covering every sequence since its previous one.
+keeps the market's levels and the log of touched levels current as it applies commands (Replica.watch_book)
+and only sets an event, so a subscriber that does not read never holds the replica back: when it reads again
+it gets one update covering every sequence since its previous one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -25,6 +26,9 @@ MAX_BOOK_SUBSCRIBERS = 1000
 # A stream quiet this long while the market moved outside its view gets an update without levels: the subscriber
 # learns the sequence its view is at (and that the stream is alive).
 HEARTBEAT = 1.0
+# The shortest time between two updates of one stream: changes meanwhile merge into the next (a stream's cost
+# is about one gRPC message, so this bounds it at 20 messages per second, however fast the market moves).
+UPDATE_INTERVAL = 0.05
 
 
 def book_update(market: str, update: L2Update, depth: int, snapshot: bool = False) -> pb.BookUpdate:
@@ -54,19 +58,20 @@ class BookStreamRPCs:
         if self.subscribers() >= MAX_BOOK_SUBSCRIBERS:
             raise ResourceExhausted(f"this node already serves {MAX_BOOK_SUBSCRIBERS} book streams; "
                                     "use another node or retry later")
+        loop = asyncio.get_running_loop()
         with self.replica.watch_book(market, depth) as watch:
             feed, view = watch.feed, watch.view
-            yield book_update(market, view.snapshot(feed.book, feed.checksum(depth)), depth, snapshot=True)
+            yield book_update(market, view.snapshot(feed), depth, snapshot=True)
+            last_message = loop.time()
             while True:
-                try:
-                    async with asyncio.timeout(HEARTBEAT):
-                        await watch.wake.wait()
-                    quiet = False
-                except TimeoutError:
-                    quiet = True
-                watch.wake.clear()
+                if view.seen_seq == feed.seq and not watch.ended:  # nothing new yet
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(HEARTBEAT):
+                            await watch.changed().wait()
                 if watch.ended:
                     raise Unavailable(watch.ended)
-                update = view.take(feed.checksum, even_unchanged=quiet)
+                update = view.take(feed, even_unchanged=loop.time() - last_message >= HEARTBEAT)
                 if update is not None:
                     yield book_update(market, update, depth)
+                    last_message = loop.time()
+                    await asyncio.sleep(UPDATE_INTERVAL)  # what changes meanwhile goes into the next update

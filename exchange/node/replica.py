@@ -49,14 +49,30 @@ class Applied:
 
 
 @dataclass(eq=False, slots=True)
-class BookWatch:
-    """One StreamBook subscriber: its view (pure, exchange/engine/l2.py) and what wakes its stream. The apply
-    path only merges into the view and sets `wake`; it never waits for the subscriber."""
+class BookWatchers:
+    """A market's StreamBook subscribers and their shared levels (pure, exchange/engine/l2.py). The apply path
+    updates the levels and sets `changed` (then replaced by a new event); it never waits for a subscriber."""
 
     feed: BookFeed
+    watches: set[BookWatch] = field(default_factory=set)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False, slots=True)
+class BookWatch:
+    """One StreamBook subscriber: its view, and the market's watchers (whose `changed` event wakes it)."""
+
+    watchers: BookWatchers
     view: ViewDiff
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     ended: str = ""  # why the node ended the stream (the book was replaced by a snapshot)
+
+    @property
+    def feed(self) -> BookFeed:
+        return self.watchers.feed
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next command applied in the market (or when the stream must end)."""
+        return self.watchers.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +137,8 @@ class Replica:
         self._states = {name: _MarketState(name) for name in self._engine.markets}
         # market -> what to call with every entry applied in that market
         self._on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self._states}
-        # market -> its L2 levels and StreamBook subscribers, only while it has any
-        self._book_watches: dict[str, set[BookWatch]] = {}
+        # market -> its StreamBook subscribers and their levels, only while it has any
+        self._book_watchers: dict[str, BookWatchers] = {}
 
     # -- position -----------------------------------------------------------------------------------
 
@@ -271,20 +287,21 @@ class Replica:
     def watch_book(self, market: str, depth: int) -> Iterator[BookWatch]:
         """A StreamBook subscriber's view of `depth` levels per side from the applied sequence on; the market's
         levels are kept (exchange/engine/l2.py BookFeed) only while someone watches."""
-        watches = self._book_watches.setdefault(market, set())
-        feed = next(iter(watches)).feed if watches else BookFeed(self._engine, market)
-        watch = BookWatch(feed, feed.subscribe(depth))
-        watches.add(watch)
+        watchers = self._book_watchers.get(market)
+        if watchers is None:
+            watchers = self._book_watchers[market] = BookWatchers(BookFeed(self._engine, market))
+        watch = BookWatch(watchers, watchers.feed.subscribe(depth))
+        watchers.watches.add(watch)
         try:
             yield watch
         finally:
-            feed.unsubscribe(watch.view)
-            watches.discard(watch)
-            if not watches and self._book_watches.get(market) is watches:
-                del self._book_watches[market]
+            watchers.watches.discard(watch)
+            if not watchers.watches and self._book_watchers.get(market) is watchers:
+                del self._book_watchers[market]
 
     def book_watchers(self, market: str) -> int:
-        return len(self._book_watches.get(market, ()))
+        watchers = self._book_watchers.get(market)
+        return 0 if watchers is None else len(watchers.watches)
 
     def offer(self, entry: types_pb2.SequencedCommand) -> bool:
         """Applies or buffers an entry; returns False if it was already known (applied or buffered)."""
@@ -327,11 +344,11 @@ class Replica:
         if any(engine.last_seq(m) < self._engine.last_seq(m) for m in self._states):
             return False
         self._engine = engine
-        for watches in self._book_watches.values():  # their levels were the old engine's: they start again
-            for watch in watches:
+        for watchers in self._book_watchers.values():  # their levels were the old engine's: they start again
+            for watch in watchers.watches:
                 watch.ended = "this node replaced its book by a peer's snapshot; subscribe again"
-                watch.wake.set()
-        self._book_watches = {}
+            watchers.changed.set()
+        self._book_watchers = {}
         for market, state in self._states.items():
             applied = engine.last_seq(market)
             self.note_known(market, applied)
@@ -357,9 +374,9 @@ class Replica:
 
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
         command = types_pb2.Command.FromString(entry.command)
-        watches = self._book_watches.get(state.market)
-        if watches:
-            events = self._apply_watched(engine_command(command, entry.seq), watches)
+        watchers = self._book_watchers.get(state.market)
+        if watchers is not None:
+            events = self._apply_watched(engine_command(command, entry.seq), watchers)
         else:
             events = self._engine.apply(engine_command(command, entry.seq))
         applied = Applied(entry.seq, command, events)
@@ -375,15 +392,14 @@ class Replica:
         for callback in self._on_applied[state.market]:
             callback(applied)
 
-    def _apply_watched(self, command: eng.Command, watches: set[BookWatch]) -> list[eng.Event]:
-        """Applies a command of a market with StreamBook subscribers: their views merge what it changed."""
-        feed = next(iter(watches)).feed
+    def _apply_watched(self, command: eng.Command, watchers: BookWatchers) -> list[eng.Event]:
+        """Applies a command of a market with StreamBook subscribers: their levels follow, and they are woken."""
+        feed = watchers.feed
         hint = feed.before(command)
         events = self._engine.apply(command)
         feed.after(command, events, hint)
-        for watch in watches:
-            if watch.view.changed:
-                watch.wake.set()
+        watchers.changed.set()
+        watchers.changed = asyncio.Event()
         return events
 
     def _note_finished(self, state: _MarketState, events: list[eng.Event]) -> None:

@@ -312,12 +312,12 @@ def follow(depth: int, seed: int, count: int = 1500) -> tuple[eng.Engine, BookTr
     feed = BookFeed(engine, "M")
     view = feed.subscribe(depth)
     tracker = BookTracker("M", depth)
-    messages = [book_update("M", view.snapshot(feed.book, feed.checksum(depth)), depth, snapshot=True)]
+    messages = [book_update("M", view.snapshot(feed), depth, snapshot=True)]
     tracker.on_message(messages[0])
     for command in random_commands(random.Random(seed), count):
         hint = feed.before(command)
         feed.after(command, engine.apply(command), hint)
-        update = view.take(feed.checksum)
+        update = view.take(feed)
         if update is not None:
             messages.append(book_update("M", update, depth))
             tracker.on_message(messages[-1])
