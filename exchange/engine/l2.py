@@ -26,6 +26,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 from sortedcontainers import SortedList
 
@@ -36,6 +37,7 @@ from exchange.engine.model import (
     CancelReason,
     Command,
     Event,
+    OrderAccepted,
     OrderAmended,
     OrderCancelled,
     OrderFilled,
@@ -101,6 +103,22 @@ class LevelBook:
         if price not in book.levels:
             book.keys.add(book.sign * price)
         book.levels[price] = value
+
+    def add(self, side: Side, price: int, size: int, count: int) -> None:
+        """Adds `size` and `count` (negative: takes away) to one level; a level left with no size goes."""
+        book = self._sides[side]
+        held = book.levels.get(price)
+        if held is None:
+            if size > 0:
+                book.levels[price] = (size, count)
+                book.keys.add(book.sign * price)
+            return
+        total = held[0] + size
+        if total > 0:
+            book.levels[price] = (total, held[1] + count)
+        else:
+            del book.levels[price]
+            book.keys.remove(book.sign * price)
 
     def get(self, side: Side, price: int) -> Value:
         return self._sides[side].levels.get(price, GONE)
@@ -244,8 +262,7 @@ class ViewDiff:
         return update
 
 
-def _opposite(side: Side) -> Side:
-    return Side.SELL if side is Side.BUY else Side.BUY
+_BUY, _SELL = Side.BUY, Side.SELL
 
 
 Hint = tuple[Side, int, int, int]  # the resting order a cancel or amend names: side, price, order id, open size
@@ -295,53 +312,46 @@ class BookFeed:
 
     def after(self, command: Command, events: list[Event], hint: Hint | None) -> None:
         """Brings the levels to the engine's book after `command` and logs the levels it touched."""
-        deltas: dict[tuple[Side, int], list[int]] = {}
+        book, log, engine, market = self.book, self._log, self.engine, self.market
+        add, append = book.add, log.append
         reread: set[tuple[Side, int]] = set()
         taker = command.order_id if type(command) is AmendOrder else command.seq
-        for event in events:
-            if isinstance(event, OrderRested):
-                delta = deltas.setdefault((event.side, event.price), [0, 0])
-                delta[0] += event.size
-                delta[1] += 1
-            elif isinstance(event, OrderFilled):
-                delta = deltas.setdefault((_opposite(event.taker_side), event.price), [0, 0])
-                delta[0] -= event.size
-                delta[1] -= event.maker_remaining == 0
-            elif isinstance(event, OrderCancelled | OrderReduced):
-                if hint is not None and event.order_id == hint[2] and type(command) is CancelOrder:
-                    delta = deltas.setdefault((hint[0], hint[1]), [0, 0])
-                    delta[0] -= event.size
-                    delta[1] -= 1
-                elif event.reason is CancelReason.SELF_TRADE_PREVENTED and event.order_id != taker:
-                    for side in SIDES:  # a maker, at the best level of its side that is left (or gone)
-                        best = self.engine.best_price(self.market, side)
+        # the hot kinds read by index: a NamedTuple's attribute is a slower descriptor
+        for event in cast(list[tuple[Any, ...]], events):
+            kind = type(event)
+            if kind is OrderRested:  # (market, seq, order_id, side, price, size, account)
+                add(event[3], event[4], event[5], 1)
+                append((event[3], event[4]))
+            elif kind is OrderFilled:  # (market, seq, trade_id, price, size, maker, taker, taker_side, maker_rem...)
+                maker_side = _SELL if event[7] is _BUY else _BUY
+                add(maker_side, event[3], -event[4], 0 if event[8] else -1)
+                append((maker_side, event[3]))
+            elif kind is OrderAccepted:
+                continue
+            elif kind is OrderCancelled or kind is OrderReduced:
+                gone = cast(OrderCancelled | OrderReduced, event)
+                if hint is not None and gone.order_id == hint[2] and type(command) is CancelOrder:
+                    book.add(hint[0], hint[1], -gone.size, -1)
+                    log.append((hint[0], hint[1]))
+                elif gone.reason is CancelReason.SELF_TRADE_PREVENTED and gone.order_id != taker:
+                    for side in SIDES:  # a maker: at the best level of its side that is left, or at one gone
+                        best = engine.best_price(market, side)
+                        limit = _INF if best is None else book.key(side, best)
                         if best is not None:
                             reread.add((side, best))
-            elif isinstance(event, OrderAmended) and hint is not None:
-                reread.update(((hint[0], hint[1]), (hint[0], event.price)))
-        book, touched = self.book, self._log
-        for side in SIDES:  # levels better than the engine's best are gone (taken, or cancelled by STP)
-            best = self.engine.best_price(self.market, side)
-            limit = _INF if best is None else book.key(side, best)
-            for price in book.prices(side):
-                if book.key(side, price) >= limit:
-                    break
-                reread.add((side, price))
-        for key in reread:
-            side, price = key
-            book.set(side, price, self.engine.level(self.market, side, price))
-            touched.append(key)
-        for key, (size, count) in deltas.items():
-            if key in reread:
-                continue
-            side, price = key
-            held = book.get(side, price)
-            book.set(side, price, (held[0] + size, held[1] + count))
-            touched.append(key)
+                        for price in book.prices(side):  # levels better than the engine's best are gone
+                            if book.key(side, price) >= limit:
+                                break
+                            reread.add((side, price))
+            elif kind is OrderAmended and hint is not None:
+                reread.update(((hint[0], hint[1]), (hint[0], cast(OrderAmended, event).price)))
+        for side, price in reread:  # after every delta: the engine's values are the final ones
+            book.set(side, price, engine.level(market, side, price))
+            log.append((side, price))
         self.seq = command.seq
-        if len(touched) > 2 * self.log_limit:  # trimmed in halves: amortised O(1) per entry
-            drop = len(touched) - self.log_limit
-            del touched[:drop]
+        if len(log) > 2 * self.log_limit:  # trimmed in halves: amortised O(1) per entry
+            drop = len(log) - self.log_limit
+            del log[:drop]
             self._log_base += drop
 
     def checksum(self, depth: int) -> int:
