@@ -1,15 +1,16 @@
 """Market-data benchmark: what public stream subscribers cost the cluster's order entry.
 
 A real 3-node cluster (bench/cluster.py's setup) runs bench/cluster.py's streaming entry load (OrderEntryBatch,
-2 streams per node) several times: without subscribers; with SUBSCRIBERS attached to node 1 (100 StreamBook
-readers at depth 10, each reading every message); with STUCK subscribers that read their first message and
-never again; and without subscribers once more (the machine's noise). The subscribers run in a process of
-their own (`python -m bench.market_data subscribe ...`), so their CPU is not the load generator's.
+2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with SUBSCRIBERS attached to
+node 1 (100 StreamBook readers at depth 10, each reading every message); with STUCK subscribers that read their
+first message and never again until the run is over. The subscribers run in a process of their own
+(`python -m bench.market_data subscribe ...`), so their CPU is not the load generator's.
 
-Printed: order throughput of each run against the baseline (the better of the two runs without subscribers),
-updates delivered per second (all subscribers), node 1's extra CPU per update per subscriber, node 1's memory
-per subscriber (RSS with the subscribers attached minus before, over their number), and what the stuck ones
-cost. Targets: >= TARGET_RATIO of the order throughput with the subscribers attached, and with the stuck ones.
+Printed: order throughput (best of the rounds) against the baseline's, updates delivered per second (all
+subscribers), node 1's extra CPU per update per subscriber, node 1's memory per subscriber (RSS with the
+subscribers attached minus before, over their number), and what a stuck stream held when it was read again
+(everything the node, the network and the client had queued for it). Targets: >= TARGET_RATIO of the order
+throughput with the readers attached, and with the stuck ones.
 
 To measure another stream alongside (StreamTrades, say), add its kind to STREAMS and a count to SUBSCRIBERS.
 """
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,7 @@ SUBSCRIBERS = {"StreamBook": 100}  # readers per kind in the "with subscribers" 
 STUCK = {"StreamBook": 20}  # subscribers that stop reading after their first message
 TARGET_RATIO = 0.8  # order throughput with subscribers >= x the throughput without
 BATCH = STREAM_BATCHES[-1]  # the streaming load at its highest rate (OrderEntryBatch)
+ROUNDS = 3  # interleaved rounds of each run; each figure is its best (noise here only ever slows a run down)
 
 
 def _rss_bytes(pid: int | None) -> int:
@@ -60,8 +63,10 @@ def _rss_bytes(pid: int | None) -> int:
 
 
 async def _subscribe(address: str, market: str, readers: dict[str, int], stuck: dict[str, int]) -> dict:
-    """Opens the streams, reads until SIGTERM, returns what each kind received."""
-    received = {kind: {"messages": 0, "levels": 0, "streams": 0, "errors": 0} for kind in STREAMS}
+    """Opens the streams and reads until SIGTERM; then each stuck stream reads what was waiting for it (until
+    it is quiet for a second): the most its stream held. Returns what each kind received."""
+    received = {kind: {"messages": 0, "levels": 0, "streams": 0, "errors": 0, "stuck_streams": 0,
+                       "held_messages": 0, "held_bytes": 0, "most_held_bytes": 0} for kind in STREAMS}
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     channels: list[grpc.aio.Channel] = []
@@ -72,29 +77,40 @@ async def _subscribe(address: str, market: str, readers: dict[str, int], stuck: 
         method, request = STREAMS[kind]
         return getattr(exchange_pb2_grpc.ExchangeNodeStub(channel), method)(request(market))
 
-    async def read(kind: str, keep_reading: bool) -> None:
+    async def read(kind: str) -> None:
         counts = received[kind]
-        call = open_call(kind)
         try:
-            async for message in call:
+            async for message in open_call(kind):
+                counts["streams"] += counts["messages"] == 0 or bool(getattr(message, "snapshot", False))
                 counts["messages"] += 1
                 counts["levels"] += len(getattr(message, "bids", ())) + len(getattr(message, "asks", ()))
-                if counts["messages"] == 1:
-                    counts["streams"] += 1
-                if not keep_reading:
-                    await stop.wait()  # never read again
-                    break
         except grpc.aio.AioRpcError:
             if not stop.is_set():
                 counts["errors"] += 1
 
-    tasks = [asyncio.create_task(read(kind, True)) for kind, count in readers.items() for _ in range(count)]
-    tasks += [asyncio.create_task(read(kind, False)) for kind, count in stuck.items() for _ in range(count)]
+    async def read_once_then_stop(kind: str) -> None:
+        counts = received[kind]
+        messages = aiter(open_call(kind))
+        await anext(messages)  # the snapshot, then nothing until the end
+        counts["stuck_streams"] += 1
+        await stop.wait()
+        held = 0
+        with contextlib.suppress(TimeoutError, StopAsyncIteration, grpc.aio.AioRpcError):
+            while True:
+                message = await asyncio.wait_for(anext(messages), 1.0)
+                counts["held_messages"] += 1
+                held += message.ByteSize()
+        counts["held_bytes"] += held
+        counts["most_held_bytes"] = max(counts["most_held_bytes"], held)
+
+    tasks = [asyncio.create_task(read(kind)) for kind, count in readers.items() for _ in range(count)]
+    stuck_tasks = [asyncio.create_task(read_once_then_stop(kind)) for kind, count in stuck.items()
+                   for _ in range(count)]
     print("ready", flush=True)
     await stop.wait()
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, *stuck_tasks, return_exceptions=True)
     for channel in channels:
         await channel.close()
     return received
@@ -127,14 +143,14 @@ class Subscribers:
 def _entry_run(cluster: Cluster, seconds: float, label: str) -> dict:
     """One streaming-entry run; node 1's CPU over it; then the replicas must converge."""
     node = cluster.nodes[0]
-    cpu_before = _cpu_seconds(node.pid)
+    cpu_before, rss_start = _cpu_seconds(node.pid), _rss_bytes(node.pid)
     run = asyncio.run(_stream_entry(cluster.node_addresses, seconds, 17, _keys(cluster), batch=BATCH))
-    node_cpu = _cpu_seconds(node.pid) - cpu_before
+    node_cpu, rss_end = _cpu_seconds(node.pid) - cpu_before, _rss_bytes(node.pid)
     cluster.wait_converged(120)
     _log(f"{label}: {run.rate:,.0f} orders/s ({run.orders:,} orders, errors {run.errors}, aborted {run.aborted}), "
-         f"node-1 CPU {node_cpu:.2f} s")
+         f"node-1 CPU {node_cpu:.2f} s, RSS {(rss_end - rss_start) / 2**20:+.1f} MiB")
     return {"label": label, "rate": run.rate, "orders": run.orders, "seconds": run.seconds, "errors": run.errors,
-            "aborted": run.aborted, "node_cpu_seconds": node_cpu}
+            "aborted": run.aborted, "node_cpu_seconds": node_cpu, "rss_start": rss_start, "rss_end": rss_end}
 
 
 def _with_subscribers(cluster: Cluster, seconds: float, readers: dict[str, int], stuck: dict[str, int],
@@ -147,69 +163,84 @@ def _with_subscribers(cluster: Cluster, seconds: float, readers: dict[str, int],
         time.sleep(1.0)  # every stream has its snapshot
         rss_attached = _rss_bytes(node.pid)
         run = _entry_run(cluster, seconds, label)
-        rss_after = _rss_bytes(node.pid)
     finally:
         delivered = subscribers.stop()
     count = sum(readers.values()) + sum(stuck.values())
     return run | {"subscribers": count, "readers": readers, "stuck": stuck, "delivered": delivered,
-                  "rss_before": rss_before, "rss_attached": rss_attached, "rss_after": rss_after}
+                  "rss_before": rss_before, "rss_attached": rss_attached}
 
 
-def run(seconds: float = 4.0, workdir: Path | None = None) -> dict:
+def run(seconds: float = 4.0, workdir: Path | None = None, rounds: int = ROUNDS) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-market-data-"))
     cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
     _log("market data: Consul, the Sequencer and 3 nodes")
+    runs: dict[str, list[dict]] = {"baseline": [], "attached": [], "stuck": []}
     try:
         cluster.start()
         _entry_run(cluster, min(seconds, 2.0), "warm-up")
-        baseline = _entry_run(cluster, seconds, "without subscribers")
-        attached = _with_subscribers(cluster, seconds, SUBSCRIBERS, {}, f"with {sum(SUBSCRIBERS.values())} readers")
-        stuck = _with_subscribers(cluster, seconds, {}, STUCK, f"with {sum(STUCK.values())} stuck subscribers")
-        again = _entry_run(cluster, seconds, "without subscribers, again")
+        for number in range(1, rounds + 1):
+            runs["baseline"].append(_entry_run(cluster, seconds, f"round {number}: without subscribers"))
+            runs["attached"].append(_with_subscribers(cluster, seconds, SUBSCRIBERS, {},
+                                                      f"round {number}: with {sum(SUBSCRIBERS.values())} readers"))
+            runs["stuck"].append(_with_subscribers(cluster, seconds, {}, STUCK,
+                                                   f"round {number}: with {sum(STUCK.values())} stuck"))
     except Exception:
         print(cluster.logs(), file=sys.stderr)
         raise
     finally:
         cluster.stop()
-    return {"baseline": [baseline, again], "attached": attached, "stuck": stuck, "batch": BATCH}
+    return runs | {"batch": BATCH, "rounds": rounds}
+
+
+def _best(runs: list[dict]) -> dict:
+    return max(runs, key=lambda r: r["rate"])
+
+
+def _cpu_per_order(runs: list[dict]) -> float:
+    return statistics.median(r["node_cpu_seconds"] / max(r["orders"], 1) for r in runs)
 
 
 def table(result: dict) -> str:
-    baselines = result["baseline"]
-    best = max(baselines, key=lambda r: r["rate"])
-    attached, stuck = result["attached"], result["stuck"]
-    lines = [f"market data: streaming entry (OrderEntryBatch, {result['batch']} orders per message) with public "
-             "stream subscribers on node 1; baseline: the better of the two runs without",
-             f"{'run':<34} {'orders/s':>10} {'ratio':>6} {'node-1 CPU s':>13} {'node-1 RSS MB':>14}"]
-    for run in (*baselines, attached, stuck):
-        rss = f"{run['rss_after'] / 2**20:>14.1f}" if "rss_after" in run else f"{'':>14}"
-        lines.append(f"{run['label']:<34} {run['rate']:>10,.0f} {run['rate'] / best['rate']:>5.2f}x "
-                     f"{run['node_cpu_seconds']:>13.2f} {rss}")
+    baseline, attached, stuck = _best(result["baseline"]), _best(result["attached"]), _best(result["stuck"])
+    lines = [f"market data: streaming entry (OrderEntryBatch, {result['batch']} orders per message) on 3 nodes with "
+             f"public stream subscribers on node 1; best of {result['rounds']} interleaved rounds each",
+             f"{'run':<34} {'orders/s':>10} {'ratio':>6} {'node-1 CPU us/order':>20}"]
+    base_cpu = _cpu_per_order(result["baseline"])
+    for name, runs in (("without subscribers", result["baseline"]), ("with readers", result["attached"]),
+                       ("with stuck subscribers", result["stuck"])):
+        best = _best(runs)
+        lines.append(f"{name:<34} {best['rate']:>10,.0f} {best['rate'] / baseline['rate']:>5.2f}x "
+                     f"{_cpu_per_order(runs) * 1e6:>20.1f}")
     verdicts = []
     for run, what in ((attached, "readers"), (stuck, "stuck subscribers")):
-        ratio = run["rate"] / best["rate"]
+        ratio = run["rate"] / baseline["rate"]
         verdicts.append(f"order throughput with {run['subscribers']} {what} >= {TARGET_RATIO}x without: "
                         f"{_verdict(ratio >= TARGET_RATIO)} ({ratio:.3f})")
-    # what the readers got and cost: node-1 CPU beyond the baseline's for as many orders
-    baseline_cpu_per_order = best["node_cpu_seconds"] / max(best["orders"], 1)
-    for kind, count in attached["readers"].items():
-        got = attached["delivered"]["received"][kind]
-        updates = max(got["messages"] - got["streams"], 0)
-        seconds = attached["seconds"] or 1.0
-        extra_cpu = attached["node_cpu_seconds"] - baseline_cpu_per_order * attached["orders"]
-        per_update = extra_cpu / max(updates, 1) * 1e6
-        memory = (attached["rss_attached"] - attached["rss_before"]) / max(count, 1)
-        lines.append(f"{kind}: {count} readers got {updates:,} updates ({updates / seconds:,.0f}/s in all, "
-                     f"{updates / seconds / max(count, 1):,.0f}/s each; {got['levels']:,} levels), errors "
-                     f"{got['errors']}; node-1 CPU per update per subscriber {per_update:.1f} us; memory per "
-                     f"subscriber {memory / 1024:.1f} KiB (RSS when attached); subscriber process CPU "
-                     f"{attached['delivered']['cpu_seconds']:.2f} s")
-    stuck_count = max(stuck["subscribers"], 1)
-    growth = stuck["rss_after"] - stuck["rss_attached"]
-    lines.append(f"stuck: {stuck['subscribers']} subscribers that stopped reading: node-1 RSS "
-                 f"{(stuck['rss_attached'] - stuck['rss_before']) / stuck_count / 1024:.1f} KiB each when attached, "
-                 f"{growth / 2**20:+.1f} MiB over the run ({growth / stuck_count / 1024:+.1f} KiB each) while "
-                 f"{stuck['orders']:,} orders flowed")
+    for kind, count in SUBSCRIBERS.items():
+        updates = sum(max(r["delivered"]["received"][kind]["messages"] - r["delivered"]["received"][kind]["streams"],
+                          0) for r in result["attached"])
+        levels = sum(r["delivered"]["received"][kind]["levels"] for r in result["attached"])
+        seconds = sum(r["seconds"] for r in result["attached"]) or 1.0
+        orders = sum(r["orders"] for r in result["attached"])
+        extra_cpu = max(_cpu_per_order(result["attached"]) - base_cpu, 0.0) * orders
+        memory = statistics.median((r["rss_attached"] - r["rss_before"]) / max(count, 1) for r in result["attached"])
+        errors = sum(r["delivered"]["received"][kind]["errors"] for r in result["attached"])
+        lines.append(f"{kind}: {count} readers: {updates / seconds:,.0f} updates/s delivered in all "
+                     f"({updates / seconds / max(count, 1):,.1f}/s each, {levels / max(updates, 1):.1f} levels per "
+                     f"message), errors {errors}; node-1 CPU per update per subscriber "
+                     f"{extra_cpu / max(updates, 1) * 1e6:.0f} us (its extra CPU per order over the baseline's, "
+                     f"for the orders of those runs, over the updates); node-1 memory per subscriber "
+                     f"{memory / 1024:.1f} KiB (RSS when attached)")
+    for kind in STUCK:
+        got = [r["delivered"]["received"][kind] for r in result["stuck"]]
+        streams = max(sum(g["stuck_streams"] for g in got), 1)
+        memory = statistics.median((r["rss_attached"] - r["rss_before"]) / STUCK[kind] for r in result["stuck"])
+        lines.append(f"{kind}: {STUCK[kind]} subscribers that stopped reading while {stuck['orders']:,} orders "
+                     f"flowed (best round): what each stream held when read again: "
+                     f"{sum(g['held_messages'] for g in got) / streams:.1f} messages, "
+                     f"{sum(g['held_bytes'] for g in got) / streams / 1024:.1f} KiB on average, at most "
+                     f"{max(g['most_held_bytes'] for g in got) / 1024:.1f} KiB; node-1 memory per subscriber "
+                     f"{memory / 1024:.1f} KiB (RSS when attached)")
     return "\n".join(lines + verdicts)
 
 
