@@ -8,7 +8,8 @@ idempotent and order-insensitive, and the books are a pure function of the log.
 Besides the engine, the replica keeps what is derived from the log and needed to answer clients:
 the events of recent commands (the journal: results of retried orders, StreamEvents/StreamOrders resume,
 GetOrder), the (account, client_order_id) -> order id map (idempotency), each account's resting orders
-(ListOrders), the orders that left the book recently, and the open subscriptions of the event streams.
+(ListOrders), the orders that left the book recently, the open subscriptions of the event streams, and the
+L2 levels of a market while StreamBook subscribers watch it (`watch_book`, exchange/engine/l2.py).
 Callers use its query methods; the state behind them is its own.
 """
 
