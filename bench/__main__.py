@@ -25,8 +25,16 @@ def _engine(args: argparse.Namespace) -> tuple[dict, str]:
 def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     from bench import cluster
 
-    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up, failovers=args.failovers)
+    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up, failovers=args.failovers,
+                         engine_ops=args.ops)
     return result, cluster.table(result)
+
+
+def _path(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import cluster
+
+    result = cluster.run_path(seconds=args.seconds)
+    return result, cluster.path_table(result)
 
 
 def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
@@ -36,12 +44,15 @@ def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
     return result, market_data.table(result)
 
 
-# name -> runner returning (JSON-able result, printable table)
+# name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
+# path beside its cluster; "path" measures that floor alone (not part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
+    "path": _path,
     "market-data": _market_data,
 }
+DEFAULT = ["engine", "cluster", "market-data"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results: dict[str, dict] = {}
-    for name in args.only or list(SECTIONS):
+    for name in args.only or DEFAULT:
         print(f"bench: section {name}", file=sys.stderr, flush=True)
         result, text = SECTIONS[name](args)
         results[name] = result
