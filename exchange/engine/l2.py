@@ -9,21 +9,23 @@ tests, so the rules below have one home (README "Market data: the L2 book stream
   (one per market, kept only while someone subscribes) and the client's copy of its view.
 * ``BookFeed``: keeps a market's ``LevelBook`` equal to the engine's book from each command's events (a rest
   adds to its level, a fill or a cancel takes from it; the few levels no event prices are read again from the
-  engine), and logs which levels each command touched: the last ``log_limit`` to ``2 x log_limit`` of them,
-  one log for all subscribers.
+  engine), and notes when each level was last touched: the last ``log_limit`` distinct levels, in the order of
+  their last touch, one record for all subscribers.
 * ``ViewDiff``: one subscriber's view (its ``depth`` best levels per side) and what it holds (``sent``: at most
   ``depth`` levels per side). ``take`` gives one update covering every sequence since the previous one: the
-  levels touched since then (from the feed's log) whose value in the view differs from what the subscriber
+  levels touched since then (from the feed's record) whose value in the view differs from what the subscriber
   holds, plus the levels that crossed the view's boundary (entered because better ones left, or pushed out by
   better ones), all with their absolute value now (so changes merge: a level changed ten times is sent once, a
   level that came and went in between is not sent). A subscriber that does not read costs nothing more the
-  longer it waits: nothing is queued for it; once the log has moved past it, its next ``take`` compares its
-  whole view (``2 x depth`` levels) instead. Per subscriber: at most ``2 x depth`` levels plus a constant.
+  longer it waits: nothing is queued for it; once the feed has forgotten touches it needs, its next ``take``
+  compares its whole view (``2 x depth`` levels) instead. Per subscriber: at most ``2 x depth`` levels plus a
+  constant.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -196,8 +198,8 @@ class ViewDiff:
         self.limits = {side: book.limit(side, depth) for side in SIDES}  # at `seen_seq`
         self.sent_seq = feed.seq  # the last sequence of the last message: what the subscriber's view reflects
         self.seen_seq = feed.seq  # the last sequence compared with the view (no change since sent_seq: not sent)
-        self.position = feed.log_end  # where the feed's touched-level log was at `seen_seq`
-        self.full_diffs = 0  # takes that had to compare the whole view (the log had moved on)
+        self.position = feed.clock  # the feed's touch clock at `seen_seq`
+        self.full_diffs = 0  # takes that had to compare the whole view (the feed had forgotten touches it needed)
 
     def snapshot(self, feed: BookFeed) -> L2Update:
         """The view as first sent (the feed must be where the view was made)."""
@@ -210,8 +212,8 @@ class ViewDiff:
     def take(self, feed: BookFeed, even_unchanged: bool = False) -> L2Update | None:
         """The view's changes since its last update, as one update covering every sequence since then (None if
         none of its levels changed, unless `even_unchanged` and sequences passed: an update without levels).
-        Reads only the levels the feed's log says were touched, and those that crossed the view's boundary; a
-        view so far behind that the log no longer reaches back compares its whole view instead."""
+        Reads only the levels the feed says were touched since, and those that crossed the view's boundary; a view
+        so far behind that the feed has forgotten touches it needs compares its whole view instead."""
         book, seq = feed.book, feed.seq
         if seq == self.seen_seq:
             if not even_unchanged or self.sent_seq == seq:
@@ -254,7 +256,7 @@ class ViewDiff:
                     held.pop(price, None)
             self.limits[side] = after
             sides.append(tuple((p, s, n) for p, (s, n) in changes.items()))
-        self.seen_seq, self.position = seq, feed.log_end
+        self.seen_seq, self.position = seq, feed.clock
         if not sides[0] and not sides[1] and not even_unchanged:
             return None  # nothing in view changed: the next update covers these sequences too
         update = L2Update(self.sent_seq + 1, seq, sides[0], sides[1], feed.checksum(self.depth))
@@ -269,9 +271,9 @@ Hint = tuple[Side, int, int, int]  # the resting order a cancel or amend names: 
 
 
 class BookFeed:
-    """One market's levels kept equal to the engine's book, and the log of the levels each command touched,
-    which every subscriber's view reads from (bounded: `log_limit` entries; a view further behind compares its
-    whole view once).
+    """One market's levels kept equal to the engine's book, and when each level was last touched,
+    which every subscriber's view reads from: each level once, at its last touch (bounded: the last `log_limit`
+    levels touched; a view further behind than the oldest of them compares its whole view once).
 
     Drive it around every ``Engine.apply`` of the market: ``hint = before(command)``, apply, then
     ``after(command, events, hint)``. Level totals follow from the events (a rest adds, a fill or a cancel
@@ -285,22 +287,30 @@ class BookFeed:
         self.book = LevelBook.of(bids, asks)
         self.seq = engine.last_seq(market)
         self.log_limit = log_limit
-        self._log: list[tuple[Side, int]] = []  # touched levels, oldest first
-        self._log_base = 0  # the position of _log[0]
+        self.clock = 0  # counts touches
+        # (side, price) -> the clock at its last touch, least recently touched first
+        self._touched: OrderedDict[tuple[Side, int], int] = OrderedDict()
+        self._forgotten = 0  # the clock of the last touch forgotten (views from before it compare whole views)
         self._checksums: dict[int, tuple[int, int]] = {}  # checksum levels -> (seq, checksum)
 
-    @property
-    def log_end(self) -> int:
-        return self._log_base + len(self._log)
-
     def touched_since(self, position: int) -> dict[Side, set[int]] | None:
-        """The prices touched since log `position`, per side; None if the log no longer reaches back there."""
-        if position < self._log_base:
+        """The prices touched since clock `position`, per side (each once, newest first: the cost is the number of
+        distinct levels, not of touches); None if touches after `position` were forgotten."""
+        if position < self._forgotten:
             return None
         touched: dict[Side, set[int]] = {Side.BUY: set(), Side.SELL: set()}
-        for side, price in self._log[position - self._log_base:]:
+        for (side, price), when in reversed(self._touched.items()):
+            if when <= position:
+                break
             touched[side].add(price)
         return touched
+
+    def _touch(self, side: Side, price: int) -> None:
+        key = (side, price)
+        self.clock += 1
+        touched = self._touched
+        touched[key] = self.clock
+        touched.move_to_end(key)
 
     def before(self, command: Command) -> Hint | None:
         """Where the order a cancel or amend names rests now, and its open size."""
@@ -312,8 +322,8 @@ class BookFeed:
 
     def after(self, command: Command, events: list[Event], hint: Hint | None) -> None:
         """Brings the levels to the engine's book after `command` and logs the levels it touched."""
-        book, log, engine, market = self.book, self._log, self.engine, self.market
-        add, append = book.add, log.append
+        book, engine, market = self.book, self.engine, self.market
+        add, append = book.add, self._touch
         reread: set[tuple[Side, int]] = set()
         taker = command.order_id if type(command) is AmendOrder else command.seq
         # the hot kinds read by index: a NamedTuple's attribute is a slower descriptor
@@ -321,18 +331,18 @@ class BookFeed:
             kind = type(event)
             if kind is OrderRested:  # (market, seq, order_id, side, price, size, account)
                 add(event[3], event[4], event[5], 1)
-                append((event[3], event[4]))
+                append(event[3], event[4])
             elif kind is OrderFilled:  # (market, seq, trade_id, price, size, maker, taker, taker_side, maker_rem...)
                 maker_side = _SELL if event[7] is _BUY else _BUY
                 add(maker_side, event[3], -event[4], 0 if event[8] else -1)
-                append((maker_side, event[3]))
+                append(maker_side, event[3])
             elif kind is OrderAccepted:
                 continue
             elif kind is OrderCancelled or kind is OrderReduced:
                 gone = cast(OrderCancelled | OrderReduced, event)
                 if hint is not None and gone.order_id == hint[2] and type(command) is CancelOrder:
                     book.add(hint[0], hint[1], -gone.size, -1)
-                    log.append((hint[0], hint[1]))
+                    append(hint[0], hint[1])
                 elif gone.reason is CancelReason.SELF_TRADE_PREVENTED and gone.order_id != taker:
                     for side in SIDES:  # a maker: at the best level of its side that is left, or at one gone
                         best = engine.best_price(market, side)
@@ -347,12 +357,11 @@ class BookFeed:
                 reread.update(((hint[0], hint[1]), (hint[0], cast(OrderAmended, event).price)))
         for side, price in reread:  # after every delta: the engine's values are the final ones
             book.set(side, price, engine.level(market, side, price))
-            log.append((side, price))
+            append(side, price)
         self.seq = command.seq
-        if len(log) > 2 * self.log_limit:  # trimmed in halves: amortised O(1) per entry
-            drop = len(log) - self.log_limit
-            del log[:drop]
-            self._log_base += drop
+        touched = self._touched
+        while len(touched) > self.log_limit:
+            self._forgotten = touched.popitem(last=False)[1]
 
     def checksum(self, depth: int) -> int:
         """The top checksum of a view of `depth` now (computed once per sequence and number of levels)."""

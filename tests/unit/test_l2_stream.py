@@ -107,7 +107,7 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_view_while_orders_flow() 
     reading holds at most its view (2 x depth levels), the shared log stays within its limit, and the stuck
     subscriber's next read is one update that brings it exactly to the book (by comparing its whole view)."""
     engine = Engine([MarketConfig(M)])
-    feed = BookFeed(engine, M, log_limit=64)
+    feed = BookFeed(engine, M, log_limit=16)
     depth = 5
     view = feed.subscribe(depth)
     subscriber = Subscriber(view.snapshot(feed))
@@ -124,7 +124,7 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_view_while_orders_flow() 
             update = view.take(feed)
             assert update is not None
             subscriber.apply(update)
-        assert view.held_levels() <= 2 * depth and len(feed._log) <= 2 * feed.log_limit
+        assert view.held_levels() <= 2 * depth and len(feed._touched) <= feed.log_limit
     assert len(feed.book) > 100
     full_diffs = view.full_diffs
     update = view.take(feed)
