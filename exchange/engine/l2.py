@@ -214,13 +214,37 @@ class ViewDiff:
         none of its levels changed, unless `even_unchanged` and sequences passed: an update without levels).
         Reads only the levels the feed says were touched since, and those that crossed the view's boundary; a view
         so far behind that the feed has forgotten touches it needs compares its whole view instead."""
-        book, seq = feed.book, feed.seq
+        seq = feed.seq
         if seq == self.seen_seq:
             if not even_unchanged or self.sent_seq == seq:
                 return None
-            update = L2Update(self.sent_seq + 1, seq, (), (), feed.checksum(self.depth))
+            quiet = L2Update(self.sent_seq + 1, seq, (), (), feed.checksum(self.depth))
             self.sent_seq = seq
+            return quiet
+        # views of one depth at the same place (they subscribed together, read in step) get the same update: the
+        # first one computes it, the others only apply it to what they hold
+        key = (self.depth, self.sent_seq, self.seen_seq, even_unchanged)
+        shared = feed.takes.get(key)
+        if shared is not None:
+            update, limits = shared
+            if update is not None:
+                for side, levels in ((Side.BUY, update.bids), (Side.SELL, update.asks)):
+                    held = self.sent[side]
+                    for price, size, count in levels:
+                        if size:
+                            held[price] = (size, count)
+                        else:
+                            held.pop(price, None)
+                self.sent_seq = seq
+            self.limits = dict(limits)
+            self.seen_seq, self.position = seq, feed.clock
             return update
+        computed = self._compute(feed, even_unchanged)
+        feed.takes[key] = (computed, dict(self.limits))
+        return computed
+
+    def _compute(self, feed: BookFeed, even_unchanged: bool) -> L2Update | None:
+        book, seq = feed.book, feed.seq
         touched = feed.touched_since(self.position)
         if touched is None:
             self.full_diffs += 1
@@ -292,6 +316,8 @@ class BookFeed:
         self._touched: OrderedDict[tuple[Side, int], int] = OrderedDict()
         self._forgotten = 0  # the clock of the last touch forgotten (views from before it compare whole views)
         self._checksums: dict[int, tuple[int, int]] = {}  # checksum levels -> (seq, checksum)
+        # the updates views took at this sequence, by (depth, sent_seq, seen_seq, even_unchanged): ViewDiff.take
+        self.takes: dict[tuple[int, int, int, bool], tuple[L2Update | None, dict[Side, float]]] = {}
 
     def touched_since(self, position: int) -> dict[Side, set[int]] | None:
         """The prices touched since clock `position`, per side (each once, newest first: the cost is the number of
@@ -359,6 +385,8 @@ class BookFeed:
             book.set(side, price, engine.level(market, side, price))
             append(side, price)
         self.seq = command.seq
+        if self.takes:
+            self.takes = {}
         touched = self._touched
         while len(touched) > self.log_limit:
             self._forgotten = touched.popitem(last=False)[1]

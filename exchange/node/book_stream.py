@@ -72,6 +72,9 @@ class BookStreamRPCs:
                     raise Unavailable(watch.ended)
                 update = view.take(feed, even_unchanged=loop.time() - last_message >= HEARTBEAT)
                 if update is not None:
-                    yield book_update(market, update, depth)
+                    built = watch.watchers.messages.get(id(update))  # views in step share their update
+                    if built is None or built[0] is not update:
+                        built = watch.watchers.messages[id(update)] = (update, book_update(market, update, depth))
+                    yield built[1]
                     last_message = loop.time()
                     await asyncio.sleep(UPDATE_INTERVAL)  # what changes meanwhile goes into the next update

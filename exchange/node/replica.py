@@ -57,6 +57,8 @@ class BookWatchers:
     feed: BookFeed
     watches: set[BookWatch] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # the messages built at this sequence, by id of the update shared by views in step (exchange/node/book_stream.py)
+    messages: dict[int, tuple[object, pb.BookUpdate]] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)
@@ -401,6 +403,8 @@ class Replica:
         feed.after(command, events, hint)
         watchers.changed.set()
         watchers.changed = asyncio.Event()
+        if watchers.messages:
+            watchers.messages = {}
         return events
 
     def _note_finished(self, state: _MarketState, events: list[eng.Event]) -> None:

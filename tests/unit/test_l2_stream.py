@@ -61,12 +61,13 @@ def test_snapshot_plus_updates_equal_the_engines_book_at_every_last_seq(ops: lis
     engine = Engine([MarketConfig(M)])
     feed: BookFeed | None = None
     views: dict[int, tuple[ViewDiff, Subscriber]] = {}
+    twins: dict[int, tuple[ViewDiff, Subscriber]] = {}  # as `views`, in step with them: they share updates
     slow: dict[int, tuple[ViewDiff, Subscriber]] = {}
     for seq, op in enumerate(ops, start=1):
         if seq == min(start, len(ops)) or feed is None and seq == 1 and start == 0:
             feed = BookFeed(engine, M, log_limit=8)  # subscribers arrive once some book exists
             for depth in DEPTHS:
-                for group in (views, slow):
+                for group in (views, twins, slow):
                     view = feed.subscribe(depth)
                     group[depth] = view, Subscriber(view.snapshot(feed))
         command = build(op, seq)
@@ -77,11 +78,12 @@ def test_snapshot_plus_updates_equal_the_engines_book_at_every_last_seq(ops: lis
         feed.after(command, events, hint)
         bids, asks = engine.depth(M, 2**31)
         assert feed.book.top(Side.BUY, 2**31) == bids and feed.book.top(Side.SELL, 2**31) == asks
-        for group, every in ((views, True), (slow, rng.random() < 0.2)):
+        quiet = rng.random() < 0.1
+        for group, every in ((views, True), (twins, True), (slow, rng.random() < 0.2)):
             if not every:
                 continue
             for depth, (view, subscriber) in group.items():
-                update = view.take(feed, even_unchanged=rng.random() < 0.1)
+                update = view.take(feed, even_unchanged=quiet)
                 if update is None:
                     continue
                 subscriber.apply(update)
@@ -92,7 +94,7 @@ def test_snapshot_plus_updates_equal_the_engines_book_at_every_last_seq(ops: lis
                 assert update.checksum == checksum_of(top_bids, top_asks, depth) == subscriber.book.checksum(depth)
     if feed is None:
         return
-    for group in (views, slow):  # the end: every subscriber, having read what is left, holds the same book
+    for group in (views, twins, slow):  # the end: every subscriber, having read what is left, holds the same book
         for depth, (view, subscriber) in group.items():
             update = view.take(feed)
             if update is not None:
