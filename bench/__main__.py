@@ -30,6 +30,13 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.table(result)
 
 
+def _metrics(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import metrics
+
+    result = metrics.run(seconds=args.seconds)
+    return result, metrics.table(result)
+
+
 def _path(args: argparse.Namespace) -> tuple[dict, str]:
     from bench import cluster
 
@@ -44,15 +51,24 @@ def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
     return result, market_data.table(result)
 
 
+def _public_streams(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import public_streams
+
+    result = public_streams.run(seconds=args.seconds)
+    return result, public_streams.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
 # path beside its cluster; "path" measures that floor alone (not part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
+    "metrics": _metrics,
     "path": _path,
-    "market-data": _market_data,
+    "market_data": _market_data,
+    "public_streams": _public_streams,
 }
-DEFAULT = ["engine", "cluster", "market-data"]
+DEFAULT = ["engine", "cluster", "metrics", "market_data", "public_streams"]
 
 
 def main(argv: list[str] | None = None) -> int:

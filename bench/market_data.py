@@ -1,265 +1,168 @@
-"""Market-data benchmark: what public stream subscribers cost the cluster's order entry.
+"""Market data under load: the cluster's streaming entry load (bench.cluster's, batches of 100) alone, then with
+100 StreamTrades subscribers reading on one node and 20 more that opened the stream and stopped reading.
 
-A real 3-node cluster (bench/cluster.py's setup) runs bench/cluster.py's streaming entry load (OrderEntryBatch,
-2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with SUBSCRIBERS attached to
-node 1 (100 StreamBook readers at depth 10, each reading every message); with STUCK subscribers that read their
-first message and never again until the run is over. The subscribers run in a process of their own
-(`python -m bench.market_data subscribe ...`), so their CPU is not the load generator's.
-
-Printed: order throughput (best of the rounds) against the baseline's, updates delivered per second (all
-subscribers), node 1's extra CPU per update per subscriber, node 1's memory per subscriber (RSS with the
-subscribers attached minus before, over their number), and what a stuck stream held when it was read again
-(everything the node, the network and the client had queued for it). Targets: >= TARGET_RATIO of the order
-throughput with the readers attached, and with the stuck ones.
-
-To measure another stream alongside (StreamTrades, say), add its kind to STREAMS and a count to SUBSCRIBERS.
+Reported: the order throughput without and with them (target: >= 0.8x), the trades delivered per second to
+the readers, the node's CPU per delivered trade, and its resident memory per subscriber (the stalled ones
+included: a subscriber reads the retained trades through a cursor, so one that stops reading holds at most one
+batch of them). The subscribers run in a process of their own, so their client-side CPU is not the load's; on a
+machine with fewer cores than the cluster, that process and the cluster share them, which the ratio includes
+(the node's own CPU share and cost per delivered trade are printed to tell the two apart).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from bench.cluster import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
-from devtools.cluster import Cluster, wait_until
+from bench.cluster import _cpu_seconds, _keys, _log, _stream_entry
+from devtools.cluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 
-# kind -> (RPC of ExchangeNode, its request for a market): one line per kind of public stream
-STREAMS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "StreamBook": ("StreamBook", lambda market: pb.StreamBookRequest(market=market, depth=10)),
-}
-SUBSCRIBERS = {"StreamBook": 100}  # readers per kind in the "with subscribers" run
-STUCK = {"StreamBook": 20}  # subscribers that stop reading after their first message
-TARGET_RATIO = 0.8  # order throughput with subscribers >= x the throughput without
-BATCH = STREAM_BATCHES[-1]  # the streaming load at its highest rate (OrderEntryBatch)
-ROUNDS = 3  # interleaved rounds of each run; each figure is its best (noise here only ever slows a run down)
+READERS = 100
+STALLED = 20
 
 
-def _rss_bytes(pid: int | None) -> int:
+def _rss_kib(pid: int | None) -> int:
     if pid is None:
         return 0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
     return 0
 
 
-# -- the subscriber process ----------------------------------------------------------------------------------
+async def _subscribe(address: str, readers: int, stalled: int) -> dict:
+    """`readers` StreamTrades that read everything and `stalled` ones that never read, until stdin closes; the
+    trades the readers received."""
+    channel = grpc.aio.insecure_channel(address)
+    stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+    received = [0] * readers
+    ended: list[str] = []
 
-
-async def _subscribe(address: str, market: str, readers: dict[str, int], stuck: dict[str, int]) -> dict:
-    """Opens the streams and reads until SIGTERM; then each stuck stream reads what was waiting for it (until
-    it is quiet for a second): the most its stream held. Returns what each kind received."""
-    received = {kind: {"messages": 0, "levels": 0, "streams": 0, "errors": 0, "stuck_streams": 0,
-                       "held_messages": 0, "held_bytes": 0, "most_held_bytes": 0} for kind in STREAMS}
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    channels: list[grpc.aio.Channel] = []
-
-    def open_call(kind: str) -> Any:
-        channel = grpc.aio.insecure_channel(address)
-        channels.append(channel)
-        method, request = STREAMS[kind]
-        return getattr(exchange_pb2_grpc.ExchangeNodeStub(channel), method)(request(market))
-
-    async def read(kind: str) -> None:
-        counts = received[kind]
+    async def read(number: int) -> None:
         try:
-            async for message in open_call(kind):
-                counts["streams"] += counts["messages"] == 0 or bool(getattr(message, "snapshot", False))
-                counts["messages"] += 1
-                counts["levels"] += len(getattr(message, "bids", ())) + len(getattr(message, "asks", ()))
-        except grpc.aio.AioRpcError:
-            if not stop.is_set():
-                counts["errors"] += 1
+            async for message in stub.StreamTrades(pb.StreamTradesRequest()):
+                received[number] += len(message.trades)
+        except grpc.aio.AioRpcError as error:  # OUT_OF_RANGE: it fell further behind than the retained trades
+            ended.append(error.code().name)
 
-    async def read_once_then_stop(kind: str) -> None:
-        counts = received[kind]
-        messages = aiter(open_call(kind))
-        await anext(messages)  # the snapshot, then nothing until the end
-        counts["stuck_streams"] += 1
-        await stop.wait()
-        held = 0
-        with contextlib.suppress(TimeoutError, StopAsyncIteration, grpc.aio.AioRpcError):
-            while True:
-                message = await asyncio.wait_for(anext(messages), 1.0)
-                counts["held_messages"] += 1
-                held += message.ByteSize()
-        counts["held_bytes"] += held
-        counts["most_held_bytes"] = max(counts["most_held_bytes"], held)
-
-    tasks = [asyncio.create_task(read(kind)) for kind, count in readers.items() for _ in range(count)]
-    stuck_tasks = [asyncio.create_task(read_once_then_stop(kind)) for kind, count in stuck.items()
-                   for _ in range(count)]
+    stalled_calls = [stub.StreamTrades(pb.StreamTradesRequest()) for _ in range(stalled)]
+    tasks = [asyncio.ensure_future(read(n)) for n in range(readers)]
     print("ready", flush=True)
-    await stop.wait()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the bench closes it
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, *stuck_tasks, return_exceptions=True)
-    for channel in channels:
-        await channel.close()
-    return received
+    for call in stalled_calls:
+        call.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await channel.close()
+    return {"trades": sum(received), "readers_reached": sum(1 for r in received if r), "ended": ended}
 
 
-class Subscribers:
-    """The subscriber process: started with the streams open, stopped with its counts."""
-
-    def __init__(self, address: str, readers: dict[str, int], stuck: dict[str, int]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.market_data", "subscribe", address, json.dumps(readers), json.dumps(stuck)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "ready":
-            raise RuntimeError("the subscriber process did not start")
-        self.started = time.monotonic()
-        self.cpu_before = _cpu_seconds(self.process.pid)
-
-    def stop(self) -> dict:
-        cpu = _cpu_seconds(self.process.pid) - self.cpu_before
-        self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=60)
-        return {"received": json.loads(output.strip().splitlines()[-1]), "seconds": time.monotonic() - self.started,
-                "cpu_seconds": cpu}
+def _last_trade_id(cluster: Cluster) -> int:
+    with cluster.channel(cluster.node_address(0), None) as channel:
+        return exchange_pb2_grpc.ExchangeNodeStub(channel).GetTicker(pb.GetTickerRequest(), timeout=10).last_trade_id
 
 
-# -- the runs --------------------------------------------------------------------------------------------------
-
-
-def _entry_run(cluster: Cluster, seconds: float, label: str) -> dict:
-    """One streaming-entry run; node 1's CPU over it; then the replicas must converge."""
-    node = cluster.nodes[0]
-    cpu_before, rss_start = _cpu_seconds(node.pid), _rss_bytes(node.pid)
-    run = asyncio.run(_stream_entry(cluster.node_addresses, seconds, 17, _keys(cluster), batch=BATCH))
-    node_cpu, rss_end = _cpu_seconds(node.pid) - cpu_before, _rss_bytes(node.pid)
-    cluster.wait_converged(120)
-    _log(f"{label}: {run.rate:,.0f} orders/s ({run.orders:,} orders, errors {run.errors}, aborted {run.aborted}), "
-         f"node-1 CPU {node_cpu:.2f} s, RSS {(rss_end - rss_start) / 2**20:+.1f} MiB")
-    return {"label": label, "rate": run.rate, "orders": run.orders, "seconds": run.seconds, "errors": run.errors,
-            "aborted": run.aborted, "node_cpu_seconds": node_cpu, "rss_start": rss_start, "rss_end": rss_end}
-
-
-def _with_subscribers(cluster: Cluster, seconds: float, readers: dict[str, int], stuck: dict[str, int],
-                      label: str) -> dict:
-    node = cluster.nodes[0]
-    rss_before = _rss_bytes(node.pid)
-    subscribers = Subscribers(cluster.node_address(0), readers, stuck)
-    try:
-        wait_until(lambda: _rss_bytes(node.pid) > 0, 5, "node 1's memory")
-        time.sleep(1.0)  # every stream has its snapshot
-        rss_attached = _rss_bytes(node.pid)
-        run = _entry_run(cluster, seconds, label)
-    finally:
-        delivered = subscribers.stop()
-    count = sum(readers.values()) + sum(stuck.values())
-    return run | {"subscribers": count, "readers": readers, "stuck": stuck, "delivered": delivered,
-                  "rss_before": rss_before, "rss_attached": rss_attached}
-
-
-def run(seconds: float = 4.0, workdir: Path | None = None, rounds: int = ROUNDS) -> dict:
+def run(seconds: float = 4.0, workdir: Path | None = None) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-market-data-"))
     cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
-    _log("market data: Consul, the Sequencer and 3 nodes")
-    runs: dict[str, list[dict]] = {"baseline": [], "attached": [], "stuck": []}
     try:
         cluster.start()
-        _entry_run(cluster, min(seconds, 2.0), "warm-up")
-        for number in range(1, rounds + 1):
-            runs["baseline"].append(_entry_run(cluster, seconds, f"round {number}: without subscribers"))
-            runs["attached"].append(_with_subscribers(cluster, seconds, SUBSCRIBERS, {},
-                                                      f"round {number}: with {sum(SUBSCRIBERS.values())} readers"))
-            runs["stuck"].append(_with_subscribers(cluster, seconds, {}, STUCK,
-                                                   f"round {number}: with {sum(STUCK.values())} stuck"))
+        keys = _keys(cluster)
+        _log("market data: the streaming entry load alone (warm-up, then measured)")
+        asyncio.run(_stream_entry(cluster.node_addresses, 1.0, 1, keys, batch=100))
+        node = cluster.nodes[0]
+        cpu_before, rss_start = _cpu_seconds(node.pid), _rss_kib(node.pid)
+        alone = asyncio.run(_stream_entry(cluster.node_addresses, seconds, 2, keys, batch=100))
+        cpu_alone = _cpu_seconds(node.pid) - cpu_before
+        rss_before = _rss_kib(node.pid)
+        growth_alone = rss_before - rss_start  # what the load itself adds (journal, ...)
+        _log(f"market data: {alone.rate:,.0f} orders/s alone; {READERS} readers and {STALLED} stalled "
+             f"StreamTrades subscribers on {node.name}")
+        subscribers = subprocess.Popen(
+            [sys.executable, "-m", "bench.market_data", "--subscribe", cluster.node_address(0),
+             str(READERS), str(STALLED)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert subscribers.stdout is not None
+        assert subscribers.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # the streams are open (a bench, not a test: a settling pause is fine)
+        rss_subscribed = _rss_kib(node.pid)
+        cpu_before, first_trade = _cpu_seconds(node.pid), _last_trade_id(cluster)
+        loaded = asyncio.run(_stream_entry(cluster.node_addresses, seconds, 3, keys, batch=100))
+        cpu_loaded = _cpu_seconds(node.pid) - cpu_before
+        time.sleep(1.0)  # the readers drain what the load's last trades sent them
+        rss_with, made = _rss_kib(node.pid), _last_trade_id(cluster) - first_trade
+        output, _ = subscribers.communicate("", timeout=60)
+        delivered = json.loads(output.strip().splitlines()[-1])
+        cluster.wait_converged(120)
     except Exception:
         print(cluster.logs(), file=sys.stderr)
         raise
     finally:
         cluster.stop()
-    return runs | {"batch": BATCH, "rounds": rounds}
-
-
-def _best(runs: list[dict]) -> dict:
-    return max(runs, key=lambda r: r["rate"])
-
-
-def _cpu_per_order(runs: list[dict]) -> float:
-    return statistics.median(r["node_cpu_seconds"] / max(r["orders"], 1) for r in runs)
+    trades_per_s = delivered["trades"] / loaded.seconds
+    extra_cpu = max(0.0, cpu_loaded / max(loaded.seconds, 1e-9) - cpu_alone / max(alone.seconds, 1e-9))
+    return {
+        "orders_per_s_alone": alone.rate,
+        "orders_per_s_with_subscribers": loaded.rate,
+        "ratio": loaded.rate / alone.rate if alone.rate else 0.0,
+        "readers": READERS, "stalled": STALLED, "readers_reached": delivered["readers_reached"],
+        "trades_delivered_per_s": trades_per_s,
+        "delivered_share": delivered["trades"] / (made * READERS) if made else 0.0,
+        "trades_made_per_s": made / loaded.seconds,
+        "readers_ended": dict(Counter(delivered["ended"])),
+        "node_cpu_us_per_trade_per_subscriber": extra_cpu * 1e6 / trades_per_s if trades_per_s else 0.0,
+        "node_rss_kib_per_subscriber": (rss_subscribed - rss_before) / (READERS + STALLED),
+        "node_rss_kib_per_subscriber_under_load": ((rss_with - rss_subscribed) - growth_alone) / (READERS + STALLED),
+        "node_cpu_share_alone": cpu_alone / max(alone.seconds, 1e-9),
+        "node_cpu_share_with_subscribers": cpu_loaded / max(loaded.seconds, 1e-9),
+        "errors": alone.errors + loaded.errors, "aborted": alone.aborted + loaded.aborted,
+    }
 
 
 def table(result: dict) -> str:
-    baseline, attached, stuck = _best(result["baseline"]), _best(result["attached"]), _best(result["stuck"])
-    lines = [f"market data: streaming entry (OrderEntryBatch, {result['batch']} orders per message) on 3 nodes with "
-             f"public stream subscribers on node 1; best of {result['rounds']} interleaved rounds each",
-             f"{'run':<34} {'orders/s':>10} {'ratio':>6} {'node-1 CPU us/order':>20}"]
-    base_cpu = _cpu_per_order(result["baseline"])
-    for name, runs in (("without subscribers", result["baseline"]), ("with readers", result["attached"]),
-                       ("with stuck subscribers", result["stuck"])):
-        best = _best(runs)
-        lines.append(f"{name:<34} {best['rate']:>10,.0f} {best['rate'] / baseline['rate']:>5.2f}x "
-                     f"{_cpu_per_order(runs) * 1e6:>20.1f}")
-    verdicts = []
-    for run, what in ((attached, "readers"), (stuck, "stuck subscribers")):
-        ratio = run["rate"] / baseline["rate"]
-        verdicts.append(f"order throughput with {run['subscribers']} {what} >= {TARGET_RATIO}x without: "
-                        f"{_verdict(ratio >= TARGET_RATIO)} ({ratio:.3f})")
-    for kind, count in SUBSCRIBERS.items():
-        updates = sum(max(r["delivered"]["received"][kind]["messages"] - r["delivered"]["received"][kind]["streams"],
-                          0) for r in result["attached"])
-        levels = sum(r["delivered"]["received"][kind]["levels"] for r in result["attached"])
-        seconds = sum(r["seconds"] for r in result["attached"]) or 1.0
-        orders = sum(r["orders"] for r in result["attached"])
-        extra_cpu = max(_cpu_per_order(result["attached"]) - base_cpu, 0.0) * orders
-        memory = statistics.median((r["rss_attached"] - r["rss_before"]) / max(count, 1) for r in result["attached"])
-        errors = sum(r["delivered"]["received"][kind]["errors"] for r in result["attached"])
-        lines.append(f"{kind}: {count} readers: {updates / seconds:,.0f} updates/s delivered in all "
-                     f"({updates / seconds / max(count, 1):,.1f}/s each, {levels / max(updates, 1):.1f} levels per "
-                     f"message), errors {errors}; node-1 CPU per update per subscriber "
-                     f"{extra_cpu / max(updates, 1) * 1e6:.0f} us (its extra CPU per order over the baseline's, "
-                     f"for the orders of those runs, over the updates); node-1 memory per subscriber "
-                     f"{memory / 1024:.1f} KiB (RSS when attached)")
-    for kind in STUCK:
-        got = [r["delivered"]["received"][kind] for r in result["stuck"]]
-        streams = max(sum(g["stuck_streams"] for g in got), 1)
-        memory = statistics.median((r["rss_attached"] - r["rss_before"]) / STUCK[kind] for r in result["stuck"])
-        lines.append(f"{kind}: {STUCK[kind]} subscribers that stopped reading while {stuck['orders']:,} orders "
-                     f"flowed (best round): what each stream held when read again: "
-                     f"{sum(g['held_messages'] for g in got) / streams:.1f} messages, "
-                     f"{sum(g['held_bytes'] for g in got) / streams / 1024:.1f} KiB on average, at most "
-                     f"{max(g['most_held_bytes'] for g in got) / 1024:.1f} KiB; node-1 memory per subscriber "
-                     f"{memory / 1024:.1f} KiB (RSS when attached)")
-    return "\n".join(lines + verdicts)
+    ok = result["ratio"] >= 0.8
+    return "\n".join([
+        f"Market data: {result['readers']} StreamTrades readers + {result['stalled']} stalled subscribers on one node",
+        f"  orders/s alone                 {result['orders_per_s_alone']:>12,.0f}",
+        f"  orders/s with subscribers      {result['orders_per_s_with_subscribers']:>12,.0f}"
+        f"   ratio {result['ratio']:.2f} (target >= 0.8: {'PASS' if ok else 'FAIL'})",
+        f"  trades made/s                  {result['trades_made_per_s']:>12,.0f}",
+        f"  trades delivered/s (all)       {result['trades_delivered_per_s']:>12,.0f}"
+        f"   ({result['delivered_share']:.0%} of trades made x readers; {result['readers_reached']} readers got some)",
+        f"  readers ended by the node      {result['readers_ended'] or 'none'}"
+        " (OUT_OF_RANGE: fell over 10,000 trades behind)",
+        f"  node CPU per trade per reader  {result['node_cpu_us_per_trade_per_subscriber']:>12.1f} us"
+        f"   (the node's CPU: {result['node_cpu_share_alone']:.0%} of a core alone, "
+        f"{result['node_cpu_share_with_subscribers']:.0%} with them)",
+        f"  node memory per subscriber     {result['node_rss_kib_per_subscriber']:>12.1f} KiB when subscribed, "
+        f"{result['node_rss_kib_per_subscriber_under_load']:+.1f} KiB more under load (RSS; the load's own growth "
+        "subtracted)",
+        f"  order errors / aborted         {result['errors']:>7} / {result['aborted']}",
+    ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.market_data subscribe ADDRESS READERS STUCK`: the subscriber process (prints its counts as
-    JSON on SIGTERM); without arguments: the section alone."""
-    parser = argparse.ArgumentParser(prog="python -m bench.market_data")
-    commands = parser.add_subparsers(dest="command")
-    subscribe = commands.add_parser("subscribe")
-    subscribe.add_argument("address")
-    subscribe.add_argument("readers", type=json.loads)
-    subscribe.add_argument("stuck", type=json.loads)
-    subscribe.add_argument("--market", default="")
-    args = parser.parse_args(argv)
-    if args.command == "subscribe":
-        print(json.dumps(asyncio.run(_subscribe(args.address, args.market, args.readers, args.stuck))), flush=True)
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribe", nargs=3, metavar=("ADDRESS", "READERS", "STALLED"),
+                        help="(internal) run the subscribers and print what they received")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    if args.subscribe:
+        address, readers, stalled = args.subscribe
+        print(json.dumps(asyncio.run(_subscribe(address, int(readers), int(stalled)))), flush=True)
         return 0
-    result = run()
-    print(table(result))
+    print(table(run(args.seconds)))
     return 0
 
 
