@@ -52,8 +52,8 @@ from discovery import (
     TransactionRejected,
 )
 from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.dedup import dedup_key
 from exchange.v1 import sequencer_pb2, types_pb2
-from sequencer.dedup import dedup_key
 from sequencer.log import Gate, LeadershipLost, Recovered, StoredEntry, settle_all
 from sequencer.store import LogStore
 

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import grpc
 
 from exchange.commands import command_error
+from exchange.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
 from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
-from sequencer.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
 from sequencer.log import LeadershipLost, LogBackend, StoredEntry
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     ) -> None:
         """Numbers commands of the cluster's `markets` only, in the log `store`. `on_write_failure` is called
         when a write fails (other than a lost leadership); in a service it must stop the process (the
-        default), tests record the failure instead. `dedup_window`: see sequencer/dedup.py."""
+        default), tests record the failure instead. `dedup_window`: see exchange/dedup.py."""
         self.store = store
         self.on_write_failure = on_write_failure
         self.secret = secret

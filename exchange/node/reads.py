@@ -42,8 +42,9 @@ async def applied_entries(replica: Replica, market: str, from_seq: int,
             oldest = replica.oldest_journaled(market)
             if from_seq < oldest:
                 raise OutOfRange(
-                    f"events of {market} before sequence {oldest} are no longer retained by this node; "
-                    f"resume from {oldest} or later"
+                    f"events of {market} before sequence {oldest} are no longer retained by this node (it keeps "
+                    f"the last {replica.journal_size} commands of each market, from when it started); resume from "
+                    f"{oldest} or later"
                 )
             for seq in range(from_seq, next_seq):
                 journaled = replica.journal_entry(market, seq)
