@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from exchange import engine as eng
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
@@ -85,7 +87,7 @@ class SnapshotStore:
         for path in self._files():
             try:
                 yield path, pb.ReplicaSnapshot.FromString(path.read_bytes())
-            except (OSError, ValueError) as error:  # protobuf's DecodeError is a ValueError
+            except (OSError, ValueError, DecodeError) as error:
                 log.warning("ignoring snapshot %s: %s", path, error)
 
     def restore(self, replica: Replica, current: Mapping[str, int]) -> Path | None:
