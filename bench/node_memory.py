@@ -39,7 +39,8 @@ WINDOW = 4  # batches in flight per stream
 
 def _order(number: int) -> tuple[int, int, int, int]:
     """(side, order type, size, price) of order `number`: odd ones rest a few ticks off the mid, even ones are
-    IOCs that cross it (about as much size as rests), so the book stays small."""
+    IOCs that cross it (about as much size as rests, and cancel a resting order of their own account that they
+    meet: CANCEL_MAKER), so the book stays small."""
     mid = 10_000 + (number // 1000) % 50
     size = 1 + number % 3
     if number % 2:
@@ -57,7 +58,7 @@ def _client_order_id(number: int) -> str:
 def _request(number: int) -> pb.CreateOrderRequest:
     side, order_type, size, price = _order(number)
     return pb.CreateOrderRequest(market=MARKET, side=side, order_type=order_type, size=size, limit_price=price,
-                                 client_order_id=_client_order_id(number))
+                                 client_order_id=_client_order_id(number), self_trade_prevention=_stp(order_type))
 
 
 def _command(number: int) -> types_pb2.Command:
@@ -65,7 +66,12 @@ def _command(number: int) -> types_pb2.Command:
     return types_pb2.Command(
         market=MARKET, client_order_id=_client_order_id(number), origin_node="bench", origin_ref=number,
         account=TRADERS[number % len(TRADERS)],
-        new_order=types_pb2.NewOrderCommand(side=side, order_type=order_type, size=size, price=price))
+        new_order=types_pb2.NewOrderCommand(side=side, order_type=order_type, size=size, price=price,
+                                            self_trade_prevention=_stp(order_type)))
+
+
+def _stp(order_type: int) -> types_pb2.SelfTradePrevention:
+    return types_pb2.CANCEL_MAKER if order_type == types_pb2.IOC else types_pb2.CANCEL_TAKER
 
 
 def _status(pid: int | None) -> dict[str, int]:
@@ -79,7 +85,8 @@ def _status(pid: int | None) -> dict[str, int]:
 
 
 async def _feed(cluster: Cluster, first: int, last: int, batch: int) -> int:
-    """Sends orders first..last over one OrderEntryBatch stream per node; returns how many failed."""
+    """Sends orders first..last over one OrderEntryBatch stream per node; returns how many failed (the first
+    failure is printed)."""
     addresses = cluster.node_addresses
     failed = 0
 
@@ -100,7 +107,10 @@ async def _feed(cluster: Cluster, first: int, last: int, batch: int) -> int:
             async for answer in stub.OrderEntryBatch(batches(), timeout=3600,
                                                      metadata=((AUTHORIZATION, f"Bearer {key}"),)):
                 window.release()
-                failed += sum(1 for result in answer.results if result.HasField("error"))
+                errors = [result.error for result in answer.results if result.HasField("error")]
+                if errors and not failed:
+                    print(f"node {index + 1}: {errors[0].code}: {errors[0].message}", file=sys.stderr, flush=True)
+                failed += len(errors)
 
     await asyncio.gather(*(stream(i) for i in range(len(addresses))))
     return failed
@@ -133,13 +143,14 @@ def run(orders: int, checkpoints: list[int], batch: int, label: str, node_args: 
             cluster.wait_converged(300)
             rate = sent / (time.monotonic() - started)
             memory = [_status(node.pid) for node in cluster.nodes]
+            resting = cluster.status(0).markets[0].resting_orders
             graceful = _restart(cluster, 0, kill=False)
             killed = _restart(cluster, 0, kill=True)
             after = _status(cluster.nodes[0].pid)
             rows.append({"code": label, "orders": sent, "rss_mb": [m["VmRSS"] for m in memory],
                          "peak_mb": [m["VmHWM"] for m in memory], "restart_s": graceful, "restart_kill_s": killed,
-                         "rss_after_restart_mb": after["VmRSS"], "failed": failed})
-            print(f"{label}: {sent:,} orders ({rate:,.0f}/s, {failed} failed): RSS "
+                         "rss_after_restart_mb": after["VmRSS"], "failed": failed, "resting": resting})
+            print(f"{label}: {sent:,} orders ({rate:,.0f}/s, {failed} failed, {resting} resting): RSS "
                   f"{'/'.join(str(m['VmRSS']) for m in memory)} MB (peak {'/'.join(str(m['VmHWM']) for m in memory)}); "
                   f"node 1 serves again {graceful:.2f} s after a graceful stop, {killed:.2f} s after SIGKILL; "
                   f"RSS after {after['VmRSS']} MB", file=sys.stderr, flush=True)

@@ -259,15 +259,21 @@ class Replica:
         self._on_applied[market].append(callback)
 
     @contextlib.contextmanager
-    def subscribe(self, market: str) -> Iterator[asyncio.Queue[Applied]]:
-        """A queue that receives every entry applied in `market` while the context is open."""
-        queue: asyncio.Queue[Applied] = asyncio.Queue()
+    def subscribe(self, market: str, limit: int = 0) -> Iterator[asyncio.Queue[Applied]]:
+        """A queue that receives every entry applied in `market` while the context is open. With a `limit`, a
+        reader that falls that many entries behind (a client that stopped reading) is dropped: its queue gets
+        nothing more, and `dropped(queue)` says so (its memory is bounded by the limit)."""
+        queue: asyncio.Queue[Applied] = asyncio.Queue(limit)
         listeners = self._states[market].listeners
         listeners.add(queue)
         try:
             yield queue
         finally:
             listeners.discard(queue)
+
+    def dropped(self, market: str, queue: asyncio.Queue[Applied]) -> bool:
+        """Whether a subscription of `market` was dropped for falling behind (see `subscribe`)."""
+        return queue not in self._states[market].listeners
 
     def offer(self, entry: types_pb2.SequencedCommand) -> bool:
         """Applies or buffers an entry; returns False if it was already known (applied or buffered)."""
@@ -365,8 +371,11 @@ class Replica:
         window = state.client_order_ids
         window.note(seq, dedup_key(command) if new_order else None)
         window.forget_before(seq)
-        for listener in state.listeners:
-            listener.put_nowait(applied)
+        if state.listeners:
+            for behind in [listener for listener in state.listeners if listener.full()]:
+                state.listeners.discard(behind)  # fell `limit` entries behind: dropped (see subscribe)
+            for listener in state.listeners:
+                listener.put_nowait(applied)
         for callback in self._on_applied[state.market]:
             callback(applied)
 

@@ -8,14 +8,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import grpc
 import pytest
 
 from exchange import engine as eng
+from exchange.errors import Unavailable
 from exchange.node.auth import Gatekeeper
 from exchange.node.lifecycle import SERVING, NodeState
-from exchange.node.reads import ReadRPCs
+from exchange.node.reads import ReadRPCs, applied_entries
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.snapshots import SnapshotStore, Snapshotter
@@ -163,3 +165,31 @@ def test_a_snapshot_ahead_of_the_log_is_not_used(tmp_path: Path) -> None:
     fresh = Replica([eng.MarketConfig(M)])
     assert SnapshotStore(tmp_path).restore(fresh, {M: 29}) is None  # the log was reset, or is another cluster's
     assert fresh.applied_seq(M) == 0
+
+
+def test_a_stream_that_stops_reading_holds_at_most_its_limit_and_then_ends_unavailable() -> None:
+    replica = fed(2)
+
+    async def scenario() -> None:
+        stream = applied_entries(replica, M, 0)
+        reading = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0)  # subscribed, waiting for the next entry
+        for seq in range(3, 10):
+            replica.offer(command(seq))
+        assert (await reading).seq == 3
+        queue = next(iter(replica._states[M].listeners))
+        assert queue.qsize() == 6
+        with mock.patch("exchange.node.reads.STREAM_QUEUE_LIMIT", 4):
+            slow = applied_entries(replica, M, 0)
+            waiting = asyncio.ensure_future(slow.__anext__())
+            await asyncio.sleep(0)
+        for seq in range(10, 16):  # the slow reader falls 4 behind: dropped, it holds no more than that
+            replica.offer(command(seq))
+        assert (await waiting).seq == 10
+        with pytest.raises(Unavailable, match="fell too far behind"):
+            await slow.__anext__()
+        await stream.aclose()
+        await slow.aclose()
+        assert not replica._states[M].listeners
+
+    asyncio.run(scenario())
