@@ -15,8 +15,8 @@ bounded by what is live or by the window of the last `journal_size` commands of 
 * what is live: each account's resting orders with their order type and client_order_id (ListOrders,
   GetOrder), entries buffered ahead of a gap, and the open subscriptions of the event streams.
 
-A replica that adopts a snapshot keeps the window's keys (they are in the snapshot) and starts its journal
-at the snapshot's position. Callers use its query methods; the state behind them is its own.
+A replica that adopts a snapshot keeps the keys it carries (a peer's carries the window's) and starts its
+journal at the snapshot's position. Callers use its query methods; the state behind them is its own.
 """
 
 from __future__ import annotations
@@ -292,12 +292,15 @@ class Replica:
             pass
         return True
 
-    def snapshot(self) -> tuple[bytes, list[tuple[str, str, str, int]]]:
+    def snapshot(self, window_keys: bool = True) -> tuple[bytes, list[tuple[str, str, str, int]]]:
         """The replicated state a node needs to start here: the engine (with every resting order's owner),
-        and the (market, account, client_order_id, order id) of the window's orders and of the resting ones."""
+        and the (market, account, client_order_id, order id) of the resting orders and, with `window_keys`, of
+        every order of the window (a peer's snapshot has them; the node's own, written every so often, does not:
+        they cost a second per 100k, and after a restart the Sequencer's dedup window keeps those orders from
+        being placed again, answered as when the node has the key but no longer the result)."""
         client_order_ids = []
         for market, state in self._states.items():
-            in_window = state.client_order_ids.items()
+            in_window = state.client_order_ids.items() if window_keys else []
             client_order_ids += [(market, *split_key(key), seq) for key, seq in in_window]
             floor = in_window[0][1] if in_window else self.applied_seq(market) + 1
             client_order_ids += [

@@ -2,10 +2,11 @@
 
 A restarted node starts from its own latest snapshot and reads only the log after it, so its start does not
 grow with the age of the exchange. Every `--snapshot-every` applied entries (all markets together) and on a
-graceful stop the node writes a `ReplicaSnapshot` (the engine, and the client_order_ids of the window's and of
-the resting orders) to `--data-dir`, atomically (a temporary file, fsynced, renamed), and keeps the last KEEP.
-At start it adopts the newest one that reads back (an older one if that one is damaged); a snapshot ahead of
-the Sequencer's log (a data directory of another cluster, or a log that was reset) is set aside, never used.
+graceful stop the node writes a `ReplicaSnapshot` (the engine, and the client_order_ids of the resting orders;
+a peer's GetSnapshot also has the window's) to `--data-dir`, atomically (a temporary file, fsynced, renamed),
+and keeps the last KEEP. At start it adopts the newest one that reads back (an older one if that one is
+damaged); a snapshot ahead of the Sequencer's log (a data directory of another cluster, or a log that was
+reset) is set aside, never used.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ DEFAULT_EVERY = 100_000  # applied entries (all markets) between two snapshots
 _PREFIX, _SUFFIX = "snapshot-", ".pb"
 
 
-def replica_snapshot(node_id: str, replica: Replica) -> pb.ReplicaSnapshot:
-    """The replica's state at its applied sequences: what a node needs to start there."""
-    engine, client_order_ids = replica.snapshot()
+def replica_snapshot(node_id: str, replica: Replica, window_keys: bool = True) -> pb.ReplicaSnapshot:
+    """The replica's state at its applied sequences: what a node needs to start there (Replica.snapshot)."""
+    engine, client_order_ids = replica.snapshot(window_keys)
     return pb.ReplicaSnapshot(
         node_id=node_id, engine=engine,
         client_order_ids=[pb.ClientOrderId(market=m, account=a, client_order_id=c, seq=s)
@@ -119,10 +120,11 @@ class Snapshotter:
         self.replica = replica
         self.node_id = node_id
         self.every = every
-        self.saved_at = position(replica)  # the position of the last snapshot written or adopted
+        self.saved_at = -1  # the position of the last snapshot written or adopted (none yet)
 
     def _data(self) -> tuple[bytes, int]:
-        return replica_snapshot(self.node_id, self.replica).SerializeToString(), position(self.replica)
+        snapshot = replica_snapshot(self.node_id, self.replica, window_keys=False)
+        return snapshot.SerializeToString(), position(self.replica)
 
     async def run(self, poll_s: float = 0.5) -> None:
         """Takes a snapshot whenever `every` entries were applied since the last one, until cancelled."""

@@ -14,9 +14,10 @@ import grpc
 import pytest
 
 from exchange import engine as eng
-from exchange.errors import Unavailable
-from exchange.node.auth import Gatekeeper
+from exchange.errors import FailedPrecondition, Unavailable
+from exchange.node.auth import Caller, Gatekeeper
 from exchange.node.lifecycle import SERVING, NodeState
+from exchange.node.orders import OrderEntryRPCs
 from exchange.node.reads import ReadRPCs, applied_entries
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
@@ -131,7 +132,6 @@ def test_a_node_restarted_from_its_snapshot_equals_one_that_replayed_the_whole_l
     restarted = Replica([eng.MarketConfig(M)], journal_size=50)
     assert SnapshotStore(tmp_path).restore(restarted, {M: 300}) is not None
     assert restarted.applied_seq(M) == 200
-    assert restarted.order_of_client_id(M, "", "c180") == 180, "the window's keys are in the snapshot"
     assert restarted.oldest_journaled(M) == 201, "the journal starts at the snapshot (documented)"
     for entry in log[200:]:  # only the log after the snapshot: it is all the restarted node is given
         restarted.offer(entry)
@@ -193,3 +193,34 @@ def test_a_stream_that_stops_reading_holds_at_most_its_limit_and_then_ends_unava
         assert not replica._states[M].listeners
 
     asyncio.run(scenario())
+
+
+def test_after_a_restart_a_retry_from_before_the_snapshot_is_not_placed_again(tmp_path: Path) -> None:
+    """The node's own snapshot has no window keys: the Sequencer's dedup window finds the order, and the node,
+    which no longer has its result, names it (FAILED_PRECONDITION), as the README says."""
+    sequencer = InMemorySequencer()
+    for seq in range(1, 201):
+        sequencer.append(types_pb2.Command.FromString(command(seq).command))
+    running = Replica([eng.MarketConfig(M)])
+    for entry in sequencer.log[M]:
+        running.offer(entry)
+    Snapshotter(SnapshotStore(tmp_path), running, "node-1").save_now()
+    restarted = Replica([eng.MarketConfig(M)])
+    assert SnapshotStore(tmp_path).restore(restarted, {M: 200}) is not None
+    assert restarted.order_of_client_id(M, "", "c180") is None, "the window's keys are not in its own snapshot"
+
+    async def retry() -> None:
+        pipeline = MarketPipeline(M, restarted, sequencer, RecordingPeers(), "node-1")
+        pipeline.start()
+        entry = OrderEntryRPCs(NodeState("node-1", SERVING), restarted, {M: pipeline}, sequencer,
+                               Gatekeeper(None, None))
+        request = pb.CreateOrderRequest(market=M, side=types_pb2.SELL, order_type=types_pb2.IOC, size=2,
+                                        limit_price=100, client_order_id="c180")
+        try:
+            with pytest.raises(FailedPrecondition, match="'c180' is order 180 of BTC-USD"):
+                await asyncio.wait_for(entry._place(request, Caller("", "")), 10)
+        finally:
+            await pipeline.stop()
+
+    asyncio.run(retry())
+    assert sequencer.current(M) == 200, "nothing was placed"
