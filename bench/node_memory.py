@@ -4,8 +4,8 @@ A 3-node cluster (devtools.cluster.Cluster, no rate limit) is fed --orders new o
 (one stream per node, batches of --batch), each with its own client_order_id: passive limits a few ticks off a
 mid that drifts slowly, and IOCs crossing it, so the resting book stays small and what grows is only what a node
 keeps per order. At each checkpoint the replicas must converge; then every node's resident memory (VmRSS, and
-its peak VmHWM) is read, and node 1 is restarted twice and timed until it serves again, current: once after a
-graceful stop (SIGTERM) and once after a SIGKILL.
+its peak VmHWM) is read, and node 1 is restarted and timed until it serves again, current: --restarts times
+after a graceful stop (SIGTERM) and as many after a SIGKILL (the median of each is reported).
 
 `--heap N` instead feeds N orders to a Replica in this process under tracemalloc and prints the allocation
 sites that hold the most memory, at N/4 and at N, and what grew between them (slow: tracemalloc costs ~10x).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.sequencer_memory import _status
 from devtools.cluster import TRADERS, Cluster, serving, wait_until
 from exchange import engine as eng
 from exchange.accounts import AUTHORIZATION
@@ -37,7 +39,7 @@ MARKET = "BTC-USD"
 WINDOW = 4  # batches in flight per stream
 
 
-def _order(number: int) -> tuple[int, int, int, int]:
+def _order(number: int) -> tuple[types_pb2.Side, types_pb2.OrderType, int, int]:
     """(side, order type, size, price) of order `number`: odd ones rest a few ticks off the mid, even ones are
     IOCs that cross it (about as much size as rests, and cancel a resting order of their own account that they
     meet: CANCEL_MAKER), so the book stays small."""
@@ -70,18 +72,8 @@ def _command(number: int) -> types_pb2.Command:
                                             self_trade_prevention=_stp(order_type)))
 
 
-def _stp(order_type: int) -> types_pb2.SelfTradePrevention:
+def _stp(order_type: types_pb2.OrderType) -> types_pb2.SelfTradePrevention:
     return types_pb2.CANCEL_MAKER if order_type == types_pb2.IOC else types_pb2.CANCEL_TAKER
-
-
-def _status(pid: int | None) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in MB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(value.split()[0]) // 1024
-    return values
 
 
 async def _feed(cluster: Cluster, first: int, last: int, batch: int) -> int:
@@ -130,7 +122,8 @@ def _restart(cluster: Cluster, index: int, kill: bool) -> float:
     return seconds
 
 
-def run(orders: int, checkpoints: list[int], batch: int, label: str, node_args: list[str]) -> list[dict]:
+def run(orders: int, checkpoints: list[int], batch: int, label: str, node_args: list[str],
+        restarts: int = 3) -> list[dict]:
     workdir = Path(tempfile.mkdtemp(prefix="node-memory-"))
     cluster = Cluster(workdir, nodes=3, extra_node_args=node_args)
     rows = []
@@ -142,11 +135,11 @@ def run(orders: int, checkpoints: list[int], batch: int, label: str, node_args: 
             sent = checkpoint
             cluster.wait_converged(300)
             rate = sent / (time.monotonic() - started)
-            memory = [_status(node.pid) for node in cluster.nodes]
+            memory = [_status(node.pid or 0) for node in cluster.nodes]
             resting = cluster.status(0).markets[0].resting_orders
-            graceful = _restart(cluster, 0, kill=False)
-            killed = _restart(cluster, 0, kill=True)
-            after = _status(cluster.nodes[0].pid)
+            graceful = statistics.median(_restart(cluster, 0, kill=False) for _ in range(restarts))
+            killed = statistics.median(_restart(cluster, 0, kill=True) for _ in range(restarts))
+            after = _status(cluster.nodes[0].pid or 0)
             rows.append({"code": label, "orders": sent, "rss_mb": [m["VmRSS"] for m in memory],
                          "peak_mb": [m["VmHWM"] for m in memory], "restart_s": graceful, "restart_kill_s": killed,
                          "rss_after_restart_mb": after["VmRSS"], "failed": failed, "resting": resting})
@@ -181,9 +174,9 @@ def heap(orders: int, top: int = 8) -> None:
         for stat in stats[:top]:
             print(f"  {stat.size / 1e6:7.1f} MB {stat.count:>10,} blocks  {stat.traceback}")
     print(f"grown from {first:,} to {orders:,} orders, by allocation site:")
-    for stat in late.compare_to(early, "lineno")[:top]:
-        print(f"  {stat.size_diff / 1e6:+7.1f} MB ({stat.size_diff / (orders - first):+5.0f} B per order)  "
-              f"{stat.traceback}")
+    for diff in late.compare_to(early, "lineno")[:top]:
+        print(f"  {diff.size_diff / 1e6:+7.1f} MB ({diff.size_diff / (orders - first):+5.0f} B per order)  "
+              f"{diff.traceback}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--checkpoints", default="100000,500000,1000000", help="comma-separated order counts")
     parser.add_argument("--batch", type=int, default=500, help="orders per OrderBatch")
+    parser.add_argument("--restarts", type=int, default=3, help="restarts of each kind per checkpoint (median)")
     parser.add_argument("--label", default="this checkout")
     parser.add_argument("--node-args", default="", help="extra flags for every node, e.g. '--journal-size 50000'")
     parser.add_argument("--heap", type=int, default=0, help="profile an in-process replica fed this many orders")
@@ -200,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         heap(args.heap)
         return 0
     checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if int(c) <= args.orders} | {args.orders})
-    rows = run(args.orders, checkpoints, args.batch, args.label, args.node_args.split())
+    rows = run(args.orders, checkpoints, args.batch, args.label, args.node_args.split(), args.restarts)
     print(f"{'code':<24} {'orders':>10} {'RSS MB (nodes 1/2/3)':>22} {'peak MB':>16} {'restart (TERM)':>15} "
           f"{'restart (KILL)':>15} {'RSS after':>10}")
     for row in rows:
