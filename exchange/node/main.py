@@ -84,7 +84,7 @@ async def initial_catch_up(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     if snapshotter is not None:
-        path = await asyncio.to_thread(snapshotter.store.restore, replica, current)
+        path = snapshotter.store.restore(replica, current)  # on the loop: nothing else may touch the replica
         if path is not None:
             snapshotter.saved_at = position(replica)
             log.info("started from its own snapshot %s at %s", path.name,
