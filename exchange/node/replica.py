@@ -13,7 +13,8 @@ bounded by what is live or by the window of the last `journal_size` commands of 
   resume), the (account, client_order_id) -> order id keys placed in it (exchange/dedup.py: a retry is answered
   with the first result without asking the Sequencer), and how each order submitted in it finished (GetOrder);
 * what is live: each account's resting orders with their order type and client_order_id (ListOrders,
-  GetOrder), entries buffered ahead of a gap, and the open subscriptions of the event streams.
+  GetOrder), entries buffered ahead of a gap, and the open subscriptions of the event streams;
+* the public market data by Sequencer time (market_data.py: trades, candles, ticker; bounded, in the snapshot).
 
 A replica that adopts a snapshot keeps the keys it carries (a peer's carries the window's) and starts its
 journal at the snapshot's position. Callers use its query methods; the state behind them is its own.
@@ -31,6 +32,7 @@ from exchange import engine as eng
 from exchange.dedup import DedupWindow, client_key, dedup_key, split_key
 from exchange.errors import FailedPrecondition
 from exchange.node.convert import engine_command, proto_side
+from exchange.node.market_data import MarketData
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -122,6 +124,7 @@ class Replica:
         self._engine = eng.Engine(markets)
         self.journal_size = journal_size
         self._states = {name: _MarketState(name, DedupWindow(journal_size)) for name in self._engine.markets}
+        self.market_data = MarketData(self._engine.markets)
         # market -> what to call with every entry applied in that market
         self._on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self._states}
 
@@ -311,13 +314,15 @@ class Replica:
             ]
         return self._engine.snapshot(), client_order_ids
 
-    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, str, int]]) -> bool:
+    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, str, int]],
+              market_data: bytes = b"") -> bool:
         """Replaces this replica's state by a peer's snapshot if it trades the same markets and is not
         behind in any of them; returns whether it did. Raises ValueError for a corrupt snapshot.
 
         The journal starts empty (results of older orders, StreamEvents before the snapshot and GetOrder of
-        orders finished before it are not available on this node); the window's client_order_ids are kept;
-        buffered entries the snapshot already covers are dropped."""
+        orders finished before it are not available on this node); the snapshot's client_order_ids are kept;
+        buffered entries the snapshot already covers are dropped. `market_data`: the peer's MarketData.snapshot()
+        at the same sequences (a market it lacks starts its market data afresh)."""
         engine = eng.Engine.restore(engine_snapshot)
         if dict(engine.markets) != dict(self._engine.markets):
             raise ValueError(
@@ -348,6 +353,11 @@ class Replica:
             for view in engine.resting_orders(market):
                 state.resting_by_account.setdefault(view.account, {})[view.order_id] = (
                     types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(view.order_id, ""))
+        moved = {m: engine.last_seq(m) for m in self._states if engine.last_seq(m) != self.market_data.tape(m).seq}
+        fresh = self.market_data.restore(market_data, moved)  # a market at the same sequence keeps its own
+        if fresh:
+            log.warning("the snapshot holds no market data of %s at its sequence: their trades, candles and ticker "
+                        "start from there on this node", ", ".join(fresh))
         while any(self._drain(state) for state in self._states.values()):
             pass
         return True
@@ -364,6 +374,7 @@ class Replica:
         command = types_pb2.Command.FromString(entry.command)
         events = self._engine.apply(engine_command(command, entry.seq))
         seq = entry.seq
+        self.market_data.apply(state.market, seq, command.time_ms, events)
         applied = Applied(seq, command, events)
         state.journal[seq] = (entry.command, tuple(events))
         gone = seq - self.journal_size  # the command that leaves the window, and its order's record

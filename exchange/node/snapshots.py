@@ -2,11 +2,11 @@
 
 A restarted node starts from its own latest snapshot and reads only the log after it, so its start does not
 grow with the age of the exchange. Every `--snapshot-every` applied entries (all markets together) and on a
-graceful stop the node writes a `ReplicaSnapshot` (the engine, and the client_order_ids of the resting orders;
-a peer's GetSnapshot also has the window's) to `--data-dir`, atomically (a temporary file, fsynced, renamed),
-and keeps the last KEEP. At start it adopts the newest one that reads back (an older one if that one is
-damaged); a snapshot ahead of the Sequencer's log (a data directory of another cluster, or a log that was
-reset) is set aside, never used.
+graceful stop the node writes a `ReplicaSnapshot` (the engine, the client_order_ids of the resting orders (a
+peer's GetSnapshot also has the window's), and the market data) to `--data-dir`, atomically (a temporary file,
+fsynced, renamed), and keeps the last KEEP. At start it adopts the newest one that reads back (an older one if
+that one is damaged); a snapshot ahead of the Sequencer's log (a data directory of another cluster, or a log
+that was reset) is set aside, never used.
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ def replica_snapshot(node_id: str, replica: Replica, window_keys: bool = True) -
         node_id=node_id, engine=engine,
         client_order_ids=[pb.ClientOrderId(market=m, account=a, client_order_id=c, seq=s)
                           for m, a, c, s in client_order_ids],
+        market_data=replica.market_data.snapshot(),
     )
 
 
 def adopt(replica: Replica, snapshot: pb.ReplicaSnapshot) -> bool:
     """Replica.adopt of a ReplicaSnapshot: whether it was adopted (not if it is behind); ValueError if corrupt."""
     ids = [(c.market, c.account, c.client_order_id, c.seq) for c in snapshot.client_order_ids]
-    return replica.adopt(snapshot.engine, ids)
+    return replica.adopt(snapshot.engine, ids, snapshot.market_data)
 
 
 def position(replica: Replica) -> int:

@@ -82,7 +82,10 @@ def test_the_leader_sigkilled_under_load_a_standby_takes_over_and_no_acknowledge
         every_acknowledged_order_once(c, stubs, load)
     wait_standby_current(c, leader)
     for market in markets:  # the standby's archive is the leader's log, entry for entry
-        assert read_log(c, market) == read_replica_log(c, leader, market)
+        entries = read_log(c, market)
+        assert entries == read_replica_log(c, leader, market)
+        times = [types_pb2.Command.FromString(entry.command).time_ms for entry in entries]
+        assert all(times) and times == sorted(times), f"{market}: time went backwards across the failover"
 
 
 @pytest.mark.timeout(180)
@@ -123,10 +126,9 @@ def test_a_leader_stalled_past_its_session_ttl_is_replaced_and_when_it_wakes_con
             with pytest.raises(grpc.RpcError) as refused:
                 late.result(timeout=30)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
-            wait_standby_current(c, old)
-            log = stalled.read_log()
-            assert "refused by the store" in log and "failed session check" in log, log[-3000:]
-            assert "stepped down" in log
+            wait_standby_current(c, old)  # it stepped down and follows
+            # Whether check-session or the head's compare-and-set refused it cannot be told apart here (the new
+            # leader has committed since); test_replicated_log has a deposed leader's write arrive first.
             load.wait_for_more_ok(30, 30, "after the old leader woke up")
         finally:
             load.stop()

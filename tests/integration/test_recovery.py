@@ -30,6 +30,7 @@ from exchange.node.links import GateStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.conftest import STUB_ACCOUNTS
+from tests.unit.fakes import run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +165,14 @@ def test_late_node_catches_up_after_500_orders(make_cluster: Callable[..., Clust
         checksums_equal_replay(c, views)
 
 
+def public_market_data(stub: exchange_pb2_grpc.ExchangeNodeStub, market: str) -> tuple[object, ...]:
+    """A node's trades, candles of every interval and ticker of `market`."""
+    trades = stub.GetTrades(pb.GetTradesRequest(market=market, limit=1000), timeout=CALL_TIMEOUT)
+    candles = [stub.GetCandles(pb.GetCandlesRequest(market=market, interval=interval, limit=1000),
+                               timeout=CALL_TIMEOUT) for interval in ("1m", "5m", "15m", "1h", "1d")]
+    return trades, candles, stub.GetTicker(pb.GetTickerRequest(market=market), timeout=CALL_TIMEOUT)
+
+
 def test_late_node_restores_a_peers_snapshot_then_the_log_and_keeps_idempotency(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -183,6 +192,9 @@ def test_late_node_restores_a_peers_snapshot_then_the_log_and_keeps_idempotency(
         views = c.wait_converged(nodes=[0, 1, 2])
         for market in markets:
             assert full_book(stubs[2], market) == full_book(stubs[0], market)
+            # the snapshot carries the market data: trades, candles and ticker from before it, the same
+            assert public_market_data(stubs[2], market) == public_market_data(stubs[0], market)
+        assert any(public_market_data(stubs[2], m)[0].oldest_trade_id == 1 for m in markets)
         checksums_equal_replay(c, views)
 
         # The snapshot carries the client_order_id map: a retry of an order from before it is recognised
@@ -361,7 +373,7 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         assert current.current_seq == 2
         await channel.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario(), timeout_s=60)
 
 
 def test_an_order_whose_client_gave_up_is_shown_pending_then_placed_and_convergence_waits_for_it(
