@@ -10,7 +10,7 @@ May import the shared ``exchange`` modules (``cluster``, ``entries``, ``errors``
 ``discovery``; never ``exchange.node`` or ``exchange.engine``. Consul itself is reached only through
 ``discovery.ReplicatedStore`` (``discovery.consul.ConsulKV``).
 
-Design (README, "High availability"):
+Design (docs/ha.md):
 
 * **Interface.** The gate numbers commands in memory and hands each group of fresh entries to
   ``LogBackend.append``, whose future resolves only once they are durable; it answers only then, and reads
