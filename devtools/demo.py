@@ -27,7 +27,7 @@ from exchange.tls import TlsConfig, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 DEMO_DIR = ROOT / ".cluster"
-DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
+DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053], "web": 18080}
 # HA mode: three Consul servers' HTTP APIs, two Sequencer replicas (the nodes' ports are the same)
 HA_PORTS = {"consul": [18500, 18501, 18502], "sequencers": [50050, 50054]}
 STATE_FILE = DEMO_DIR / "state.json"
@@ -57,8 +57,10 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
           f"{', '.join(cluster.node_addresses)} ...", flush=True)
     try:
         cluster.start()
+        web_url = cluster.start_web(DEMO_PORTS["web"])
     except Exception:
         print(cluster.logs())
+        cluster.stop()
         raise
     consul_pids = cluster.consul.pids if isinstance(cluster.consul, ConsulServers) else [cluster.consul.pid]
     STATE_FILE.write_text(json.dumps({
@@ -70,6 +72,7 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         "markets": cluster.markets,
         "ha": ha,
         "tls_dir": str(cluster.client_tls_dir) if cluster.client_tls_dir else None,
+        "web": web_url,
     }, indent=2))
     grpcurl = Path(sys.executable).parent.relative_to(ROOT) / "grpcurl"
     cli = Path(sys.executable).parent.relative_to(ROOT) / "exchange-cli"
@@ -98,9 +101,13 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nresumed the log of an earlier demo run ({where}): its orders still rest; for empty books run "
               f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
+    browser_note = "" if tls_dir is None else (
+        f" (HTTPS with the demo's own CA: let the browser accept it, or import {tls_dir.parent}/ca.pem)")
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
 accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more: {cli} accounts add NAME)
+
+web console: open {web_url}{browser_note}
 
 try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
   {g} {node1} list

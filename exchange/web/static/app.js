@@ -137,7 +137,7 @@
       tile.appendChild(head);
       tile.appendChild(el("div", { class: "muted" },
         `${node.address} · consul ${node.consul}` + (node.state ? ` · ${node.state}` : "")));
-      if (node.error) tile.appendChild(el("div", { class: "muted" }, node.error));
+      if (node.error) tile.appendChild(el("div", { class: "error" }, node.error));
       if (node.markets.length) {
         const table = el("table");
         table.appendChild(cells(el("tr", { class: "muted" }), ["market", "seq", "checksum", "lag", "pending"]));
@@ -188,7 +188,7 @@
   }
 
   function renderTape() {
-    const tape = (state.tapes[state.market] || []).slice(-40).reverse();
+    const tape = (state.tapes[state.market] || []).slice(-24).reverse();
     replaceRows($("tape-rows"), tape.map((t) => cells(
       el("tr", { class: t.side, "data-seq": t.seq, "data-trade-id": t.trade_id }), [t.seq, t.side, t.size, t.price])));
   }

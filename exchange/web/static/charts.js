@@ -36,11 +36,14 @@ function drawDepth(svg, bids, asks) {
   const prices = bidSteps.concat(askSteps).map((s) => s[0]);
   let low = Math.min(...prices);
   let high = Math.max(...prices);
-  if (low === high) { low -= 1; high += 1; }
+  const pad = Math.max(1, Math.round((high - low) * 0.08));
+  low -= pad;
+  high += pad;
   const maxSize = Math.max(1, ...bidSteps.concat(askSteps).map((s) => s[1]));
   const x = (price) => b.left + ((price - low) / (high - low)) * (b.w - b.left - b.right);
   const y = (size) => b.h - b.bottom - (size / maxSize) * (b.h - b.top - b.bottom);
-  const area = (steps, cls) => {
+  // a step line from the best price outwards, held at the total out to the chart's edge (`edge`)
+  const area = (steps, edge, cls) => {
     if (!steps.length) return;
     let d = `M ${x(steps[0][0])} ${y(0)}`;
     let previous = 0;
@@ -48,13 +51,12 @@ function drawDepth(svg, bids, asks) {
       d += ` L ${x(price)} ${y(previous)} L ${x(price)} ${y(total)}`;
       previous = total;
     }
-    const end = steps[steps.length - 1][0];
-    d += ` L ${x(end)} ${y(0)} Z`;
+    d += ` L ${x(edge)} ${y(previous)} L ${x(edge)} ${y(0)} Z`;
     svg.appendChild(svgEl("path", { d, class: cls }));
   };
   svg.appendChild(svgEl("line", { x1: b.left, y1: y(0), x2: b.w - b.right, y2: y(0), class: "grid" }));
-  area(bidSteps, "bid-area");
-  area(askSteps, "ask-area");
+  area(bidSteps, low, "bid-area");
+  area(askSteps, high, "ask-area");
   svg.appendChild(svgEl("text", { x: b.left, y: b.h - 6, class: "axis" }, low));
   svg.appendChild(svgEl("text", { x: b.w - b.right, y: b.h - 6, "text-anchor": "end", class: "axis" }, high));
   svg.appendChild(svgEl("text", { x: b.left - 4, y: b.top + 10, "text-anchor": "end", class: "axis" }, maxSize));
