@@ -237,3 +237,29 @@ def test_the_page_reconnects_by_itself_when_the_web_process_restarts(
     wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f"#tape-rows tr[data-seq='{answer.seq}']"),
          "a trade made after the restart on the tape")
     assert script_errors(browser) == []
+
+
+def test_in_ha_mode_killing_the_leader_shows_the_other_replica_leading(
+    make_cluster: Callable[..., Cluster], browser: WebDriver, artifacts: Path,
+) -> None:
+    """Last in the module: the browser leaves the module's console for an HA cluster's."""
+    cluster = make_cluster(ha=True)
+    cluster.start()
+    browser.get(cluster.start_web())
+
+    def roles(b: WebDriver) -> dict[str, str]:
+        return {tile.get_attribute("data-id"): tile.find_element(By.CSS_SELECTOR, ".role").text.lower()
+                for tile in b.find_elements(By.CSS_SELECTOR, "#sequencers .sequencer")}
+
+    leader = cluster.leader_index()
+    assert leader is not None
+    name, other = cluster.sequencer_name(leader), cluster.sequencer_name(1 - leader)
+    wait(browser, lambda b: roles(b) == {name: "leader", other: "standby"}, "one leader and one standby")
+    assert browser.find_element(By.ID, "leader").text.lower() == f"leader: {name}"
+    cluster.sequencers[leader].kill()
+    wait(browser, lambda b: roles(b).get(other) == "leader", f"{other} to lead")
+    assert roles(browser)[name] == "down"
+    wait(browser, lambda b: f"the lead moved from {name} to {other}" in b.find_element(By.ID, "leader-changes").text,
+         "the leader change listed")
+    browser.save_screenshot(str(artifacts / "ha-failover.png"))
+    assert script_errors(browser) == []
