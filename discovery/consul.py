@@ -84,12 +84,15 @@ class ConsulRegistry:
         recovery_grace: float = 5.0,
         request_timeout: float = 5.0,
         grpc_tls: bool = False,
+        token: str | None = None,
     ) -> None:
         """Never contacts Consul: constructing it works while Consul is still down.
 
         ``grpc_tls``: the registered services serve gRPC over TLS, so Consul's health check connects with
         TLS (the agent needs the cluster's CA, and a client certificate when the services require one:
         ``enable_agent_tls_for_checks``).
+
+        ``token``: the Consul ACL token every request carries (None: the anonymous token).
 
         ``deregister_after``: Consul reaps a service whose check stays critical that long
         (Consul enforces a minimum of 1 minute and reaps every ~30 s).
@@ -104,6 +107,7 @@ class ConsulRegistry:
         self.recovery_grace = recovery_grace
         self.request_timeout = request_timeout
         self.grpc_tls = grpc_tls
+        self.token = token
         self._lock = threading.RLock()
         self._client = self._new_client(request_timeout)
         self._registrations: dict[str, _Registration] = {}
@@ -113,7 +117,7 @@ class ConsulRegistry:
         self._keeper_outage = False
 
     def _new_client(self, timeout: float | None) -> consul.Consul:
-        return consul.Consul(host=self.host, port=self.port, connections_timeout=timeout)
+        return consul.Consul(host=self.host, port=self.port, token=self.token, connections_timeout=timeout)
 
     # -- registration -----------------------------------------------------------------------
     def register(

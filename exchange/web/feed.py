@@ -67,7 +67,7 @@ class DiscoveredNodes:
 
 def consul_registry(config: FeedConfig) -> ConsulRegistry:
     host, port = split_host_port(config.consul)
-    return ConsulRegistry(host, port)
+    return ConsulRegistry(host, port, token=config.consul_token)
 
 
 @dataclass
