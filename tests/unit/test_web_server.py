@@ -19,6 +19,7 @@ from exchange.client import AsyncClient, RetryPolicy, StaticNodes, types
 from exchange.v1 import exchange_pb2 as pb
 from exchange.web import feed as feed_module
 from exchange.web.feed import Feed, FeedConfig, divergences, node_health
+from exchange.web.main import parse_args
 from exchange.web.server import CONTENT_SECURITY_POLICY, FEED, HUB, make_app
 
 FAST = RetryPolicy(timeout=1.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01)
@@ -235,3 +236,15 @@ def test_the_feed_reads_only_the_public_rpcs_of_nodes_and_sequencers() -> None:
                      "token_metadata", "peer_token"):
         assert internal not in source
     assert Feed.__module__ == "exchange.web.feed"
+
+
+def test_exchange_web_listens_on_loopback_by_default_and_refuses_another_address_without_tls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse_args([]).listen == "127.0.0.1:8080"
+    assert parse_args(["--listen", "[::1]:9000"]).tls_dir is None
+    for address in ("0.0.0.0:8080", "10.0.0.5:8080", "example.org:443"):
+        with pytest.raises(SystemExit):
+            parse_args(["--listen", address])
+        assert "without TLS" in capsys.readouterr().err
+    assert parse_args(["--listen", "0.0.0.0:8443", "--tls-dir", "certs"]).tls_dir == Path("certs")
