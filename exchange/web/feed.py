@@ -121,6 +121,7 @@ class Feed:
         self.view = ClusterView()
         self.books: dict[str, dict[str, Any]] = {}
         self.tapes: dict[str, deque[dict[str, Any]]] = {}
+        self._last_leader: str | None = None
         self._known_nodes: dict[str, str] = {}  # id -> address: nodes seen since start (a reaped one stays, down)
         self._sequencer_channels: dict[str, grpc.aio.Channel] = {}
         self._registry: ConsulRegistry | None = None
@@ -202,11 +203,12 @@ class Feed:
         self._follow_markets(markets)
         self.view.sequencers = await self._sequencer_views(sequencers, markets)
         leader = next((s["id"] for s in self.view.sequencers if s["role"] == "leader"), None)
-        if leader is not None and leader != self.view.leader:
-            if self.view.leader is not None:
-                self.view.leader_changes.append({"at_ms": int(time.time() * 1000), "from": self.view.leader,
+        if leader is not None and leader != self._last_leader:
+            if self._last_leader is not None:  # a change seen by this process (it keeps no history of its own)
+                self.view.leader_changes.append({"at_ms": int(time.time() * 1000), "from": self._last_leader,
                                                  "to": leader})
-            self.view.leader = leader
+            self._last_leader = leader
+        self.view.leader = leader  # None while no replica leads (a takeover in progress)
         self.publish("cluster", self.view.as_message())
 
     async def _node_status(self, address: str) -> tuple[types.NodeStatus | None, str | None]:
