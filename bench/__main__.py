@@ -25,15 +25,26 @@ def _engine(args: argparse.Namespace) -> tuple[dict, str]:
 def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     from bench import cluster
 
-    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up, failovers=args.failovers)
+    result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up, failovers=args.failovers,
+                         engine_ops=args.ops)
     return result, cluster.table(result)
 
 
-# name -> runner returning (JSON-able result, printable table)
+def _path(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import cluster
+
+    result = cluster.run_path(seconds=args.seconds)
+    return result, cluster.path_table(result)
+
+
+# name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
+# path beside its cluster; "path" measures that floor alone (not part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
+    "path": _path,
 }
+DEFAULT = ["engine", "cluster"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results: dict[str, dict] = {}
-    for name in args.only or list(SECTIONS):
+    for name in args.only or DEFAULT:
         print(f"bench: section {name}", file=sys.stderr, flush=True)
         result, text = SECTIONS[name](args)
         results[name] = result

@@ -20,7 +20,10 @@ Every figure is printed next to its baseline from the same run:
    granted by the new leader (its number is past the position the new leader took over at), p50 and max;
    every acknowledged order of those runs must be in the log exactly once.
 Every cluster run also reports its cost per order: CPU of the Sequencer, of the nodes and of Consul (from /proc),
-and the cluster's own messages (gate requests and answers, broadcast stream messages, from the nodes' counters).
+and the cluster's own messages (gate requests and answers, broadcast stream messages, from the nodes' counters),
+and its overhead factor: that CPU over nodes x the engine's CPU time per operation (measured first).
+The floor of the design, the echo-built order path (bench/order_path.py: the least this architecture can do for
+an order), runs interleaved with the echo and the cluster in 1. (3 nodes) and 5. (5 nodes, at 64 in flight).
 At the end every replica must report the same sequence and checksum, and the trades must equal a replay.
 """
 
@@ -37,18 +40,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from bench import engine, order_path
 from devtools.cluster import TRADERS, Cluster, ServiceProcess, wait_until
 from devtools.consul_agent import ConsulServers
 from devtools.ports import free_port
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
-from exchange.accounts import AUTHORIZATION
+from exchange.accounts import AUTHORIZATION, new_api_key
 from exchange.cluster import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
@@ -71,6 +75,11 @@ FAILOVERS = 5
 TARGET_FAILOVER_P50_S = 5.0
 TARGET_HA_UNARY = 0.7  # HA unary at 64 in flight >= x the embedded cluster's
 TARGET_HA_STREAM = 10_000  # orders/s
+# Against this design's own floor (issue "Speed, against this design's own floor"): the echo-built order path
+# (bench/order_path.py) at the same concurrency, and the cluster's CPU per order over the engine's work for it
+# (nodes x the engine's CPU time per operation, measured in the same run): at most this many times.
+TARGET_PATH = 1.0  # cluster orders/s >= x the path's, at every concurrency
+TARGET_OVERHEAD = {"unary_64": 50, "stream_1": 20, "stream_100": 10}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -320,24 +329,70 @@ def _best(results: list[LoadResult]) -> dict:
     }
 
 
-def _unary_rounds(cluster: Cluster, echoes: dict[str, str], seconds: float) -> dict:
-    """At each concurrency, UNARY_ROUNDS rounds of: each echo server, then the cluster."""
-    echo_runs: dict[int, list[LoadResult]] = {in_flight: [] for in_flight in CONCURRENCY}
-    cluster_runs: dict[int, list[LoadResult]] = {in_flight: [] for in_flight in CONCURRENCY}
-    for in_flight in CONCURRENCY:
+Runner = Callable[[int, int], LoadResult]  # (in flight, round) -> one unary run
+
+
+def _interleaved(runners: dict[str, Runner], concurrency: tuple[int, ...] = CONCURRENCY
+                 ) -> dict[str, dict[int, list[LoadResult]]]:
+    """At each concurrency, UNARY_ROUNDS rounds of every runner in turn: {runner: {in flight: its runs}}."""
+    runs: dict[str, dict[int, list[LoadResult]]] = {name: {n: [] for n in concurrency} for name in runners}
+    for in_flight in concurrency:
         for round_number in range(1, UNARY_ROUNDS + 1):
-            for transport, address in echoes.items():
-                result = asyncio.run(_drive([address], in_flight, seconds, in_flight, _keys(cluster)))
-                _log(f"round {round_number}, {in_flight} in flight, echo ({transport}): {result.rate:,.0f} calls/s, "
-                     f"p50 {result.p50_ms:.2f} ms")
-                echo_runs[in_flight].append(result)
-            cluster_runs[in_flight].append(_cluster_unary(cluster, in_flight, seconds, round_number))
+            for name, runner in runners.items():
+                runs[name][in_flight].append(runner(in_flight, round_number))
+    return runs
+
+
+def _echo_runner(address: str, transport: str, seconds: float, keys: list[str]) -> Runner:
+    """Runs on an echo server; its clients send `keys` as the cluster's do (the echo ignores them)."""
+
+    def run(in_flight: int, round_number: int) -> LoadResult:
+        result = asyncio.run(_drive([address], in_flight, seconds, in_flight, keys))
+        _log(f"round {round_number}, {in_flight} in flight, echo ({transport}): {result.rate:,.0f} calls/s, "
+             f"p50 {result.p50_ms:.2f} ms")
+        return result
+
+    return run
+
+
+def _path_runner(path: order_path.OrderPath, seconds: float, keys: list[str]) -> Runner:
+    return lambda in_flight, round_number: _path_unary(path, in_flight, seconds, round_number, keys)
+
+
+def _path_unary(path: order_path.OrderPath, in_flight: int, seconds: float, round_number: int,
+                keys: list[str]) -> LoadResult:
+    """One unary run against every node of the echo-built order path, with its CPU per order; its clients send
+    `keys` as the cluster's do (the path ignores them)."""
+
+    def usage() -> Usage:
+        return Usage({process.name: _cpu_seconds(process.pid) for process in path.processes()},
+                     Counter({"orders": path.position()}))
+
+    before = usage()
+    result = asyncio.run(_drive(path.node_addresses, in_flight, seconds, in_flight, keys))
+    result.cost = _cost(before, usage())
+    _log(f"round {round_number}, {in_flight} in flight, echo-built path ({len(path.nodes)} nodes): "
+         f"{result.rate:,.0f} orders/s, p50 {result.p50_ms:.2f} ms, errors {result.errors}, "
+         f"{result.cost['cpu_us']['total']:.0f} us CPU per order")
+    return result
+
+
+def _unary_rounds(cluster: Cluster, echoes: dict[str, str], path: order_path.OrderPath, seconds: float) -> dict:
+    """At each concurrency, UNARY_ROUNDS rounds of: each echo server, the echo-built order path, the cluster."""
+    keys = _keys(cluster)
+    runners = {transport: _echo_runner(address, transport, seconds, keys) for transport, address in echoes.items()}
+    runners["path"] = _path_runner(path, seconds, keys)
+    runners["cluster"] = lambda in_flight, number: _cluster_unary(cluster, in_flight, seconds, number)
+    runs = _interleaved(runners)
+    echo_runs = {n: [r for transport in echoes for r in runs[transport][n]] for n in CONCURRENCY}
     return {
         "echo": [_best(echo_runs[in_flight]) for in_flight in CONCURRENCY],
-        "unary": [_best(cluster_runs[in_flight]) for in_flight in CONCURRENCY],
+        "path": [_best(runs["path"][in_flight]) for in_flight in CONCURRENCY],
+        "unary": [_best(runs["cluster"][in_flight]) for in_flight in CONCURRENCY],
         "unary_runs": {
             "echo": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in echo_runs[in_flight]],
-            "cluster": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in cluster_runs[in_flight]],
+            "path": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in runs["path"][in_flight]],
+            "cluster": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in runs["cluster"][in_flight]],
         },
     }
 
@@ -455,16 +510,28 @@ def _catch_up(cluster: Cluster, entries: int) -> dict:
             "method": "peer snapshot + log" if "restored from" in log else "log replay"}
 
 
-def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True) -> dict:
+def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True, path: bool = False) -> dict:
     """Unary at 64 in flight and both streaming cases on another cluster: `nodes` nodes, with or without
-    accounts (API keys, rate limits)."""
+    accounts (API keys, rate limits); with `path`, the unary runs interleaved with the echo-built order path of as
+    many nodes."""
     name = f"cluster-{nodes}" + ("" if accounts else "-without-accounts")
     cluster = Cluster(workdir / name, nodes=nodes, secret="bench-secret",
                       extra_node_args=None if accounts else ["--insecure-no-auth"])
-    _log(f"{name}: Consul, the Sequencer and {nodes} nodes" + ("" if accounts else ", no API keys"))
+    _log(f"{name}: Consul, the Sequencer and {nodes} nodes" + ("" if accounts else ", no API keys")
+         + (f", and the echo-built order path of {nodes} nodes" if path else ""))
+    floor: dict | None = None
     try:
-        cluster.start()
-        unary = _best([_cluster_unary(cluster, 64, seconds, n) for n in range(1, UNARY_ROUNDS + 1)])
+        with contextlib.ExitStack() as stack:
+            floor_path = stack.enter_context(order_path.running(workdir / f"path-{nodes}", nodes)) if path else None
+            cluster.start()
+            runners: dict[str, Runner] = {}
+            if floor_path is not None:
+                runners["path"] = _path_runner(floor_path, seconds, _keys(cluster))
+            runners["cluster"] = lambda in_flight, number: _cluster_unary(cluster, in_flight, seconds, number)
+            runs = _interleaved(runners, (64,))
+        unary = _best(runs["cluster"][64])
+        if path:
+            floor = _best(runs["path"][64])
         streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
         view = cluster.wait_converged(60)
         replay = replay_cluster(cluster)
@@ -474,7 +541,7 @@ def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True
         raise
     finally:
         cluster.stop()
-    return {"nodes": nodes, "accounts": accounts, "unary_64": unary,
+    return {"nodes": nodes, "accounts": accounts, "unary_64": unary, "path_64": floor,
             "streaming": [_stream_figures(run) for run in streaming], "converged": converged}
 
 
@@ -613,19 +680,24 @@ def _stream_figures(run: StreamResult) -> dict:
 
 
 def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | None = None,
-        failovers: int = FAILOVERS) -> dict:
+        failovers: int = FAILOVERS, engine_ops: int = 200_000) -> dict:
+    """The whole cluster section; the overhead factors' unit is the engine's CPU time per operation, measured
+    first on the engine bench's stream of `engine_ops` operations."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    engine_us_per_op = engine.engine_cpu_us_per_op(engine_ops)
+    _log(f"the engine's CPU time per operation: {engine_us_per_op:.2f} us (the unit of the overhead factors)")
     cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
-    _log("starting two bare gRPC echo servers (baseline), Consul, the Sequencer and 3 nodes")
+    _log("starting two bare gRPC echo servers and the echo-built order path (baselines), Consul, the Sequencer "
+         "and 3 nodes")
     try:
-        with _echo_servers(workdir) as echoes:
+        with _echo_servers(workdir) as echoes, order_path.running(workdir / "path", 3) as path:
             cluster.start()
             _log(f"catch-up: a node started behind by {catch_up_entries:,} entries")
             catch_up = _catch_up(cluster, catch_up_entries)
             _log(f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = "
                  f"{catch_up['rate']:,.0f} entries/s")
             _log(f"unary: {UNARY_ROUNDS} interleaved rounds of {seconds:.0f} s per server and concurrency")
-            unary = _unary_rounds(cluster, echoes, seconds)
+            unary = _unary_rounds(cluster, echoes, path, seconds)
         streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
         _log("replication lag")
         lag_p50, lag_p99 = asyncio.run(_replication_lag(cluster, 300))
@@ -639,7 +711,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         raise
     finally:
         cluster.stop()
-    scale = _other_runs(workdir, seconds, SCALE_NODES)
+    scale = _other_runs(workdir, seconds, SCALE_NODES, path=True)
     without_accounts = _other_runs(workdir, seconds, 3, accounts=False)
     ha = _ha_runs(workdir, seconds, failovers)
     return {
@@ -652,24 +724,91 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "scale": scale,
         "without_accounts": without_accounts,
         "ha": ha,
+        "engine_us_per_op": engine_us_per_op,
     }
+
+
+def run_path(seconds: float = 4.0, workdir: Path | None = None, node_counts: tuple[int, ...] = (3, SCALE_NODES)
+             ) -> dict:
+    """The echo-built order path alone (`python -m bench --only path`): with 3 and with 5 nodes, at each
+    concurrency, interleaved with the echo servers as in the cluster section."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-path-"))
+    _log(f"the echo-built order path with {' and '.join(map(str, node_counts))} nodes, beside two echo servers")
+    keys = [new_api_key() for _ in TRADERS]  # the shape of the cluster's, which the echo and the path ignore
+    with _echo_servers(workdir) as echoes, contextlib.ExitStack() as stack:
+        runners = {transport: _echo_runner(address, transport, seconds, keys) for transport, address in echoes.items()}
+        for nodes in node_counts:
+            runners[f"path-{nodes}"] = _path_runner(
+                stack.enter_context(order_path.running(workdir / f"path-{nodes}", nodes)), seconds, keys)
+        runs = _interleaved(runners)
+    return {
+        "echo": [_best([r for transport in echoes for r in runs[transport][n]]) for n in CONCURRENCY],
+        "paths": {str(nodes): [_best(runs[f"path-{nodes}"][n]) for n in CONCURRENCY] for nodes in node_counts},
+    }
+
+
+def path_table(result: dict) -> str:
+    lines = [PATH_TITLE + f"; best of {UNARY_ROUNDS} runs interleaved with the echo's (over both transports)"]
+    for nodes, paths in result["paths"].items():
+        lines += ["", f"{nodes} nodes (a node sends each entry to {int(nodes) - 1} others)",
+                  *_path_lines(result["echo"], paths)]
+    return "\n".join(lines)
+
+
+def _how(batch: int) -> str:
+    return "1 order/message" if batch == 1 else f"batches of {batch}"
 
 
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def _cost_text(cost: dict | None) -> str:
+def _overhead(cost: dict | None, nodes: int, engine_us: float | None) -> float | None:
+    """The overhead factor: the CPU per order of every process over the engine's work for it (each of `nodes`
+    applies the order once: nodes x the engine's time per operation, `engine_us`, from the same run)."""
+    if not cost or not engine_us:
+        return None
+    return cost["cpu_us"]["total"] / (nodes * engine_us)
+
+
+def _cost_text(cost: dict | None, nodes: int = 3, engine_us: float | None = None) -> str:
     if not cost:
         return ""
     cpu, messages = cost["cpu_us"], cost["messages"]
+    overhead = _overhead(cost, nodes, engine_us)
     return (f"{cpu['total']:>6.0f} us CPU/order (Sequencer {cpu['sequencer']:.0f}, nodes {cpu['nodes']:.0f}, "
-            f"Consul {cpu.get('consul', 0.0):.0f}), "
-            f"{messages['total']:.2f} cluster messages/order (gate {messages['gate']:.2f}, broadcast "
+            f"Consul {cpu.get('consul', 0.0):.0f})" + ("" if overhead is None else f" = {overhead:.0f}x the engine's")
+            + f", {messages['total']:.2f} cluster messages/order (gate {messages['gate']:.2f}, broadcast "
             f"{messages['broadcast']:.2f}), gate batch {cost['gate_batch']:.1f}")
 
 
+def _path_lines(echoes: list[dict], paths: list[dict], clusters: list[dict] | None = None) -> list[str]:
+    """The echo-built order path beside the echo (and the cluster) at each concurrency."""
+    lines = [f"{'in flight':>9} {'echo calls/s':>13} {'path orders/s':>14} {'vs echo':>8} {'echo p50':>9} "
+             f"{'path p50':>9} {'p50 vs echo':>12} {'path CPU/order':>15}"
+             + (f" {'cluster orders/s':>17} {'cluster/path':>13}" if clusters else "")]
+    for number, (echo, path) in enumerate(zip(echoes, paths, strict=True)):
+        line = (f"{path['in_flight']:>9} {echo['rate']:>13,.0f} {path['rate']:>14,.0f} "
+                f"{path['rate'] / echo['rate']:>7.2f}x {echo['p50_ms']:>7.2f}ms {path['p50_ms']:>7.2f}ms "
+                f"{path['p50_ms'] / echo['p50_ms']:>11.2f}x {path['cost']['cpu_us']['total']:>12.0f} us")
+        if clusters:
+            cluster = clusters[number]
+            line += f" {cluster['rate']:>17,.0f} {cluster['rate'] / path['rate']:>12.2f}x"
+        lines.append(line)
+    return lines
+
+
+PATH_TITLE = ("the echo-built order path (bench/order_path.py): client -> node -> Sequencer, then the node to every "
+              "other node, on bare grpc.aio streams with a 0.5 ms linger; no durable write, matching, keys or "
+              "signatures")
+
+
 def table(result: dict) -> str:
+    engine_us = result.get("engine_us_per_op")
+
+    def cost(figures: dict, nodes: int = 3) -> str:
+        return _cost_text(figures.get("cost"), nodes, engine_us)
+
     lines = ["cluster benchmark (3 nodes, Sequencer, Consul) vs a bare gRPC echo server, same run; unary figures "
              f"are the best of {UNARY_ROUNDS} interleaved runs each (the echo's over both transports)",
              f"{'in flight':>9} {'echo calls/s':>13} {'cluster orders/s':>17} {'ratio':>6} "
@@ -681,7 +820,7 @@ def table(result: dict) -> str:
         lines.append(
             f"{in_flight:>9} {echo['rate']:>13,.0f} {unary['rate']:>17,.0f} "
             f"{ratio:>5.2f}x {echo['p50_ms']:>7.2f}ms {unary['p50_ms']:>10.2f}ms {p50_ratio:>8.2f}x "
-            f"{unary['p99_ms']:>6.1f}ms {unary['aborted']:>8} {unary['errors']:>7}  {_cost_text(unary.get('cost'))}"
+            f"{unary['p99_ms']:>6.1f}ms {unary['aborted']:>8} {unary['errors']:>7}  {cost(unary)}"
         )
         if in_flight in TARGET_UNARY_RATE:
             target = TARGET_UNARY_RATE[in_flight]
@@ -691,6 +830,13 @@ def table(result: dict) -> str:
             target = TARGET_UNARY_P50[in_flight]
             verdicts.append(f"unary, {in_flight} in flight, p50 <= {target}x echo p50: "
                             f"{_verdict(p50_ratio <= target)} ({p50_ratio:.3f})")
+    lines += ["", PATH_TITLE + f" (3 nodes; best of {UNARY_ROUNDS} runs interleaved with the ones above)",
+              *_path_lines(result["echo"], result["path"], result["unary"])]
+    for path, unary in zip(result["path"], result["unary"], strict=True):
+        ratio = unary["rate"] / path["rate"]
+        verdicts.append(f"unary, {unary['in_flight']} in flight, >= {TARGET_PATH}x the echo-built path: "
+                        f"{_verdict(ratio >= TARGET_PATH)} ({ratio:.3f})")
+    lines.append("")
     catch_up = result["catch_up"]
     lag = result["replication_lag_ms"]
     scale = result["scale"]
@@ -698,14 +844,14 @@ def table(result: dict) -> str:
               + sum(other["unary_64"]["aborted"] + sum(run["aborted"] for run in other["streaming"])
                   for other in (scale, result["without_accounts"])))
     for run in result["streaming"]:
-        how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
+        how = _how(run["batch"])
         target = TARGET_STREAM[run["batch"]]
         ok = run["rate"] >= target and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
         lines.append(
             f"streaming entry, {how}: {run['streams']} streams ({STREAMS_PER_NODE} per node, window "
             f"{STREAM_WINDOW} orders): {run['orders']:,} orders in {run['seconds']:.2f} s = {run['rate']:,.0f} "
             f"orders/s, aborted {run['aborted']}, errors {run['errors']}, unanswered {run['unanswered']}; "
-            f"converged {run['converge_seconds']:.2f} s later: {run['converged']}; {_cost_text(run.get('cost'))}"
+            f"converged {run['converge_seconds']:.2f} s later: {run['converged']}; {cost(run)}"
         )
         verdicts.append(f"streaming, {how}, >= {target:,} orders/s: {_verdict(ok)} ({run['rate']:,.0f})")
     lines += [
@@ -720,24 +866,35 @@ def table(result: dict) -> str:
         f"{scale['nodes']} nodes",
     ]
     pairs = [("unary, 64 in flight", result["unary"][-1], scale["unary_64"])]
-    pairs += [(f"streaming, {'1 order/message' if a['batch'] == 1 else 'batches of ' + str(a['batch'])}", a, b)
+    pairs += [(f"streaming, {_how(a['batch'])}", a, b)
               for a, b in zip(result["streaming"], scale["streaming"], strict=True)]
     for name, three, five in pairs:
         ratio = five["rate"] / three["rate"] if three["rate"] else 0.0
-        lines.append(f"{name:<28} {three['rate']:>10,.0f} {five['rate']:>10,.0f} {ratio:>5.2f}x  "
-                     f"{_cost_text(three.get('cost'))}")
-        lines.append(f"{'':<58}{_cost_text(five.get('cost'))}")
+        lines.append(f"{name:<28} {three['rate']:>10,.0f} {five['rate']:>10,.0f} {ratio:>5.2f}x  {cost(three)}")
+        lines.append(f"{'':<58}{cost(five, scale['nodes'])}")
         verdicts.append(f"{name}, {scale['nodes']} nodes >= {TARGET_SCALE}x 3 nodes: "
                         f"{_verdict(ratio >= TARGET_SCALE)} ({ratio:.3f})")
+    if scale.get("path_64"):
+        five, path = scale["unary_64"], scale["path_64"]
+        ratio = five["rate"] / path["rate"]
+        lines.append(f"unary, 64 in flight, {scale['nodes']} nodes: {five['rate']:,.0f} orders/s; the echo-built path "
+                     f"of {scale['nodes']} nodes (the node to {scale['nodes'] - 1} others): {path['rate']:,.0f} "
+                     f"orders/s, p50 {path['p50_ms']:.2f} ms, {path['cost']['cpu_us']['total']:.0f} us CPU/order; "
+                     f"cluster/path {ratio:.2f}x")
+        verdicts.append(f"unary, 64 in flight, {scale['nodes']} nodes, >= {TARGET_PATH}x the echo-built path: "
+                        f"{_verdict(ratio >= TARGET_PATH)} ({ratio:.3f})")
     plain = result["without_accounts"]
     lines += ["", "accounts: the same load on 3 nodes with API keys (every call authenticated, rate-limited) and "
-              "without (--insecure-no-auth)", f"{'case':<28} {'with keys':>10} {'without':>10} {'ratio':>6}"]
+              "without (--insecure-no-auth)",
+              f"{'case':<28} {'with keys':>10} {'without':>10} {'ratio':>6}  overhead with keys / without"]
     pairs = [("unary, 64 in flight", result["unary"][-1], plain["unary_64"])]
-    pairs += [(f"streaming, {'1 order/message' if a['batch'] == 1 else 'batches of ' + str(a['batch'])}", a, b)
+    pairs += [(f"streaming, {_how(a['batch'])}", a, b)
               for a, b in zip(result["streaming"], plain["streaming"], strict=True)]
     for name, keyed, open_ in pairs:
         ratio = keyed["rate"] / open_["rate"] if open_["rate"] else 0.0
-        lines.append(f"{name:<28} {keyed['rate']:>10,.0f} {open_['rate']:>10,.0f} {ratio:>5.2f}x")
+        overheads = [_overhead(figures.get("cost"), 3, engine_us) for figures in (keyed, open_)]
+        lines.append(f"{name:<28} {keyed['rate']:>10,.0f} {open_['rate']:>10,.0f} {ratio:>5.2f}x  "
+                     + " / ".join("-" if x is None else f"{x:.0f}x" for x in overheads))
         verdicts.append(f"{name}, with API keys >= {TARGET_AUTH}x without: {_verdict(ratio >= TARGET_AUTH)} "
                         f"({ratio:.3f})")
     ha_lines, ha_verdicts = _ha_table(result)
@@ -745,6 +902,14 @@ def table(result: dict) -> str:
     verdicts += ha_verdicts
     ha = result["ha"]
     aborts += sum(u["aborted"] for u in ha["unary"]) + sum(run["aborted"] for run in ha["streaming"])
+    lines += ["", _overhead_title(engine_us)]
+    cases = {"unary_64": ("unary, 64 in flight", result["unary"][-1])}
+    cases |= {f"stream_{run['batch']}": (f"streaming, {_how(run['batch'])}", run) for run in result["streaming"]}
+    for key, (name, figures) in cases.items():
+        overhead = _overhead(figures.get("cost"), 3, engine_us)
+        if overhead is not None:
+            verdicts.append(f"overhead, {name}, <= {TARGET_OVERHEAD[key]}x the engine's work: "
+                            f"{_verdict(overhead <= TARGET_OVERHEAD[key])} ({overhead:.1f}x)")
     verdicts += [
         f"catch-up >= {TARGET_CATCH_UP:,} entries/s: {_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} "
         f"({catch_up['rate']:,.0f})",
@@ -754,6 +919,13 @@ def table(result: dict) -> str:
             and all(run["converged"] for run in [*result["streaming"], *scale["streaming"], *ha["streaming"]])),
     ]
     return "\n".join([*lines, "", "targets:", *(f"  {line}" for line in verdicts)])
+
+
+def _overhead_title(engine_us: float | None) -> str:
+    if not engine_us:
+        return "overhead factors: not computed (the engine's time per operation was not measured in this run)"
+    return (f"overhead factor (\"= Nx the engine's\" above): the CPU per order of every process of the cluster over "
+            f"nodes x the engine's {engine_us:.2f} us CPU per operation (measured at the start of this section)")
 
 
 def _ha_table(result: dict) -> tuple[list[str], list[str]]:
@@ -768,16 +940,18 @@ def _ha_table(result: dict) -> tuple[list[str], list[str]]:
         ratio = unary["rate"] / embedded["rate"]
         lines.append(f"{unary['in_flight']:>9} {embedded['rate']:>18,.0f} {unary['rate']:>12,.0f} {ratio:>5.2f}x "
                      f"{embedded['p50_ms']:>11.2f}ms {unary['p50_ms']:>6.2f}ms {unary['p99_ms']:>6.1f}ms "
-                     f"{unary['aborted']:>8} {unary['errors']:>7}  {_cost_text(unary.get('cost'))}")
+                     f"{unary['aborted']:>8} {unary['errors']:>7}  "
+                     f"{_cost_text(unary.get('cost'), 3, result.get('engine_us_per_op'))}")
         if unary["in_flight"] == 64:
             verdicts.append(f"HA unary, 64 in flight, >= {TARGET_HA_UNARY}x the embedded cluster: "
                             f"{_verdict(ratio >= TARGET_HA_UNARY)} ({ratio:.3f})")
     for embedded, run in zip(result["streaming"], ha["streaming"], strict=True):
-        how = "1 order/message" if run["batch"] == 1 else f"batches of {run['batch']}"
+        how = _how(run["batch"])
         ok = run["rate"] >= TARGET_HA_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
         lines.append(f"streaming, {how}: embedded {embedded['rate']:,.0f}, HA {run['rate']:,.0f} orders/s "
                      f"({run['rate'] / embedded['rate']:.2f}x), aborted {run['aborted']}, errors {run['errors']}, "
-                     f"unanswered {run['unanswered']}, converged {run['converged']}; {_cost_text(run.get('cost'))}")
+                     f"unanswered {run['unanswered']}, converged {run['converged']}; "
+                     f"{_cost_text(run.get('cost'), 3, result.get('engine_us_per_op'))}")
         verdicts.append(f"HA streaming, {how}, >= {TARGET_HA_STREAM:,} orders/s: {_verdict(ok)} ({run['rate']:,.0f})")
     failover = ha["failover"]
     each = ", ".join(f"{value:.2f}" for value in failover["seconds"])

@@ -431,6 +431,21 @@ def _best_of(once: Callable[[], Outcome], repeat: int) -> Outcome:
     return best
 
 
+def engine_cpu_us_per_op(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> float:
+    """The engine's CPU time per operation (microseconds, the best of `repeat` runs after a warm-up) on the
+    stream `run` uses: the unit of the cluster section's overhead factors. CPU time rather than the wall time of
+    `run`'s figures: a busy machine makes the wall time longer, not the engine's work."""
+    once = run_engine(make_stream(ops_count, seed))
+    once()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        started = time.process_time()
+        outcome = once()
+        best = min(best, time.process_time() - started)
+    return best * 1e6 / outcome.ops
+
+
 def run(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> dict:
     """Run every contender on one stream; return a JSON-able dict of results (see ``table``)."""
     _log(f"engine bench: generating {ops_count} operations (seed {seed})")

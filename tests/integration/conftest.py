@@ -17,15 +17,21 @@ from devtools.consul_agent import find_consul_binary
 from exchange.v1 import exchange_pb2_grpc
 
 
-@pytest.fixture(scope="session")
-def consul_binary() -> str:
-    """The Consul binary; skips without one, except in CI (CI=true), where that fails."""
+def consul_or_skip(what: str = "these tests", how: str = "") -> str:
+    """The Consul binary; without one `what` is skipped saying why and how to run it (`how`: the command),
+    except in CI (CI=true), where that fails."""
     try:
         return find_consul_binary()
     except FileNotFoundError as error:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Consul is required in CI and could not be found: {error}")
-        pytest.skip(str(error))
+        pytest.skip(f"{what} need a real Consul agent and were skipped: {error}" + (f", then {how}" if how else ""))
+
+
+@pytest.fixture(scope="session")
+def consul_binary() -> str:
+    """The Consul binary (see consul_or_skip)."""
+    return consul_or_skip()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,6 +18,7 @@ from exchange.client.book import book_checksum
 from exchange.errors import InvalidArgument, NotFound
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
+from tests.unit.fakes import run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +164,7 @@ def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluste
                     break
             assert [e.kind for e in events] == ["order_accepted", "order_rested"]
 
-    asyncio.run(run())
+    run_scenario(run(), timeout_s=120)  # a real cluster on a busy machine
 
 
 def test_the_cli_places_orders_and_checks_the_cluster_through_the_library(module_cluster: Cluster) -> None:

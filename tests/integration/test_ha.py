@@ -123,10 +123,9 @@ def test_a_leader_stalled_past_its_session_ttl_is_replaced_and_when_it_wakes_con
             with pytest.raises(grpc.RpcError) as refused:
                 late.result(timeout=30)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
-            wait_standby_current(c, old)
-            log = stalled.read_log()
-            assert "refused by the store" in log and "failed session check" in log, log[-3000:]
-            assert "stepped down" in log
+            wait_standby_current(c, old)  # it stepped down and follows
+            # Whether check-session or the head's compare-and-set refused it cannot be told apart here (the new
+            # leader has committed since); test_replicated_log has a deposed leader's write arrive first.
             load.wait_for_more_ok(30, 30, "after the old leader woke up")
         finally:
             load.stop()

@@ -15,6 +15,7 @@ from exchange.node.links import GateStream, PeerStream
 from exchange.runtime import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
+from tests.unit.fakes import run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_a_broadcast_on_a_stream_the_peer_has_ended_goes_on_a_new_stream_and_not
             await channel.close()
             await server.stop(0)
 
-    assert asyncio.run(scenario()) == ["b0", "b1", "b2"]
+    assert run_scenario(scenario()) == ["b0", "b1", "b2"]
     assert "failed" not in caplog.text and "InvalidStateError" not in caplog.text
 
 
@@ -103,7 +104,7 @@ def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes
             with pytest.raises(Unavailable, match="did not answer within"):  # a new stream, its own watchdog
                 await again
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_cancelled() -> None:
@@ -120,7 +121,7 @@ def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_c
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(asked, 5)
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 @pytest.fixture
@@ -156,7 +157,7 @@ def test_a_gate_request_to_a_server_that_never_speaks_times_out_and_can_be_inter
         finally:
             await channel.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 def test_a_broadcast_stream_to_a_peer_that_never_speaks_fails_and_is_reopened_later(
@@ -178,5 +179,5 @@ def test_a_broadcast_stream_to_a_peer_that_never_speaks_fails_and_is_reopened_la
             stream.close()
             await channel.close()
 
-    stream = asyncio.run(scenario())
+    stream = run_scenario(scenario())
     assert stream.failures == 1 and stream.reopen_at > 0

@@ -30,6 +30,7 @@ from exchange.node.links import GateStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.conftest import STUB_ACCOUNTS
+from tests.unit.fakes import run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -361,7 +362,7 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         assert current.current_seq == 2
         await channel.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario(), timeout_s=60)
 
 
 def test_an_order_whose_client_gave_up_is_shown_pending_then_placed_and_convergence_waits_for_it(

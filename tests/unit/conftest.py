@@ -1,4 +1,5 @@
-"""Shared fixtures of the engine unit tests: a seeded random command stream."""
+"""Shared fixtures of the engine unit tests: a seeded random command stream; and a note in the summary of a run
+that tried the log contract on the embedded log only (the unit suite alone): its HA half needs Consul."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ import pytest
 from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, SelfTradePrevention, Side, SubmitOrder
 
 StreamFactory = Callable[..., list[Command]]
+COLLECTED = pytest.StashKey[list[str]]()
+HA_LOG_TESTS = "tests/integration/test_replicated_log.py"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[COLLECTED] = [item.nodeid for item in items]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    collected = config.stash.get(COLLECTED, [])
+    if any("test_log_contract.py" in nodeid for nodeid in collected) and not any(
+            nodeid.startswith(HA_LOG_TESTS) for nodeid in collected):
+        terminalreporter.write_line(
+            f"note: the log's contract ran against the embedded log only; the replicated (HA) log's tests are "
+            f"{HA_LOG_TESTS} and need a real Consul: `make consul` (or `bash scripts/ensure-consul.sh`), then "
+            f"`.venv/bin/python -m pytest {HA_LOG_TESTS}`")
 
 # a few accounts, and "" (no account: never self-trade prevented)
 ACCOUNTS = ("", "alice", "bob", "carol")

@@ -4,11 +4,18 @@
 (signed entries, client_order_id deduplication); `stale` makes it refuse like a Sequencer that the node can
 never catch up with. `RecordingPeers` implements `Peers` and keeps what was broadcast. `FakeContext` is the part
 of a grpc.aio servicer context the handlers use (metadata, abort).
+
+Every async method of a fake yields to the event loop once (`await asyncio.sleep(0)`), as a real call does: a
+node looping on a fake that never yields (a bug such as a retry limit ignored) would starve the loop, and no
+timeout of the test could fire. `run_scenario` runs a test's scenario within its own deadline, so such a hang
+fails that test in seconds and the run goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 
@@ -17,6 +24,32 @@ from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import sequencer_pb2, types_pb2
 
 SECRET = b"unit-test-secret"
+SCENARIO_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
+
+
+def run_scenario(scenario: Coroutine[Any, Any, T], timeout_s: float = SCENARIO_TIMEOUT_S) -> T:
+    """Runs `scenario` on a new event loop and fails the test if it has not finished after `timeout_s` (the
+    test's own deadline, far below pytest-timeout's: a hang is reported as one, and the run goes on)."""
+
+    async def bounded() -> T:
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                return await scenario
+        except TimeoutError:
+            if deadline.expired():
+                raise AssertionError(f"the scenario did not finish within {timeout_s:g} s: it hangs") from None
+            raise
+
+    return asyncio.run(bounded())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Waits for `condition` (bounded by the scenario's deadline, see `run_scenario`)."""
+    while not condition():
+        await asyncio.sleep(0.001)
 
 
 def signed_entry(market: str, seq: int, command: types_pb2.Command | bytes,
@@ -53,6 +86,7 @@ class InMemorySequencer:
     async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
         """The gate as the Sequencer keeps it: a node behind gets what it lacks, then its grant; a request
         repeating numbered commands gets a stale answer (README, "The sequencing protocol")."""
+        await asyncio.sleep(0)  # a real call yields to the loop (see the module docstring)
         self.requests.append(request)
         market = request.market
         if self.stale:  # the log moved on again: the node can never catch up
@@ -75,16 +109,18 @@ class InMemorySequencer:
         return response
 
     async def current_seq(self, market: str) -> int:
+        await asyncio.sleep(0)
         return self.current(market)
 
     async def read_log(
         self, market: str, from_seq: int, to_seq: int = 0
     ) -> AsyncIterator[list[types_pb2.SequencedCommand]]:
+        await asyncio.sleep(0)
         end = to_seq or self.current(market)
         yield self.log.get(market, [])[from_seq - 1:end]
 
     async def close(self) -> None:
-        pass
+        await asyncio.sleep(0)
 
 
 class RecordingPeers:
@@ -100,10 +136,11 @@ class RecordingPeers:
         self.sent.extend(entries)
 
     async def fetch_snapshot(self, wait_s: float = 2.0) -> pb.ReplicaSnapshot | None:
+        await asyncio.sleep(0)
         return None
 
     async def close(self) -> None:
-        pass
+        await asyncio.sleep(0)
 
 
 class Aborted(Exception):
@@ -125,4 +162,5 @@ class FakeContext:
         return self.metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        await asyncio.sleep(0)
         raise Aborted(code, details)

@@ -21,6 +21,7 @@ from exchange.entries import entry_is_authentic
 from exchange.errors import Unavailable
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.service import SequencerService
+from tests.unit.fakes import run_scenario
 
 SECRET = b"contract-secret"
 MARKETS = [MarketConfig("M", tick_size=5, lot_size=1, max_size=1_000)]
@@ -87,7 +88,7 @@ class LogContract:
         raise NotImplementedError
 
     def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
-        asyncio.run(asyncio.wait_for(scenario(), 60))
+        run_scenario(scenario(), timeout_s=60)
 
     def test_numbers_are_gap_free_signed_and_continue_after_a_restart(self, harness: Harness) -> None:
         async def scenario() -> None:

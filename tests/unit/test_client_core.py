@@ -19,6 +19,7 @@ from exchange.client.core import EntryWindow, NodeSet, StaticNodes, StreamPositi
 from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from exchange.node.convert import market_event
 from exchange.v1 import exchange_pb2 as pb
+from tests.unit.fakes import run_scenario
 
 NODES = ["n1:1", "n2:1", "n3:1"]
 FAST = RetryPolicy(timeout=2.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01,
@@ -248,6 +249,7 @@ def test_the_async_client_fails_over_like_the_sync_one() -> None:
 
         async def CreateOrder(self, request: pb.CreateOrderRequest, timeout: float = 0,
                               metadata: Any = None) -> pb.CreateOrderResponse:
+            await asyncio.sleep(0)  # a real call yields to the loop (tests/unit/fakes.py)
             self.calls.append(self.name)
             if isinstance(self.outcome, Exception):
                 raise self.outcome
@@ -266,7 +268,7 @@ def test_the_async_client_fails_over_like_the_sync_one() -> None:
                 await client.sell(2, 100, timeout=0.2)
             return result, calls
 
-    result, calls = asyncio.run(run())
+    result, calls = run_scenario(run())
     assert result.side is Side.SELL and calls[:2] == ["n1:1", "n2:1"]
 
 

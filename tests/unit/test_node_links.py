@@ -7,7 +7,7 @@ import asyncio
 from exchange.node.links import PeerStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import signed_entry
+from tests.unit.fakes import run_scenario, signed_entry
 
 
 class FakeCall:
@@ -50,4 +50,4 @@ def test_broadcasts_queued_behind_a_write_go_out_as_one_message_in_order() -> No
         stream.close()
         return [[e.seq for e in request.commands] for call in stub.calls for request in call.written]
 
-    assert asyncio.run(scenario()) == [[1, 2, 3, 4, 5], [6]]
+    assert run_scenario(scenario()) == [[1, 2, 3, 4, 5], [6]]

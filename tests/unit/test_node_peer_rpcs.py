@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,10 +14,11 @@ from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import SECRET, Aborted, FakeContext, signed_entry
+from tests.unit.fakes import SECRET, Aborted, FakeContext, run_scenario, signed_entry
 
 M = "BTC-USD"
-TOKEN = FakeContext(((TOKEN_HEADER, peer_token(SECRET)),))  # checked before the handler (test_cluster_token)
+# The token is checked before any handler runs (RequireClusterToken: tests/unit/test_cluster_token.py).
+TOKEN = FakeContext(((TOKEN_HEADER, peer_token(SECRET)),))
 
 
 def order(seq: int) -> types_pb2.SequencedCommand:
@@ -33,7 +33,7 @@ def rpcs() -> PeerRPCs:
 
 def broadcast(peer: PeerRPCs, *entries: types_pb2.SequencedCommand, context: FakeContext = TOKEN) -> int:
     request = pb.BroadcastOrderRequest(origin_node="node-2", commands=entries)
-    return asyncio.run(peer.BroadcastOrder(request, context)).accepted
+    return run_scenario(peer.BroadcastOrder(request, context)).accepted
 
 
 def forged(entry: types_pb2.SequencedCommand, **changes: object) -> types_pb2.SequencedCommand:
@@ -71,7 +71,7 @@ def test_a_broadcast_stream_ends_at_a_forged_message_keeping_what_came_before() 
         yield pb.BroadcastOrderRequest(commands=[order(2), forged(order(3), mac=b"x" * 32)])
 
     with pytest.raises(Aborted) as refused:
-        asyncio.run(peer.BroadcastOrderStream(messages(), TOKEN))
+        run_scenario(peer.BroadcastOrderStream(messages(), TOKEN))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "not signed by the Sequencer" in refused.value.details
     assert peer.replica.applied_seq(M) == 1, "the earlier message was applied, nothing of the forged one"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -17,7 +16,7 @@ from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import InMemorySequencer, RecordingPeers
+from tests.unit.fakes import InMemorySequencer, RecordingPeers, run_scenario
 
 M = "BTC-USD"
 T = TypeVar("T")
@@ -36,11 +35,11 @@ def run(scenario: Callable[[MarketPipeline, InMemorySequencer, RecordingPeers], 
                                   "node-1", max_retries=max_retries)
         pipeline.start()
         try:
-            return await asyncio.wait_for(scenario(pipeline, sequencer, peers), 10)
+            return await scenario(pipeline, sequencer, peers)
         finally:
             await pipeline.stop()
 
-    return asyncio.run(main())
+    return run_scenario(main(), timeout_s=10)
 
 
 def test_a_granted_command_is_applied_answered_and_broadcast() -> None:

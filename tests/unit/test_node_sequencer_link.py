@@ -13,6 +13,7 @@ from discovery import ServiceInstance
 from exchange.cluster import SEQUENCER_LEADER_KEY, SEQUENCER_SERVICE, LeaderRecord
 from exchange.errors import Unavailable
 from exchange.node.links import GateStream, SequencerLink
+from tests.unit.fakes import run_scenario
 
 
 class FakeKeyValue:
@@ -52,7 +53,7 @@ def test_the_embedded_sequencer_is_used_as_it_is() -> None:
         assert link.target == "127.0.0.1:1"
         await link.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 def test_in_ha_mode_the_gate_goes_to_the_passing_leader_only_and_reads_to_any_replica() -> None:
@@ -71,7 +72,7 @@ def test_in_ha_mode_the_gate_goes_to_the_passing_leader_only_and_reads_to_any_re
         assert link.target is None
         await link.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 def test_a_change_of_leader_interrupts_the_gate_streams_to_the_old_one() -> None:
@@ -96,4 +97,4 @@ def test_a_change_of_leader_interrupts_the_gate_streams_to_the_old_one() -> None
         assert len(interrupted) == 1, "the same leader again interrupts nothing"
         await link.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario())

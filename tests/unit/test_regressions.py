@@ -14,7 +14,7 @@ from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import InMemorySequencer, RecordingPeers
+from tests.unit.fakes import InMemorySequencer, RecordingPeers, run_scenario
 
 
 def test_cancelled_create_order_with_client_order_id_logs_no_unretrieved_exception() -> None:
@@ -46,7 +46,7 @@ def test_cancelled_create_order_with_client_order_id_logs_no_unretrieved_excepti
         gc.collect()
         await asyncio.sleep(0)
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
     gc.collect()
     assert not [c for c in reported if "never retrieved" in str(c.get("message"))], reported
 
@@ -69,6 +69,6 @@ def test_cancelled_submit_logs_no_unretrieved_future_exception() -> None:
         pipeline._queue.clear()
         await asyncio.sleep(0)
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
     gc.collect()
     assert not [c for c in reported if "never retrieved" in str(c.get("message"))], reported

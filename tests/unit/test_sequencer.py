@@ -11,12 +11,13 @@ import pytest
 
 from exchange.engine import MarketConfig
 from exchange.entries import entry_is_authentic
-from exchange.errors import FailedPrecondition, InvalidArgument, NotFound
+from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer import service as service_module
+from sequencer.log import LeadershipLost, Recovered, StoredEntry
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
-from tests.unit.fakes import Aborted, FakeContext
+from tests.unit.fakes import Aborted, FakeContext, run_scenario, until
 
 SECRET = b"s"
 MARKETS = [MarketConfig("M", tick_size=5, lot_size=1, max_size=1_000)]
@@ -47,7 +48,7 @@ def run_with_service(path: Path, scenario):  # type: ignore[no-untyped-def]
         finally:
             store.close()
 
-    result = asyncio.run(main())
+    result = run_scenario(main())
     assert not write_failures, f"the log write failed: {write_failures}"
     return result
 
@@ -137,7 +138,7 @@ def test_a_failed_log_write_is_reported_and_its_numbers_are_never_answered(tmp_p
             await ask(service, "a", 1, order())
         assert service.markets["M"].durable == 1
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
     assert len(failures) == 1 and isinstance(failures[0], sqlite3.ProgrammingError)
 
 
@@ -230,3 +231,85 @@ def test_a_malformed_command_is_refused_and_nothing_of_its_request_is_numbered(
         assert service.markets["M"].current == 0
 
     run_with_service(tmp_path / "log.db", scenario)
+
+
+class HandHeldLog:
+    """A log backend whose writes finish only when the test says so (`finish`) while `holding`, and which can
+    lose its leadership like the replicated log: the writes still open fail with LeadershipLost."""
+
+    leads_at_start = True
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[list[StoredEntry], asyncio.Future[None]]] = []
+        self.durable: list[StoredEntry] = []
+        self.holding = True
+
+    def recover(self, market: str, window: int) -> Recovered:
+        return Recovered(0, [])
+
+    def markets(self) -> list[str]:
+        return ["M"]
+
+    def start(self, loop: asyncio.AbstractEventLoop, gate: object = None) -> None:
+        pass
+
+    def append(self, market: str, entries: list[StoredEntry]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.writes.append((entries, done))
+        if not self.holding:
+            self.finish(len(self.writes) - 1)
+        return done
+
+    def finish(self, index: int) -> None:
+        entries, done = self.writes[index]
+        self.durable += entries
+        done.set_result(None)
+
+    def lose_leadership(self) -> None:
+        for _, done in self.writes:
+            if not done.done():
+                done.set_exception(LeadershipLost("another replica leads (the test)"))
+
+    def read(self, market: str, from_seq: int, to_seq: int, limit: int) -> list[StoredEntry]:
+        return [e for e in self.durable if from_seq <= e.seq <= to_seq][:limit]
+
+    def describe(self) -> str:
+        return "a log held by the test"
+
+    def suspect(self, why: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_retry_after_a_step_down_took_back_numbers_is_the_duplicate_of_its_durable_first() -> None:
+    """The dedup window is forgotten from the durable end, never from the numbers assigned: a step-down takes
+    the numbers past the durable end back, and a key still inside the durable window must survive it (a
+    window of 2: "k" at 1 is out of the window of the assigned 3, inside that of the durable 1)."""
+    failures: list[BaseException] = []
+
+    async def scenario() -> None:
+        log = HandHeldLog()
+        service = SequencerService(log, SECRET, MARKETS, failures.append, dedup_window=2)  # type: ignore[arg-type]
+        first = asyncio.create_task(ask(service, "a", 0, from_node("a", 1, "k")))
+        await until(lambda: len(log.writes) == 1)
+        later = asyncio.create_task(ask(service, "b", 1, from_node("b", 1), from_node("b", 2)))
+        await until(lambda: len(log.writes) == 2)
+        assert service.markets["M"].current == 3
+        log.finish(0)  # only the first write (number 1, "k") is durable: "k" is answered
+        assert [(a.seq, a.duplicate) for a in (await first).assignments] == [(1, False)]
+        service.pause("the test: another replica leads")
+        log.lose_leadership()
+        service.step_down({"M": 1}, "the test: another replica leads")  # 2 and 3 are taken back
+        with pytest.raises(Unavailable):
+            await later
+        service.lead()
+        log.holding = False
+        retry = await ask(service, "a", 1, from_node("a", 2, "k"))  # its answer was lost: the client retries
+        assert [(a.seq, a.duplicate) for a in retry.assignments] == [(1, True)], \
+            "the retried client_order_id was placed again"
+        assert service.markets["M"].current == 1 and len(log.writes) == 2, "the duplicate took no number"
+
+    run_scenario(scenario())
+    assert not failures
