@@ -21,6 +21,7 @@ from exchange.web import feed as feed_module
 from exchange.web.feed import Feed, FeedConfig, divergences, node_health
 from exchange.web.main import parse_args
 from exchange.web.server import CONTENT_SECURITY_POLICY, FEED, HUB, make_app
+from tests.unit.fakes import run_scenario
 
 FAST = RetryPolicy(timeout=1.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01)
 
@@ -66,9 +67,9 @@ def run(node: ScriptedNode, test: Callable[[TestClient, web.Application], Awaita
         feed.public = AsyncClient(StaticNodes(("n1:1",)), policy=FAST, stub_factory=lambda address: node)
         feed.nodes.passing = ["n1:1"]
         async with TestClient(TestServer(app)) as client:
-            await asyncio.wait_for(test(client, app), 20)
+            await test(client, app)
 
-    asyncio.run(main())
+    run_scenario(main())
 
 
 async def _nothing() -> None:
