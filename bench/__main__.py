@@ -37,14 +37,22 @@ def _path(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.path_table(result)
 
 
+def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import market_data
+
+    result = market_data.run(seconds=args.seconds)
+    return result, market_data.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
 # path beside its cluster; "path" measures that floor alone (not part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
     "path": _path,
+    "market_data": _market_data,
 }
-DEFAULT = ["engine", "cluster"]
+DEFAULT = ["engine", "cluster", "market_data"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,8 @@ try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
   {g} -d '{{"depth": 5}}' {node3} exchange.v1.ExchangeNode/GetOrderBook
   {g} {bob} {node1} exchange.v1.ExchangeNode/ListOrders
   {g} {node1} exchange.v1.ExchangeNode/GetStatus
+  {g} -d '{{"limit": 5}}' {node2} exchange.v1.ExchangeNode/GetTrades
+  {g} {node3} exchange.v1.ExchangeNode/GetTicker
 
 or the CLI:
   {c} --api-key $ALICE --node {node1} buy 10 --price 100
@@ -124,6 +126,7 @@ or the CLI:
   {c} --api-key $ALICE --node {node1} fills --watch
   {c} --node {node2} book --watch
   {c} status {node1} {node2} {node3}
+  {c} --node {node3} trades --watch
 
 stop everything with: make cluster-down""")
     return 0

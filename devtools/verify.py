@@ -13,7 +13,9 @@ from devtools.cluster import Cluster
 from exchange import engine as eng
 from exchange.cluster import parse_markets, token_metadata
 from exchange.node.convert import create_order_response, engine_command
-from exchange.v1 import exchange_pb2, sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from exchange.node.market_data import INTERVALS_MS, MarketData
+from exchange.node.market_data_rpcs import candle_message, public_trade
+from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 
 def read_log(cluster: Cluster, market: str, timeout: float = 60.0) -> list[types_pb2.SequencedCommand]:
@@ -71,6 +73,42 @@ def replay(markets: Iterable[eng.MarketConfig], logs: dict[str, list[types_pb2.S
             result.commands[market][entry.seq] = command
             result.events[market][entry.seq] = engine.apply(engine_command(command, entry.seq))
     return result
+
+
+def market_data_of(result: Replay) -> MarketData:
+    """The public market data the replayed log makes (trades, candles, ticker): what every node must answer."""
+    data = MarketData(result.engine.markets)
+    for market, commands in result.commands.items():
+        for seq in sorted(commands):
+            data.apply(market, seq, commands[seq].time_ms, result.events[market][seq])
+    return data
+
+
+def market_data_differences(cluster: Cluster, result: Replay, limit: int = 1000) -> list[str]:
+    """Where a node's GetTrades, GetCandles or GetTicker (the latest `limit` trades and candles of every interval)
+    differs from the replayed log's; empty if none does. The nodes must be at the log's end."""
+    data = market_data_of(result)
+    found = []
+    for index, address in enumerate(cluster.node_addresses):
+        with cluster.channel(address, None) as channel:
+            stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+            for market in result.commands:
+                tape = data.tape(market)
+                trades = stub.GetTrades(exchange_pb2.GetTradesRequest(market=market, limit=limit), timeout=30)
+                if list(trades.trades) != [public_trade(market, t) for t in tape.trades_before(market, 0, limit)]:
+                    found.append(f"node-{index + 1} {market}: GetTrades differs from the log's trades")
+                for interval in INTERVALS_MS:
+                    request = exchange_pb2.GetCandlesRequest(market=market, interval=interval, limit=limit)
+                    candles = stub.GetCandles(request, timeout=30).candles
+                    if list(candles) != [candle_message(c) for c in tape.candles_between(interval, 0, 0, limit)]:
+                        found.append(f"node-{index + 1} {market}: {interval} candles differ from the log's")
+                ticker = stub.GetTicker(exchange_pb2.GetTickerRequest(market=market), timeout=30)
+                window, last = tape.window(), tape.last_trade
+                if (ticker.seq, ticker.time_ms, ticker.last_trade_id, ticker.open_24h, ticker.high_24h,
+                        ticker.low_24h, ticker.volume_24h) != (tape.seq, tape.time_ms, last.trade_id if last else 0,
+                                                               window.open, window.high, window.low, window.volume):
+                    found.append(f"node-{index + 1} {market}: the ticker differs from the log's")
+    return found
 
 
 def replay_cluster(cluster: Cluster) -> Replay:

@@ -12,6 +12,7 @@ import time
 
 from discovery import DiscoveryError
 from discovery.consul import ConsulKV
+from exchange import cli_market_data
 from exchange.accounts import AccountError, add_account, add_key, list_accounts, set_active
 from exchange.client import (
     Book,
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     fills.add_argument("--from-seq", type=int, default=1)
     fills.add_argument("--watch", action="store_true", help="go on with new ones as they happen")
     fills.add_argument("--all", action="store_true", help="every event of your orders, not only fills")
+    cli_market_data.add_commands(commands)  # trades [--watch], candles, ticker
     accounts = commands.add_parser("accounts", help="the account registry in Consul KV (administrators)")
     accounts.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
                           help="Consul agent HTTP address (env CONSUL_HTTP_ADDR)")
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(orders)} open order(s)")
         elif args.command == "fills":
             return print_fills(client, args.market, args.from_seq, args.watch, args.all)
+        elif args.command in cli_market_data.COMMANDS:
+            return cli_market_data.run(client, args)
     except ExchangeError as error:
         print(f"{error.code.name}: {error.message}", file=sys.stderr)
         return 1

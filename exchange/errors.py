@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -95,9 +96,24 @@ class Unauthenticated(ExchangeError):
 
 
 class ResourceExhausted(ExchangeError):
-    """A request over the size limit, or (later) a rate limit."""
+    """A request over the size limit, or an account over its rate limit: then the message ends with
+    `retry_hint` (when the same request may succeed), which `retry_after_s` reads back (the client paces)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds to wait before the same request may succeed; None if it never will (no hint)."""
+        found = _RETRY_HINT.search(self.message)
+        return int(found.group(1)) / 1000 if found else None
+
+
+_RETRY_HINT = re.compile(r"retry in (\d+) ms$")
+
+
+def retry_hint(wait_ms: int) -> str:
+    """The end of a rate limit's message: when to retry (the one format `ResourceExhausted.retry_after_s` reads)."""
+    return f"retry in {wait_ms} ms"
 
 
 class DeadlineExceeded(ExchangeError):

@@ -14,6 +14,12 @@ Every answer waits until what it mentions is durable (see log.py: fsynced by the
 Consul by the replicated one), so no node ever applies an entry that a Sequencer crash could take back, and a
 restarted Sequencer resumes at exactly the last number it handed out.
 
+Time: every command the gate numbers is stamped with the Sequencer's wall clock (`Command.time_ms`, UNIX
+milliseconds, part of the signed command bytes), never below the market's last stamped time: a restarted
+Sequencer resumes from the time of its log's last entry, and a new HA leader from the last entry it adopted, so
+a clock set back (or a leader whose clock is behind) stamps the last time again rather than an earlier one. The
+clock is injected (`clock`), read once per request, and is the only one: replicas take time from the log.
+
 Roles (the replicated log, HA mode): only the leader numbers; a standby answers Sequence with UNAVAILABLE (the
 node retries on the leader it finds in Consul) and serves ReadLog and GetSequence from what it has adopted.
 The backend tells the service when it leads, when it must stop, and what the leader committed (`log.Gate`).
@@ -27,6 +33,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -87,6 +94,7 @@ class MarketLog:
         self.dedup.last = current
         self.last_write: asyncio.Future[None] | None = None
         self.stats = MarketStats()
+        self.last_time = 0  # the highest time stamped on (or adopted with) an entry of this market, UNIX ms
 
     def tail_entry(self, seq: int) -> StoredEntry | None:
         first = self.current - len(self.tail) + 1
@@ -149,6 +157,16 @@ def _may_repeat_numbered_commands(request: sequencer_pb2.SequenceRequest, entrie
     return any(((command := parse(e.command)).origin_node, command.origin_ref) in refs for e in entries)
 
 
+def wall_clock_ms() -> int:
+    """The Sequencer's clock: UNIX time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def entry_time(entry: StoredEntry) -> int:
+    """The time stamped on a stored entry (0 for an entry of a log that predates stamping)."""
+    return types_pb2.Command.FromString(entry.command).time_ms
+
+
 def exit_on_write_failure(error: BaseException) -> None:
     """A number was assigned but could not be stored: stop at once, so that no later number is handed out
     past a hole. A restart resumes from what is durable."""
@@ -164,12 +182,14 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     def __init__(
         self, store: LogBackend, secret: bytes, markets: Iterable[MarketConfig],
         on_write_failure: Callable[[BaseException], None] = exit_on_write_failure,
-        dedup_window: int = DEFAULT_WINDOW,
+        dedup_window: int = DEFAULT_WINDOW, clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         """Numbers commands of the cluster's `markets` only, in the log `store`. `on_write_failure` is called
         when a write fails (other than a lost leadership); in a service it must stop the process (the
-        default), tests record the failure instead. `dedup_window`: see sequencer/dedup.py."""
+        default), tests record the failure instead. `dedup_window`: see sequencer/dedup.py. `clock`: UNIX
+        milliseconds (tests set it back and forth)."""
         self.store = store
+        self.clock = clock
         self.on_write_failure = on_write_failure
         self.secret = secret
         self.configs = {config.symbol: config for config in markets}
@@ -180,6 +200,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             for seq, key in recovered.keys:
                 market.dedup.note(seq, key)
             market.dedup.last = recovered.position
+            market.last_time = self._last_time(symbol, recovered.position)
         for other in set(store.markets()) - set(self.configs):
             log.warning("the log holds entries of %r, which is not one of the cluster's markets %s: they are kept "
                         "but no longer served", other, ", ".join(self.configs))
@@ -188,12 +209,20 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         self.term = 0  # changes with every change of role
         self.streams = LongLivedStreams()  # open SequenceStreams
 
+    def _last_time(self, market: str, position: int) -> int:
+        """The time stamped on the market's last durable entry (one indexed read at start)."""
+        last = self.store.read(market, position, position, 1) if position else []
+        return entry_time(last[0]) if last else 0
+
     # -- roles (log.Gate) -------------------------------------------------------------------------
 
     def adopt(self, market: str, entries: list[StoredEntry]) -> None:
         if self.leading:
             raise AssertionError(f"{market}: a leader was given entries another replica committed")
-        self.markets[market].adopt(entries)
+        state = self.markets[market]
+        state.adopt(entries)
+        if entries:  # times never decrease along the log: the last entry holds the highest
+            state.last_time = max(state.last_time, entry_time(entries[-1]))
 
     def lead(self) -> None:
         self.term += 1
@@ -298,12 +327,14 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
 
         assignments: list[tuple[StoredEntry | int, bool]] = []
         fresh: list[StoredEntry] = []
+        stamp = market.last_time = max(self.clock(), market.last_time)
         for command in request.commands:
             key = dedup_key(command)
             if key is not None and (earlier := market.dedup.get(key)) is not None:
                 assignments.append((earlier, True))
                 continue
             seq = market.current + 1
+            command.time_ms = stamp
             data = command.SerializeToString(deterministic=True)
             entry = StoredEntry(market.market, seq, key, data, entry_mac(self.secret, market.market, seq, data))
             market.assign(entry)

@@ -17,7 +17,7 @@ import grpc
 from devtools.chaos.records import AMBIGUOUS_NAMES, CALL_TIMEOUT, DEFINITE_FAILURES, MAX_ATTEMPTS, Ledger, Report
 from devtools.chaos.workload import Clients
 from devtools.cluster import Cluster, wait_until
-from devtools.verify import Replay, read_log, read_replica_log, replay
+from devtools.verify import Replay, market_data_differences, read_log, read_replica_log, replay
 from exchange import engine as eng
 from exchange.cluster import parse_markets
 from exchange.node import convert
@@ -109,6 +109,7 @@ class Checks:
                 violation(f"{market}: client_order_id {coid} is in the log {len(seqs)} times: {seqs}")
         self.check_self_trades(result)
         self.check_ledger(result, report)
+        self.check_market_data(views, result, report)
         self.check_replicas(logs, report)
         current = {market: len(entries) for market, entries in logs.items()}
         if views and any(views[m][0] != current[m] for m in self.markets):
@@ -181,6 +182,18 @@ class Checks:
                 if list(response.trades) != trades:
                     report.divergences += 1
                     violation(f"amend of {change.market}#{change.order_id}: trades differ from the replay")
+
+    def check_market_data(self, views: View, result: Replay, report: Report) -> None:
+        """Every node's trades, candles and ticker are the log's (times included), once the nodes are at its end."""
+        if not views or any(views[m][0] != result.engine.last_seq(m) for m in self.markets):
+            return  # not converged at the log's end: reported above
+        try:
+            differences = market_data_differences(self.cluster, result)
+        except grpc.RpcError as error:
+            differences = [f"market data could not be read: {error.code().name} {error.details()}"]
+        for difference in differences:
+            report.divergences += 1
+            self.ledger.violation(difference)
 
     def check_replicas(self, logs: dict[str, list[types_pb2.SequencedCommand]], report: Report) -> None:
         """HA mode: every Sequencer replica's archive is the leader's log, entry for entry (once it caught up)."""

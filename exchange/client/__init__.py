@@ -29,6 +29,7 @@ from exchange.client.core import (
     connection_of,
     new_client_order_id,
 )
+from exchange.client.market_data import Candle, Candles, PublicTrade, Ticker, TradesPage
 from exchange.client.sync import BookSubscription, Client
 from exchange.client.types import (
     AmendResult,
@@ -67,5 +68,6 @@ __all__ = [
     "OrderCancelled", "OrderEvent", "OrderReduced", "OrderRejected", "OrderRested", "OrderResult", "OrderStatus",
     "OrderType", "PreventedTrade", "RetryPolicy", "SelfTradePrevention", "Side", "StaticNodes", "SubscriptionStats",
     "Trade", "TradeExecuted", "add_connection_arguments",
+    "Candle", "Candles", "PublicTrade", "Ticker", "TradesPage",
     "connection_from_arguments", "connection_of", "new_client_order_id",
 ]

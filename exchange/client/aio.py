@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from exchange.client import core
+from exchange.client import market_data as md
 from exchange.client import types as t
 from exchange.client.book import Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
@@ -116,6 +117,8 @@ class AsyncClient(ClientBase):
             except ExchangeError as final:
                 entries.give_up(final)
         self.stats.resent_orders += entries.retried
+        self.stats.paced_orders += entries.paced
+        self.stats.paced_seconds += entries.paced_seconds
         return entries.final()
 
     async def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
@@ -128,6 +131,9 @@ class AsyncClient(ClientBase):
             while not entries.done:
                 batch = entries.next_batch()
                 if batch is None:
+                    if (pause := entries.pause()) > 0:  # paced to the account's rate limit
+                        await asyncio.sleep(pause)
+                        continue
                     room.clear()
                     await room.wait()
                     continue
@@ -211,6 +217,42 @@ class AsyncClient(ClientBase):
                 plan.failed(attempt, error)
                 continue
             plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+
+    # -- public market data: trades, candles, ticker (exchange.client.market_data) ----------------------
+
+    async def trades(self, market: str = "", from_seq: int = 0, *,
+                     timeout: float | None = None) -> AsyncIterator[md.PublicTrade]:
+        """See `Client.trades`."""
+        position = md.TradePosition(from_seq)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while True:
+            attempt = plan.next()
+            if attempt.delay:
+                await asyncio.sleep(attempt.delay)
+            try:
+                async for message in self.stub(attempt.address).StreamTrades(position.request(market),
+                                                                            metadata=self._metadata):
+                    plan.progress()
+                    for trade in message.trades:
+                        if position.accept(trade):
+                            yield md.public_trade_from_pb(trade)
+            except grpc.RpcError as error:
+                plan.failed(attempt, error)
+                continue
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+
+    async def get_trades(self, market: str = "", limit: int = 100, *, before: int = 0,
+                         timeout: float | None = None) -> md.TradesPage:
+        """See `Client.get_trades`."""
+        return await self._run(md.get_trades(market, limit, before), timeout)
+
+    async def get_candles(self, market: str = "", interval: str = "1m", *, from_ms: int = 0, to_ms: int = 0,
+                          limit: int = 100, timeout: float | None = None) -> md.Candles:
+        """See `Client.get_candles`."""
+        return await self._run(md.get_candles(market, interval, from_ms, to_ms, limit), timeout)
+
+    async def get_ticker(self, market: str = "", *, timeout: float | None = None) -> md.Ticker:
+        return await self._run(md.get_ticker(market), timeout)
 
     async def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
                              timeout: float | None = None) -> AsyncBookSubscription:

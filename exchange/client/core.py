@@ -10,7 +10,10 @@
 * `Operation` is one RPC: its request, how to read the answer, and how safe a retry is (`Safety`).
 * `EntryWindow` is `submit_many`'s bookkeeping over the OrderEntryBatch stream: a bounded number of orders in
   flight, results in input order, and the orders of a broken stream sent again (their client_order_ids make
-  that safe).
+  that safe). It paces itself to the account's rate limit: an order answered RESOURCE_EXHAUSTED with a retry
+  hint ("retry in N ms") goes back to be sent again, nothing is sent until the hint has passed, and then only as
+  many orders at once as the limit let through last time, doubling while none is refused (so the excess costs
+  a few refusals per refill of the account's bucket, not one per order and per wait).
 
 What is retried (README "Python client"): a new order always carries a client_order_id, so it is retried after
 any retriable failure, ambiguous or not (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED), on another node if need be;
@@ -45,6 +48,7 @@ from exchange.errors import (
     DeadlineExceeded,
     ExchangeError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     error_from_rpc,
     error_from_status,
@@ -182,6 +186,8 @@ class ClientStats:
     retries: int = 0  # attempts that followed a failed one of the same operation
     node_failures: int = 0  # a node not answering (UNAVAILABLE, DEADLINE_EXCEEDED, a dropped stream)
     resent_orders: int = 0  # orders of submit_many sent again (a broken stream, a retriable per-order error)
+    paced_orders: int = 0  # orders of submit_many sent again after the rate limit's "retry in N ms"
+    paced_seconds: float = 0.0  # time submit_many held orders back for the rate limit
 
 
 @dataclass
@@ -534,6 +540,11 @@ class EntryWindow:
     in_flight: deque[list[int]] = field(init=False)
     in_flight_orders: int = 0
     retried: int = 0  # orders sent again (a broken stream, a retriable per-order error)
+    paced: int = 0  # orders sent again after a rate limit's retry hint
+    paced_seconds: float = 0.0  # how long sending was held back by those hints, in all
+    clock: Callable[[], float] = time.monotonic
+    paced_until: float = 0.0  # (clock) nothing is sent before this
+    credit: int | None = None  # while pacing: the orders that may be in flight at once (None: `window`)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.window < 1:
@@ -546,10 +557,15 @@ class EntryWindow:
     def done(self) -> bool:
         return not self.unsent and not self.in_flight
 
+    def pause(self) -> float:
+        """Seconds until the rate limit lets orders be sent again (0: now)."""
+        return max(0.0, self.paced_until - self.clock())
+
     def next_batch(self) -> pb.OrderBatch | None:
-        """The next batch to send, or None if nothing may be sent now (all sent, or the window is full)."""
-        room = min(self.batch_size, self.window - self.in_flight_orders)
-        if not self.unsent or room <= 0:
+        """The next batch to send, or None if nothing may be sent now (all sent, the window is full, or the
+        rate limit's hint has not passed: see `pause`)."""
+        room = min(self.batch_size, (self.credit or self.window) - self.in_flight_orders)
+        if not self.unsent or room <= 0 or self.pause() > 0:
             return None
         batch = [self.unsent.popleft() for _ in range(min(room, len(self.unsent)))]
         self.in_flight.append(batch)
@@ -563,15 +579,29 @@ class EntryWindow:
         if len(result.results) != len(batch):
             raise Unavailable(f"a batch of {len(batch)} orders got {len(result.results)} results")
         again = []
+        accepted = limited = 0
         for index, item in zip(batch, result.results, strict=True):
             if item.HasField("order"):
                 self.results[index] = t.order_result_from_pb(item.order)
+                accepted += 1
                 continue
             error = error_from_status(item.error.code, item.error.message)
             self.results[index] = error
-            if error.retriable:
+            wait = error.retry_after_s if isinstance(error, ResourceExhausted) else None
+            if wait is not None:  # the account's rate limit: send it again once the hint has passed
                 again.append(index)
-        self.retried += len(again)
+                limited += 1
+                self.paced += 1
+                until = self.clock() + wait
+                self.paced_seconds += max(0.0, until - max(self.paced_until, self.clock()))
+                self.paced_until = max(self.paced_until, until)
+            elif error.retriable:
+                again.append(index)
+                self.retried += 1
+        if limited:  # as many at once as the limit let through in this batch
+            self.credit = max(1, accepted)
+        elif self.credit is not None:
+            self.credit = None if self.credit * 2 >= self.window else self.credit * 2
         self.unsent.extendleft(reversed(again))
 
     def stream_failed(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from exchange.client import core
+from exchange.client import market_data as md
 from exchange.client import types as t
 from exchange.client.book import Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
@@ -106,7 +107,9 @@ class Client(ClientBase):
         """Places many orders over the OrderEntryBatch stream, at most `window` in flight, in batches of
         `batch_size`; returns one result or error per order, in order. A broken stream is reopened (on another
         node if need be) and the orders it had not answered are sent again: their client_order_ids make that
-        safe. `timeout`: the longest to go on without any answer (the policy's timeout by default)."""
+        safe. Paced to the account's rate limit: an order refused with "retry in N ms" is sent again once that
+        has passed (`stats.paced_orders`, `stats.paced_seconds`). `timeout`: the longest to go on without any
+        answer (the policy's timeout by default)."""
         entries = core.EntryWindow(core.entry_requests(orders), batch_size, window)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while not entries.done:
@@ -127,6 +130,8 @@ class Client(ClientBase):
             except ExchangeError as final:
                 entries.give_up(final)
         self.stats.resent_orders += entries.retried
+        self.stats.paced_orders += entries.paced
+        self.stats.paced_seconds += entries.paced_seconds
         return entries.final()
 
     def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
@@ -142,7 +147,7 @@ class Client(ClientBase):
                 with changed:
                     batch = entries.next_batch()
                     while batch is None and not state["closed"] and not entries.done:
-                        changed.wait(0.5)
+                        changed.wait(entries.pause() or 0.5)  # paced to the rate limit, or the window is full
                         batch = entries.next_batch()
                     if batch is None:
                         return
@@ -246,6 +251,45 @@ class Client(ClientBase):
                 plan.failed(attempt, error)
                 continue
             plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+
+    # -- public market data: trades, candles, ticker (exchange.client.market_data) ----------------------
+
+    def trades(self, market: str = "", from_seq: int = 0, *,
+               timeout: float | None = None) -> Iterator[md.PublicTrade]:
+        """The public trades of `market` from sequence `from_seq` (0: from now on), then live, without end. A
+        broken stream resumes after the last trade seen, on another node if need be, with no trade lost or
+        repeated; OutOfRange if the node no longer retains trades that far back. `timeout`: the longest to go
+        on trying to reconnect."""
+        position = md.TradePosition(from_seq)
+        plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
+        while True:
+            attempt = plan.next()
+            if attempt.delay:
+                time.sleep(attempt.delay)
+            try:
+                for message in self.stub(attempt.address).StreamTrades(position.request(market),
+                                                                      metadata=self._metadata):
+                    plan.progress()
+                    for trade in message.trades:
+                        if position.accept(trade):
+                            yield md.public_trade_from_pb(trade)
+            except grpc.RpcError as error:
+                plan.failed(attempt, error)
+                continue
+            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+
+    def get_trades(self, market: str = "", limit: int = 100, *, before: int = 0,
+                   timeout: float | None = None) -> md.TradesPage:
+        """Recent trades, most recent first; `before`: a trade id, for the page of older ones."""
+        return self._run(md.get_trades(market, limit, before), timeout)
+
+    def get_candles(self, market: str = "", interval: str = "1m", *, from_ms: int = 0, to_ms: int = 0,
+                    limit: int = 100, timeout: float | None = None) -> md.Candles:
+        """The latest `limit` candles of `interval` (1m, 5m, 15m, 1h, 1d) starting in [from_ms, to_ms)."""
+        return self._run(md.get_candles(market, interval, from_ms, to_ms, limit), timeout)
+
+    def get_ticker(self, market: str = "", *, timeout: float | None = None) -> md.Ticker:
+        return self._run(md.get_ticker(market), timeout)
 
     def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
                        timeout: float | None = None) -> BookSubscription:

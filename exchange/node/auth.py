@@ -20,7 +20,7 @@ import grpc
 
 from discovery import KeyWatch
 from exchange.accounts import AUTHORIZATION, KEY_PREFIX, MAX_KEY_LENGTH, accounts_of, key_hash
-from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable
+from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable, retry_hint
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class RateLimiter:
             wait_ms = max(1, int((orders - tokens) / self.rate * 1000 + 0.999))
             raise ResourceExhausted(
                 f"account {account!r} is over its rate limit of {self.rate:g} orders/s (bursts of "
-                f"{self.burst:g}): retry in {wait_ms} ms"
+                f"{self.burst:g}): {retry_hint(wait_ms)}"
             )
         self._buckets[account] = (tokens - orders, now)
 

@@ -77,7 +77,7 @@ async def initial_catch_up(
         if snapshot is not None:
             try:
                 ids = [(c.market, c.account, c.client_order_id, c.seq) for c in snapshot.client_order_ids]
-                if replica.adopt(snapshot.engine, ids):
+                if replica.adopt(snapshot.engine, ids, snapshot.market_data):
                     log.info("restored from %s's snapshot at %s", snapshot.node_id,
                              {m: replica.applied_seq(m) for m in pipelines})
             except ValueError as error:

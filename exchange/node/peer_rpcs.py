@@ -40,6 +40,7 @@ class PeerRPCs:
             node_id=self.node.node_id, engine=engine,
             client_order_ids=[pb.ClientOrderId(market=m, account=a, client_order_id=c, seq=s)
                               for m, a, c, s in client_order_ids],
+            market_data=self.replica.market_data.snapshot(),
         )
 
     @rpc

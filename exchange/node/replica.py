@@ -8,7 +8,8 @@ idempotent and order-insensitive, and the books are a pure function of the log.
 Besides the engine, the replica keeps what is derived from the log and needed to answer clients:
 the events of recent commands (the journal: results of retried orders, StreamEvents/StreamOrders resume,
 GetOrder), the (account, client_order_id) -> order id map (idempotency), each account's resting orders
-(ListOrders), the orders that left the book recently, and the open subscriptions of the event streams.
+(ListOrders), the orders that left the book recently, the open subscriptions of the event streams, and the
+public market data by Sequencer time (market_data.py: trades, candles, ticker; bounded, in the snapshot).
 Callers use its query methods; the state behind them is its own.
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from exchange import engine as eng
 from exchange.errors import FailedPrecondition
 from exchange.node.convert import engine_command, proto_side
+from exchange.node.market_data import MarketData
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -107,6 +109,7 @@ class Replica:
         self._engine = eng.Engine(markets)
         self.journal_size = journal_size
         self._states = {name: _MarketState(name) for name in self._engine.markets}
+        self.market_data = MarketData(self._engine.markets)
         # market -> what to call with every entry applied in that market
         self._on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self._states}
 
@@ -280,12 +283,14 @@ class Replica:
         ]
         return self._engine.snapshot(), client_order_ids
 
-    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, str, int]]) -> bool:
+    def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, str, int]],
+              market_data: bytes = b"") -> bool:
         """Replaces this replica's state by a peer's snapshot if it trades the same markets and is not
         behind in any of them; returns whether it did. Raises ValueError for a corrupt snapshot.
 
         The journal starts empty (results of older orders and StreamEvents before the snapshot are not
-        available on this node); buffered entries the snapshot already covers are dropped."""
+        available on this node); buffered entries the snapshot already covers are dropped. `market_data`: the
+        peer's MarketData.snapshot() at the same sequences (a market it lacks starts its market data afresh)."""
         engine = eng.Engine.restore(engine_snapshot)
         if dict(engine.markets) != dict(self._engine.markets):
             raise ValueError(
@@ -301,6 +306,11 @@ class Replica:
         for market, account, client_order_id, seq in client_order_ids:
             if market in self._states:
                 self._states[market].client_order_ids.setdefault((account, client_order_id), seq)
+        moved = {m: engine.last_seq(m) for m in self._states if engine.last_seq(m) != self.market_data.tape(m).seq}
+        fresh = self.market_data.restore(market_data, moved)  # a market at the same sequence keeps its own
+        if fresh:
+            log.warning("the snapshot holds no market data of %s at its sequence: their trades, candles and ticker "
+                        "start from there on this node", ", ".join(fresh))
         for market, state in self._states.items():
             state.resting_by_account = {}
             for view in engine.resting_orders(market):
@@ -320,6 +330,7 @@ class Replica:
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
         command = types_pb2.Command.FromString(entry.command)
         events = self._engine.apply(engine_command(command, entry.seq))
+        self.market_data.apply(state.market, entry.seq, command.time_ms, events)
         applied = Applied(entry.seq, command, events)
         journal = state.journal
         journal[entry.seq] = (entry.command, tuple(events))

@@ -3,6 +3,7 @@
 * `OrderEntryRPCs` (orders.py): clients placing, amending and cancelling orders (with an API key);
 * `TraderViewRPCs` (trader_view.py): a trader's own orders and order events (with an API key);
 * `ReadRPCs` (reads.py): market data: books, events and status, for anyone;
+* `MarketDataRPCs` (market_data_rpcs.py): public trades, candles and the ticker by Sequencer time, for anyone;
 * `PeerRPCs` (peer_rpcs.py): the cluster's own calls (broadcasts, snapshots), behind the cluster token.
 
 Each part is a thin adapter over the replica and the sequencing pipelines; this module only states which
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from exchange.node.auth import Gatekeeper
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
+from exchange.node.market_data_rpcs import MarketDataRPCs
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.reads import ReadRPCs
@@ -36,7 +38,8 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self.trader_view = TraderViewRPCs(self.node, replica, gate)
         self.reads = ReadRPCs(self.node, replica, pipelines, sequencer, peers, gate.registry)
         self.peer_rpcs = PeerRPCs(self.node, replica, secret)
-        parts = (self.orders, self.trader_view, self.reads, self.peer_rpcs)
+        self.market_data = MarketDataRPCs(self.node, replica)
+        parts = (self.orders, self.trader_view, self.reads, self.peer_rpcs, self.market_data)
         for method in exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"].methods:
             owners = [part for part in parts if hasattr(part, method.name)]
             if len(owners) != 1:

@@ -188,3 +188,27 @@ def test_message_over_the_receive_limit_is_refused_and_the_node_survives(shared_
     assert c.nodes[0].running
     assert world(c) == before
     assert grpcurl(c.node_address(0), f"{NODE}/GetStatus").returncode == 0
+
+
+def test_market_data_rpcs_as_the_readme_shows_them(shared_cluster: Cluster) -> None:
+    """GetTrades, GetCandles, GetTicker and StreamTrades through grpcurl (README "Market data"), no key needed."""
+    c = shared_cluster
+    call_ok(c.node_address(0), "CreateOrder", {"market": "ETH-USD", "size": -2, "limit_price": 1000},
+            key=c.api_keys["alice"])
+    call_ok(c.node_address(1), "CreateOrder", {"market": "ETH-USD", "size": 2, "limit_price": 1000},
+            key=c.api_keys["bob"])
+    c.wait_converged()
+    page = call_ok(c.node_address(2), "GetTrades", {"market": "ETH-USD", "limit": 5})
+    last = page["trades"][0]
+    assert (last["price"], last["size"], last["aggressor_side"]) == ("1000", "2", "BUY")
+    assert int(last["time_ms"]) > 1_700_000_000_000 and "account" not in json.dumps(page)
+    candles = call_ok(c.node_address(0), "GetCandles", {"market": "ETH-USD", "interval": "1m", "limit": 60})
+    assert candles["candles"][-1]["close"] == "1000" and int(candles["candles"][-1]["start_ms"]) % 60_000 == 0
+    ticker = call_ok(c.node_address(1), "GetTicker", {"market": "ETH-USD"})
+    assert ticker["last_price"] == "1000" and ticker["seq"] == page["seq"]
+    stream = subprocess.run([GRPCURL, "-plaintext", "-max-time", "3", "-d", json.dumps(  # type: ignore[list-item]
+        {"market": "ETH-USD", "from_seq": last["seq"]}), c.node_address(0), f"{NODE}/StreamTrades"],
+        capture_output=True, text=True, timeout=30)  # a live stream: -max-time ends it
+    assert '"trade_id": "' + last["trade_id"] + '"' in stream.stdout, stream.stdout + stream.stderr
+    code, message = call_error(c.node_address(0), "GetCandles", {"market": "ETH-USD", "interval": "2m", "limit": 5})
+    assert code == "InvalidArgument" and "1m, 5m, 15m, 1h, 1d" in message

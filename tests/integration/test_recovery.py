@@ -165,6 +165,14 @@ def test_late_node_catches_up_after_500_orders(make_cluster: Callable[..., Clust
         checksums_equal_replay(c, views)
 
 
+def public_market_data(stub: exchange_pb2_grpc.ExchangeNodeStub, market: str) -> tuple[object, ...]:
+    """A node's trades, candles of every interval and ticker of `market`."""
+    trades = stub.GetTrades(pb.GetTradesRequest(market=market, limit=1000), timeout=CALL_TIMEOUT)
+    candles = [stub.GetCandles(pb.GetCandlesRequest(market=market, interval=interval, limit=1000),
+                               timeout=CALL_TIMEOUT) for interval in ("1m", "5m", "15m", "1h", "1d")]
+    return trades, candles, stub.GetTicker(pb.GetTickerRequest(market=market), timeout=CALL_TIMEOUT)
+
+
 def test_late_node_restores_a_peers_snapshot_then_the_log_and_keeps_idempotency(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -184,6 +192,9 @@ def test_late_node_restores_a_peers_snapshot_then_the_log_and_keeps_idempotency(
         views = c.wait_converged(nodes=[0, 1, 2])
         for market in markets:
             assert full_book(stubs[2], market) == full_book(stubs[0], market)
+            # the snapshot carries the market data: trades, candles and ticker from before it, the same
+            assert public_market_data(stubs[2], market) == public_market_data(stubs[0], market)
+        assert any(public_market_data(stubs[2], m)[0].oldest_trade_id == 1 for m in markets)
         checksums_equal_replay(c, views)
 
         # The snapshot carries the client_order_id map: a retry of an order from before it is recognised

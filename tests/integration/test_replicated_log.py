@@ -73,12 +73,13 @@ class Replica:
     """One Sequencer replica in-process: the gate over a ReplicatedLog on a TestStore."""
 
     def __init__(self, name: str, kv: ConsulKV, archive: Path, failures: list[BaseException], window: int = 1_000,
-                 tail: int = 1_000, read_peer: Any = None, ttl: float = 10.0) -> None:
+                 tail: int = 1_000, read_peer: Any = None, ttl: float = 10.0, clock: Any = None) -> None:
         self.store = TestStore(kv)
         self.log = ReplicatedLog(self.store, LogStore(archive, synchronous="NORMAL"), ["M"],
                                  LeaderRecord(name, "127.0.0.1:1"), ["serfHealth"], tail_entries=tail,
                                  lock_delay_s=0, read_peer=read_peer, session_ttl_s=ttl)
-        self.service = SequencerService(self.log, SECRET, MARKETS, failures.append, dedup_window=window)
+        self.service = SequencerService(self.log, SECRET, MARKETS, failures.append, dedup_window=window,
+                                        **({"clock": clock} if clock is not None else {}))
 
     def start(self) -> None:
         self.log.start(asyncio.get_running_loop(), self.service)
@@ -369,6 +370,39 @@ def test_a_replica_restarted_at_once_ends_its_previous_session_instead_of_waitin
         assert stale not in kv.sessions("sequencer same")
         assert seqs(await ask(again.service, 1, order(ref=2))) == [(2, False)]
         await asyncio.to_thread(again.log.close)
+
+    run(scenario)
+    assert not failures
+
+
+def test_a_new_leader_whose_clock_is_behind_stamps_the_last_time_of_the_log_not_its_own(
+    consul: ConsulDevAgent, tmp_path: Path
+) -> None:
+    """The old leader's clock is an hour ahead of the standby's; the standby follows, the old leader dies, the
+    standby leads: its first entries carry the old leader's last time (time never goes backwards in the log),
+    and it stamps its own clock again once that passes the log's time."""
+    kv, failures = kv_of(consul), []
+    ahead, behind = [1_700_003_600_000], [1_700_000_000_000]
+
+    def stamps(response: Any) -> list[int]:
+        return [types_pb2.Command.FromString(a.entry.command).time_ms for a in response.assignments]
+
+    async def scenario() -> None:
+        old = Replica("old", kv, tmp_path / "old.sqlite3", failures, clock=lambda: ahead[0])
+        old.start()
+        await old.leading()
+        new = Replica("new", kv, tmp_path / "new.sqlite3", failures, clock=lambda: behind[0])
+        new.start()
+        assert stamps(await ask(old.service, 0, order(ref=1), order(ref=2))) == [ahead[0]] * 2
+        await new.until(lambda: new.service.markets["M"].durable == 2, "the standby to adopt the old leader's entries")
+        old.crash(kv)
+        await new.leading()
+        assert stamps(await ask(new.service, 2, order(node="b", ref=1), node="b")) == [ahead[0]]
+        behind[0] = ahead[0] + 5
+        assert stamps(await ask(new.service, 3, order(node="b", ref=2), node="b")) == [ahead[0] + 5]
+        times = [types_pb2.Command.FromString(e.command).time_ms for e in await read_all(new.service)]
+        assert times == sorted(times) and len(times) == 4
+        await asyncio.to_thread(new.log.close)
 
     run(scenario)
     assert not failures

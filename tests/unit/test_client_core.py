@@ -4,6 +4,7 @@ submit_many's window and resends, stream resumption, and the local book against 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +17,11 @@ from exchange.client import AsyncClient, Client, NewOrder, OrderStatus, RetryPol
 from exchange.client import types as t
 from exchange.client.book import BookTracker, Diverged, LocalBook
 from exchange.client.core import EntryWindow, NodeSet, StaticNodes, StreamPosition, entry_requests
-from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from exchange.node.auth import RateLimiter
 from exchange.node.convert import market_event
 from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
 from tests.unit.fakes import run_scenario
 
 NODES = ["n1:1", "n2:1", "n3:1"]
@@ -357,3 +360,70 @@ def test_every_public_name_is_there() -> None:
     import exchange.client
 
     assert all(hasattr(exchange.client, name) for name in exchange.client.__all__)
+
+
+def test_the_entry_window_paces_orders_refused_by_the_rate_limit_until_its_hint_has_passed() -> None:
+    now = [100.0]
+    window = EntryWindow(entry_requests(NewOrder(Side.BUY, 1, 100) for _ in range(6)), batch_size=3, window=6,
+                         clock=lambda: now[0])
+    first = window.next_batch()
+    assert first is not None
+    limited = pb.OrderEntryResult(error=pb.OrderEntryError(
+        code="RESOURCE_EXHAUSTED", message="account 'a' is over its rate limit of 100 orders/s: retry in 20 ms"))
+    too_big = pb.OrderEntryResult(error=pb.OrderEntryError(code="RESOURCE_EXHAUSTED", message="over 1 MiB"))
+    window.on_result(pb.OrderBatchResult(results=[pb.OrderEntryResult(order=answer(first.orders[0])), limited,
+                                                  too_big]))
+    assert window.paced == 1 and window.retried == 0 and window.pause() == pytest.approx(0.02)
+    assert window.next_batch() is None, "nothing is sent before the hint has passed"
+    now[0] += 0.02
+    again = window.next_batch()
+    assert again is not None and again.orders[0] == first.orders[1], "the paced order goes first"
+    assert isinstance(window.results[2], ResourceExhausted), "an error without a hint is final"
+
+
+def test_submit_many_paces_itself_to_the_accounts_rate_limit_instead_of_returning_the_excess() -> None:
+    limiter = RateLimiter(rate=2_000, burst=50)
+
+    def per_order(order: pb.CreateOrderRequest) -> pb.OrderEntryResult:
+        try:
+            limiter.take("a")
+        except ResourceExhausted as error:
+            return pb.OrderEntryResult(error=pb.OrderEntryError(code="RESOURCE_EXHAUSTED", message=error.message))
+        return pb.OrderEntryResult(order=answer(order))
+
+    class Stub:
+        def OrderEntryBatch(self, requests: Iterator[pb.OrderBatch], metadata: Any = None) -> FakeEntryStream:
+            return FakeEntryStream(requests, "n1:1", [], None, per_order)
+
+    client = Client(["n1:1"], policy=FAST, stub_factory=lambda address: Stub())
+    results = client.submit_many([NewOrder(Side.BUY, 1, 100) for _ in range(300)], batch_size=50, window=300)
+    assert all(isinstance(result, t.OrderResult) for result in results), [r for r in results if
+                                                                          not isinstance(r, t.OrderResult)][:3]
+    assert client.stats.paced_orders > 0 and client.stats.paced_seconds > 0
+    assert client.stats.resent_orders == 0
+
+
+def test_the_trade_iterator_resumes_on_another_node_after_the_last_trade_seen_without_loss_or_repeat() -> None:
+    def trade(trade_id: int, seq: int) -> pb.PublicTrade:
+        return pb.PublicTrade(market="M", trade_id=trade_id, seq=seq, price=100 + trade_id, size=1,
+                              aggressor_side=types_pb2.BUY, time_ms=1_000 + seq)
+
+    requests: list[tuple[str, int]] = []
+
+    class Stub:
+        def __init__(self, node: str) -> None:
+            self.node = node
+
+        def StreamTrades(self, request: pb.StreamTradesRequest, metadata: Any = None) -> Iterator[pb.TradeBatch]:
+            requests.append((self.node, request.from_seq))
+            if self.node == "n1:1":  # breaks between two trades of sequence 5
+                yield pb.TradeBatch(market="M", trades=[trade(1, 4), trade(2, 5)])
+                raise DROPPED
+            yield pb.TradeBatch(market="M", trades=[trade(2, 5), trade(3, 5)])  # from seq 5: trade 2 again
+            yield pb.TradeBatch(market="M", trades=[trade(4, 6)])
+
+    client = Client(NODES, policy=FAST, stub_factory=Stub)
+    seen = list(itertools.islice(client.trades("M", from_seq=4), 4))
+    assert [(t.trade_id, t.seq, t.time_ms) for t in seen] == [(1, 4, 1004), (2, 5, 1005), (3, 5, 1005), (4, 6, 1006)]
+    assert requests == [("n1:1", 4), ("n2:1", 5)], "resumed from the sequence of the last trade seen"
+    assert seen[0].aggressor_side is Side.BUY and isinstance(seen[0].price, int)
