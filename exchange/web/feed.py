@@ -4,11 +4,13 @@
 `sequencer` services, read only), the nodes' public gRPC API through the client library
 (`exchange.client.AsyncClient`: failover between nodes, retries, typed errors) and the Sequencer replicas'
 public `GetSequence` (their role and position). Never a peer's or the Sequencer's cluster-internal RPC, never
-the cluster secret. Switching a data source (a book stream instead of polling, a trade stream instead of the
-event stream) is a change of this module only: the server and the page see the same messages.
+the cluster secret. Per market: the book (GetOrderBook, polled), the trade tape (GetTrades, then StreamTrades),
+the 1-minute candles and the ticker (GetCandles, GetTicker, polled), all as the nodes answer them. Switching a
+data source (a book stream instead of polling, say) is a change of this module only: the server and the page
+see the same messages.
 
 What it keeps is what it last saw (no state of its own survives a restart): the cluster's view, each market's
-book and recent trades, and the nodes and leader changes seen since it started.
+book, recent trades, candles and ticker, and the nodes and leader changes seen since it started.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import grpc
 
 from discovery import DiscoveryError, ServiceInstance
 from discovery.consul import ConsulRegistry
-from exchange.client import AsyncClient, Connection, RetryPolicy, connection_of, types
+from exchange.client import AsyncClient, Connection, PublicTrade, RetryPolicy, connection_of, types
 from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port
 from exchange.errors import ExchangeError, OutOfRange
 from exchange.runtime import aio_channel
@@ -37,6 +39,7 @@ from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 log = logging.getLogger("web.feed")
 
 TAPE_LENGTH = 100  # trades kept per market for a page that opens
+CANDLE_INTERVAL, CANDLES = "1m", 60  # the candle chart: the last hour of 1-minute candles
 LEADER_CHANGES = 20  # leader changes kept
 # a person waits for an order's answer: the library's failover within 10 s
 ORDER_POLICY = RetryPolicy(timeout=10, attempt_timeout=5)
@@ -121,6 +124,8 @@ class Feed:
         self.view = ClusterView()
         self.books: dict[str, dict[str, Any]] = {}
         self.tapes: dict[str, deque[dict[str, Any]]] = {}
+        self.candles: dict[str, dict[str, Any]] = {}
+        self.tickers: dict[str, dict[str, Any]] = {}
         self._last_leader: str | None = None
         self._known_nodes: dict[str, str] = {}  # id -> address: nodes seen since start (a reaped one stays, down)
         self._sequencer_channels: dict[str, grpc.aio.Channel] = {}
@@ -149,7 +154,8 @@ class Feed:
 
     def state(self) -> dict[str, Any]:
         return {"cluster": self.view.as_message(), "books": dict(self.books),
-                "tapes": {market: list(tape) for market, tape in self.tapes.items()}}
+                "tapes": {market: list(tape) for market, tape in self.tapes.items()},
+                "candles": dict(self.candles), "tickers": dict(self.tickers)}
 
     @staticmethod
     async def _every(interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -247,9 +253,11 @@ class Feed:
             if market not in self._market_tasks:
                 self.tapes[market] = deque(maxlen=TAPE_LENGTH)
                 read_book = functools.partial(self._read_book, market)
+                read_charts = functools.partial(self._read_candles_and_ticker, market)
                 self._market_tasks[market] = [
                     asyncio.create_task(self._every(self.config.book_poll_s, read_book)),
                     asyncio.create_task(self._follow_trades(market)),
+                    asyncio.create_task(self._every(self.config.poll_s, read_charts)),
                 ]
 
     async def _read_book(self, market: str) -> None:
@@ -267,32 +275,53 @@ class Feed:
         self.publish("book", message)
 
     async def _follow_trades(self, market: str) -> None:
-        """The market's trades from the event stream (the client library resumes it on any node without a gap or
-        a repeat); it starts a little back in the journal so that a new page sees recent trades."""
+        """The market's public tape: the latest trades (GetTrades), then every trade after them (StreamTrades; the
+        client library resumes it on any node without a gap or a repeat)."""
         tape = self.tapes[market]
         while True:
             try:
-                head = (await self.public.get_book(market, 1, timeout=5)).seq
-                start = max(1, head - 2000) if not tape else tape[-1]["seq"] + 1
-                try:
-                    await self._trades_from(market, start)
-                except OutOfRange:
-                    await self._trades_from(market, 0)
+                if tape:
+                    start = tape[-1]["seq"]  # trades of that seq already seen are skipped by their id
+                else:
+                    page = await self.public.get_trades(market, TAPE_LENGTH, timeout=5)
+                    for trade in reversed(page.trades):
+                        self._add_trade(trade, publish=False)
+                    start = page.seq + 1
+                async for trade in self.public.trades(market, start, timeout=30):
+                    self._add_trade(trade)
+            except OutOfRange:
+                tape.clear()  # the node no longer retains where the tape was: start again from the latest
+                self.publish("tape", {"market": market, "trades": []})
             except ExchangeError as error:
                 log.info("trades of %s: %s; following again shortly", market, error)
             await asyncio.sleep(1.0)
 
-    async def _trades_from(self, market: str, from_seq: int) -> None:
-        tape = self.tapes[market]
-        async for event in self.public.events(market, from_seq, timeout=30):
-            if not isinstance(event, types.TradeExecuted):
-                continue
-            if tape and (event.seq, event.trade_id) <= (tape[-1]["seq"], tape[-1]["trade_id"]):
-                continue
-            trade = {"market": market, "seq": event.seq, "trade_id": event.trade_id, "price": event.price,
-                     "size": event.size, "side": event.taker_side.name}
-            tape.append(trade)
-            self.publish("trade", trade)
+    def _add_trade(self, trade: PublicTrade, publish: bool = True) -> None:
+        tape = self.tapes[trade.market]
+        if tape and trade.trade_id <= tape[-1]["trade_id"]:
+            return
+        message = {"market": trade.market, "seq": trade.seq, "trade_id": trade.trade_id, "price": trade.price,
+                   "size": trade.size, "side": trade.aggressor_side.name, "time_ms": trade.time_ms}
+        tape.append(message)
+        if publish:
+            self.publish("trade", message)
+
+    async def _read_candles_and_ticker(self, market: str) -> None:
+        """The market's 1-minute candles and its ticker, as the nodes answer them (by Sequencer time)."""
+        try:
+            candles = await self.public.get_candles(market, CANDLE_INTERVAL, limit=CANDLES, timeout=3)
+            ticker = await self.public.get_ticker(market, timeout=3)
+        except ExchangeError:
+            return  # no node answers now: the page keeps the last ones
+        last = self.candles.get(market)
+        if last is None or last["seq"] != candles.seq:
+            self.candles[market] = {"market": market, "interval": candles.interval, "seq": candles.seq,
+                                    "candles": [asdict(candle) for candle in candles.candles]}
+            self.publish("candles", self.candles[market])
+        last = self.tickers.get(market)
+        if last is None or last["seq"] != ticker.seq:
+            self.tickers[market] = asdict(ticker)
+            self.publish("ticker", self.tickers[market])
 
     # -- a person's orders (the key travels with each request; it is never kept) ----------------------------
 

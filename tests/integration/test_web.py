@@ -9,6 +9,7 @@ printed). Every wait polls with a deadline (WebDriverWait), never a fixed sleep.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -149,11 +150,32 @@ def test_an_order_placed_through_grpc_appears_in_the_ladder_and_a_trade_on_the_t
         pb.CreateOrderRequest(market="BTC-USD", size=3, limit_price=1234, client_order_id="web-take"), timeout=10)
     wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f"#tape-rows tr[data-seq='{answer.seq}']"),
          "the trade on the tape")
-    assert texts(browser, f"#tape-rows tr[data-seq='{answer.seq}'] td") == [str(answer.seq), "BUY", "3", "1234"]
+    time_utc, *row = texts(browser, f"#tape-rows tr[data-seq='{answer.seq}'] td")
+    assert row == [str(answer.seq), "BUY", "3", "1234"] and re.fullmatch(r"\d\d:\d\d:\d\d", time_utc)
     wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#ladder-asks tr.ask[data-price='1234'] td:nth-child(2)")
          .text == "4", "the ask to shrink to 4")
+    wait(browser, lambda b: ticker(b, "last") == "1234" and last_candle(b).get("close") == "1234",
+         "the ticker and the candle at the trade's price")
+    # a second trade, lower: the ticker and the candle move with it
+    stub(module_cluster, 0, "alice").CreateOrder(pb.CreateOrderRequest(market="BTC-USD", size=-2, limit_price=1230,
+                                                                       client_order_id="web-hit"), timeout=10)
+    wait(browser, lambda b: ticker(b, "last") == "1230" and last_candle(b).get("close") == "1230",
+         "the ticker and the candle to move to the new trade")
+    assert last_candle(browser)["low"] == "1230" and ticker(browser, "trades") == "2"
     browser.save_screenshot(str(artifacts / "market.png"))
     assert script_errors(browser) == []
+
+
+def ticker(browser: WebDriver, item: str) -> str:
+    found = browser.find_elements(By.CSS_SELECTOR, f"#ticker-{item} b")
+    return found[0].text if found else ""
+
+
+def last_candle(browser: WebDriver) -> dict[str, str]:
+    candles = browser.find_elements(By.CSS_SELECTOR, "#candles g.candle")
+    if not candles:
+        return {}
+    return {name: candles[-1].get_attribute(f"data-{name}") or "" for name in ("open", "high", "low", "close")}
 
 
 def place_from_ticket(browser: WebDriver, side: str, size: int, price: int, client_order_id: str = "") -> None:

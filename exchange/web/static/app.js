@@ -68,6 +68,11 @@
       if (trade.market === state.market) renderTape();
       if (apiKey) refreshMine();
     });
+    source.addEventListener("tape", (e) => {
+      const message = JSON.parse(e.data);
+      state.tapes[message.market] = message.trades;
+      if (message.market === state.market) renderTape();
+    });
     source.addEventListener("candles", (e) => {
       const message = JSON.parse(e.data);
       state.candles[message.market] = message;
@@ -190,7 +195,12 @@
   function renderTape() {
     const tape = (state.tapes[state.market] || []).slice(-24).reverse();
     replaceRows($("tape-rows"), tape.map((t) => cells(
-      el("tr", { class: t.side, "data-seq": t.seq, "data-trade-id": t.trade_id }), [t.seq, t.side, t.size, t.price])));
+      el("tr", { class: t.side, "data-seq": t.seq, "data-trade-id": t.trade_id }),
+      [utcTime(t.time_ms), t.seq, t.side, t.size, t.price])));
+  }
+
+  function utcTime(ms) {
+    return ms ? new Date(ms).toISOString().slice(11, 19) : "";
   }
 
   function renderCandles() {

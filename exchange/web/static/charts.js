@@ -75,12 +75,14 @@ function drawCandles(svg, candles) {
   let low = Math.min(...shown.map((c) => c.low));
   let high = Math.max(...shown.map((c) => c.high));
   if (low === high) { low -= 1; high += 1; }
-  const slot = (b.w - b.left - b.right) / Math.max(shown.length, 20);
+  const slots = Math.max(shown.length, 30);  // the latest candle at the right edge
+  const slot = (b.w - b.left - b.right) / slots;
   const y = (price) => b.top + ((high - price) / (high - low)) * (b.h - b.top - b.bottom);
   shown.forEach((c, i) => {
-    const cx = b.left + slot * (i + 0.5);
+    const cx = b.left + slot * (slots - shown.length + i + 0.5);
     const cls = c.close >= c.open ? "up" : "down";
-    const g = svgEl("g", { class: `candle ${cls}`, "data-start": c.start_ms });
+    const g = svgEl("g", { class: `candle ${cls}`, "data-start": c.start_ms, "data-open": c.open,
+      "data-high": c.high, "data-low": c.low, "data-close": c.close });
     g.appendChild(svgEl("line", { x1: cx, x2: cx, y1: y(c.high), y2: y(c.low), class: cls }));
     const top = y(Math.max(c.open, c.close));
     const height = Math.max(1, Math.abs(y(c.open) - y(c.close)));
