@@ -190,7 +190,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     async def send(kind: str, message: Any) -> None:
         await response.write(f"event: {kind}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode())
 
-    with request.app[HUB].subscribe() as queue:
+    with request.app[HUB].subscribe() as queue, contextlib.suppress(ConnectionResetError):  # the page went away
         await response.write(b"retry: 1000\n\n")
         await send("state", request.app[FEED].state())
         while True:
