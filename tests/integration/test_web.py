@@ -187,6 +187,11 @@ def place_from_ticket(browser: WebDriver, side: str, size: int, price: int, clie
     browser.find_element(By.ID, "o-place").click()
 
 
+def fills(browser: WebDriver) -> list[list[str]]:
+    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            for row in browser.find_elements(By.CSS_SELECTOR, "#fills tr")]
+
+
 def use_key(browser: WebDriver, key: str) -> None:
     field = browser.find_element(By.ID, "key")
     field.clear()
@@ -194,7 +199,7 @@ def use_key(browser: WebDriver, key: str) -> None:
     browser.find_element(By.ID, "key-use").click()
 
 
-def test_the_trade_ticket_places_and_cancels_with_a_key_shows_text_as_text_and_a_wrong_key_unauthenticated(
+def test_the_trade_ticket_places_amends_and_cancels_with_a_key_shows_text_as_text_and_a_wrong_key_is_refused(
     web: str, browser: WebDriver, module_cluster: Cluster, artifacts: Path,
 ) -> None:
     use_key(browser, module_cluster.api_keys["alice"])
@@ -209,12 +214,22 @@ def test_the_trade_ticket_places_and_cancels_with_a_key_shows_text_as_text_and_a
     row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#orders tr")
                if r.find_element(By.CSS_SELECTOR, "td.coid").text == XSS)
     order_id = row.get_attribute("data-order-id")
-    row.find_element(By.CSS_SELECTOR, "button.cancel").click()
+    for field, value in (("a-id", order_id), ("a-size", 2), ("a-price", 901)):
+        browser.find_element(By.ID, field).send_keys(str(value))
+    browser.find_element(By.ID, "a-submit").click()
+    wait(browser, lambda b: texts(b, f"#orders tr[data-order-id='{order_id}'] td")[2:4] == ["901", "2"],
+         "the amended order: 2 lots at 901")
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='901']"),
+         "the amended order in the ladder")
+    browser.find_element(By.CSS_SELECTOR, f"#orders tr[data-order-id='{order_id}'] button.cancel").click()
     wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, f"#orders tr[data-order-id='{order_id}']"),
          "the cancelled order to leave the open orders")
-    assert f"order {order_id} cancelled (3 lots)" in browser.find_element(By.ID, "result").text
-    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='900']"),
+    assert f"order {order_id} cancelled (2 lots)" in browser.find_element(By.ID, "result").text
+    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='901']"),
          "the cancelled order to leave the ladder")
+    place_from_ticket(browser, "SELL", 1, 1230)  # takes from bob's bid: a fill of alice's
+    wait(browser, lambda b: any(row[3:] == ["1", "1230", "taker"] for row in fills(b)), "alice's fill")
+    assert "FILLED" in browser.find_element(By.ID, "result").text
     assert script_errors(browser) == []
 
     use_key(browser, "pxk_not_a_key")
