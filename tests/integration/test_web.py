@@ -140,10 +140,9 @@ def test_an_order_placed_through_grpc_appears_in_the_ladder_and_a_trade_on_the_t
                                                                        client_order_id="web-ask"), timeout=10)
     stub(module_cluster, 1, "bob").CreateOrder(pb.CreateOrderRequest(market="BTC-USD", size=5, limit_price=1230,
                                                                      client_order_id="web-bid"), timeout=10)
-    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ladder-asks tr.ask[data-price='1234']"),
-         "the ask in the ladder")
-    row = browser.find_element(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='1230']")
-    assert [cell.text for cell in row.find_elements(By.TAG_NAME, "td")] == ["1", "5", "1230"]
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ladder-asks tr.ask[data-price='1234']")
+         and b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='1230']"), "the ask and the bid")
+    assert texts(browser, "#ladder-bids tr.bid[data-price='1230'] td") == ["1", "5", "1230"]
     assert browser.find_elements(By.CSS_SELECTOR, "#depth path.ask-area")
     assert browser.find_elements(By.CSS_SELECTOR, "#depth path.bid-area")
     answer = stub(module_cluster, 1, "bob").CreateOrder(
