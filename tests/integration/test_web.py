@@ -204,7 +204,7 @@ def test_the_trade_ticket_places_amends_and_cancels_with_a_key_shows_text_as_tex
     use_key(browser, module_cluster.api_keys["alice"])
     place_from_ticket(browser, "BUY", 3, 900, XSS)
     wait(browser, lambda b: XSS in texts(b, "#orders td.coid"), "the order among alice's open orders, as text")
-    assert "RESTING" in browser.find_element(By.ID, "result").text
+    wait(browser, lambda b: "RESTING" in b.find_element(By.ID, "result").text, "the order's answer")
     assert not browser.find_elements(By.CSS_SELECTOR, "#orders img, #result img")  # shown, never parsed
     assert no_alert(browser)
     wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='900']"),
@@ -223,12 +223,13 @@ def test_the_trade_ticket_places_amends_and_cancels_with_a_key_shows_text_as_tex
     browser.find_element(By.CSS_SELECTOR, f"#orders tr[data-order-id='{order_id}'] button.cancel").click()
     wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, f"#orders tr[data-order-id='{order_id}']"),
          "the cancelled order to leave the open orders")
-    assert f"order {order_id} cancelled (2 lots)" in browser.find_element(By.ID, "result").text
+    wait(browser, lambda b: f"order {order_id} cancelled (2 lots)" in b.find_element(By.ID, "result").text,
+         "the cancel's answer")
     wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='901']"),
          "the cancelled order to leave the ladder")
     place_from_ticket(browser, "SELL", 1, 1230)  # takes from bob's bid: a fill of alice's
     wait(browser, lambda b: any(row[3:] == ["1", "1230", "taker"] for row in fills(b)), "alice's fill")
-    assert "FILLED" in browser.find_element(By.ID, "result").text
+    wait(browser, lambda b: "FILLED" in b.find_element(By.ID, "result").text, "the taker's answer")
     assert script_errors(browser) == []
 
     use_key(browser, "pxk_not_a_key")
