@@ -9,7 +9,8 @@ Besides the engine, the replica keeps what is derived from the log and needed to
 the events of recent commands (the journal: results of retried orders, StreamEvents/StreamOrders resume,
 GetOrder), the (account, client_order_id) -> order id map (idempotency), each account's resting orders
 (ListOrders), the orders that left the book recently, the open subscriptions of the event streams, and the
-public market data by Sequencer time (market_data.py: trades, candles, ticker; bounded, in the snapshot).
+public market data by Sequencer time (market_data.py: trades, candles, ticker; bounded, in the snapshot), and the
+L2 levels of a market while StreamBook subscribers watch it (`watch_book`, exchange/engine/l2.py).
 Callers use its query methods; the state behind them is its own.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from exchange import engine as eng
+from exchange.engine.l2 import BookFeed, ViewDiff
 from exchange.errors import FailedPrecondition
 from exchange.node.convert import engine_command, proto_side
 from exchange.node.market_data import MarketData
@@ -47,6 +49,35 @@ class Applied:
     seq: int
     command: types_pb2.Command
     events: list[eng.Event]
+
+
+@dataclass(eq=False, slots=True)
+class BookWatchers:
+    """A market's StreamBook subscribers and their shared levels (pure, exchange/engine/l2.py). The apply path
+    updates the levels and sets `changed` (then replaced by a new event); it never waits for a subscriber."""
+
+    feed: BookFeed
+    watches: set[BookWatch] = field(default_factory=set)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # the messages built at this sequence, by id of the update shared by views in step (exchange/node/book_stream.py)
+    messages: dict[int, tuple[object, pb.BookUpdate]] = field(default_factory=dict)
+
+
+@dataclass(eq=False, slots=True)
+class BookWatch:
+    """One StreamBook subscriber: its view, and the market's watchers (whose `changed` event wakes it)."""
+
+    watchers: BookWatchers
+    view: ViewDiff
+    ended: str = ""  # why the node ended the stream (the book was replaced by a snapshot)
+
+    @property
+    def feed(self) -> BookFeed:
+        return self.watchers.feed
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next command applied in the market (or when the stream must end)."""
+        return self.watchers.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +143,8 @@ class Replica:
         self.market_data = MarketData(self._engine.markets)
         # market -> what to call with every entry applied in that market
         self._on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self._states}
+        # market -> its StreamBook subscribers and their levels, only while it has any
+        self._book_watchers: dict[str, BookWatchers] = {}
 
     # -- position -----------------------------------------------------------------------------------
 
@@ -256,6 +289,26 @@ class Replica:
         finally:
             listeners.discard(queue)
 
+    @contextlib.contextmanager
+    def watch_book(self, market: str, depth: int) -> Iterator[BookWatch]:
+        """A StreamBook subscriber's view of `depth` levels per side from the applied sequence on; the market's
+        levels are kept (exchange/engine/l2.py BookFeed) only while someone watches."""
+        watchers = self._book_watchers.get(market)
+        if watchers is None:
+            watchers = self._book_watchers[market] = BookWatchers(BookFeed(self._engine, market))
+        watch = BookWatch(watchers, watchers.feed.subscribe(depth))
+        watchers.watches.add(watch)
+        try:
+            yield watch
+        finally:
+            watchers.watches.discard(watch)
+            if not watchers.watches and self._book_watchers.get(market) is watchers:
+                del self._book_watchers[market]
+
+    def book_watchers(self, market: str) -> int:
+        watchers = self._book_watchers.get(market)
+        return 0 if watchers is None else len(watchers.watches)
+
     def offer(self, entry: types_pb2.SequencedCommand) -> bool:
         """Applies or buffers an entry; returns False if it was already known (applied or buffered)."""
         state = self._states[entry.market]
@@ -299,6 +352,11 @@ class Replica:
         if any(engine.last_seq(m) < self._engine.last_seq(m) for m in self._states):
             return False
         self._engine = engine
+        for watchers in self._book_watchers.values():  # their levels were the old engine's: they start again
+            for watch in watchers.watches:
+                watch.ended = "this node replaced its book by a peer's snapshot; subscribe again"
+            watchers.changed.set()
+        self._book_watchers = {}
         for market, state in self._states.items():
             applied = engine.last_seq(market)
             self.note_known(market, applied)
@@ -329,7 +387,11 @@ class Replica:
 
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
         command = types_pb2.Command.FromString(entry.command)
-        events = self._engine.apply(engine_command(command, entry.seq))
+        watchers = self._book_watchers.get(state.market)
+        if watchers is not None:
+            events = self._apply_watched(engine_command(command, entry.seq), watchers)
+        else:
+            events = self._engine.apply(engine_command(command, entry.seq))
         self.market_data.apply(state.market, entry.seq, command.time_ms, events)
         applied = Applied(entry.seq, command, events)
         journal = state.journal
@@ -343,6 +405,18 @@ class Replica:
             listener.put_nowait(applied)
         for callback in self._on_applied[state.market]:
             callback(applied)
+
+    def _apply_watched(self, command: eng.Command, watchers: BookWatchers) -> list[eng.Event]:
+        """Applies a command of a market with StreamBook subscribers: their levels follow, and they are woken."""
+        feed = watchers.feed
+        hint = feed.before(command)
+        events = self._engine.apply(command)
+        feed.after(command, events, hint)
+        watchers.changed.set()
+        watchers.changed = asyncio.Event()
+        if watchers.messages:
+            watchers.messages = {}
+        return events
 
     def _note_finished(self, state: _MarketState, events: list[eng.Event]) -> None:
         """Keeps each account's resting orders and the recently finished orders current."""
