@@ -4,10 +4,9 @@
 `sequencer` services, read only), the nodes' public gRPC API through the client library
 (`exchange.client.AsyncClient`: failover between nodes, retries, typed errors) and the Sequencer replicas'
 public `GetSequence` (their role and position). Never a peer's or the Sequencer's cluster-internal RPC, never
-the cluster secret. Per market: the book (GetOrderBook, polled), the trade tape (GetTrades, then StreamTrades),
+the cluster secret. Per market: the book (StreamBook), the trade tape (GetTrades, then StreamTrades),
 the 1-minute candles and the ticker (GetCandles, GetTicker, polled), all as the nodes answer them. Switching a
-data source (a book stream instead of polling, say) is a change of this module only: the server and the page
-see the same messages.
+data source is a change of this module only: the server and the page see the same messages.
 
 What it keeps is what it last saw (no state of its own survives a restart): the cluster's view, each market's
 book, recent trades, candles and ticker, and the nodes and leader changes seen since it started.
@@ -54,7 +53,6 @@ class FeedConfig:
     consul_token: str | None = None  # a Consul ACL token that may read services
     tls: TlsConfig | None = None  # the cluster's mutual TLS (a client's --tls-dir), None: plaintext
     poll_s: float = 1.0  # how often the cluster's status is read
-    book_poll_s: float = 0.3  # how often each market's book is read
     book_depth: int = 20
 
 
@@ -252,26 +250,37 @@ class Feed:
         for market in markets:
             if market not in self._market_tasks:
                 self.tapes[market] = deque(maxlen=TAPE_LENGTH)
-                read_book = functools.partial(self._read_book, market)
                 read_charts = functools.partial(self._read_candles_and_ticker, market)
                 self._market_tasks[market] = [
-                    asyncio.create_task(self._every(self.config.book_poll_s, read_book)),
+                    asyncio.create_task(self._follow_book(market)),
                     asyncio.create_task(self._follow_trades(market)),
                     asyncio.create_task(self._every(self.config.poll_s, read_charts)),
                 ]
 
-    async def _read_book(self, market: str) -> None:
-        try:
-            book = await self.public.get_book(market, self.config.book_depth, timeout=3)
-        except ExchangeError:
-            return  # no node answers now: the page keeps the last book and the cluster view says why
-        last = self.books.get(market)
-        if last is not None and last["seq"] == book.seq:
-            return
-        message = {"market": market, "seq": book.seq, "checksum": book.checksum,
+    async def _follow_book(self, market: str) -> None:
+        """The market's ladder from StreamBook: the client library's self-verifying L2 view (a snapshot, then
+        updates, each checked against the node's top-10 checksum; it resynchronises and fails over by itself)."""
+        while True:
+            try:
+                async with await self.public.subscribe_book(market, self.config.book_depth, timeout=30) as view:
+                    seen = -1
+                    while True:
+                        changed = await view.wait_until(lambda last=seen: view.seq != last, 5.0)  # type: ignore[misc]
+                        seen = view.seq
+                        if changed and seen == 0:
+                            continue  # resynchronising: a new snapshot comes
+                        book = view.book()  # raises why the subscription ended (or a resync that takes 5 s)
+                        if self.books.get(market, {}).get("seq") != book.seq:
+                            self._publish_book(book)
+            except ExchangeError as error:
+                log.info("the book of %s: %s; subscribing again shortly", market, error)
+            await asyncio.sleep(1.0)
+
+    def _publish_book(self, book: types.Book) -> None:
+        message = {"market": book.market, "seq": book.seq, "checksum": book.checksum,
                    "bids": [[level.price, level.size, level.order_count] for level in book.bids],
                    "asks": [[level.price, level.size, level.order_count] for level in book.asks]}
-        self.books[market] = message
+        self.books[book.market] = message
         self.publish("book", message)
 
     async def _follow_trades(self, market: str) -> None:

@@ -182,7 +182,7 @@
   function renderBook() {
     const book = state.books[state.market];
     if (!book) return;
-    $("book-seq").textContent = `seq ${book.seq} · checksum ${book.checksum}`;
+    $("book-seq").textContent = `seq ${book.seq} · top-10 checksum ${book.checksum} (verified)`;
     const row = (cls, [price, size, count]) => cells(el("tr", { class: cls, "data-price": price }), [count, size, price]);
     replaceRows($("ladder-asks"), book.asks.slice(0, 10).reverse().map((level) => row("ask", level)));
     replaceRows($("ladder-bids"), book.bids.slice(0, 10).map((level) => row("bid", level)));
