@@ -29,10 +29,10 @@ import grpc
 from discovery import DiscoveryError, ServiceInstance
 from discovery.consul import ConsulRegistry
 from exchange.client import AsyncClient, Connection, PublicTrade, RetryPolicy, connection_of, types
-from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port
+from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.errors import ExchangeError, OutOfRange
 from exchange.runtime import aio_channel
-from exchange.tls import TlsConfig
+from exchange.tls import TlsConfig, consul_endpoint
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 log = logging.getLogger("web.feed")
@@ -49,8 +49,8 @@ Publish = Callable[[str, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class FeedConfig:
-    consul: str = "127.0.0.1:8500"  # a Consul agent's HTTP address
-    consul_token: str | None = None  # a Consul ACL token that may read services
+    consul: str = "127.0.0.1:8500"  # a Consul agent's HTTP API: host:port, http://host:port or https://host:port
+    consul_token: str | None = None  # a Consul ACL token that may read services and nodes
     tls: TlsConfig | None = None  # the cluster's mutual TLS (a client's --tls-dir), None: plaintext
     poll_s: float = 1.0  # how often the cluster's status is read
     book_depth: int = 20
@@ -67,8 +67,8 @@ class DiscoveredNodes:
 
 
 def consul_registry(config: FeedConfig) -> ConsulRegistry:
-    host, port = split_host_port(config.consul)
-    return ConsulRegistry(host, port, token=config.consul_token)
+    host, port, https = consul_endpoint(config.consul, config.tls.directory if config.tls else None)
+    return ConsulRegistry(host, port, token=config.consul_token, https=https)
 
 
 @dataclass

@@ -15,9 +15,9 @@ import sys
 
 from aiohttp import web
 
-from exchange.cluster import is_loopback, split_host_port
+from exchange.cluster import add_consul_arguments, is_loopback, split_host_port
 from exchange.runtime import configure_logging
-from exchange.tls import CERT_FILE, KEY_FILE, TlsConfig, add_tls_argument, load_tls
+from exchange.tls import CERT_FILE, KEY_FILE, TlsConfig, add_tls_argument, consul_endpoint, load_tls
 from exchange.web.feed import FeedConfig
 from exchange.web.server import make_app
 
@@ -28,10 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="exchange-web", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8080", help="HTTP listen address host:port (default "
                         "127.0.0.1:8080); beyond loopback only with --tls-dir")
-    parser.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
-                        help="Consul agent HTTP address host:port (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)")
-    parser.add_argument("--consul-token", default=os.environ.get("CONSUL_HTTP_TOKEN") or None,
-                        help="a Consul ACL token that may read services (env CONSUL_HTTP_TOKEN)")
+    add_consul_arguments(parser)  # its token needs to read services and nodes only (the observer's policy)
     parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
     add_tls_argument(parser)
     args = parser.parse_args(argv)
@@ -55,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("web", args.log_level)
     tls = load_tls(args.tls_dir)
+    consul_endpoint(args.consul, args.tls_dir)  # refuses an https Consul without the CA to check it with
     host, port = split_host_port(args.listen)
     config = FeedConfig(consul=args.consul, consul_token=args.consul_token, tls=tls)
     scheme = "http" if tls is None else "https"
