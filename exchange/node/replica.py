@@ -47,6 +47,7 @@ class Applied:
     seq: int
     command: types_pb2.Command
     events: list[eng.Event]
+    traded: bool = False  # whether it made trades (set when it is applied; a journaled one's is not kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +331,8 @@ class Replica:
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
         command = types_pb2.Command.FromString(entry.command)
         events = self._engine.apply(engine_command(command, entry.seq))
-        self.market_data.apply(state.market, entry.seq, command.time_ms, events)
-        applied = Applied(entry.seq, command, events)
+        traded = self.market_data.apply(state.market, entry.seq, command.time_ms, events)
+        applied = Applied(entry.seq, command, events, traded)
         journal = state.journal
         journal[entry.seq] = (entry.command, tuple(events))
         if len(journal) > self.journal_size:
