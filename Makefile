@@ -1,4 +1,4 @@
-# p2p-exchange: every target installs what it needs (virtualenv, packages, stubs, Consul, grpcurl).
+# p2p-exchange: every target installs what it needs (virtualenv, packages, stubs, Consul, Prometheus, grpcurl).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/exchange/v1/*.proto)
 STUBS := exchange/v1/exchange_pb2.py
 CONSUL_STAMP := .cache/consul/path
+PROMETHEUS_STAMP := .cache/prometheus/path
 
-.PHONY: install proto consul hygiene test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
+.PHONY: install proto consul prometheus hygiene test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
 
 # make chaos CHAOS_ARGS='--seed 7 --orders 10000 --duration 300'
 CHAOS_ARGS ?= --duration 120
@@ -30,15 +31,22 @@ $(STUBS): $(PROTOS) $(STAMP)
 
 consul: $(CONSUL_STAMP)
 
-$(CONSUL_STAMP): scripts/ensure-consul.sh
+$(CONSUL_STAMP): scripts/ensure-consul.sh scripts/debian-package.sh
 	bash scripts/ensure-consul.sh
+
+# Prometheus and promtool (Debian's package, into .cache/prometheus/): the demo's Prometheus, and make test's
+# checks of deploy/prometheus/ (promtool check config, promtool test rules) and its integration test
+prometheus: $(PROMETHEUS_STAMP)
+
+$(PROMETHEUS_STAMP): scripts/ensure-prometheus.sh scripts/debian-package.sh
+	bash scripts/ensure-prometheus.sh
 
 # First, before anything is installed: a tracked symlink out of the repository or a path of one machine
 # breaks every fresh clone (python3 and git only).
 hygiene:
 	$(PYTHON) -m devtools.repo_hygiene
 
-test: hygiene install consul
+test: hygiene install consul prometheus
 	$(PY) -m pytest
 
 test-unit: install
@@ -60,7 +68,7 @@ chaos: install consul
 
 # make cluster-up TLS=1: mutual TLS on every gRPC connection (certificates under .cluster/tls/)
 # make cluster-up HA=1: 3 Consul servers, 2 Sequencer replicas on the log replicated in Consul, 3 nodes
-cluster-up: install consul
+cluster-up: install consul prometheus
 	$(PY) -m devtools.demo up $(if $(filter 1,$(TLS)),--tls) $(if $(filter 1,$(HA)),--ha)
 
 cluster-down: install

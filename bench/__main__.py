@@ -30,6 +30,13 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.table(result)
 
 
+def _metrics(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import metrics
+
+    result = metrics.run(seconds=args.seconds)
+    return result, metrics.table(result)
+
+
 def _path(args: argparse.Namespace) -> tuple[dict, str]:
     from bench import cluster
 
@@ -49,10 +56,11 @@ def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
+    "metrics": _metrics,
     "path": _path,
     "market_data": _market_data,
 }
-DEFAULT = ["engine", "cluster", "market_data"]
+DEFAULT = ["engine", "cluster", "metrics", "market_data"]
 
 
 def main(argv: list[str] | None = None) -> int:

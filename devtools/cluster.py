@@ -133,6 +133,7 @@ class Cluster:
         tls: bool = False, rate_limit: float | None = 1e9, accounts: Sequence[str] = (*DEMO_ACCOUNTS, *TRADERS),
         ha: bool = False, sequencers: int = 2, sequencer_ports: list[int] | None = None,
         consul_ports: list[int] | None = None, extra_sequencer_args: list[str] | None = None,
+        metrics: bool = False, metrics_ports: dict[str, int] | None = None,
     ) -> None:
         """`netns=True` runs every node in its own network namespace (see NetNamespaces), so that
         `partition()` can cut it off for real; Consul and the Sequencer stay in the root namespace.
@@ -142,7 +143,9 @@ class Cluster:
         None for the nodes' own default (the demo).
         `ha=True`: three Consul servers (`consul_ports`: their HTTP ports) and `sequencers` Sequencer replicas
         on the replicated log; node i talks to Consul server i % 3, Sequencer replica i to a client agent of
-        its own (as on a machine of its own in production: losing a Consul server is not losing its agent)."""
+        its own (as on a machine of its own in production: losing a Consul server is not losing its agent).
+        `metrics=True`: every process serves Prometheus metrics (`--metrics-listen`) on a port of its own
+        (`metrics_ports`: process name -> port, free ones for the others), kept across restarts."""
         self.workdir = workdir
         self.markets = markets
         self.secret = secret
@@ -152,6 +155,8 @@ class Cluster:
         self.extra_sequencer_args = extra_sequencer_args or []
         self.rate_limit = rate_limit
         self.accounts = tuple(accounts)
+        self.metrics = metrics
+        self.metrics_ports: dict[str, int] = dict(metrics_ports or {})
         self.node_ports = node_ports or [free_port() for _ in range(nodes)]
         self.netns = NetNamespaces(len(self.node_ports)) if netns else None
         self.tls_dir = workdir / "tls" if tls else None
@@ -239,6 +244,19 @@ class Cluster:
         limit = self.rate_limit
         return [] if limit is None else ["--rate-limit", f"{limit:g}", "--rate-burst", f"{limit:g}"]
 
+    def _metrics_args(self, name: str, address: str) -> list[str]:
+        """`--metrics-listen` on the host of the process's gRPC `address` (metrics=True only)."""
+        if not self.metrics:
+            return []
+        port = self.metrics_ports.setdefault(name, free_port())
+        return ["--metrics-listen", f"{address.rpartition(':')[0]}:{port}"]
+
+    def metrics_url(self, name: str) -> str:
+        """The `/metrics` URL of process `name` (node-1, sequencer, sequencer-1, ...)."""
+        process = next(p for p in self.processes() if p.name == name)
+        host = process.args[process.args.index("--metrics-listen") + 1].rpartition(":")[0]
+        return f"http://{host}:{self.metrics_ports[name]}/metrics"
+
     def _tls_args(self, name: str) -> list[str]:
         return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir / name)]
 
@@ -311,7 +329,8 @@ class Cluster:
         return ServiceProcess(
             name, "sequencer.main",
             ["--listen", self.sequencer_address_of(index), "--data-dir", str(self.workdir / name),
-             "--markets", self.markets, *ha, *self._tls_args(name), *self.extra_sequencer_args],
+             "--markets", self.markets, *ha, *self._tls_args(name),
+             *self._metrics_args(name, self.sequencer_address_of(index)), *self.extra_sequencer_args],
             self.workdir / "logs" / f"{name}.log", env,
         )
 
@@ -325,7 +344,7 @@ class Cluster:
             self.node_id(index), "exchange.node.main",
             ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
              "--max-retries", str(self.max_retries), *self._tls_args(self.node_id(index)), *self._rate_args(),
-             *self.extra_node_args],
+             *self._metrics_args(self.node_id(index), self.node_address(index)), *self.extra_node_args],
             self.workdir / "logs" / f"{self.node_id(index)}.log", env, prefix,
         )
 

@@ -21,15 +21,19 @@ import grpc
 
 from devtools.cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.prometheus import PrometheusServer
 from exchange.cluster import parse_markets
 from exchange.runtime import sync_channel
 from exchange.tls import TlsConfig, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 DEMO_DIR = ROOT / ".cluster"
-DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053]}
+DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053], "prometheus": 19090}
 # HA mode: three Consul servers' HTTP APIs, two Sequencer replicas (the nodes' ports are the same)
 HA_PORTS = {"consul": [18500, 18501, 18502], "sequencers": [50050, 50054]}
+# Each process's Prometheus metrics (http://127.0.0.1:PORT/metrics)
+METRICS_PORTS = {"sequencer": 19100, "sequencer-1": 19100, "sequencer-2": 19104, "node-1": 19101, "node-2": 19102,
+                 "node-3": 19103}
 STATE_FILE = DEMO_DIR / "state.json"
 
 
@@ -41,7 +45,7 @@ def _demo_cluster(tls: bool, ha: bool) -> Cluster:
     return Cluster(
         DEMO_DIR, nodes=3, node_ports=list(DEMO_PORTS["nodes"]),
         secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"), tls=tls, ha=ha, rate_limit=None,
-        accounts=DEMO_ACCOUNTS, **ports,  # type: ignore[arg-type]
+        accounts=DEMO_ACCOUNTS, metrics=True, metrics_ports=METRICS_PORTS, **ports,  # type: ignore[arg-type]
     )
 
 
@@ -60,9 +64,16 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
     except Exception:
         print(cluster.logs())
         raise
+    prometheus = PrometheusServer(DEMO_DIR, cluster.consul_address, port=DEMO_PORTS["prometheus"], interval="5s")
+    try:
+        prometheus.start()
+    except Exception:
+        cluster.stop()
+        raise
     consul_pids = cluster.consul.pids if isinstance(cluster.consul, ConsulServers) else [cluster.consul.pid]
     STATE_FILE.write_text(json.dumps({
         "consul_pids": consul_pids,
+        "prometheus_pid": prometheus.pid,
         "processes": {p.name: p.pid for p in cluster.processes()},
         "nodes": cluster.node_addresses,
         "sequencers": {cluster.sequencer_name(i): cluster.sequencer_address_of(i)
@@ -70,6 +81,7 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         "markets": cluster.markets,
         "ha": ha,
         "tls_dir": str(cluster.client_tls_dir) if cluster.client_tls_dir else None,
+        "metrics": {p.name: cluster.metrics_url(p.name) for p in cluster.processes()},
     }, indent=2))
     grpcurl = Path(sys.executable).parent.relative_to(ROOT) / "grpcurl"
     cli = Path(sys.executable).parent.relative_to(ROOT) / "exchange-cli"
@@ -98,8 +110,16 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nresumed the log of an earlier demo run ({where}): its orders still rest; for empty books run "
               f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
+    metrics = "\n".join(f"  {p.name:<12} {cluster.metrics_url(p.name)}" for p in cluster.processes())
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
+Prometheus metrics of every process (registered in Consul: service meta metrics_port):
+{metrics}
+Prometheus ({prometheus.url}, its alerts at {prometheus.url}/classic/alerts) scrapes them every 5 s,
+found through Consul (deploy/prometheus/); queries worth trying:
+  sum by (market) (rate(exchange_orders_accepted_total[1m]))      orders accepted per second
+  histogram_quantile(0.99, sum by (le) (rate(exchange_gate_round_trip_seconds_bucket[1m])))   gate p99, seconds
+  exchange_book_checksum     each node's book checksum per market (equal where exchange_book_checksum_seq is)
 accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more: {cli} accounts add NAME)
 
 try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
@@ -131,6 +151,7 @@ def cluster_down() -> int:
         return 0
     state = json.loads(STATE_FILE.read_text())
     consul = [(f"consul-{n + 1}", pid) for n, pid in enumerate(state.get("consul_pids", [state.get("consul_pid")]))]
+    consul.append(("prometheus", state.get("prometheus_pid")))
     # the services first (they deregister from Consul as they stop), then Consul
     for group in (list(state["processes"].items()), consul):
         for name, pid in group:

@@ -125,6 +125,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
              "(exchange/config/markets) by the first process given it; later ones must match it or omit it",
     )
     parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("EXCHANGE_LOG_FORMAT", "text"),
+                        help="text lines, or one JSON object per line (README, Operating it; env EXCHANGE_LOG_FORMAT)")
 
 
 def is_loopback(host: str) -> bool:

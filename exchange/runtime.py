@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import hmac
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import signal
@@ -24,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exchange.cluster import CLUSTER_ONLY_METHODS, TOKEN_HEADER
+from exchange.grpc_metrics import ServerMetrics, channel_interceptors
 from exchange.tls import TlsConfig
 
 # Requests far larger than any valid order are refused by grpc itself (RESOURCE_EXHAUSTED).
@@ -60,10 +63,13 @@ CHANNEL_OPTIONS = [
 ]
 
 def aio_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
-    """A channel of the cluster's processes: their options, TLS when the cluster runs with it."""
+    """A channel of the cluster's processes: their options, TLS when the cluster runs with it, the gRPC client
+    metrics when the process serves metrics."""
+    interceptors = channel_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS,
+                                   interceptors=interceptors)
 
 
 def sync_channel(target: str, tls: TlsConfig | None = None) -> grpc.Channel:
@@ -102,12 +108,63 @@ def grpc_transport() -> str:
     return f"{transport}, event loop {event_loop_name()}"
 
 
-def configure_logging(name: str, level: str = "INFO") -> None:
+LOG_FORMATS = ("text", "json")
+# The fields of a log record that name what it is about, when it is about one (set with `extra=log_fields(...)`)
+CONTEXT_FIELDS = ("market", "seq", "order_id")
+
+
+def log_fields(market: str | None = None, seq: int | None = None, order_id: int | None = None) -> dict[str, object]:
+    """A log call's `extra`: the market, sequence and order id it is about (README, "Operating it": the JSON logs)."""
+    return {name: value for name, value in (("market", market), ("seq", seq), ("order_id", order_id))
+            if value is not None}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, process, node, logger, message, and market, seq and
+    order_id where the record has them; error: the traceback of a logged exception."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+        self.node: str | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "process": self.process,
+        }
+        if self.node is not None:
+            entry["node"] = self.node
+        entry["logger"] = record.name
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(name: str, level: str = "INFO", log_format: str = "text") -> None:
+    """Logs to stderr, as text lines or (`log_format` "json") one JSON object per line (JsonLogFormatter)."""
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter(name))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     logging.basicConfig(
         level=level.upper(),
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def set_log_node(node: str) -> None:
+    """Names the process's node (or Sequencer replica) in every JSON log line from now on."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonLogFormatter):
+            handler.formatter.node = node
 
 
 # What a server interceptor is given to resolve a call's handler (grpc.aio's signature).
@@ -275,12 +332,16 @@ class GrpcServer:
     its services (exchange.cluster.CLUSTER_ONLY_METHODS) require the cluster token."""
 
     def __init__(
-        self, bind: str, services: Iterable[ServiceDescriptor], cluster_token: str, tls: TlsConfig | None = None
+        self, bind: str, services: Iterable[ServiceDescriptor], cluster_token: str, tls: TlsConfig | None = None,
+        metrics: bool = False,
     ) -> None:
-        interceptors = [
+        """`metrics`: record every call (exchange/grpc_metrics.py), those the other interceptors refuse too."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
             RequireClusterToken(cluster_token, CLUSTER_ONLY_METHODS, TOKEN_HEADER),
             RejectMalformedRequests(),
         ]
+        if metrics:
+            interceptors.insert(0, ServerMetrics())
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

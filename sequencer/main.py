@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from prometheus_client import REGISTRY
 
 from discovery.consul import ConsulKV, ConsulRegistry, session_checks
 from exchange.cluster import (
@@ -26,7 +27,16 @@ from exchange.cluster import (
 )
 from exchange.cluster_config import agree_on_markets
 from exchange.entries import entry_is_authentic
-from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, sync_channel, wait_for_signal
+from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
+from exchange.runtime import (
+    GrpcServer,
+    configure_logging,
+    grpc_transport,
+    run,
+    set_log_node,
+    sync_channel,
+    wait_for_signal,
+)
 from exchange.tls import TlsConfig, add_tls_argument, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.dedup import DEFAULT_WINDOW, dedup_key
@@ -59,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stats-s", type=float, default=10.0, help="seconds between the gate figures in the log")
     add_cluster_arguments(parser)
     add_tls_argument(parser)
+    add_metrics_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -97,7 +108,9 @@ async def serve(args: argparse.Namespace) -> None:
     host, _ = split_host_port(args.listen)
     # the check is in the HA leader's session: a stalled replica fails it (and loses the lock) within seconds
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, check_timeout="2s")
-    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], peer_token(secret), tls)
+    metrics_port = None if args.metrics_listen is None else serve_metrics(args.metrics_listen)
+    server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], peer_token(secret), tls,
+                        metrics=metrics_port is not None)
     store: LogBackend
     if args.log == "consul":
         store = ReplicatedLog(
@@ -110,11 +123,14 @@ async def serve(args: argparse.Namespace) -> None:
         store = LogStore(args.data_dir / "log.sqlite3")
     service = SequencerService(store, secret, markets, dedup_window=args.dedup_window)
     sequencer_pb2_grpc.add_SequencerServicer_to_server(service, server.server)
+    if metrics_port is not None:
+        REGISTRY.register(LoopCollector(asyncio.get_running_loop(), service.gauges))
+        log.info("metrics on http://%s:%d/metrics", split_host_port(args.metrics_listen)[0], metrics_port)
     await server.start()
     await server.set_serving(True)
     reporter = asyncio.create_task(service.report(args.stats_s))
     await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port,
-                            {"role": "sequencer", "log": args.log})
+                            {"role": "sequencer", "log": args.log, **metrics_meta(metrics_port)})
     store.start(asyncio.get_running_loop(), service)  # a replica contends for the lead once it is registered
     positions = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values())
     log.info("sequencer %s listening on %s:%d; %s; markets %s; %s", args.id, host, server.port, store.describe(),
@@ -135,7 +151,8 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     refuse_development_secret(args.listen, args.cluster_secret)
-    configure_logging("sequencer", args.log_level)
+    configure_logging("sequencer", args.log_level, args.log_format)
+    set_log_node(args.id)
     run(lambda: serve(args))
 
 

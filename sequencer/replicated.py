@@ -52,9 +52,11 @@ from discovery import (
     TransactionRejected,
 )
 from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.dedup import dedup_key
 from sequencer.log import Gate, LeadershipLost, Recovered, StoredEntry, settle_all
+from sequencer.metrics import CONSUL_TXN_CONFLICTS, CONSUL_TXN_SECONDS, SESSION_RENEWALS
 from sequencer.store import LogStore
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,8 @@ class _Market:
         latencies = sorted(seconds for _, seconds in commits)
         log.info("%s at %d: %.0f transactions/s, %.1f entries each, commit p50 %.1f ms, p99 %.1f ms",
                  self.name, self.position, len(commits) / elapsed, sum(n for n, _ in commits) / len(commits),
-                 latencies[len(latencies) // 2] * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3)
+                 latencies[len(latencies) // 2] * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3,
+                 extra=log_fields(self.name, self.position))
 
 
 class ReplicatedLog:
@@ -392,7 +395,7 @@ class ReplicatedLog:
             raise LogUnavailable(f"{market.name}: entries {market.position + 1}..{oldest - 1} are no longer in "
                                  "the store and no other replica can be asked")
         log.info("%s: copying entries %d..%d from another replica (the store keeps only its tail)",
-                 market.name, market.position + 1, oldest - 1)
+                 market.name, market.position + 1, oldest - 1, extra=log_fields(market.name, market.position + 1))
         for entries in self.read_peer(market.name, market.position + 1, oldest - 1):
             if entries and entries[0].seq == market.position + 1:
                 self._archive(market, entries)
@@ -428,7 +431,13 @@ class ReplicatedLog:
                     self._probe(why)
                     continue
                 if self.session is not None and time.monotonic() - renewed >= self.renew_s:
-                    if self.store.renew_session(self.session):
+                    try:
+                        renewal = self.store.renew_session(self.session)
+                    except DiscoveryError:
+                        SESSION_RENEWALS.labels("failed").inc()
+                        raise
+                    SESSION_RENEWALS.labels("ok" if renewal else "refused").inc()
+                    if renewal:
                         renewed = self._confirmed = time.monotonic()
                     elif self.leading:
                         self._probe("the session ended (its renewal was refused)")
@@ -602,12 +611,14 @@ class ReplicatedLog:
                 self._fail_queue(market, finished, LeadershipLost("this Sequencer replica is stopping"))
                 return
             log.warning("%s: transaction of %d..%d refused by the store (%s): this replica no longer leads",
-                        market.name, entries[0].seq, entries[-1].seq, error)
+                        market.name, entries[0].seq, entries[-1].seq, error,
+                        extra=log_fields(market.name, entries[0].seq))
             self._fail_queue(market, finished, LeadershipLost(f"the store refused this replica's transaction: {error}"))
             self._ask_step_down(f"the store refused a transaction: {error}")
             return
         except Exception as error:  # noqa: BLE001 - a write that failed for good: the gate stops the process
-            log.error("%s: writing %d..%d failed: %s", market.name, entries[0].seq, entries[-1].seq, error)
+            log.error("%s: writing %d..%d failed: %s", market.name, entries[0].seq, entries[-1].seq, error,
+                      extra=log_fields(market.name, entries[0].seq))
             self._fail_queue(market, finished, error)
             return
         market.position = entries[-1].seq
@@ -641,12 +652,15 @@ class ReplicatedLog:
         while True:
             if self._stop.is_set():
                 raise Fenced(f"{market.name}: stopping before batch {first}..{last} committed")
+            began = time.perf_counter()
             try:
                 versions = self.store.transact(ops)
+                CONSUL_TXN_SECONDS.observe(time.perf_counter() - began)
                 market.head_index = versions[key]
                 self._confirmed = time.monotonic()
                 break
             except TransactionConflict as error:
+                CONSUL_TXN_CONFLICTS.inc()
                 if not resent:
                     raise Fenced(str(error)) from error
                 found = self._head_after_unknown(market, key, head)  # it may be the first that committed
@@ -658,7 +672,8 @@ class ReplicatedLog:
                 raise
             except DiscoveryError as error:  # the outcome is unknown: resolved before anything is answered
                 log.warning("%s: transaction of %d..%d has an unknown outcome (%s): resolving it with a "
-                            "consistent read of the head", market.name, first, last, error)
+                            "consistent read of the head", market.name, first, last, error,
+                            extra=log_fields(market.name, first))
                 found = self._head_after_unknown(market, key, head)
                 if found is not None:
                     market.head_index = found

@@ -39,15 +39,19 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from exchange.commands import command_error
 from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
-from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
+from exchange.metrics import gauge
+from exchange.runtime import LongLivedStreams, Malformed, log_fields, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
 from sequencer.log import LeadershipLost, LogBackend, StoredEntry
+from sequencer.metrics import LEADER_CHANGES, SEQUENCER_COMMIT_SECONDS, SEQUENCER_ENTRIES
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,8 @@ class MarketLog:
         self.dedup.last = current
         self.last_write: asyncio.Future[None] | None = None
         self.stats = MarketStats()
+        self.entries_numbered = SEQUENCER_ENTRIES.labels(market)
+        self.commit_seconds = SEQUENCER_COMMIT_SECONDS.labels(market)
         self.last_time = 0  # the highest time stamped on (or adopted with) an entry of this market, UNIX ms
 
     def tail_entry(self, seq: int) -> StoredEntry | None:
@@ -155,6 +161,10 @@ def _may_repeat_numbered_commands(request: sequencer_pb2.SequenceRequest, entrie
         return True
     parse = types_pb2.Command.FromString
     return any(((command := parse(e.command)).origin_node, command.origin_ref) in refs for e in entries)
+
+
+def _observe_since(histogram: Histogram, began: float, _: object) -> None:
+    histogram.observe(time.perf_counter() - began)
 
 
 def wall_clock_ms() -> int:
@@ -227,6 +237,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     def lead(self) -> None:
         self.term += 1
         self.leading = True
+        LEADER_CHANGES.inc()
         log.info("leading: numbering from %s", ", ".join(f"{m.market}@{m.current}" for m in self.markets.values()))
 
     def pause(self, reason: str) -> None:
@@ -347,7 +358,9 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             stats.caught_up += 1
             stats.carried += len(missing)
         if fresh:
+            market.entries_numbered.inc(len(fresh))
             write = self.store.append(market.market, fresh)
+            write.add_done_callback(functools.partial(_observe_since, market.commit_seconds, time.perf_counter()))
             write.add_done_callback(functools.partial(market.mark_durable, fresh[-1].seq))
             write.add_done_callback(self._check_write)
             market.last_write = write
@@ -374,6 +387,20 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing]
         )
 
+    def gauges(self) -> list[GaugeMetricFamily]:
+        """What a scrape reads from the Sequencer's state (on its event loop)."""
+        role = gauge("exchange_sequencer_role", "1 for this replica's role (leader or standby), 0 for the other.",
+                     ["role"])
+        role.add_metric(["leader"], 1 if self.leading else 0)
+        role.add_metric(["standby"], 0 if self.leading else 1)
+        size = gauge("exchange_sequencer_log_entries", "Entries in the log (its durable end).", ["market"])
+        fill = gauge("exchange_sequencer_dedup_window_fill",
+                     "Share of the dedup window in use (client_order_ids remembered / window).", ["market"])
+        for name, market in self.markets.items():
+            size.add_metric([name], market.durable)
+            fill.add_metric([name], len(market.dedup) / max(1, market.dedup.size))
+        return [role, size, fill]
+
     def _check_write(self, write: asyncio.Future[None]) -> None:
         if not write.cancelled() and (error := write.exception()) is not None and not isinstance(error, LeadershipLost):
             self.on_write_failure(error)
@@ -385,7 +412,8 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             for market in self.markets.values():
                 stats, market.stats = market.stats, MarketStats()
                 if stats.grants or stats.stale:
-                    log.info("%s at %d: %s", market.market, market.current, stats.line(every_s))
+                    log.info("%s at %d: %s", market.market, market.current, stats.line(every_s),
+                             extra=log_fields(market.market, market.current))
 
     @rpc
     async def ReadLog(

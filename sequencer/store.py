@@ -23,9 +23,11 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from sequencer.log import Gate, Recovered, StoredEntry, settle
+from sequencer.metrics import SEQUENCER_BATCH, SEQUENCER_FSYNC_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class LogStore:
 
     def write(self, entries: list[StoredEntry]) -> None:
         """Stores entries in one transaction (durable when it returns, as `synchronous` makes it)."""
+        began = time.perf_counter()
         with self._lock:
             try:
                 self._writer.execute("BEGIN")
@@ -146,6 +149,8 @@ class LogStore:
                     "INSERT INTO log (market, seq, client_order_id, command, mac) VALUES (?, ?, ?, ?, ?)", entries
                 )
                 self._writer.execute("COMMIT")
+                SEQUENCER_FSYNC_SECONDS.observe(time.perf_counter() - began)
+                SEQUENCER_BATCH.observe(len(entries))
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     self._writer.execute("ROLLBACK")

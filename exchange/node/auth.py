@@ -21,6 +21,7 @@ import grpc
 from discovery import KeyWatch
 from exchange.accounts import AUTHORIZATION, KEY_PREFIX, MAX_KEY_LENGTH, accounts_of, key_hash
 from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable, retry_hint
+from exchange.node.metrics import AUTH_FAILURES, RATE_LIMITED
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,29 @@ class Gatekeeper:
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The authenticated caller of a call (UNAUTHENTICATED, or UNAVAILABLE before the registry is read)."""
-        return Caller("", "") if self.registry is None else self.registry.authenticate(context)
+        if self.registry is None:
+            return Caller("", "")
+        try:
+            return self.registry.authenticate(context)
+        except Unauthenticated:
+            AUTH_FAILURES.inc()
+            raise
 
     def account(self, caller: Caller) -> str:
         """The caller's account now: a key disabled since the call began is UNAUTHENTICATED (streams ask per order)."""
-        return "" if self.registry is None else self.registry.account_of(caller)
+        if self.registry is None:
+            return ""
+        try:
+            return self.registry.account_of(caller)
+        except Unauthenticated:
+            AUTH_FAILURES.inc()
+            raise
 
     def spend(self, account: str, orders: int = 1) -> None:
         """RESOURCE_EXHAUSTED if `account` is over its rate limit."""
         if self.limiter is not None:
-            self.limiter.take(account, orders)
+            try:
+                self.limiter.take(account, orders)
+            except ResourceExhausted:
+                RATE_LIMITED.inc()
+                raise

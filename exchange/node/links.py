@@ -27,7 +27,8 @@ import grpc
 from discovery import KeyValue, KeyWatch, Registry, ServiceInstance, Watch
 from exchange.cluster import PEER_SERVICE, SEQUENCER_LEADER_KEY, SEQUENCER_SERVICE, LeaderRecord, token_metadata
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
-from exchange.node.metrics import counters
+from exchange.grpc_metrics import client_stream
+from exchange.node.metrics import STREAM_RECONNECTS, counters
 from exchange.runtime import aio_channel
 from exchange.tls import TlsConfig
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
@@ -35,6 +36,7 @@ from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequence
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+GATE_RECONNECTS, BROADCAST_RECONNECTS = STREAM_RECONNECTS.labels("gate"), STREAM_RECONNECTS.labels("broadcast")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
@@ -97,6 +99,8 @@ class GateStream:
         self._lock = asyncio.Lock()
         self._deadline: asyncio.Timeout | None = None  # of the request in flight
         self._interrupted: str | None = None  # why the request in flight was cut short (see `interrupt`)
+        self._metrics = client_stream("/exchange.v1.Sequencer/SequenceStream")
+        self._opened = 0
 
     async def ask(
         self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float,
@@ -106,14 +110,21 @@ class GateStream:
             if self._call is None or stub is not self._stub or self._call.done():  # none, moved, or ended
                 self.reset()
                 self._stub, self._call = stub, stub.SequenceStream(metadata=metadata)
+                self._opened += 1
+                if self._opened > 1:
+                    GATE_RECONNECTS.inc()
+                if self._metrics is not None:
+                    self._metrics.opened()
             call = self._call
             self._interrupted = None
             try:
                 async with asyncio.timeout(timeout) as self._deadline:
                     await call.write(request)
+                    if self._metrics is not None:
+                        self._metrics.sent()
                     response = await call.read()
             except BaseException as error:
-                self.reset()
+                self.reset(error.code() if isinstance(error, grpc.aio.AioRpcError) else grpc.StatusCode.CANCELLED)
                 if isinstance(error, TimeoutError | asyncio.CancelledError) and not _cancelling():
                     # the deadline, `interrupt`, or the call cancelled under us: never the caller's own cancel
                     if self._interrupted:
@@ -128,13 +139,18 @@ class GateStream:
             finally:
                 self._deadline = None
             if response is grpc.aio.EOF:
-                self.reset()
+                self.reset(grpc.StatusCode.UNAVAILABLE)
                 raise Unavailable(f"the Sequencer ended the gate stream of {self.market}")
+            if self._metrics is not None:
+                self._metrics.received()
             return response
 
-    def reset(self) -> None:
+    def reset(self, code: grpc.StatusCode = grpc.StatusCode.CANCELLED) -> None:
+        """Ends the stream (`code`: how it ended, for the client metrics)."""
         if self._call is not None:
             self._call.cancel()
+            if self._metrics is not None:
+                self._metrics.ended(code)
         self._call = None
 
     def interrupt(self, why: str) -> None:
@@ -336,6 +352,8 @@ class PeerStream:
         self.reopen_at = 0.0  # loop time before which no new stream is opened (after a failure)
         self.dropped = 0
         self._carried: bytes | None = None  # taken from the queue, to go first in the next message
+        self._metrics = client_stream(BroadcastStub.METHOD)
+        self._opened = 0
 
     def send(self, request: bytes) -> None:
         """Queues a serialised BroadcastOrderRequest for the peer."""
@@ -374,6 +392,9 @@ class PeerStream:
             self._carried = None
             while not self.queue.empty():
                 self.queue.get_nowait()
+            if self._metrics is not None:
+                self._metrics.ended(error.code() if isinstance(error, grpc.aio.AioRpcError)
+                                    else grpc.StatusCode.UNAVAILABLE)
             if self.failures == 1 or self.failures % 30 == 0:
                 code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
                 log.warning("broadcast stream to %s failed (%d in a row, %d queued broadcasts dropped): %s",
@@ -399,10 +420,19 @@ class PeerStream:
         closed while idle) is written off and the request goes on a new one. Returns the stream in use."""
         for _ in range(2):
             if call is None or call.done():
+                if call is not None and self._metrics is not None:
+                    self._metrics.ended(grpc.StatusCode.UNAVAILABLE)
                 call = self.stub.BroadcastOrderStream(metadata=self.metadata)
+                self._opened += 1
+                if self._opened > 1:
+                    BROADCAST_RECONNECTS.inc()
+                if self._metrics is not None:
+                    self._metrics.opened()
             try:
                 async with asyncio.timeout(self.WRITE_TIMEOUT_S):
                     await call.write(request)
+                if self._metrics is not None:
+                    self._metrics.sent()
                 return call
             except asyncio.InvalidStateError:  # it ended between the check and the write
                 call = None
@@ -463,6 +493,10 @@ class PeerSet:
             except grpc.aio.AioRpcError as error:
                 log.warning("no snapshot from %s: %s %s", target, error.code().name, error.details())
         return None
+
+    def queued(self) -> int:
+        """Broadcasts queued for peers, not yet written."""
+        return sum(stream.queue.qsize() for stream in self._streams.values())
 
     def broadcast(self, entries: list[types_pb2.SequencedCommand]) -> None:
         """Sends entries to every passing peer over its long-lived stream; a peer that misses them

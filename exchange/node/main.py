@@ -7,6 +7,8 @@ import asyncio
 import logging
 import socket
 
+from prometheus_client import REGISTRY
+
 from discovery.consul import ConsulKV, ConsulRegistry
 from exchange.accounts import ACCOUNTS_PREFIX
 from exchange.cluster import (
@@ -19,13 +21,24 @@ from exchange.cluster import (
 )
 from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
+from exchange.grpc_metrics import enable_client_metrics
+from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
 from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccountRegistry, Gatekeeper, RateLimiter
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
+from exchange.node.metrics import NodeGauges
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
-from exchange.runtime import GrpcServer, configure_logging, grpc_transport, run, wait_for_signal
+from exchange.runtime import (
+    GrpcServer,
+    configure_logging,
+    grpc_transport,
+    log_fields,
+    run,
+    set_log_node,
+    wait_for_signal,
+)
 from exchange.tls import add_tls_argument, load_tls
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -50,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "refused beyond loopback")
     add_cluster_arguments(parser)
     add_tls_argument(parser)
+    add_metrics_arguments(parser)
     args = parser.parse_args(argv)
     if args.insecure_no_auth and not is_loopback(split_host_port(args.listen)[0]):
         parser.error("--insecure-no-auth is for development on loopback only: anyone could trade as anyone")
@@ -86,10 +100,11 @@ async def initial_catch_up(
         while True:
             try:
                 await pipeline.catch_up(current[market])
-                log.info("%s: caught up to %d", market, replica.applied_seq(market))
+                log.info("%s: caught up to %d", market, replica.applied_seq(market),
+                         extra=log_fields(market, replica.applied_seq(market)))
                 break
             except ExchangeError as error:
-                log.warning("%s: waiting for the Sequencer: %s", market, error)
+                log.warning("%s: waiting for the Sequencer: %s", market, error, extra=log_fields(market))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -110,8 +125,12 @@ async def serve(args: argparse.Namespace) -> None:
     secret = args.cluster_secret.encode()
     tls = load_tls(args.tls_dir)
     service_descriptor = exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"]
-    server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls)
+    metrics_port = None if args.metrics_listen is None else serve_metrics(args.metrics_listen)
+    if metrics_port is not None:
+        enable_client_metrics()
+    server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls, metrics=metrics_port is not None)
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
+    set_log_node(node_id)
     consul_host, consul_port = split_host_port(args.consul)
     registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
     kv = ConsulKV(consul_host, consul_port)
@@ -130,6 +149,10 @@ async def serve(args: argparse.Namespace) -> None:
     }
     service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, gate)
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
+    if metrics_port is not None:
+        REGISTRY.register(LoopCollector(asyncio.get_running_loop(), NodeGauges(
+            replica, pipelines, peers, lambda: service.state == SERVING)))
+        log.info("metrics on http://%s:%d/metrics", split_host_port(args.metrics_listen)[0], metrics_port)
     await server.start()
     await server.set_serving(False)
     log.info("node %s listening on %s:%d (markets %s; %s); catching up", node_id, host, server.port,
@@ -146,7 +169,8 @@ async def serve(args: argparse.Namespace) -> None:
         service.state = SERVING
         await server.set_serving(True)
         await asyncio.to_thread(
-            registry.register, PEER_SERVICE, node_id, host, server.port, {"node_id": node_id}
+            registry.register, PEER_SERVICE, node_id, host, server.port,
+            {"node_id": node_id, **metrics_meta(metrics_port)},
         )
         log.info("node %s serving", node_id)
     signal_name = await stop
@@ -170,7 +194,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     refuse_development_secret(args.listen, args.cluster_secret)
-    configure_logging("node", args.log_level)
+    configure_logging("node", args.log_level, args.log_format)
     run(lambda: serve(args))
 
 

@@ -30,7 +30,7 @@ from exchange.node import convert
 from exchange.node.auth import Caller, Gatekeeper
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Sequencer
-from exchange.node.metrics import counters
+from exchange.node.metrics import ORDERS_RECEIVED, counters, order_rejected
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
 from exchange.runtime import Malformed, receives_malformed_items
@@ -223,9 +223,14 @@ class OrderEntryRPCs:
     def _start_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
         """Validates a new order of `account` and starts placing it (CreateOrder and each item of OrderEntry)."""
         counters["orders"] += 1
-        self.gate.spend(account)
-        command = convert.new_order_command(request, self.markets, self.node_id, account)
-        self.node.require_serving()
+        ORDERS_RECEIVED.inc()
+        try:
+            self.gate.spend(account)
+            command = convert.new_order_command(request, self.markets, self.node_id, account)
+            self.node.require_serving()
+        except ExchangeError as error:
+            order_rejected(status_of(error).name)
+            raise
         if command.client_order_id:
             return self._once_per_client_id(command)
         return self.pipelines[command.market].enqueue(command)

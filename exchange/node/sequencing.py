@@ -27,14 +27,17 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from exchange.errors import Aborted, ExchangeError, Unavailable
+from exchange import engine as eng
+from exchange.errors import Aborted, ExchangeError, Unavailable, status_of
 from exchange.node.links import Peers, Sequencer
-from exchange.node.metrics import counters
+from exchange.node.metrics import MarketMetrics, counters, order_rejected
 from exchange.node.replica import Applied, Replica
+from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class Outcome(NamedTuple):
 class Pending:
     command: types_pb2.Command
     future: asyncio.Future[Outcome]
+    since: float  # loop time it was taken
     attempts: int = 0
 
 
@@ -86,6 +90,7 @@ class MarketPipeline:
         self._wakeup = asyncio.Event()
         self._catch_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = MarketMetrics(market)
         replica.on_applied(market, self._resolve_own)
 
     def start(self) -> None:
@@ -110,14 +115,20 @@ class MarketPipeline:
         """Commands taken and not yet applied here: queued for the gate or at the Sequencer."""
         return len(self._by_ref)
 
+    def oldest_pending_s(self) -> float:
+        """How long the oldest of those commands has waited (0 if there is none)."""
+        oldest = next(iter(self._by_ref.values()), None)
+        return 0.0 if oldest is None else asyncio.get_running_loop().time() - oldest.since
+
     def enqueue(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
         """Queues a command for the gate; the future resolves with its outcome once it is applied here.
 
         The command is placed even if nobody awaits the future any more (a client that went away)."""
         self._next_ref += 1
         command.origin_ref = self._incarnation | self._next_ref
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()  # failed only by fail()
-        pending = Pending(command, future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()  # failed only by fail()
+        pending = Pending(command, future, loop.time())
         self._by_ref[command.origin_ref] = pending
         self._queue.append(pending)
         self._wakeup.set()
@@ -133,8 +144,24 @@ class MarketPipeline:
         if command.origin_node != self.node_id:
             return
         pending = self._by_ref.pop(command.origin_ref, None)
-        if pending is not None and not pending.future.done():
+        if pending is None:
+            return  # taken by an earlier run of this node, or already answered
+        if not pending.future.done():
             pending.future.set_result(Outcome(applied.seq, applied, duplicate=False))
+        if command.HasField("new_order"):
+            self._count_order(applied.events)
+
+    def _count_order(self, events: list[eng.Event]) -> None:
+        """The metrics of one of this node's new orders, applied (each is applied here once)."""
+        metrics = self.metrics
+        for event in events:
+            if isinstance(event, eng.OrderFilled):
+                metrics.trades.inc()
+                metrics.traded_size.inc(event.size)
+            elif isinstance(event, eng.OrderRejected):
+                order_rejected(event.reason.name)
+                return
+        metrics.accepted.inc()
 
     async def _gate_loop(self) -> None:
         while True:
@@ -150,8 +177,12 @@ class MarketPipeline:
                     await self._sequence(batch)
                 except Exception as error:  # noqa: BLE001 - a failed round fails its orders, not the node
                     if not isinstance(error, ExchangeError):
-                        log.exception("%s: sequencing round failed", self.market)
+                        log.exception("%s: sequencing round failed", self.market, extra=log_fields(self.market))
                         error = Unavailable(f"sequencing failed on this node: {type(error).__name__}")
+                    reason = status_of(error).name
+                    for pending in batch:
+                        if pending.command.origin_ref in self._by_ref and pending.command.HasField("new_order"):
+                            order_rejected(reason)
                     self._fail(batch, error)
 
     def _fail(self, batch: list[Pending], error: Exception) -> None:
@@ -169,7 +200,10 @@ class MarketPipeline:
             )
             counters["gate_requests"] += 1
             counters["gate_commands"] += len(batch)
+            self.metrics.gate_batch.observe(len(batch))
+            began = time.perf_counter()
             response = await self.sequencer.sequence(request)
+            self.metrics.gate_seconds.observe(time.perf_counter() - began)
             self.replica.note_known(self.market, response.current_seq)
             for entry in response.missing:  # what this node lacked, before anything granted after it
                 self.replica.offer(entry)
@@ -185,6 +219,9 @@ class MarketPipeline:
                     continue
                 pending.attempts += 1
                 if pending.attempts > self.max_retries:
+                    self.metrics.aborted.inc()
+                    if pending.command.HasField("new_order"):
+                        order_rejected("ABORTED")
                     self._fail([pending], Aborted(
                         f"order invalidated {pending.attempts} times by a stale view of {self.market} "
                         f"(Sequencer at {response.current_seq}, node at "
@@ -222,6 +259,7 @@ class MarketPipeline:
             if to_seq and start > to_seq:
                 return
             async for entries in self.sequencer.read_log(self.market, start, to_seq):
+                self.metrics.catch_up_entries.inc(len(entries))
                 for entry in entries:
                     self.replica.offer(entry)
 
@@ -244,10 +282,11 @@ class MarketPipeline:
                     last_applied, stuck_since = applied, now
                     continue
                 if now - stuck_since >= self.gap_wait_s:
-                    log.info("%s: filling gap after %d from the Sequencer's log", self.market, applied)
+                    log.info("%s: filling gap after %d from the Sequencer's log", self.market, applied,
+                             extra=log_fields(self.market, applied))
                     await self.catch_up()
                     stuck_since = loop.time()
             except ExchangeError as error:
-                log.warning("%s: catch-up check failed: %s", self.market, error)
+                log.warning("%s: catch-up check failed: %s", self.market, error, extra=log_fields(self.market))
             except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("%s: catch-up check crashed", self.market)
+                log.exception("%s: catch-up check crashed", self.market, extra=log_fields(self.market))
