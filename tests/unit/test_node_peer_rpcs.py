@@ -75,16 +75,3 @@ def test_a_broadcast_stream_ends_at_a_forged_message_keeping_what_came_before() 
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "not signed by the Sequencer" in refused.value.details
     assert peer.replica.applied_seq(M) == 1, "the earlier message was applied, nothing of the forged one"
-
-
-def test_an_entry_already_applied_is_a_no_op_unchecked_and_the_new_ones_of_its_message_apply() -> None:
-    """Already applied, an entry cannot change the book, so its MAC is not checked (that is most of a broadcast
-    under load: the node's gate answers carried it first); the new entries of the same message are checked."""
-    peer = rpcs()
-    assert broadcast(peer, order(1)) == 1
-    checksum = peer.replica.checksum(M)
-    assert broadcast(peer, forged(order(1), mac=b"\x00" * 32), order(2)) == 1
-    assert peer.replica.applied_seq(M) == 2 and peer.replica.checksum(M) != checksum
-    with pytest.raises(Aborted):
-        broadcast(peer, order(2), forged(order(3), mac=b"\x00" * 32))
-    assert peer.replica.applied_seq(M) == 2
