@@ -51,6 +51,13 @@ def _market_data(args: argparse.Namespace) -> tuple[dict, str]:
     return result, market_data.table(result)
 
 
+def _public_streams(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import public_streams
+
+    result = public_streams.run(seconds=args.seconds)
+    return result, public_streams.table(result)
+
+
 # name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
 # path beside its cluster; "path" measures that floor alone (not part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
@@ -59,8 +66,9 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "metrics": _metrics,
     "path": _path,
     "market_data": _market_data,
+    "public_streams": _public_streams,
 }
-DEFAULT = ["engine", "cluster", "metrics", "market_data"]
+DEFAULT = ["engine", "cluster", "metrics", "market_data", "public_streams"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,7 +343,8 @@ class Cluster:
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",
             ["--listen", self.node_address(index), "--node-id", self.node_id(index), "--markets", self.markets,
-             "--max-retries", str(self.max_retries), *self._tls_args(self.node_id(index)), *self._rate_args(),
+             "--max-retries", str(self.max_retries), "--data-dir", str(self.workdir / self.node_id(index)),
+             *self._tls_args(self.node_id(index)), *self._rate_args(),
              *self._metrics_args(self.node_id(index), self.node_address(index)), *self.extra_node_args],
             self.workdir / "logs" / f"{self.node_id(index)}.log", env, prefix,
         )

@@ -16,6 +16,7 @@ from exchange import cli_market_data
 from exchange.accounts import AccountError, add_account, add_key, list_accounts, set_active
 from exchange.client import (
     Book,
+    BookLevel,
     Client,
     Fill,
     NewOrder,
@@ -24,11 +25,12 @@ from exchange.client import (
     RetryPolicy,
     SelfTradePrevention,
     Side,
+    SubscriptionStats,
     add_connection_arguments,
     connection_from_arguments,
     types,
 )
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, Unavailable
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 
@@ -46,6 +48,45 @@ def format_book(book: Book) -> str:
     if not book.bids and not book.asks:
         lines.append(f"{'(empty book)':^70}")
     return "\n".join(lines)
+
+
+def format_ladder(book: Book, stats: SubscriptionStats, width: int = 30) -> str:
+    """A live L2 view (`book --watch`): asks above bids, best prices in the middle, each level's size as a bar,
+    with the view's sequence and its checksum status."""
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(stats.resyncs_by_reason.items()))
+    lines = [f"{book.market}  seq {book.seq}  top-10 checksum {book.checksum:#010x} verified "
+             f"({stats.verified} checks, {stats.updates} updates, {stats.resyncs} resyncs"
+             + (f": {reasons}" if reasons else "") + ")"]
+    largest = max((level.size for level in (*book.bids, *book.asks)), default=1)
+
+    def row(label: str, level: BookLevel) -> str:
+        bar = "#" * max(1, round(width * level.size / largest))
+        return f"{label} {level.price:>12} {level.size:>12} {level.order_count:>6}  {bar}"
+
+    lines.append(f"    {'price':>12} {'size':>12} {'orders':>6}")
+    lines += [row("ask", level) for level in reversed(book.asks)]
+    spread = f"spread {book.best_ask - book.best_bid}" if book.best_ask and book.best_bid else "no spread"
+    lines.append(f"    {'-' * 12} {spread:^12} {'-' * 6}")
+    lines += [row("bid", level) for level in book.bids]
+    if not book.bids and not book.asks:
+        lines.append(f"{'(empty book)':^40}")
+    return "\n".join(lines)
+
+
+def watch_book(client: Client, node: str, market: str, depth: int) -> None:
+    """Redraws the L2 view kept from StreamBook in place, at most 5 times a second, until interrupted."""
+    with client.subscribe_book(market, depth) as subscription:
+        shown = [-1]  # the sequence on screen
+        while True:
+            subscription.wait_until(lambda: subscription.seq != shown[0], timeout=1.0)
+            shown[0] = subscription.seq
+            try:
+                text = format_ladder(subscription.book(), subscription.stats)
+            except Unavailable as resyncing:  # between a failed check and the new snapshot
+                text = f"{market}: {resyncing.message} ({subscription.stats})"
+            print("\033[2J\033[H" + f"{subscription.address or node}  {time.strftime('%H:%M:%S')}\n" + text,
+                  flush=True)
+            time.sleep(0.2)
 
 
 def format_order_result(result: OrderResult) -> str:
@@ -146,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     amend.add_argument("order_id", type=int)
     amend.add_argument("--size", type=int, required=True, help="new remaining size in lots")
     amend.add_argument("--price", type=int, default=0, help="new price in ticks (default: keep)")
-    book = commands.add_parser("book", help="show the book; --watch refreshes it live")
+    book = commands.add_parser("book", help="show the book; --watch follows it live (the L2 stream, verified)")
     book.add_argument("--depth", type=int, default=10)
     book.add_argument("--watch", action="store_true")
     order = commands.add_parser("order", help="show one order")
@@ -190,13 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"order {amended.order_id} now {amended.remaining_size} @ {amended.price}"
                   f" ({'kept' if amended.priority_kept else 'lost'} priority), seq {amended.seq}")
         elif args.command == "book":
-            while True:
-                text = format_book(client.get_book(args.market, args.depth, timeout=5))
-                if not args.watch:
-                    print(text)
-                    break
-                print("\033[2J\033[H" + f"{args.node}  {time.strftime('%H:%M:%S')}\n" + text, flush=True)
-                time.sleep(0.5)
+            if args.watch:
+                watch_book(client, args.node, args.market, args.depth)
+            else:
+                print(format_book(client.get_book(args.market, args.depth, timeout=5)))
         elif args.command == "order":
             print(types.describe(client.get_order(args.order_id, market=args.market, timeout=5)))
         elif args.command == "events":

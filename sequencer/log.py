@@ -25,7 +25,7 @@ from exchange.errors import Unavailable
 class StoredEntry(NamedTuple):
     market: str
     seq: int
-    dedup_key: str | None  # sequencer.dedup.dedup_key of the command
+    dedup_key: str | None  # exchange.dedup.dedup_key of the command
     command: bytes
     mac: bytes
 

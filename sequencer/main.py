@@ -26,6 +26,7 @@ from exchange.cluster import (
     token_metadata,
 )
 from exchange.cluster_config import agree_on_markets
+from exchange.dedup import DEFAULT_WINDOW, dedup_key
 from exchange.entries import entry_is_authentic
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
 from exchange.runtime import (
@@ -39,7 +40,6 @@ from exchange.runtime import (
 )
 from exchange.tls import TlsConfig, add_tls_argument, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
-from sequencer.dedup import DEFAULT_WINDOW, dedup_key
 from sequencer.log import LogBackend, StoredEntry
 from sequencer.replicated import DEFAULT_TAIL_ENTRIES, PeerReader, ReplicatedLog
 from sequencer.service import SequencerService

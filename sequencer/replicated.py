@@ -52,9 +52,9 @@ from discovery import (
     TransactionRejected,
 )
 from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.dedup import dedup_key
 from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
-from sequencer.dedup import dedup_key
 from sequencer.log import Gate, LeadershipLost, Recovered, StoredEntry, settle_all
 from sequencer.metrics import CONSUL_TXN_CONFLICTS, CONSUL_TXN_SECONDS, SESSION_RENEWALS
 from sequencer.store import LogStore

@@ -43,13 +43,13 @@ from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from exchange.commands import command_error
+from exchange.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
 from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from exchange.metrics import gauge
 from exchange.runtime import LongLivedStreams, Malformed, log_fields, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
-from sequencer.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
 from sequencer.log import LeadershipLost, LogBackend, StoredEntry
 from sequencer.metrics import LEADER_CHANGES, SEQUENCER_COMMIT_SECONDS, SEQUENCER_ENTRIES
 
@@ -196,7 +196,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
     ) -> None:
         """Numbers commands of the cluster's `markets` only, in the log `store`. `on_write_failure` is called
         when a write fails (other than a lost leadership); in a service it must stop the process (the
-        default), tests record the failure instead. `dedup_window`: see sequencer/dedup.py. `clock`: UNIX
+        default), tests record the failure instead. `dedup_window`: see exchange/dedup.py. `clock`: UNIX
         milliseconds (tests set it back and forth)."""
         self.store = store
         self.clock = clock

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS log (
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS log_client_order_id;
 """
-# The column `client_order_id` holds the command's dedup key (sequencer.dedup.dedup_key).
+# The column `client_order_id` holds the command's dedup key (exchange.dedup.dedup_key).
 
 # The distinct markets by index lookups (a skip-scan), not by reading every row.
 DISTINCT_MARKETS = """

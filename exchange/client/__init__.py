@@ -6,8 +6,8 @@
         result = client.buy(10, 100)                                  # 10 lots at 100 ticks: an OrderResult
         print(result.status.name, result.filled_size, [t.price for t in result.trades])
         print(client.get_book(depth=5).best_ask)
-        with client.subscribe_book("BTC-USD") as book:                 # a local L3 book, checksum-verified
-            print(book.book(depth=3))
+        with client.subscribe_book("BTC-USD", depth=10) as book:     # a local L2 book (StreamBook), verified
+            print(book.book(depth=3), book.stats)
 
 Results are frozen dataclasses (`exchange.client.types`) with ints for prices (ticks) and sizes (lots). Failures
 are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidArgument`, ... each with `code`,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ import grpc
 from exchange.client import core
 from exchange.client import market_data as md
 from exchange.client import types as t
-from exchange.client.book import Diverged, SubscriptionBase
+from exchange.client.book import STREAM_ENDED, Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
 from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
@@ -254,48 +253,52 @@ class AsyncClient(ClientBase):
     async def get_ticker(self, market: str = "", *, timeout: float | None = None) -> md.Ticker:
         return await self._run(md.get_ticker(market), timeout)
 
-    async def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
+    async def subscribe_book(self, market: str = "", depth: int = 10, *,
                              timeout: float | None = None) -> AsyncBookSubscription:
         """See `Client.subscribe_book`: `async with await client.subscribe_book(...) as book:`."""
-        subscription = AsyncBookSubscription(self, market, verify_interval, timeout)
+        subscription = AsyncBookSubscription(self, market, depth, timeout)
         await subscription.start()
         return subscription
 
 
 class AsyncBookSubscription(SubscriptionBase):
-    """See `BookSubscription`; its background work runs as two tasks on the client's event loop."""
+    """See `BookSubscription`; its background work runs as a task on the client's event loop."""
 
-    def __init__(self, client: AsyncClient, market: str, verify_interval: float, timeout: float | None) -> None:
-        super().__init__(market, verify_interval, timeout)
+    def __init__(self, client: AsyncClient, market: str, depth: int, timeout: float | None) -> None:
+        super().__init__(market, depth, timeout)
         self.client = client
         self._changed = asyncio.Condition()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._verify())]
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(
-                    lambda: self._tracker.book is not None or self._error is not None),
-                    self.timeout or self.client.policy.timeout)
+        self._task = asyncio.create_task(self._follow())
+        with contextlib.suppress(TimeoutError):
+            await self.wait_until(lambda: self._tracker.book is not None or self._error is not None,
+                                  self.timeout or self.client.policy.timeout)
         if self._tracker.book is None:
             await self.close()
             raise self._error or core.DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
 
-    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self._tracker.reached(seq, time.monotonic()):
-            if self._error is not None or time.monotonic() > deadline:
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Waits until `condition()` (checked after each message) holds; False if it does not within `timeout`."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+            except TimeoutError:
                 return False
-            await asyncio.sleep(0.05)
-        return True
+            return True
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        """Waits until the local view reflects `seq` or later; False if it does not within `timeout`."""
+        reached = await self.wait_until(
+            lambda: self._error is not None or self._tracker.book is not None and self._tracker.seq >= seq, timeout)
+        return reached and self._error is None
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
 
     async def __aenter__(self) -> AsyncBookSubscription:
         return self
@@ -307,77 +310,46 @@ class AsyncBookSubscription(SubscriptionBase):
         async with self._changed:
             self._changed.notify_all()
 
-    def _resync(self) -> None:
-        if self._tracker.book is not None:
-            self._tracker.diverged()
+    def _resync(self, reason: str) -> None:
         if self._call is not None:
             self._call.cancel()
+        if self._tracker.book is not None:
+            self._tracker.resync(reason)
+            if reason == STREAM_ENDED:
+                self._tracker.stats.reconnects += 1
 
     async def _follow(self) -> None:
+        """See `BookSubscription._follow`."""
         client, tracker = self.client, self._tracker
         plan = RetryPlan(client.nodes, client.policy, Safety.IDEMPOTENT, self.timeout)
         while True:
             try:
                 attempt = plan.next()
-            except ExchangeError as error:
-                self._error = error
+            except ExchangeError as final:
+                self._error = final
                 await self._notify()
                 return
             await asyncio.sleep(attempt.delay)
-            stub = client.stub(attempt.address)
+            self._address = attempt.address
             try:
-                if tracker.book is None:
-                    snapshot = await stub.GetOrderBook(core.book_snapshot_request(self.market),
-                                                       timeout=attempt.timeout, metadata=client._metadata)
-                    tracker.load(t.book_from_pb(snapshot), time.monotonic())
-                    self.market = self.market or snapshot.market
-                    await self._notify()
-                else:
-                    tracker.stats.reconnects += 1
-                self._address = attempt.address
-                self._call = stub.StreamEvents(
-                    pb.StreamEventsRequest(market=self.market, from_seq=tracker.position.resume()),
-                    metadata=client._metadata)
-                plan.succeeded(attempt)
+                self._call = client.stub(attempt.address).StreamBook(self._request(), metadata=client._metadata)
                 async for message in self._call:
-                    tracker.on_event(t.event_from_pb(message), time.monotonic())
+                    tracker.on_message(message)
+                    plan.succeeded(attempt)
                     plan.progress()
                     await self._notify()
-            except Diverged:
-                self._resync()
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
-                    raise
-                self._resync()  # the stream was cancelled to resynchronise
-            except grpc.aio.AioRpcError as error:
-                if tracker.book is None or error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OUT_OF_RANGE):
-                    self._resync()
-                    continue
-                try:
-                    plan.failed(attempt, error)
-                except ExchangeError as final:
-                    self._error = final
-                    await self._notify()
-                    return
-
-    async def _verify(self) -> None:
-        client = self.client
-        next_check = time.monotonic() + self.verify_interval
-        while True:
-            await asyncio.sleep(0.05)
-            try:
-                self._tracker.check_quiet(time.monotonic())
-            except Diverged:
-                self._resync()
-            address = self._address
-            if time.monotonic() < next_check or address is None or self._tracker.book is None:
+                error: ExchangeError | grpc.RpcError = core.Unavailable(f"{attempt.address} ended the stream")
+            except Diverged as diverged:
+                self._resync(diverged.reason)
+                await self._notify()
                 continue
-            next_check = time.monotonic() + self.verify_interval
+            except grpc.aio.AioRpcError as failure:
+                error = failure
+            self._resync(STREAM_ENDED)
+            await self._notify()
             try:
-                answer = await client.stub(address).GetOrderBook(core.book_checksum_request(self.market),
-                                                                 timeout=2, metadata=client._metadata)
-            except grpc.RpcError:
-                continue
-            if address == self._address:
-                self._tracker.expect(answer.seq, answer.checksum)
+                plan.failed(attempt, error)
+            except ExchangeError as final:
+                self._error = final
+                await self._notify()
+                return

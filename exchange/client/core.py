@@ -464,16 +464,6 @@ def get_status(address: str) -> Operation[t.NodeStatus]:
     return Operation("GetStatus", pb.GetStatusRequest(), lambda answer: t.node_status_from_pb(address, answer))
 
 
-def book_snapshot_request(market: str) -> pb.GetOrderBookRequest:
-    """The whole book with every resting order (L3): what a subscription starts from."""
-    return pb.GetOrderBookRequest(market=market, all_levels=True, include_orders=True)
-
-
-def book_checksum_request(market: str) -> pb.GetOrderBookRequest:
-    """The cheapest way to learn a node's (seq, checksum): one level."""
-    return pb.GetOrderBookRequest(market=market, depth=1)
-
-
 def order_of(side: t.Side | str, size: int, price: int | None, order_type: t.OrderType | str, market: str,
              client_order_id: str | None) -> t.NewOrder:
     """A NewOrder from the loose arguments of `Client.create_order` (names or enums); the node validates it."""

@@ -1,4 +1,4 @@
-"""The blocking client: `Client`, and `BookSubscription` (a local book kept current by a background thread).
+"""The blocking client: `Client`, and `BookSubscription` (a local L2 book kept current by a background thread).
 
 Every decision (which node, when and whether to retry, what a result means) is made by `exchange.client.core`
 and `exchange.client.book`, which `AsyncClient` shares; this module only calls and waits.
@@ -16,7 +16,7 @@ import grpc
 from exchange.client import core
 from exchange.client import market_data as md
 from exchange.client import types as t
-from exchange.client.book import Diverged, SubscriptionBase
+from exchange.client.book import STREAM_ENDED, Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
 from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
@@ -291,30 +291,28 @@ class Client(ClientBase):
     def get_ticker(self, market: str = "", *, timeout: float | None = None) -> md.Ticker:
         return self._run(md.get_ticker(market), timeout)
 
-    def subscribe_book(self, market: str = "", *, verify_interval: float = 1.0,
-                       timeout: float | None = None) -> BookSubscription:
-        """A local copy of `market`'s whole book (L3), kept current in a background thread and checked against
-        the node's checksum every `verify_interval` seconds; a divergence makes it start again from a new
-        snapshot. Returns once the first snapshot is loaded. Use as a context manager, or call `close()`."""
-        subscription = BookSubscription(self, market, verify_interval, timeout)
+    def subscribe_book(self, market: str = "", depth: int = 10, *, timeout: float | None = None) -> BookSubscription:
+        """A local L2 view of `market` (its best `depth` levels per side, 1 to 1000) kept current from StreamBook in
+        a background thread. Every message is checked (no gap, the node's top-10 checksum); a failed check or a
+        broken stream makes it resubscribe for a new snapshot by itself, on another node if need be (counted in
+        `stats`). Returns once the first snapshot is loaded. Use as a context manager, or call `close()`."""
+        subscription = BookSubscription(self, market, depth, timeout)
         subscription.start()
         return subscription
 
 
 class BookSubscription(SubscriptionBase):
-    """See `Client.subscribe_book`. `book()` reads the local book; `wait_for(seq)` waits until it reaches a seq."""
+    """See `Client.subscribe_book`. `book()` reads the local view; `wait_for(seq)` waits until it reaches a seq."""
 
-    def __init__(self, client: Client, market: str, verify_interval: float, timeout: float | None) -> None:
-        super().__init__(market, verify_interval, timeout)
+    def __init__(self, client: Client, market: str, depth: int, timeout: float | None) -> None:
+        super().__init__(market, depth, timeout)
         self.client = client
         self._changed = threading.Condition()
         self._stopped = threading.Event()
-        self._threads = [threading.Thread(target=self._follow, name=f"book-{market or 'default'}", daemon=True),
-                         threading.Thread(target=self._verify, name=f"book-verify-{market}", daemon=True)]
+        self._thread = threading.Thread(target=self._follow, name=f"book-{market or 'default'}", daemon=True)
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
         with self._changed:
             self._changed.wait_for(lambda: self._tracker.book is not None or self._error is not None,
                                    timeout=self.timeout or self.client.policy.timeout)
@@ -326,28 +324,24 @@ class BookSubscription(SubscriptionBase):
         return self._changed
 
     def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        """Waits until the local book has applied all of `seq`; False if it has not within `timeout`."""
-        deadline = time.monotonic() + timeout
+        """Waits until the local view reflects `seq` or later; False if it does not within `timeout`."""
         with self._changed:
-            while not self._tracker.reached(seq, time.monotonic()):
-                if self._error is not None or time.monotonic() > deadline:
-                    return False
-                self._changed.wait(0.05)
-            return True
+            return self._changed.wait_for(
+                lambda: self._error is not None or self._tracker.book is not None and self._tracker.seq >= seq,
+                timeout) and self._error is None
 
-    def wait_verified(self, count: int = 1, timeout: float = 10.0) -> bool:
-        """Waits until `count` checksum checks have matched in all."""
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Waits until `condition()` (called under the subscription's lock, after each message) holds."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._tracker.stats.verified >= count, timeout)
+            return self._changed.wait_for(condition, timeout)
 
     def close(self) -> None:
         self._stopped.set()
         call = self._call
         if call is not None:
             call.cancel()
-        for thread in self._threads:
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout=5)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
     def __enter__(self) -> BookSubscription:
         return self
@@ -355,17 +349,8 @@ class BookSubscription(SubscriptionBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- the threads ------------------------------------------------------------------------------------
-
-    def _resync(self, reason: str) -> None:
-        with self._changed:
-            if self._tracker.book is not None:
-                self._tracker.diverged()
-        call = self._call
-        if call is not None:
-            call.cancel()
-
     def _follow(self) -> None:
+        """Follows StreamBook: a new stream (a new snapshot) after any gap, wrong checksum or break."""
         client, tracker = self.client, self._tracker
         plan = RetryPlan(client.nodes, client.policy, Safety.IDEMPOTENT, self.timeout)
         while not self._stopped.is_set():
@@ -375,69 +360,42 @@ class BookSubscription(SubscriptionBase):
                 self._fail(error)
                 return
             self._stopped.wait(attempt.delay)
-            stub = client.stub(attempt.address)
+            self._address = attempt.address
             try:
-                if tracker.book is None:
-                    snapshot = stub.GetOrderBook(core.book_snapshot_request(self.market), timeout=attempt.timeout,
-                                                 metadata=client._metadata)
-                    with self._changed:
-                        tracker.load(t.book_from_pb(snapshot), time.monotonic())
-                        self._changed.notify_all()
-                    self.market = self.market or snapshot.market
-                else:
-                    tracker.stats.reconnects += 1
-                with self._changed:
-                    from_seq = tracker.position.resume()
-                self._address = attempt.address
-                self._call = stub.StreamEvents(pb.StreamEventsRequest(market=self.market, from_seq=from_seq),
-                                               metadata=client._metadata)
-                plan.succeeded(attempt)
+                self._call = client.stub(attempt.address).StreamBook(self._request(), metadata=client._metadata)
                 for message in self._call:
-                    event = t.event_from_pb(message)
                     with self._changed:
-                        tracker.on_event(event, time.monotonic())
+                        tracker.on_message(message)
                         self._changed.notify_all()
+                    plan.succeeded(attempt)
                     plan.progress()
-            except Diverged:
-                self._resync("diverged")
-            except grpc.RpcError as error:
+                broken: ExchangeError | grpc.RpcError = core.Unavailable(f"{attempt.address} ended the stream")
+            except Diverged as diverged:
+                self._resync(diverged.reason)
+                continue
+            except grpc.RpcError as failure:
                 if self._stopped.is_set():
                     return
-                if tracker.book is None or error.code() in (grpc.StatusCode.CANCELLED,
-                                                            grpc.StatusCode.OUT_OF_RANGE):
-                    self._resync("the stream cannot resume")  # resync requested, or the resume point is gone
-                    continue
-                try:
-                    plan.failed(attempt, error)
-                except ExchangeError as final:
-                    self._fail(final)
-                    return
+                broken = failure
+            self._resync(STREAM_ENDED)
+            try:
+                plan.failed(attempt, broken)
+            except ExchangeError as final:
+                self._fail(final)
+                return
+
+    def _resync(self, reason: str) -> None:
+        call = self._call
+        if call is not None:
+            call.cancel()
+        with self._changed:
+            if self._tracker.book is not None:
+                self._tracker.resync(reason)
+                if reason == STREAM_ENDED:
+                    self._tracker.stats.reconnects += 1
+            self._changed.notify_all()
 
     def _fail(self, error: ExchangeError) -> None:
         with self._changed:
             self._error = error
             self._changed.notify_all()
-
-    def _verify(self) -> None:
-        """Every verify_interval: the node's (seq, checksum), compared once the local book is exactly there."""
-        client = self.client
-        next_check = time.monotonic() + self.verify_interval
-        while not self._stopped.wait(0.05):
-            try:
-                with self._changed:
-                    self._tracker.check_quiet(time.monotonic())
-                    self._changed.notify_all()
-            except Diverged:
-                self._resync("checksum")
-            address = self._address
-            if time.monotonic() < next_check or address is None or self._tracker.book is None:
-                continue
-            next_check = time.monotonic() + self.verify_interval
-            try:
-                answer = client.stub(address).GetOrderBook(core.book_checksum_request(self.market), timeout=2,
-                                                           metadata=client._metadata)
-            except grpc.RpcError:
-                continue  # the stream's own failover deals with a node that went away
-            if address == self._address:
-                with self._changed:
-                    self._tracker.expect(answer.seq, answer.checksum)

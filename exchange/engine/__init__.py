@@ -102,6 +102,11 @@ Enums
     the plain ints and normalises them; any other value of ``side``, ``order_type`` or ``stp`` replays into
     its rejection (INVALID_SIDE, INVALID_ORDER_TYPE, INVALID_SELF_TRADE_PREVENTION).
 
+L2 market data
+    ``exchange.engine.l2`` (pure too): a market's price levels kept from the events, the views of StreamBook
+    subscribers and their merged updates, and the top-10 checksum (CONTRACT section 8), for the node, the
+    client library and the tests alike. ``Engine.level`` and ``Engine.best_price`` are its queries.
+
 Memory is proportional to the resting orders: filled and cancelled orders leave every structure (a
 cancelled order may linger as a bounded tombstone, see ``exchange.engine.book``), empty levels are removed.
 """

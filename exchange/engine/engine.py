@@ -99,6 +99,25 @@ class Engine:
         book = self._book(market)
         return book.depth(book.bids, levels), book.depth(book.asks, levels)
 
+    def level(self, market: str, side: Side, price: int) -> tuple[int, int]:
+        """(total open size, order count) of one price level; (0, 0) if there is none (L2 book streams)."""
+        book = self._book(market)
+        queue = (book.bids if side is Side.BUY else book.asks).levels.get(price)
+        if queue is None:
+            return 0, 0
+        size = count = 0
+        for order in queue:
+            if order[REMAINING]:
+                size += order[REMAINING]
+                count += 1
+        return size, count
+
+    def best_price(self, market: str, side: Side) -> int | None:
+        """The best price of one side (highest bid, lowest ask), None if the side is empty."""
+        book = self._book(market)
+        side_book = book.bids if side is Side.BUY else book.asks
+        return side_book.sign * side_book.best if side_book.keys else None
+
     def order(self, market: str, order_id: int) -> OrderView | None:
         """The resting order ``order_id``, or None if it is unknown, filled or cancelled."""
         order = self._book(market).orders.get(order_id)

@@ -2,6 +2,7 @@
 
 * ``main``: the ``exchange-node`` process (flags, start-up catch-up, registration, graceful stop);
 * ``replica``: applies sequenced entries strictly in order; the books and what is derived from the log;
+* ``snapshots``: the replica's snapshots, for a peer (GetSnapshot) and on the node's disk, where it restarts from;
 * ``sequencing``: one pipeline per market: the gate batcher, catch-up and gap filling;
 * ``links``: the ``Sequencer`` and ``Peers`` shapes and their gRPC implementations (found via ``discovery``);
 * ``service``: the ExchangeNode servicer, made of ``orders`` (order entry), ``reads`` (books, orders, events,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import socket
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
@@ -27,9 +28,10 @@ from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccountRegistry, Gat
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
 from exchange.node.metrics import NodeGauges
-from exchange.node.replica import Replica
+from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
+from exchange.node.snapshots import DEFAULT_EVERY, SnapshotStore, Snapshotter, adopt, position
 from exchange.runtime import (
     GrpcServer,
     configure_logging,
@@ -51,10 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="times an order may be invalidated by a stale view before it is ABORTED")
     parser.add_argument("--sequencer", default=None,
                         help="fixed Sequencer address instead of Consul discovery (tests only)")
-    parser.add_argument("--journal-size", type=int, default=200_000,
-                        help="commands per market whose events are kept for retries and StreamEvents resume")
+    parser.add_argument("--journal-size", type=int, default=DEFAULT_JOURNAL_SIZE,
+                        help="the window: the last N commands per market whose results, events and finished "
+                             "orders are kept (retries, StreamEvents/StreamOrders resume, GetOrder)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where the node keeps its snapshots (default: .cluster/NODE_ID)")
+    parser.add_argument("--snapshot-every", type=int, default=DEFAULT_EVERY,
+                        help="applied entries (all markets) between two snapshots on disk; 0: only at a graceful "
+                             "stop")
     parser.add_argument("--snapshot-threshold", type=int, default=10_000,
-                        help="log entries behind at start from which a peer's snapshot is fetched first")
+                        help="log entries behind at start (after the node's own snapshot) from which a peer's "
+                             "snapshot is fetched first")
     parser.add_argument("--rate-limit", type=float, default=DEFAULT_RATE,
                         help="orders (and cancels, amends) per second per account")
     parser.add_argument("--rate-burst", type=float, default=DEFAULT_BURST, help="orders an account may send at once")
@@ -65,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_tls_argument(parser)
     add_metrics_arguments(parser)
     args = parser.parse_args(argv)
+    if args.journal_size < 1 or args.snapshot_every < 0:
+        parser.error("--journal-size must be at least 1 and --snapshot-every at least 0")
     if args.insecure_no_auth and not is_loopback(split_host_port(args.listen)[0]):
         parser.error("--insecure-no-auth is for development on loopback only: anyone could trade as anyone")
     return args
@@ -72,10 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def initial_catch_up(
     pipelines: dict[str, MarketPipeline], sequencer: Sequencer, replica: Replica, peers: Peers,
-    snapshot_threshold: int,
+    snapshot_threshold: int, snapshotter: Snapshotter | None = None,
 ) -> None:
-    """Brings the replica to the Sequencer's current position before the node serves: from a peer's
-    snapshot when the log to replay is long, then from the log. Waits for the Sequencer as long as it takes."""
+    """Brings the replica to the Sequencer's current position before the node serves: from the node's own
+    latest snapshot, then from a peer's when the log left to replay is still long, then from the log. Waits
+    for the Sequencer as long as it takes."""
     delay = 0.2
     while True:
         try:
@@ -85,13 +97,18 @@ async def initial_catch_up(
             log.warning("waiting for the Sequencer: %s", error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+    if snapshotter is not None:
+        path = snapshotter.store.restore(replica, current)  # on the loop: nothing else may touch the replica
+        if path is not None:
+            snapshotter.saved_at = position(replica)
+            log.info("started from its own snapshot %s at %s", path.name,
+                     {m: replica.applied_seq(m) for m in pipelines})
     behind = sum(seq - replica.applied_seq(market) for market, seq in current.items())
     if behind >= snapshot_threshold:
         snapshot = await peers.fetch_snapshot()
         if snapshot is not None:
             try:
-                ids = [(c.market, c.account, c.client_order_id, c.seq) for c in snapshot.client_order_ids]
-                if replica.adopt(snapshot.engine, ids, snapshot.market_data):
+                if adopt(replica, snapshot):
                     log.info("restored from %s's snapshot at %s", snapshot.node_id,
                              {m: replica.applied_seq(m) for m in pipelines})
             except ValueError as error:
@@ -107,6 +124,12 @@ async def initial_catch_up(
                 log.warning("%s: waiting for the Sequencer: %s", market, error, extra=log_fields(market))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+async def _snapshots_after(catch_up: asyncio.Future[None], snapshotter: Snapshotter) -> None:
+    """Takes the periodic snapshots once the node is current (a snapshot is taken from a current replica)."""
+    await catch_up
+    await snapshotter.run()
 
 
 async def _ready(catch_up: asyncio.Future[None], accounts: AccountRegistry | None) -> None:
@@ -141,6 +164,8 @@ async def serve(args: argparse.Namespace) -> None:
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
     gate = Gatekeeper(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
+    snapshotter = Snapshotter(SnapshotStore(args.data_dir or Path(".cluster") / node_id), replica, node_id,
+                              args.snapshot_every)
     sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls, leader=kv)
     peers = PeerSet(registry, node_id, secret, tls=tls)
     pipelines = {
@@ -159,8 +184,9 @@ async def serve(args: argparse.Namespace) -> None:
              ", ".join(replica.markets), grpc_transport())
     stop = asyncio.ensure_future(wait_for_signal())
     catch_up = asyncio.ensure_future(
-        initial_catch_up(pipelines, sequencer, replica, peers, args.snapshot_threshold)
+        initial_catch_up(pipelines, sequencer, replica, peers, args.snapshot_threshold, snapshotter)
     )
+    snapshots = asyncio.ensure_future(_snapshots_after(catch_up, snapshotter))
     ready = asyncio.ensure_future(_ready(catch_up, accounts))
     await asyncio.wait([stop, ready], return_when=asyncio.FIRST_COMPLETED)
     if ready.done():
@@ -176,6 +202,7 @@ async def serve(args: argparse.Namespace) -> None:
     signal_name = await stop
     ready.cancel()
     catch_up.cancel()
+    snapshots.cancel()
     log.info("%s received: stopping", signal_name)
     service.state = STOPPING
     await server.set_serving(False)
@@ -184,6 +211,8 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop(grace=2)
     for pipeline in pipelines.values():
         await pipeline.stop()
+    if catch_up.done() and not catch_up.cancelled():  # else the state is the snapshot's it started from
+        snapshotter.save_now()
     await peers.close()
     await sequencer.close()
     registry.close()

@@ -17,6 +17,7 @@ from exchange.errors import InvalidArgument, rpc
 from exchange.node.lifecycle import NodeState
 from exchange.node.metrics import counters
 from exchange.node.replica import Replica
+from exchange.node.snapshots import replica_snapshot
 from exchange.runtime import LongLivedStreams, Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
 
@@ -35,13 +36,7 @@ class PeerRPCs:
         self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReplicaSnapshot:
         self.node.require_serving()
-        engine, client_order_ids = self.replica.snapshot()
-        return pb.ReplicaSnapshot(
-            node_id=self.node.node_id, engine=engine,
-            client_order_ids=[pb.ClientOrderId(market=m, account=a, client_order_id=c, seq=s)
-                              for m, a, c, s in client_order_ids],
-            market_data=self.replica.market_data.snapshot(),
-        )
+        return replica_snapshot(self.node.node_id, self.replica)
 
     @rpc
     async def BroadcastOrder(

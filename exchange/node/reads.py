@@ -36,14 +36,15 @@ async def applied_entries(replica: Replica, market: str, from_seq: int,
     entry and may raise (a disabled key ends its stream)."""
     if from_seq < 0:
         raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
-    with replica.subscribe(market) as queue:
+    with replica.subscribe(market, STREAM_QUEUE_LIMIT) as queue:
         next_seq = replica.applied_seq(market) + 1
         if from_seq:
             oldest = replica.oldest_journaled(market)
             if from_seq < oldest:
                 raise OutOfRange(
-                    f"events of {market} before sequence {oldest} are no longer retained by this node; "
-                    f"resume from {oldest} or later"
+                    f"events of {market} before sequence {oldest} are no longer retained by this node (it keeps "
+                    f"the last {replica.journal_size} commands of each market, from when it started); resume from "
+                    f"{oldest} or later"
                 )
             for seq in range(from_seq, next_seq):
                 journaled = replica.journal_entry(market, seq)
@@ -51,11 +52,11 @@ async def applied_entries(replica: Replica, market: str, from_seq: int,
                 yield journaled
             next_seq = max(next_seq, from_seq)
         while True:
+            if replica.dropped(market, queue):
+                raise Unavailable("the stream fell too far behind; resume it from the last sequence seen")
             applied = await queue.get()
             if applied.seq < next_seq:
                 continue
-            if queue.qsize() > STREAM_QUEUE_LIMIT:
-                raise Unavailable("the stream fell too far behind; resume it from the last sequence seen")
             still_allowed()
             yield applied
 

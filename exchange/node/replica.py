@@ -5,12 +5,20 @@ in any order and any number of times. `offer` applies an entry only when it is t
 market, buffers it when it is ahead, and ignores it when it is already applied, so replication is
 idempotent and order-insensitive, and the books are a pure function of the log.
 
-Besides the engine, the replica keeps what is derived from the log and needed to answer clients:
-the events of recent commands (the journal: results of retried orders, StreamEvents/StreamOrders resume,
-GetOrder), the (account, client_order_id) -> order id map (idempotency), each account's resting orders
-(ListOrders), the orders that left the book recently, the open subscriptions of the event streams, and the
-public market data by Sequencer time (market_data.py: trades, candles, ticker; bounded, in the snapshot).
-Callers use its query methods; the state behind them is its own.
+Besides the engine, the replica keeps what is derived from the log and needed to answer clients, each part
+bounded by what is live or by the window of the last `journal_size` commands of each market (README,
+"Operating it"), never by the age of the exchange:
+
+* the window: the events of those commands (the journal: results of retried orders, StreamEvents/StreamOrders
+  resume), the (account, client_order_id) -> order id keys placed in it (exchange/dedup.py: a retry is answered
+  with the first result without asking the Sequencer), and how each order submitted in it finished (GetOrder);
+* what is live: each account's resting orders with their order type and client_order_id (ListOrders,
+  GetOrder), entries buffered ahead of a gap, and the open subscriptions of the event streams;
+* the public market data by Sequencer time (market_data.py: trades, candles, ticker; bounded, in the snapshot),
+  and the L2 levels of a market while StreamBook subscribers watch it (`watch_book`, exchange/engine/l2.py).
+
+A replica that adopts a snapshot keeps the keys it carries (a peer's carries the window's) and starts its
+journal at the snapshot's position. Callers use its query methods; the state behind them is its own.
 """
 
 from __future__ import annotations
@@ -18,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from exchange import engine as eng
+from exchange.dedup import DedupWindow, client_key, dedup_key, split_key
+from exchange.engine.l2 import BookFeed, ViewDiff
 from exchange.errors import FailedPrecondition
 from exchange.node.convert import engine_command, proto_side
 from exchange.node.market_data import MarketData
@@ -32,9 +41,10 @@ from exchange.v1 import types_pb2
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED = 200_000
+DEFAULT_JOURNAL_SIZE = 100_000  # commands per market: the window (`--journal-size`)
 FILLED, CANCELLED, REJECTED, RESTING = pb.FILLED, pb.CANCELLED, pb.REJECTED, pb.RESTING
 FinishedRecord = tuple[pb.OrderStatus, int, str]  # (status, cancelled size, account) of an order that left the book
-ClientOrderKey = tuple[str, str]  # (account, client_order_id): a client_order_id is unique per account
+RestingRecord = tuple[types_pb2.OrderType, str]  # (order type, client_order_id) of a resting order ("": unknown)
 OrderFilled, OrderCancelled, OrderRejected, OrderRested = (
     eng.OrderFilled, eng.OrderCancelled, eng.OrderRejected, eng.OrderRested)
 Level = tuple[int, int, int]  # (price, total open size, order count)
@@ -48,6 +58,35 @@ class Applied:
     command: types_pb2.Command
     events: list[eng.Event]
     traded: bool = False  # whether it made trades (set when it is applied; a journaled one's is not kept)
+
+
+@dataclass(eq=False, slots=True)
+class BookWatchers:
+    """A market's StreamBook subscribers and their shared levels (pure, exchange/engine/l2.py). The apply path
+    updates the levels and sets `changed` (then replaced by a new event); it never waits for a subscriber."""
+
+    feed: BookFeed
+    watches: set[BookWatch] = field(default_factory=set)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # the messages built at this sequence, by id of the update shared by views in step (exchange/node/book_stream.py)
+    messages: dict[int, tuple[object, pb.BookUpdate]] = field(default_factory=dict)
+
+
+@dataclass(eq=False, slots=True)
+class BookWatch:
+    """One StreamBook subscriber: its view, and the market's watchers (whose `changed` event wakes it)."""
+
+    watchers: BookWatchers
+    view: ViewDiff
+    ended: str = ""  # why the node ended the stream (the book was replaced by a snapshot)
+
+    @property
+    def feed(self) -> BookFeed:
+        return self.watchers.feed
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next command applied in the market (or when the stream must end)."""
+        return self.watchers.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +109,8 @@ class MarketView:
 class OrderState:
     """What this node knows of one order: resting, or finished and still retained (GetOrder).
 
-    What the node no longer knows of a finished order (its submit left the journal) is 0 or empty."""
+    What the node does not know of an order resting since before the snapshot it started from (its order type,
+    its client_order_id if the snapshot had none) is unspecified or empty."""
 
     market: str
     order_id: int
@@ -86,33 +126,41 @@ class OrderState:
 
 
 # A journal record: the command's bytes as logged (parsed again only when asked for: a retried order,
-# GetOrder) and its events. Bytes rather than the parsed message: the journal holds up to 200k records per
-# market, a parsed message is larger and is one more object for every full garbage collection to scan.
+# GetOrder) and its events. Bytes rather than the parsed message: the journal holds up to `journal_size`
+# records per market, a parsed message is larger and is one more object for every full garbage collection to
+# scan.
 JournalRecord = tuple[bytes, tuple[eng.Event, ...]]
 
 
 @dataclass
 class _MarketState:
     market: str
+    client_order_ids: DedupWindow  # the keys of the new orders among the window's commands
     buffer: dict[int, types_pb2.SequencedCommand] = field(default_factory=dict)
-    journal: OrderedDict[int, JournalRecord] = field(default_factory=OrderedDict)
-    client_order_ids: dict[ClientOrderKey, int] = field(default_factory=dict)
-    # account -> its resting orders' ids, oldest first (values unused: an ordered set)
-    resting_by_account: dict[str, dict[int, None]] = field(default_factory=dict)
+    # seq -> record of the window's commands from `journal_start` on (a plain dict: its keys are consecutive,
+    # so the oldest is dropped by its number as each command is applied)
+    journal: dict[int, JournalRecord] = field(default_factory=dict)
+    journal_start: int = 1  # the first command journaled since this replica started or adopted a snapshot
+    # account -> its resting orders' ids, oldest first, each with what the book does not keep of it
+    resting_by_account: dict[str, dict[int, RestingRecord]] = field(default_factory=dict)
     known_seq: int = 0
     listeners: set[asyncio.Queue[Applied]] = field(default_factory=set)
-    # order id -> (status, cancelled size) of orders that left the book, most recent last (bounded).
-    finished: OrderedDict[int, FinishedRecord] = field(default_factory=OrderedDict)
+    # order id -> how it left the book, for the orders whose submit is journaled (dropped with it)
+    finished: dict[int, FinishedRecord] = field(default_factory=dict)
 
 
 class Replica:
-    def __init__(self, markets: Iterable[eng.MarketConfig], journal_size: int = 200_000) -> None:
+    def __init__(self, markets: Iterable[eng.MarketConfig], journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
+        if journal_size < 1:
+            raise ValueError(f"the journal must hold at least 1 command per market, got {journal_size}")
         self._engine = eng.Engine(markets)
         self.journal_size = journal_size
-        self._states = {name: _MarketState(name) for name in self._engine.markets}
+        self._states = {name: _MarketState(name, DedupWindow(journal_size)) for name in self._engine.markets}
         self.market_data = MarketData(self._engine.markets)
         # market -> what to call with every entry applied in that market
         self._on_applied: dict[str, list[Callable[[Applied], None]]] = {name: [] for name in self._states}
+        # market -> its StreamBook subscribers and their levels, only while it has any
+        self._book_watchers: dict[str, BookWatchers] = {}
 
     # -- position -----------------------------------------------------------------------------------
 
@@ -166,26 +214,26 @@ class Replica:
         return self._engine.order(market, order_id) is not None
 
     def order_state(self, market: str, order_id: int) -> OrderState | None:
-        """The order as this node knows it: resting, or finished and still retained; None if neither."""
-        side, order_type = types_pb2.SIDE_UNSPECIFIED, types_pb2.ORDER_TYPE_UNSPECIFIED
-        price = size = 0
-        client_order_id = account = ""
-        submitted = self.journal_entry(market, order_id)
-        if submitted is not None and submitted.command.WhichOneof("kind") == "new_order":
-            new_order = submitted.command.new_order
-            side, order_type, price, size = new_order.side, new_order.order_type, new_order.price, new_order.size
-            client_order_id, account = submitted.command.client_order_id, submitted.command.account
+        """The order as this node knows it: resting, or finished within the window (its submit is among the
+        commands `oldest_journaled` on); None if neither."""
+        state = self._states[market]
         view = self._engine.order(market, order_id)
         if view is not None:
+            order_type, client_order_id = state.resting_by_account.get(view.account, {}).get(
+                order_id, (types_pb2.ORDER_TYPE_UNSPECIFIED, ""))
             return OrderState(market, order_id, RESTING, proto_side(view.side), order_type, view.price, view.size,
                               view.filled, view.remaining, client_order_id, view.account)
-        finished = self._states[market].finished.get(order_id)
-        if finished is None:
+        finished = state.finished.get(order_id)
+        record = state.journal.get(order_id)
+        if finished is None or record is None:
             return None
+        command = types_pb2.Command.FromString(record[0])
+        new_order = command.new_order
         status, cancelled, owner = finished
-        filled = size - cancelled if status == CANCELLED and size else size if status == FILLED else 0
-        return OrderState(market, order_id, status, side, order_type, price, size, filled, 0, client_order_id,
-                          owner or account)
+        size = new_order.size
+        filled = size - cancelled if status == CANCELLED else size if status == FILLED else 0
+        return OrderState(market, order_id, status, new_order.side, new_order.order_type, new_order.price, size,
+                          filled, 0, command.client_order_id, owner or command.account)
 
     def owner(self, market: str, order_id: int) -> str | None:
         """The account of a resting order (None if it does not rest here)."""
@@ -216,16 +264,17 @@ class Replica:
         return Applied(seq, types_pb2.Command.FromString(data), list(events))
 
     def oldest_journaled(self, market: str) -> int:
-        """The first sequence whose events are still journaled (the next one if the journal is empty)."""
-        journal = self._states[market].journal
-        return next(iter(journal)) if journal else self.applied_seq(market) + 1
+        """The first sequence whose events are still journaled (the next one if the journal is empty): the
+        window's first command, or the first one applied after the snapshot this replica adopted."""
+        return max(self._states[market].journal_start, self.applied_seq(market) - self.journal_size + 1)
 
     def journaled_events(self, market: str, seq: int) -> tuple[eng.Event, ...]:
         """The events of journaled command `seq` (KeyError if it is not journaled)."""
         return self._states[market].journal[seq][1]
 
     def order_of_client_id(self, market: str, account: str, client_order_id: str) -> int | None:
-        return self._states[market].client_order_ids.get((account, client_order_id))
+        """The order `account` placed with `client_order_id` among the window's commands, if any."""
+        return self._states[market].client_order_ids.get(client_key(account, client_order_id))
 
     def retained_result(self, market: str, seq: int, client_order_id: str) -> Applied:
         """The first result of the order a repeated `client_order_id` names, for its duplicate's answer.
@@ -247,15 +296,41 @@ class Replica:
         self._on_applied[market].append(callback)
 
     @contextlib.contextmanager
-    def subscribe(self, market: str) -> Iterator[asyncio.Queue[Applied]]:
-        """A queue that receives every entry applied in `market` while the context is open."""
-        queue: asyncio.Queue[Applied] = asyncio.Queue()
+    def subscribe(self, market: str, limit: int = 0) -> Iterator[asyncio.Queue[Applied]]:
+        """A queue that receives every entry applied in `market` while the context is open. With a `limit`, a
+        reader that falls that many entries behind (a client that stopped reading) is dropped: its queue gets
+        nothing more, and `dropped(queue)` says so (its memory is bounded by the limit)."""
+        queue: asyncio.Queue[Applied] = asyncio.Queue(limit)
         listeners = self._states[market].listeners
         listeners.add(queue)
         try:
             yield queue
         finally:
             listeners.discard(queue)
+
+    def dropped(self, market: str, queue: asyncio.Queue[Applied]) -> bool:
+        """Whether a subscription of `market` was dropped for falling behind (see `subscribe`)."""
+        return queue not in self._states[market].listeners
+
+    @contextlib.contextmanager
+    def watch_book(self, market: str, depth: int) -> Iterator[BookWatch]:
+        """A StreamBook subscriber's view of `depth` levels per side from the applied sequence on; the market's
+        levels are kept (exchange/engine/l2.py BookFeed) only while someone watches."""
+        watchers = self._book_watchers.get(market)
+        if watchers is None:
+            watchers = self._book_watchers[market] = BookWatchers(BookFeed(self._engine, market))
+        watch = BookWatch(watchers, watchers.feed.subscribe(depth))
+        watchers.watches.add(watch)
+        try:
+            yield watch
+        finally:
+            watchers.watches.discard(watch)
+            if not watchers.watches and self._book_watchers.get(market) is watchers:
+                del self._book_watchers[market]
+
+    def book_watchers(self, market: str) -> int:
+        watchers = self._book_watchers.get(market)
+        return 0 if watchers is None else len(watchers.watches)
 
     def offer(self, entry: types_pb2.SequencedCommand) -> bool:
         """Applies or buffers an entry; returns False if it was already known (applied or buffered)."""
@@ -274,14 +349,23 @@ class Replica:
             pass
         return True
 
-    def snapshot(self) -> tuple[bytes, list[tuple[str, str, str, int]]]:
-        """The replicated state a peer needs to start here: the engine (with every resting order's owner),
-        and every (market, account, client_order_id, order id)."""
-        client_order_ids = [
-            (market, account, client_order_id, seq)
-            for market, state in self._states.items()
-            for (account, client_order_id), seq in state.client_order_ids.items()
-        ]
+    def snapshot(self, window_keys: bool = True) -> tuple[bytes, list[tuple[str, str, str, int]]]:
+        """The replicated state a node needs to start here: the engine (with every resting order's owner),
+        and the (market, account, client_order_id, order id) of the resting orders and, with `window_keys`, of
+        every order of the window (a peer's snapshot has them; the node's own, written every so often, does not:
+        they cost a second per 100k, and after a restart the Sequencer's dedup window keeps those orders from
+        being placed again, answered as when the node has the key but no longer the result)."""
+        client_order_ids = []
+        for market, state in self._states.items():
+            in_window = state.client_order_ids.items() if window_keys else []
+            client_order_ids += [(market, *split_key(key), seq) for key, seq in in_window]
+            floor = in_window[0][1] if in_window else self.applied_seq(market) + 1
+            client_order_ids += [
+                (market, account, client_order_id, order_id)
+                for account, orders in state.resting_by_account.items()
+                for order_id, (_, client_order_id) in orders.items()
+                if client_order_id and order_id < floor
+            ]
         return self._engine.snapshot(), client_order_ids
 
     def adopt(self, engine_snapshot: bytes, client_order_ids: Iterable[tuple[str, str, str, int]],
@@ -289,9 +373,10 @@ class Replica:
         """Replaces this replica's state by a peer's snapshot if it trades the same markets and is not
         behind in any of them; returns whether it did. Raises ValueError for a corrupt snapshot.
 
-        The journal starts empty (results of older orders and StreamEvents before the snapshot are not
-        available on this node); buffered entries the snapshot already covers are dropped. `market_data`: the
-        peer's MarketData.snapshot() at the same sequences (a market it lacks starts its market data afresh)."""
+        The journal starts empty (results of older orders, StreamEvents before the snapshot and GetOrder of
+        orders finished before it are not available on this node); the snapshot's client_order_ids are kept;
+        buffered entries the snapshot already covers are dropped. `market_data`: the peer's MarketData.snapshot()
+        at the same sequences (a market it lacks starts its market data afresh)."""
         engine = eng.Engine.restore(engine_snapshot)
         if dict(engine.markets) != dict(self._engine.markets):
             raise ValueError(
@@ -300,22 +385,38 @@ class Replica:
         if any(engine.last_seq(m) < self._engine.last_seq(m) for m in self._states):
             return False
         self._engine = engine
+        for watchers in self._book_watchers.values():  # their levels were the old engine's: they start again
+            for watch in watchers.watches:
+                watch.ended = "this node replaced its book by a peer's snapshot; subscribe again"
+            watchers.changed.set()
+        self._book_watchers = {}
+        keys: dict[str, list[tuple[int, str, str]]] = {market: [] for market in self._states}
+        for market, account, client_order_id, seq in client_order_ids:
+            if market in keys:
+                keys[market].append((seq, account, client_order_id))
         for market, state in self._states.items():
             applied = engine.last_seq(market)
             self.note_known(market, applied)
             state.buffer = {seq: entry for seq, entry in state.buffer.items() if seq > applied}
-        for market, account, client_order_id, seq in client_order_ids:
-            if market in self._states:
-                self._states[market].client_order_ids.setdefault((account, client_order_id), seq)
+            state.journal, state.finished, state.journal_start = {}, {}, applied + 1
+            window = DedupWindow(self.journal_size)
+            resting_ids: dict[int, str] = {}
+            for seq, account, client_order_id in sorted(keys[market]):
+                if seq <= applied:
+                    window.note(seq, client_key(account, client_order_id))
+                    resting_ids[seq] = client_order_id
+            window.note(applied, None)
+            window.forget_before(applied)
+            state.client_order_ids = window
+            state.resting_by_account = {}
+            for view in engine.resting_orders(market):
+                state.resting_by_account.setdefault(view.account, {})[view.order_id] = (
+                    types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(view.order_id, ""))
         moved = {m: engine.last_seq(m) for m in self._states if engine.last_seq(m) != self.market_data.tape(m).seq}
         fresh = self.market_data.restore(market_data, moved)  # a market at the same sequence keeps its own
         if fresh:
             log.warning("the snapshot holds no market data of %s at its sequence: their trades, candles and ticker "
                         "start from there on this node", ", ".join(fresh))
-        for market, state in self._states.items():
-            state.resting_by_account = {}
-            for view in engine.resting_orders(market):
-                state.resting_by_account.setdefault(view.account, {})[view.order_id] = None
         while any(self._drain(state) for state in self._states.values()):
             pass
         return True
@@ -330,39 +431,67 @@ class Replica:
 
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
         command = types_pb2.Command.FromString(entry.command)
-        events = self._engine.apply(engine_command(command, entry.seq))
-        traded = self.market_data.apply(state.market, entry.seq, command.time_ms, events)
-        applied = Applied(entry.seq, command, events, traded)
-        journal = state.journal
-        journal[entry.seq] = (entry.command, tuple(events))
-        if len(journal) > self.journal_size:
-            journal.popitem(last=False)
-        self._note_finished(state, events)
-        if command.client_order_id and command.WhichOneof("kind") == "new_order":
-            state.client_order_ids.setdefault((command.account, command.client_order_id), entry.seq)
-        for listener in state.listeners:
-            listener.put_nowait(applied)
+        watchers = self._book_watchers.get(state.market)
+        if watchers is not None:
+            events = self._apply_watched(engine_command(command, entry.seq), watchers)
+        else:
+            events = self._engine.apply(engine_command(command, entry.seq))
+        seq = entry.seq
+        traded = self.market_data.apply(state.market, seq, command.time_ms, events)
+        applied = Applied(seq, command, events, traded)
+        state.journal[seq] = (entry.command, tuple(events))
+        gone = seq - self.journal_size  # the command that leaves the window, and its order's record
+        state.journal.pop(gone, None)
+        state.finished.pop(gone, None)
+        new_order = command.WhichOneof("kind") == "new_order"
+        self._note_finished(state, command, new_order, events, max(state.journal_start, gone + 1))
+        window = state.client_order_ids
+        window.note(seq, dedup_key(command) if new_order else None)
+        window.forget_before(seq)
+        if state.listeners:
+            for behind in [listener for listener in state.listeners if listener.full()]:
+                state.listeners.discard(behind)  # fell `limit` entries behind: dropped (see subscribe)
+            for listener in state.listeners:
+                listener.put_nowait(applied)
         for callback in self._on_applied[state.market]:
             callback(applied)
 
-    def _note_finished(self, state: _MarketState, events: list[eng.Event]) -> None:
-        """Keeps each account's resting orders and the recently finished orders current."""
+    def _apply_watched(self, command: eng.Command, watchers: BookWatchers) -> list[eng.Event]:
+        """Applies a command of a market with StreamBook subscribers: their levels follow, and they are woken."""
+        feed = watchers.feed
+        hint = feed.before(command)
+        events = self._engine.apply(command)
+        feed.after(command, events, hint)
+        watchers.changed.set()
+        watchers.changed = asyncio.Event()
+        if watchers.messages:
+            watchers.messages = {}
+        return events
+
+    def _note_finished(self, state: _MarketState, command: types_pb2.Command, new_order: bool,
+                       events: list[eng.Event], floor: int) -> None:
+        """Keeps each account's resting orders and how the window's orders (ids from `floor` on) finished."""
         finished = state.finished
         resting = state.resting_by_account
         for event in events:
             if type(event) is OrderFilled:
                 if event.maker_remaining == 0:
-                    finished[event.maker_order_id] = (FILLED, 0, event.maker_account)
+                    if event.maker_order_id >= floor:
+                        finished[event.maker_order_id] = (FILLED, 0, event.maker_account)
                     resting.get(event.maker_account, {}).pop(event.maker_order_id, None)
                 if event.taker_remaining == 0:
-                    finished[event.taker_order_id] = (FILLED, 0, event.taker_account)
+                    if event.taker_order_id >= floor:
+                        finished[event.taker_order_id] = (FILLED, 0, event.taker_account)
                     resting.get(event.taker_account, {}).pop(event.taker_order_id, None)
             elif type(event) is OrderRested:
-                resting.setdefault(event.account, {})[event.order_id] = None
+                orders = resting.setdefault(event.account, {})
+                if event.order_id not in orders:  # an amend that re-queues keeps what its submit said
+                    orders[event.order_id] = (
+                        (command.new_order.order_type, command.client_order_id) if new_order
+                        else (types_pb2.ORDER_TYPE_UNSPECIFIED, ""))
             elif type(event) is OrderCancelled:
-                finished[event.order_id] = (CANCELLED, event.size, event.account)
+                if event.order_id >= floor:
+                    finished[event.order_id] = (CANCELLED, event.size, event.account)
                 resting.get(event.account, {}).pop(event.order_id, None)
-            elif type(event) is OrderRejected and event.order_id == event.seq:
+            elif type(event) is OrderRejected and event.order_id == event.seq and event.order_id >= floor:
                 finished[event.order_id] = (REJECTED, 0, event.account)
-        while len(finished) > self.journal_size:
-            finished.popitem(last=False)

@@ -3,6 +3,7 @@
 * `OrderEntryRPCs` (orders.py): clients placing, amending and cancelling orders (with an API key);
 * `TraderViewRPCs` (trader_view.py): a trader's own orders and order events (with an API key);
 * `ReadRPCs` (reads.py): market data: books, events and status, for anyone;
+* `BookStreamRPCs` (book_stream.py): the L2 book stream (StreamBook), for anyone;
 * `MarketDataRPCs` (market_data_rpcs.py): public trades, candles and the ticker by Sequencer time, for anyone;
 * `PeerRPCs` (peer_rpcs.py): the cluster's own calls (broadcasts, snapshots), behind the cluster token.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from exchange.node.auth import Gatekeeper
+from exchange.node.book_stream import BookStreamRPCs
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
 from exchange.node.market_data_rpcs import MarketDataRPCs
@@ -39,7 +41,8 @@ class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
         self.reads = ReadRPCs(self.node, replica, pipelines, sequencer, peers, gate.registry)
         self.peer_rpcs = PeerRPCs(self.node, replica, secret)
         self.market_data = MarketDataRPCs(self.node, replica)
-        parts = (self.orders, self.trader_view, self.reads, self.peer_rpcs, self.market_data)
+        self.book_stream = BookStreamRPCs(self.node, replica)
+        parts = (self.orders, self.trader_view, self.reads, self.peer_rpcs, self.market_data, self.book_stream)
         for method in exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"].methods:
             owners = [part for part in parts if hasattr(part, method.name)]
             if len(owners) != 1:

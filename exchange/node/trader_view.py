@@ -53,10 +53,15 @@ class TraderViewRPCs:
             raise InvalidArgument(f"order_id must be positive, got {request.order_id}")
         state = self.replica.order_state(market, request.order_id)
         if state is None:
-            raise NotFound(
-                f"order {request.order_id} of {market} is not resting and this node has no record of it "
-                f"(unknown, or finished longer ago than this node retains)"
-            )
+            oldest = self.replica.oldest_journaled(market)
+            if request.order_id < oldest:
+                raise NotFound(
+                    f"order {request.order_id} of {market} is not resting, and this node keeps finished orders "
+                    f"only from sequence {oldest} on (the last {self.replica.journal_size} commands of the market, "
+                    f"since it started from a snapshot): ask ListOrders for open orders, StreamOrders for news"
+                )
+            raise NotFound(f"there is no order {request.order_id} in {market} (as of sequence "
+                           f"{self.replica.applied_seq(market)})")
         if state.account != account:
             raise PermissionDenied(f"order {request.order_id} of {market} belongs to another account")
         return _order(state)

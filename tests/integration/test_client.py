@@ -1,9 +1,9 @@
-"""The client library against a real 3-node cluster: typed results and errors, the L3 book, the book
-subscription under load (equal to the node's book and checksum), the asyncio client, the CLI and the examples."""
+"""The client library against a real 3-node cluster: typed results and errors, the L3 book, the L2 book
+subscription under load (equal to the node's book, every message verified), the asyncio client, the CLI and
+the examples."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import sys
@@ -13,6 +13,7 @@ import pytest
 
 from devtools.cluster import ROOT, Cluster
 from devtools.workload import Workload
+from exchange import engine as eng
 from exchange.client import AsyncClient, Book, Client, Connection, NewOrder, OrderResult, OrderStatus, OrderType, Side
 from exchange.client.book import book_checksum
 from exchange.errors import InvalidArgument, NotFound
@@ -22,7 +23,7 @@ from tests.unit.fakes import run_scenario
 
 pytestmark = pytest.mark.integration
 
-CLUSTER_MARKETS = "BTC-USD,ETH-USD,SOL-USD"  # SOL-USD: the examples' own market
+CLUSTER_MARKETS = "BTC-USD,ETH-USD,SOL-USD,ADA-USD"  # SOL-USD: the examples' own market; ADA-USD: the CLI watch's
 # crossing limit orders with some IOC and MARKET ones, so the book trades, rests and empties levels
 LOAD = Workload(markets=("ETH-USD",), types={types_pb2.LIMIT: 8, types_pb2.IOC: 1, types_pb2.MARKET: 1})
 
@@ -40,10 +41,6 @@ def new_orders(count: int, seed: int, workload: Workload = LOAD) -> list[NewOrde
 
 def connection(cluster: Cluster, account: str = "alice") -> Connection:
     return Connection(api_key=cluster.api_keys[account])
-
-
-def same_book(local: Book, node: Book) -> bool:
-    return (local.seq, local.checksum, local.bids, local.asks) == (node.seq, node.checksum, node.bids, node.asks)
 
 
 def test_orders_and_errors_come_back_typed(module_cluster: Cluster) -> None:
@@ -97,11 +94,17 @@ def test_the_l3_book_lists_each_levels_orders_in_priority_order_and_no_owner(mod
         assert len(plain.bids) == 1 and plain.bids[0].orders == () and plain.bids[0].price == book.bids[0].price
 
 
-def test_a_book_subscription_stays_equal_to_the_nodes_book_and_checksum_under_load(module_cluster: Cluster) -> None:
+def same_view(local: Book, node: Book) -> bool:
+    """The subscription's view equals the node's GetOrderBook levels at the same seq."""
+    return (local.seq, local.bids, local.asks) == (node.seq, node.bids, node.asks)
+
+
+def test_a_book_subscription_stays_equal_to_the_nodes_book_and_verified_under_load(module_cluster: Cluster) -> None:
     addresses = module_cluster.node_addresses
     with Client(addresses[1]) as watcher, Client(addresses, connection=connection(module_cluster)) as trader, \
             Client(addresses, connection=connection(module_cluster, "bob")) as other, \
-            watcher.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
+            watcher.subscribe_book("ETH-USD", depth=10) as subscription, \
+            watcher.subscribe_book("ETH-USD", depth=2) as shallow:
         results: list = []
         writers = [threading.Thread(target=lambda seed=seed, client=client: results.extend(
             client.submit_many(new_orders(1500, seed), batch_size=25, window=200)))
@@ -112,31 +115,33 @@ def test_a_book_subscription_stays_equal_to_the_nodes_book_and_checksum_under_lo
             writer.join()
         assert all(isinstance(r, OrderResult) for r in results) and len(results) == 3000
         module_cluster.wait_converged()
-        node_book = watcher.get_book("ETH-USD", all_levels=True, include_orders=True)
-        assert subscription.wait_for(node_book.seq), subscription.stats
-        assert same_book(subscription.book(include_orders=True), node_book)
-        # one check more than so far, and two in all (on a loaded machine none may have run during the writes)
-        assert subscription.wait_verified(max(2, subscription.stats.verified + 1))
-        stats = subscription.stats
-        assert stats.resyncs == 0 and stats.verified >= 2, stats
-        assert stats.events > 3000, stats
+        for view, depth in ((subscription, 10), (shallow, 2)):
+            node_book = watcher.get_book("ETH-USD", depth)
+            assert view.wait_for(node_book.seq), view.stats  # an update without levels says so within 1 s
+            assert same_view(view.book(), node_book)
+            stats = view.stats
+            assert stats.resyncs == 0 and stats.verified == stats.updates + 1 and stats.updates > 0, stats
 
 
 def test_a_book_subscription_finds_a_divergence_and_resynchronises(module_cluster: Cluster) -> None:
     with Client(module_cluster.node_addresses, connection=connection(module_cluster)) as client:
         client.submit_many(new_orders(200, 7))
-        with client.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
-            with subscription._changed:  # damage the local copy, as a lost event would
+        with client.subscribe_book("ETH-USD", depth=10) as subscription:
+            with subscription._changed:  # damage the local copy, as a lost update would
                 book = subscription._tracker.book
-                assert book is not None and book.orders
-                book.remove(next(iter(book.orders)))
-            client.submit_many(new_orders(20, 8))
+                assert book is not None
+                ask = book.top(eng.Side.SELL, 1)
+                assert ask, "the workload leaves asks"
+                book.set(eng.Side.SELL, ask[0][0], (ask[0][1] + 1, ask[0][2]))
+            best_bid = client.get_book("ETH-USD", 1).best_bid or 1000
+            client.buy(1, best_bid, market="ETH-USD")  # changes the view, not the damaged level
+            assert subscription.wait_until(lambda: subscription._tracker.stats.resyncs >= 1)
+            assert subscription.stats.resyncs_by_reason == {"checksum": 1}, subscription.stats
             module_cluster.wait_converged()
-            node_book = client.get_book("ETH-USD", all_levels=True, include_orders=True)
+            with Client(subscription.address or "") as same_node:
+                node_book = same_node.get_book("ETH-USD", 10)
             assert subscription.wait_for(node_book.seq)
-            assert subscription.wait_verified(subscription.stats.verified + 1)
-            assert subscription.stats.resyncs >= 1
-            assert same_book(subscription.book(include_orders=True), node_book)
+            assert same_view(subscription.book(), node_book)
 
 
 def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluster) -> None:
@@ -146,17 +151,16 @@ def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluste
             assert first.status is OrderStatus.RESTING
             results = await client.submit_many(new_orders(300, 11), batch_size=20, window=60)
             assert all(isinstance(r, OrderResult) for r in results)
-            async with await client.subscribe_book("ETH-USD", verify_interval=0.2) as subscription:
+            async with await client.subscribe_book("ETH-USD", depth=5) as subscription:
                 await client.submit_many(new_orders(300, 12))
-                node_book = await client.get_book("ETH-USD", all_levels=True, include_orders=True)
-                assert await subscription.wait_for(node_book.seq)
-                for _ in range(50):  # the node may be ahead of the one the subscription follows: catch up
-                    local = subscription.book(include_orders=True)
-                    if local.seq == node_book.seq:
-                        break
-                    await asyncio.sleep(0.1)
-                assert same_book(subscription.book(include_orders=True), node_book)
-                assert subscription.stats.resyncs == 0
+                async with AsyncClient(subscription.address or "") as same_node:
+                    for _ in range(100):  # the node the subscription follows may lag a moment: converge
+                        node_book = await same_node.get_book("ETH-USD", 5)
+                        if await subscription.wait_for(node_book.seq, timeout=3) and \
+                                same_view(subscription.book(), node_book):
+                            break
+                    assert same_view(subscription.book(), node_book)
+                assert subscription.stats.resyncs == 0 and subscription.stats.updates > 0
             events = []
             async for event in client.events("BTC-USD", from_seq=first.seq):
                 events.append(event)
@@ -179,6 +183,24 @@ def test_the_cli_places_orders_and_checks_the_cluster_through_the_library(module
     assert status.returncode == 0 and "replicas agree" in status.stdout, status
     refused = subprocess.run([*cli, "cancel", "999999"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and refused.stderr.startswith("NOT_FOUND: "), refused
+
+
+def test_the_cli_watches_the_l2_book_with_size_bars_and_its_checksum_status(module_cluster: Cluster) -> None:
+    with Client(module_cluster.node_addresses, connection=connection(module_cluster)) as client:
+        client.sell(4, 8100, market="ADA-USD")
+        client.buy(2, 7900, market="ADA-USD")
+    watch = subprocess.Popen([sys.executable, "-m", "exchange.cli", "--node", module_cluster.node_address(0),
+                              "--market", "ADA-USD", "book", "--watch", "--depth", "5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            watch.communicate(timeout=4)  # it keeps watching
+    finally:
+        watch.kill()
+        output, _ = watch.communicate(timeout=30)
+    assert "top-10 checksum" in output and "verified" in output, output
+    assert "ask         8100            4      1  " + "#" * 30 in output, output
+    assert "bid         7900            2      1  " + "#" * 15 in output, output
 
 
 def test_the_examples_trade_against_the_cluster(module_cluster: Cluster) -> None:

@@ -24,6 +24,7 @@ from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 pytestmark = pytest.mark.integration
 
 NODE = "exchange.v1.ExchangeNode"
+CLUSTER_MARKETS = "BTC-USD,ETH-USD,L2-USD"  # L2-USD: the README's StreamBook example, in a market of its own
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
@@ -188,6 +189,39 @@ def test_message_over_the_receive_limit_is_refused_and_the_node_survives(shared_
     assert c.nodes[0].running
     assert world(c) == before
     assert grpcurl(c.node_address(0), f"{NODE}/GetStatus").returncode == 0
+
+
+def test_the_readme_streambook_example_gives_its_checksums(shared_cluster: Cluster) -> None:
+    """README "Market data: the L2 book stream": asks 101x5 and 102x7 (two orders), bid 100x3, then a buy
+    takes the 101 ask: the snapshot's and the update's checksums are the README's."""
+    c, alice, bob = shared_cluster, shared_cluster.api_keys["alice"], shared_cluster.api_keys["bob"]
+    address = c.node_address(0)
+    for size, price in ((-5, 101), (-3, 102), (-4, 102), (3, 100)):
+        call_ok(address, "CreateOrder", {"market": "L2-USD", "size": size, "limit_price": price}, key=alice)
+    c.wait_converged()
+    watch = subprocess.Popen([GRPCURL, "-plaintext", "-max-time", "8", "-d", '{"market": "L2-USD", "depth": 10}',
+                              address, f"{NODE}/StreamBook"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert watch.stdout is not None
+        first = "".join(iter(watch.stdout.readline, "}\n")) + "}\n"  # the snapshot (grpcurl ends it with "}")
+        call_ok(c.node_address(1), "CreateOrder", {"market": "L2-USD", "size": 5, "limit_price": 101}, key=bob)
+        rest, errors = watch.communicate(timeout=30)
+        output = first + rest
+    finally:
+        watch.kill()
+    decoder, messages, at = json.JSONDecoder(), [], 0
+    while output[at:].strip():
+        message, at = decoder.raw_decode(output, len(output) - len(output[at:].lstrip()))
+        messages.append(message)
+    snapshot, update = messages[0], messages[1]
+    assert snapshot["snapshot"] is True and snapshot["checksum"] == 3788934575, output
+    assert snapshot["bids"] == [{"price": "100", "size": "3", "order_count": 1}]
+    assert snapshot["asks"] == [{"price": "101", "size": "5", "order_count": 1},
+                                {"price": "102", "size": "7", "order_count": 2}]
+    assert int(update["first_seq"]) == int(snapshot["last_seq"]) + 1, output
+    assert update["asks"] == [{"price": "101"}] and update["checksum"] == 3825699990, output
+    call_error(address, "StreamBook", {"market": "L2-USD", "depth": 0})
 
 
 def test_market_data_rpcs_as_the_readme_shows_them(shared_cluster: Cluster) -> None:

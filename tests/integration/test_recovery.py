@@ -403,3 +403,56 @@ def test_an_order_whose_client_gave_up_is_shown_pending_then_placed_and_converge
     assert after["BTC-USD"][0] == before["BTC-USD"][0] + 1, "the order its client gave up on is placed once"
     assert all(m.pending == 0 for i in range(3) for m in c.status(i).markets)
     checksums_equal_replay(c, after)
+
+
+def first_event_seq(stub: exchange_pb2_grpc.ExchangeNodeStub, market: str, from_seq: int) -> int | grpc.StatusCode:
+    """The sequence of the first event StreamEvents gives from `from_seq`, or the status it ends with."""
+    stream = stub.StreamEvents(pb.StreamEventsRequest(market=market, from_seq=from_seq), timeout=CALL_TIMEOUT)
+    try:
+        return int(next(stream).seq)
+    except grpc.RpcError as error:
+        return error.code()
+    finally:
+        stream.cancel()
+
+
+def test_a_restarted_node_starts_from_its_own_snapshot_and_equals_a_replay(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A node SIGKILLed starts from its last periodic snapshot and one stopped gracefully from the one it wrote
+    as it stopped: either way it reads only the log after the snapshot (its events start there, behaviour the
+    README documents) and its books equal the other nodes' and a replay of the log."""
+    c = make_cluster(extra_node_args=["--snapshot-every", "100"])
+    c.start()
+    markets = [m.symbol for m in parse_markets(c.markets)]
+    snapshots = c.workdir / c.node_id(0)
+    with node_stubs(c) as stubs:
+        generator = orders(markets, random.Random(22))
+        for number in range(300):
+            stubs[number % 3].CreateOrder(generator.request(), timeout=CALL_TIMEOUT)
+        c.wait_converged()
+        wait_until(lambda: any(snapshots.glob("snapshot-*.pb")), 30, "node-1's periodic snapshot")
+        c.nodes[0].kill()
+        for number in range(30):
+            stubs[1 + number % 2].CreateOrder(generator.request(), timeout=CALL_TIMEOUT)
+        c.start_node(0)
+        views = c.wait_converged()
+        checksums_equal_replay(c, views)
+        for market in markets:
+            assert full_book(stubs[0], market) == full_book(stubs[1], market)
+        started_at = {market: first_event_seq(stubs[0], market, 1) for market in markets}
+        assert grpc.StatusCode.OUT_OF_RANGE in started_at.values(), "it started from a snapshot, not seq 1"
+        assert all(first_event_seq(stubs[1], market, 1) == 1 for market in markets if views[market][0])
+
+        c.nodes[0].stop()  # graceful: it writes a snapshot at its position as it stops
+        assert len(list(snapshots.glob("snapshot-*.pb"))) == 2, "it keeps the last two"
+        c.start_node(0)
+        assert c.wait_converged() == views
+        for market in markets:
+            seq = views[market][0]
+            if seq:
+                assert first_event_seq(stubs[0], market, seq) == grpc.StatusCode.OUT_OF_RANGE, \
+                    "nothing of the log before its position was replayed"
+            assert full_book(stubs[0], market) == full_book(stubs[1], market)
+        stubs[0].CreateOrder(generator.request(), timeout=CALL_TIMEOUT)
+        checksums_equal_replay(c, c.wait_converged())

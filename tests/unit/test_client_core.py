@@ -1,5 +1,5 @@
 """The client library's rules without a network: retries, failover, what is retried after an ambiguous failure,
-submit_many's window and resends, stream resumption, and the local book against the engine itself."""
+submit_many's window and resends, stream resumption, and the local L2 book against the engine itself."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import pytest
 from exchange import engine as eng
 from exchange.client import AsyncClient, Client, NewOrder, OrderStatus, RetryPolicy, Side
 from exchange.client import types as t
-from exchange.client.book import BookTracker, Diverged, LocalBook
+from exchange.client.book import CHECKSUM, GAP, BookTracker, Diverged
 from exchange.client.core import EntryWindow, NodeSet, StaticNodes, StreamPosition, entry_requests
+from exchange.engine.l2 import BookFeed
 from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from exchange.node.auth import RateLimiter
-from exchange.node.convert import market_event
+from exchange.node.book_stream import book_update
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 from tests.unit.fakes import run_scenario
@@ -309,51 +310,55 @@ def random_commands(rng: random.Random, count: int) -> Iterator[eng.Command]:
             yield eng.AmendOrder("M", seq, target, rng.randint(1, 25), rng.choice([None, rng.randint(95, 105)]))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_the_local_book_follows_the_engine_order_by_order_and_gives_its_checksum(seed: int) -> None:
-    """The engine itself is the reference: its events, as StreamEvents sends them, rebuild the same book."""
+def follow(depth: int, seed: int, count: int = 1500) -> tuple[eng.Engine, BookTracker, list[pb.BookUpdate]]:
+    """A BookTracker fed by the node's own stream logic (exchange/engine/l2.py, book_stream's messages) over
+    random commands; returns the engine, the tracker and every message sent."""
     engine = eng.Engine([eng.MarketConfig("M")])
-    local = LocalBook("M")
-    for command in random_commands(random.Random(seed), 1500):
-        for event in engine.apply(command):
-            local.apply(t.event_from_pb(market_event(event)))
-        assert local.checksum() == engine.checksum("M"), f"after seq {command.seq}"
-    resting = list(engine.resting_orders("M"))
-    book = local.snapshot(include_orders=True)
-    assert [o.order_id for level in (*book.bids, *book.asks) for o in level.orders] == [o.order_id for o in resting]
-    rebuilt = LocalBook.from_snapshot(book)  # and a snapshot rebuilds it exactly
-    assert rebuilt.checksum() == engine.checksum("M")
+    feed = BookFeed(engine, "M")
+    view = feed.subscribe(depth)
+    tracker = BookTracker("M", depth)
+    messages = [book_update("M", view.snapshot(feed), depth, snapshot=True)]
+    tracker.on_message(messages[0])
+    for command in random_commands(random.Random(seed), count):
+        hint = feed.before(command)
+        feed.after(command, engine.apply(command), hint)
+        update = view.take(feed)
+        if update is not None:
+            messages.append(book_update("M", update, depth))
+            tracker.on_message(messages[-1])
+    return engine, tracker, messages
 
 
-def test_a_wrong_checksum_is_found_at_the_seq_it_was_taken_and_the_book_resynchronised() -> None:
-    tracker = BookTracker("M", quiet=0.1)
-    tracker.load(t.Book("M", 3, (), (), LocalBook("M").checksum()), now=0)
-    rested = t.OrderRested("M", 4, 4, Side.BUY, 100, 5)
-    tracker.expect(4, 12345)  # the node's checksum at 4 (a wrong one here)
-    tracker.on_event(t.OrderAccepted("M", 4, 4, Side.BUY, t.OrderType.LIMIT, 100, 5), now=1)
-    tracker.on_event(rested, now=1)
-    with pytest.raises(Diverged):  # seq 4 is complete when seq 5 begins
-        tracker.on_event(t.OrderAccepted("M", 5, 5, Side.BUY, t.OrderType.LIMIT, 99, 1), now=1)
-    tracker.diverged()
-    assert tracker.book is None and tracker.stats.resyncs == 1
+@pytest.mark.parametrize(("depth", "seed"), [(1, 0), (3, 1), (10, 2), (50, 3)])
+def test_the_local_l2_book_follows_the_engine_and_verifies_every_message(depth: int, seed: int) -> None:
+    engine, tracker, messages = follow(depth, seed)
+    bids, asks = engine.depth("M", depth)
+    book = tracker.snapshot()
+    assert [(x.price, x.size, x.order_count) for x in book.bids] == bids
+    assert [(x.price, x.size, x.order_count) for x in book.asks] == asks
+    assert tracker.stats.verified == len(messages) and tracker.stats.updates == len(messages) - 1 > 100
+    assert tracker.seq == messages[-1].last_seq
 
 
-def test_a_right_checksum_is_verified_also_when_the_stream_is_quiet() -> None:
-    tracker = BookTracker("M", quiet=0.1)
-    tracker.load(t.Book("M", 3, (), (), LocalBook("M").checksum()), now=0)
-    tracker.on_event(t.OrderRested("M", 4, 4, Side.SELL, 101, 2), now=1)
-    assert tracker.book is not None
-    tracker.expect(4, tracker.book.checksum())
-    tracker.check_quiet(now=1.05)
-    assert tracker.stats.verified == 0, "not before the stream has rested"
-    tracker.check_quiet(now=1.2)
-    assert tracker.stats.verified == 1
-
-
-def test_an_event_that_cannot_apply_is_a_divergence() -> None:
-    local = LocalBook("M")
+def test_a_gap_or_a_wrong_checksum_is_a_divergence_with_its_reason() -> None:
+    _, _, messages = follow(10, 5, 300)
+    tracker = BookTracker("M", 10)
+    tracker.on_message(messages[0])
+    tracker.on_message(messages[1])
+    with pytest.raises(Diverged) as gap:
+        tracker.on_message(messages[3])  # messages[2] lost
+    assert gap.value.reason == GAP
+    tracker.resync(gap.value.reason)
+    assert tracker.book is None and tracker.stats.resyncs_by_reason == {GAP: 1}
     with pytest.raises(Diverged):
-        local.apply(t.TradeExecuted("M", 1, 1, 100, 5, maker_order_id=9, taker_order_id=1, taker_side=Side.BUY))
+        tracker.on_message(messages[4])  # no update before a new snapshot
+    tracker.on_message(messages[0])
+    wrong = pb.BookUpdate()
+    wrong.CopyFrom(messages[1])
+    wrong.checksum ^= 1
+    with pytest.raises(Diverged) as mismatch:
+        tracker.on_message(wrong)
+    assert mismatch.value.reason == CHECKSUM
 
 
 def test_every_public_name_is_there() -> None:

@@ -1,12 +1,12 @@
-"""The client_order_id window (sequencer/dedup.py) against a naive model: the keys of the last `size` entries."""
+"""The client_order_id window (exchange/dedup.py) against a naive model: the keys of the last `size` entries."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exchange.dedup import DedupWindow, dedup_key
 from exchange.v1 import types_pb2
-from sequencer.dedup import DedupWindow, dedup_key
 
 
 def test_the_dedup_key_is_the_client_order_id_and_none_without_one() -> None:

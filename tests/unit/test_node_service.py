@@ -13,7 +13,8 @@ from tests.unit.fakes import SECRET, InMemorySequencer, RecordingPeers
 def test_every_rpc_of_exchange_node_has_one_handler() -> None:
     service = ExchangeNodeService("node-1", Replica([eng.MarketConfig("M")]), {}, InMemorySequencer(),
                                   RecordingPeers(), SECRET, Gatekeeper(None, None))
-    parts = (service.orders, service.trader_view, service.reads, service.peer_rpcs, service.market_data)
+    parts = (service.orders, service.trader_view, service.reads, service.peer_rpcs, service.market_data,
+             service.book_stream)
     for method in exchange_pb2.DESCRIPTOR.services_by_name["ExchangeNode"].methods:
         handler = getattr(service, method.name)
         owners = [part for part in parts if getattr(part, method.name, None) == handler]

@@ -1,6 +1,7 @@
-"""client_order_id deduplication: the key of a command, and the window of keys the Sequencer remembers.
+"""client_order_id deduplication: the key of a command, and the window of keys the Sequencer remembers (the
+nodes keep one too, over their own `--journal-size` window, to answer a retry with its first result at once).
 
-The promise (README, "Orders"): a retry with the same client_order_id within the window, the last
+The Sequencer's promise (README, "Orders"): a retry with the same client_order_id within the window, the last
 `--dedup-window` commands of its market, is never placed twice; it is answered with the first order. The
 window is a count of log entries, not a time: it is the same on every replica and after every restart (it is
 rebuilt from the log's last entries), and the memory it takes is bounded whatever the rate.
@@ -12,7 +13,7 @@ from collections import deque
 
 from exchange.v1 import types_pb2
 
-DEFAULT_WINDOW = 200_000  # commands per market (the nodes keep the results of as many: --journal-size)
+DEFAULT_WINDOW = 200_000  # commands per market (the nodes keep the results of the last --journal-size ones)
 
 
 def dedup_key(command: types_pb2.Command) -> str | None:
@@ -20,7 +21,18 @@ def dedup_key(command: types_pb2.Command) -> str | None:
     per account); None for a command without a client_order_id. Stored in the log's client_order_id column."""
     if not command.client_order_id:
         return None
-    return f"{command.account}\x1f{command.client_order_id}" if command.account else command.client_order_id
+    return client_key(command.account, command.client_order_id)
+
+
+def client_key(account: str, client_order_id: str) -> str:
+    """The dedup key of `account`'s `client_order_id` (see `dedup_key`)."""
+    return f"{account}\x1f{client_order_id}" if account else client_order_id
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(account, client_order_id) of a dedup key: `client_key`'s inverse."""
+    account, separator, client_order_id = key.partition("\x1f")
+    return (account, client_order_id) if separator else ("", key)
 
 
 class DedupWindow:
@@ -51,6 +63,12 @@ class DedupWindow:
     def get(self, key: str) -> int | None:
         seq = self._seqs.get(key)
         return seq if seq is not None and seq > self.last - self.size else None
+
+    def items(self) -> list[tuple[str, int]]:
+        """Every key within the window with its number, oldest first."""
+        floor = self.last - self.size
+        return [(key, seq) for seq, key in zip(self._order_seqs, self._order_keys, strict=True)
+                if seq > floor and self._seqs.get(key) == seq]
 
     def note(self, seq: int, key: str | None) -> None:
         """Entry `seq` (the next number) was assigned, with `key`."""
