@@ -69,11 +69,11 @@ TARGET_UNARY_RATE = {8: 0.35, 64: 0.55}  # cluster orders/s >= x echo calls/s
 TARGET_UNARY_P50 = {1: 3.6, 8: 3.0}  # cluster p50 <= x echo p50
 TARGET_STREAM = {1: 13_000, 100: 30_000}  # orders/s by orders per message
 TARGET_SCALE = 0.6  # 5 nodes >= x the 3-node throughput
-TARGET_AUTH = 0.9  # with API keys >= x the throughput without
+TARGET_AUTH = 0.95  # with API keys >= x the throughput without (issue "Speed, against this design's own floor")
 TARGET_CATCH_UP = 200_000
 FAILOVERS = 5
 TARGET_FAILOVER_P50_S = 5.0
-TARGET_HA_UNARY = 0.7  # HA unary at 64 in flight >= x the embedded cluster's
+TARGET_HA_UNARY = {8: 0.6, 64: 0.8}  # HA unary at 8 / 64 in flight >= x the embedded cluster's
 TARGET_HA_STREAM = 10_000  # orders/s
 # Against this design's own floor (issue "Speed, against this design's own floor"): the echo-built order path
 # (bench/order_path.py) at the same concurrency, and the cluster's CPU per order over the engine's work for it
@@ -942,9 +942,9 @@ def _ha_table(result: dict) -> tuple[list[str], list[str]]:
                      f"{embedded['p50_ms']:>11.2f}ms {unary['p50_ms']:>6.2f}ms {unary['p99_ms']:>6.1f}ms "
                      f"{unary['aborted']:>8} {unary['errors']:>7}  "
                      f"{_cost_text(unary.get('cost'), 3, result.get('engine_us_per_op'))}")
-        if unary["in_flight"] == 64:
-            verdicts.append(f"HA unary, 64 in flight, >= {TARGET_HA_UNARY}x the embedded cluster: "
-                            f"{_verdict(ratio >= TARGET_HA_UNARY)} ({ratio:.3f})")
+        if (target := TARGET_HA_UNARY.get(unary["in_flight"])) is not None:
+            verdicts.append(f"HA unary, {unary['in_flight']} in flight, >= {target}x the embedded cluster: "
+                            f"{_verdict(ratio >= target)} ({ratio:.3f})")
     for embedded, run in zip(result["streaming"], ha["streaming"], strict=True):
         how = _how(run["batch"])
         ok = run["rate"] >= TARGET_HA_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
