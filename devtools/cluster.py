@@ -23,6 +23,7 @@ import grpc
 
 from devtools.auth_channels import with_metadata
 from devtools.certs import make_cluster_tls
+from devtools.consul_acl import ConsulSecurity
 from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
@@ -30,6 +31,7 @@ from discovery import Put
 from discovery.consul import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, add_account
 from exchange.cluster import parse_markets
+from exchange.cluster_config import MARKETS_KEY, markets_record
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
 from exchange.tls import TlsConfig
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
@@ -162,14 +164,17 @@ class Cluster:
         self.tls_dir = workdir / "tls" if tls else None
         client_addr = "127.0.0.1" if self.netns is None else f"127.0.0.1 {self.netns.gateway}"
         consul_tls = None if self.tls_dir is None else self.tls_dir / "consul"
+        # Consul with ACLs (default deny, a token per role) and gossip encryption: devtools/consul_acl.py
+        self.consul_security = ConsulSecurity(workdir)
+        config = self.consul_security.config_file
         self.consul: ConsulDevAgent | ConsulServers
         if ha:
             self.consul = ConsulServers(workdir, http_ports=consul_ports, client_addr=client_addr, tls_dir=consul_tls,
-                                        clients=sequencers)
+                                        clients=sequencers, config_file=config)
         else:
             self.consul = ConsulDevAgent(
                 data_dir=workdir / "consul", log_file=workdir / "logs" / "consul.log", http_port=consul_port,
-                client_addr=client_addr, tls_dir=consul_tls,
+                client_addr=client_addr, tls_dir=consul_tls, config_file=config,
             )
         self._client_tls: TlsConfig | None = None
         self.api_keys: dict[str, str] = {}  # account -> its API key (made at start)
@@ -187,8 +192,9 @@ class Cluster:
         return self.consul.address
 
     def consul_address_for(self, index: int) -> str:
-        """The Consul HTTP address node `index` talks to."""
-        return self.consul.address_for(index) if isinstance(self.consul, ConsulServers) else self.consul.address
+        """The Consul address node `index` talks to (`https://...` in TLS mode: Consul's API with the cluster's CA)."""
+        consul = self.consul
+        return consul.address_for(index) if isinstance(consul, ConsulServers) else consul.service_address
 
     @property
     def sequencer_port(self) -> int:
@@ -234,7 +240,8 @@ class Cluster:
         if self.tls_dir is None:
             return
         gateway = "127.0.0.1" if self.netns is None else self.netns.gateway
-        identities = {"consul": ["127.0.0.1", "localhost"], "client": ["127.0.0.1", "localhost"]}
+        consul = ["127.0.0.1", "localhost", *([] if self.netns is None else [gateway])]  # its API, over HTTPS
+        identities = {"consul": consul, "client": ["127.0.0.1", "localhost"]}
         identities.update({self.sequencer_name(i): [gateway, "localhost"] for i in range(len(self.sequencer_ports))})
         for index in range(len(self.node_ports)):
             identities[self.node_id(index)] = [self.node_address(index).rpartition(":")[0], "localhost"]
@@ -282,16 +289,34 @@ class Cluster:
 
     # -- accounts ---------------------------------------------------------------------------------
 
-    def kv(self) -> ConsulKV:
+    def consul_token(self, role: str) -> str:
+        """The Consul ACL token of `role`: node, sequencer, accounts, observer (devtools/consul_acl.py), or
+        management."""
+        security = self.consul_security
+        return security.management_token if role == "management" else security.token(role)
+
+    def kv(self, role: str = "accounts") -> ConsulKV:
+        """Consul KV as `role` sees it (by default as the accounts administrator)."""
         host, port = self.consul_address.rsplit(":", 1)
-        return ConsulKV(host, int(port))
+        return ConsulKV(host, int(port), token=self.consul_token(role))
+
+    def admin_env(self) -> dict[str, str]:
+        """The environment of `exchange-cli accounts` for this cluster: its Consul, the accounts role's token and
+        the cluster secret (which signs the records)."""
+        return {"CONSUL_HTTP_ADDR": self.consul_address, "CONSUL_HTTP_TOKEN": self.consul_token("accounts"),
+                "EXCHANGE_CLUSTER_SECRET": self.secret}
+
+    def _secure_consul(self) -> None:
+        """Consul's ACLs, bootstrapped if they were not, with every role's and every agent's token."""
+        agents = self.consul.agents if isinstance(self.consul, ConsulServers) else [self.consul]
+        self.consul_security.apply(self.consul.address, [(agent.address, agent.node_name) for agent in agents])
 
     def _make_accounts(self) -> None:
         """The cluster's accounts in the registry, once (a restarted cluster keeps its keys)."""
         kv = self.kv()
         for account in self.accounts:
             if account not in self.api_keys:
-                self.api_keys[account] = add_account(kv, account)
+                self.api_keys[account] = add_account(kv, self.secret.encode(), account)
         self._account_records = kv.list(ACCOUNTS_PREFIX)
 
     @staticmethod
@@ -301,19 +326,22 @@ class Cluster:
 
     def add_account(self, name: str) -> str:
         """A further account (its key is kept in `api_keys` and restored with the others)."""
-        self.api_keys[name] = add_account(self.kv(), name)
+        self.api_keys[name] = add_account(self.kv(), self.secret.encode(), name)
         self._account_records = self.kv().list(ACCOUNTS_PREFIX)
         return self.api_keys[name]
 
     def restore_accounts(self) -> None:
-        """Writes the registry back after a dev agent restart (it keeps nothing: a real Consul keeps its data), in
-        one transaction: a node that read a part of it would refuse the keys not in it yet."""
+        """Writes back what a dev agent restart lost (a real Consul keeps its data): the ACLs (the same tokens), the
+        markets (a node may not define them: it would wait for the Sequencer, which is not restarting) and the
+        registry, in one transaction: a node that read a part of it would refuse the keys not in it yet."""
+        self._secure_consul()
+        self.kv("sequencer").create(MARKETS_KEY, markets_record(self.secret.encode(), parse_markets(self.markets)))
         self.kv().transact([Put(key, value) for key, value in self._account_records.items()])
 
-    def _env(self, index: int = 0) -> dict[str, str]:
+    def _env(self, role: str, index: int = 0) -> dict[str, str]:
         transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
         return {"EXCHANGE_CLUSTER_SECRET": self.secret, "CONSUL_HTTP_ADDR": self.consul_address_for(index),
-                "PYTHONUNBUFFERED": "1", **transport}
+                "CONSUL_HTTP_TOKEN": self.consul_token(role), "PYTHONUNBUFFERED": "1", **transport}
 
     # -- processes --------------------------------------------------------------------------------
 
@@ -322,7 +350,7 @@ class Cluster:
 
     def make_sequencer(self, index: int = 0) -> ServiceProcess:
         name = self.sequencer_name(index)
-        env, ha = self._env(), []
+        env, ha = self._env("sequencer"), []
         if isinstance(self.consul, ConsulServers):  # HA: the replica's own Consul client agent
             env["CONSUL_HTTP_ADDR"] = self.consul.client_address(index)
             ha = ["--log", "consul", "--id", name]
@@ -335,10 +363,11 @@ class Cluster:
         )
 
     def make_node(self, index: int) -> ServiceProcess:
-        env, prefix = self._env(index), []
+        env, prefix = self._env("node", index), []
         if self.netns is not None:  # the node reaches Consul through the bridge's address
-            consul_port = self.consul_address_for(index).rpartition(":")[2]
-            env["CONSUL_HTTP_ADDR"] = f"{self.netns.gateway}:{consul_port}"
+            scheme, _, address = self.consul_address_for(index).rpartition("://")
+            env["CONSUL_HTTP_ADDR"] = f"{scheme}{'://' if scheme else ''}{self.netns.gateway}:" \
+                                      f"{address.rpartition(':')[2]}"
             prefix = self.netns.exec_prefix(index)
         return ServiceProcess(
             self.node_id(index), "exchange.node.main",
@@ -357,7 +386,9 @@ class Cluster:
             if self.netns is not None and not self.netns.created:
                 self.netns.create()
             self._make_certificates()
+            self.consul_security.write_config()
             self.consul.start()
+            self._secure_consul()
             self._make_accounts()
             self.sequencers = [self.make_sequencer(i) for i in range(len(self.sequencer_ports))]
             for index in range(len(self.sequencers)):

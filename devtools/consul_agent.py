@@ -61,9 +61,11 @@ class ConsulDevAgent:
         start_timeout: float = 20.0,
         client_addr: str = "127.0.0.1",
         tls_dir: Path | None = None,
+        config_file: Path | None = None,
     ) -> None:
         """``client_addr``: where the HTTP API listens, a space-separated list of addresses (the API
-        is also reachable on 127.0.0.1 only if that is in the list)."""
+        is also reachable on 127.0.0.1 only if that is in the list). ``config_file``: more configuration
+        (devtools/consul_acl.py's: ACLs and the gossip key)."""
         self._binary = binary or find_consul_binary()
         if data_dir is None:
             data_dir = Path(tempfile.mkdtemp(prefix="consul-dev-"))
@@ -74,6 +76,7 @@ class ConsulDevAgent:
         self._start_timeout = start_timeout
         self._client_addr = client_addr
         self._tls_dir = tls_dir
+        self._config_file = config_file
         self._ports: dict[str, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -91,6 +94,19 @@ class ConsulDevAgent:
     @property
     def log_file(self) -> Path:
         return self._log_file
+
+    @property
+    def node_name(self) -> str:
+        return self._node
+
+    @property
+    def service_address(self) -> str:
+        """The address the cluster's services use: `https://127.0.0.1:PORT` with a `tls_dir` (the API over TLS with
+        the cluster's CA), else the plain HTTP one (which the harness itself keeps using, on loopback)."""
+        if self._tls_dir is None:
+            return self.address
+        assert self._ports is not None
+        return f"https://127.0.0.1:{self._ports['https']}"
 
     @property
     def pid(self) -> int | None:
@@ -186,6 +202,8 @@ class ConsulDevAgent:
         ports["serf_wan"] = pick(True)
         ports["server"] = pick(False)
         ports["grpc"] = pick(False)
+        if self._tls_dir is not None:
+            ports["https"] = pick(False)
         return ports
 
     def _mode(self) -> list[str]:
@@ -213,6 +231,7 @@ class ConsulDevAgent:
             "-hcl=disable_update_check = true",
             "-hcl=disable_anonymous_signature = true",
             *self._tls_options(),
+            *([] if self._config_file is None else [f"-config-file={self._config_file}"]),
         ]
 
     def _tls_options(self) -> list[str]:
@@ -224,8 +243,10 @@ class ConsulDevAgent:
         if self._tls_dir is None:
             return []
         files = {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}
+        assert self._ports is not None
         return [*(f'-hcl={option} = "{self._tls_dir / name}"' for option, name in files.items()),
-                "-hcl=enable_agent_tls_for_checks = true", '-hcl=server_name = "localhost"']
+                "-hcl=enable_agent_tls_for_checks = true", '-hcl=server_name = "localhost"',
+                f"-hcl=ports {{ https = {self._ports['https']} }}"]  # the services' API: service_address
 
     def _spawn_and_wait(self) -> None:
         self._spawn()
@@ -337,19 +358,19 @@ class ConsulServers:
 
     def __init__(self, workdir: Path, count: int = 3, http_ports: list[int] | None = None,
                  client_addr: str = "127.0.0.1", tls_dir: Path | None = None, start_timeout: float = 60.0,
-                 clients: int = 0) -> None:
+                 clients: int = 0, config_file: Path | None = None) -> None:
         self.servers: list[ConsulServer] = []
         for index in range(count):
             self.servers.append(ConsulServer(
                 self.servers, count, data_dir=workdir / f"consul-{index + 1}",
                 log_file=workdir / "logs" / f"consul-{index + 1}.log",
                 http_port=http_ports[index] if http_ports else None, node_name=f"consul-server-{index + 1}",
-                start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir,
+                start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir, config_file=config_file,
             ))
         self.clients = [ConsulServer(
             self.servers, 0, data_dir=workdir / f"consul-client-{index + 1}",
             log_file=workdir / "logs" / f"consul-client-{index + 1}.log", node_name=f"consul-client-{index + 1}",
-            start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir,
+            start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir, config_file=config_file,
         ) for index in range(clients)]
         self._start_timeout = start_timeout
 
@@ -379,12 +400,12 @@ class ConsulServers:
         return [agent.pid for agent in self.agents if agent.pid is not None]
 
     def address_for(self, index: int) -> str:
-        """The HTTP address process `index` of a harness uses: a server's."""
-        return self.servers[index % len(self.servers)].address
+        """The address process `index` of a harness uses: a server's (`service_address`)."""
+        return self.servers[index % len(self.servers)].service_address
 
     def client_address(self, index: int) -> str:
-        """The HTTP address of client agent `index`."""
-        return self.clients[index].address
+        """The address the service on client agent `index`'s machine uses (`service_address`)."""
+        return self.clients[index].service_address
 
     def read_log(self) -> str:
         return "\n".join(f"--- {agent.log_file.name} ---\n{agent.read_log()}" for agent in self.agents)

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from devtools.cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
+from devtools.consul_acl import write_private
 from devtools.consul_agent import ConsulServers
 from devtools.prometheus import PrometheusServer
 from exchange.cluster import parse_markets
@@ -64,7 +65,8 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
     except Exception:
         print(cluster.logs())
         raise
-    prometheus = PrometheusServer(DEMO_DIR, cluster.consul_address, port=DEMO_PORTS["prometheus"], interval="5s")
+    prometheus = PrometheusServer(DEMO_DIR, cluster.consul_address, port=DEMO_PORTS["prometheus"], interval="5s",
+                                  consul_token=cluster.consul_token("observer"))
     try:
         prometheus.start()
     except Exception:
@@ -94,8 +96,9 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         c = f"{cli} --tls-dir {tls_dir}"
         security = f"mutual TLS: the cluster's CA and certificates are in {tls_dir.parent}, a client's in {tls_dir}"
     keys = DEMO_DIR / "api-keys"
-    keys.write_text("".join(f"{name.upper()}={cluster.api_keys[name]}\n" for name in DEMO_ACCOUNTS))
-    keys.chmod(0o600)
+    write_private(keys, "".join(f"{name.upper()}={cluster.api_keys[name]}\n" for name in DEMO_ACCOUNTS))
+    admin = DEMO_DIR / "admin.env"  # what `exchange-cli accounts` needs: the accounts role's token, the secret
+    write_private(admin, "".join(f"{name}={value}\n" for name, value in cluster.admin_env().items()))
     node1, node2, node3 = cluster.node_addresses
     if ha:
         leader = cluster.leader_index()
@@ -111,8 +114,11 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
               f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
     metrics = "\n".join(f"  {p.name:<12} {cluster.metrics_url(p.name)}" for p in cluster.processes())
+    https = "" if tls_dir is None else f"; the services use its HTTPS API, {cluster.consul_address_for(0)}"
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
+Consul runs with ACLs (default deny: anonymous may only read services) and gossip encryption{https}; its tokens,
+the management one too, are in {cluster.consul_security.state_file.relative_to(ROOT)} (README, Security)
 Prometheus metrics of every process (registered in Consul: service meta metrics_port):
 {metrics}
 Prometheus ({prometheus.url}, its alerts at {prometheus.url}/classic/alerts) scrapes them every 5 s,
@@ -120,7 +126,8 @@ found through Consul (deploy/prometheus/); queries worth trying:
   sum by (market) (rate(exchange_orders_accepted_total[1m]))      orders accepted per second
   histogram_quantile(0.99, sum by (le) (rate(exchange_gate_round_trip_seconds_bucket[1m])))   gate p99, seconds
   exchange_book_checksum     each node's book checksum per market (equal where exchange_book_checksum_seq is)
-accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more: {cli} accounts add NAME)
+accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more, with the accounts role's token and the
+cluster secret: (set -a; . {admin.relative_to(ROOT)}; {cli} accounts add NAME))
 
 try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
   {g} {node1} list

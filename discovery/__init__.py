@@ -24,6 +24,11 @@ class DiscoveryError(RuntimeError):
     unknown (it may or may not have been applied)."""
 
 
+class AccessDenied(DiscoveryError):
+    """The backend refused the request for want of permission (Consul ACLs: the token is missing, unknown,
+    removed, or its policy does not allow it). Retrying will not help until an operator fixes the token."""
+
+
 class TransactionConflict(DiscoveryError):
     """A transaction was refused and nothing of it was applied: a compare-and-set found another version, or a
     session check found the key held by another session (or by none)."""

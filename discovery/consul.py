@@ -25,6 +25,7 @@ import consul
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, NotFound
 
 from discovery import (
+    AccessDenied,
     CheckSession,
     CompareAndSet,
     Delete,
@@ -70,6 +71,47 @@ def _parse_entries(service: str, entries: list[dict[str, Any]] | None) -> list[S
     return sorted(out.values(), key=lambda i: i.instance_id)
 
 
+@dataclass(frozen=True)
+class ConsulHttps:
+    """HTTPS to the Consul agent: the CA file its certificate must be of, and this process's certificate and key
+    (presented when the agent asks for one)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+def consul_client(host: str, port: int, token: str | None, timeout: float | None,
+                  https: ConsulHttps | None = None) -> consul.Consul:
+    """A py-consul client sending `token` (None or "": Consul's anonymous token), over HTTPS with `https`.
+    py-consul would let CONSUL_HTTP_TOKEN override the token it is given; here the caller's token wins (the
+    processes' flags read that variable as their default)."""
+    client = consul.Consul(host=host, port=port, connections_timeout=timeout, scheme="https" if https else "http",
+                           verify=https.ca_file if https else True,
+                           cert=(https.cert_file, https.key_file) if https else None)
+    client.token = token or None
+    # the agent is local: no proxy, and requests would read the proxy variables on every call (~17% of a call's
+    # CPU, measured)
+    client.http.session.trust_env = False
+    return client
+
+
+def acl_refused(error: BaseException) -> bool:
+    """Whether Consul refused a request for want of permission (HTTP 403: an unknown or removed token, or a
+    policy that does not allow it)."""
+    return isinstance(error, (ACLPermissionDenied, AccessDenied))
+
+
+def describe_failure(error: BaseException, token: str | None) -> str:
+    """What went wrong with a Consul request, in words an operator can act on."""
+    if acl_refused(error):
+        whose = "the token given (--consul-token / CONSUL_HTTP_TOKEN)" if token else \
+            "the anonymous token (no --consul-token / CONSUL_HTTP_TOKEN given)"
+        return (f"Consul's ACLs refused {whose}: it is unknown, was removed, or its policy does not allow this "
+                f"({error}); see README, Security")
+    return f"unreachable: {error}"
+
+
 class ConsulRegistry:
     def __init__(
         self,
@@ -84,12 +126,17 @@ class ConsulRegistry:
         recovery_grace: float = 5.0,
         request_timeout: float = 5.0,
         grpc_tls: bool = False,
+        token: str | None = None,
+        https: ConsulHttps | None = None,
     ) -> None:
         """Never contacts Consul: constructing it works while Consul is still down.
 
         ``grpc_tls``: the registered services serve gRPC over TLS, so Consul's health check connects with
         TLS (the agent needs the cluster's CA, and a client certificate when the services require one:
         ``enable_agent_tls_for_checks``).
+
+        ``token``: the Consul ACL token every request carries (None: the anonymous token); ``https``: talk to
+        the agent over HTTPS.
 
         ``deregister_after``: Consul reaps a service whose check stays critical that long
         (Consul enforces a minimum of 1 minute and reaps every ~30 s).
@@ -104,6 +151,8 @@ class ConsulRegistry:
         self.recovery_grace = recovery_grace
         self.request_timeout = request_timeout
         self.grpc_tls = grpc_tls
+        self.token = token
+        self.https = https
         self._lock = threading.RLock()
         self._client = self._new_client(request_timeout)
         self._registrations: dict[str, _Registration] = {}
@@ -113,7 +162,7 @@ class ConsulRegistry:
         self._keeper_outage = False
 
     def _new_client(self, timeout: float | None) -> consul.Consul:
-        return consul.Consul(host=self.host, port=self.port, connections_timeout=timeout)
+        return consul_client(self.host, self.port, self.token, timeout, self.https)
 
     # -- registration -----------------------------------------------------------------------
     def register(
@@ -139,6 +188,9 @@ class ConsulRegistry:
             except (consul.ConsulException, OSError) as e:
                 if _is_client_error(e):
                     self._registrations.pop(instance_id, None)
+                    if acl_refused(e):
+                        raise AccessDenied(f"could not register {service}/{instance_id}: "
+                                           f"{describe_failure(e, self.token)}") from e
                     raise DiscoveryError(f"Consul rejected registration of {instance_id}: {e}") from e
                 log.warning(
                     "Consul at %s:%s unreachable, will register %s/%s when it answers: %s",
@@ -201,7 +253,8 @@ class ConsulRegistry:
                     self._put(reg)
                     log.info("registered %s/%s in Consul (again or deferred)", reg.service, reg.instance_id)
                 except Exception as e:
-                    log.warning("re-registering %s in Consul failed: %s", reg.instance_id, e)
+                    log.log(logging.ERROR if acl_refused(e) else logging.WARNING,
+                            "re-registering %s in Consul failed: %s", reg.instance_id, describe_failure(e, self.token))
 
     def _ensure_keeper(self) -> None:
         with self._lock:
@@ -218,7 +271,8 @@ class ConsulRegistry:
                 known = client.agent.services() or {}
             except Exception as e:
                 if not self._keeper_outage:
-                    log.warning("Consul at %s:%s unreachable: %s", self.host, self.port, e)
+                    log.log(logging.ERROR if acl_refused(e) else logging.WARNING, "Consul at %s:%s %s",
+                            self.host, self.port, describe_failure(e, self.token))
                     self._keeper_outage = True
                 continue
             if self._keeper_outage:
@@ -235,7 +289,8 @@ class ConsulRegistry:
             with self._lock:
                 _, entries = self._client.health.service(service, passing=True)
         except Exception as e:
-            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer: {e}") from e
+            error = AccessDenied if acl_refused(e) else DiscoveryError
+            raise error(f"Consul at {self.host}:{self.port}: {describe_failure(e, self.token)}") from e
         return _parse_entries(service, entries)
 
     def watch(self, service: str, on_change: Callable[[list[ServiceInstance]], None]) -> ConsulWatch:
@@ -332,13 +387,14 @@ class ConsulWatch:
                 if self._stop.is_set():
                     break
                 if not outage:
-                    log.warning(
-                        "Consul at %s:%s unreachable, watch %r keeps its %d known instance(s): %s",
+                    log.log(
+                        logging.ERROR if acl_refused(e) else logging.WARNING,
+                        "Consul at %s:%s: watch %r keeps its %d known instance(s): %s",
                         reg.host,
                         reg.port,
                         self.service,
                         len(self._current),
-                        e,
+                        describe_failure(e, reg.token),
                     )
                     outage = True
                     held = {i.instance_id: i for i in self._current}
@@ -384,9 +440,13 @@ class ConsulKV:
     in). Never contacts Consul when constructed. Thread-safe: each thread has its own connection."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8500, request_timeout: float = 5.0,
-                 wait: str = "30s") -> None:
+                 wait: str = "30s", token: str | None = None, https: ConsulHttps | None = None) -> None:
+        """`token`: the Consul ACL token every request carries (None: the anonymous token); `https`: talk to the
+        agent over HTTPS."""
         self.host = host
         self.port = port
+        self.token = token
+        self.https = https
         self.request_timeout = request_timeout
         self.wait = wait
         self._local = threading.local()
@@ -395,18 +455,17 @@ class ConsulKV:
     def _client(self) -> consul.Consul:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = consul.Consul(
-                host=self.host, port=self.port, connections_timeout=self.request_timeout
-            )
-            # the agent is local: no proxy, and requests would read the proxy variables on every call (~17% of
-            # a call's CPU, measured)
-            client.http.session.trust_env = False
+            client = self._local.client = consul_client(self.host, self.port, self.token, self.request_timeout,
+                                                        self.https)
         return client
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
             return call()
         except Exception as e:
+            if acl_refused(e):
+                raise AccessDenied(f"Consul KV at {self.host}:{self.port} refused {what}: "
+                                   f"{describe_failure(e, self.token)}") from e
             raise DiscoveryError(f"Consul KV at {self.host}:{self.port} did not answer {what}: {e}") from e
 
     def get(self, key: str) -> bytes | None:
@@ -463,14 +522,22 @@ class ConsulKV:
     def _txn(self, operations: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
         """The results of a transaction; raises as `transact` says."""
         try:
-            response = self._client.http.put(lambda response: response, "/v1/txn", data=json.dumps(operations))
+            client = self._client
+            response = client.http.put(lambda response: response, "/v1/txn", data=json.dumps(operations),
+                                       headers=client.prepare_headers())
         except Exception as e:  # timeout, connection reset, ...: it may have been applied
             raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer a transaction: {e}") from e
         if response.code == 200:
             return list(json.loads(response.body).get("Results") or [])
         if response.code == 409:
             errors = json.loads(response.body).get("Errors") or []
+            if any("Permission denied" in str(error.get("What")) for error in errors):  # how a txn says 403
+                raise AccessDenied(f"Consul at {self.host}:{self.port} refused a transaction: "
+                                   f"{describe_failure(AccessDenied(response.body), self.token)}")
             raise TransactionConflict("; ".join(str(error.get("What")) for error in errors) or response.body)
+        if response.code == 403:
+            raise AccessDenied(f"Consul at {self.host}:{self.port} refused a transaction: "
+                               f"{describe_failure(AccessDenied(response.body), self.token)}")
         if response.code in (400, 413):
             raise TransactionRejected(f"Consul refused a transaction: {response.code} {response.body}")
         raise DiscoveryError(f"Consul answered a transaction with {response.code}: {response.body}")
@@ -487,6 +554,9 @@ class ConsulKV:
         except NotFound:
             return False
         except Exception as e:
+            if acl_refused(e):
+                raise AccessDenied(f"Consul at {self.host}:{self.port} refused to renew session {session}: "
+                                   f"{describe_failure(e, self.token)}") from e
             raise DiscoveryError(f"Consul at {self.host}:{self.port} did not renew session {session}: {e}") from e
 
     def destroy_session(self, session: str) -> None:
@@ -549,22 +619,27 @@ class ConsulKeyWatch:
 
     def _run(self) -> None:
         kv = self._kv
-        client = consul.Consul(host=kv.host, port=kv.port, connections_timeout=kv.request_timeout)
+        client = consul_client(kv.host, kv.port, kv.token, kv.request_timeout, kv.https)
         index: int | None = None
         backoff = _BACKOFF_MIN
+        refused = False
         while not self._stop.is_set():
             try:
                 new_index, items = client.kv.get(self.prefix, recurse=True, index=index, wait=kv.wait)
             except Exception as e:
-                if self._fresh or self._current is None:
-                    log.warning("Consul KV at %s:%s unreachable, %s keeps its last known state: %s",
-                                kv.host, kv.port, self.prefix, e)
+                # a refused token is not "no keys": keep the last answer, say it is not fresh, and say why, loudly
+                if self._fresh or self._current is None or acl_refused(e) != refused:
+                    log.log(logging.ERROR if acl_refused(e) else logging.WARNING,
+                            "Consul KV at %s:%s: %s keeps its last known state (not fresh): %s",
+                            kv.host, kv.port, self.prefix, describe_failure(e, kv.token))
+                refused = acl_refused(e)
                 self._fresh = False
                 index = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_MIN
+            refused = False
             if not self._fresh and self._current is not None:
                 log.info("Consul KV at %s:%s answers again for %s", kv.host, kv.port, self.prefix)
             self._fresh = True

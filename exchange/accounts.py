@@ -1,22 +1,25 @@
 """Accounts and their API keys: the registry every node shares, in Consul KV.
 
-Each account is one key, `exchange/accounts/<name>`, holding JSON: whether the account is active, and the
-SHA-256 (hex) of each of its API keys, never a key itself. A key is shown once, when it is made. Nodes
-follow the whole prefix with blocking queries (exchange/node/auth.py), so a new key works, and a disabled
-account stops working, within a few seconds without a restart. `exchange-cli accounts ...` and the demo
-write it through the functions here. Pure but for the KeyValue calls.
+Each account is one key, `exchange/accounts/<name>`, holding a signed record (exchange.cluster.sign_record):
+JSON with whether the account is active, the SHA-256 (hex) of each of its API keys (never a key itself), a
+version that every change raises, and `mac`, the HMAC-SHA256 of the rest and of the key name made with the
+cluster secret. A node takes only a record whose MAC verifies (and no older version than the one it holds),
+so whoever may write Consul KV without the cluster secret can deny service but never add a key. A key is
+shown once, when it is made. Nodes follow the whole prefix with blocking queries (exchange/node/auth.py), so
+a new key works, and a disabled account stops working, within a few seconds without a restart.
+`exchange-cli accounts ...` and the demo write it through the functions here. Pure but for the KeyValue calls.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from discovery import CompareAndSet, KeyValue, TransactionConflict
+from exchange.cluster import sign_record, verify_record
 
 ACCOUNTS_PREFIX = "exchange/accounts/"
 AUTHORIZATION = "authorization"  # the metadata that carries `Bearer <api key>` on order-entry calls
@@ -34,6 +37,7 @@ class Account:
     name: str
     active: bool
     key_hashes: tuple[str, ...]
+    version: int = 0  # raised by every change: a node refuses an older record than the one it holds (a replay)
 
 
 def new_api_key() -> str:
@@ -52,59 +56,80 @@ def check_name(name: str) -> str:
     return name
 
 
-def encode(account: Account) -> bytes:
-    return json.dumps({"active": account.active, "keys": list(account.key_hashes)}, sort_keys=True).encode()
+def encode(secret: bytes, account: Account) -> bytes:
+    """The signed record of `account` (what its registry key holds)."""
+    return sign_record(secret, ACCOUNTS_PREFIX + account.name,
+                       {"active": account.active, "keys": list(account.key_hashes), "version": account.version})
 
 
-def decode(name: str, value: bytes) -> Account:
-    """An account record; a record that is not one decodes as an inactive account (never falls open)."""
-    try:
-        data = json.loads(value)
-        keys = tuple(str(key) for key in data.get("keys", ()))
-        return Account(name, data.get("active") is True, keys)
-    except (ValueError, TypeError, AttributeError):
-        return Account(name, False, ())
+def decode(secret: bytes, name: str, value: bytes) -> Account | None:
+    """The account of a record, None if the record does not verify with `secret` (forged, altered, copied from
+    another account, unsigned) or is not one: never an account of a record the cluster did not write."""
+    data = verify_record(secret, ACCOUNTS_PREFIX + name, value)
+    if data is None:
+        return None
+    keys, version = data.get("keys"), data.get("version", 0)
+    if not isinstance(keys, list) or not isinstance(version, int):
+        return None
+    return Account(name, data.get("active") is True, tuple(str(key) for key in keys), version)
 
 
-def accounts_of(entries: dict[str, bytes]) -> list[Account]:
-    """The accounts of a registry read (full KV key -> value)."""
-    return sorted((decode(key[len(ACCOUNTS_PREFIX):], value) for key, value in entries.items()
-                   if key.startswith(ACCOUNTS_PREFIX) and len(key) > len(ACCOUNTS_PREFIX)), key=lambda a: a.name)
+def accounts_of(secret: bytes, entries: dict[str, bytes]) -> tuple[list[Account], list[str]]:
+    """The accounts of a registry read (full KV key -> value) whose records verify, and the names of those
+    whose records do not."""
+    accounts, refused = [], []
+    for key, value in sorted(entries.items()):
+        name = key[len(ACCOUNTS_PREFIX):]
+        if not key.startswith(ACCOUNTS_PREFIX) or not name:
+            continue
+        account = decode(secret, name, value)
+        if account is None:
+            refused.append(name)
+        else:
+            accounts.append(account)
+    return accounts, refused
 
 
-def list_accounts(kv: KeyValue) -> list[Account]:
-    return accounts_of(kv.list(ACCOUNTS_PREFIX))
+def list_accounts(kv: KeyValue, secret: bytes) -> tuple[list[Account], list[str]]:
+    return accounts_of(secret, kv.list(ACCOUNTS_PREFIX))
 
 
-def add_account(kv: KeyValue, name: str) -> str:
+def add_account(kv: KeyValue, secret: bytes, name: str) -> str:
     """Creates an active account with a new key; returns the key (its only appearance)."""
     key = new_api_key()
-    if not kv.create(ACCOUNTS_PREFIX + check_name(name), encode(Account(name, True, (key_hash(key),)))):
+    if not kv.create(ACCOUNTS_PREFIX + check_name(name), encode(secret, Account(name, True, (key_hash(key),)))):
         raise AccountError(f"account {name!r} exists already: add a key to it with `accounts add-key {name}`")
     return key
 
 
-def _update(kv: KeyValue, name: str, change: Callable[[Account], Account]) -> Account:
-    """Applies `change` (Account -> Account) with compare-and-set, retrying if someone else wrote meanwhile."""
+def _update(kv: KeyValue, secret: bytes, name: str, change: Callable[[Account], Account]) -> Account:
+    """Applies `change` (Account -> Account) with compare-and-set, retrying if someone else wrote meanwhile; the
+    new record's version is one above the old one's."""
     while True:
         found = kv.read(ACCOUNTS_PREFIX + check_name(name), consistent=True)
         if found is None:
             raise AccountError(f"there is no account {name!r}; create it with `accounts add {name}`")
-        updated = change(decode(name, found.value))
+        account = decode(secret, name, found.value)
+        if account is None:
+            raise AccountError(f"the record of account {name!r} does not verify with this cluster secret: it was "
+                               "forged, or written with another secret (--cluster-secret / EXCHANGE_CLUSTER_SECRET "
+                               "must be the cluster's); nodes ignore it")
+        changed = change(account)
+        updated = Account(changed.name, changed.active, changed.key_hashes, account.version + 1)
         try:
-            kv.transact([CompareAndSet(ACCOUNTS_PREFIX + name, encode(updated), found.index)])
+            kv.transact([CompareAndSet(ACCOUNTS_PREFIX + name, encode(secret, updated), found.index)])
         except TransactionConflict:
             continue
         return updated
 
 
-def add_key(kv: KeyValue, name: str) -> str:
+def add_key(kv: KeyValue, secret: bytes, name: str) -> str:
     """A new key for an existing account (its other keys keep working); returns the key."""
     key = new_api_key()
-    _update(kv, name, lambda a: Account(a.name, a.active, (*a.key_hashes, key_hash(key))))
+    _update(kv, secret, name, lambda a: Account(a.name, a.active, (*a.key_hashes, key_hash(key))))
     return key
 
 
-def set_active(kv: KeyValue, name: str, active: bool) -> Account:
+def set_active(kv: KeyValue, secret: bytes, name: str, active: bool) -> Account:
     """Enables or disables an account: a disabled account's keys stop working on every node within seconds."""
-    return _update(kv, name, lambda a: Account(a.name, active, a.key_hashes))
+    return _update(kv, secret, name, lambda a: Account(a.name, active, a.key_hashes))

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from discovery import DiscoveryError
 from discovery.consul import ConsulKV
@@ -30,7 +31,9 @@ from exchange.client import (
     connection_from_arguments,
     types,
 )
+from exchange.cluster import add_consul_arguments, add_secret_argument
 from exchange.errors import ExchangeError, Unavailable
+from exchange.tls import consul_endpoint
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 
@@ -141,24 +144,30 @@ def print_fills(client: Client, market: str, from_seq: int, watch: bool, everyth
     return 0
 
 
-def manage_accounts(consul: str, action: str, name: str | None) -> int:
-    """`exchange-cli accounts ...`: writes the registry every node follows (exchange/accounts.py)."""
-    host, _, port = consul.rpartition(":")
-    kv = ConsulKV(host, int(port))
+def manage_accounts(consul: str, token: str | None, secret: bytes, action: str, name: str | None,
+                    tls_dir: Path | None = None) -> int:
+    """`exchange-cli accounts ...`: writes the registry every node follows (exchange/accounts.py), its records
+    signed with the cluster secret, through Consul with the accounts role's token."""
+    host, port, https = consul_endpoint(consul, tls_dir)
+    kv = ConsulKV(host, port, token=token, https=https)
     try:
         if action == "list":
-            for account in list_accounts(kv):
+            accounts, forged = list_accounts(kv, secret)
+            for account in accounts:
                 state = "active" if account.active else "DISABLED"
                 print(f"{account.name:<24} {state:<9} {len(account.key_hashes)} key(s)")
+            for forged_name in forged:
+                print(f"{forged_name:<24} REFUSED   its record does not verify with this cluster secret (nodes "
+                      "ignore it)")
             return 0
         if name is None:
             print(f"accounts {action} needs the account's name", file=sys.stderr)
             return 2
         if action in ("add", "add-key"):
-            key = add_account(kv, name) if action == "add" else add_key(kv, name)
+            key = add_account(kv, secret, name) if action == "add" else add_key(kv, secret, name)
             print(f"account {name}: new API key (shown once; keep it secret):\n{key}")
         else:
-            account = set_active(kv, name, action == "enable")
+            account = set_active(kv, secret, name, action == "enable")
             print(f"account {account.name} is {'active' if account.active else 'disabled'}")
     except (AccountError, DiscoveryError) as error:
         print(f"accounts {action}: {error}", file=sys.stderr)
@@ -203,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     fills.add_argument("--all", action="store_true", help="every event of your orders, not only fills")
     cli_market_data.add_commands(commands)  # trades [--watch], candles, ticker
     accounts = commands.add_parser("accounts", help="the account registry in Consul KV (administrators)")
-    accounts.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
-                          help="Consul agent HTTP address (env CONSUL_HTTP_ADDR)")
+    add_consul_arguments(accounts)
+    add_secret_argument(accounts)
     accounts.add_argument("action", choices=["add", "add-key", "disable", "enable", "list"])
     accounts.add_argument("name", nargs="?", help="the account (all but list)")
     args = parser.parse_args(argv)
     if args.command == "accounts":
-        return manage_accounts(args.consul, args.action, args.name)
+        return manage_accounts(args.consul, args.consul_token, args.cluster_secret.encode(), args.action, args.name,
+                               args.tls_dir)
 
     # a person waits: give up after 30 s (5 s for reads), as the CLI always did
     client = Client(args.node, connection=connection_from_arguments(args),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -71,6 +72,39 @@ def peer_token(secret: bytes) -> str:
     return hashlib.sha256(b"p2p-exchange peer token\x00" + secret).hexdigest()
 
 
+def _registry_key(secret: bytes) -> bytes:
+    """The key registry records are signed with: derived from the secret, apart from the log's and the token's."""
+    return hashlib.sha256(b"p2p-exchange registry record key\x00" + secret).digest()
+
+
+def _canonical(fields: dict[str, object]) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def record_mac(secret: bytes, key: str, fields: dict[str, object]) -> str:
+    """HMAC-SHA256 (hex) of a registry record: its Consul KV key and its fields (canonical JSON), so a record
+    proves it was written by a holder of the cluster secret, for that key (it cannot be copied to another)."""
+    return hmac.new(_registry_key(secret), key.encode() + b"\x00" + _canonical(fields), hashlib.sha256).hexdigest()
+
+
+def sign_record(secret: bytes, key: str, fields: dict[str, object]) -> bytes:
+    """A registry record (account, markets) as stored at `key`: its fields and a `mac` of them (README, Security)."""
+    return json.dumps({**fields, "mac": record_mac(secret, key, fields)}, sort_keys=True).encode()
+
+
+def verify_record(secret: bytes, key: str, value: bytes) -> dict[str, object] | None:
+    """The fields of the record stored at `key`, or None if it is not a record signed with `secret` for that key
+    (forged, altered, copied from another key, unsigned, or not JSON)."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("mac"), str):
+        return None
+    mac = data.pop("mac")
+    return data if hmac.compare_digest(record_mac(secret, key, data), mac) else None
+
+
 def token_metadata(secret: bytes) -> tuple[tuple[str, str], ...]:
     """The call metadata of a cluster-internal call."""
     return ((TOKEN_HEADER, peer_token(secret)),)
@@ -107,17 +141,9 @@ def format_markets(markets: Iterable[MarketConfig]) -> str:
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every service takes: where Consul is, the cluster secret, the markets, the log level."""
-    parser.add_argument(
-        "--consul",
-        default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
-        help="Consul agent HTTP address host:port (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)",
-    )
-    parser.add_argument(
-        "--cluster-secret",
-        default=os.environ.get("EXCHANGE_CLUSTER_SECRET", DEFAULT_SECRET),
-        help="shared secret: authenticates log entries and peer calls (env EXCHANGE_CLUSTER_SECRET)",
-    )
+    """The flags every service takes: where Consul is and its token, the cluster secret, the markets, the log level."""
+    add_consul_arguments(parser)
+    add_secret_argument(parser)
     parser.add_argument(
         "--markets", type=parse_markets, default=None,
         help="the cluster's markets, the first is the default, e.g. 'BTC-USD,ETH-USD:tick_size=5:lot_size=2' "
@@ -127,6 +153,31 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
     parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("EXCHANGE_LOG_FORMAT", "text"),
                         help="text lines, or one JSON object per line (README, Operating it; env EXCHANGE_LOG_FORMAT)")
+
+
+def add_consul_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the Consul agent is, and the ACL token this process presents to it."""
+    parser.add_argument(
+        "--consul",
+        default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+        help="Consul agent HTTP address host:port (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)",
+    )
+    parser.add_argument(
+        "--consul-token",
+        default=os.environ.get("CONSUL_HTTP_TOKEN"),
+        help="the Consul ACL token of this process's role (env CONSUL_HTTP_TOKEN; default: none, Consul's "
+             "anonymous token; see README, Security)",
+    )
+
+
+def add_secret_argument(parser: argparse.ArgumentParser) -> None:
+    """The cluster secret: what signs log entries and registry records and derives the cluster token."""
+    parser.add_argument(
+        "--cluster-secret",
+        default=os.environ.get("EXCHANGE_CLUSTER_SECRET", DEFAULT_SECRET),
+        help="shared secret: authenticates log entries, registry records and peer calls (env "
+             "EXCHANGE_CLUSTER_SECRET)",
+    )
 
 
 def is_loopback(host: str) -> bool:

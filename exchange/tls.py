@@ -16,6 +16,9 @@ from pathlib import Path
 
 import grpc
 
+from discovery.consul import ConsulHttps
+from exchange.cluster import split_host_port
+
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
 
 
@@ -62,3 +65,20 @@ def add_tls_argument(parser: argparse.ArgumentParser) -> None:
 def load_tls(directory: Path | None) -> TlsConfig | None:
     """The TLS configuration of a `--tls-dir` flag (None: plaintext)."""
     return None if directory is None else TlsConfig.load(directory)
+
+
+def consul_endpoint(address: str, tls_dir: Path | None) -> tuple[str, int, ConsulHttps | None]:
+    """Where the Consul agent is (`--consul`: `host:port`, `http://host:port` or `https://host:port`) and, for
+    https, how to talk to it: its certificate must be of the cluster's CA (`tls_dir`'s ca.pem), and the process
+    presents its own (cert.pem, key.pem)."""
+    scheme, separator, rest = address.partition("://")
+    if not separator:
+        scheme, rest = "http", address
+    host, port = split_host_port(rest)
+    if scheme == "http":
+        return host, port, None
+    if scheme != "https":
+        raise SystemExit(f"--consul {address}: the scheme must be http or https")
+    if tls_dir is None:
+        raise SystemExit(f"--consul {address} needs --tls-dir: its {CA_FILE} is the CA Consul's certificate must be of")
+    return host, port, ConsulHttps(str(tls_dir / CA_FILE), str(tls_dir / CERT_FILE), str(tls_dir / KEY_FILE))

@@ -38,7 +38,7 @@ from exchange.runtime import (
     sync_channel,
     wait_for_signal,
 )
-from exchange.tls import TlsConfig, add_tls_argument, load_tls
+from exchange.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.log import LogBackend, StoredEntry
 from sequencer.replicated import DEFAULT_TAIL_ENTRIES, PeerReader, ReplicatedLog
@@ -100,14 +100,15 @@ def peer_reader(registry: ConsulRegistry, own_id: str, secret: bytes, tls: TlsCo
 
 
 async def serve(args: argparse.Namespace) -> None:
-    consul_host, consul_port = split_host_port(args.consul)
-    kv = ConsulKV(consul_host, consul_port)
-    markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
+    consul_host, consul_port, consul_https = consul_endpoint(args.consul, args.tls_dir)
+    kv = ConsulKV(consul_host, consul_port, token=args.consul_token, https=consul_https)
     secret = args.cluster_secret.encode()
+    markets = await asyncio.to_thread(agree_on_markets, kv, secret, args.markets)
     tls = load_tls(args.tls_dir)
     host, _ = split_host_port(args.listen)
     # the check is in the HA leader's session: a stalled replica fails it (and loses the lock) within seconds
-    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, check_timeout="2s")
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token,
+                              check_timeout="2s", https=consul_https)
     metrics_port = None if args.metrics_listen is None else serve_metrics(args.metrics_listen)
     server = GrpcServer(args.listen, [sequencer_pb2.DESCRIPTOR.services_by_name["Sequencer"]], peer_token(secret), tls,
                         metrics=metrics_port is not None)

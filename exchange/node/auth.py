@@ -3,7 +3,9 @@
 `AccountRegistry` is the node's copy of the registry in Consul KV (exchange/accounts.py), kept current by a
 blocking-query watch: a new key works, and a disabled account stops working, within seconds. While Consul is
 unreachable the node keeps the last registry it read and says so (GetStatus `accounts.fresh`); before it has
-read one at all it refuses every order-entry call (UNAVAILABLE). It never falls open.
+read one at all it refuses every order-entry call (UNAVAILABLE). It never falls open: a record that does not
+verify with the cluster secret (or is older than the one it holds) is ignored, logged and counted
+(`registry_records_refused` in GetStatus counters), and the account's last good record kept.
 
 `RateLimiter` is a token bucket per account (orders per second, with a burst); over the limit a call gets
 RESOURCE_EXHAUSTED saying when to retry. It runs on the node's clock, so it lives here, not in the engine.
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 import grpc
 
 from discovery import KeyWatch
-from exchange.accounts import AUTHORIZATION, KEY_PREFIX, MAX_KEY_LENGTH, accounts_of, key_hash
+from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, KEY_PREFIX, MAX_KEY_LENGTH, Account, accounts_of, key_hash
 from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable, retry_hint
-from exchange.node.metrics import AUTH_FAILURES, RATE_LIMITED
+from exchange.node.metrics import AUTH_FAILURES, RATE_LIMITED, REGISTRY_RECORDS_REFUSED, counters
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,12 @@ class Caller:
 class AccountRegistry:
     """The registry as this node knows it: key hash -> (account, active)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret  # the cluster secret: what the records' MACs are checked with
         self._keys: dict[str, tuple[str, bool]] | None = None  # None: never read
         self._accounts = 0
+        self._good: dict[str, Account] = {}  # each account's last record that verified
+        self._refused: dict[str, bytes] = {}  # the record last refused for each account (logged and counted once)
         self._watch: KeyWatch | None = None
 
     def follow(self, watch_prefix: Callable[[Callable[[dict[str, bytes]], None]], KeyWatch]) -> None:
@@ -54,13 +59,40 @@ class AccountRegistry:
         """Replaces the registry with a read of it (full KV key -> value), in one assignment. An empty read
         after a non-empty one is not taken: accounts are disabled, never deleted, so an empty registry means a
         Consul that lost its data (a restarted dev agent), and keys must not silently stop working."""
-        accounts = accounts_of(entries)
-        if not accounts and self._keys:
+        accounts, forged = accounts_of(self._secret, entries)
+        if not accounts and not forged and self._keys:
             log.warning("the account registry in Consul is empty: keeping the last one read (%d keys)",
                         len(self._keys))
             return
+        good = {account.name: account for account in accounts}
+        for account in accounts:
+            held = self._good.get(account.name)
+            if held is not None and account.version < held.version:
+                self._refuse(account.name, entries, f"is version {account.version}, older than the version "
+                                                    f"{held.version} this node holds (a replayed record)")
+                good[account.name] = held
+        for name in forged:
+            self._refuse(name, entries, "does not verify with the cluster secret (forged, altered, or written with "
+                                        "another --cluster-secret)")
+            if name in self._good:
+                good[name] = self._good[name]
+        self._refused = {name: value for name, value in self._refused.items()
+                         if entries.get(ACCOUNTS_PREFIX + name) == value}
+        self._good = good
+        accounts = list(good.values())
         self._keys = {digest: (account.name, account.active) for account in accounts for digest in account.key_hashes}
         self._accounts = sum(1 for account in accounts if account.active)
+
+    def _refuse(self, name: str, entries: dict[str, bytes], why: str) -> None:
+        value = entries[ACCOUNTS_PREFIX + name]
+        if self._refused.get(name) == value:
+            return
+        self._refused[name] = value
+        counters["registry_records_refused"] += 1
+        REGISTRY_RECORDS_REFUSED.inc()
+        held = "keeps its last good record" if name in self._good else "has no good record: its keys are refused"
+        log.error("ignoring the record of account %r in Consul KV %s%s: it %s; the account %s", name,
+                  ACCOUNTS_PREFIX, name, why, held)
 
     def stop(self) -> None:
         if self._watch is not None:

@@ -41,7 +41,7 @@ from exchange.runtime import (
     set_log_node,
     wait_for_signal,
 )
-from exchange.tls import add_tls_argument, load_tls
+from exchange.tls import add_tls_argument, consul_endpoint, load_tls
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")
@@ -154,13 +154,14 @@ async def serve(args: argparse.Namespace) -> None:
     server = GrpcServer(args.listen, [service_descriptor], peer_token(secret), tls, metrics=metrics_port is not None)
     node_id = args.node_id or f"node-{socket.gethostname()}-{server.port}"
     set_log_node(node_id)
-    consul_host, consul_port = split_host_port(args.consul)
-    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None)
-    kv = ConsulKV(consul_host, consul_port)
-    markets = await asyncio.to_thread(agree_on_markets, kv, args.markets)
+    consul_host, consul_port, consul_https = consul_endpoint(args.consul, args.tls_dir)
+    registry = ConsulRegistry(consul_host, consul_port, grpc_tls=tls is not None, token=args.consul_token,
+                              https=consul_https)
+    kv = ConsulKV(consul_host, consul_port, token=args.consul_token, https=consul_https)
+    markets = await asyncio.to_thread(agree_on_markets, kv, secret, args.markets)
     accounts = None
     if not args.insecure_no_auth:
-        accounts = AccountRegistry()
+        accounts = AccountRegistry(secret)
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
     gate = Gatekeeper(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)

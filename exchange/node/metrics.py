@@ -50,6 +50,9 @@ STREAM_RECONNECTS = Counter("exchange_stream_reconnects_total",
 RATE_LIMITED = Counter("exchange_rate_limited_total", "Calls refused RESOURCE_EXHAUSTED by an account's rate limit.")
 AUTH_FAILURES = Counter("exchange_authentication_failures_total", "Calls refused UNAUTHENTICATED (no, bad, unknown "
                         "or disabled API key).")
+REGISTRY_RECORDS_REFUSED = Counter("exchange_registry_records_refused_total",
+                                   "Account records in Consul KV ignored: not signed with the cluster secret, or "
+                                   "older than the one held (README, Security).")
 
 
 class MarketMetrics:

@@ -3,6 +3,7 @@ rate limit, a trader's own view, self-trade prevention end to end, and bad or re
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -118,8 +119,9 @@ def test_a_key_added_with_the_cli_works_on_every_node_within_seconds_and_stops_a
     accounts_cluster: Cluster,
 ) -> None:
     c = accounts_cluster
-    cli = [sys.executable, "-m", "exchange.cli", "accounts", "--consul", c.consul_address]
-    added = subprocess.run([*cli, "add", "carol"], capture_output=True, text=True, timeout=60)
+    cli = [sys.executable, "-m", "exchange.cli", "accounts"]
+    env = {**os.environ, **c.admin_env()}
+    added = subprocess.run([*cli, "add", "carol"], capture_output=True, text=True, timeout=60, env=env)
     assert added.returncode == 0, added.stderr
     key = added.stdout.strip().splitlines()[-1]
     assert key.startswith("pxk_")
@@ -134,9 +136,9 @@ def test_a_key_added_with_the_cli_works_on_every_node_within_seconds_and_stops_a
         return True
 
     wait_until(works_everywhere, 10, "carol's new key to work on every node")
-    listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=60)
+    listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=60, env=env)
     assert "carol" in listed.stdout and "active" in listed.stdout
-    assert subprocess.run([*cli, "disable", "carol"], capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run([*cli, "disable", "carol"], capture_output=True, timeout=60, env=env).returncode == 0
 
     def refused_everywhere() -> bool:
         for node in range(3):
@@ -149,7 +151,7 @@ def test_a_key_added_with_the_cli_works_on_every_node_within_seconds_and_stops_a
         return True
 
     wait_until(refused_everywhere, 10, "carol's disabled key to stop working on every node")
-    assert subprocess.run([*cli, "add", "carol"], capture_output=True, timeout=60).returncode == 1, \
+    assert subprocess.run([*cli, "add", "carol"], capture_output=True, timeout=60, env=env).returncode == 1, \
         "an account name is taken once"
 
 
@@ -157,7 +159,7 @@ def test_a_key_disabled_while_its_stream_is_open_ends_the_stream_and_nothing_aft
     accounts_cluster: Cluster,
 ) -> None:
     c = accounts_cluster
-    key = add_account(c.kv(), "dave")
+    key = add_account(c.kv(), c.secret.encode(), "dave")
     metadata = (("authorization", f"Bearer {key}"),)
     wait_until(lambda: _lists(c, metadata), 10, "dave's key to work")
     sent = threading.Event()
@@ -182,7 +184,7 @@ def test_a_key_disabled_while_its_stream_is_open_ends_the_stream_and_nothing_aft
     thread.start()
     assert sent.wait(10)
     wait_until(lambda: len(results) == 1 or bool(errors), 10, "the first order's result")
-    set_active(c.kv(), "dave", False)
+    set_active(c.kv(), c.secret.encode(), "dave", False)
     wait_until(lambda: not _lists(c, metadata), 10, "dave's key to stop working")
     released.set()
     thread.join(30)

@@ -40,7 +40,8 @@ def start_prometheus(prometheus_dir: Path, tmp_path: Path, request: pytest.Fixtu
     servers: list[PrometheusServer] = []
 
     def start(cluster: Cluster) -> PrometheusServer:
-        server = PrometheusServer(tmp_path / f"prometheus-{len(servers)}", cluster.consul_address, interval="1s")
+        server = PrometheusServer(tmp_path / f"prometheus-{len(servers)}", cluster.consul_address, interval="1s",
+                                  consul_token=cluster.consul_token("observer"))
         servers.append(server)
         server.start()
         return server

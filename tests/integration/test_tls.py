@@ -4,6 +4,7 @@ only clients with a certificate of the cluster's CA get in (grpcurl included).""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import grpc
 import pytest
 
 from devtools.certs import make_identity
-from devtools.cluster import Cluster
+from devtools.cluster import Cluster, serving, wait_until
 from devtools.verify import replay_cluster
 from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.runtime import sync_channel
@@ -82,3 +83,26 @@ def test_a_mutual_tls_cluster_trades_and_admits_only_certificates_of_its_ca(
         capture_output=True, text=True, timeout=30,
     )
     assert without_cert.returncode != 0
+
+
+def test_the_services_talk_to_consul_over_https_and_trust_only_the_clusters_ca(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    c = make_cluster(tls=True, nodes=1)
+    c.start()
+    address = c.consul_address_for(0)
+    assert address.startswith("https://") and c.nodes[0].env["CONSUL_HTTP_ADDR"] == address
+    assert c.status(0).state == "SERVING"  # it read the markets and the registry over HTTPS
+    assert c.client_tls_dir is not None
+    trusting = ssl.create_default_context(cafile=str(c.client_tls_dir / "ca.pem"))
+    with urllib.request.urlopen(f"{address}/v1/status/leader", timeout=5, context=trusting) as response:
+        assert json.loads(response.read())  # Consul's certificate is of the cluster's CA
+    # a node given another CA does not trust that Consul: it never reads the cluster's markets, and says why
+    c.nodes[0].stop()
+    stranger = make_identity(tmp_path / "other-ca", "node-1", ["127.0.0.1"])
+    process = c.make_node(0)
+    process.args[process.args.index("--tls-dir") + 1] = str(stranger)
+    c.nodes[0] = process
+    process.start()
+    wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in process.read_log(), 30, "the node to refuse Consul's certificate")
+    assert not serving(c.node_address(0), c.client_tls)

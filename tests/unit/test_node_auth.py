@@ -10,11 +10,12 @@ from exchange.node.auth import AccountRegistry, RateLimiter
 from tests.unit.fakes import FakeContext
 
 ALICE, BOB = new_api_key(), new_api_key()
+SECRET = b"unit-cluster-secret"
 
 
 def registry(*accounts: Account) -> AccountRegistry:
-    read = AccountRegistry()
-    read.update({ACCOUNTS_PREFIX + a.name: encode(a) for a in accounts})
+    read = AccountRegistry(SECRET)
+    read.update({ACCOUNTS_PREFIX + a.name: encode(SECRET, a) for a in accounts})
     return read
 
 
@@ -26,7 +27,7 @@ def test_a_valid_key_names_its_account_and_the_registry_keeps_no_key() -> None:
     accounts = registry(Account("alice", True, (key_hash(ALICE),)), Account("bob", True, (key_hash(BOB),)))
     assert accounts.authenticate(context(f"Bearer {ALICE}")).account == "alice"
     assert accounts.authenticate(context(f"bearer   {BOB} ")).account == "bob"
-    assert ALICE not in encode(Account("alice", True, (key_hash(ALICE),))).decode()
+    assert ALICE not in encode(SECRET, Account("alice", True, (key_hash(ALICE),))).decode()
     assert accounts.status() == (True, True, 2, 2)
 
 
@@ -46,7 +47,7 @@ def test_missing_malformed_and_unknown_keys_are_unauthenticated_with_how_to(valu
 def test_a_disabled_account_stops_working_and_an_open_stream_notices() -> None:
     accounts = registry(Account("alice", True, (key_hash(ALICE),)))
     caller = accounts.authenticate(context(f"Bearer {ALICE}"))
-    accounts.update({ACCOUNTS_PREFIX + "alice": encode(Account("alice", False, (key_hash(ALICE),)))})
+    accounts.update({ACCOUNTS_PREFIX + "alice": encode(SECRET, Account("alice", False, (key_hash(ALICE),)))})
     with pytest.raises(Unauthenticated, match="'alice' of this API key is disabled"):
         accounts.account_of(caller)
     with pytest.raises(Unauthenticated, match="disabled"):
@@ -55,14 +56,41 @@ def test_a_disabled_account_stops_working_and_an_open_stream_notices() -> None:
 
 def test_never_falls_open_before_a_read_nor_when_consul_comes_back_empty() -> None:
     with pytest.raises(Unavailable, match="not read the account registry"):
-        AccountRegistry().authenticate(context(f"Bearer {ALICE}"))
+        AccountRegistry(SECRET).authenticate(context(f"Bearer {ALICE}"))
     accounts = registry(Account("alice", True, (key_hash(ALICE),)))
     accounts.update({})  # a dev agent restarted empty: keys keep working rather than all stop at once
     assert accounts.authenticate(context(f"Bearer {ALICE}")).account == "alice"
-    corrupt = AccountRegistry()
+    corrupt = AccountRegistry(SECRET)
     corrupt.update({ACCOUNTS_PREFIX + "alice": b"{not json"})
     with pytest.raises(Unauthenticated):
         corrupt.authenticate(context(f"Bearer {ALICE}"))
+
+
+def test_a_record_without_the_cluster_secret_is_ignored_counted_and_the_last_good_one_kept() -> None:
+    from exchange.node.metrics import counters
+
+    accounts = registry(Account("alice", True, (key_hash(ALICE),)), Account("bob", True, (key_hash(BOB),)))
+    intruder = new_api_key()
+    refused = counters["registry_records_refused"]
+    forged = Account("alice", True, (key_hash(intruder),), version=7)
+    for value in (encode(b"another secret", forged),  # signed without the cluster's secret
+                  encode(SECRET, Account("bob", True, (key_hash(intruder),)))):  # bob's MAC, copied to alice
+        accounts.update({ACCOUNTS_PREFIX + "alice": value,
+                         ACCOUNTS_PREFIX + "bob": encode(SECRET, Account("bob", True, (key_hash(BOB),)))})
+        with pytest.raises(Unauthenticated, match="unknown API key"):
+            accounts.authenticate(context(f"Bearer {intruder}"))
+        assert accounts.authenticate(context(f"Bearer {ALICE}")).account == "alice"
+    assert counters["registry_records_refused"] == refused + 2
+    # a replay of an older record of the cluster's own (alice enabled, after she was disabled) is refused too
+    accounts.update({ACCOUNTS_PREFIX + "alice": encode(SECRET, Account("alice", False, (key_hash(ALICE),), 1))})
+    accounts.update({ACCOUNTS_PREFIX + "alice": encode(SECRET, Account("alice", True, (key_hash(ALICE),), 0))})
+    with pytest.raises(Unauthenticated, match="disabled"):
+        accounts.authenticate(context(f"Bearer {ALICE}"))
+    # a forged record of an account the node never saw is no account at all
+    fresh = AccountRegistry(SECRET)
+    fresh.update({ACCOUNTS_PREFIX + "mallory": encode(b"guess", Account("mallory", True, (key_hash(intruder),)))})
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        fresh.authenticate(context(f"Bearer {intruder}"))
 
 
 def test_the_rate_limiter_allows_the_burst_then_the_rate_and_says_when_to_retry() -> None:

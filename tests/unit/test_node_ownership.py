@@ -20,7 +20,7 @@ from exchange.node.sequencing import MarketPipeline
 from exchange.node.trader_view import TraderViewRPCs
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import Aborted, FakeContext, InMemorySequencer, RecordingPeers, run_scenario
+from tests.unit.fakes import SECRET, Aborted, FakeContext, InMemorySequencer, RecordingPeers, run_scenario
 
 M = "BTC-USD"
 KEYS = {"alice": new_api_key(), "bob": new_api_key()}
@@ -32,8 +32,8 @@ def as_account(name: str) -> FakeContext:
 
 def test_another_accounts_order_cannot_be_cancelled_amended_or_read_and_nothing_reaches_the_log() -> None:
     async def scenario() -> None:
-        registry = AccountRegistry()
-        registry.update({ACCOUNTS_PREFIX + name: encode(Account(name, True, (key_hash(key),)))
+        registry = AccountRegistry(SECRET)
+        registry.update({ACCOUNTS_PREFIX + name: encode(SECRET, Account(name, True, (key_hash(key),)))
                          for name, key in KEYS.items()})
         gate, node = Gatekeeper(registry, None), NodeState("node-1", SERVING)
         replica, sequencer = Replica([eng.MarketConfig(M)]), InMemorySequencer()
