@@ -511,14 +511,12 @@ def _catch_up(cluster: Cluster, entries: int) -> dict:
             "method": "peer snapshot + log" if "restored from" in log else "log replay"}
 
 
-def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True, path: bool = False) -> dict:
-    """Unary at 64 in flight and both streaming cases on another cluster: `nodes` nodes, with or without
-    accounts (API keys, rate limits); with `path`, the unary runs interleaved with the echo-built order path of as
-    many nodes."""
-    name = f"cluster-{nodes}" + ("" if accounts else "-without-accounts")
-    cluster = Cluster(workdir / name, nodes=nodes, secret="bench-secret",
-                      extra_node_args=None if accounts else ["--insecure-no-auth"])
-    _log(f"{name}: Consul, the Sequencer and {nodes} nodes" + ("" if accounts else ", no API keys")
+def _other_runs(workdir: Path, seconds: float, nodes: int, path: bool = False) -> dict:
+    """Unary at 64 in flight and both streaming cases on another cluster of `nodes` nodes; with `path`, the unary
+    runs interleaved with the echo-built order path of as many nodes."""
+    name = f"cluster-{nodes}"
+    cluster = Cluster(workdir / name, nodes=nodes, secret="bench-secret")
+    _log(f"{name}: Consul, the Sequencer and {nodes} nodes"
          + (f", and the echo-built order path of {nodes} nodes" if path else ""))
     floor: dict | None = None
     try:
@@ -542,7 +540,7 @@ def _other_runs(workdir: Path, seconds: float, nodes: int, accounts: bool = True
         raise
     finally:
         cluster.stop()
-    return {"nodes": nodes, "accounts": accounts, "unary_64": unary, "path_64": floor,
+    return {"nodes": nodes, "unary_64": unary, "path_64": floor,
             "streaming": [_stream_figures(run) for run in streaming], "converged": converged}
 
 
