@@ -10,6 +10,9 @@ sessions and locks, atomic transactions fenced by a session; the Sequencer's HA 
 implementation, :class:`~discovery.consul.ConsulRegistry`, which production code imports from there)
 imports this module, never the other way round. Nothing here starts processes: the Consul dev agent,
 free ports and the in-memory StaticRegistry for tests live in the `devtools` package.
+
+May import the standard library and py-consul (in `discovery.consul` only); nothing of `exchange` or
+`sequencer` (devtools/layout.py checks it).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from exchange.client import (
 )
 from exchange.cluster import add_consul_arguments, add_secret_argument
 from exchange.errors import ExchangeError, Unavailable
-from exchange.tls import consul_endpoint
+from exchange.shared.tls import consul_endpoint
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 

@@ -9,7 +9,7 @@ event what breaks them, because the log is the truth). Pure: no I/O.
 
 from __future__ import annotations
 
-from exchange.engine import ORDER_TYPES, SIDES, MarketConfig
+from exchange.shared.markets import ORDER_TYPES, SIDES, MarketConfig
 from exchange.v1 import types_pb2
 
 MAX_CLIENT_ORDER_ID = 64

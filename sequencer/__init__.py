@@ -6,8 +6,10 @@
 * ``store``: the embedded log (SQLite, WAL, synchronous=FULL, group commit on the event loop), also each HA
   replica's local archive; ``replicated``: the log replicated in Consul (HA mode).
 
-May import the shared ``exchange`` modules (``cluster``, ``entries``, ``errors``, ``runtime``, ``v1``) and
-``discovery``; never ``exchange.node`` or ``exchange.engine``. Consul itself is reached only through
+May import ``exchange.shared`` (wire constants, TLS, ``MarketConfig``), the processes' ``exchange`` modules
+(``cluster``, ``commands``, ``dedup``, ``entries``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;
+never ``exchange.node``, ``exchange.engine`` or ``exchange.client`` (devtools/layout.py checks it, and
+tests/unit/test_layout.py that ``import sequencer.main`` loads no engine). Consul itself is reached only through
 ``discovery.ReplicatedStore`` (``discovery.consul.ConsulKV``).
 
 Design (README, "High availability"):

@@ -16,15 +16,7 @@ import grpc
 from prometheus_client import REGISTRY
 
 from discovery.consul import ConsulKV, ConsulRegistry, session_checks
-from exchange.cluster import (
-    SEQUENCER_SERVICE,
-    LeaderRecord,
-    add_cluster_arguments,
-    peer_token,
-    refuse_development_secret,
-    split_host_port,
-    token_metadata,
-)
+from exchange.cluster import LeaderRecord, add_cluster_arguments, peer_token, refuse_development_secret, token_metadata
 from exchange.cluster_config import agree_on_markets
 from exchange.dedup import DEFAULT_WINDOW, dedup_key
 from exchange.entries import entry_is_authentic
@@ -38,7 +30,8 @@ from exchange.runtime import (
     sync_channel,
     wait_for_signal,
 )
-from exchange.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.wire import SEQUENCER_SERVICE, split_host_port
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.log import LogBackend, StoredEntry
 from sequencer.replicated import DEFAULT_TAIL_ENTRIES, PeerReader, ReplicatedLog

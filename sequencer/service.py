@@ -44,11 +44,11 @@ from prometheus_client.core import GaugeMetricFamily
 
 from exchange.commands import command_error
 from exchange.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
-from exchange.engine import MarketConfig
 from exchange.entries import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from exchange.metrics import gauge
 from exchange.runtime import LongLivedStreams, Malformed, log_fields, receives_malformed_items
+from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from sequencer.log import LeadershipLost, LogBackend, StoredEntry
 from sequencer.metrics import LEADER_CHANGES, SEQUENCER_COMMIT_SECONDS, SEQUENCER_ENTRIES

@@ -40,9 +40,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from exchange.accounts import AUTHORIZATION
 from exchange.client import types as t
-from exchange.cluster import PEER_SERVICE
 from exchange.errors import (
     Aborted,
     DeadlineExceeded,
@@ -53,8 +51,12 @@ from exchange.errors import (
     error_from_rpc,
     error_from_status,
 )
-from exchange.runtime import CHANNEL_OPTIONS  # answers may be large (a whole L3 book): 64 MiB
-from exchange.tls import TlsConfig, add_tls_argument, load_tls
+from exchange.shared.tls import TlsConfig, add_tls_argument, load_tls
+from exchange.shared.wire import (
+    AUTHORIZATION,
+    CHANNEL_OPTIONS,  # answers may be large (a whole L3 book): 64 MiB
+    PEER_SERVICE,
+)
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 
@@ -91,7 +93,7 @@ class Connection:
 
 
 def connection_of(tls: TlsConfig | None = None, api_key: str | None = None) -> Connection:
-    """The connection of a client of a cluster: mutual TLS with the files of a `--tls-dir` (exchange/tls.py)
+    """The connection of a client of a cluster: mutual TLS with the files of a `--tls-dir` (exchange/shared/tls.py)
     when given, plaintext otherwise; `api_key` for the order-entry calls."""
     return Connection(credentials=None if tls is None else tls.channel_credentials(), api_key=api_key)
 

@@ -9,5 +9,6 @@
   status) and ``peer_rpcs`` (the cluster's own calls); ``lifecycle``: SYNCING / SERVING / STOPPING;
 * ``convert``: request validation and protobuf <-> engine conversions.
 
-May import ``exchange.engine``, the shared ``exchange`` modules and ``discovery``; never ``sequencer``.
+May import ``exchange.engine``, ``exchange.shared``, the processes' ``exchange`` modules and ``discovery``;
+never ``sequencer`` or ``exchange.client`` (devtools/layout.py checks it).
 """

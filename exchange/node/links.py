@@ -25,12 +25,13 @@ from typing import Protocol, TypeVar
 import grpc
 
 from discovery import KeyValue, KeyWatch, Registry, ServiceInstance, Watch
-from exchange.cluster import PEER_SERVICE, SEQUENCER_LEADER_KEY, SEQUENCER_SERVICE, LeaderRecord, token_metadata
+from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord, token_metadata
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
 from exchange.grpc_metrics import client_stream
 from exchange.node.metrics import STREAM_RECONNECTS, counters
 from exchange.runtime import aio_channel
-from exchange.tls import TlsConfig
+from exchange.shared.tls import TlsConfig
+from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)

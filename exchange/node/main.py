@@ -12,14 +12,7 @@ from prometheus_client import REGISTRY
 
 from discovery.consul import ConsulKV, ConsulRegistry
 from exchange.accounts import ACCOUNTS_PREFIX
-from exchange.cluster import (
-    PEER_SERVICE,
-    add_cluster_arguments,
-    is_loopback,
-    peer_token,
-    refuse_development_secret,
-    split_host_port,
-)
+from exchange.cluster import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
 from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
 from exchange.grpc_metrics import enable_client_metrics
@@ -41,7 +34,8 @@ from exchange.runtime import (
     set_log_node,
     wait_for_signal,
 )
-from exchange.tls import add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.tls import add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.wire import PEER_SERVICE, split_host_port
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")

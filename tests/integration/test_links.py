@@ -12,7 +12,7 @@ import pytest
 
 from exchange.errors import Unavailable
 from exchange.node.links import GateStream, PeerStream
-from exchange.runtime import CHANNEL_OPTIONS, SERVER_OPTIONS
+from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 from tests.unit.fakes import run_scenario

@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from exchange.engine import MarketConfig
 from exchange.entries import entry_is_authentic
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer import service as service_module
 from sequencer.log import LeadershipLost, Recovered, StoredEntry
