@@ -29,7 +29,7 @@ from devtools.netns import NetNamespaces
 from devtools.ports import free_port
 from discovery import Put
 from discovery.consul import ConsulKV
-from exchange.accounts import ACCOUNTS_PREFIX, add_account
+from exchange.accounts import ACCOUNTS_PREFIX, add_account, add_key
 from exchange.cluster import parse_markets
 from exchange.cluster_config import MARKETS_KEY, markets_record
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
@@ -313,11 +313,13 @@ class Cluster:
         self.consul_security.apply(self.consul.address, [(agent.address, agent.node_name) for agent in agents])
 
     def _make_accounts(self) -> None:
-        """The cluster's accounts in the registry, once (a restarted cluster keeps its keys)."""
+        """The cluster's accounts in the registry, once (a restarted cluster keeps its keys). An account that Consul
+        kept from an earlier run (the HA demo's servers keep their data) gets a new key beside its old ones."""
         kv = self.kv()
         for account in self.accounts:
             if account not in self.api_keys:
-                self.api_keys[account] = add_account(kv, self.secret.encode(), account)
+                kept = kv.read(ACCOUNTS_PREFIX + account) is not None
+                self.api_keys[account] = (add_key if kept else add_account)(kv, self.secret.encode(), account)
         self._account_records = kv.list(ACCOUNTS_PREFIX)
 
     @staticmethod
