@@ -23,18 +23,14 @@ from exchange.client.aio import AsyncBookSubscription, AsyncClient
 from exchange.client.book import SubscriptionStats
 from exchange.client.core import (
     DEFAULT_NODES,
-    ClientStats,
     Connection,
-    ConsulNodes,
-    NodeSource,
-    RetryPolicy,
-    StaticNodes,
     add_connection_arguments,
     connection_from_arguments,
     connection_of,
     new_client_order_id,
 )
 from exchange.client.market_data import Candle, Candles, PublicTrade, Ticker, TradesPage
+from exchange.client.nodes import ClientStats, ConsulNodes, NodeSource, RetryPolicy, StaticNodes
 from exchange.client.sync import BookSubscription, Client
 from exchange.client.types import (
     AmendResult,
