@@ -68,10 +68,8 @@ KNOWN_LONG_FILES = {
     "sequencer/replicated.py",
 }
 KNOWN_LONG_FUNCTIONS = {
-    "exchange/cli.py:main",
     "exchange/engine/book.py:Book.submit",
     "exchange/engine/book.py:Book._take",
-    "sequencer/service.py:SequencerService._sequence",
 }
 
 

@@ -301,29 +301,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
             raise Unavailable(self.standby_reason)
         term = self.term
         market = self.market(request.market)
-        if not request.commands:
-            raise InvalidArgument("no commands to sequence")
-        if len(request.commands) > MAX_COMMANDS_PER_REQUEST:
-            raise InvalidArgument(f"at most {MAX_COMMANDS_PER_REQUEST} commands per request")
-        config = self.configs[market.market]
-        for number, command in enumerate(request.commands):
-            if command.market != request.market:
-                raise InvalidArgument(
-                    f"command {number} is for market {command.market!r} in a request for {request.market!r}; "
-                    "nothing of the request was numbered"
-                )
-            if (error := command_error(command, config)) is not None:
-                raise InvalidArgument(f"command {number}: {error}; nothing of the request was numbered")
-        if request.applied_seq > market.current:
-            if self.store.suspect(f"node {request.node_id} has applied {market.market} up to {request.applied_seq}, "
-                                  f"past this replica's {market.current}"):
-                raise Unavailable(f"node {request.node_id} has applied {market.market} up to {request.applied_seq} "
-                                  f"but this Sequencer replica's log ends at {market.current}: it may no longer "
-                                  "lead (it checks); retry")
-            raise FailedPrecondition(
-                f"node {request.node_id} has applied {market.market} up to {request.applied_seq} but the "
-                f"Sequencer's log ends at {market.current}: the node's state is not from this log"
-            )
+        self._check_request(request, market)
         missing: list[StoredEntry] = []
         while (lacking := market.current - request.applied_seq) > len(missing):
             first = request.applied_seq + len(missing) + 1
@@ -336,21 +314,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         if missing and _may_repeat_numbered_commands(request, missing):
             return await self._stale(market, missing, term)
 
-        assignments: list[tuple[StoredEntry | int, bool]] = []
-        fresh: list[StoredEntry] = []
-        stamp = market.last_time = max(self.clock(), market.last_time)
-        for command in request.commands:
-            key = dedup_key(command)
-            if key is not None and (earlier := market.dedup.get(key)) is not None:
-                assignments.append((earlier, True))
-                continue
-            seq = market.current + 1
-            command.time_ms = stamp
-            data = command.SerializeToString(deterministic=True)
-            entry = StoredEntry(market.market, seq, key, data, entry_mac(self.secret, market.market, seq, data))
-            market.assign(entry)
-            fresh.append(entry)
-            assignments.append((entry, False))
+        assignments, fresh = self._number(market, request.commands)
         stats = market.stats
         stats.grants += 1
         stats.granted_commands += len(fresh)
@@ -377,6 +341,54 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
                 entry = assigned
             response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
         return response
+
+    def _check_request(self, request: sequencer_pb2.SequenceRequest, market: MarketLog) -> None:
+        """Refuses a request the gate must number nothing of: no or too many commands, a command that may not
+        enter the log, or a node that has applied past this replica's log."""
+        if not request.commands:
+            raise InvalidArgument("no commands to sequence")
+        if len(request.commands) > MAX_COMMANDS_PER_REQUEST:
+            raise InvalidArgument(f"at most {MAX_COMMANDS_PER_REQUEST} commands per request")
+        config = self.configs[market.market]
+        for number, command in enumerate(request.commands):
+            if command.market != request.market:
+                raise InvalidArgument(
+                    f"command {number} is for market {command.market!r} in a request for {request.market!r}; "
+                    "nothing of the request was numbered"
+                )
+            if (error := command_error(command, config)) is not None:
+                raise InvalidArgument(f"command {number}: {error}; nothing of the request was numbered")
+        if request.applied_seq > market.current:
+            if self.store.suspect(f"node {request.node_id} has applied {market.market} up to {request.applied_seq}, "
+                                  f"past this replica's {market.current}"):
+                raise Unavailable(f"node {request.node_id} has applied {market.market} up to {request.applied_seq} "
+                                  f"but this Sequencer replica's log ends at {market.current}: it may no longer "
+                                  "lead (it checks); retry")
+            raise FailedPrecondition(
+                f"node {request.node_id} has applied {market.market} up to {request.applied_seq} but the "
+                f"Sequencer's log ends at {market.current}: the node's state is not from this log"
+            )
+
+    def _number(self, market: MarketLog, commands: Iterable[types_pb2.Command],
+                 ) -> tuple[list[tuple[StoredEntry | int, bool]], list[StoredEntry]]:
+        """Numbers `commands` in `market` (no await: nothing interleaves): per command its entry (or the seq
+        of an earlier one with the same client_order_id, a duplicate), and the fresh entries to write."""
+        assignments: list[tuple[StoredEntry | int, bool]] = []
+        fresh: list[StoredEntry] = []
+        stamp = market.last_time = max(self.clock(), market.last_time)
+        for command in commands:
+            key = dedup_key(command)
+            if key is not None and (earlier := market.dedup.get(key)) is not None:
+                assignments.append((earlier, True))
+                continue
+            seq = market.current + 1
+            command.time_ms = stamp
+            data = command.SerializeToString(deterministic=True)
+            entry = StoredEntry(market.market, seq, key, data, entry_mac(self.secret, market.market, seq, data))
+            market.assign(entry)
+            fresh.append(entry)
+            assignments.append((entry, False))
+        return assignments, fresh
 
     async def _stale(self, market: MarketLog, missing: list[StoredEntry], term: int) -> sequencer_pb2.SequenceResponse:
         """Grants nothing; the answer carries what the node lacks (at most MAX_MISSING_PER_ANSWER entries)."""
