@@ -28,7 +28,7 @@ from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
 from discovery import Put
-from discovery.consul import ConsulKV
+from discovery.consul_kv import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX, add_account, add_key
 from exchange.cluster import parse_markets
 from exchange.cluster_config import MARKETS_KEY, markets_record

@@ -1,5 +1,5 @@
-"""Service discovery and the cluster's shared configuration: the interface, and (in `discovery.consul`)
-the only code that knows Consul.
+"""Service discovery and the cluster's shared configuration: the interface, and (in `discovery.consul`, the
+registry, and `discovery.consul_kv`, the KV store and sessions) the only code that knows Consul.
 
 This module holds the interface the rest of the product depends on: the :class:`Registry` and
 :class:`Watch` protocols, :class:`ServiceInstance` with its :class:`FrozenMeta`, the :class:`KeyValue`
@@ -11,8 +11,8 @@ implementation, :class:`~discovery.consul.ConsulRegistry`, which production code
 imports this module, never the other way round. Nothing here starts processes: the Consul dev agent,
 free ports and the in-memory StaticRegistry for tests live in the `devtools` package.
 
-May import the standard library and py-consul (in `discovery.consul` only); nothing of `exchange` or
-`sequencer` (devtools/layout.py checks it).
+May import the standard library and py-consul (in `discovery.consul` and `discovery.consul_kv` only);
+nothing of `exchange` or `sequencer` (devtools/layout.py checks it).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from discovery import DiscoveryError
-from discovery.consul import ConsulKV
+from discovery.consul_kv import ConsulKV
 from exchange import cli_market_data
 from exchange.accounts import AccountError, add_account, add_key, list_accounts, set_active
 from exchange.client import (

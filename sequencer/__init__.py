@@ -10,7 +10,7 @@ May import ``exchange.shared`` (wire constants, TLS, ``MarketConfig``), the proc
 (``cluster``, ``commands``, ``dedup``, ``entries``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;
 never ``exchange.node``, ``exchange.engine`` or ``exchange.client`` (devtools/layout.py checks it, and
 tests/unit/test_layout.py that ``import sequencer.main`` loads no engine). Consul itself is reached only through
-``discovery.ReplicatedStore`` (``discovery.consul.ConsulKV``).
+``discovery.ReplicatedStore`` (``discovery.consul_kv.ConsulKV``).
 
 Design (README, "High availability"):
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 from prometheus_client import REGISTRY
 
-from discovery.consul import ConsulKV, ConsulRegistry, session_checks
+from discovery.consul import ConsulRegistry, session_checks
+from discovery.consul_kv import ConsulKV
 from exchange.cluster import LeaderRecord, add_cluster_arguments, peer_token, refuse_development_secret, token_metadata
 from exchange.cluster_config import agree_on_markets
 from exchange.dedup import DEFAULT_WINDOW, dedup_key

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from discovery.consul import ConsulKV, ConsulRegistry
+from discovery.consul import ConsulRegistry
+from discovery.consul_kv import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX
 from exchange.cluster import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
 from exchange.cluster_config import agree_on_markets
