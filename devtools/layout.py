@@ -64,7 +64,6 @@ FIRST_PARTY = ("exchange", "sequencer", "discovery", "devtools")
 KNOWN_LONG_FILES = {
     "exchange/engine/book.py",
     "exchange/node/links.py",
-    "sequencer/replicated.py",
 }
 KNOWN_LONG_FUNCTIONS = {
     "exchange/engine/book.py:Book.submit",

@@ -4,7 +4,8 @@
 * ``log``: the log's contract, what the gate needs of a backend (``LogBackend``) and what a replicated backend
   tells the gate (``Gate``); ``dedup``: the client_order_id window and the one ``dedup_key`` function;
 * ``store``: the embedded log (SQLite, WAL, synchronous=FULL, group commit on the event loop), also each HA
-  replica's local archive; ``replicated``: the log replicated in Consul (HA mode).
+  replica's local archive; ``replicated``: the log replicated in Consul (HA mode), made of
+  the parts in ``ha`` (election and session, the fenced commit, the standby's follow and archive).
 
 May import ``exchange.shared`` (wire constants, TLS, ``MarketConfig``), the processes' ``exchange`` modules
 (``cluster``, ``commands``, ``dedup``, ``entries``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;

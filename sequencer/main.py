@@ -34,8 +34,9 @@ from exchange.runtime import (
 from exchange.shared.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
 from exchange.shared.wire import SEQUENCER_SERVICE, split_host_port
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from sequencer.ha.records import DEFAULT_TAIL_ENTRIES, PeerReader
 from sequencer.log import LogBackend, StoredEntry
-from sequencer.replicated import DEFAULT_TAIL_ENTRIES, PeerReader, ReplicatedLog
+from sequencer.replicated import ReplicatedLog
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
 
