@@ -9,7 +9,7 @@ STUBS := exchange/v1/exchange_pb2.py
 CONSUL_STAMP := .cache/consul/path
 PROMETHEUS_STAMP := .cache/prometheus/path
 
-.PHONY: install proto consul prometheus hygiene test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
+.PHONY: install proto consul prometheus browser hygiene test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
 
 # make chaos CHAOS_ARGS='--seed 7 --orders 10000 --duration 300'
 CHAOS_ARGS ?= --duration 120
@@ -46,7 +46,21 @@ $(PROMETHEUS_STAMP): scripts/ensure-prometheus.sh scripts/debian-package.sh
 hygiene:
 	$(PYTHON) -m devtools.repo_hygiene
 
-test: hygiene install consul prometheus
+# The web console's tests drive a real browser: Debian's chromium and chromium-driver, installed with apt-get where
+# this runs as root (as CI does); elsewhere it says what to install (the tests then skip, except in CI).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get) for the web console's browser tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium chromium-driver > /dev/null 2>&1 || \
+		{ apt-get update -q > /dev/null && apt-get install -y -q chromium chromium-driver > /dev/null; }; \
+	else \
+		echo "the web console's browser tests need Chromium and its driver: sudo apt-get install chromium" \
+			"chromium-driver (Debian, Ubuntu); without them they are skipped (in CI they fail)"; \
+	fi
+
+test: hygiene install consul prometheus browser
 	$(PY) -m pytest
 
 test-unit: install

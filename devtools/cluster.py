@@ -185,6 +185,8 @@ class Cluster:
             free_port() for _ in range(count - 1))]
         self.sequencers: list[ServiceProcess] = []
         self.nodes: list[ServiceProcess] = []
+        self.web: ServiceProcess | None = None  # the web console, once start_web() ran
+        self.web_port: int | None = None
 
     # -- addresses --------------------------------------------------------------------------------
 
@@ -454,11 +456,34 @@ class Cluster:
             raise RuntimeError(f"{node.name} exited:\n{node.read_log()[-3000:]}")
 
     def processes(self) -> list[ServiceProcess]:
+        """The cluster's services (the web console, a client of it, is `web`)."""
         return [*self.sequencers, *self.nodes]
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/"
+
+    def start_web(self, port: int | None = None, timeout: float = 30.0) -> str:
+        """(Re)starts the web console (exchange-web) on `port` (the last one, else a free one) and waits until it
+        answers; returns its URL. It is a client of the cluster: Consul (the observer's token: it reads services) and
+        the client's TLS files, no secret."""
+        self.web_port = port or self.web_port or free_port()
+        tls = [] if self.client_tls_dir is None else ["--tls-dir", str(self.client_tls_dir)]
+        transport = {name: os.environ.get(name, value) for name, value in SERVICE_GRPC_ENV.items()}
+        args = ["--listen", f"127.0.0.1:{self.web_port}", "--consul", self.consul_address_for(0), *tls]
+        env = {"CONSUL_HTTP_TOKEN": self.consul_token("observer"), "PYTHONUNBUFFERED": "1", **transport}
+        self.web = ServiceProcess("web", "exchange.web.main", args, self.workdir / "logs" / "web.log", env)
+        self.web.start()
+        web = self.web
+        url = self.web_url if self.client_tls_dir is None else self.web_url.replace("http:", "https:")
+        wait_until(lambda: web_answers(url) or not web.running, timeout, "the web console to answer")
+        if not web.running:
+            raise RuntimeError(f"exchange-web exited:\n{web.read_log()[-3000:]}")
+        return url
 
     def stop(self) -> None:
         try:
-            for process in reversed(self.processes()):
+            for process in [*([self.web] if self.web is not None else []), *reversed(self.processes())]:
                 process.stop()
             self.consul.stop()
         finally:
@@ -489,7 +514,7 @@ class Cluster:
     def logs(self, tail: int = 4000) -> str:
         servers = self.consul.agents if isinstance(self.consul, ConsulServers) else [self.consul]
         parts = [f"===== consul ({server.log_file}) =====\n{server.read_log()[-tail:]}" for server in servers]
-        for process in self.processes():
+        for process in [*self.processes(), *([self.web] if self.web is not None else [])]:
             parts.append(f"===== {process.name} ({process.log_file}) =====\n{process.read_log()[-tail:]}")
         return "\n".join(parts)
 
@@ -536,6 +561,20 @@ class Cluster:
 
         wait_until(converged, timeout, "the nodes to converge", interval=0.2)
         return views[0]
+
+
+def web_answers(url: str) -> bool:
+    """Whether the web console at `url` answers (its certificate is not checked: a probe, not a client)."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url + "api/state", timeout=2, context=context) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
 def serving(address: str, tls: TlsConfig | None = None) -> bool:

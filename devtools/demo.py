@@ -29,7 +29,7 @@ from exchange.shared.tls import TlsConfig, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 DEMO_DIR = ROOT / ".cluster"
-DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053], "prometheus": 19090}
+DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053], "prometheus": 19090, "web": 18080}
 # HA mode: three Consul servers' HTTP APIs, two Sequencer replicas (the nodes' ports are the same)
 HA_PORTS = {"consul": [18500, 18501, 18502], "sequencers": [50050, 50054]}
 # Each process's Prometheus metrics (http://127.0.0.1:PORT/metrics)
@@ -62,8 +62,10 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
           f"{', '.join(cluster.node_addresses)} ...", flush=True)
     try:
         cluster.start()
+        web_url = cluster.start_web(DEMO_PORTS["web"])
     except Exception:
         print(cluster.logs())
+        cluster.stop()
         raise
     prometheus = PrometheusServer(DEMO_DIR, cluster.consul_address, port=DEMO_PORTS["prometheus"], interval="5s",
                                   consul_token=cluster.consul_token("observer"))
@@ -76,7 +78,7 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
     STATE_FILE.write_text(json.dumps({
         "consul_pids": consul_pids,
         "prometheus_pid": prometheus.pid,
-        "processes": {p.name: p.pid for p in cluster.processes()},
+        "processes": {"web": cluster.web.pid if cluster.web else None, **{p.name: p.pid for p in cluster.processes()}},
         "nodes": cluster.node_addresses,
         "sequencers": {cluster.sequencer_name(i): cluster.sequencer_address_of(i)
                        for i in range(len(cluster.sequencer_ports))},
@@ -84,6 +86,7 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         "ha": ha,
         "tls_dir": str(cluster.client_tls_dir) if cluster.client_tls_dir else None,
         "metrics": {p.name: cluster.metrics_url(p.name) for p in cluster.processes()},
+        "web": web_url,
     }, indent=2))
     grpcurl = Path(sys.executable).parent.relative_to(ROOT) / "grpcurl"
     cli = Path(sys.executable).parent.relative_to(ROOT) / "exchange-cli"
@@ -113,6 +116,8 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         print(f"\nresumed the log of an earlier demo run ({where}): its orders still rest; for empty books run "
               f"`make cluster-down`, remove {DEMO_DIR.relative_to(ROOT)}, and start again")
     alice, bob = '-H "authorization: Bearer $ALICE"', '-H "authorization: Bearer $BOB"'
+    browser_note = "" if tls_dir is None else (
+        f" (HTTPS with the demo's own CA: let the browser accept it, or import {tls_dir.parent}/ca.pem)")
     metrics = "\n".join(f"  {p.name:<12} {cluster.metrics_url(p.name)}" for p in cluster.processes())
     https = "" if tls_dir is None else f"; the services use its HTTPS API, {cluster.consul_address_for(0)}"
     print(f"""
@@ -128,6 +133,8 @@ found through Consul (deploy/prometheus/); queries worth trying:
   exchange_book_checksum     each node's book checksum per market (equal where exchange_book_checksum_seq is)
 accounts alice and bob, their API keys in {keys.relative_to(ROOT)} (more, with the accounts role's token and the
 cluster secret: (set -a; . {admin.relative_to(ROOT)}; {cli} accounts add NAME))
+
+web console: open {web_url}{browser_note}
 
 try grpcurl (first: set -a; . {keys.relative_to(ROOT)}; set +a):
   {g} {node1} list

@@ -13,6 +13,8 @@ Folders, from the floor up (each may import the ones above it in this list, neve
 * ``exchange/*.py``: what the processes share (cluster token and records, accounts, the markets in Consul,
   servers and channels, metrics, the CLIs). The floor, the engine, discovery; never the node, the Sequencer.
 * ``exchange/node/``: the exchange node. All of the above; never the Sequencer or the client.
+* ``exchange/web/``: the web console (``exchange-web``). The floor, the client, ``exchange/*.py`` and
+  discovery; never the engine, the node or the Sequencer.
 * ``sequencer/``: the Sequencer. The floor, ``exchange/*.py`` and discovery; never the engine, the node or
   the client.
 * ``discovery/``: service discovery and the Consul KV. The standard library and py-consul only.
@@ -41,7 +43,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("exchange/engine/", ("exchange.engine", "exchange.shared.markets")),
     ("exchange/client/", (*FLOOR, "exchange.client")),
     ("exchange/node/", (*FLOOR, "exchange.engine", "exchange.node", PROCESS_SHARED, "discovery")),
-    ("exchange/", (*FLOOR, "exchange.engine", "exchange.client", PROCESS_SHARED, "discovery", "exchange")),
+    ("exchange/web/", (*FLOOR, "exchange.client", PROCESS_SHARED, "discovery", "exchange.web")),
+    ("exchange/", (*FLOOR, "exchange.engine", "exchange.client", PROCESS_SHARED, "discovery")),
     ("sequencer/", (*FLOOR, "sequencer", PROCESS_SHARED, "discovery")),
     ("discovery/", ("discovery",)),
 ]

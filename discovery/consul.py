@@ -282,6 +282,20 @@ class ConsulRegistry:
             raise error(f"Consul at {self.host}:{self.port}: {describe_failure(e, self.token)}") from e
         return _parse_entries(service, entries)
 
+    def instances(self, service: str) -> list[tuple[ServiceInstance, bool]]:
+        """Every registered instance of ``service``, passing or not, and whether all its checks pass (a killed
+        process stays registered, critical, until Consul reaps it): what a view of the cluster shows."""
+        try:
+            with self._lock:
+                _, entries = self._client.health.service(service)
+        except Exception as e:
+            error = AccessDenied if acl_refused(e) else DiscoveryError
+            raise error(f"Consul at {self.host}:{self.port}: {describe_failure(e, self.token)}") from e
+        passing = {(e.get("Service") or {}).get("ID") or "": all(c.get("Status") == "passing"
+                                                               for c in e.get("Checks") or [])
+                   for e in entries or []}
+        return [(instance, passing.get(instance.instance_id, False)) for instance in _parse_entries(service, entries)]
+
     def watch(self, service: str, on_change: Callable[[list[ServiceInstance]], None]) -> ConsulWatch:
         w = ConsulWatch(self, service, on_change)
         with self._lock:

@@ -18,6 +18,8 @@ and tests/unit/test_layout.py check it):
   ``cli_market_data``. They may import the floor, the engine and ``discovery``.
 * ``exchange.node``: the exchange node service (replica, sequencing pipeline, gRPC adapters); never the
   Sequencer or the client.
+* ``exchange.web``: the web console (``exchange-web``), a client of the cluster: the floor, the client, the
+  processes' shared modules and ``discovery``; never the engine, the node or the Sequencer.
 
 The Sequencer lives in the top-level ``sequencer`` package and discovery behind ``discovery``; neither
 service imports the other's package. The test and demo harness lives in ``devtools/`` and is not packaged.

@@ -128,6 +128,20 @@ def test_watch_follows_health_and_deregistration(
     assert time.monotonic() - t < 1.5
 
 
+def test_instances_lists_every_registration_with_whether_it_passes(
+    registry: ConsulRegistry, health_server: HealthServer
+) -> None:
+    """What a view of the cluster shows (exchange-web): a failing instance stays listed, marked, until it is gone."""
+    registry.register("peer-server", "node-1", "127.0.0.1", health_server.port)
+    registry.register("peer-server", "node-2", "127.0.0.1", free_port())  # nothing listens there
+    wait_for(lambda: [(i.instance_id, ok) for i, ok in registry.instances("peer-server")] ==
+             [("node-1", True), ("node-2", False)], what="node-2 critical, node-1 passing")
+    assert ids(registry.healthy("peer-server")) == ["node-1"]
+    registry.deregister("node-2")
+    wait_for(lambda: [i.instance_id for i, _ in registry.instances("peer-server")] == ["node-1"],
+             what="node-2 gone after deregister")
+
+
 def test_consul_restart_reregisters_and_watch_keeps_last_known_set(
     consul_agent: ConsulDevAgent, registry: ConsulRegistry, health_server: HealthServer
 ) -> None:

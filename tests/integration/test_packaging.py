@@ -80,6 +80,8 @@ def test_the_wheel_holds_stubs_and_protos(built: tuple[Path, Path]) -> None:
         assert f"exchange/v1/{stem}_pb2.pyi" in names
     for proto in PROTOS:
         assert f"exchange/proto/exchange/v1/{proto}" in names, sorted(names)
+    for page in ("index.html", "app.js", "charts.js", "app.css", "favicon.svg"):  # the web console's
+        assert f"exchange/web/static/{page}" in names, sorted(names)
 
 
 def test_a_fresh_virtualenv_imports_the_stubs_and_runs_every_console_script(
@@ -96,5 +98,5 @@ def test_a_fresh_virtualenv_imports_the_stubs_and_runs_every_console_script(
     for proto in PROTOS:
         assert (proto_dir / "exchange" / "v1" / proto).is_file()
     for script, words in (("exchange-cli", "exchange-cli"), ("exchange-node", "--markets"),
-                          ("exchange-sequencer", "--data-dir")):
+                          ("exchange-sequencer", "--data-dir"), ("exchange-web", "--consul-token")):
         assert words in _run(bin_dir / script, "--help", cwd=tmp_path), script
