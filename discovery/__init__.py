@@ -72,9 +72,6 @@ class FrozenMeta(Mapping[str, str]):
     def __repr__(self) -> str:
         return f"FrozenMeta({self._items!r})"
 
-    def to_dict(self) -> dict[str, str]:
-        return dict(self._items)
-
 
 @dataclass(frozen=True, slots=True)
 class ServiceInstance:
