@@ -36,7 +36,7 @@ import time
 from exchange.cluster import SEQUENCER_LEADER_KEY
 from sequencer.ha.commit import Committer
 from sequencer.ha.records import STOPPING, Pending
-from sequencer.log import Gate, Recovered, StoredEntry
+from sequencer.log import Recovered, RoleCallbacks, StoredEntry
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ReplicatedLog(Committer):
     def markets(self) -> list[str]:
         return self.archive.markets()
 
-    def start(self, loop: asyncio.AbstractEventLoop, gate: Gate | None = None) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, gate: RoleCallbacks | None = None) -> None:
         assert gate is not None, "a replicated log drives the gate's role"
         self._loop, self._gate = loop, gate
         self._threads = [self._thread("log-follow", self._follow), self._thread("log-election", self._elect)]

@@ -22,7 +22,7 @@ clock is injected (`clock`), read once per request, and is the only one: replica
 
 Roles (the replicated log, HA mode): only the leader numbers; a standby answers Sequence with UNAVAILABLE (the
 node retries on the leader it finds in Consul) and serves ReadLog and GetSequence from what it has adopted.
-The backend tells the service when it leads, when it must stop, and what the leader committed (`log.Gate`).
+The backend tells the service when it leads, when it must stop, and what the leader committed (`log.RoleCallbacks`).
 Every change of role starts a new term; an answer prepared in one term is never sent in another, so an answer
 never mentions a number that a lost leadership took back.
 """
@@ -224,7 +224,7 @@ class SequencerService(sequencer_pb2_grpc.SequencerServicer):
         last = self.store.read(market, position, position, 1) if position else []
         return entry_time(last[0]) if last else 0
 
-    # -- roles (log.Gate) -------------------------------------------------------------------------
+    # -- roles (log.RoleCallbacks) -------------------------------------------------------------------------
 
     def adopt(self, market: str, entries: list[StoredEntry]) -> None:
         if self.leading:

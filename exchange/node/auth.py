@@ -167,7 +167,7 @@ class RateLimiter:
         self._buckets[account] = (tokens - orders, now)
 
 
-class Gatekeeper:
+class AccessControl:
     """Who may enter orders and how fast: the registry and the rate limiter together. Without a registry
     (`--insecure-no-auth`, loopback development only) every caller is the account "" and nothing is limited."""
 

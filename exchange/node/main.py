@@ -18,7 +18,7 @@ from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
 from exchange.grpc_metrics import enable_client_metrics
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
-from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccountRegistry, Gatekeeper, RateLimiter
+from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccessControl, AccountRegistry, RateLimiter
 from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
 from exchange.node.metrics import NodeGauges
@@ -158,7 +158,7 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.insecure_no_auth:
         accounts = AccountRegistry(secret)
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
-    gate = Gatekeeper(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
+    gate = AccessControl(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
     snapshotter = Snapshotter(SnapshotStore(args.data_dir or Path(".cluster") / node_id), replica, node_id,
                               args.snapshot_every)

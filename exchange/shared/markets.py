@@ -172,3 +172,11 @@ class MarketConfig:
         if new_size % self.lot_size:
             return RejectReason.SIZE_NOT_ON_LOT
         return None if new_price is None else self.price_error(new_price)
+
+
+def order_id_error(order_id: object) -> str | None:
+    """Why `order_id` names no order (None if it may): an order's id is its sequence number, positive. The
+    one check of it, for the node's requests and for the commands that enter the log."""
+    if type(order_id) is int and order_id > 0:
+        return None
+    return f"order_id must be positive (the order's sequence number), got {order_id}"

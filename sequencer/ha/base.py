@@ -11,7 +11,7 @@ from collections.abc import Callable
 from discovery import ReplicatedStore
 from exchange.cluster import LeaderRecord
 from sequencer.ha.records import DEFAULT_TAIL_ENTRIES, MarketState, PeerReader, Pending
-from sequencer.log import Gate, settle_all
+from sequencer.log import RoleCallbacks, settle_all
 from sequencer.store import LogStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class LogState:
         self.leading = False
         self.session: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._gate: Gate | None = None
+        self._gate: RoleCallbacks | None = None
         self._state = threading.Lock()  # the follower's rounds and a takeover exclude each other
         self._stop = threading.Event()
         self._standby = threading.Event()  # set while not leading: the follower follows
@@ -60,7 +60,7 @@ class LogState:
         self._threads: list[threading.Thread] = []
 
     def _thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
-        """A thread of this log; one that crashes is a bug the gate must not outlive (Gate.fail)."""
+        """A thread of this log; one that crashes is a bug the gate must not outlive (RoleCallbacks.fail)."""
 
         def run() -> None:
             try:
