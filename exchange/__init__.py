@@ -13,7 +13,7 @@ and tests/unit/test_layout.py check it):
   client"; imports only the floor.
 * The processes' shared modules, directly here: ``cluster`` (cluster token, signed records, market spec),
   ``cluster_config`` (the markets in Consul KV), ``accounts``, ``commands`` (what may enter the log),
-  ``dedup``, ``entries`` (how log entries are signed), ``runtime`` (servers, channels, health, reflection,
+  ``dedup``, ``entry_signing`` (how log entries are signed), ``runtime`` (servers, channels, health, reflection,
   graceful stop), ``metrics`` and ``grpc_metrics``; and the CLIs ``cli`` (``exchange-cli``) and
   ``cli_market_data``. They may import the floor, the engine and ``discovery``.
 * ``exchange.node``: the exchange node service (replica, sequencing pipeline, gRPC adapters); never the

@@ -8,7 +8,7 @@
   the parts in ``ha`` (election and session, the fenced commit, the standby's follow and archive).
 
 May import ``exchange.shared`` (wire constants, TLS, ``MarketConfig``), the processes' ``exchange`` modules
-(``cluster``, ``commands``, ``dedup``, ``entries``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;
+(``cluster``, ``commands``, ``dedup``, ``entry_signing``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;
 never ``exchange.node``, ``exchange.engine`` or ``exchange.client`` (devtools/layout.py checks it, and
 tests/unit/test_layout.py that ``import sequencer.main`` loads no engine). Consul itself is reached only through
 ``discovery.ReplicatedStore`` (``discovery.consul_kv.ConsulKV``).

@@ -20,7 +20,7 @@ from discovery.consul_kv import ConsulKV
 from exchange.cluster import LeaderRecord, add_cluster_arguments, peer_token, refuse_development_secret, token_metadata
 from exchange.cluster_config import agree_on_markets
 from exchange.dedup import DEFAULT_WINDOW, dedup_key
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
 from exchange.runtime import (
     GrpcServer,

@@ -44,7 +44,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from exchange.commands import command_error
 from exchange.dedup import DEFAULT_WINDOW, DedupWindow, dedup_key
-from exchange.entries import entry_mac
+from exchange.entry_signing import entry_mac
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, rpc
 from exchange.metrics import gauge
 from exchange.runtime import LongLivedStreams, Malformed, log_fields, receives_malformed_items

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import pytest
 
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.errors import Unavailable
 from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, types_pb2

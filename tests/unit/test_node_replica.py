@@ -8,7 +8,7 @@ import re
 import pytest
 
 from exchange import engine as eng
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound
 from exchange.node import convert
 from exchange.node.replica import Replica

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, types_pb2
