@@ -2,12 +2,10 @@
 serving Prometheus metrics (`--metrics-listen`: the gRPC interceptors on, the exchange's series counted) and
 scraped every second, against the same cluster without metrics, in one run.
 
-Both clusters run side by side (the one not measured idles); each round measures every case on one, then on the
-other, the order alternating (off, on, on, off, ...), METRICS_ROUNDS rounds, and each case's figure is its best
-run (noise on this machine only ever slows a run down; a shared machine's load drifts over minutes, so the two
-modes are measured seconds apart). The scraper is a process of its own (`python -m bench.metrics scrape URL...`),
-as Prometheus would be, scraping every process of the cluster with metrics every second (15x Prometheus's default
-interval) for the whole run.
+Both clusters run side by side (bench.cluster.side_by_side: the order alternating, off, on, on, off, ...,
+METRICS_ROUNDS rounds, each case's figure its best run; then each must agree with a replay of its log). The
+scraper is a process of its own (`python -m bench.metrics scrape URL...`), as Prometheus would be, scraping every
+process of the cluster with metrics every second (15x Prometheus's default interval) for the whole run.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.cluster import STREAM_BATCHES, _best, _cluster_unary, _log, _stream_figures, _streaming_run
+from bench.cluster import _log, side_by_side
 from devtools.cluster import Cluster
 
 METRICS_ROUNDS = 3
@@ -41,43 +39,23 @@ def _scraped(cluster: Cluster) -> Iterator[None]:
         scraper.wait(10)
 
 
-def _cases(cluster: Cluster, seconds: float, round_number: int) -> dict:
-    mode = "on" if cluster.metrics else "off"
-    _log(f"round {round_number}, metrics {mode}")
-    return {"unary": _cluster_unary(cluster, 64, seconds, round_number),
-            "streaming": [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]}
+@contextlib.contextmanager
+def _scraped_and_sized(cluster: Cluster, sizes: dict[str, int]) -> Iterator[None]:
+    """`_scraped`, then the size of every process's page, into `sizes`."""
+    with _scraped(cluster):
+        yield
+    sizes.update({process.name: len(urllib.request.urlopen(cluster.metrics_url(process.name), timeout=10).read())
+                  for process in cluster.processes()})
 
 
 def run(seconds: float = 4.0, workdir: Path | None = None) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-metrics-"))
-    clusters = {metrics: Cluster(workdir / f"cluster-metrics-{'on' if metrics else 'off'}", nodes=3,
-                                 secret="bench-secret", metrics=metrics) for metrics in (False, True)}
-    runs: dict[bool, list[dict]] = {False: [], True: []}
+    clusters = {mode: Cluster(workdir / f"cluster-metrics-{mode}", nodes=3, secret="bench-secret",
+                              metrics=mode == "on") for mode in ("off", "on")}
     _log("two clusters of 3 nodes: metrics off, and metrics on (scraped every second)")
-    try:
-        for cluster in clusters.values():
-            cluster.start()
-        with _scraped(clusters[True]):
-            for round_number in range(1, METRICS_ROUNDS + 1):
-                for metrics in ((False, True) if round_number % 2 else (True, False)):
-                    runs[metrics].append(_cases(clusters[metrics], seconds, round_number))
-        scrape_bytes = {process.name: len(urllib.request.urlopen(clusters[True].metrics_url(process.name),
-                                                                 timeout=10).read())
-                        for process in clusters[True].processes()}
-    except Exception:
-        for cluster in clusters.values():
-            print(cluster.logs(), file=sys.stderr)
-        raise
-    finally:
-        for cluster in clusters.values():
-            cluster.stop()
-    result: dict = {}
-    for metrics, cases in runs.items():
-        result["on" if metrics else "off"] = {
-            "unary_64": _best([case["unary"] for case in cases]),
-            "streaming": [_stream_figures(max((case["streaming"][index] for case in cases), key=lambda r: r.rate))
-                          for index in range(len(STREAM_BATCHES))],
-        }
+    scrape_bytes: dict[str, int] = {}
+    result: dict = side_by_side(clusters, seconds, METRICS_ROUNDS,
+                                lambda: _scraped_and_sized(clusters["on"], scrape_bytes))
     result["scrape_bytes"] = scrape_bytes
     return result
 

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import gc
 import hmac
+import importlib.util
 import inspect
 import json
 import logging
@@ -55,10 +56,24 @@ def sync_channel(target: str, tls: TlsConfig | None = None) -> grpc.Channel:
 SERVICE_GRPC_ENV = {"GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener"}
 
 
+# The event loop the services run on: uvloop (libuv) unless EXCHANGE_EVENT_LOOP=asyncio. Every order costs a
+# node dozens of loop callbacks (grpc's completions, futures, tasks): measured on a 3-node cluster, unary at 64
+# in flight, alternating runs, uvloop took the cluster's CPU per order from 653-710 us to 562-608 us (-14%).
+EVENT_LOOP_ENV = "EXCHANGE_EVENT_LOOP"
+
+
+def event_loop_name() -> str:
+    """The event loop this process runs on ("uvloop" or "asyncio": asked for, or uvloop is not installed)."""
+    if os.environ.get(EVENT_LOOP_ENV, "uvloop") == "asyncio" or importlib.util.find_spec("uvloop") is None:
+        return "asyncio"
+    return "uvloop"
+
+
 def grpc_transport() -> str:
-    """The transport this process runs with, for its start-up log line."""
+    """The transport and event loop this process runs with, for its start-up log line."""
     experiments = os.environ.get("GRPC_EXPERIMENTS")
-    return f"GRPC_EXPERIMENTS={experiments}" if experiments else "grpc defaults"
+    transport = f"GRPC_EXPERIMENTS={experiments}" if experiments else "grpc defaults"
+    return f"{transport}, event loop {event_loop_name()}"
 
 
 LOG_FORMATS = ("text", "json")
@@ -276,8 +291,14 @@ class LongLivedStreams:
 
     async def end_all(self, why: str) -> None:
         for context in list(self._open):
-            with contextlib.suppress(grpc.aio.AbortError):
+            try:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+            except grpc.aio.AbortError:
+                pass
+            except Exception as error:  # noqa: BLE001 - the call ended meanwhile (its client went away): no status
+                # can be sent on it any more, and grpc says so with its core's ExecuteBatchError (chaos --ha seed 8:
+                # a Sequencer stepping down, uncaught in its task, logged a traceback)
+                logging.getLogger(__name__).debug("a long-lived stream had ended before it was ended: %r", error)
 
 
 class GrpcServer:
@@ -369,7 +390,13 @@ def configure_gc() -> None:
 
 
 def run(main: Callable[[], Coroutine[object, object, None]]) -> None:
-    """Runs a service's main coroutine (with the collector configured for a long-lived heap)."""
+    """Runs a service's main coroutine on its event loop (with the collector configured for a long-lived
+    heap)."""
     configure_gc()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        if event_loop_name() == "uvloop":
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())

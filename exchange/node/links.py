@@ -315,34 +315,49 @@ class SequencerLink:
             await channel.close()
 
 
+class BroadcastStub:
+    """The BroadcastOrderStream method of a peer's channel, sending messages already serialised: a broadcast is
+    serialised once for every peer (not once per peer), and the broadcasts queued for one peer are merged by
+    joining their bytes (protobuf's encoding of a message's repeated field, concatenated, is the merged message)."""
+
+    METHOD = "/exchange.v1.ExchangeNode/BroadcastOrderStream"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.BroadcastOrderStream = channel.stream_unary(  # noqa: N815 - the RPC's name, as on a generated stub
+            self.METHOD, request_serializer=None, response_deserializer=exchange_pb2.BroadcastOrderResponse.FromString
+        )
+
+
 class PeerStream:
     """One long-lived BroadcastOrderStream to a peer.
 
-    Broadcasts queue (bounded) and one task writes them in order. A stream found ended before a write (the
-    peer stopped gracefully, the connection was closed while idle) is replaced at once and nothing is lost.
-    When writing fails (peer restarted, unreachable), what was queued or in flight is dropped, and so is
-    every broadcast until a new stream is opened after a backoff (50 ms doubling to 1 s: an unreachable peer
+    Broadcasts (serialised BroadcastOrderRequests) queue (bounded) and one task writes them in order. A stream found
+    ended before a write (the peer stopped gracefully, the connection was closed while idle) is replaced at once and
+    nothing is lost. When writing fails (peer restarted, unreachable), what was queued or in flight is dropped, and so
+    is every broadcast until a new stream is opened after a backoff (50 ms doubling to 1 s: an unreachable peer
     costs no call per batch). The peer fills the gap from the Sequencer's log, as for any lost broadcast.
     """
 
     MAX_QUEUED = 10_000  # broadcasts waiting for a slow peer before new ones are dropped
     WRITE_TIMEOUT_S = 5.0  # a write not done by then fails the stream (a write may never wake: see GateStream)
-    MAX_COALESCED = 2_000  # entries in one stream message (~160 KB, well inside a peer's 1 MiB limit)
+    MAX_COALESCED_BYTES = 512 * 1024  # of one stream message, merged broadcasts (half a peer's 1 MiB limit)
     FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.05, 1.0
 
-    def __init__(self, target: str, stub: exchange_pb2_grpc.ExchangeNodeStub, metadata: tuple) -> None:
+    def __init__(self, target: str, stub: BroadcastStub, metadata: tuple) -> None:
         self.target = target
         self.stub = stub
         self.metadata = metadata
-        self.queue: asyncio.Queue[exchange_pb2.BroadcastOrderRequest] = asyncio.Queue(self.MAX_QUEUED)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(self.MAX_QUEUED)
         self.task: asyncio.Task[None] | None = None
         self.failures = 0  # streams in a row that failed
         self.reopen_at = 0.0  # loop time before which no new stream is opened (after a failure)
         self.dropped = 0
-        self._metrics = client_stream("/exchange.v1.ExchangeNode/BroadcastOrderStream")
+        self._carried: bytes | None = None  # taken from the queue, to go first in the next message
+        self._metrics = client_stream(BroadcastStub.METHOD)
         self._opened = 0
 
-    def send(self, request: exchange_pb2.BroadcastOrderRequest) -> None:
+    def send(self, request: bytes) -> None:
+        """Queues a serialised BroadcastOrderRequest for the peer."""
         if self.task is None or self.task.done():
             loop = asyncio.get_running_loop()
             if loop.time() < self.reopen_at:
@@ -360,7 +375,8 @@ class PeerStream:
         call = None
         try:
             while True:
-                request = self._coalesced(await self.queue.get())
+                first, self._carried = self._carried, None
+                request = self._coalesced(first if first is not None else await self.queue.get())
                 call = await self._write(call, request)
                 if self.failures:
                     log.info("broadcast stream to %s restored after %d failed", self.target, self.failures)
@@ -373,7 +389,8 @@ class PeerStream:
             self.failures += 1
             backoff = min(self.FIRST_BACKOFF_S * 2 ** (self.failures - 1), self.MAX_BACKOFF_S)
             self.reopen_at = asyncio.get_running_loop().time() + backoff
-            lost = self.queue.qsize()
+            lost = self.queue.qsize() + (self._carried is not None)
+            self._carried = None
             while not self.queue.empty():
                 self.queue.get_nowait()
             if self._metrics is not None:
@@ -386,18 +403,20 @@ class PeerStream:
             if call is not None:
                 call.cancel()
 
-    def _coalesced(self, request: exchange_pb2.BroadcastOrderRequest) -> exchange_pb2.BroadcastOrderRequest:
-        """`request` and the broadcasts queued behind it, as one message (up to MAX_COALESCED entries): under load
-        the stream then carries one message per write, not one per granted batch."""
-        if self.queue.empty():
-            return request
-        merged = exchange_pb2.BroadcastOrderRequest(origin_node=request.origin_node, commands=request.commands)
-        while not self.queue.empty() and len(merged.commands) < self.MAX_COALESCED:
-            merged.commands.extend(self.queue.get_nowait().commands)
-        return merged
+    def _coalesced(self, request: bytes) -> bytes:
+        """`request` and the broadcasts queued behind it, as one message (up to MAX_COALESCED_BYTES; one that would
+        not fit waits for the next): under load the stream then carries one message per write, not one per grant."""
+        parts, size = [request], len(request)
+        while not self.queue.empty():
+            following = self.queue.get_nowait()
+            if size + len(following) > self.MAX_COALESCED_BYTES:
+                self._carried = following
+                break
+            parts.append(following)
+            size += len(following)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _write(self, call: grpc.aio.StreamUnaryCall | None,
-                     request: exchange_pb2.BroadcastOrderRequest) -> grpc.aio.StreamUnaryCall:
+    async def _write(self, call: grpc.aio.StreamUnaryCall | None, request: bytes) -> grpc.aio.StreamUnaryCall:
         """Writes on the open stream; one that has ended meanwhile (the peer's graceful stop, a connection
         closed while idle) is written off and the request goes on a new one. Returns the stream in use."""
         for _ in range(2):
@@ -439,6 +458,7 @@ class PeerSet:
             assert registry is not None
             self.watch = registry.watch(PEER_SERVICE, lambda instances: None)
         self._stubs: dict[str, exchange_pb2_grpc.ExchangeNodeStub] = {}
+        self._broadcast_stubs: dict[str, BroadcastStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, PeerStream] = {}
 
@@ -484,14 +504,16 @@ class PeerSet:
         (stream broken, queue full) fills the gap from the Sequencer's log, so nothing is retried here."""
         if not entries:
             return
-        request = exchange_pb2.BroadcastOrderRequest(origin_node=self.node_id, commands=entries)
+        request = exchange_pb2.BroadcastOrderRequest(origin_node=self.node_id, commands=entries).SerializeToString()
         targets = self.targets()
         counters["broadcast_messages"] += len(targets)
         counters["broadcast_entries"] += len(targets) * len(entries)
         for target in targets:
             stream = self._streams.get(target)
             if stream is None:
-                stream = self._streams[target] = PeerStream(target, self._stub(target), self.metadata)
+                self._stub(target)
+                stub = self._broadcast_stubs.setdefault(target, BroadcastStub(self._channels[target]))
+                stream = self._streams[target] = PeerStream(target, stub, self.metadata)
             stream.send(request)
         if len(self._streams) > len(targets):  # a peer left discovery: stop streaming to it
             for target in set(self._streams) - set(targets):

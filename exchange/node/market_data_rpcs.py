@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from exchange import engine as eng
 from exchange.errors import InvalidArgument, rpc
 from exchange.node import convert
 from exchange.node.lifecycle import NodeState
@@ -54,7 +53,7 @@ class MarketDataRPCs:
             replica.on_applied(market, self._wake)
 
     def _wake(self, applied: Applied) -> None:
-        if any(type(event) is eng.OrderFilled for event in applied.events):
+        if applied.traded:
             market = applied.command.market
             event, self._traded[market] = self._traded[market], asyncio.Event()
             event.set()

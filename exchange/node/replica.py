@@ -57,6 +57,7 @@ class Applied:
     seq: int
     command: types_pb2.Command
     events: list[eng.Event]
+    traded: bool = False  # whether it made trades (set when it is applied; a journaled one's is not kept)
 
 
 @dataclass(eq=False, slots=True)
@@ -432,8 +433,8 @@ class Replica:
         else:
             events = self._engine.apply(engine_command(command, entry.seq))
         seq = entry.seq
-        self.market_data.apply(state.market, seq, command.time_ms, events)
-        applied = Applied(seq, command, events)
+        traded = self.market_data.apply(state.market, seq, command.time_ms, events)
+        applied = Applied(seq, command, events, traded)
         state.journal[seq] = (entry.command, tuple(events))
         gone = seq - self.journal_size  # the command that leaves the window, and its order's record
         state.journal.pop(gone, None)

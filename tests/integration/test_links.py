@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from exchange.errors import Unavailable
-from exchange.node.links import GateStream, PeerStream
+from exchange.node.links import BroadcastStub, GateStream, PeerStream
 from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
@@ -45,10 +45,10 @@ def test_a_broadcast_on_a_stream_the_peer_has_ended_goes_on_a_new_stream_and_not
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-        stream = PeerStream(f"127.0.0.1:{port}", exchange_pb2_grpc.ExchangeNodeStub(channel), ())
+        stream = PeerStream(f"127.0.0.1:{port}", BroadcastStub(channel), ())
         try:
             for number in range(3):
-                stream.send(pb.BroadcastOrderRequest(origin_node=f"b{number}"))
+                stream.send(pb.BroadcastOrderRequest(origin_node=f"b{number}").SerializeToString())
                 deadline = asyncio.get_running_loop().time() + 5
                 while len(peer.received) <= number and asyncio.get_running_loop().time() < deadline:
                     await asyncio.sleep(0.01)
@@ -169,9 +169,9 @@ def test_a_broadcast_stream_to_a_peer_that_never_speaks_fails_and_is_reopened_la
 
     async def scenario() -> PeerStream:
         channel = grpc.aio.insecure_channel(silent_server, options=CHANNEL_OPTIONS)
-        stream = PeerStream(silent_server, exchange_pb2_grpc.ExchangeNodeStub(channel), ())
+        stream = PeerStream(silent_server, BroadcastStub(channel), ())
         try:
-            stream.send(pb.BroadcastOrderRequest(origin_node="b0"))
+            stream.send(pb.BroadcastOrderRequest(origin_node="b0").SerializeToString())
             assert stream.task is not None
             await asyncio.wait_for(asyncio.shield(stream.task), 5)
             return stream

@@ -14,8 +14,8 @@ class FakeCall:
     def __init__(self) -> None:
         self.written: list[pb.BroadcastOrderRequest] = []
 
-    async def write(self, request: pb.BroadcastOrderRequest) -> None:
-        self.written.append(request)
+    async def write(self, request: bytes) -> None:
+        self.written.append(pb.BroadcastOrderRequest.FromString(request))
         await asyncio.sleep(0)
 
     def done(self) -> bool:
@@ -43,11 +43,27 @@ def test_broadcasts_queued_behind_a_write_go_out_as_one_message_in_order() -> No
         stub = FakeStub()
         stream = PeerStream("peer", stub, ())  # type: ignore[arg-type]
         for seq in range(1, 6):  # all queued before the pump first runs
-            stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(seq)]))
+            stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(seq)]).SerializeToString())
         await asyncio.sleep(0.01)
-        stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(6)]))
+        stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(6)]).SerializeToString())
         await asyncio.sleep(0.01)
         stream.close()
         return [[e.seq for e in request.commands] for call in stub.calls for request in call.written]
 
     assert run_scenario(scenario()) == [[1, 2, 3, 4, 5], [6]]
+
+
+def test_merged_broadcasts_stay_within_the_message_limit_and_the_one_that_would_not_fit_goes_next() -> None:
+    async def scenario() -> list[list[int]]:
+        stub = FakeStub()
+        stream = PeerStream("peer", stub, ())  # type: ignore[arg-type]
+        messages = [pb.BroadcastOrderRequest(origin_node="n", commands=[entry(seq)]).SerializeToString()
+                    for seq in range(1, 6)]
+        stream.MAX_COALESCED_BYTES = 2 * len(messages[0])  # two of them per message
+        for message in messages:
+            stream.send(message)
+        await asyncio.sleep(0.01)
+        stream.close()
+        return [[e.seq for e in request.commands] for call in stub.calls for request in call.written]
+
+    assert run_scenario(scenario()) == [[1, 2], [3, 4], [5]]
