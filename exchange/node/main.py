@@ -19,8 +19,9 @@ from exchange.errors import ExchangeError
 from exchange.grpc_metrics import enable_client_metrics
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
 from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccessControl, AccountRegistry, RateLimiter
+from exchange.node.broadcast import PeerSet
 from exchange.node.lifecycle import SERVING, STOPPING
-from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
+from exchange.node.links import Peers, Sequencer, SequencerLink
 from exchange.node.metrics import NodeGauges
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
 from exchange.node.sequencing import MarketPipeline
