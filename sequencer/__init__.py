@@ -1,6 +1,7 @@
 """The Sequencer: the global, per-market, gap-free sequence numbers and the durable log of commands.
 
-* ``main``: the ``exchange-sequencer`` process; ``service``: the gate and the log reader (gRPC);
+* ``main``: the ``exchange-sequencer`` process; ``gate``: the sequencing gate (numbering,
+  roles); ``service``: its gRPC servicer and the log reader;
 * ``log``: the log's contract, what the gate needs of a backend (``LogBackend``) and what a replicated backend
   tells the gate (``RoleCallbacks``); ``dedup``: the client_order_id window and the one ``dedup_key`` function;
 * ``store``: the embedded log (SQLite, WAL, synchronous=FULL, group commit on the event loop), also each HA
