@@ -15,7 +15,8 @@ and tests/unit/test_layout.py check it):
   ``cluster_config`` (the markets in Consul KV), ``accounts``, ``commands`` (what may enter the log),
   ``dedup``, ``entry_signing`` (how log entries are signed), ``runtime`` (servers, channels, health, reflection,
   graceful stop), ``metrics`` and ``grpc_metrics``; and the CLIs ``cli`` (``exchange-cli``) and
-  ``cli_market_data``. They may import the floor, the engine and ``discovery``.
+  ``cli_market_data``. They may import the floor, the engine and ``discovery`` (the CLIs also the client);
+  never the node or the Sequencer.
 * ``exchange.node``: the exchange node service (replica, sequencing pipeline, gRPC adapters); never the
   Sequencer or the client.
 * ``exchange.web``: the web console (``exchange-web``), a client of the cluster: the floor, the client, the
