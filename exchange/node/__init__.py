@@ -4,10 +4,12 @@
 * ``replica``: applies sequenced entries strictly in order; the books and what is derived from the log;
 * ``snapshots``: the replica's snapshots, for a peer (GetSnapshot) and on the node's disk, where it restarts from;
 * ``sequencing``: one pipeline per market: the gate batcher, catch-up and gap filling;
-* ``links``: the ``Sequencer`` and ``Peers`` shapes and their gRPC implementations (found via ``discovery``);
+* ``links``: the ``Sequencer`` and ``Peers`` shapes and the Sequencer's gRPC link; ``broadcast``: the peers'
+  (``PeerSet``); both found via ``discovery``;
 * ``service``: the ExchangeNode servicer, made of ``orders`` (order entry), ``reads`` (books, orders, events,
   status) and ``peer_rpcs`` (the cluster's own calls); ``lifecycle``: SYNCING / SERVING / STOPPING;
 * ``convert``: request validation and protobuf <-> engine conversions.
 
-May import ``exchange.engine``, the shared ``exchange`` modules and ``discovery``; never ``sequencer``.
+May import ``exchange.engine``, ``exchange.shared``, the processes' ``exchange`` modules and ``discovery``;
+never ``sequencer`` or ``exchange.client`` (devtools/layout.py checks it).
 """
