@@ -53,9 +53,10 @@ from devtools.consul_agent import ConsulServers
 from devtools.ports import free_port
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
-from exchange.accounts import AUTHORIZATION, new_api_key
+from exchange.accounts import new_api_key
 from exchange.cluster import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
+from exchange.shared.wire import AUTHORIZATION
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 

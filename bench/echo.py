@@ -12,7 +12,7 @@ import asyncio
 
 import grpc
 
-from exchange.runtime import SERVER_OPTIONS
+from exchange.shared.wire import SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 

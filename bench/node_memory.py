@@ -30,8 +30,8 @@ import grpc
 from bench.sequencer_memory import _status
 from devtools.cluster import TRADERS, Cluster, serving, wait_until
 from exchange import engine as eng
-from exchange.accounts import AUTHORIZATION
 from exchange.node.replica import Replica
+from exchange.shared.wire import AUTHORIZATION
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 

@@ -28,7 +28,8 @@ import grpc
 
 from devtools.cluster import ServiceProcess, wait_until
 from devtools.ports import free_port
-from exchange.runtime import CHANNEL_OPTIONS, SERVER_OPTIONS, SERVICE_GRPC_ENV
+from exchange.runtime import SERVICE_GRPC_ENV
+from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import sequencer_pb2, types_pb2
 

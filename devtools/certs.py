@@ -2,7 +2,7 @@
 
 `make_cluster_tls(directory, identities)` writes a CA (`ca.pem`, `ca-key.pem`) and, for every identity, a
 directory `directory/NAME/` holding `ca.pem`, `cert.pem` and `key.pem`: exactly what a process's `--tls-dir`
-wants (exchange/tls.py). Every certificate is valid for serving and for calling (server and client auth)
+wants (exchange/shared/tls.py). Every certificate is valid for serving and for calling (server and client auth)
 for the addresses given, so one identity serves a node's port and its calls to peers and the Sequencer.
 An existing CA in `directory` is reused, so certificates made later (a restarted node) still verify.
 """
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exchange.tls import CA_FILE, CERT_FILE, KEY_FILE
+from exchange.shared.tls import CA_FILE, CERT_FILE, KEY_FILE
 
 CA_KEY_FILE = "ca-key.pem"
 VALID_DAYS = 365

@@ -28,12 +28,13 @@ from devtools.consul_agent import ConsulDevAgent, ConsulServers
 from devtools.netns import NetNamespaces
 from devtools.ports import free_port
 from discovery import Put
-from discovery.consul import ConsulKV
-from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, add_account, add_key
+from discovery.consul_kv import ConsulKV
+from exchange.accounts import ACCOUNTS_PREFIX, add_account, add_key
 from exchange.cluster import parse_markets
 from exchange.cluster_config import MARKETS_KEY, markets_record
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
-from exchange.tls import TlsConfig
+from exchange.shared.tls import TlsConfig
+from exchange.shared.wire import AUTHORIZATION
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from devtools.ports import free_port
-from exchange.tls import CA_FILE, CERT_FILE, KEY_FILE
+from exchange.shared.tls import CA_FILE, CERT_FILE, KEY_FILE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONSUL_STAMP = REPO_ROOT / ".cache" / "consul" / "path"
@@ -235,7 +235,7 @@ class ConsulDevAgent:
         ]
 
     def _tls_options(self) -> list[str]:
-        """With a `tls_dir` (ca.pem, cert.pem, key.pem: exchange/tls.py's layout), the agent's gRPC health
+        """With a `tls_dir` (ca.pem, cert.pem, key.pem: exchange/shared/tls.py's layout), the agent's gRPC health
         checks of TLS services verify them against the cluster's CA and present the agent's certificate
         (services of a mutual-TLS cluster accept no connection without one). The checks expect the name
         `server_name` on the services' certificates (Consul 1.8 would use the agent's node name), and the

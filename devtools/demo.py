@@ -25,7 +25,7 @@ from devtools.consul_agent import ConsulServers
 from devtools.prometheus import PrometheusServer
 from exchange.cluster import parse_markets
 from exchange.runtime import sync_channel
-from exchange.tls import TlsConfig, load_tls
+from exchange.shared.tls import TlsConfig, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 DEMO_DIR = ROOT / ".cluster"

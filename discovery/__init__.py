@@ -1,5 +1,5 @@
-"""Service discovery and the cluster's shared configuration: the interface, and (in `discovery.consul`)
-the only code that knows Consul.
+"""Service discovery and the cluster's shared configuration: the interface, and (in `discovery.consul`, the
+registry, and `discovery.consul_kv`, the KV store and sessions) the only code that knows Consul.
 
 This module holds the interface the rest of the product depends on: the :class:`Registry` and
 :class:`Watch` protocols, :class:`ServiceInstance` with its :class:`FrozenMeta`, the :class:`KeyValue`
@@ -10,6 +10,9 @@ sessions and locks, atomic transactions fenced by a session; the Sequencer's HA 
 implementation, :class:`~discovery.consul.ConsulRegistry`, which production code imports from there)
 imports this module, never the other way round. Nothing here starts processes: the Consul dev agent,
 free ports and the in-memory StaticRegistry for tests live in the `devtools` package.
+
+May import the standard library and py-consul (in `discovery.consul` and `discovery.consul_kv` only);
+nothing of `exchange` or `sequencer` (devtools/layout.py checks it).
 """
 
 from __future__ import annotations
@@ -68,9 +71,6 @@ class FrozenMeta(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"FrozenMeta({self._items!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return dict(self._items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from discovery import CompareAndSet, KeyValue, TransactionConflict
 from exchange.cluster import sign_record, verify_record
 
 ACCOUNTS_PREFIX = "exchange/accounts/"
-AUTHORIZATION = "authorization"  # the metadata that carries `Bearer <api key>` on order-entry calls
 KEY_PREFIX = "pxk_"
 ACCOUNT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_KEY_LENGTH = 128  # a key is 47 characters; anything much longer is not one

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from discovery import DiscoveryError
-from discovery.consul import ConsulKV
+from discovery.consul_kv import ConsulKV
 from exchange import cli_market_data
 from exchange.accounts import AccountError, add_account, add_key, list_accounts, set_active
 from exchange.client import (
@@ -33,7 +33,7 @@ from exchange.client import (
 )
 from exchange.cluster import add_consul_arguments, add_secret_argument
 from exchange.errors import ExchangeError, Unavailable
-from exchange.tls import consul_endpoint
+from exchange.shared.tls import consul_endpoint
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 
@@ -175,7 +175,7 @@ def manage_accounts(consul: str, token: str | None, secret: bytes, action: str, 
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exchange-cli", description=__doc__)
     parser.add_argument("--node", default=os.environ.get("EXCHANGE_NODE", "127.0.0.1:50051"),
                         help="node address host:port, or several comma-separated to fail over (env EXCHANGE_NODE)")
@@ -216,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     add_secret_argument(accounts)
     accounts.add_argument("action", choices=["add", "add-key", "disable", "enable", "list"])
     accounts.add_argument("name", nargs="?", help="the account (all but list)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "accounts":
         return manage_accounts(args.consul, args.consul_token, args.cluster_secret.encode(), args.action, args.name,
                                args.tls_dir)
@@ -225,46 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     client = Client(args.node, connection=connection_from_arguments(args),
                     policy=RetryPolicy(timeout=30, attempt_timeout=30))
     try:
-        if args.command in ("buy", "sell"):
-            result = client.place(NewOrder(
-                Side[args.command.upper()], args.size, args.price or None, OrderType[args.type], args.market,
-                args.client_order_id, SelfTradePrevention[args.stp] if args.stp else None))
-            print(format_order_result(result))
-        elif args.command == "cancel":
-            cancelled = client.cancel_order(args.order_id, market=args.market)
-            if cancelled.uncertain:
-                print(f"order {cancelled.order_id} no longer rests (a retried cancel: removed by it, or before)")
-            else:
-                print(f"order {cancelled.order_id} cancelled ({cancelled.cancelled_size} lots), seq {cancelled.seq}")
-        elif args.command == "amend":
-            amended = client.amend_order(args.order_id, args.size, args.price or None, market=args.market)
-            print(f"order {amended.order_id} now {amended.remaining_size} @ {amended.price}"
-                  f" ({'kept' if amended.priority_kept else 'lost'} priority), seq {amended.seq}")
-        elif args.command == "book":
-            if args.watch:
-                watch_book(client, args.node, args.market, args.depth)
-            else:
-                print(format_book(client.get_book(args.market, args.depth, timeout=5)))
-        elif args.command == "order":
-            print(types.describe(client.get_order(args.order_id, market=args.market, timeout=5)))
-        elif args.command == "events":
-            for event in client.events(args.market, args.from_seq):
-                body = types.describe(event, skip=("market", "seq")).replace("\n", " ")
-                print(f"{event.market} #{event.seq} {event.kind}: {body} ", flush=True)
-        elif args.command == "status":
-            return print_cluster_status(args.addresses or args.node.split(","), client)
-        elif args.command == "orders":
-            orders = client.list_orders(args.market)
-            for open_order in orders:
-                print(f"order {open_order.order_id} {open_order.side.name if open_order.side else '?'} "
-                      f"{open_order.remaining_size}/{open_order.size} @ {open_order.price}  filled "
-                      f"{open_order.filled_size}" + (f"  ({open_order.client_order_id})" if open_order.client_order_id
-                                                     else ""))
-            print(f"{len(orders)} open order(s)")
-        elif args.command == "fills":
-            return print_fills(client, args.market, args.from_seq, args.watch, args.all)
-        elif args.command in cli_market_data.COMMANDS:
-            return cli_market_data.run(client, args)
+        return _run(client, args)
     except ExchangeError as error:
         print(f"{error.code.name}: {error.message}", file=sys.stderr)
         return 1
@@ -272,6 +237,50 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         client.close()
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    """One command of a person's (not `accounts`), on `client`: its exit status."""
+    if args.command in ("buy", "sell"):
+        result = client.place(NewOrder(
+            Side[args.command.upper()], args.size, args.price or None, OrderType[args.type], args.market,
+            args.client_order_id, SelfTradePrevention[args.stp] if args.stp else None))
+        print(format_order_result(result))
+    elif args.command == "cancel":
+        cancelled = client.cancel_order(args.order_id, market=args.market)
+        if cancelled.uncertain:
+            print(f"order {cancelled.order_id} no longer rests (a retried cancel: removed by it, or before)")
+        else:
+            print(f"order {cancelled.order_id} cancelled ({cancelled.cancelled_size} lots), seq {cancelled.seq}")
+    elif args.command == "amend":
+        amended = client.amend_order(args.order_id, args.size, args.price or None, market=args.market)
+        print(f"order {amended.order_id} now {amended.remaining_size} @ {amended.price}"
+              f" ({'kept' if amended.priority_kept else 'lost'} priority), seq {amended.seq}")
+    elif args.command == "book":
+        if args.watch:
+            watch_book(client, args.node, args.market, args.depth)
+        else:
+            print(format_book(client.get_book(args.market, args.depth, timeout=5)))
+    elif args.command == "order":
+        print(types.describe(client.get_order(args.order_id, market=args.market, timeout=5)))
+    elif args.command == "events":
+        for event in client.events(args.market, args.from_seq):
+            body = types.describe(event, skip=("market", "seq")).replace("\n", " ")
+            print(f"{event.market} #{event.seq} {event.kind}: {body} ", flush=True)
+    elif args.command == "status":
+        return print_cluster_status(args.addresses or args.node.split(","), client)
+    elif args.command == "orders":
+        orders = client.list_orders(args.market)
+        for open_order in orders:
+            print(f"order {open_order.order_id} {open_order.side.name if open_order.side else '?'} "
+                  f"{open_order.remaining_size}/{open_order.size} @ {open_order.price}  filled "
+                  f"{open_order.filled_size}" + (f"  ({open_order.client_order_id})" if open_order.client_order_id
+                                                 else ""))
+        print(f"{len(orders)} open order(s)")
+    elif args.command == "fills":
+        return print_fills(client, args.market, args.from_seq, args.watch, args.all)
+    elif args.command in cli_market_data.COMMANDS:
+        return cli_market_data.run(client, args)
     return 0
 
 

@@ -15,11 +15,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exchange.engine import MarketConfig
-
-# Consul service names (docs/architecture.md).
-SEQUENCER_SERVICE = "sequencer"
-PEER_SERVICE = "peer-server"
+from exchange.shared.markets import MarketConfig
+from exchange.shared.wire import TOKEN_HEADER, split_host_port
 
 # HA mode (the replicated log): the Sequencer replicas' lock in Consul KV. Its holder is the leader, the only
 # replica that numbers commands; the value is the holder's LeaderRecord, how nodes find it.
@@ -46,23 +43,9 @@ class LeaderRecord:
             return None
 
 
-# The metadata header that carries the cluster token on cluster-internal calls.
-TOKEN_HEADER = "x-cluster-token"
 # The built-in development secret: fine on loopback, refused anywhere else.
 DEFAULT_SECRET = "p2p-exchange-dev-secret"
 
-# The cluster's own RPCs: they write or read what belongs to the cluster (the log, replication, snapshots), so
-# a caller must present the cluster token (exchange.runtime.RequireClusterToken checks it, for every one of
-# them, before any handler runs). Sequencer.GetSequence stays public: a market's current sequence number is
-# no more than every book answer already shows (GetOrderBook's `known_seq`).
-CLUSTER_ONLY_METHODS = frozenset({
-    "/exchange.v1.ExchangeNode/BroadcastOrder",
-    "/exchange.v1.ExchangeNode/BroadcastOrderStream",
-    "/exchange.v1.ExchangeNode/GetSnapshot",
-    "/exchange.v1.Sequencer/Sequence",
-    "/exchange.v1.Sequencer/SequenceStream",
-    "/exchange.v1.Sequencer/ReadLog",
-})
 
 MARKET_FIELDS = ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
 
@@ -201,10 +184,3 @@ def refuse_development_secret(listen: str, secret: str) -> None:
             "--cluster-secret or EXCHANGE_CLUSTER_SECRET (the same on every process of the cluster, e.g. "
             "`python -c 'import secrets; print(secrets.token_hex(32))'`), or listen on 127.0.0.1"
         )
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected host:port, got {address!r}")
-    return host, int(port)

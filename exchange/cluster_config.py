@@ -17,7 +17,7 @@ import time
 
 from discovery import AccessDenied, DiscoveryError, KeyValue
 from exchange.cluster import format_markets, parse_markets, sign_record, verify_record
-from exchange.engine import MarketConfig
+from exchange.shared.markets import MarketConfig
 
 log = logging.getLogger(__name__)
 

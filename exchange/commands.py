@@ -9,7 +9,7 @@ event what breaks them, because the log is the truth). Pure: no I/O.
 
 from __future__ import annotations
 
-from exchange.engine import ORDER_TYPES, SIDES, MarketConfig
+from exchange.shared.markets import ORDER_TYPES, SIDES, MarketConfig, order_id_error
 from exchange.v1 import types_pb2
 
 MAX_CLIENT_ORDER_ID = 64
@@ -38,8 +38,8 @@ def command_error(command: types_pb2.Command, config: MarketConfig) -> str | Non
         what = f"new_order (side {order.side}, order_type {order.order_type}, size {order.size}, price {order.price})"
     else:
         change = command.cancel_order if kind == "cancel_order" else command.amend_order
-        if change.order_id <= 0:
-            return f"{kind}.order_id must be positive (an order's sequence number), got {change.order_id}"
+        if (error := order_id_error(change.order_id)) is not None:
+            return f"{kind}.{error}"
         if kind == "cancel_order":
             return None
         amend = command.amend_order

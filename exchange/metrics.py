@@ -25,7 +25,7 @@ from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exchange.cluster import split_host_port
+from exchange.shared.wire import split_host_port
 
 # The Consul service meta key naming a process's metrics port (Prometheus's consul_sd_configs read it:
 # deploy/prometheus/prometheus.yml).

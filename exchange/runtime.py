@@ -25,42 +25,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.cluster import CLUSTER_ONLY_METHODS, TOKEN_HEADER
 from exchange.grpc_metrics import ServerMetrics, channel_interceptors
-from exchange.tls import TlsConfig
+from exchange.shared.tls import TlsConfig
+from exchange.shared.wire import CHANNEL_OPTIONS, CLUSTER_ONLY_METHODS, SERVER_OPTIONS, TOKEN_HEADER
 
-# Requests far larger than any valid order are refused by grpc itself (RESOURCE_EXHAUSTED).
-MAX_RECEIVE_BYTES = 1 * 1024 * 1024
-MAX_SEND_BYTES = 64 * 1024 * 1024
-MAX_METADATA_BYTES = 16 * 1024
-# Keepalive: the cluster's channels ping every KEEPALIVE_MS, also while idle, so a dead peer or Sequencer is
-# noticed within seconds. Servers must accept that rate: grpc's default (pings without data at most every
-# 5 minutes, 2 strikes) answers a third idle ping with GOAWAY too_many_pings, which broke every idle
-# long-lived stream. The server tolerates pings twice as often as the channels send them (grpc's keepalive
-# guide: the server's minimum interval must not exceed the client's keepalive time).
-KEEPALIVE_MS = int(os.environ.get("EXCHANGE_KEEPALIVE_MS", "10000"))
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-    ("grpc.max_send_message_length", MAX_SEND_BYTES),
-    ("grpc.so_reuseport", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
-    # Call metadata up to 16 KiB reaches the handlers (an oversized API key is UNAUTHENTICATED, saying why); more is
-    # RESOURCE_EXHAUSTED. One limit, not grpc's soft one (8 KiB) below which nothing and above which a random
-    # share of calls is refused.
-    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-]
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_SEND_BYTES),
-    ("grpc.max_send_message_length", MAX_SEND_BYTES),
-    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-    ("grpc.keepalive_timeout_ms", max(1_000, KEEPALIVE_MS // 2)),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-]
 
 def aio_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
     """A channel of the cluster's processes: their options, TLS when the cluster runs with it, the gRPC client
@@ -336,7 +304,7 @@ class LongLivedStreams:
 
 class GrpcServer:
     """An aio server with health and reflection, bound to one address; the cluster-internal methods among
-    its services (exchange.cluster.CLUSTER_ONLY_METHODS) require the cluster token."""
+    its services (exchange.shared.wire.CLUSTER_ONLY_METHODS) require the cluster token."""
 
     def __init__(
         self, bind: str, services: Iterable[ServiceDescriptor], cluster_token: str, tls: TlsConfig | None = None,

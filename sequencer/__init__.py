@@ -1,14 +1,18 @@
 """The Sequencer: the global, per-market, gap-free sequence numbers and the durable log of commands.
 
-* ``main``: the ``exchange-sequencer`` process; ``service``: the gate and the log reader (gRPC);
+* ``main``: the ``exchange-sequencer`` process; ``gate``: the sequencing gate (numbering,
+  roles); ``service``: its gRPC servicer and the log reader;
 * ``log``: the log's contract, what the gate needs of a backend (``LogBackend``) and what a replicated backend
-  tells the gate (``Gate``); ``dedup``: the client_order_id window and the one ``dedup_key`` function;
+  tells the gate (``RoleCallbacks``); ``dedup``: the client_order_id window and the one ``dedup_key`` function;
 * ``store``: the embedded log (SQLite, WAL, synchronous=FULL, group commit on the event loop), also each HA
-  replica's local archive; ``replicated``: the log replicated in Consul (HA mode).
+  replica's local archive; ``replicated``: the log replicated in Consul (HA mode), made of
+  the parts in ``ha`` (election and session, the fenced commit, the standby's follow and archive).
 
-May import the shared ``exchange`` modules (``cluster``, ``entries``, ``errors``, ``runtime``, ``v1``) and
-``discovery``; never ``exchange.node`` or ``exchange.engine``. Consul itself is reached only through
-``discovery.ReplicatedStore`` (``discovery.consul.ConsulKV``).
+May import ``exchange.shared`` (wire constants, TLS, ``MarketConfig``), the processes' ``exchange`` modules
+(``cluster``, ``commands``, ``dedup``, ``entry_signing``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;
+never ``exchange.node``, ``exchange.engine`` or ``exchange.client`` (devtools/layout.py checks it, and
+tests/unit/test_layout.py that ``import sequencer.main`` loads no engine). Consul itself is reached only through
+``discovery.ReplicatedStore`` (``discovery.consul_kv.ConsulKV``).
 
 Design (docs/ha.md):
 
@@ -17,7 +21,7 @@ Design (docs/ha.md):
   (ReadLog, GetSequence, the entries an answer carries) never pass the durable end. ``recover`` gives the last
   durable number and the dedup window at start. Both backends keep this contract (one test suite,
   tests/unit/log_contract.py, runs on both). The embedded one leads from the start; the replicated one drives
-  the gate's role through ``Gate`` (``lead``, ``pause``, ``step_down``, ``adopt``), and every change of role
+  the gate's role through ``RoleCallbacks`` (``lead``, ``pause``, ``step_down``, ``adopt``), and every change of role
   starts a new term: an answer prepared in one term is never sent in another.
 * **Commit point** (replicated). One Consul transaction per group-commit batch of a market: check-session on the
   leader key (fencing), compare-and-set of the market's head (gap-free), the batch as one value, the delete of

@@ -10,7 +10,7 @@ What both promise (tests/unit/test_log_contract.py runs one suite against both):
 * `recover` gives the last durable number and the dedup keys of the window: a restarted Sequencer resumes at
   exactly the last durable number, with the same window.
 
-A replicated backend also drives the gate's role through `Gate`: only a leader numbers commands.
+A replicated backend also drives the gate's role through `RoleCallbacks`: only a leader numbers commands.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class LeadershipLost(Unavailable):
     the write was stored; the node retries on the leader."""
 
 
-class Gate(Protocol):
+class RoleCallbacks(Protocol):
     """What a replicated backend tells the gate, always on the event loop, in the order it happened."""
 
     def adopt(self, market: str, entries: list[StoredEntry]) -> None:
@@ -69,7 +69,7 @@ class Gate(Protocol):
 
 
 class LogBackend(Protocol):
-    # Whether this replica numbers commands from the start (the embedded log) or only once `Gate.lead` says so.
+    # Whether this replica numbers commands from the start (the embedded log) or only once `RoleCallbacks.lead` says so.
     leads_at_start: bool
 
     def recover(self, market: str, window: int) -> Recovered: ...
@@ -78,7 +78,7 @@ class LogBackend(Protocol):
         """The markets the log holds entries of."""
         ...
 
-    def start(self, loop: asyncio.AbstractEventLoop, gate: Gate) -> None: ...
+    def start(self, loop: asyncio.AbstractEventLoop, gate: RoleCallbacks) -> None: ...
 
     def append(self, market: str, entries: list[StoredEntry]) -> asyncio.Future[None]:
         """Queues the market's next entries; the future resolves once they are durable, or fails (then they

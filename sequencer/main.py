@@ -15,19 +15,12 @@ from pathlib import Path
 import grpc
 from prometheus_client import REGISTRY
 
-from discovery.consul import ConsulKV, ConsulRegistry, session_checks
-from exchange.cluster import (
-    SEQUENCER_SERVICE,
-    LeaderRecord,
-    add_cluster_arguments,
-    peer_token,
-    refuse_development_secret,
-    split_host_port,
-    token_metadata,
-)
+from discovery.consul import ConsulRegistry, session_checks
+from discovery.consul_kv import ConsulKV
+from exchange.cluster import LeaderRecord, add_cluster_arguments, peer_token, refuse_development_secret, token_metadata
 from exchange.cluster_config import agree_on_markets
 from exchange.dedup import DEFAULT_WINDOW, dedup_key
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
 from exchange.runtime import (
     GrpcServer,
@@ -38,10 +31,12 @@ from exchange.runtime import (
     sync_channel,
     wait_for_signal,
 )
-from exchange.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.tls import TlsConfig, add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.wire import SEQUENCER_SERVICE, split_host_port
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
+from sequencer.ha.records import DEFAULT_TAIL_ENTRIES, PeerReader
 from sequencer.log import LogBackend, StoredEntry
-from sequencer.replicated import DEFAULT_TAIL_ENTRIES, PeerReader, ReplicatedLog
+from sequencer.replicated import ReplicatedLog
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
 

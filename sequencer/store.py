@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from sequencer.log import Gate, Recovered, StoredEntry, settle
+from sequencer.log import Recovered, RoleCallbacks, StoredEntry, settle
 from sequencer.metrics import SEQUENCER_BATCH, SEQUENCER_FSYNC_SECONDS
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class LogStore:
     def suspect(self, why: str) -> bool:
         return False  # the only Sequencer: a node ahead of it is not from this log
 
-    def start(self, loop: asyncio.AbstractEventLoop, gate: Gate | None = None) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, gate: RoleCallbacks | None = None) -> None:
         self._loop = loop
 
     def close(self) -> None:

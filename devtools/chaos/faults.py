@@ -29,7 +29,7 @@ from devtools.cluster import Cluster, wait_until
 from devtools.consul_agent import ConsulServers
 from discovery import DiscoveryError
 from discovery.consul import ConsulRegistry
-from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port
+from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port
 
 Fault = tuple[float, str, int, float, str]  # (start time, kind, node, hold seconds, variant)
 

@@ -12,24 +12,25 @@
 Results are frozen dataclasses (`exchange.client.types`) with ints for prices (ticks) and sizes (lots). Failures
 are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidArgument`, ... each with `code`,
 `message` and `retriable`). Retries and failover: `exchange.client.core` (docs/client.md).
+
+May import only the shared floor (`exchange.shared`, `exchange.errors`, the stubs `exchange.v1`): importing
+the client loads neither the engine, the node, the Sequencer, discovery, py-consul nor sortedcontainers
+(tests/unit/test_layout.py). `ConsulNodes` imports py-consul, and a book subscription the level book,
+inside the code that needs them.
 """
 
 from exchange.client.aio import AsyncBookSubscription, AsyncClient
 from exchange.client.book import SubscriptionStats
 from exchange.client.core import (
     DEFAULT_NODES,
-    ClientStats,
     Connection,
-    ConsulNodes,
-    NodeSource,
-    RetryPolicy,
-    StaticNodes,
     add_connection_arguments,
     connection_from_arguments,
     connection_of,
     new_client_order_id,
 )
 from exchange.client.market_data import Candle, Candles, PublicTrade, Ticker, TradesPage
+from exchange.client.nodes import ClientStats, ConsulNodes, NodeSource, RetryPolicy, StaticNodes
 from exchange.client.sync import BookSubscription, Client
 from exchange.client.types import (
     AmendResult,

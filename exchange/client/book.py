@@ -17,13 +17,15 @@ import struct
 import zlib
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.client import types as t
-from exchange.engine.l2 import LevelBook
-from exchange.engine.model import Side as LevelSide
 from exchange.errors import ExchangeError, Unavailable
+from exchange.shared.markets import Side as LevelSide
 from exchange.v1 import exchange_pb2 as pb
+
+if TYPE_CHECKING:
+    from exchange.engine.l2 import LevelBook
 
 # why a subscription resynchronised (`SubscriptionStats.resyncs_by_reason`)
 GAP, CHECKSUM, STREAM_ENDED = "gap", "checksum", "stream ended"
@@ -68,6 +70,10 @@ class BookTracker:
     def on_message(self, message: pb.BookUpdate) -> None:
         """Applies a StreamBook message; raises Diverged (the book is then dropped) on a gap or a wrong checksum."""
         if message.snapshot:
+            # the node's own level book (sortedcontainers), loaded by the first book subscription only:
+            # `import exchange.client` loads no engine code
+            from exchange.engine.l2 import LevelBook
+
             self.book = LevelBook()
             self.stats.snapshots += 1
         elif self.book is None:

@@ -18,6 +18,7 @@ from exchange.client import market_data as md
 from exchange.client import types as t
 from exchange.client.book import STREAM_ENDED, Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
+from exchange.client.nodes import ConsulNodes
 from exchange.errors import ExchangeError, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
 
@@ -36,7 +37,7 @@ class Client(ClientBase):
     @classmethod
     def from_consul(cls, consul: str = "127.0.0.1:8500", **options: Any) -> Client:
         """A client of the nodes Consul lists as passing `peer-server` instances."""
-        return cls(core.ConsulNodes(consul), **options)
+        return cls(ConsulNodes(consul), **options)
 
     # -- plumbing ---------------------------------------------------------------------------------------
 

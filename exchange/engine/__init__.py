@@ -109,6 +109,9 @@ L2 market data
 
 Memory is proportional to the resting orders: filled and cancelled orders leave every structure (a
 cancelled order may linger as a bounded tombstone, see ``exchange.engine.book``), empty levels are removed.
+
+May import the standard library, sortedcontainers and ``exchange.shared.markets`` (the market rules and
+their enums, re-exported here); nothing else of the product (devtools/layout.py checks it).
 """
 
 from exchange.engine.engine import Engine

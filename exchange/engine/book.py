@@ -10,22 +10,15 @@ prevention took away is no longer part of it). ``account`` owns the order ("" fo
 Lists are used rather than slotted objects because building one costs a quarter as much, and a passive
 order builds one per command.
 
-Each side (``_SideBook``) keeps
-
-* ``levels``: dict price -> ``deque`` of orders, FIFO;
-* ``keys``: a ``SortedList`` of the level *keys*, best first: ``price`` for asks, ``-price`` for bids, so
-  that one matching loop serves both sides ("better" is always "smaller key");
-* ``best``: the cached smallest key, or ``_EMPTY`` when the side has no level. Whether an incoming order can
-  trade is one comparison against the opposite ``best``; ``keys`` is only touched when a level is created
-  or emptied;
-* ``tombs``: price -> number of tombstones in that level (absent means 0).
+Each side is a ``SideBook`` (``exchange.engine.sides``: its levels, their sorted keys, the cached best key
+and the tombstone counts).
 
 The book keeps an index ``orders``: order id -> order, of every resting order.
 
 Cancelling is O(1) (plus O(log n) when the level disappears): the order leaves the index and becomes a
 *tombstone* (``remaining = 0``) in its level's deque. Tombstones are popped as soon as they reach the front
 of a level, so the front order of every level is live and a level is empty exactly when its deque is.
-A level holding more than ``live + _SLACK`` tombstones is compacted, so memory stays proportional to the
+A level holding more than ``live + SLACK`` tombstones is compacted, so memory stays proportional to the
 resting orders. An order that loses priority (amend) leaves a tombstone and re-enters as a new record.
 Level totals are not maintained (the hot paths do not need them); ``depth`` and FOK sum on demand.
 
@@ -34,9 +27,9 @@ Invariants (``Book.check`` verifies them)
 1. ``orders`` holds exactly the live (``remaining > 0``) records found in the level deques, by identity.
 2. Every live order has ``0 < remaining <= size`` and sits in the level of its own side and price.
 3. Every deque entry that is not live is a tombstone: ``remaining == 0``, absent from ``orders``, counted
-   in ``tombs``; tombstones <= live + ``_SLACK`` per level.
+   in ``tombs``; tombstones <= live + ``SLACK`` per level.
 4. No level is empty, and the front of every level is live.
-5. ``keys`` is exactly the set of level keys; ``best`` is its first element (or ``_EMPTY``).
+5. ``keys`` is exactly the set of level keys; ``best`` is its first element (or ``EMPTY``).
 6. The book is not crossed: best bid < best ask.
 7. FIFO: within a level, live orders are in the order they were accepted or re-queued.
 8. Every live order's ``account`` is a str and its ``stp`` a ``SelfTradePrevention``.
@@ -48,10 +41,7 @@ same primitives as a cancel (``unlink``) or a partial fill.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
-
-from sortedcontainers import SortedList
 
 from exchange.engine.model import (
     BUY,
@@ -87,14 +77,21 @@ from exchange.engine.model import (
     Side,
     SubmitOrder,
 )
-
-# fields of an order record
-REMAINING, ORDER_ID, PRICE, SIZE, SIDE, POST_ONLY_FLAG, ACCOUNT, STP = range(8)
-Order = list  # [remaining, order_id, price, size, side, post_only, account, stp]
-
-_EMPTY = 2**64  # ``best`` of a side without levels: larger than every key
-_ANY_PRICE = 2**63  # limit key of a market order: larger than every real key, smaller than _EMPTY
-_SLACK = 16  # tombstones tolerated in a level beyond its live count before compaction
+from exchange.engine.sides import (
+    ACCOUNT,
+    ANY_PRICE,
+    EMPTY,
+    ORDER_ID,
+    POST_ONLY_FLAG,
+    PRICE,
+    REMAINING,
+    SIDE,
+    SIZE,
+    SLACK,
+    STP,
+    Order,
+    SideBook,
+)
 
 _new = tuple.__new__  # builds an event without the NamedTuple's Python-level __new__
 
@@ -103,111 +100,6 @@ def _bad_account(account: object) -> TypeError:
     """A command whose account is not a str: a caller bug (protobuf strings never are), refused before
     anything changes, like a wrong seq; the account would otherwise reach snapshots that cannot be read."""
     return TypeError(f"a command's account must be a str, got {type(account).__name__}")
-
-
-class _SideBook:
-    __slots__ = ("levels", "keys", "best", "sign", "tombs")
-
-    def __init__(self, sign: int) -> None:
-        self.levels: dict[int, deque[Order]] = {}
-        self.keys = SortedList()  # best (smallest) first
-        self.best = _EMPTY
-        self.sign = sign  # key = sign * price: +1 for asks, -1 for bids
-        self.tombs: dict[int, int] = {}
-
-    def add_level(self, price: int) -> deque[Order]:
-        queue: deque[Order] = deque()
-        self.levels[price] = queue
-        key = self.sign * price
-        self.keys.add(key)
-        if key < self.best:
-            self.best = key
-        return queue
-
-    def drop_level(self, price: int) -> None:
-        del self.levels[price]
-        self.tombs.pop(price, None)
-        key = self.sign * price
-        keys = self.keys
-        if key == self.best:
-            del keys[0]
-            self.best = keys[0] if keys else _EMPTY
-        else:
-            keys.remove(key)
-
-    def rest(self, order: Order) -> None:
-        queue = self.levels.get(order[PRICE])
-        if queue is None:
-            queue = self.add_level(order[PRICE])
-        queue.append(order)
-
-    def pop_front_tombstones(self, price: int, queue: deque[Order]) -> None:
-        """Restore "the front of a level is live" after its front order left; drop the level if empty."""
-        while queue and not queue[0][REMAINING]:
-            queue.popleft()
-            self.tombs[price] -= 1
-        if not queue:
-            self.drop_level(price)
-
-    def unlink(self, order: Order) -> int:
-        """Take a live order out of its level (a tombstone, or popped at the front); return its open size."""
-        price = order[2]  # price
-        queue = self.levels[price]
-        remaining = order[0]  # remaining
-        order[0] = 0  # now a tombstone
-        if queue[0] is order:  # the front order leaves, with any tombstones behind it
-            queue.popleft()
-            if not queue or not queue[0][0]:
-                self.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
-            elif self.tombs.get(price, 0) > _SLACK:  # one live order fewer, as many tombstones: see compact
-                self.compact(price)
-        else:  # a tombstone behind the front order: count it
-            tombs = self.tombs
-            count = tombs[price] = tombs.get(price, 0) + 1
-            if count > _SLACK:  # see compact: no call while the rule cannot hold
-                self.compact(price)
-        return remaining
-
-    def compact(self, price: int) -> None:
-        """The compaction rule, applied after a level gains a tombstone or loses live orders: rebuild level
-        ``price`` without tombstones once they outnumber its live orders by more than ``_SLACK``.
-
-        The rule cannot hold while a level has at most ``_SLACK`` tombstones, so the hot paths skip the
-        call then (measured with cachegrind on the bench stream: a call per non-front cancel and per
-        aggressive order cost 1.6% more instructions per operation).
-        """
-        tombs = self.tombs.get(price)
-        if tombs and tombs > len(self.levels[price]) - tombs + _SLACK:
-            self.levels[price] = deque([o for o in self.levels[price] if o[REMAINING]])
-            del self.tombs[price]
-
-    def available(self, limit_key: int, wanted: int, account: str, stp: SelfTradePrevention) -> bool:
-        """Whether an order of ``account`` with self-trade prevention ``stp`` can *trade* at least ``wanted``
-        at keys <= ``limit_key`` (for FOK). Walking in priority order, orders of other accounts count; an own
-        order (a non-empty ``account``'s) is skipped under CANCEL_MAKER (the walk would cancel it) and ends
-        the count under every other mode (the walk would stop or lose size there)."""
-        levels = self.levels
-        sign = self.sign
-        skip_own = stp is CANCEL_MAKER
-        for key in self.keys.irange(maximum=limit_key):
-            for order in levels[sign * key]:
-                if order[ACCOUNT] == account and account and order[REMAINING]:
-                    if skip_own:
-                        continue
-                    return False
-                wanted -= order[REMAINING]
-                if wanted <= 0:
-                    return True
-        return False
-
-    def iter_orders(self) -> Iterator[Order]:
-        """Live orders in priority order: best level first, FIFO within a level."""
-        levels = self.levels
-        sign = self.sign
-        for key in self.keys:
-            for order in levels[sign * key]:
-                if order[REMAINING]:
-                    yield order
 
 
 class Book:
@@ -220,8 +112,8 @@ class Book:
     def __init__(self, config: MarketConfig) -> None:
         self.config = config
         self.market = config.symbol
-        self.bids = _SideBook(-1)
-        self.asks = _SideBook(1)
+        self.bids = SideBook(-1)
+        self.asks = SideBook(1)
         self.orders: dict[int, Order] = {}
         self.last_seq = 0
         self.next_trade_id = 1
@@ -262,31 +154,18 @@ class Book:
             and (stp is CANCEL_TAKER or type(stp) is SelfTradePrevention)  # the default first: cheaper
             and type(account) is str
         ):
-            if type(account) is not str:
-                raise _bad_account(account)
-            # A logged command may carry any value (model.py): a plain int that is a member's value becomes
-            # the enum, anything else (even an unhashable value) None, which order_error refuses.
-            raw_side: object = side
-            raw_type: object = otype
-            raw_stp: object = stp
-            decoded_side = raw_side if type(raw_side) is Side else (
-                SIDES.get(raw_side) if type(raw_side) is int else None)
-            decoded_type = raw_type if type(raw_type) is OrderType else (
-                ORDER_TYPES.get(raw_type) if type(raw_type) is int else None)
-            decoded_stp = raw_stp if type(raw_stp) is SelfTradePrevention else (
-                SELF_TRADE_PREVENTIONS.get(raw_stp) if type(raw_stp) is int else None)
-            reason = self.config.order_error(decoded_side, decoded_type, size, price, decoded_stp)
-            if reason is not None or decoded_side is None or decoded_type is None or decoded_stp is None:
-                return [_new(OrderRejected, (self.market, seq, seq, reason, account))]
-            side, otype, stp = decoded_side, decoded_type, decoded_stp
+            decoded = self._decode(cmd)
+            if isinstance(decoded, list):  # rejected
+                return decoded
+            side, otype, stp = decoded
 
         market = self.market
         if side is BUY:
             own, opp = self.bids, self.asks
-            limit_key = _ANY_PRICE if price is None else price
+            limit_key = ANY_PRICE if price is None else price
         else:
             own, opp = self.asks, self.bids
-            limit_key = _ANY_PRICE if price is None else -price
+            limit_key = ANY_PRICE if price is None else -price
 
         if opp.best > limit_key:  # cannot trade: the common, passive case
             if otype is LIMIT or otype is POST_ONLY:  # rest (``own.rest``, inlined on the hot path)
@@ -301,14 +180,7 @@ class Book:
                     _new(OrderAccepted, (market, seq, seq, side, otype, price, size, account)),
                     _new(OrderRested, (market, seq, seq, side, price, size, account)),
                 ]
-            if otype is IOC:
-                return [
-                    _new(OrderAccepted, (market, seq, seq, side, otype, price, size, account)),
-                    _new(OrderCancelled, (market, seq, seq, size, CancelReason.IOC_REMAINDER, account)),
-                ]
-            if otype is FOK:
-                return [_new(OrderRejected, (market, seq, seq, RejectReason.FOK_CANNOT_FILL, account))]
-            return [_new(OrderRejected, (market, seq, seq, RejectReason.NO_LIQUIDITY, account))]
+            return self._no_match(seq, side, otype, price, size, account)
 
         if otype is POST_ONLY:  # never takes, so self-trade prevention never applies to it
             return [_new(OrderRejected, (market, seq, seq, RejectReason.POST_ONLY_WOULD_TAKE, account))]
@@ -328,6 +200,41 @@ class Book:
                 events.append(_new(OrderCancelled, (market, seq, seq, remaining, why, account)))
         return events
 
+    def _decode(self, cmd: SubmitOrder) -> tuple[Side, OrderType, SelfTradePrevention] | list[Event]:
+        """The slow path of ``submit``'s checks: the command's side, type and mode decoded, or its rejection.
+
+        A logged command may carry any value (model.py): a plain int that is a member's value becomes the enum,
+        anything else (even an unhashable value) None, which ``MarketConfig.order_error`` refuses."""
+        account = cmd.account
+        if type(account) is not str:
+            raise _bad_account(account)
+        raw_side: object = cmd.side
+        raw_type: object = cmd.order_type
+        raw_stp: object = cmd.stp
+        decoded_side = raw_side if type(raw_side) is Side else (
+            SIDES.get(raw_side) if type(raw_side) is int else None)
+        decoded_type = raw_type if type(raw_type) is OrderType else (
+            ORDER_TYPES.get(raw_type) if type(raw_type) is int else None)
+        decoded_stp = raw_stp if type(raw_stp) is SelfTradePrevention else (
+            SELF_TRADE_PREVENTIONS.get(raw_stp) if type(raw_stp) is int else None)
+        reason = self.config.order_error(decoded_side, decoded_type, cmd.size, cmd.price, decoded_stp)
+        if reason is not None or decoded_side is None or decoded_type is None or decoded_stp is None:
+            return [_new(OrderRejected, (self.market, cmd.seq, cmd.seq, reason, account))]
+        return decoded_side, decoded_type, decoded_stp
+
+    def _no_match(self, seq: int, side: Side, otype: OrderType, price: int | None, size: int,
+                  account: str) -> list[Event]:
+        """An IOC, FOK or MARKET order that cannot trade at all (the opposite side does not cross)."""
+        market = self.market
+        if otype is IOC:
+            return [
+                _new(OrderAccepted, (market, seq, seq, side, otype, price, size, account)),
+                _new(OrderCancelled, (market, seq, seq, size, CancelReason.IOC_REMAINDER, account)),
+            ]
+        if otype is FOK:
+            return [_new(OrderRejected, (market, seq, seq, RejectReason.FOK_CANNOT_FILL, account))]
+        return [_new(OrderRejected, (market, seq, seq, RejectReason.NO_LIQUIDITY, account))]
+
     def _take(
         self,
         seq: int,
@@ -335,7 +242,7 @@ class Book:
         taker_side: Side,
         remaining: int,
         limit_key: int,
-        opp: _SideBook,
+        opp: SideBook,
         events: list[Event],
         account: str,
         stp: SelfTradePrevention,
@@ -371,15 +278,8 @@ class Book:
                 queue.popleft()
                 del orders[maker[1]]  # order_id
                 remaining -= available
-                append(
-                    _new(
-                        OrderFilled,
-                        (
-                            market, seq, trade_id, price, available, maker[1], taker_id, taker_side, 0, remaining,
-                            maker[6], account,  # accounts
-                        ),
-                    )
-                )
+                append(_new(OrderFilled, (market, seq, trade_id, price, available, maker[1], taker_id, taker_side, 0,
+                                          remaining, maker[6], account)))  # the last two: the accounts
                 trade_id += 1
                 if not queue or not queue[0][0]:  # level exhausted, or a tombstone reached the front
                     opp.pop_front_tombstones(price, queue)  # drops the level if nothing live is left
@@ -394,19 +294,12 @@ class Book:
             else:  # the maker keeps a remainder; the taker is done
                 available -= remaining
                 maker[0] = available
-                append(
-                    _new(
-                        OrderFilled,
-                        (
-                            market, seq, trade_id, price, remaining, maker[1], taker_id, taker_side, available, 0,
-                            maker[6], account,  # accounts
-                        ),
-                    )
-                )
+                append(_new(OrderFilled, (market, seq, trade_id, price, remaining, maker[1], taker_id, taker_side,
+                                          available, 0, maker[6], account)))  # the last two: the accounts
                 trade_id += 1
                 remaining = 0
             if not remaining:
-                if opp.tombs.get(price, 0) > _SLACK:  # fills took live orders from a level with tombstones
+                if opp.tombs.get(price, 0) > SLACK:  # fills took live orders from a level with tombstones
                     opp.compact(price)  # (see compact; a dropped level has no count)
                 break
             best = opp.best  # the level was dropped: next level
@@ -419,7 +312,7 @@ class Book:
         taker_id: int,
         remaining: int,
         maker: Order,
-        opp: _SideBook,
+        opp: SideBook,
         events: list[Event],
         account: str,
         stp: SelfTradePrevention,
@@ -532,7 +425,7 @@ class Book:
         yield from self.bids.iter_orders()
         yield from self.asks.iter_orders()
 
-    def depth(self, side: _SideBook, levels: int) -> list[tuple[int, int, int]]:
+    def depth(self, side: SideBook, levels: int) -> list[tuple[int, int, int]]:
         out = []
         for key in side.keys.islice(0, max(levels, 0)):
             queue = side.levels[side.sign * key]
@@ -549,14 +442,14 @@ class Book:
             keys = list(book.keys)
             assert keys == sorted(set(keys)), f"{m}: {side.name} keys not sorted/unique"
             assert sorted(sign * p for p in book.levels) == keys, f"{m}: {side.name} keys != levels"
-            assert book.best == (keys[0] if keys else _EMPTY), f"{m}: {side.name} best cache stale"
+            assert book.best == (keys[0] if keys else EMPTY), f"{m}: {side.name} best cache stale"
             assert set(book.tombs) <= set(book.levels), f"{m}: {side.name} tombstone count of a dropped level"
             for price, queue in book.levels.items():
                 where = f"{m}: {side.name} level {price}"
                 assert queue and queue[0][REMAINING] > 0, f"{where} is empty or has a tombstone in front"
                 tombs = sum(1 for o in queue if not o[REMAINING])
                 assert book.tombs.get(price, 0) == tombs, f"{where}: {tombs} tombstones, counted {book.tombs}"
-                assert tombs <= len(queue) - tombs + _SLACK, f"{where}: too many tombstones"
+                assert tombs <= len(queue) - tombs + SLACK, f"{where}: too many tombstones"
                 for o in queue:
                     assert len(o) == 8, f"{where}: malformed order record {o!r}"
                     if not o[REMAINING]:
@@ -572,6 +465,6 @@ class Book:
                     assert self.orders.get(oid) is o, f"{where}: order {oid} not indexed"
                     seen[oid] = o
         assert len(seen) == len(self.orders), f"{m}: index has {len(self.orders)} orders, levels {len(seen)}"
-        assert self.bids.best == _EMPTY or self.asks.best == _EMPTY or -self.bids.best < self.asks.best, (
+        assert self.bids.best == EMPTY or self.asks.best == EMPTY or -self.bids.best < self.asks.best, (
             f"{m}: book crossed: bid {-self.bids.best} >= ask {self.asks.best}"
         )

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
-from exchange.engine.book import ACCOUNT, ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, STP, Book, Order
+from exchange.engine.book import Book
 from exchange.engine.model import (
     CANCEL_TAKER,
     SELF_TRADE_PREVENTIONS,
@@ -23,6 +23,7 @@ from exchange.engine.model import (
     SubmitOrder,
     UnknownMarketError,
 )
+from exchange.engine.sides import ACCOUNT, ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, STP, Order
 
 SNAPSHOT_MAGIC = b"P2PXENG\x00"
 SNAPSHOT_VERSION = 2  # written; 1 (before accounts: orders of account "") is still read

@@ -4,8 +4,10 @@
 * ``replica``: applies sequenced entries strictly in order; the books and what is derived from the log;
 * ``snapshots``: the replica's snapshots, for a peer (GetSnapshot) and on the node's disk, where it restarts from;
 * ``sequencing``: one pipeline per market: the gate batcher, catch-up and gap filling;
-* ``links``: the ``Sequencer`` and ``Peers`` shapes and their gRPC implementations (found via ``discovery``);
-* ``auth``: who is calling: API keys against the account registry, and each account's rate limit (``Gatekeeper``);
+* ``links``: the ``Sequencer`` and ``Peers`` shapes and the Sequencer's gRPC link; ``broadcast``: the peers'
+  (``PeerSet``); both found via ``discovery``;
+* ``auth``: who is calling: API keys against the account registry, and each account's rate limit
+  (``AccessControl``);
 * ``market_data``: the trade tape, candles and ticker the replica keeps, by Sequencer time;
 * ``metrics``: the node's counters (GetStatus) and its Prometheus series;
 * ``service``: the ExchangeNode servicer, made of ``orders`` (order entry), ``trader_view`` (a trader's own
@@ -14,5 +16,6 @@
   ``lifecycle``: SYNCING / SERVING / STOPPING;
 * ``convert``: request validation and protobuf <-> engine conversions.
 
-May import ``exchange.engine``, the shared ``exchange`` modules and ``discovery``; never ``sequencer``.
+May import ``exchange.engine``, ``exchange.shared``, the processes' ``exchange`` modules and ``discovery``;
+never ``sequencer`` or ``exchange.client`` (devtools/layout.py checks it).
 """

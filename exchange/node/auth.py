@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import grpc
 
 from discovery import KeyWatch
-from exchange.accounts import ACCOUNTS_PREFIX, AUTHORIZATION, KEY_PREFIX, MAX_KEY_LENGTH, Account, accounts_of, key_hash
+from exchange.accounts import ACCOUNTS_PREFIX, KEY_PREFIX, MAX_KEY_LENGTH, Account, accounts_of, key_hash
 from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable, retry_hint
 from exchange.node.metrics import AUTH_FAILURES, RATE_LIMITED, REGISTRY_RECORDS_REFUSED, counters
+from exchange.shared.wire import AUTHORIZATION
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class RateLimiter:
         self._buckets[account] = (tokens - orders, now)
 
 
-class Gatekeeper:
+class AccessControl:
     """Who may enter orders and how fast: the registry and the rate limiter together. Without a registry
     (`--insecure-no-auth`, loopback development only) every caller is the account "" and nothing is limited."""
 

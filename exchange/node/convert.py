@@ -10,6 +10,7 @@ from typing import cast
 from exchange import engine as eng
 from exchange.commands import client_order_id_error
 from exchange.errors import InvalidArgument, NotFound
+from exchange.shared.markets import order_id_error
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -107,12 +108,17 @@ def new_order_command(
     )
 
 
+def check_order_id(order_id: int) -> None:
+    """INVALID_ARGUMENT for an order_id that names no order (`order_id_error`)."""
+    if (error := order_id_error(order_id)) is not None:
+        raise InvalidArgument(error)
+
+
 def cancel_command(
     request: pb.CancelOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str, account: str
 ) -> types_pb2.Command:
     config = resolve_market(markets, request.market)
-    if request.order_id <= 0:
-        raise InvalidArgument(f"order_id must be positive (the order's sequence number), got {request.order_id}")
+    check_order_id(request.order_id)
     return types_pb2.Command(
         market=config.symbol,
         cancel_order=types_pb2.CancelOrderCommand(order_id=request.order_id),
@@ -125,8 +131,7 @@ def amend_command(
     request: pb.AmendOrderRequest, markets: Mapping[str, eng.MarketConfig], node_id: str, account: str
 ) -> types_pb2.Command:
     config = resolve_market(markets, request.market)
-    if request.order_id <= 0:
-        raise InvalidArgument(f"order_id must be positive (the order's sequence number), got {request.order_id}")
+    check_order_id(request.order_id)
     # the order's filled size is unknown until the amend is sequenced: 0 gives a necessary condition; the
     # engine applies the rest (the total size bound, the order's existence) to the order it finds
     price = request.limit_price or None  # 0 keeps the price

@@ -10,23 +10,18 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from discovery.consul import ConsulKV, ConsulRegistry
+from discovery.consul import ConsulRegistry
+from discovery.consul_kv import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX
-from exchange.cluster import (
-    PEER_SERVICE,
-    add_cluster_arguments,
-    is_loopback,
-    peer_token,
-    refuse_development_secret,
-    split_host_port,
-)
+from exchange.cluster import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
 from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
 from exchange.grpc_metrics import enable_client_metrics
 from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta, serve_metrics
-from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccountRegistry, Gatekeeper, RateLimiter
+from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccessControl, AccountRegistry, RateLimiter
+from exchange.node.broadcast import PeerSet
 from exchange.node.lifecycle import SERVING, STOPPING
-from exchange.node.links import Peers, PeerSet, Sequencer, SequencerLink
+from exchange.node.links import Peers, Sequencer, SequencerLink
 from exchange.node.metrics import NodeGauges
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
 from exchange.node.sequencing import MarketPipeline
@@ -41,7 +36,8 @@ from exchange.runtime import (
     set_log_node,
     wait_for_signal,
 )
-from exchange.tls import add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.tls import add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.wire import PEER_SERVICE, split_host_port
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("node")
@@ -163,7 +159,7 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.insecure_no_auth:
         accounts = AccountRegistry(secret)
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
-    gate = Gatekeeper(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
+    gate = AccessControl(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
     snapshotter = Snapshotter(SnapshotStore(args.data_dir or Path(".cluster") / node_id), replica, node_id,
                               args.snapshot_every)

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from exchange.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, gauge
 
 if TYPE_CHECKING:  # the node's parts import this module for `counters`
-    from exchange.node.links import PeerSet
+    from exchange.node.broadcast import PeerSet
     from exchange.node.replica import Replica
     from exchange.node.sequencing import MarketPipeline
 

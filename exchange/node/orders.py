@@ -27,7 +27,7 @@ from exchange.errors import (
     status_of,
 )
 from exchange.node import convert
-from exchange.node.auth import Caller, Gatekeeper
+from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Sequencer
 from exchange.node.metrics import ORDERS_RECEIVED, counters, order_rejected
@@ -131,7 +131,7 @@ class OrderEntryRPCs:
 
     def __init__(
         self, node: NodeState, replica: Replica, pipelines: Mapping[str, MarketPipeline], sequencer: Sequencer,
-        gate: Gatekeeper,
+        gate: AccessControl,
     ) -> None:
         self.node = node
         self.gate = gate

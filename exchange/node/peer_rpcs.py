@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.errors import InvalidArgument, rpc
 from exchange.node.lifecycle import NodeState
 from exchange.node.metrics import counters

@@ -268,10 +268,6 @@ class Replica:
         window's first command, or the first one applied after the snapshot this replica adopted."""
         return max(self._states[market].journal_start, self.applied_seq(market) - self.journal_size + 1)
 
-    def journaled_events(self, market: str, seq: int) -> tuple[eng.Event, ...]:
-        """The events of journaled command `seq` (KeyError if it is not journaled)."""
-        return self._states[market].journal[seq][1]
-
     def order_of_client_id(self, market: str, account: str, client_order_id: str) -> int | None:
         """The order `account` placed with `client_order_id` among the window's commands, if any."""
         return self._states[market].client_order_ids.get(client_key(account, client_order_id))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exchange.node.auth import Gatekeeper
+from exchange.node.auth import AccessControl
 from exchange.node.book_stream import BookStreamRPCs
 from exchange.node.lifecycle import NodeState
 from exchange.node.links import Peers, Sequencer
@@ -33,7 +33,7 @@ from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
     def __init__(
         self, node_id: str, replica: Replica, pipelines: Mapping[str, MarketPipeline],
-        sequencer: Sequencer, peers: Peers, secret: bytes, gate: Gatekeeper,
+        sequencer: Sequencer, peers: Peers, secret: bytes, gate: AccessControl,
     ) -> None:
         self.node = NodeState(node_id)
         self.orders = OrderEntryRPCs(self.node, replica, pipelines, sequencer, gate)

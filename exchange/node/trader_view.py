@@ -13,7 +13,7 @@ import grpc
 from exchange import engine as eng
 from exchange.errors import InvalidArgument, NotFound, PermissionDenied, rpc
 from exchange.node import convert
-from exchange.node.auth import Gatekeeper
+from exchange.node.auth import AccessControl
 from exchange.node.lifecycle import NodeState
 from exchange.node.reads import applied_entries
 from exchange.node.replica import OrderState, Replica
@@ -33,7 +33,7 @@ def _order(state: OrderState) -> pb.Order:
 class TraderViewRPCs:
     """The caller's own orders (see exchange/node/service.py for the other parts of ExchangeNode)."""
 
-    def __init__(self, node: NodeState, replica: Replica, gate: Gatekeeper) -> None:
+    def __init__(self, node: NodeState, replica: Replica, gate: AccessControl) -> None:
         self.node = node
         self.replica = replica
         self.gate = gate
@@ -49,8 +49,7 @@ class TraderViewRPCs:
     async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
         account = self._account(context)
         market = convert.resolve_market(self.markets, request.market).symbol
-        if request.order_id <= 0:
-            raise InvalidArgument(f"order_id must be positive, got {request.order_id}")
+        convert.check_order_id(request.order_id)
         state = self.replica.order_state(market, request.order_id)
         if state is None:
             oldest = self.replica.oldest_journaled(market)

@@ -29,10 +29,10 @@ import grpc
 from discovery import DiscoveryError, ServiceInstance
 from discovery.consul import ConsulRegistry
 from exchange.client import AsyncClient, Connection, PublicTrade, RetryPolicy, connection_of, types
-from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.errors import ExchangeError, OutOfRange
 from exchange.runtime import aio_channel
-from exchange.tls import TlsConfig, consul_endpoint
+from exchange.shared.tls import TlsConfig, consul_endpoint
+from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 log = logging.getLogger("web.feed")

@@ -15,9 +15,10 @@ import sys
 
 from aiohttp import web
 
-from exchange.cluster import add_consul_arguments, is_loopback, split_host_port
+from exchange.cluster import add_consul_arguments, is_loopback
 from exchange.runtime import configure_logging
-from exchange.tls import CERT_FILE, KEY_FILE, TlsConfig, add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.tls import CERT_FILE, KEY_FILE, TlsConfig, add_tls_argument, consul_endpoint, load_tls
+from exchange.shared.wire import split_host_port
 from exchange.web.feed import FeedConfig
 from exchange.web.server import make_app
 

@@ -11,7 +11,8 @@ import pytest
 
 from devtools.cluster import Cluster
 from devtools.ports import free_port
-from exchange.cluster import TOKEN_HEADER, peer_token
+from exchange.cluster import peer_token
+from exchange.shared.wire import TOKEN_HEADER
 from tests.integration.test_grpcurl import GRPCURL
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from devtools.cluster import Cluster
 from devtools.verify import Replay, replay_cluster
 from exchange import engine as eng
-from exchange.cluster import TOKEN_HEADER, parse_markets, peer_token, token_metadata
+from exchange.cluster import parse_markets, peer_token, token_metadata
 from exchange.commands import command_error
 from exchange.node import convert
+from exchange.shared.wire import TOKEN_HEADER
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 

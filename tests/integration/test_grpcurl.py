@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from devtools.cluster import Cluster
-from exchange import runtime
+from exchange.shared import wire
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 
@@ -177,7 +177,7 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(shared_cluster: Clust
 
 def test_message_over_the_receive_limit_is_refused_and_the_node_survives(shared_cluster: Cluster) -> None:
     c = shared_cluster
-    huge = "x" * (2 * runtime.MAX_RECEIVE_BYTES)
+    huge = "x" * (2 * wire.MAX_RECEIVE_BYTES)
     before = world(c)
     with c.channel(c.node_address(0)) as channel:
         stub = exchange_pb2_grpc.ExchangeNodeStub(channel)

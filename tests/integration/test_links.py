@@ -11,8 +11,9 @@ import grpc
 import pytest
 
 from exchange.errors import Unavailable
-from exchange.node.links import BroadcastStub, GateStream, PeerStream
-from exchange.runtime import CHANNEL_OPTIONS, SERVER_OPTIONS
+from exchange.node.broadcast import BroadcastStub, PeerStream
+from exchange.node.links import GateStream
+from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 from tests.unit.fakes import run_scenario

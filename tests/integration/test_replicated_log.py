@@ -17,12 +17,13 @@ import pytest
 
 from devtools.consul_agent import ConsulDevAgent
 from discovery import DiscoveryError, TransactionOp, TransactionRejected
-from discovery.consul import ConsulKV
+from discovery.consul_kv import ConsulKV
 from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
 from exchange.errors import Unavailable
 from exchange.v1 import types_pb2
+from sequencer.ha.records import HEADS_PREFIX, batch_prefix, decode_batch
 from sequencer.log import StoredEntry
-from sequencer.replicated import HEADS_PREFIX, ReplicatedLog, batch_prefix, decode_batch
+from sequencer.replicated import ReplicatedLog
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
 from tests.integration.conftest import consul_or_skip

@@ -16,9 +16,9 @@ import pytest
 from devtools.certs import make_identity
 from devtools.cluster import Cluster, serving, wait_until
 from devtools.verify import replay_cluster
-from exchange.cluster import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.runtime import sync_channel
-from exchange.tls import TlsConfig
+from exchange.shared.tls import TlsConfig
+from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 from tests.integration.test_grpcurl import GRPCURL

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from exchange.entries import entry_mac
+from exchange.entry_signing import entry_mac
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import sequencer_pb2, types_pb2
 

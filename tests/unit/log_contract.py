@@ -16,9 +16,9 @@ from typing import Protocol
 
 import pytest
 
-from exchange.engine import MarketConfig
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.errors import Unavailable
+from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.service import SequencerService
 from tests.unit.fakes import run_scenario

@@ -16,7 +16,8 @@ from exchange import engine as eng
 from exchange.client import AsyncClient, Client, NewOrder, OrderStatus, RetryPolicy, Side
 from exchange.client import types as t
 from exchange.client.book import CHECKSUM, GAP, BookTracker, Diverged
-from exchange.client.core import EntryWindow, NodeSet, StaticNodes, StreamPosition, entry_requests
+from exchange.client.core import EntryWindow, StreamPosition, entry_requests
+from exchange.client.nodes import NodeSet, StaticNodes
 from exchange.engine.l2 import BookFeed
 from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from exchange.node.auth import RateLimiter

@@ -1,5 +1,5 @@
 """The cluster token's check (exchange.runtime.RequireClusterToken) in-process: the interceptor alone, before any
-handler; the servers put it in front of every cluster-internal method (exchange.cluster.CLUSTER_ONLY_METHODS)."""
+handler; the servers put it in front of every cluster-internal method (exchange.shared.wire.CLUSTER_ONLY_METHODS)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
-from exchange.cluster import CLUSTER_ONLY_METHODS, TOKEN_HEADER, peer_token, token_metadata
+from exchange.cluster import peer_token, token_metadata
 from exchange.runtime import RequireClusterToken
+from exchange.shared.wire import CLUSTER_ONLY_METHODS, TOKEN_HEADER
 from tests.unit.fakes import SECRET, Aborted, FakeContext, run_scenario
 
 BROADCAST = "/exchange.v1.ExchangeNode/BroadcastOrder"  # unary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exchange.node.links import PeerStream
+from exchange.node.broadcast import PeerStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 from tests.unit.fakes import run_scenario, signed_entry

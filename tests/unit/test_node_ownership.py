@@ -12,7 +12,7 @@ import pytest
 
 from exchange import engine as eng
 from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
-from exchange.node.auth import AccountRegistry, Gatekeeper
+from exchange.node.auth import AccessControl, AccountRegistry
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.replica import Replica
@@ -35,7 +35,7 @@ def test_another_accounts_order_cannot_be_cancelled_amended_or_read_and_nothing_
         registry = AccountRegistry(SECRET)
         registry.update({ACCOUNTS_PREFIX + name: encode(SECRET, Account(name, True, (key_hash(key),)))
                          for name, key in KEYS.items()})
-        gate, node = Gatekeeper(registry, None), NodeState("node-1", SERVING)
+        gate, node = AccessControl(registry, None), NodeState("node-1", SERVING)
         replica, sequencer = Replica([eng.MarketConfig(M)]), InMemorySequencer()
         pipeline = MarketPipeline(M, replica, sequencer, RecordingPeers(), "node-1")
         pipeline.start()

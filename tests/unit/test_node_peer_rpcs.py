@@ -8,10 +8,11 @@ import grpc
 import pytest
 
 from exchange import engine as eng
-from exchange.cluster import TOKEN_HEADER, peer_token
+from exchange.cluster import peer_token
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.replica import Replica
+from exchange.shared.wire import TOKEN_HEADER
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 from tests.unit.fakes import SECRET, Aborted, FakeContext, run_scenario, signed_entry

@@ -9,7 +9,7 @@ import pytest
 
 from exchange import engine as eng
 from exchange.errors import Aborted, FailedPrecondition
-from exchange.node.auth import Caller, Gatekeeper
+from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.replica import Replica
@@ -95,7 +95,7 @@ def test_a_repeated_client_order_id_whose_result_is_gone_is_failed_precondition_
             await pipeline.submit(buy(client_order_id="k-1"))
         # the node's path: order entry finds the client_order_id in the replica's map first
         rpcs = OrderEntryRPCs(NodeState("node-1", SERVING), pipeline.replica, {M: pipeline}, sequencer,
-                              Gatekeeper(None, None))
+                              AccessControl(None, None))
         with pytest.raises(FailedPrecondition, match=f"'k-1' is order {first.seq} of {M}"):
             await rpcs._place(pb.CreateOrderRequest(size=1, limit_price=100, client_order_id="k-1"), Caller("", ""))
         assert sum(1 for e in sequencer.log[M] if types_pb2.Command.FromString(e.command).client_order_id) == 1

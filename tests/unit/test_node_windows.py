@@ -15,7 +15,7 @@ import pytest
 
 from exchange import engine as eng
 from exchange.errors import FailedPrecondition, Unavailable
-from exchange.node.auth import Caller, Gatekeeper
+from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.reads import ReadRPCs, applied_entries
@@ -49,7 +49,7 @@ def fed(count: int, window: int = WINDOW) -> Replica:
 
 
 def services(replica: Replica) -> tuple[TraderViewRPCs, ReadRPCs]:
-    node, gate = NodeState("node-1", SERVING), Gatekeeper(None, None)
+    node, gate = NodeState("node-1", SERVING), AccessControl(None, None)
     sequencer = InMemorySequencer()
     pipeline = MarketPipeline(M, replica, sequencer, RecordingPeers(), "node-1")
     return (TraderViewRPCs(node, replica, gate),
@@ -213,7 +213,7 @@ def test_after_a_restart_a_retry_from_before_the_snapshot_is_not_placed_again(tm
         pipeline = MarketPipeline(M, restarted, sequencer, RecordingPeers(), "node-1")
         pipeline.start()
         entry = OrderEntryRPCs(NodeState("node-1", SERVING), restarted, {M: pipeline}, sequencer,
-                               Gatekeeper(None, None))
+                               AccessControl(None, None))
         request = pb.CreateOrderRequest(market=M, side=types_pb2.SELL, order_type=types_pb2.IOC, size=2,
                                         limit_price=100, client_order_id="c180")
         try:

@@ -7,7 +7,7 @@ import gc
 
 from exchange import engine as eng
 from exchange.errors import Unavailable
-from exchange.node.auth import Caller, Gatekeeper
+from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.replica import Replica
@@ -31,7 +31,7 @@ def test_cancelled_create_order_with_client_order_id_logs_no_unretrieved_excepti
         sequencer = InMemorySequencer()
         pipeline = MarketPipeline("BTC-USD", replica, sequencer, RecordingPeers(), "node-1")  # not started
         service = OrderEntryRPCs(NodeState("node-1", SERVING), replica, {"BTC-USD": pipeline}, sequencer,
-                                 Gatekeeper(None, None))
+                                 AccessControl(None, None))
         request = pb.CreateOrderRequest(client_order_id="c-1", side=types_pb2.BUY, size=1, limit_price=100)
         calls = [asyncio.ensure_future(service._place(request, Caller("", ""))) for _ in range(2)]  # first, repeat
         await asyncio.sleep(0.01)

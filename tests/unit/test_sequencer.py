@@ -9,11 +9,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from exchange.engine import MarketConfig
-from exchange.entries import entry_is_authentic
+from exchange.entry_signing import entry_is_authentic
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, types_pb2
-from sequencer import service as service_module
+from sequencer import gate as gate_module
 from sequencer.log import LeadershipLost, Recovered, StoredEntry
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
@@ -102,7 +102,7 @@ def test_a_repeated_request_is_stale_and_carries_its_numbered_commands_not_numbe
 def test_a_node_further_behind_than_one_answer_is_stale_then_granted_after_catching_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "MAX_MISSING_PER_ANSWER", 3)
+    monkeypatch.setattr(gate_module, "MAX_MISSING_PER_ANSWER", 3)
 
     async def scenario(service: SequencerService) -> None:
         await ask(service, "a", 0, *(from_node("a", ref) for ref in range(1, 6)))

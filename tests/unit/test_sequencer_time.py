@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from exchange.entries import entry_is_authentic, entry_mac
+from exchange.entry_signing import entry_is_authentic, entry_mac
 from exchange.v1 import types_pb2
 from sequencer.log import StoredEntry
 from sequencer.service import SequencerService

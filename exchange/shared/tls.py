@@ -13,11 +13,14 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from discovery.consul import ConsulHttps
-from exchange.cluster import split_host_port
+from exchange.shared.wire import split_host_port
+
+if TYPE_CHECKING:  # the client loads no discovery code: only the processes reach Consul
+    from discovery.consul import ConsulHttps
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
 
@@ -81,4 +84,6 @@ def consul_endpoint(address: str, tls_dir: Path | None) -> tuple[str, int, Consu
         raise SystemExit(f"--consul {address}: the scheme must be http or https")
     if tls_dir is None:
         raise SystemExit(f"--consul {address} needs --tls-dir: its {CA_FILE} is the CA Consul's certificate must be of")
+    from discovery.consul import ConsulHttps
+
     return host, port, ConsulHttps(str(tls_dir / CA_FILE), str(tls_dir / CERT_FILE), str(tls_dir / KEY_FILE))

@@ -12,8 +12,6 @@ import hmac
 
 from exchange.v1 import types_pb2
 
-MAC_SIZE = 32
-
 
 def entry_mac(secret: bytes, market: str, seq: int, command: bytes) -> bytes:
     header = market.encode() + b"\x00" + seq.to_bytes(8, "big", signed=True)
