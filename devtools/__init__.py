@@ -11,6 +11,8 @@ Never imported by the product (`exchange`, `sequencer`, `discovery`) and not pac
 - `certs`: a cluster's certificates for mutual TLS; `auth_channels`: channels whose calls carry an API key;
 - `static_registry`: an in-memory discovery Registry for tests;
 - `repo_hygiene`: checks that the tracked tree holds nothing of one machine (`python3 -m devtools.repo_hygiene`);
+- `layout`: the product's layout rules (what each folder may import, file and function lengths:
+  `python3 -m devtools.layout`);
 - `demo`: `python -m devtools.demo up|down|status` (`make cluster-up/-down/-status`);
 - `verify`: replays the Sequencer's log through a fresh engine;
 - `workload`: the random-order generator of the bench, the chaos checker and the tests;
