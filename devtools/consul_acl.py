@@ -10,7 +10,7 @@ token per role, and gossip encryption.
   the same tokens again and the running processes' tokens work again).
 
 `apply(consul)` bootstraps the ACL system if it was not yet, loads the policies of deploy/consul/policies/*.hcl
-(README, Security), makes the roles' tokens, gives the anonymous token the observer policy (service and node
+(docs/security.md), makes the roles' tokens, gives the anonymous token the observer policy (service and node
 reads: clients find the nodes through Consul; nothing else) and each agent a token of its own (a node identity:
 it may register its node) through its agent API. The product never does any of this: an operator does, once.
 """

@@ -123,7 +123,7 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
     print(f"""
 cluster is up: Consul UI/API http://{cluster.consul_address}, logs in {DEMO_DIR / 'logs'}; {security}
 Consul runs with ACLs (default deny: anonymous may only read services) and gossip encryption{https}; its tokens,
-the management one too, are in {cluster.consul_security.state_file.relative_to(ROOT)} (README, Security)
+the management one too, are in {cluster.consul_security.state_file.relative_to(ROOT)} (docs/security.md)
 Prometheus metrics of every process (registered in Consul: service meta metrics_port):
 {metrics}
 Prometheus ({prometheus.url}, its alerts at {prometheus.url}/classic/alerts) scrapes them every 5 s,

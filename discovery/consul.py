@@ -97,7 +97,7 @@ def describe_failure(error: BaseException, token: str | None) -> str:
         whose = "the token given (--consul-token / CONSUL_HTTP_TOKEN)" if token else \
             "the anonymous token (no --consul-token / CONSUL_HTTP_TOKEN given)"
         return (f"Consul's ACLs refused {whose}: it is unknown, was removed, or its policy does not allow this "
-                f"({error}); see README, Security")
+                f"({error}); see docs/security.md")
     return f"unreachable: {error}"
 
 

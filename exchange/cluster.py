@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from exchange.shared.markets import MarketConfig
 from exchange.shared.wire import TOKEN_HEADER, split_host_port
 
-# Consul service names (README, "Architecture").
-
 # HA mode (the replicated log): the Sequencer replicas' lock in Consul KV. Its holder is the leader, the only
 # replica that numbers commands; the value is the holder's LeaderRecord, how nodes find it.
 SEQUENCER_LEADER_KEY = "exchange/sequencer/leader"
@@ -73,7 +71,7 @@ def record_mac(secret: bytes, key: str, fields: dict[str, object]) -> str:
 
 
 def sign_record(secret: bytes, key: str, fields: dict[str, object]) -> bytes:
-    """A registry record (account, markets) as stored at `key`: its fields and a `mac` of them (README, Security)."""
+    """A registry record (account, markets) as stored at `key`: its fields and a `mac` of them (docs/security.md)."""
     return json.dumps({**fields, "mac": record_mac(secret, key, fields)}, sort_keys=True).encode()
 
 
@@ -137,7 +135,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"))
     parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("EXCHANGE_LOG_FORMAT", "text"),
-                        help="text lines, or one JSON object per line (README, Operating it; env EXCHANGE_LOG_FORMAT)")
+                        help="text lines, or one JSON object per line (docs/operations.md; env EXCHANGE_LOG_FORMAT)")
 
 
 def add_consul_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +149,7 @@ def add_consul_arguments(parser: argparse.ArgumentParser) -> None:
         "--consul-token",
         default=os.environ.get("CONSUL_HTTP_TOKEN"),
         help="the Consul ACL token of this process's role (env CONSUL_HTTP_TOKEN; default: none, Consul's "
-             "anonymous token; see README, Security)",
+             "anonymous token; see docs/security.md)",
     )
 
 

@@ -3,7 +3,7 @@
 The markets are defined once for the whole cluster, at `exchange/config/markets`: a signed record
 (exchange.cluster.sign_record) of `{"markets": <the canonical spec of exchange.cluster.format_markets>}`, so
 that only a holder of the cluster secret can define them. The first process started with `--markets` whose
-Consul token may write the key (the Sequencer's role; README, Security) writes it; every later one
+Consul token may write the key (the Sequencer's role; docs/security.md) writes it; every later one
 either takes it (no `--markets`) or must have been given exactly the same, or it refuses to start: a node
 and the Sequencer that disagree on a market's tick or bounds would accept orders the other refuses, and
 two nodes that disagree would diverge. Consul KV is Raft-replicated, the one store every process already

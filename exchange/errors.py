@@ -8,7 +8,7 @@ Clients (`exchange.client`): `error_from_status` turns a status code and message
 a caller catches `NotFound` or `InvalidArgument` whichever side raised it. Every error has its `code` (a
 grpc.StatusCode) and `retriable`: True where sending the same request again may succeed (UNAVAILABLE,
 DEADLINE_EXCEEDED, ABORTED). Retrying is safe only for a request that is idempotent (a new order with a
-client_order_id, a read); see README "Python client" for what the client library retries.
+client_order_id, a read); see docs/client.md for what the client library retries.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def sync_channel(target: str, tls: TlsConfig | None = None) -> grpc.Channel:
 # EventEngine ones, cost more per message than the older iomgr transport on these machines: a bare bidi
 # ping-pong took 140-160 us instead of 215-230 us, with ~30% less CPU per message on each side. The cluster is
 # message-bound (gate requests, broadcasts, client calls), and with these two experiments off its unary
-# throughput at 64 in flight rose 5-12% (README, "gRPC transport"). An operator's own GRPC_EXPERIMENTS wins.
+# throughput at 64 in flight rose 5-12% (docs/operations.md, "The gRPC transport"). An operator's own
+# GRPC_EXPERIMENTS wins.
 SERVICE_GRPC_ENV = {"GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener"}
 
 
@@ -82,7 +83,7 @@ CONTEXT_FIELDS = ("market", "seq", "order_id")
 
 
 def log_fields(market: str | None = None, seq: int | None = None, order_id: int | None = None) -> dict[str, object]:
-    """A log call's `extra`: the market, sequence and order id it is about (README, "Operating it": the JSON logs)."""
+    """A log call's `extra`: the market, sequence and order id it is about (docs/operations.md: the JSON logs)."""
     return {name: value for name, value in (("market", market), ("seq", seq), ("order_id", order_id))
             if value is not None}
 

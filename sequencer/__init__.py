@@ -3,10 +3,11 @@
 * ``main``: the ``exchange-sequencer`` process; ``gate``: the sequencing gate (numbering,
   roles); ``service``: its gRPC servicer and the log reader;
 * ``log``: the log's contract, what the gate needs of a backend (``LogBackend``) and what a replicated backend
-  tells the gate (``RoleCallbacks``); ``dedup``: the client_order_id window and the one ``dedup_key`` function;
+  tells the gate (``RoleCallbacks``); the client_order_id window is ``exchange.dedup`` (shared with the nodes);
 * ``store``: the embedded log (SQLite, WAL, synchronous=FULL, group commit on the event loop), also each HA
   replica's local archive; ``replicated``: the log replicated in Consul (HA mode), made of
-  the parts in ``ha`` (election and session, the fenced commit, the standby's follow and archive).
+  the parts in ``ha`` (election and session, the fenced commit, the standby's follow and archive);
+* ``metrics``: the Sequencer's Prometheus series.
 
 May import ``exchange.shared`` (wire constants, TLS, ``MarketConfig``), the processes' ``exchange`` modules
 (``cluster``, ``commands``, ``dedup``, ``entry_signing``, ``errors``, ``runtime``, ``v1``...) and ``discovery``;
@@ -14,7 +15,7 @@ never ``exchange.node``, ``exchange.engine`` or ``exchange.client`` (devtools/la
 tests/unit/test_layout.py that ``import sequencer.main`` loads no engine). Consul itself is reached only through
 ``discovery.ReplicatedStore`` (``discovery.consul_kv.ConsulKV``).
 
-Design (README, "High availability"):
+Design (docs/ha.md):
 
 * **Interface.** The gate numbers commands in memory and hands each group of fresh entries to
   ``LogBackend.append``, whose future resolves only once they are durable; it answers only then, and reads

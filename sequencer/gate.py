@@ -1,6 +1,6 @@
 """The sequencing gate: per-market gap-free numbering, the roles, and the log's in-memory tail.
 
-The gate (README, "The sequencing protocol"): a node states the sequence it has applied. If the market is
+The gate (docs/architecture.md, "The sequencing protocol"): a node states the sequence it has applied. If the market is
 further, the node is behind. When what it lacks fits in one answer (MAX_MISSING_PER_ANSWER entries), the
 request is granted at once: the answer carries the entries the node lacks, then the node's commands
 numbered after them, and the node applies them in that order, so its orders are matched against exactly

@@ -1,7 +1,7 @@
 """The replicated log (HA mode, `exchange-sequencer --log consul`): the log's tail in a replicated store
 (Consul KV, through `discovery.ReplicatedStore`), several Sequencer replicas, one leader.
 
-Keys (README, "High availability"):
+Keys (docs/ha.md):
 
 * `exchange/sequencer/leader`: the lock; held by the leader's session, its value names the leader (id and
   gRPC address: how nodes find it, `exchange.cluster.LeaderRecord`).

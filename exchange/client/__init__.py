@@ -11,7 +11,7 @@
 
 Results are frozen dataclasses (`exchange.client.types`) with ints for prices (ticks) and sizes (lots). Failures
 are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidArgument`, ... each with `code`,
-`message` and `retriable`). Retries and failover: `exchange.client.core` (README "Python client").
+`message` and `retriable`). Retries and failover: `exchange.client.core` (docs/client.md).
 
 May import only the shared floor (`exchange.shared`, `exchange.errors`, the stubs `exchange.v1`): importing
 the client loads neither the engine, the node, the Sequencer, discovery, py-consul nor sortedcontainers

@@ -6,7 +6,7 @@ one (`first_seq` = previous `last_seq` + 1) and that the local view gives the no
 (exchange/engine/l2.py, CONTRACT section 8). Any failure raises `Diverged` with its reason; the subscription
 then resubscribes for a new snapshot (a resync), and counts it by reason in `SubscriptionStats`.
 
-`book_checksum` is the other checksum, over every resting order (README "Book checksum"): what an L3
+`book_checksum` is the other checksum, over every resting order (docs/architecture.md, "Book checksum"): what an L3
 GetOrderBook answer (`all_levels`, `include_orders`) can be checked against.
 """
 
@@ -40,7 +40,8 @@ class Diverged(Exception):
 
 
 def book_checksum(bids: list[tuple[int, int, int]], asks: list[tuple[int, int, int]]) -> int:
-    """README "Book checksum" over (order id, price, open size) of each side's orders in priority order."""
+    """The "Book checksum" (docs/architecture.md) over (order id, price, open size) of each side's orders in
+    priority order."""
     flat = [value for order in (*bids, *asks) for value in order]
     return zlib.crc32(struct.pack(f">{1 + len(flat)}q", len(bids), *flat))
 

@@ -16,7 +16,7 @@
   many orders at once as the limit let through last time, doubling while none is refused (so the excess costs
   a few refusals per refill of the account's bucket, not one per order and per wait).
 
-What is retried (README "Python client"): a new order always carries a client_order_id, so it is retried after
+What is retried (docs/client.md): a new order always carries a client_order_id, so it is retried after
 any retriable failure, ambiguous or not (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED), on another node if need be;
 the node answers a repeat with the first result. Reads are retried the same way. Cancels and amends carry no
 idempotency key: a cancel is retried all the same (cancelling twice cannot do harm; a retry that finds the

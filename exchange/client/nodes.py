@@ -1,6 +1,6 @@
 """Which node a client calls: where the addresses come from (a fixed list, or Consul's passing `peer-server`
 instances: the client's one lookup besides its calls), the retry policy's timings, and the set of nodes with
-the one in use and those being avoided after failures (README "Python client")."""
+the one in use and those being avoided after failures (docs/client.md)."""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ class Book:
     seq: int
     bids: tuple[BookLevel, ...]
     asks: tuple[BookLevel, ...]
-    checksum: int  # README "Book checksum": equal on every node at the same seq
+    checksum: int  # "Book checksum" (docs/architecture.md): equal on every node at the same seq
     known_seq: int = 0  # the highest sequence the node knew existed; seq < known_seq: it was lagging
 
     @property

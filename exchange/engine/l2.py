@@ -1,7 +1,7 @@
 """The aggregated book (L2) and its stream: levels, the top-10 checksum, and each subscriber's view and diff.
 
 Pure (no I/O, no clocks), shared by the node (StreamBook), the client library (its local L2 book) and the
-tests, so the rules below have one home (README "Market data: the L2 book stream", CONTRACT section 8).
+tests, so the rules below have one home (docs/market-data.md, CONTRACT section 8).
 
 * ``top_checksum``: CRC32 of ``ask:ask...:bid...`` where each level is ``price:size``, the best 10 asks
   lowest first then the best 10 bids highest first, all joined by ``:`` (an empty book: CRC32 of b"").

@@ -6,8 +6,14 @@
 * ``sequencing``: one pipeline per market: the gate batcher, catch-up and gap filling;
 * ``links``: the ``Sequencer`` and ``Peers`` shapes and the Sequencer's gRPC link; ``broadcast``: the peers'
   (``PeerSet``); both found via ``discovery``;
-* ``service``: the ExchangeNode servicer, made of ``orders`` (order entry), ``reads`` (books, orders, events,
-  status) and ``peer_rpcs`` (the cluster's own calls); ``lifecycle``: SYNCING / SERVING / STOPPING;
+* ``auth``: who is calling: API keys against the account registry, and each account's rate limit
+  (``AccessControl``);
+* ``market_data``: the trade tape, candles and ticker the replica keeps, by Sequencer time;
+* ``metrics``: the node's counters (GetStatus) and its Prometheus series;
+* ``service``: the ExchangeNode servicer, made of ``orders`` (order entry), ``trader_view`` (a trader's own
+  orders: GetOrder, ListOrders, StreamOrders), ``reads`` (books, events, status), ``book_stream`` (StreamBook),
+  ``market_data_rpcs`` (trades, candles, ticker) and ``peer_rpcs`` (the cluster's own calls);
+  ``lifecycle``: SYNCING / SERVING / STOPPING;
 * ``convert``: request validation and protobuf <-> engine conversions.
 
 May import ``exchange.engine``, ``exchange.shared``, the processes' ``exchange`` modules and ``discovery``;

@@ -21,7 +21,7 @@ from exchange.node.lifecycle import NodeState
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 
-# StreamBook subscribers one node serves at most (each holds at most 2 x depth levels: README).
+# StreamBook subscribers one node serves at most (each holds at most 2 x depth levels: docs/market-data.md).
 MAX_BOOK_SUBSCRIBERS = 1000
 # A stream quiet this long while the market moved outside its view gets an update without levels: the subscriber
 # learns the sequence its view is at (and that the stream is alive).

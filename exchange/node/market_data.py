@@ -8,7 +8,7 @@ state travels in the node's snapshot (`snapshot` / `restore`), so a node restore
 Time (UNIX milliseconds, `Command.time_ms`): an entry's time is max(its stamp, the market's previous time), so an
 entry of a log written before time was stamped (stamp 0) gets the time of the entry before it (0 at first).
 
-Bounds (per market, whatever the age of the exchange; README "Market data"):
+Bounds (per market, whatever the age of the exchange; docs/market-data.md):
 
 * the last `trade_retention` trades (10,000): StreamTrades' replay and resumption, GetTrades' pages;
 * the last `candle_retention` candles of each interval (2,000: 1m about 33 hours of trading, 1d over 5 years), at

@@ -52,7 +52,7 @@ AUTH_FAILURES = Counter("exchange_authentication_failures_total", "Calls refused
                         "or disabled API key).")
 REGISTRY_RECORDS_REFUSED = Counter("exchange_registry_records_refused_total",
                                    "Account records in Consul KV ignored: not signed with the cluster secret, or "
-                                   "older than the one held (README, Security).")
+                                   "older than the one held (docs/security.md).")
 
 
 class MarketMetrics:

@@ -6,8 +6,8 @@ market, buffers it when it is ahead, and ignores it when it is already applied, 
 idempotent and order-insensitive, and the books are a pure function of the log.
 
 Besides the engine, the replica keeps what is derived from the log and needed to answer clients, each part
-bounded by what is live or by the window of the last `journal_size` commands of each market (README,
-"Operating it"), never by the age of the exchange:
+bounded by what is live or by the window of the last `journal_size` commands of each market (docs/operations.md,
+"A node's memory"), never by the age of the exchange:
 
 * the window: the events of those commands (the journal: results of retried orders, StreamEvents/StreamOrders
   resume), the (account, client_order_id) -> order id keys placed in it (exchange/dedup.py: a retry is answered

@@ -1,4 +1,4 @@
-"""The ExchangeNode gRPC service: one servicer made of three parts, one per audience.
+"""The ExchangeNode gRPC service: one servicer made of six parts, one per audience.
 
 * `OrderEntryRPCs` (orders.py): clients placing, amending and cancelling orders (with an API key);
 * `TraderViewRPCs` (trader_view.py): a trader's own orders and order events (with an API key);
@@ -9,7 +9,7 @@
 
 Each part is a thin adapter over the replica and the sequencing pipelines; this module only states which
 part answers which RPC (every RPC of the proto exactly once, checked at start); the node's lifecycle
-state (lifecycle.py), which all three consult, is made here.
+state (lifecycle.py), which every part consults, is made here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-# Consul service names (README, "Architecture").
+# Consul service names (docs/architecture.md).
 SEQUENCER_SERVICE = "sequencer"
 PEER_SERVICE = "peer-server"
 # The metadata that carries `Bearer <api key>` on order-entry calls.

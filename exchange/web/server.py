@@ -1,10 +1,11 @@
 """The web console's HTTP side (aiohttp): one page, its static files, a Server-Sent Events stream of the cluster and
 its markets, and a small JSON API for a person's orders.
 
-Security (README "Web console"): the API key lives only in the page's memory and comes with each request in the
-`Authorization: Bearer <key>` header; it is forwarded to the node as the same metadata and never stored, logged
-or set as a cookie, so no other site's page can send a request that carries it. Every response carries a strict
-Content-Security-Policy (scripts and styles only from this origin's files, no inline code, no framing).
+Security (docs/security.md, "The web console"): the API key lives only in the page's memory and comes with each
+request in the `Authorization: Bearer <key>` header; it is forwarded to the node as the same metadata and never
+stored, logged or set as a cookie, so no other site's page can send a request that carries it. Every response
+carries a strict Content-Security-Policy (scripts and styles only from this origin's files, no inline code, no
+framing).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ MAX_DELETES = 32  # batches deleted per transaction (a transaction holds at most
 # the moment the previous one ends holds only the requests that arrived meanwhile, and the nodes it just answered
 # wait a whole transaction more. When recent transactions held several nodes' appends, the next one waits for as
 # many to be queued, up to the recent median commit latency (at most LINGER_MAX_S). Measured at 64 in flight: 12
-# -> 20 entries per transaction (README, "Benchmarks").
+# -> 20 entries per transaction (docs/benchmarks.md).
 LINGER_MAX_S = 0.010
 CONCURRENCY_WINDOW_S = 1.0
 FOLLOW_WAIT_S = 5.0

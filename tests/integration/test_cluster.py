@@ -76,7 +76,7 @@ def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_l
     with ThreadPoolExecutor(clients_per_node * 3) as pool:
         list(pool.map(client, range(clients_per_node * 3)))
 
-    assert errors == [], "no order may fail without a fault (see the README, \"The sequencing protocol\")"
+    assert errors == [], "no order may fail without a fault (see docs/architecture.md, \"The sequencing protocol\")"
     assert len(results) == clients_per_node * 3 * orders_per_client
     view = cluster.wait_converged()
     replay = replay_cluster(cluster)

@@ -24,7 +24,7 @@ from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
 pytestmark = pytest.mark.integration
 
 NODE = "exchange.v1.ExchangeNode"
-CLUSTER_MARKETS = "BTC-USD,ETH-USD,L2-USD"  # L2-USD: the README's StreamBook example, in a market of its own
+CLUSTER_MARKETS = "BTC-USD,ETH-USD,L2-USD"  # L2-USD: docs/market-data.md's StreamBook example, in a market of its own
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
@@ -192,8 +192,8 @@ def test_message_over_the_receive_limit_is_refused_and_the_node_survives(shared_
 
 
 def test_the_readme_streambook_example_gives_its_checksums(shared_cluster: Cluster) -> None:
-    """README "Market data: the L2 book stream": asks 101x5 and 102x7 (two orders), bid 100x3, then a buy
-    takes the 101 ask: the snapshot's and the update's checksums are the README's."""
+    """docs/market-data.md, "The L2 book stream": asks 101x5 and 102x7 (two orders), bid 100x3, then a buy
+    takes the 101 ask: the snapshot's and the update's checksums are the docs'."""
     c, alice, bob = shared_cluster, shared_cluster.api_keys["alice"], shared_cluster.api_keys["bob"]
     address = c.node_address(0)
     for size, price in ((-5, 101), (-3, 102), (-4, 102), (3, 100)):
@@ -225,7 +225,7 @@ def test_the_readme_streambook_example_gives_its_checksums(shared_cluster: Clust
 
 
 def test_market_data_rpcs_as_the_readme_shows_them(shared_cluster: Cluster) -> None:
-    """GetTrades, GetCandles, GetTicker and StreamTrades through grpcurl (README "Market data"), no key needed."""
+    """GetTrades, GetCandles, GetTicker and StreamTrades through grpcurl (docs/market-data.md), no key needed."""
     c = shared_cluster
     call_ok(c.node_address(0), "CreateOrder", {"market": "ETH-USD", "size": -2, "limit_price": 1000},
             key=c.api_keys["alice"])

@@ -420,8 +420,8 @@ def test_a_restarted_node_starts_from_its_own_snapshot_and_equals_a_replay(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     """A node SIGKILLed starts from its last periodic snapshot and one stopped gracefully from the one it wrote
-    as it stopped: either way it reads only the log after the snapshot (its events start there, behaviour the
-    README documents) and its books equal the other nodes' and a replay of the log."""
+    as it stopped: either way it reads only the log after the snapshot (its events start there, behaviour
+    docs/operations.md documents) and its books equal the other nodes' and a replay of the log."""
     c = make_cluster(extra_node_args=["--snapshot-every", "100"])
     c.start()
     markets = [m.symbol for m in parse_markets(c.markets)]

@@ -85,7 +85,7 @@ class InMemorySequencer:
 
     async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
         """The gate as the Sequencer keeps it: a node behind gets what it lacks, then its grant; a request
-        repeating numbered commands gets a stale answer (README, "The sequencing protocol")."""
+        repeating numbered commands gets a stale answer (docs/architecture.md, "The sequencing protocol")."""
         await asyncio.sleep(0)  # a real call yields to the loop (see the module docstring)
         self.requests.append(request)
         market = request.market

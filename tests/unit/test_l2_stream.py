@@ -45,7 +45,7 @@ class Subscriber:
         self.seq = update.last_seq
 
 
-def test_the_checksum_rule_has_the_readme_example() -> None:
+def test_the_checksum_rule_has_the_docs_example() -> None:
     assert top_checksum([(101, 5), (102, 7)], [(100, 3)]) == zlib.crc32(b"101:5:102:7:100:3") == 3788934575
     assert top_checksum([], []) == zlib.crc32(b"") == 0
     eleven = [(100 + i, 1) for i in range(11)]

@@ -1,5 +1,5 @@
 """What a node keeps is bounded by what is live or by its window (the last --journal-size commands of a market),
-each window's edge answers as the README says, and a node restarted from its own snapshot equals one that
+each window's edge answers as docs/operations.md says, and a node restarted from its own snapshot equals one that
 replayed the whole log."""
 
 from __future__ import annotations
