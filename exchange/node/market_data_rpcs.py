@@ -24,6 +24,7 @@ from exchange.v1 import exchange_pb2 as pb
 
 MAX_LIMIT = 1_000  # trades per GetTrades page, candles per GetCandles answer
 STREAM_BATCH = 500  # trades a stream takes from the retained ones at a time: at most one message's
+BUILT_BATCHES = 64  # TradeBatch messages kept for subscribers reading in step (oldest dropped first)
 
 
 def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
@@ -49,6 +50,7 @@ class MarketDataRPCs:
         self.replica = replica
         # market -> the event StreamTrades subscribers wait on; set (and replaced) when an entry traded
         self._traded = {market: asyncio.Event() for market in replica.markets}
+        self._built: dict[tuple[str, int, int], pb.TradeBatch] = {}  # (market, after id, last id) -> message
         for market in replica.markets:
             replica.on_applied(market, self._wake)
 
@@ -78,10 +80,26 @@ class MarketDataRPCs:
             if not batch:
                 await self._traded[market].wait()  # taken with no await since the read: no trade is missed
                 continue
+            if batch[0].seq >= request.from_seq:
+                yield self._batch_message(market, cursor, batch)
+            else:  # the first batch of a resume: only the trades from from_seq on
+                trades = [public_trade(market, trade) for trade in batch if trade.seq >= request.from_seq]
+                if trades:
+                    yield pb.TradeBatch(market=market, trades=trades)
             cursor = batch[-1].trade_id
-            trades = [public_trade(market, trade) for trade in batch if trade.seq >= request.from_seq]
-            if trades:
-                yield pb.TradeBatch(market=market, trades=trades)
+
+    def _batch_message(self, market: str, cursor: int, batch: list[PublicTrade]) -> pb.TradeBatch:
+        """The message of the trades after `cursor` up to the batch's last, built once for every subscriber that
+        reads in step (most do: they wait on the same wake-up): building the trades' messages was most of a
+        reader's cost. Keeps the last BUILT_BATCHES messages."""
+        key = (market, cursor, batch[-1].trade_id)
+        message = self._built.get(key)
+        if message is None:
+            message = pb.TradeBatch(market=market, trades=[public_trade(market, trade) for trade in batch])
+            self._built[key] = message
+            while len(self._built) > BUILT_BATCHES:
+                del self._built[next(iter(self._built))]
+        return message
 
     @rpc
     async def GetTrades(self, request: pb.GetTradesRequest, context: grpc.aio.ServicerContext) -> pb.GetTradesResponse:
