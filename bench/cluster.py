@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -334,6 +335,7 @@ def _best(results: list[LoadResult]) -> dict:
 
 
 Runner = Callable[[int, int], LoadResult]  # (in flight, round) -> one unary run
+Measured = TypeVar("Measured")
 
 
 def _interleaved(runners: dict[str, Runner], concurrency: tuple[int, ...] = CONCURRENCY, rounds: int = UNARY_ROUNDS,
@@ -547,26 +549,13 @@ def _other_runs(workdir: Path, seconds: float, nodes: int, path: bool = False) -
             "streaming": [_stream_figures(run) for run in streaming], "converged": converged}
 
 
-def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
-                 while_running: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
-                 ) -> dict[str, dict]:
-    """Unary at 64 in flight and both streaming cases on clusters running side by side (the one not measured
-    idles): each round measures every case on one cluster, then on the next, the order turning each round, and
-    each case's figure is its best run (noise only slows a run down; a shared machine's load drifts over minutes,
-    so the clusters are measured seconds apart). Then each must agree with a replay of its log. `while_running`:
-    entered once the clusters have started, for the rounds. {name: {"unary_64", "streaming", "converged"}}."""
-    runs: dict[str, list[tuple[LoadResult, list[StreamResult]]]] = {name: [] for name in clusters}
+def _measured(clusters: dict[str, Cluster], measure: Callable[[], Measured]) -> tuple[Measured, dict[str, bool]]:
+    """Starts `clusters`, runs `measure`, then says whether each cluster converged and agrees with a replay of its
+    log; stops them (printing their logs if anything failed)."""
     try:
         for cluster in clusters.values():
             cluster.start()
-        with while_running():
-            for round_number in range(1, rounds + 1):
-                names = list(clusters) if round_number % 2 else list(reversed(clusters))
-                for name in names:
-                    _log(f"round {round_number}, {name}")
-                    cluster = clusters[name]
-                    runs[name].append((_cluster_unary(cluster, 64, seconds, round_number),
-                                       [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]))
+        result = measure()
         converged = {}
         for name, cluster in clusters.items():
             view = cluster.wait_converged(60)
@@ -579,6 +568,30 @@ def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
     finally:
         for cluster in clusters.values():
             cluster.stop()
+    return result, converged
+
+
+def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
+                 while_running: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+                 ) -> dict[str, dict]:
+    """Unary at 64 in flight and both streaming cases on clusters running side by side (the one not measured
+    idles): each round measures every case on one cluster, then on the next, the order turning each round, and
+    each case's figure is its best run (noise only slows a run down; a shared machine's load drifts over minutes,
+    so the clusters are measured seconds apart). Then each must agree with a replay of its log. `while_running`:
+    entered once the clusters have started, for the rounds. {name: {"unary_64", "streaming", "converged"}}."""
+    def measure() -> dict[str, list[tuple[LoadResult, list[StreamResult]]]]:
+        runs: dict[str, list[tuple[LoadResult, list[StreamResult]]]] = {name: [] for name in clusters}
+        with while_running():
+            for round_number in range(1, rounds + 1):
+                names = list(clusters) if round_number % 2 else list(reversed(clusters))
+                for name in names:
+                    _log(f"round {round_number}, {name}")
+                    cluster = clusters[name]
+                    runs[name].append((_cluster_unary(cluster, 64, seconds, round_number),
+                                       [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]))
+        return runs
+
+    runs, converged = _measured(clusters, measure)
     return {name: {"unary_64": _best([unary for unary, _ in cases]),
                    "streaming": [_stream_figures(max((streams[index] for _, streams in cases), key=attrgetter("rate")))
                                  for index in range(len(STREAM_BATCHES))],
@@ -735,23 +748,9 @@ def run_ha(seconds: float = 4.0, workdir: Path | None = None) -> dict:
                 "ha": Cluster(workdir / "ha", nodes=3, secret="bench-secret", ha=True)}
     _log("HA beside embedded: two clusters of 3 nodes side by side (HA: three Consul servers, two Sequencer "
          "replicas on the replicated log)")
-    try:
-        for cluster in clusters.values():
-            cluster.start()
-        runs = _interleaved({name: functools.partial(_named_unary, name, cluster, seconds)
-                             for name, cluster in clusters.items()}, rounds=HA_ROUNDS)
-        converged = {}
-        for name, cluster in clusters.items():
-            view = cluster.wait_converged(60)
-            replay = replay_cluster(cluster)
-            converged[name] = all(replay.engine.checksum(m) == checksum for m, (_, checksum) in view.items())
-    except Exception:
-        for cluster in clusters.values():
-            print(cluster.logs(), file=sys.stderr)
-        raise
-    finally:
-        for cluster in clusters.values():
-            cluster.stop()
+    runs, converged = _measured(clusters, lambda: _interleaved(
+        {name: functools.partial(_named_unary, name, cluster, seconds) for name, cluster in clusters.items()},
+        rounds=HA_ROUNDS))
     return {name: {"unary": [_best(runs[name][in_flight]) for in_flight in CONCURRENCY],
                    "runs": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in runs[name][in_flight]],
                    "converged": converged[name]} for name in clusters}
