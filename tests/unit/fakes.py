@@ -200,10 +200,10 @@ class Aborted(Exception):
 class FakeContext:
     """The part of grpc.aio.ServicerContext the handlers use."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str | bytes], ...] = ()) -> None:
         self.metadata = metadata
 
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self.metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
