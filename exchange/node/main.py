@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from discovery.consul import ConsulRegistry
 from discovery.consul_kv import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX
-from exchange.cluster import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
+from exchange.cluster_common import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
 from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
 from exchange.grpc_metrics import enable_client_metrics
@@ -21,9 +21,9 @@ from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta,
 from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccessControl, AccountRegistry, RateLimiter
 from exchange.node.broadcast import PeerSet
 from exchange.node.lifecycle import SERVING, STOPPING
-from exchange.node.links import Peers, Sequencer, SequencerLink
 from exchange.node.metrics import NodeGauges
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
+from exchange.node.sequencer_link import Peers, Sequencer, SequencerLink
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.service import ExchangeNodeService
 from exchange.node.snapshots import DEFAULT_EVERY, SnapshotStore, Snapshotter, adopt, position

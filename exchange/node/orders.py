@@ -1,6 +1,6 @@
 """Client order entry: CreateOrder, the OrderEntry streams, CancelOrder and AmendOrder.
 
-Each order is validated (convert.py), started on its market's pipeline (sequencing.py) and answered from
+Each order is validated (order_messages.py), started on its market's pipeline (sequencing.py) and answered from
 the events the replica applied for it. A client_order_id is placed at most once per market, however often
 and on whichever node it is sent: a repeat gets the first result, marked `duplicate`.
 """
@@ -26,12 +26,12 @@ from exchange.errors import (
     rpc,
     status_of,
 )
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import NodeState
-from exchange.node.links import Sequencer
 from exchange.node.metrics import ORDERS_RECEIVED, counters, order_rejected
 from exchange.node.replica import Applied, Replica
+from exchange.node.sequencer_link import Sequencer
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
 from exchange.runtime import Malformed, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
@@ -100,7 +100,7 @@ async def _answered_in_order(
 
 def _order_response(outcome: Outcome) -> pb.CreateOrderResponse:
     applied = outcome.applied
-    return convert.create_order_response(applied.command, outcome.seq, applied.events, outcome.duplicate)
+    return order_messages.create_order_response(applied.command, outcome.seq, applied.events, outcome.duplicate)
 
 
 def _settle_duplicate(duplicate: asyncio.Future[Outcome], first: asyncio.Future[Outcome]) -> None:
@@ -226,7 +226,7 @@ class OrderEntryRPCs:
         ORDERS_RECEIVED.inc()
         try:
             self.gate.spend(account)
-            command = convert.new_order_command(request, self.markets, self.node_id, account)
+            command = order_messages.new_order_command(request, self.markets, self.node_id, account)
             self.node.require_serving()
         except ExchangeError as error:
             order_rejected(status_of(error).name)
@@ -270,7 +270,7 @@ class OrderEntryRPCs:
         if owner is not None and owner != command.account:
             raise PermissionDenied(f"order {order_id} of {market} belongs to another account")
         outcome = await self.pipelines[market].submit(command)
-        rejected = convert.rejection(outcome.applied.events)
+        rejected = order_messages.rejection(outcome.applied.events)
         if rejected is not None:
             error = REJECTION_ERRORS.get(rejected.reason, InvalidArgument)
             raise error(f"order {order_id} in {market}: {rejected.reason.name} (sequence {outcome.seq})")
@@ -295,7 +295,7 @@ class OrderEntryRPCs:
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOrderResponse:
         account = self._admit(context)
-        command = convert.cancel_command(request, self.markets, self.node_id, account)
+        command = order_messages.cancel_command(request, self.markets, self.node_id, account)
         applied = await self._sequenced_change(command, request.order_id)
         cancelled = sum(e.size for e in applied.events if isinstance(e, eng.OrderCancelled))
         return pb.CancelOrderResponse(
@@ -307,7 +307,7 @@ class OrderEntryRPCs:
         self, request: pb.AmendOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.AmendOrderResponse:
         account = self._admit(context)
-        command = convert.amend_command(request, self.markets, self.node_id, account)
+        command = order_messages.amend_command(request, self.markets, self.node_id, account)
         applied = await self._sequenced_change(command, request.order_id)
         response = pb.AmendOrderResponse(market=command.market, order_id=request.order_id, seq=applied.seq)
         for event in applied.events:
@@ -315,7 +315,7 @@ class OrderEntryRPCs:
                 response.price, response.remaining_size = event.price, event.size
                 response.priority_kept = event.priority_kept
             elif isinstance(event, eng.OrderFilled):
-                response.trades.append(convert.trade(event))
+                response.trades.append(order_messages.trade(event))
                 response.remaining_size = event.taker_remaining
             elif isinstance(event, eng.OrderRested):
                 response.remaining_size = event.size

@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from exchange.node.auth import AccessControl
 from exchange.node.book_stream import BookStreamRPCs
 from exchange.node.lifecycle import NodeState
-from exchange.node.links import Peers, Sequencer
 from exchange.node.market_data_rpcs import MarketDataRPCs
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.reads import ReadRPCs
 from exchange.node.replica import Replica
+from exchange.node.sequencer_link import Peers, Sequencer
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.trader_view import TraderViewRPCs
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc

@@ -12,7 +12,7 @@ import grpc
 
 from exchange import engine as eng
 from exchange.errors import InvalidArgument, NotFound, PermissionDenied, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.auth import AccessControl
 from exchange.node.lifecycle import NodeState
 from exchange.node.reads import applied_entries
@@ -48,8 +48,8 @@ class TraderViewRPCs:
     @rpc
     async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
         account = self._account(context)
-        market = convert.resolve_market(self.markets, request.market).symbol
-        convert.check_order_id(request.order_id)
+        market = order_messages.resolve_market(self.markets, request.market).symbol
+        order_messages.check_order_id(request.order_id)
         state = self.replica.order_state(market, request.order_id)
         if state is None:
             oldest = self.replica.oldest_journaled(market)
@@ -70,7 +70,7 @@ class TraderViewRPCs:
         self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListOrdersResponse:
         account = self._account(context)
-        market = convert.resolve_market(self.markets, request.market).symbol
+        market = order_messages.resolve_market(self.markets, request.market).symbol
         if not 0 <= request.page_size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE} (0 means {DEFAULT_PAGE}), "
                                   f"got {request.page_size}")
@@ -92,9 +92,9 @@ class TraderViewRPCs:
     ) -> AsyncIterator[pb.OrderEvent]:
         caller = self.gate.caller(context)
         account = self.gate.account(caller)
-        market = convert.resolve_market(self.markets, request.market).symbol
+        market = order_messages.resolve_market(self.markets, request.market).symbol
         async for applied in applied_entries(self.replica, market, request.from_seq,
                                              lambda: self.gate.account(caller)):  # a key disabled meanwhile
-            for event in convert.order_events(market, applied.seq, applied.events, account,
+            for event in order_messages.order_events(market, applied.seq, applied.events, account,
                                               applied.command.client_order_id):
                 yield event
