@@ -159,7 +159,7 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.insecure_no_auth:
         accounts = AccountRegistry(secret)
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
-    gate = AccessControl(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
+    access = AccessControl(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
     snapshotter = Snapshotter(SnapshotStore(args.data_dir or Path(".cluster") / node_id), replica, node_id,
                               args.snapshot_every)
@@ -169,7 +169,7 @@ async def serve(args: argparse.Namespace) -> None:
         market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)
         for market in replica.markets
     }
-    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, gate)
+    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, access)
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
     if metrics_port is not None:
         REGISTRY.register(LoopCollector(asyncio.get_running_loop(), NodeGauges(

@@ -131,10 +131,10 @@ class OrderEntryRPCs:
 
     def __init__(
         self, node: NodeState, replica: Replica, pipelines: Mapping[str, MarketPipeline], sequencer: Sequencer,
-        gate: AccessControl,
+        access: AccessControl,
     ) -> None:
         self.node = node
-        self.gate = gate
+        self.access = access
         self.replica = replica
         self.pipelines = pipelines
         self.sequencer = sequencer
@@ -152,7 +152,7 @@ class OrderEntryRPCs:
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateOrderResponse:
-        caller = self.gate.caller(context)
+        caller = self.access.caller(context)
         return await self._place(request, caller)
 
     @rpc
@@ -163,7 +163,7 @@ class OrderEntryRPCs:
         """Starts each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
         request order, one result each; a failed order is an error result and the stream goes on. A key
         disabled while the stream is open ends it with UNAUTHENTICATED: nothing after is placed."""
-        caller = self.gate.caller(context)
+        caller = self.access.caller(context)
         async for result in _answered_in_order(
             request_iterator, functools.partial(self._start_entry, caller=caller), self._entry_result, ENTRY_WINDOW
         ):
@@ -175,7 +175,7 @@ class OrderEntryRPCs:
         self, request_iterator: AsyncIterator[pb.OrderBatch | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderBatchResult]:
         """OrderEntry with batches: each order of a batch is an OrderEntry item, the batch one message."""
-        caller = self.gate.caller(context)
+        caller = self.access.caller(context)
         async for result in _answered_in_order(
             request_iterator, functools.partial(self._start_batch, caller=caller), self._batch_result, BATCH_WINDOW
         ):
@@ -201,11 +201,11 @@ class OrderEntryRPCs:
     ) -> asyncio.Future[Outcome] | pb.OrderEntryResult:
         """Starts one order of an OrderEntry stream; an order refused at once gets its error result. A key that
         no longer works raises (UNAUTHENTICATED), which ends the stream."""
-        account = self.gate.account(caller)
+        account = self.access.account(caller)
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument(f"this stream item is not a valid CreateOrderRequest: {request.error}")
-            return self._start_order(request, account)
+            return self._place_order(request, account)
         except Exception as error:  # noqa: BLE001 - a bad order must not end the stream
             return _entry_error(error)
 
@@ -220,12 +220,12 @@ class OrderEntryRPCs:
         except Exception as error:  # noqa: BLE001 - a failed order must not end the stream
             return _entry_error(error)
 
-    def _start_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
+    def _place_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
         """Validates a new order of `account` and starts placing it (CreateOrder and each item of OrderEntry)."""
         counters["orders"] += 1
         ORDERS_RECEIVED.inc()
         try:
-            self.gate.spend(account)
+            self.access.spend(account)
             command = order_messages.new_order_command(request, self.markets, self.node_id, account)
             self.node.require_serving()
         except ExchangeError as error:
@@ -237,7 +237,7 @@ class OrderEntryRPCs:
 
     async def _place(self, request: pb.CreateOrderRequest, caller: Caller) -> pb.CreateOrderResponse:
         """Validates, sequences and applies one new order; cancelling the caller does not withdraw it."""
-        return _order_response(await asyncio.shield(self._start_order(request, self.gate.account(caller))))
+        return _order_response(await asyncio.shield(self._place_order(request, self.access.account(caller))))
 
     def _once_per_client_id(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
         """The first outcome for a client_order_id, however many times and wherever it is sent (a
@@ -327,6 +327,6 @@ class OrderEntryRPCs:
 
     def _admit(self, context: grpc.aio.ServicerContext) -> str:
         """The account of a cancel's or an amend's caller, within its rate limit (they count as orders)."""
-        account = self.gate.account(self.gate.caller(context))
-        self.gate.spend(account)
+        account = self.access.account(self.access.caller(context))
+        self.access.spend(account)
         return account

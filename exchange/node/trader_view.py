@@ -33,17 +33,17 @@ def _order(state: OrderState) -> pb.Order:
 class TraderViewRPCs:
     """The caller's own orders (see exchange/node/service.py for the other parts of ExchangeNode)."""
 
-    def __init__(self, node: NodeState, replica: Replica, gate: AccessControl) -> None:
+    def __init__(self, node: NodeState, replica: Replica, access: AccessControl) -> None:
         self.node = node
         self.replica = replica
-        self.gate = gate
+        self.access = access
 
     @property
     def markets(self) -> Mapping[str, eng.MarketConfig]:
         return self.replica.markets
 
     def _account(self, context: grpc.aio.ServicerContext) -> str:
-        return self.gate.account(self.gate.caller(context))
+        return self.access.account(self.access.caller(context))
 
     @rpc
     async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
@@ -90,11 +90,11 @@ class TraderViewRPCs:
     async def StreamOrders(
         self, request: pb.StreamOrdersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderEvent]:
-        caller = self.gate.caller(context)
-        account = self.gate.account(caller)
+        caller = self.access.caller(context)
+        account = self.access.account(caller)
         market = order_messages.resolve_market(self.markets, request.market).symbol
         async for applied in applied_entries(self.replica, market, request.from_seq,
-                                             lambda: self.gate.account(caller)):  # a key disabled meanwhile
+                                             lambda: self.access.account(caller)):  # a key disabled meanwhile
             for event in order_messages.order_events(market, applied.seq, applied.events, account,
                                               applied.command.client_order_id):
                 yield event

@@ -214,7 +214,7 @@ def test_bad_amends_are_refused_with_a_message_naming_the_field_and_the_bound(
 def test_an_amend_below_min_size_passes_validation_and_the_engine_accepts_it() -> None:
     """min_size is not applied to an amend (see exchange.engine): it may shrink an order like a partial cancel."""
     engine = eng.Engine([STRICT])
-    engine.apply(eng.SubmitOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100, "acct"))
+    engine.apply(eng.PlaceOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100, "acct"))
     request = pb.AmendOrderRequest(market="SOL-USD", order_id=1, size=2)
     command = order_messages.amend_command(request, CONFIGS, "node-1", "acct")
     amended = eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True, "acct")
@@ -243,8 +243,8 @@ def test_side_comes_from_the_sign_of_size_when_unset() -> None:
 
 def test_create_order_response_summarises_the_events() -> None:
     engine = eng.Engine(MARKETS)
-    engine.apply(eng.SubmitOrder("BTC-USD", 1, eng.Side.SELL, eng.OrderType.LIMIT, 4, 100))
-    events = engine.apply(eng.SubmitOrder("BTC-USD", 2, eng.Side.BUY, eng.OrderType.IOC, 10, 100))
+    engine.apply(eng.PlaceOrder("BTC-USD", 1, eng.Side.SELL, eng.OrderType.LIMIT, 4, 100))
+    events = engine.apply(eng.PlaceOrder("BTC-USD", 2, eng.Side.BUY, eng.OrderType.IOC, 10, 100))
     command = types_pb2.Command(market="BTC-USD", new_order=types_pb2.NewOrderCommand(side=types_pb2.BUY))
     response = order_messages.create_order_response(command, 2, events, duplicate=False)
     assert (response.status, response.filled_size, response.cancelled_size) == (pb.CANCELLED, 4, 6)
