@@ -18,7 +18,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import market_data_differences, replay_cluster
 from exchange.client import AsyncClient, Client, PublicTrade
 from exchange.v1 import exchange_pb2 as pb
