@@ -392,7 +392,7 @@ def test_an_order_whose_client_gave_up_is_shown_pending_then_placed_and_converge
             with pytest.raises(grpc.RpcError) as gave_up:
                 stubs[1].CreateOrder(pb.CreateOrderRequest(size=-1, limit_price=100, client_order_id="late-1"),
                                      timeout=0.5)
-            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             held = {m.market: m.pending for m in c.status(1).markets}
             assert held["BTC-USD"] == 1, f"the node still holds the order: {held}"
             with pytest.raises(TimeoutError):

@@ -155,7 +155,7 @@ class ConsulHarness:
 
 class TestReplicatedLog(LogContract):
     @pytest.fixture
-    def harness(self, consul: ConsulDevAgent, tmp_path: Path) -> ConsulHarness:  # type: ignore[override]
+    def harness(self, consul: ConsulDevAgent, tmp_path: Path) -> ConsulHarness:
         return ConsulHarness(kv_of(consul), tmp_path / "archive.sqlite3")
 
 
