@@ -66,6 +66,7 @@ test: hygiene install consul prometheus browser
 test-unit: install
 	$(PY) -m pytest tests/unit
 
+# ruff and mypy over the whole tree: product, devtools/, bench/, tests/, examples/ ([tool.mypy] in pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -136,7 +136,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
     rng = uuid.uuid4().int
     for attempt in range(1000):
         value = (rng >> (attempt % 100)) + attempt
-        candidate = ipaddress.ip_network(f"10.{value % 254 + 1}.{(value >> 8) % 254 + 1}.0/24")
+        candidate = ipaddress.IPv4Network(f"10.{value % 254 + 1}.{(value >> 8) % 254 + 1}.0/24")
         if not any(candidate.overlaps(u) for u in used if u.prefixlen > 0):
             return candidate
     raise RuntimeError("no free 10.x.y.0/24 subnet for the node namespaces")

@@ -169,7 +169,7 @@ class Faults:
             self.ledger.expected_down.discard("consul")
         wanted = {self.cluster.node_id(i) for i in range(self.config.nodes)}
         try:
-            wait_until(lambda: self.registered(PEER_SERVICE) >= wanted and self.registered(SEQUENCER_SERVICE), 30,
+            wait_until(lambda: self.registered(PEER_SERVICE) >= wanted and bool(self.registered(SEQUENCER_SERVICE)), 30,
                        "the nodes and the Sequencer to re-register in Consul", interval=0.5)
         except TimeoutError as error:
             self.ledger.violation(f"after the Consul restart: {error} (registered: "

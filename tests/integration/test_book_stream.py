@@ -81,7 +81,7 @@ def test_an_l2_book_survives_a_node_restart_and_a_forced_gap(make_cluster: Calla
                 return
             on_message(message)
 
-        book._tracker.on_message = lose_one  # type: ignore[method-assign]
+        book._tracker.on_message = lose_one  # type: ignore[method-assign]  # the fault: an update lost
         for seed in range(5, 25):
             trader.submit_many(new_orders(50, seed))
             if book.wait_until(lambda: book._tracker.stats.resyncs_by_reason.get(GAP, 0) >= 1, 1):

@@ -68,7 +68,7 @@ def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_l
                     response = stub.CreateOrder(orders.request(), timeout=30)
                 except grpc.RpcError as error:
                     with lock:
-                        errors.append(f"{error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+                        errors.append(f"{error.code().name}: {error.details()}")
                     continue
                 with lock:
                     results.append(response)

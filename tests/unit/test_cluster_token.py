@@ -50,7 +50,7 @@ class Service:
 async def call(service: Service, method: str, metadata: Metadata) -> str:
     """Calls `method` of `service` through the interceptor with `metadata`: what the caller gets."""
     check = RequireClusterToken(peer_token(SECRET), CLUSTER_ONLY_METHODS, TOKEN_HEADER)
-    handler = await check.intercept_service(service.continuation, Details(method, metadata))  # type: ignore[arg-type]
+    handler = await check.intercept_service(service.continuation, Details(method, metadata))
     assert handler is not None
     if handler.response_streaming:
         answers = [answer async for answer in handler.stream_stream(iter(()), FakeContext(metadata))]

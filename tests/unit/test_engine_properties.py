@@ -136,7 +136,7 @@ def test_invariants_hold_after_every_command(ops: list[tuple]) -> None:
         if isinstance(cmd, PlaceOrder) and cmd.order_type is OrderType.FOK and type(events[0]) is OrderAccepted:
             assert all(type(e) is not OrderRejected for e in events)
             assert sum(e.size for e in events if type(e) is OrderFilled) == cmd.size
-            assert not any(type(e) in (OrderCancelled, OrderReduced) and e.order_id == cmd.seq for e in events)
+            assert not any(isinstance(e, (OrderCancelled, OrderReduced)) and e.order_id == cmd.seq for e in events)
 
         bids, asks = engine.depth(M, 1000)
         if bids and asks:

@@ -27,7 +27,7 @@ class Feed:
     def __init__(self, replica: Replica) -> None:
         self.replica, self.seq = replica, 0
 
-    def command(self, side: types_pb2.Side.ValueType, account: str) -> None:
+    def command(self, side: types_pb2.Side, account: str) -> None:
         self.seq += 1
         order = types_pb2.NewOrderCommand(side=side, order_type=types_pb2.LIMIT, size=1, price=10)
         command = types_pb2.Command(market=MARKET, account=account, time_ms=1_000 + self.seq, new_order=order)

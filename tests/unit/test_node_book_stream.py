@@ -69,7 +69,7 @@ def test_a_subscriber_that_stops_reading_costs_its_view_and_gets_one_merged_upda
         bids, asks = replica.depth("BTC-USD", 5)
         assert (book.top(eng.Side.BUY, 99), book.top(eng.Side.SELL, 99)) == (bids, asks)
         assert update.checksum == book.checksum(5)
-        waiting = asyncio.create_task(anext(updates))  # nothing more comes; the client goes (grpc cancels)
+        waiting = asyncio.ensure_future(anext(updates))  # nothing more comes; the client goes (grpc cancels)
         await asyncio.sleep(0.01)  # it waits inside the handler
         assert not waiting.done()
         waiting.cancel()

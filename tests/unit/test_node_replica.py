@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
@@ -99,7 +101,7 @@ def test_the_journal_keeps_the_most_recent_commands_only() -> None:
 def test_order_state_of_resting_filled_and_cancelled_orders() -> None:
     replica = Replica(MARKETS)
 
-    def command(seq: int, **kind: object) -> types_pb2.SequencedCommand:
+    def command(seq: int, **kind: Any) -> types_pb2.SequencedCommand:  # kind: new_order=..., cancel_order=...
         return signed_entry("BTC-USD", seq, types_pb2.Command(market="BTC-USD", client_order_id=f"o{seq}", **kind))
 
     new = types_pb2.NewOrderCommand
@@ -130,7 +132,7 @@ def test_forged_entry_fails_authentication() -> None:
 MAX = 2**62  # MarketConfig's default max_price and max_size
 
 
-def _refused(error: type[Exception], message: str):  # noqa: ANN202 - a pytest.raises context
+def _refused(error: type[Exception], message: str) -> AbstractContextManager[pytest.ExceptionInfo[Exception]]:
     """Expects exactly ``message``: the field it names and the bound it quotes, not merely a word of it."""
     return pytest.raises(error, match=f"^{re.escape(message)}$")
 
@@ -176,10 +178,10 @@ def _refused(error: type[Exception], message: str):  # noqa: ANN202 - a pytest.r
     ],
 )
 def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_bound(
-    request_fields: dict[str, object], error: type[Exception], message: str
+    request_fields: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with _refused(error, message):
-        order_messages.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1", "acct")  # type: ignore[arg-type]
+        order_messages.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1", "acct")
 
 
 @pytest.mark.parametrize(
@@ -205,10 +207,10 @@ def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_boun
     ],
 )
 def test_bad_amends_are_refused_with_a_message_naming_the_field_and_the_bound(
-    request_fields: dict[str, object], error: type[Exception], message: str
+    request_fields: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with _refused(error, message):
-        order_messages.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1", "acct")  # type: ignore[arg-type]
+        order_messages.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1", "acct")
 
 
 def test_an_amend_below_min_size_passes_validation_and_the_engine_accepts_it() -> None:
