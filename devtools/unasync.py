@@ -4,8 +4,8 @@
     python -m devtools.unasync --check   # exits 1, with a diff, if the committed file is not what aio.py makes
 
 Line by line, as httpcore's scripts/unasync.py does: `async def`/`async for`/`async with` lose their `async`,
-`await ` goes, and names and a few docstring words are replaced (SUBS). Lines keep their numbers, so an error in
-sync.py is found on the same line of aio.py. What the two clients do their own way (threads or tasks, the duplex
+`await ` goes, and names and a few docstring words are replaced (SUBS). Line N of aio.py is line N + 1 of
+sync.py (below the header). What the two clients do their own way (threads or tasks, the duplex
 order-entry stream) is not rewritten: aio.py imports it from `exchange.client.aio_concurrency`, sync.py the same
 names from `exchange.client.sync_concurrency`, both written by hand. Every substitution must be used, so a rule
 that no longer matches anything is found rather than kept. The generated file is committed (users install without
