@@ -10,6 +10,10 @@ order-entry stream) is not rewritten: aio.py imports it from `exchange.client.ai
 names from `exchange.client.sync_concurrency`, both written by hand. Every substitution must be used, so a rule
 that no longer matches anything is found rather than kept. The generated file is committed (users install without
 this tool); tests/unit/test_client_sync.py and `make lint` fail when it is out of date.
+
+Not the `unasync` package from PyPI: it replaces single names only, so it leaves the docstrings (the generated
+`Client` would describe itself as asyncio) and cannot turn `grpc.aio.X` into `grpc.X`; httpcore, the example
+followed here, moved from it to a script like this one.
 """
 
 from __future__ import annotations
