@@ -94,7 +94,8 @@ class BookNode:
     """A node's stub whose StreamBook calls answer the given streams in turn (the last one again after them)."""
 
     def __init__(self, stream: Any, go: Any, answers: list[list[pb.BookUpdate]]) -> None:
-        self.stream, self.go, self.answers, self.calls = stream, go, answers, []
+        self.stream, self.go, self.answers = stream, go, answers
+        self.calls: list[Any] = []
 
     def StreamBook(self, request: pb.StreamBookRequest, metadata: Any = None) -> Any:
         self.calls.append(self.stream(self.answers[min(len(self.calls), len(self.answers) - 1)], self.go))
