@@ -1,11 +1,11 @@
 """Public streams benchmark: what StreamBook and StreamTrades subscribers cost the cluster's order entry.
 
-A real 3-node cluster (bench/cluster.py's setup) runs bench/cluster.py's streaming entry load (OrderEntryBatch,
-2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with SUBSCRIBERS attached to
-node 1 (100 StreamBook readers at depth 10 and 100 StreamTrades readers, each reading every message); with STUCK
-subscribers (20 of each) that read their first message and never again until the run is over. The subscribers
-run in a process of their own (`python -m bench.public_streams subscribe ...`), so their CPU is not the load
-generator's.
+A real 3-node cluster (bench/cluster_load.py's setup) runs bench/cluster_load.py's streaming entry load
+(OrderEntryBatch, 2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with
+SUBSCRIBERS attached to node 1 (100 StreamBook readers at depth 10 and 100 StreamTrades readers, each reading every
+message); with STUCK subscribers (20 of each) that read their first message and never again until the run is over.
+The subscribers run in a process of their own (`python -m bench.public_streams subscribe ...`), so their CPU is not
+the load generator's.
 
 Printed: order throughput (best of the rounds) against the baseline's, updates delivered per second (all
 subscribers), node 1's extra CPU per update per subscriber, node 1's memory per subscriber (RSS with the
@@ -35,8 +35,8 @@ from typing import Any
 
 import grpc
 
-from bench.cluster import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
-from devtools.cluster import Cluster, wait_until
+from bench.cluster_load import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
+from devtools.local_cluster import Cluster, wait_until
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 

@@ -16,7 +16,7 @@ import grpc
 
 from exchange.engine.l2 import MAX_STREAM_DEPTH, L2Update
 from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.lifecycle import NodeState
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
@@ -33,7 +33,7 @@ UPDATE_INTERVAL = 0.05
 
 def book_update(market: str, update: L2Update, depth: int, snapshot: bool = False) -> pb.BookUpdate:
     return pb.BookUpdate(market=market, snapshot=snapshot, first_seq=update.first_seq, last_seq=update.last_seq,
-                         bids=convert.book_levels(update.bids), asks=convert.book_levels(update.asks),
+                         bids=order_messages.book_levels(update.bids), asks=order_messages.book_levels(update.asks),
                          checksum=update.checksum, depth=depth)
 
 
@@ -50,7 +50,7 @@ class BookStreamRPCs:
     @rpc
     async def StreamBook(self, request: pb.StreamBookRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.BookUpdate]:
-        market = convert.resolve_market(self.replica.markets, request.market).symbol
+        market = order_messages.resolve_market(self.replica.markets, request.market).symbol
         depth = request.depth
         if not 1 <= depth <= MAX_STREAM_DEPTH:
             raise InvalidArgument(f"depth must be between 1 and {MAX_STREAM_DEPTH} levels per side, got {depth}")

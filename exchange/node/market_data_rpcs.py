@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from exchange.errors import InvalidArgument, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.lifecycle import NodeState
 from exchange.node.market_data import INTERVALS_MS, Candle, PublicTrade, Tape
 from exchange.node.replica import Applied, Replica
@@ -29,7 +29,7 @@ BUILT_BATCHES = 64  # TradeBatch messages kept for subscribers reading in step (
 
 def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
     return pb.PublicTrade(market=market, trade_id=trade.trade_id, seq=trade.seq, price=trade.price, size=trade.size,
-                          aggressor_side=convert.proto_side(trade.aggressor), time_ms=trade.time_ms)
+                          aggressor_side=order_messages.proto_side(trade.aggressor), time_ms=trade.time_ms)
 
 
 def candle_message(candle: Candle) -> pb.Candle:
@@ -61,7 +61,7 @@ class MarketDataRPCs:
             event.set()
 
     def _market(self, name: str) -> str:
-        return convert.resolve_market(self.replica.markets, name).symbol
+        return order_messages.resolve_market(self.replica.markets, name).symbol
 
     def _tape(self, market: str) -> Tape:
         return self.replica.market_data.tape(market)
