@@ -52,7 +52,8 @@ REGISTRY_RECORDS_REFUSED = Counter("exchange_registry_records_refused_total",
 class MarketMetrics:
     """One market's series on a node: `market_metrics(market)`, one per market and process. What every order
     counts (accepted, trades, traded size) is a plain int, an increment of ~0.04 us where a prometheus_client
-    Counter.inc costs ~0.33 us (checks and a lock); `OrderCounts` reports them as counters at scrape time. The rest, counted per gate round or rarely, are label children bound once."""
+    Counter.inc costs ~0.33 us (checks and a lock); `OrderCounts` reports them as counters at scrape time. The
+    rest, counted per gate round or rarely, are label children bound once."""
 
     __slots__ = ("accepted", "trades", "traded_size", "aborted", "gate_seconds", "gate_batch", "catch_up_entries")
 
