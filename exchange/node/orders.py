@@ -29,7 +29,7 @@ from exchange.errors import (
 from exchange.node import order_messages
 from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import NodeState
-from exchange.node.metrics import ORDERS_RECEIVED, counters, order_rejected
+from exchange.node.metrics import counters, order_rejected
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencer_link import Sequencer
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
@@ -222,8 +222,7 @@ class OrderEntryRPCs:
 
     def _place_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
         """Validates a new order of `account` and starts placing it (CreateOrder and each item of OrderEntry)."""
-        counters["orders"] += 1
-        ORDERS_RECEIVED.inc()
+        counters["orders"] += 1  # also exchange_orders_received_total (exchange.node.metrics.OrderCounts)
         try:
             self.access.spend(account)
             command = order_messages.new_order_command(request, self.markets, self.node_id, account)
