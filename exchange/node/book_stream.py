@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from exchange.engine.l2 import MAX_STREAM_DEPTH, L2Update
+from exchange.engine.l2 import L2Update, depth_problem
 from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable, rpc
 from exchange.node import convert
 from exchange.node.lifecycle import NodeState
@@ -52,8 +52,9 @@ class BookStreamRPCs:
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.BookUpdate]:
         market = convert.resolve_market(self.replica.markets, request.market).symbol
         depth = request.depth
-        if not 1 <= depth <= MAX_STREAM_DEPTH:
-            raise InvalidArgument(f"depth must be between 1 and {MAX_STREAM_DEPTH} levels per side, got {depth}")
+        problem = depth_problem(depth)
+        if problem:
+            raise InvalidArgument(problem)
         self.node.require_serving()
         if self.subscribers() >= MAX_BOOK_SUBSCRIBERS:
             raise ResourceExhausted(f"this node already serves {MAX_BOOK_SUBSCRIBERS} book streams; "
