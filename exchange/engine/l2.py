@@ -365,7 +365,7 @@ class BookFeed:
         reread: set[tuple[Side, int]] = set()
         taker = command.order_id if type(command) is AmendOrder else command.seq
         # the hot kinds read by index: a NamedTuple's attribute is a slower descriptor
-        for event in cast(list[tuple[Any, ...]], events):
+        for event in cast("list[tuple[Any, ...]]", events):  # (a string: no generic built per call)
             kind = type(event)
             if kind is OrderRested:  # (market, seq, order_id, side, price, size, account)
                 add(event[3], event[4], event[5], 1)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 
 from exchange.entry_signing import entry_mac
 from exchange.v1 import exchange_pb2 as pb
@@ -27,6 +28,7 @@ SECRET = b"unit-test-secret"
 SCENARIO_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
+MessageT = TypeVar("MessageT", bound=Message)
 
 
 def run_scenario(scenario: Coroutine[Any, Any, T], timeout_s: float = SCENARIO_TIMEOUT_S) -> T:
@@ -141,6 +143,12 @@ class RecordingPeers:
 
     async def close(self) -> None:
         await asyncio.sleep(0)
+
+
+def decoded(item: object, kind: type[MessageT]) -> MessageT:
+    """A streamed item as the client receives it: a public stream may yield a message already serialised (bytes,
+    exchange/node/pacing.py) that the server sends as it is."""
+    return kind.FromString(item) if isinstance(item, bytes) else cast(MessageT, item)
 
 
 class Aborted(Exception):

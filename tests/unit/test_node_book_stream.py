@@ -17,7 +17,7 @@ from exchange.node.book_stream import BookStreamRPCs
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
-from tests.unit.fakes import Aborted, FakeContext, run_scenario
+from tests.unit.fakes import Aborted, FakeContext, decoded, run_scenario
 from tests.unit.test_node_replica import MARKETS, entries
 
 
@@ -54,7 +54,7 @@ def test_a_subscriber_that_stops_reading_costs_its_view_and_gets_one_merged_upda
         for entry in log[:500]:
             replica.offer(entry)
         updates = stream(rpcs, depth=10)
-        snapshot = await anext(updates)
+        snapshot = decoded(await anext(updates), pb.BookUpdate)
         assert snapshot.snapshot and snapshot.last_seq == 500 and replica.book_watchers("BTC-USD") == 1
         book = LevelBook.of([(x.price, x.size, x.order_count) for x in snapshot.bids],
                             [(x.price, x.size, x.order_count) for x in snapshot.asks])
@@ -63,7 +63,7 @@ def test_a_subscriber_that_stops_reading_costs_its_view_and_gets_one_merged_upda
         assert replica.applied_seq("BTC-USD") == 3000
         (watch,) = replica._book_watchers["BTC-USD"].watches
         assert watch.view.held_levels() <= 2 * 10 and watch.view.sent_seq == 500
-        update = await anext(updates)
+        update = decoded(await anext(updates), pb.BookUpdate)
         assert (update.first_seq, update.last_seq) == (501, 3000), "one update for everything it missed"
         for side, levels in ((eng.Side.BUY, update.bids), (eng.Side.SELL, update.asks)):
             for level in levels:
