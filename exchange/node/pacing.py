@@ -39,7 +39,10 @@ class Pulse:
         """Something changed (the apply path): a pulse follows within `interval`."""
         if self._timer is not None:
             return
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # applied outside the event loop (a replay at start): nobody can be waiting
+            return
         due = self._last + self.interval
         if loop.time() >= due:
             self._fire()

@@ -45,6 +45,10 @@ def test_many_changes_wake_the_waiting_subscribers_together_at_most_once_per_int
     run_scenario(scenario())
 
 
+def test_a_change_outside_the_event_loop_wakes_nobody_and_does_not_fail() -> None:
+    Pulse().notify()  # a command applied before the node's loop runs (nobody can wait yet)
+
+
 def test_a_wait_with_a_timeout_returns_without_a_pulse() -> None:
     async def scenario() -> None:
         pulse = Pulse(interval=0.05)
