@@ -19,7 +19,6 @@ from exchange.engine.l2 import L2Update, depth_problem
 from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable, rpc
 from exchange.node import convert
 from exchange.node.lifecycle import NodeState
-from exchange.node.pacing import UPDATE_INTERVAL
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 
@@ -66,9 +65,14 @@ class BookStreamRPCs:
             yield book_update(market, view.snapshot(feed), depth, snapshot=True)
             last_message = loop.time()
             while True:
-                if not watch.ended:  # until the next pulse; one that passed while it wrote: within UPDATE_INTERVAL
-                    behind = view.seen_seq != feed.seq
-                    await watchers.pulse.wait(UPDATE_INTERVAL if behind else HEARTBEAT)
+                pulse = watchers.pulse
+                if watch.ended:
+                    pass
+                elif view.seen_seq == feed.seq:  # nothing new: until the next pulse, or the heartbeat
+                    await pulse.wait(HEARTBEAT)
+                elif pulse.pending:  # new, and its pulse is due (within 50 ms): with the others
+                    await pulse.wait()
+                # else: new, and its pulse passed while this stream wrote: at once
                 if watch.ended:
                     raise Unavailable(watch.ended)
                 update = view.take(feed, even_unchanged=loop.time() - last_message >= HEARTBEAT)

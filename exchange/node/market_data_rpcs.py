@@ -20,7 +20,7 @@ from exchange.errors import InvalidArgument, rpc
 from exchange.node import convert
 from exchange.node.lifecycle import NodeState
 from exchange.node.market_data import INTERVALS_MS, Candle, PublicTrade, Tape
-from exchange.node.pacing import UPDATE_INTERVAL, Pulse, SharedMessages
+from exchange.node.pacing import Pulse, SharedMessages
 from exchange.node.replica import Applied, Replica
 from exchange.v1 import exchange_pb2 as pb
 
@@ -91,7 +91,8 @@ class MarketDataRPCs:
                 if trades:
                     yield pb.TradeBatch(market=market, trades=trades)
             cursor = batch[-1].trade_id
-            await pulse.wait(UPDATE_INTERVAL)  # the next pulse: trades meanwhile merge, in step with the others
+            if pulse.pending:  # trades came meanwhile: they merge until their pulse, in step with the others
+                await pulse.wait()
 
     @staticmethod
     def _batch_message(market: str, batch: list[PublicTrade]) -> pb.TradeBatch:

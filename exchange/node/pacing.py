@@ -5,10 +5,11 @@ step.
 A subscriber's cost is about one gRPC message (its serialisation and write, and waking its task), whatever the
 market does. So the apply path only notes that something happened (`Pulse.notify`: O(1), no task woken); the
 market's subscribers wake together at the next pulse, at most 1 / UPDATE_INTERVAL times a second, and between two
-messages each waits for the next pulse: what happens meanwhile merges into its next message (absolute sizes for
-levels, every trade since its cursor for trades: CONTRACT section 8 allows it). Subscribers that wake together
-from the same place get the same update, whose message is built and serialised once (`SharedMessages`); a
-subscriber whose write is still in flight at a pulse catches up at a later one with everything since.
+messages each waits for the next pulse if one is due: what happens meanwhile merges into its next message
+(absolute sizes for levels, every trade since its cursor for trades: CONTRACT section 8 allows it). Subscribers
+that wake together from the same place get the same update, whose message is built and serialised once
+(`SharedMessages`); a subscriber whose write was still in flight at the pulse of what it lacks takes it at once
+after the write (no pulse is due then), and rejoins the others at the next pulse.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class Pulse:
         self._last = asyncio.get_running_loop().time()
         event, self._event = self._event, asyncio.Event()
         event.set()
+
+    @property
+    def pending(self) -> bool:
+        """Whether a pulse is due (something changed since the last one): it comes within `interval`."""
+        return self._timer is not None
 
     async def wait(self, timeout: float | None = None) -> None:
         """Until the next pulse, or `timeout` seconds."""
