@@ -43,8 +43,8 @@ from exchange.engine import (
     OrderFilled,
     OrderRejected,
     OrderType,
+    PlaceOrder,
     Side,
-    SubmitOrder,
 )
 
 MARKET = "BENCH"
@@ -256,7 +256,7 @@ def _commands(ops: list[Op]) -> list[Command]:
             commands.append(CancelOrder(MARKET, seq, oid, account))
         else:
             side = Side.BUY if is_buy else Side.SELL
-            commands.append(SubmitOrder(MARKET, seq, side, OrderType.LIMIT, size, price, account))
+            commands.append(PlaceOrder(MARKET, seq, side, OrderType.LIMIT, size, price, account))
     return commands
 
 

@@ -1,16 +1,16 @@
 """Public streams benchmark: what StreamBook and StreamTrades subscribers cost the cluster's order entry.
 
-A real 3-node cluster (bench/cluster.py's setup) runs bench/cluster.py's streaming entry load (OrderEntryBatch,
-2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with SUBSCRIBERS attached to
-node 1 (100 StreamBook readers at depth 10 and 100 StreamTrades readers, each reading every message); with STUCK
-subscribers (20 of each) that read their first message and never again until the run is over. The subscribers
-run in a process of their own (`python -m bench.public_streams subscribe ...`), so their CPU is not the load
-generator's, at a lower CPU priority (READER_NICENESS): readers belong on other machines, and on a machine with
-fewer cores than the cluster they would otherwise take the cluster's cores. A reader that then falls behind gets
+A real 3-node cluster (bench/cluster_load.py's setup) runs bench/cluster_load.py's streaming entry load
+(OrderEntryBatch, 2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with
+SUBSCRIBERS attached to node 1 (100 StreamBook readers at depth 10 and 100 StreamTrades readers, each reading every
+message); with STUCK subscribers (20 of each) that read their first message and never again until the run is over.
+The subscribers run in a process of their own (`python -m bench.public_streams subscribe ...`), so their CPU is not
+the load generator's, at a lower CPU priority (READER_NICENESS): readers belong on other machines, and on a machine
+with fewer cores than the cluster they would otherwise take the cluster's cores. A reader that then falls behind gets
 merged updates, by design; so what the readers got is printed with the throughput: updates delivered per second,
 the share of merged ones (a book update covering more than one sequence, a trade message with the trades of more
-than one command), and every StreamBook message checked by the client library's local book (exchange/client/book.py:
-no gap, the top-10 checksum) with the count verified and failed.
+than one command), and every StreamBook message checked by the client library's local book
+(exchange/client/book.py: no gap, the top-10 checksum) with the count verified and failed.
 
 Printed: order throughput (best of the rounds) against the baseline's, updates delivered per second (all
 subscribers), node 1's extra CPU per update per subscriber, node 1's memory per subscriber (RSS with the
@@ -41,8 +41,8 @@ from typing import Any
 
 import grpc
 
-from bench.cluster import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
-from devtools.cluster import Cluster, wait_until
+from bench.cluster_load import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
+from devtools.local_cluster import Cluster, wait_until
 from exchange.client.book import BookTracker, Diverged
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc

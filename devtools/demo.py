@@ -19,11 +19,11 @@ from pathlib import Path
 
 import grpc
 
-from devtools.cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
 from devtools.consul_acl import write_private
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
 from devtools.prometheus import PrometheusServer
-from exchange.cluster import parse_markets
+from exchange.cluster_common import parse_markets
 from exchange.runtime import sync_channel
 from exchange.shared.tls import TlsConfig, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc

@@ -34,7 +34,7 @@ MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
 FLOOR = ("exchange.shared", "exchange.errors", "exchange.v1")
-PROCESS_SHARED = "exchange.<top>"  # a module directly in exchange/ (exchange.cluster, exchange.runtime...)
+PROCESS_SHARED = "exchange.<top>"  # a module directly in exchange/ (exchange.cluster_common, exchange.runtime...)
 # folder -> first-party modules it may import (a prefix, or PROCESS_SHARED), checked first match wins
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("exchange/shared/", FLOOR),

@@ -1,6 +1,6 @@
 """Network namespaces for real partitions: `NetNamespaces` (one namespace per node) and its `ip`/`tc` helpers.
 
-Used by `Cluster(..., netns=True)` (devtools/cluster.py) and the chaos checker's partition fault. Needs root
+Used by `Cluster(..., netns=True)` (devtools/local_cluster.py) and the chaos checker's partition fault. Needs root
 and iproute2; `NetNamespaces.unavailable_reason()` says why it cannot run here.
 """
 

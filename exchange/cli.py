@@ -31,7 +31,7 @@ from exchange.client import (
     connection_from_arguments,
     types,
 )
-from exchange.cluster import add_consul_arguments, add_secret_argument
+from exchange.cluster_common import add_consul_arguments, add_secret_argument
 from exchange.errors import ExchangeError, Unavailable
 from exchange.shared.tls import consul_endpoint
 

@@ -12,7 +12,7 @@ counter increments and one histogram observation, never a label lookup or a stri
 The client interceptor covers the calls with one request (unary and server-streaming). A channel with a
 request-streaming interceptor routes every `write` of every such call through a queue and two asyncio tasks
 (grpc.aio's InterceptedStreamStreamCall), which costs each message of the node's long-lived gate and broadcast
-streams and changes when `write` returns, which the gate stream relies on (exchange/node/links.py, GateStream).
+streams and changes when `write` returns, which the gate stream relies on (exchange/node/sequencer_link.py, GateStream).
 Those streams record the same client series through `ClientStream` instead.
 """
 

@@ -16,11 +16,11 @@ import grpc
 
 from devtools.chaos.records import AMBIGUOUS_NAMES, CALL_TIMEOUT, DEFINITE_FAILURES, MAX_ATTEMPTS, Ledger, Report
 from devtools.chaos.workload import Clients
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import Replay, market_data_differences, read_log, read_replica_log, replay
 from exchange import engine as eng
-from exchange.cluster import parse_markets
-from exchange.node import convert
+from exchange.cluster_common import parse_markets
+from exchange.node import order_messages
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -178,7 +178,7 @@ class Checks:
                     violation(f"cancel of {change.market}#{change.order_id}: told {response.cancelled_size} "
                               f"cancelled, the replay cancels {cancelled}")
             else:
-                trades = [convert.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
+                trades = [order_messages.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
                 if list(response.trades) != trades:
                     report.divergences += 1
                     violation(f"amend of {change.market}#{change.order_id}: trades differ from the replay")

@@ -25,8 +25,8 @@ import grpc
 from devtools.chaos.records import Config, Ledger, OrderRecord
 from devtools.chaos.replays import Replays
 from devtools.chaos.workload import Clients
-from devtools.cluster import Cluster, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import Cluster, wait_until
 from discovery import DiscoveryError
 from discovery.consul import ConsulRegistry
 from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port

@@ -28,7 +28,7 @@ from devtools.chaos.records import (
     Ledger,
     OrderRecord,
 )
-from devtools.cluster import DEFAULT_ACCOUNT, Cluster
+from devtools.local_cluster import DEFAULT_ACCOUNT, Cluster
 from devtools.workload import Workload
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2

@@ -17,7 +17,7 @@ import grpc
 
 from exchange.engine.l2 import L2Update, depth_problem
 from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.lifecycle import NodeState
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
@@ -31,7 +31,7 @@ HEARTBEAT = 1.0
 
 def book_update(market: str, update: L2Update, depth: int, snapshot: bool = False) -> pb.BookUpdate:
     return pb.BookUpdate(market=market, snapshot=snapshot, first_seq=update.first_seq, last_seq=update.last_seq,
-                         bids=convert.book_levels(update.bids), asks=convert.book_levels(update.asks),
+                         bids=order_messages.book_levels(update.bids), asks=order_messages.book_levels(update.asks),
                          checksum=update.checksum, depth=depth)
 
 
@@ -50,7 +50,7 @@ class BookStreamRPCs:
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.BookUpdate | bytes]:
         """Yields the snapshot, then each update serialised (shared by the views in step: exchange/runtime.py
         sends bytes as they are)."""
-        market = convert.resolve_market(self.replica.markets, request.market).symbol
+        market = order_messages.resolve_market(self.replica.markets, request.market).symbol
         depth = request.depth
         problem = depth_problem(depth)
         if problem:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from exchange.errors import InvalidArgument, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.lifecycle import NodeState
 from exchange.node.market_data import INTERVALS_MS, Candle, PublicTrade, Tape
 from exchange.node.pacing import Pulse, SharedMessages
@@ -30,7 +30,7 @@ STREAM_BATCH = 500  # trades a stream takes from the retained ones at a time: at
 
 def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
     return pb.PublicTrade(market=market, trade_id=trade.trade_id, seq=trade.seq, price=trade.price, size=trade.size,
-                          aggressor_side=convert.proto_side(trade.aggressor), time_ms=trade.time_ms)
+                          aggressor_side=order_messages.proto_side(trade.aggressor), time_ms=trade.time_ms)
 
 
 def candle_message(candle: Candle) -> pb.Candle:
@@ -61,7 +61,7 @@ class MarketDataRPCs:
             self._traded[applied.command.market].notify()
 
     def _market(self, name: str) -> str:
-        return convert.resolve_market(self.replica.markets, name).symbol
+        return order_messages.resolve_market(self.replica.markets, name).symbol
 
     def _tape(self, market: str) -> Tape:
         return self.replica.market_data.tape(market)

@@ -33,8 +33,8 @@ from exchange import engine as eng
 from exchange.dedup import DedupWindow, client_key, dedup_key, split_key
 from exchange.engine.l2 import BookFeed, ViewDiff
 from exchange.errors import FailedPrecondition
-from exchange.node.convert import engine_command, proto_side
 from exchange.node.market_data import MarketData
+from exchange.node.order_messages import engine_command, proto_side
 from exchange.node.pacing import Pulse, SharedMessages
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2

@@ -34,9 +34,9 @@ from typing import NamedTuple
 
 from exchange import engine as eng
 from exchange.errors import Aborted, ExchangeError, Unavailable, status_of
-from exchange.node.links import Peers, Sequencer
 from exchange.node.metrics import MarketMetrics, counters, order_rejected
 from exchange.node.replica import Applied, Replica
+from exchange.node.sequencer_link import Peers, Sequencer
 from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.cluster import DEFAULT_MARKETS, Cluster
 from devtools.consul_agent import find_consul_binary
+from devtools.local_cluster import DEFAULT_MARKETS, Cluster
 from exchange.v1 import exchange_pb2_grpc
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import replay_cluster
 from exchange import engine as eng
 from exchange.accounts import add_account, set_active

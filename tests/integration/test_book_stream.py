@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.workload import Workload
 from exchange.client import Book, Client, Connection, NewOrder, OrderType, Side
 from exchange.client.book import GAP, STREAM_ENDED

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from devtools.cluster import ROOT, Cluster
+from devtools.local_cluster import ROOT, Cluster
 from devtools.workload import Workload
 from exchange import engine as eng
 from exchange.client import AsyncClient, Book, Client, Connection, NewOrder, OrderResult, OrderStatus, OrderType, Side

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, serving, wait_until
+from devtools.local_cluster import Cluster, serving, wait_until
 from discovery import AccessDenied, Put
 from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
 from exchange.cluster_config import MARKETS_KEY

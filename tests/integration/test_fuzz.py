@@ -14,12 +14,12 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.verify import Replay, replay_cluster
 from exchange import engine as eng
-from exchange.cluster import parse_markets, peer_token, token_metadata
+from exchange.cluster_common import parse_markets, peer_token, token_metadata
 from exchange.commands import command_error
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.shared.wire import TOKEN_HEADER
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
@@ -143,14 +143,14 @@ def check_cancel_order(answer: Answer) -> None:
 def check_amend_order(answer: Answer) -> None:
     replay, response = answer.replay(), answer.response
     events = logged(answer, replay, "amend_order")
-    assert list(response.trades) == [convert.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
+    assert list(response.trades) == [order_messages.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
     view = replay.engine.order(answer.market, response.order_id)
     resting = None if view is None else (view.price, view.remaining)
     assert resting == ((response.price, response.remaining_size) if response.remaining_size else None)
 
 
 def check_get_order_book(answer: Answer) -> None:
-    book, depth = answer.response, answer.request.depth or convert.DEFAULT_DEPTH
+    book, depth = answer.response, answer.request.depth or order_messages.DEFAULT_DEPTH
     assert book.market == answer.market and 0 <= book.seq <= book.known_seq
     bids, asks = [level.price for level in book.bids], [level.price for level in book.asks]
     assert bids == sorted(set(bids), reverse=True) and asks == sorted(set(asks)), "levels out of order"
@@ -162,7 +162,7 @@ def check_get_order_book(answer: Answer) -> None:
     replay = answer.replay()
     assert (replay.engine.last_seq(book.market), replay.engine.checksum(book.market)) == (book.seq, book.checksum)
     replayed = replay.engine.depth(book.market, depth)
-    assert (list(book.bids), list(book.asks)) == tuple(convert.book_levels(side) for side in replayed)
+    assert (list(book.bids), list(book.asks)) == tuple(order_messages.book_levels(side) for side in replayed)
     answer.unchanged()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from exchange.shared import wire
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc

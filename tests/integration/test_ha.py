@@ -12,10 +12,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import read_log, read_replica_log
-from exchange.cluster import parse_markets, token_metadata
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.test_recovery import Load, checksums_equal_replay, every_acknowledged_order_once, node_stubs
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import market_data_differences, replay_cluster
 from exchange.client import AsyncClient, Client
 from exchange.v1 import exchange_pb2 as pb

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.verify import replay_cluster
 from devtools.workload import SIZE_ZERO, UNKNOWN_MARKET, Workload
 from exchange.v1 import exchange_pb2 as pb

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import OrderGenerator, Workload
-from exchange.cluster import parse_markets, token_metadata
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.errors import Unavailable
-from exchange.node.links import GateStream
+from exchange.node.sequencer_link import GateStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.conftest import STUB_ACCOUNTS

@@ -18,7 +18,7 @@ import pytest
 from devtools.consul_agent import ConsulDevAgent
 from discovery import DiscoveryError, TransactionOp, TransactionRejected
 from discovery.consul_kv import ConsulKV
-from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.cluster_common import SEQUENCER_LEADER_KEY, LeaderRecord
 from exchange.errors import Unavailable
 from exchange.v1 import types_pb2
 from sequencer.ha.records import HEADS_PREFIX, batch_prefix, decode_batch

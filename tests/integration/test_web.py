@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 

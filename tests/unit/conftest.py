@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, SelfTradePrevention, Side, SubmitOrder
+from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, PlaceOrder, SelfTradePrevention, Side
 
 StreamFactory = Callable[..., list[Command]]
 COLLECTED = pytest.StashKey[list[str]]()
@@ -97,7 +97,7 @@ def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spre
         if rng.random() < 0.02:  # invalid on purpose
             size, price, stp = rng.choice([(0, price, stp), (size, None, stp), (size, 0, stp), (-size, price, stp),
                                            (size, price, 0), (size, price, 5)])
-        commands.append(SubmitOrder(market, seq, side, order_type, size, price, account, stp))
+        commands.append(PlaceOrder(market, seq, side, order_type, size, price, account, stp))
         if order_type in (OrderType.LIMIT, OrderType.POST_ONLY):
             maybe_live.append(seq)
             owner[seq] = account

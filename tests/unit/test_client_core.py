@@ -304,7 +304,7 @@ def random_commands(rng: random.Random, count: int) -> Iterator[eng.Command]:
             order_type = rng.choice([eng.OrderType.LIMIT] * 6 + [eng.OrderType.IOC, eng.OrderType.MARKET,
                                                                  eng.OrderType.FOK, eng.OrderType.POST_ONLY])
             price = None if order_type is eng.OrderType.MARKET else rng.randint(95, 105)
-            yield eng.SubmitOrder("M", seq, rng.choice(list(eng.Side)), order_type, rng.randint(1, 20), price)
+            yield eng.PlaceOrder("M", seq, rng.choice(list(eng.Side)), order_type, rng.randint(1, 20), price)
         elif roll < 0.8:
             yield eng.CancelOrder("M", seq, target)
         else:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exchange.cluster import parse_markets, record_mac, sign_record, verify_record
+from exchange.cluster_common import parse_markets, record_mac, sign_record, verify_record
 from exchange.cluster_config import MARKETS_KEY, agree_on_markets, markets_record
 
 SECRET = b"unit-cluster-secret"

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
-from exchange.cluster import peer_token, token_metadata
+from exchange.cluster_common import peer_token, token_metadata
 from exchange.runtime import RequireClusterToken
 from exchange.shared.wire import CLUSTER_ONLY_METHODS, TOKEN_HEADER
 from tests.unit.fakes import SECRET, Aborted, FakeContext, run_scenario

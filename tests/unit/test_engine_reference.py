@@ -26,10 +26,10 @@ from exchange.engine import (
     OrderRejected,
     OrderRested,
     OrderType,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
     Side,
-    SubmitOrder,
 )
 
 STP = SelfTradePrevention
@@ -179,7 +179,7 @@ class ReferenceBook:
                 opposite.pop(0)
         return size, reduced
 
-    def submit(self, cmd: SubmitOrder) -> list[Event]:
+    def place(self, cmd: PlaceOrder) -> list[Event]:
         seq, account = cmd.seq, cmd.account
         reason = None
         if cmd.side not in (1, 2):
@@ -285,8 +285,8 @@ class ReferenceBook:
         return events
 
     def apply(self, cmd: Command) -> list[Event]:
-        if isinstance(cmd, SubmitOrder):
-            return self.submit(cmd)
+        if isinstance(cmd, PlaceOrder):
+            return self.place(cmd)
         if isinstance(cmd, CancelOrder):
             return self.cancel(cmd)
         return self.amend(cmd)

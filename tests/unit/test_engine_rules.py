@@ -23,11 +23,11 @@ from exchange.engine import (
     OrderRested,
     OrderType,
     OrderView,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
     SequenceError,
     Side,
-    SubmitOrder,
     UnknownMarketError,
 )
 
@@ -62,7 +62,7 @@ class Book:
         account: str = "",
         stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER,
     ) -> list[Event]:
-        cmd = SubmitOrder(self.market, self.next_seq, side, order_type, size, price, account, stp)
+        cmd = PlaceOrder(self.market, self.next_seq, side, order_type, size, price, account, stp)
         events = self.engine.apply(cmd)
         self.engine.check_consistency()
         return events
@@ -558,7 +558,7 @@ def test_limit_order_whose_price_or_size_is_not_an_int_is_rejected(
 
 
 def test_plain_int_side_and_type_are_normalised_to_enums(book: Book) -> None:
-    events = book.engine.apply(SubmitOrder(M, 1, 1, 1, 5, 100))
+    events = book.engine.apply(PlaceOrder(M, 1, 1, 1, 5, 100))
     assert events == [accepted(1, BUY, 100, 5), rested(1, BUY, 100, 5)]
     assert type(events[0].side) is Side and type(events[0].order_type) is OrderType
 
@@ -603,9 +603,9 @@ def test_sequence_gap_and_duplicate_raise_and_change_nothing(book: Book) -> None
     book.buy(5, 100)
     before = book.engine.snapshot()
     with pytest.raises(SequenceError):
-        book.engine.apply(SubmitOrder(M, 3, BUY, LIMIT, 5, 100))
+        book.engine.apply(PlaceOrder(M, 3, BUY, LIMIT, 5, 100))
     with pytest.raises(SequenceError):
-        book.engine.apply(SubmitOrder(M, 1, BUY, LIMIT, 5, 100))
+        book.engine.apply(PlaceOrder(M, 1, BUY, LIMIT, 5, 100))
     with pytest.raises(SequenceError):
         book.engine.apply(CancelOrder(M, 0, 1))
     assert book.engine.snapshot() == before
@@ -614,7 +614,7 @@ def test_sequence_gap_and_duplicate_raise_and_change_nothing(book: Book) -> None
 
 def test_unknown_market_raises_unknown_market_error(book: Book) -> None:
     with pytest.raises(UnknownMarketError):
-        book.engine.apply(SubmitOrder("NOPE", 1, BUY, LIMIT, 5, 100))
+        book.engine.apply(PlaceOrder("NOPE", 1, BUY, LIMIT, 5, 100))
     with pytest.raises(LookupError):
         book.engine.checksum("NOPE")
 

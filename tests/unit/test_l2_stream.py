@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.engine import Engine, MarketConfig, OrderType, SelfTradePrevention, Side, SubmitOrder
+from exchange.engine import Engine, MarketConfig, OrderType, PlaceOrder, SelfTradePrevention, Side
 from exchange.engine.l2 import BookFeed, L2Update, LevelBook, ViewDiff, depth_problem, top_checksum
 from tests.unit.test_engine_properties import ACCOUNTS, IDS, MODES, SIZES, M, build, cancel
 
@@ -131,7 +131,7 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_view_while_orders_flow() 
         side = rng.choice((Side.BUY, Side.SELL))
         price = mid - rng.randint(1, 30) if side is Side.BUY else mid + rng.randint(1, 30)
         kind = OrderType.LIMIT if rng.random() < 0.8 else OrderType.IOC
-        command = SubmitOrder(M, seq, side, kind, rng.randint(1, 9), price)
+        command = PlaceOrder(M, seq, side, kind, rng.randint(1, 9), price)
         hint = feed.before(command)
         feed.after(command, engine.apply(command), hint)
         if seq == 1000:  # it read once, with a full book in view, and never again
@@ -168,9 +168,9 @@ def test_a_maker_reduced_by_self_trade_prevention_without_a_trade_changes_its_le
     engine = Engine([MarketConfig(M)])
     feed = BookFeed(engine, M)
     view = feed.subscribe(10)
-    commands = [SubmitOrder(M, 1, Side.SELL, OrderType.LIMIT, 5, 101, "a"),
-                SubmitOrder(M, 2, Side.SELL, OrderType.LIMIT, 4, 102, "b"),
-                SubmitOrder(M, 3, Side.BUY, OrderType.LIMIT, 2, 101, "a", SelfTradePrevention.DECREMENT)]
+    commands = [PlaceOrder(M, 1, Side.SELL, OrderType.LIMIT, 5, 101, "a"),
+                PlaceOrder(M, 2, Side.SELL, OrderType.LIMIT, 4, 102, "b"),
+                PlaceOrder(M, 3, Side.BUY, OrderType.LIMIT, 2, 101, "a", SelfTradePrevention.DECREMENT)]
     for command in commands:
         hint = feed.before(command)
         feed.after(command, engine.apply(command), hint)

@@ -10,9 +10,9 @@ import pytest
 
 from devtools.static_registry import StaticRegistry
 from discovery import ServiceInstance
-from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.cluster_common import SEQUENCER_LEADER_KEY, LeaderRecord
 from exchange.errors import Unavailable
-from exchange.node.links import GateStream, SequencerLink
+from exchange.node.sequencer_link import GateStream, SequencerLink
 from exchange.shared.wire import SEQUENCER_SERVICE
 from tests.unit.fakes import run_scenario
 

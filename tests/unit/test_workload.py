@@ -11,9 +11,9 @@ import random
 import pytest
 
 from devtools.workload import NEGATIVE_PRICE, SIZE_ZERO, UNKNOWN_MARKET, Workload
-from exchange.cluster import parse_markets
+from exchange.cluster_common import parse_markets
 from exchange.errors import STATUS_BY_ERROR, ExchangeError
-from exchange.node.convert import new_order_command
+from exchange.node.order_messages import new_order_command
 from exchange.v1 import types_pb2
 
 MARKETS = {m.symbol: m for m in parse_markets("BTC-USD,ETH-USD")}

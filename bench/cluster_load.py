@@ -48,13 +48,13 @@ from pathlib import Path
 import grpc
 
 from bench import engine, order_path
-from devtools.cluster import TRADERS, Cluster, ServiceProcess, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import TRADERS, Cluster, ServiceProcess, wait_until
 from devtools.ports import free_port
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
 from exchange.accounts import new_api_key
-from exchange.cluster import parse_markets, token_metadata
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.shared.wire import AUTHORIZATION
 from exchange.v1 import exchange_pb2 as pb
