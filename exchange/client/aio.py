@@ -254,10 +254,11 @@ class AsyncClient(ClientBase):
     async def subscribe_book(
         self, market: str = "", depth: int = 10, *, timeout: float | None = None,
     ) -> AsyncBookSubscription:
-        """A local L2 view of `market` (its best `depth` levels per side, 1 to 1000) kept current from StreamBook by
-        a background task. Every message is checked (no gap, the node's top-10 checksum); a failed check or a
-        broken stream makes it resubscribe for a new snapshot by itself, on another node if need be (counted in
-        `stats`). Returns once the first snapshot is loaded. Use as a context manager
+        """A local L2 view of `market` (its best `depth` levels per side, 10 to 1000: the top-10 checksum needs 10;
+        for fewer, read `book(depth=3)` of a depth-10 view) kept current from StreamBook by a background task. Every
+        message is checked (no gap, the node's top-10 checksum); a failed check or a broken stream makes it
+        resubscribe for a new snapshot by itself, on another node if need be (counted in `stats`). Returns once the
+        first snapshot is loaded. Use as a context manager
         (`async with await client.subscribe_book(...) as book:`), or call `close()`."""
         subscription = AsyncBookSubscription(self, market, depth, timeout)
         await subscription.start()

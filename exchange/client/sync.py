@@ -255,10 +255,11 @@ class Client(ClientBase):
     def subscribe_book(
         self, market: str = "", depth: int = 10, *, timeout: float | None = None,
     ) -> BookSubscription:
-        """A local L2 view of `market` (its best `depth` levels per side, 1 to 1000) kept current from StreamBook by
-        a background thread. Every message is checked (no gap, the node's top-10 checksum); a failed check or a
-        broken stream makes it resubscribe for a new snapshot by itself, on another node if need be (counted in
-        `stats`). Returns once the first snapshot is loaded. Use as a context manager
+        """A local L2 view of `market` (its best `depth` levels per side, 10 to 1000: the top-10 checksum needs 10;
+        for fewer, read `book(depth=3)` of a depth-10 view) kept current from StreamBook by a background thread. Every
+        message is checked (no gap, the node's top-10 checksum); a failed check or a broken stream makes it
+        resubscribe for a new snapshot by itself, on another node if need be (counted in `stats`). Returns once the
+        first snapshot is loaded. Use as a context manager
         (`with client.subscribe_book(...) as book:`), or call `close()`."""
         subscription = BookSubscription(self, market, depth, timeout)
         subscription.start()

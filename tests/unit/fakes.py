@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 
 from discovery import TransactionOp, Versioned
 from exchange.entry_signing import entry_mac
@@ -29,6 +30,7 @@ SECRET = b"unit-test-secret"
 SCENARIO_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
+MessageT = TypeVar("MessageT", bound=Message)
 
 
 def run_scenario(scenario: Awaitable[T], timeout_s: float = SCENARIO_TIMEOUT_S) -> T:
@@ -186,6 +188,12 @@ class DictKeyValue:
 
     def stop(self) -> None:
         pass
+
+
+def decoded(item: object, kind: type[MessageT]) -> MessageT:
+    """A streamed item as the client receives it: a public stream may yield a message already serialised (bytes,
+    exchange/node/pacing.py) that the server sends as it is."""
+    return kind.FromString(item) if isinstance(item, bytes) else cast(MessageT, item)
 
 
 class Aborted(Exception):
