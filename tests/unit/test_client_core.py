@@ -344,7 +344,7 @@ def follow(depth: int, seed: int, count: int = 1500) -> tuple[eng.Engine, BookTr
     return engine, tracker, messages
 
 
-@pytest.mark.parametrize(("depth", "seed"), [(1, 0), (3, 1), (10, 2), (50, 3)])
+@pytest.mark.parametrize(("depth", "seed"), [(10, 0), (11, 1), (10, 2), (50, 3)])
 def test_the_local_l2_book_follows_the_engine_and_verifies_every_message(depth: int, seed: int) -> None:
     engine, tracker, messages = follow(depth, seed)
     bids, asks = engine.depth("M", depth)
