@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from exchange import engine as eng
 from exchange.errors import Aborted, FailedPrecondition
@@ -101,3 +102,23 @@ def test_a_repeated_client_order_id_whose_result_is_gone_is_failed_precondition_
         assert sum(1 for e in sequencer.log[M] if types_pb2.Command.FromString(e.command).client_order_id) == 1
 
     run(scenario, journal_size=4)
+
+
+def test_the_nodes_own_orders_count_in_the_scraped_series_and_other_nodes_orders_do_not() -> None:
+    def series(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"market": M}) or 0.0
+
+    names = ("exchange_orders_accepted_total", "exchange_trades_total", "exchange_traded_size_total")
+
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        before = [series(name) for name in names]
+        other = buy(100)
+        other.origin_node = "node-2"
+        sequencer.append(other)  # another node's resting buy: applied here, not counted here
+        sell = buy(100)
+        sell.new_order.side, sell.new_order.size = types_pb2.SELL, 3
+        await pipeline.submit(sell)  # trades 1 against it, rests 2
+        await pipeline.submit(buy(90))
+        assert [series(name) - value for name, value in zip(names, before, strict=True)] == [2, 1, 1]
+
+    run(scenario)
