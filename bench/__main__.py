@@ -31,7 +31,7 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def _ha(args: argparse.Namespace) -> tuple[dict, str]:
-    from bench import cluster
+    from bench import cluster_load as cluster
 
     result = cluster.run_ha(seconds=args.seconds)
     return result, cluster.ha_table(result)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import random
 import re
@@ -762,7 +761,7 @@ def run_ha(seconds: float = 4.0, workdir: Path | None = None) -> dict:
     _log("HA beside embedded: two clusters of 3 nodes side by side (HA: three Consul servers, two Sequencer "
          "replicas on the replicated log)")
     runs, converged = _measured(clusters, lambda: _interleaved(
-        {name: functools.partial(_named_unary, name, cluster, seconds) for name, cluster in clusters.items()},
+        {name: partial(_named_unary, name, cluster, seconds) for name, cluster in clusters.items()},
         rounds=HA_ROUNDS))
     return {name: {"unary": [_best(runs[name][in_flight]) for in_flight in CONCURRENCY],
                    "runs": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in runs[name][in_flight]],
