@@ -1,4 +1,5 @@
-"""The key-value store and sessions backed by a Consul agent (py-consul): the cluster's configuration and
+"""The key-value store and sessions backed by a Consul agent (py-consul; the HA log's calls on every commit and
+standby round on a keep-alive connection of their own, `_AgentConnection`): the cluster's configuration and
 account registry (`discovery.KeyValue`), and the versioned and blocking reads, sessions, locks and fenced
 transactions the Sequencer's HA mode keeps its log in (`discovery.ReplicatedStore`). The connection
 (HTTPS, ACL tokens, what a failure says) is `discovery.consul`'s.
