@@ -1,5 +1,6 @@
 """The service registry backed by a Consul agent (py-consul), with blocking-query watches, and the Consul
-connection both it and the KV store (`discovery.consul_kv`) use: HTTPS, ACL tokens, what a failure says.
+connection both it and the KV store (`discovery.consul_kv`) use: HTTPS, ACL tokens, what a failure says, on
+py-consul's keep-alive transport (`discovery.consul_http`).
 
 Resilience rules (Consul may be down or restarted at any time, a ``-dev`` restart loses all state):
 - a watch keeps its last known set while Consul is unreachable, and for ``recovery_grace``

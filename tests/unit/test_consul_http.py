@@ -8,6 +8,7 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -40,9 +41,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[http.server.ThreadingHTTPServer]:
+def server() -> Iterator[ThreadingHTTPServer]:
     _Handler.seen = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -51,13 +52,13 @@ def server() -> Iterator[http.server.ThreadingHTTPServer]:
     httpd.server_close()
 
 
-def _client(server: http.server.ThreadingHTTPServer, timeout: float = 5.0) -> consul_http.Consul:
+def _client(server: ThreadingHTTPServer, timeout: float = 5.0) -> consul_http.Consul:
     client = consul_http.Consul(host="127.0.0.1", port=server.server_address[1], connections_timeout=timeout)
     client.token = "t0ken"
     return client
 
 
-def test_calls_share_one_kept_alive_connection_and_answer_as_py_consul_expects(server) -> None:
+def test_calls_share_one_kept_alive_connection_and_answer_as_py_consul_expects(server: ThreadingHTTPServer) -> None:
     client = _client(server)
     first = client.http.get(lambda r: r, "/v1/kv/a", params=[("recurse", "1")], headers=client.prepare_headers())
     second = client.http.put(lambda r: r, "/v1/txn", data='[{"KV": {}}]', headers=client.prepare_headers())
@@ -71,10 +72,10 @@ def test_calls_share_one_kept_alive_connection_and_answer_as_py_consul_expects(s
         ("GET", "/missing", "t0ken", b"")]
 
 
-def test_a_connection_the_server_closed_while_idle_is_opened_again(server) -> None:
+def test_a_connection_the_server_closed_while_idle_is_opened_again(server: ThreadingHTTPServer) -> None:
     client = _client(server)
     assert client.http.get(lambda r: r.code, "/hangup") == 200
-    sock = client.http._connection.sock  # type: ignore[union-attr]
+    sock = client.http._connection.sock
     deadline = time.monotonic() + 5
     while not consul_http._readable(sock) and time.monotonic() < deadline:  # the server closes its end
         time.sleep(0.01)
@@ -82,7 +83,8 @@ def test_a_connection_the_server_closed_while_idle_is_opened_again(server) -> No
     assert len({seen[0] for seen in _Handler.seen}) == 2
 
 
-def test_no_answer_within_the_timeout_raises_and_the_next_call_gets_a_new_connection(server) -> None:
+def test_no_answer_within_the_timeout_raises_and_the_next_call_opens_a_new_connection(
+        server: ThreadingHTTPServer) -> None:
     client = _client(server, timeout=0.2)
     with pytest.raises(OSError):
         client.http.get(lambda r: r, "/slow")
@@ -90,7 +92,7 @@ def test_no_answer_within_the_timeout_raises_and_the_next_call_gets_a_new_connec
     assert len({seen[0] for seen in _Handler.seen}) == 2
 
 
-def test_a_blocking_query_waits_its_wait_and_jitter_beyond_the_timeout(server) -> None:
+def test_a_blocking_query_waits_its_wait_and_jitter_beyond_the_timeout(server: ThreadingHTTPServer) -> None:
     client = _client(server, timeout=0.2)
     # index and wait=1s: 0.2 + 1 + 1/16 s allowed, more than the 1 s the server takes
     assert client.http.get(lambda r: r.code, "/slow", params=[("index", 7), ("wait", "1s")]) == 200
