@@ -12,7 +12,7 @@ import pytest
 
 from exchange.errors import Unavailable
 from exchange.node.broadcast import BroadcastStub, PeerStream
-from exchange.node.links import GateStream
+from exchange.node.links import GateStream, GateTicket
 from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
@@ -75,6 +75,10 @@ class NeverAnswers(sequencer_pb2_grpc.SequencerServicer):
         yield sequencer_pb2.SequenceResponse()  # pragma: no cover
 
 
+def ticket(gate: GateStream) -> GateTicket:
+    return gate.take(sequencer_pb2.SequenceRequest(market="M"))
+
+
 @contextlib.asynccontextmanager
 async def never_answering_sequencer() -> AsyncIterator[sequencer_pb2_grpc.SequencerStub]:
     """A stub of an in-process NeverAnswers Sequencer on loopback, stopped on exit."""
@@ -94,14 +98,14 @@ def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes
     async def scenario() -> None:
         async with never_answering_sequencer() as stub:
             gate = GateStream("M")
-            asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), timeout=30))
+            asked = asyncio.create_task(gate.ask(stub, ticket(gate), timeout=30))
             await asyncio.sleep(0.3)
             started = asyncio.get_running_loop().time()
             gate.interrupt("the Sequencer leader changed")
             with pytest.raises(Unavailable, match="the Sequencer leader changed"):
                 await asyncio.wait_for(asked, 5)
             assert asyncio.get_running_loop().time() - started < 1.0
-            again = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), timeout=0.5))
+            again = asyncio.create_task(gate.ask(stub, ticket(gate), timeout=0.5))
             with pytest.raises(Unavailable, match="did not answer within"):  # a new stream, its own watchdog
                 await again
 
@@ -115,7 +119,7 @@ def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_c
     async def scenario() -> None:
         async with never_answering_sequencer() as stub:
             gate = GateStream("M")
-            asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), 30))
+            asked = asyncio.create_task(gate.ask(stub, ticket(gate), 30))
             await asyncio.sleep(0.3)
             gate.interrupt("the Sequencer leader changed")
             asked.cancel()
@@ -149,8 +153,8 @@ def test_a_gate_request_to_a_server_that_never_speaks_times_out_and_can_be_inter
         gate = GateStream("M")
         try:
             with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
-                await asyncio.wait_for(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), 0.5), 5)
-            asked = asyncio.create_task(gate.ask(stub, sequencer_pb2.SequenceRequest(market="M"), 30))
+                await asyncio.wait_for(gate.ask(stub, ticket(gate), 0.5), 5)
+            asked = asyncio.create_task(gate.ask(stub, ticket(gate), 30))
             await asyncio.sleep(0.3)
             gate.interrupt("the Sequencer leader changed")
             with pytest.raises(Unavailable, match="the Sequencer leader changed"):
