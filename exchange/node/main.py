@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="times an order may be invalidated by a stale view before it is ABORTED")
     parser.add_argument("--gate-depth", type=int, default=DEFAULT_GATE_DEPTH,
                         help="gated requests per market in flight at once, pipelined on the gate stream (1: each "
-                             "waits for the answer before it)")
+                             "waits for the answer to the one before; deeper: less waiting, smaller batches, more "
+                             "CPU per order)")
     parser.add_argument("--sequencer", default=None,
                         help="fixed Sequencer address instead of Consul discovery (tests only)")
     parser.add_argument("--journal-size", type=int, default=DEFAULT_JOURNAL_SIZE,

@@ -1,7 +1,7 @@
 """Getting a node's commands into the log, and keeping the node current: one pipeline per market.
 
-The gate batcher. Client commands queue up; while `gate_depth` Sequence calls are in flight, the next
-ones wait, and then all of them go in the next call. The calls in flight are pipelined on the market's gate
+The gate batcher. Client commands queue up; while `gate_depth` Sequence calls are in flight (1 by default),
+the next ones wait, and then all of them go in the next call. Calls in flight are pipelined on the market's gate
 stream: written one behind the other without waiting for each other's answers, numbered and answered by the
 Sequencer in that order, so a grant no longer waits for the round trip before it. A request states the
 sequence the node has applied when it is sent; the entries of the grants still in flight ahead of it are
@@ -48,8 +48,12 @@ from exchange.v1 import sequencer_pb2, types_pb2
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2_000
-# Gated requests per market in flight at once (the node's --gate-depth).
-DEFAULT_GATE_DEPTH = 2
+# Gated requests per market in flight at once (the node's --gate-depth). 1: a request waits for the answer to
+# the one before, and the orders that arrive meanwhile batch up. Deeper pipelines cut the wait but shrink the
+# batches, and each request costs the cluster far more than an order in it (messages, broadcasts, a write):
+# measured on this 2-core machine, depth 2 took 10-35% more CPU per order and did not raise throughput, embedded
+# or HA (docs/benchmarks.md), so it is for machines where the gate's round trip waits rather than computes.
+DEFAULT_GATE_DEPTH = 1
 
 
 def fail(future: asyncio.Future[Outcome], error: BaseException) -> None:
