@@ -9,7 +9,7 @@ STUBS := exchange/v1/exchange_pb2.py
 CONSUL_STAMP := .cache/consul/path
 PROMETHEUS_STAMP := .cache/prometheus/path
 
-.PHONY: install proto consul prometheus browser hygiene test test-unit lint bench chaos cluster-up cluster-down cluster-status clean
+.PHONY: install proto consul prometheus browser hygiene test test-unit lint client-sync bench chaos cluster-up cluster-down cluster-status clean
 
 # make chaos CHAOS_ARGS='--seed 7 --orders 10000 --duration 300'
 CHAOS_ARGS ?= --duration 120
@@ -66,9 +66,16 @@ test: hygiene install consul prometheus browser
 test-unit: install
 	$(PY) -m pytest tests/unit
 
+# ruff and mypy over the whole tree: product, devtools/, bench/, tests/, examples/ ([tool.mypy] in pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) -m devtools.unasync --check
+
+# The sync client is generated from the asyncio one: exchange/client/sync.py from aio.py (devtools/unasync.py).
+# Run after editing aio.py and commit both; `make lint` and tests/unit/test_client_sync.py fail while it is stale.
+client-sync:
+	$(PYTHON) -m devtools.unasync
 
 bench: install
 	@for peer in lightmatchingengine liquibook; do \

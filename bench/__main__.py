@@ -23,7 +23,7 @@ def _engine(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
-    from bench import cluster
+    from bench import cluster_load as cluster
 
     result = cluster.run(seconds=args.seconds, catch_up_entries=args.catch_up, failovers=args.failovers,
                          engine_ops=args.ops)
@@ -38,7 +38,7 @@ def _metrics(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def _path(args: argparse.Namespace) -> tuple[dict, str]:
-    from bench import cluster
+    from bench import cluster_load as cluster
 
     result = cluster.run_path(seconds=args.seconds)
     return result, cluster.path_table(result)

@@ -20,7 +20,9 @@ RESPONSE = pb.CreateOrderResponse(market="BTC-USD", order_id=1, seq=1, status=pb
 
 
 class Echo(exchange_pb2_grpc.ExchangeNodeServicer):
-    async def CreateOrder(self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def CreateOrder(  # noqa: N802
+        self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateOrderResponse:
         return RESPONSE
 
 

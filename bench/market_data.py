@@ -1,4 +1,4 @@
-"""Market data under load: the cluster's streaming entry load (bench.cluster's, batches of 100) alone, then with
+"""Market data under load: the cluster's streaming entry load (bench.cluster_load's, batches of 100) alone, then with
 100 StreamTrades subscribers reading on one node and 20 more that opened the stream and stopped reading.
 
 Reported: the order throughput without and with them (target: >= 0.8x), the trades delivered per second to
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.cluster import _cpu_seconds, _keys, _log, _stream_entry
-from devtools.cluster import Cluster
+from bench.cluster_load import _cpu_seconds, _keys, _log, _stream_entry
+from devtools.local_cluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 

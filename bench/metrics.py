@@ -2,7 +2,7 @@
 serving Prometheus metrics (`--metrics-listen`: the gRPC interceptors on, the exchange's series counted) and
 scraped every second, against the same cluster without metrics, in one run.
 
-Both clusters run side by side (bench.cluster.side_by_side: the order alternating, off, on, on, off, ...,
+Both clusters run side by side (bench.cluster_load.side_by_side: the order alternating, off, on, on, off, ...,
 METRICS_ROUNDS rounds, each case's figure its best run; then each must agree with a replay of its log). The
 scraper is a process of its own (`python -m bench.metrics scrape URL...`), as Prometheus would be, scraping every
 process of the cluster with metrics every second (15x Prometheus's default interval) for the whole run.
@@ -19,8 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.cluster import _log, side_by_side
-from devtools.cluster import Cluster
+from bench.cluster_load import _log, side_by_side
+from devtools.local_cluster import Cluster
 
 METRICS_ROUNDS = 3
 TARGET_METRICS = 0.95  # with metrics on >= x the throughput without

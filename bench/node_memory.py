@@ -1,6 +1,6 @@
 """Memory and restart time of the exchange nodes as the log grows: `python -m bench.node_memory` (not in CI).
 
-A 3-node cluster (devtools.cluster.Cluster, no rate limit) is fed --orders new orders through OrderEntryBatch
+A 3-node cluster (devtools.local_cluster.Cluster, no rate limit) is fed --orders new orders through OrderEntryBatch
 (one stream per node, batches of --batch), each with its own client_order_id: passive limits a few ticks off a
 mid that drifts slowly, and IOCs crossing it, so the resting book stays small and what grows is only what a node
 keeps per order. At each checkpoint the replicas must converge; then every node's resident memory (VmRSS, and
@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 
 from bench.sequencer_memory import _status
-from devtools.cluster import TRADERS, Cluster, serving, wait_until
+from devtools.local_cluster import TRADERS, Cluster, serving, wait_until
 from exchange import engine as eng
 from exchange.node.replica import Replica
 from exchange.shared.wire import AUTHORIZATION

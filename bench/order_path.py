@@ -8,7 +8,7 @@ messages: SequenceRequest, SequenceResponse, BroadcastOrderRequest), and A keeps
 are answered (the stream keeps their order). Nothing else: no durable write, no matching, no keys, no
 signatures, no dedup. Every node is an A for the clients it takes, and a peer of the others.
 
-Run by the bench (bench/cluster.py), one process per role, with the cluster's gRPC transport:
+Run by the bench (bench/cluster_load.py), one process per role, with the cluster's gRPC transport:
 `python -m bench.order_path --role sequencer --listen ADDR` and
 `python -m bench.order_path --role node --listen ADDR --sequencer ADDR --peers ADDR,ADDR`.
 """
@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from devtools.cluster import ServiceProcess, wait_until
+from devtools.local_cluster import ServiceProcess, wait_until
 from devtools.ports import free_port
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS

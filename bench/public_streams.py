@@ -1,11 +1,16 @@
 """Public streams benchmark: what StreamBook and StreamTrades subscribers cost the cluster's order entry.
 
-A real 3-node cluster (bench/cluster.py's setup) runs bench/cluster.py's streaming entry load (OrderEntryBatch,
-2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with SUBSCRIBERS attached to
-node 1 (100 StreamBook readers at depth 10 and 100 StreamTrades readers, each reading every message); with STUCK
-subscribers (20 of each) that read their first message and never again until the run is over. The subscribers
-run in a process of their own (`python -m bench.public_streams subscribe ...`), so their CPU is not the load
-generator's.
+A real 3-node cluster (bench/cluster_load.py's setup) runs bench/cluster_load.py's streaming entry load
+(OrderEntryBatch, 2 streams per node) in ROUNDS interleaved rounds of three runs: without subscribers; with
+SUBSCRIBERS attached to node 1 (100 StreamBook readers at depth 10 and 100 StreamTrades readers, each reading every
+message); with STUCK subscribers (20 of each) that read their first message and never again until the run is over.
+The subscribers run in a process of their own (`python -m bench.public_streams subscribe ...`), so their CPU is not
+the load generator's, at a lower CPU priority (READER_NICENESS): readers belong on other machines, and on a machine
+with fewer cores than the cluster they would otherwise take the cluster's cores. A reader that then falls behind gets
+merged updates, by design; so what the readers got is printed with the throughput: updates delivered per second,
+the share of merged ones (a book update covering more than one sequence, a trade message with the trades of more
+than one command), and every StreamBook message checked by the client library's local book
+(exchange/client/book.py: no gap, the top-10 checksum) with the count verified and failed.
 
 Printed: order throughput (best of the rounds) against the baseline's, updates delivered per second (all
 subscribers), node 1's extra CPU per update per subscriber, node 1's memory per subscriber (RSS with the
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -35,8 +41,9 @@ from typing import Any
 
 import grpc
 
-from bench.cluster import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
-from devtools.cluster import Cluster, wait_until
+from bench.cluster_load import STREAM_BATCHES, _cpu_seconds, _keys, _log, _stream_entry, _verdict
+from devtools.local_cluster import Cluster, wait_until
+from exchange.client.book import BookTracker, Diverged
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 
@@ -50,6 +57,7 @@ STUCK = {"StreamBook": 20, "StreamTrades": 20}  # subscribers that stop reading 
 TARGET_RATIO = 0.8  # order throughput with subscribers >= x the throughput without
 BATCH = STREAM_BATCHES[-1]  # the streaming load at its highest rate (OrderEntryBatch)
 ROUNDS = 3  # interleaved rounds of each run; each figure is its best (noise here only ever slows a run down)
+READER_NICENESS = 10  # the subscriber process's `nice`: the cluster's cores go to the cluster first
 
 
 def _rss_bytes(pid: int | None) -> int:
@@ -69,7 +77,8 @@ async def _subscribe(address: str, market: str, readers: dict[str, int], stuck: 
     """Opens the streams and reads until SIGTERM; then each stuck stream reads what was waiting for it (until
     it is quiet for a second): the most its stream held. Returns what each kind received."""
     received = {kind: {"messages": 0, "levels": 0, "streams": 0, "errors": 0, "stuck_streams": 0,
-                       "held_messages": 0, "held_bytes": 0, "most_held_bytes": 0} for kind in STREAMS}
+                       "held_messages": 0, "held_bytes": 0, "most_held_bytes": 0, "updates": 0, "merged": 0,
+                       "verified": 0, "failed": 0} for kind in STREAMS}
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     channels: list[grpc.aio.Channel] = []
@@ -82,12 +91,28 @@ async def _subscribe(address: str, market: str, readers: dict[str, int], stuck: 
 
     async def read(kind: str) -> None:
         counts = received[kind]
+        book = BookTracker(market, 10) if kind == "StreamBook" else None  # the client library's checks
+        first = True
         try:
             async for message in open_call(kind):
-                counts["streams"] += counts["messages"] == 0 or bool(getattr(message, "snapshot", False))
+                if book is not None:  # a snapshot, then updates: each covers last_seq - first_seq + 1 sequences
+                    counts["streams"] += message.snapshot
+                    counts["updates"] += not message.snapshot
+                    counts["merged"] += not message.snapshot and message.last_seq > message.first_seq
+                    counts["levels"] += len(message.bids) + len(message.asks)
+                    try:
+                        book.on_message(message)
+                        counts["verified"] += 1
+                    except Diverged:
+                        counts["failed"] += 1
+                        return
+                else:  # trades (from now on: every message is an update), merged when of more than one command
+                    counts["streams"] += first
+                    counts["updates"] += 1
+                    counts["merged"] += message.trades[0].seq != message.trades[-1].seq
+                    counts["levels"] += len(message.trades)
+                first = False
                 counts["messages"] += 1
-                counts["levels"] += (len(getattr(message, "bids", ())) + len(getattr(message, "asks", ()))
-                                     + len(getattr(message, "trades", ())))  # levels, or trades
         except grpc.aio.AioRpcError:
             if not stop.is_set():
                 counts["errors"] += 1
@@ -123,10 +148,11 @@ async def _subscribe(address: str, market: str, readers: dict[str, int], stuck: 
 class Subscribers:
     """The subscriber process: started with the streams open, stopped with its counts."""
 
-    def __init__(self, address: str, readers: dict[str, int], stuck: dict[str, int]) -> None:
+    def __init__(self, address: str, readers: dict[str, int], stuck: dict[str, int],
+                 niceness: int = READER_NICENESS) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.public_streams", "subscribe", address, json.dumps(readers),
-             json.dumps(stuck)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+             json.dumps(stuck), "--nice", str(niceness)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError("the subscriber process did not start")
@@ -221,8 +247,7 @@ def table(result: dict) -> str:
         verdicts.append(f"order throughput with {run['subscribers']} {what} >= {TARGET_RATIO}x without: "
                         f"{_verdict(ratio >= TARGET_RATIO)} ({ratio:.3f})")
     def updates_of(kind: str) -> int:
-        return sum(max(r["delivered"]["received"][kind]["messages"] - r["delivered"]["received"][kind]["streams"], 0)
-                   for r in result["attached"])
+        return sum(r["delivered"]["received"][kind]["updates"] for r in result["attached"])
 
     readers = sum(SUBSCRIBERS.values())
     all_updates = sum(updates_of(kind) for kind in SUBSCRIBERS)
@@ -234,12 +259,21 @@ def table(result: dict) -> str:
         extra_cpu = max(_cpu_per_order(result["attached"]) - base_cpu, 0.0) * orders
         memory = statistics.median((r["rss_attached"] - r["rss_before"]) / max(readers, 1) for r in result["attached"])
         errors = sum(r["delivered"]["received"][kind]["errors"] for r in result["attached"])
+        merged = sum(r["delivered"]["received"][kind]["merged"] for r in result["attached"])
+        verified = sum(r["delivered"]["received"][kind]["verified"] for r in result["attached"])
+        failed = sum(r["delivered"]["received"][kind]["failed"] for r in result["attached"])
+        checked = (f"checked by the client's local book: {verified:,} verified, {failed} failed; "
+                   if kind == "StreamBook" else "")
         lines.append(f"{kind}: {count} readers: {updates / seconds:,.0f} updates/s delivered in all "
                      f"({updates / seconds / max(count, 1):,.1f}/s each, {levels / max(updates, 1):.1f} levels or "
-                     f"trades per message), errors {errors}; node-1 CPU per update per subscriber "
+                     f"trades per message, {merged / max(updates, 1):.0%} merged), errors {errors}; {checked}"
+                     f"node-1 CPU per update per subscriber "
                      f"{extra_cpu / max(all_updates, 1) * 1e6:.0f} us (the readers' extra CPU per order over the "
                      f"baseline's, for the orders of those runs, over every kind's updates); node-1 memory per "
                      f"reader {memory / 1024:.1f} KiB (RSS when attached)")
+    reader_cpu = sum(r["delivered"]["cpu_seconds"] for r in result["attached"])
+    lines.append(f"the readers' own process (nice {READER_NICENESS}: readers belong on other machines; one that falls "
+                 f"behind gets merged updates, above): {reader_cpu / seconds:.0%} of a core")
     for kind in STUCK:
         got = [r["delivered"]["received"][kind] for r in result["stuck"]]
         streams = max(sum(g["stuck_streams"] for g in got), 1)
@@ -264,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     subscribe.add_argument("readers", type=json.loads)
     subscribe.add_argument("stuck", type=json.loads)
     subscribe.add_argument("--market", default="")
+    subscribe.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much")
     args = parser.parse_args(argv)
     if args.command == "subscribe":
+        os.nice(args.nice)
         print(json.dumps(asyncio.run(_subscribe(args.address, args.market, args.readers, args.stuck))), flush=True)
         return 0
     result = run()

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import grpc
 
-from devtools.cluster import ROOT, serving, wait_until
 from devtools.consul_agent import ConsulDevAgent
+from devtools.local_cluster import ROOT, serving, wait_until
 from devtools.ports import free_port
-from exchange.cluster import token_metadata
+from exchange.cluster_common import token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 

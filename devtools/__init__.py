@@ -13,6 +13,7 @@ Never imported by the product (`exchange`, `sequencer`, `discovery`) and not pac
 - `repo_hygiene`: checks that the tracked tree holds nothing of one machine (`python3 -m devtools.repo_hygiene`);
 - `layout`: the product's layout rules (what each folder may import, file and function lengths:
   `python3 -m devtools.layout`);
+- `unasync`: writes the sync client (exchange/client/sync.py) from the asyncio one (`make client-sync`);
 - `demo`: `python -m devtools.demo up|down|status` (`make cluster-up/-down/-status`);
 - `verify`: replays the Sequencer's log through a fresh engine;
 - `workload`: the random-order generator of the bench, the chaos checker and the tests;

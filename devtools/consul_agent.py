@@ -110,7 +110,7 @@ class ConsulDevAgent:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running else None  # type: ignore[union-attr]
+        return self._proc.pid if self._proc is not None and self.running else None
 
     @property
     def running(self) -> bool:
@@ -308,8 +308,11 @@ class ConsulServer(ConsulDevAgent):
     """One agent of a `ConsulServers` cluster: a server (data on disk, joining the other servers), or a client
     agent (`expect` 0: it joins the servers and holds no data; what a service's machine runs in production)."""
 
-    def __init__(self, peers: list[ConsulServer], expect: int, **options: object) -> None:
-        super().__init__(**options)  # type: ignore[arg-type]
+    def __init__(self, peers: list[ConsulServer], expect: int, *, data_dir: Path, log_file: Path, node_name: str,
+                 start_timeout: float, client_addr: str, tls_dir: Path | None, config_file: Path | None,
+                 http_port: int | None = None) -> None:
+        super().__init__(data_dir=data_dir, log_file=log_file, http_port=http_port, node_name=node_name,
+                         start_timeout=start_timeout, client_addr=client_addr, tls_dir=tls_dir, config_file=config_file)
         self._peers = peers
         self._expect = expect
 

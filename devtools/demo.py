@@ -15,23 +15,25 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import grpc
 
-from devtools.cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
 from devtools.consul_acl import write_private
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import DEMO_ACCOUNTS, ROOT, Cluster, pid_alive, wait_until
 from devtools.prometheus import PrometheusServer
-from exchange.cluster import parse_markets
+from exchange.cluster_common import parse_markets
 from exchange.runtime import sync_channel
 from exchange.shared.tls import TlsConfig, load_tls
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 
 DEMO_DIR = ROOT / ".cluster"
-DEMO_PORTS = {"consul": 18500, "sequencer": 50050, "nodes": [50051, 50052, 50053], "prometheus": 19090, "web": 18080}
+# The fixed loopback ports: Consul's HTTP API, the Sequencer, the nodes, Prometheus, the web console
+CONSUL_PORT, SEQUENCER_PORT, NODE_PORTS, PROMETHEUS_PORT, WEB_PORT = 18500, 50050, [50051, 50052, 50053], 19090, 18080
 # HA mode: three Consul servers' HTTP APIs, two Sequencer replicas (the nodes' ports are the same)
-HA_PORTS = {"consul": [18500, 18501, 18502], "sequencers": [50050, 50054]}
+HA_CONSUL_PORTS, HA_SEQUENCER_PORTS = [18500, 18501, 18502], [50050, 50054]
 # Each process's Prometheus metrics (http://127.0.0.1:PORT/metrics)
 METRICS_PORTS = {"sequencer": 19100, "sequencer-1": 19100, "sequencer-2": 19104, "node-1": 19101, "node-2": 19102,
                  "node-3": 19103}
@@ -39,14 +41,12 @@ STATE_FILE = DEMO_DIR / "state.json"
 
 
 def _demo_cluster(tls: bool, ha: bool) -> Cluster:
-    ports: dict[str, object] = (
-        {"consul_ports": HA_PORTS["consul"], "sequencer_ports": HA_PORTS["sequencers"]} if ha
-        else {"consul_port": DEMO_PORTS["consul"], "sequencer_port": DEMO_PORTS["sequencer"]}
-    )
     return Cluster(
-        DEMO_DIR, nodes=3, node_ports=list(DEMO_PORTS["nodes"]),
+        DEMO_DIR, nodes=3, node_ports=list(NODE_PORTS),
         secret=os.environ.get("EXCHANGE_CLUSTER_SECRET", "demo-secret"), tls=tls, ha=ha, rate_limit=None,
-        accounts=DEMO_ACCOUNTS, metrics=True, metrics_ports=METRICS_PORTS, **ports,  # type: ignore[arg-type]
+        accounts=DEMO_ACCOUNTS, metrics=True, metrics_ports=METRICS_PORTS,
+        consul_port=None if ha else CONSUL_PORT, sequencer_port=None if ha else SEQUENCER_PORT,
+        consul_ports=list(HA_CONSUL_PORTS) if ha else None, sequencer_ports=list(HA_SEQUENCER_PORTS) if ha else None,
     )
 
 
@@ -56,18 +56,18 @@ def cluster_up(tls: bool = False, ha: bool = False) -> int:
         return 1
     cluster = _demo_cluster(tls, ha)
     sequencers = ", ".join(cluster.sequencer_address_of(i) for i in range(len(cluster.sequencer_ports)))
-    consul = (f"3 Consul servers on 127.0.0.1:{', :'.join(map(str, HA_PORTS['consul']))}" if ha
-              else f"Consul on 127.0.0.1:{DEMO_PORTS['consul']}")
+    consul = (f"3 Consul servers on 127.0.0.1:{', :'.join(map(str, HA_CONSUL_PORTS))}" if ha
+              else f"Consul on 127.0.0.1:{CONSUL_PORT}")
     print(f"starting {consul}, the Sequencer{' replicas' if ha else ''} on {sequencers}, nodes on "
           f"{', '.join(cluster.node_addresses)} ...", flush=True)
     try:
         cluster.start()
-        web_url = cluster.start_web(DEMO_PORTS["web"])
+        web_url = cluster.start_web(WEB_PORT)
     except Exception:
         print(cluster.logs())
         cluster.stop()
         raise
-    prometheus = PrometheusServer(DEMO_DIR, cluster.consul_address, port=DEMO_PORTS["prometheus"], interval="5s",
+    prometheus = PrometheusServer(DEMO_DIR, cluster.consul_address, port=PROMETHEUS_PORT, interval="5s",
                                   consul_token=cluster.consul_token("observer"))
     try:
         prometheus.start()
@@ -159,6 +159,10 @@ stop everything with: make cluster-down""")
     return 0
 
 
+def _exited(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
 def cluster_down() -> int:
     if not STATE_FILE.exists():
         print("no demo cluster is running (no .cluster/state.json)")
@@ -177,7 +181,7 @@ def cluster_down() -> int:
             if not pid:
                 continue
             try:
-                wait_until(lambda pid=pid: not pid_alive(pid), 10, name)
+                wait_until(partial(_exited, pid), 10, name)
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
     STATE_FILE.unlink()

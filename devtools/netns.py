@@ -1,6 +1,6 @@
 """Network namespaces for real partitions: `NetNamespaces` (one namespace per node) and its `ip`/`tc` helpers.
 
-Used by `Cluster(..., netns=True)` (devtools/cluster.py) and the chaos checker's partition fault. Needs root
+Used by `Cluster(..., netns=True)` (devtools/local_cluster.py) and the chaos checker's partition fault. Needs root
 and iproute2; `NetNamespaces.unavailable_reason()` says why it cannot run here.
 """
 
@@ -136,7 +136,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
     rng = uuid.uuid4().int
     for attempt in range(1000):
         value = (rng >> (attempt % 100)) + attempt
-        candidate = ipaddress.ip_network(f"10.{value % 254 + 1}.{(value >> 8) % 254 + 1}.0/24")
+        candidate = ipaddress.IPv4Network(f"10.{value % 254 + 1}.{(value >> 8) % 254 + 1}.0/24")
         if not any(candidate.overlaps(u) for u in used if u.prefixlen > 0):
             return candidate
     raise RuntimeError("no free 10.x.y.0/24 subnet for the node namespaces")

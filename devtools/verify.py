@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from exchange import engine as eng
-from exchange.cluster import parse_markets, token_metadata
-from exchange.node.convert import create_order_response, engine_command
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.node.market_data import INTERVALS_MS, MarketData
 from exchange.node.market_data_rpcs import candle_message, public_trade
+from exchange.node.order_messages import create_order_response, engine_command
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 
 

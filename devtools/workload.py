@@ -66,13 +66,14 @@ class Workload:
     markets: Sequence[str] = ("BTC-USD",)  # drawn uniformly: repeat a name to weight it, "" is the default market
     prices: tuple[int, int] = (95, 105)  # inclusive, ticks
     sizes: tuple[int, int] = (1, 20)  # inclusive, lots
-    types: Mapping[int, float] = field(default_factory=lambda: {types_pb2.LIMIT: 1})  # order type -> weight
+    # order type -> weight
+    types: Mapping[types_pb2.OrderType, float] = field(default_factory=lambda: {types_pb2.LIMIT: 1})
     sides: SideStyle = "explicit"
     invalid_share: float = 0.0  # share of orders spoiled on purpose, each by one of `invalid` (uniformly)
     invalid: Sequence[Invalid] = (SIZE_ZERO, NEGATIVE_PRICE)
     id_share: float = 1.0  # with an id prefix: the share of orders that carry a client_order_id
     # self-trade prevention mode -> weight; empty: the field stays unset (CANCEL_TAKER)
-    stp: Mapping[int, float] = field(default_factory=dict)
+    stp: Mapping[types_pb2.SelfTradePrevention, float] = field(default_factory=dict)
 
     def orders(self, rng: random.Random, ids: str = "") -> OrderGenerator:
         """A generator drawing from `rng`; with `ids` the n-th order (from 1) may carry the id f"{ids}{n}"."""
@@ -104,7 +105,7 @@ class OrderGenerator:
         else:
             request.size = size if side == types_pb2.BUY else -size
         if w.stp:
-            request.self_trade_prevention = rng.choices(list(w.stp), weights=list(w.stp.values()))[0]  # type: ignore[assignment]
+            request.self_trade_prevention = rng.choices(list(w.stp), weights=list(w.stp.values()))[0]
         if client_order_id is not None:
             request.client_order_id = client_order_id
         elif self.ids and (w.id_share >= 1 or rng.random() < w.id_share):

@@ -1,6 +1,6 @@
 """Accounts and their API keys: the registry every node shares, in Consul KV.
 
-Each account is one key, `exchange/accounts/<name>`, holding a signed record (exchange.cluster.sign_record):
+Each account is one key, `exchange/accounts/<name>`, holding a signed record (exchange.cluster_common.sign_record):
 JSON with whether the account is active, the SHA-256 (hex) of each of its API keys (never a key itself), a
 version that every change raises, and `mac`, the HMAC-SHA256 of the rest and of the key name made with the
 cluster secret. A node takes only a record whose MAC verifies (and no older version than the one it holds),
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from discovery import CompareAndSet, KeyValue, TransactionConflict
-from exchange.cluster import sign_record, verify_record
+from exchange.cluster_common import sign_record, verify_record
 
 ACCOUNTS_PREFIX = "exchange/accounts/"
 KEY_PREFIX = "pxk_"

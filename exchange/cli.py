@@ -31,7 +31,7 @@ from exchange.client import (
     connection_from_arguments,
     types,
 )
-from exchange.cluster import add_consul_arguments, add_secret_argument
+from exchange.cluster_common import add_consul_arguments, add_secret_argument
 from exchange.errors import ExchangeError, Unavailable
 from exchange.shared.tls import consul_endpoint
 
@@ -77,14 +77,17 @@ def format_ladder(book: Book, stats: SubscriptionStats, width: int = 30) -> str:
 
 
 def watch_book(client: Client, node: str, market: str, depth: int) -> None:
-    """Redraws the L2 view kept from StreamBook in place, at most 5 times a second, until interrupted."""
-    with client.subscribe_book(market, depth) as subscription:
+    """Redraws the L2 view kept from StreamBook in place, at most 5 times a second, until interrupted. Shows
+    `depth` levels a side of a view of at least 10 levels (StreamBook's least: its checksum covers the top 10)."""
+    from exchange.engine.l2 import MIN_STREAM_DEPTH  # only here: the other commands load no engine code
+
+    with client.subscribe_book(market, max(depth, MIN_STREAM_DEPTH)) as subscription:
         shown = [-1]  # the sequence on screen
         while True:
             subscription.wait_until(lambda: subscription.seq != shown[0], timeout=1.0)
             shown[0] = subscription.seq
             try:
-                text = format_ladder(subscription.book(), subscription.stats)
+                text = format_ladder(subscription.book(depth), subscription.stats)
             except Unavailable as resyncing:  # between a failed check and the new snapshot
                 text = f"{market}: {resyncing.message} ({subscription.stats})"
             print("\033[2J\033[H" + f"{subscription.address or node}  {time.strftime('%H:%M:%S')}\n" + text,

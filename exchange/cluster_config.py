@@ -1,13 +1,13 @@
 """The cluster-wide configuration that every process must share, kept in Consul KV: the markets.
 
 The markets are defined once for the whole cluster, at `exchange/config/markets`: a signed record
-(exchange.cluster.sign_record) of `{"markets": <the canonical spec of exchange.cluster.format_markets>}`, so
-that only a holder of the cluster secret can define them. The first process started with `--markets` whose
-Consul token may write the key (the Sequencer's role; docs/security.md) writes it; every later one
-either takes it (no `--markets`) or must have been given exactly the same, or it refuses to start: a node
-and the Sequencer that disagree on a market's tick or bounds would accept orders the other refuses, and
-two nodes that disagree would diverge. Consul KV is Raft-replicated, the one store every process already
-depends on, and the place the Sequencer's HA mode and the account registry keep their state too.
+(exchange.cluster_common.sign_record) of `{"markets": <the canonical spec of
+exchange.cluster_common.format_markets>}`, so that only a holder of the cluster secret can define them. The first
+process started with `--markets` whose Consul token may write the key (the Sequencer's role; docs/security.md)
+writes it; every later one either takes it (no `--markets`) or must have been given exactly the same, or it refuses
+to start: a node and the Sequencer that disagree on a market's tick or bounds would accept orders the other refuses,
+and two nodes that disagree would diverge. Consul KV is Raft-replicated, the one store every process already depends
+on, and the place the Sequencer's HA mode and the account registry keep their state too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import time
 
 from discovery import AccessDenied, DiscoveryError, KeyValue
-from exchange.cluster import format_markets, parse_markets, sign_record, verify_record
+from exchange.cluster_common import format_markets, parse_markets, sign_record, verify_record
 from exchange.shared.markets import MarketConfig
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The shape of a sequenced command: what the Sequencer admits to the log.
 
-A node validates a client's request (exchange/node/convert.py) before it builds a command; the Sequencer
+A node validates a client's request (exchange/node/order_messages.py) before it builds a command; the Sequencer
 checks every command it is sent again, with the same rules, so that nothing malformed enters the log even
 from a caller that bypasses a node: a command must have a kind, name a market of the cluster, and keep that
 market's rules (exchange.engine.MarketConfig owns them; the engine applies them once more and rejects as an

@@ -12,7 +12,7 @@ counter increments and one histogram observation, never a label lookup or a stri
 The client interceptor covers the calls with one request (unary and server-streaming). A channel with a
 request-streaming interceptor routes every `write` of every such call through a queue and two asyncio tasks
 (grpc.aio's InterceptedStreamStreamCall), which costs each message of the node's long-lived gate and broadcast
-streams and changes when `write` returns, which the gate stream relies on (exchange/node/links.py, GateStream).
+streams and changes when `write` returns, which the gate stream relies on (exchange/node/sequencer_link.py, GateStream).
 Those streams record the same client series through `ClientStream` instead.
 """
 
@@ -75,6 +75,11 @@ class MethodMetrics:
         self.seconds = seconds.labels(*self._labels)
         self._handled_children: dict[grpc.StatusCode, Any] = {}
 
+    def start(self) -> float:
+        """Counts a call started; returns when, for `handled`."""
+        self.started.inc()
+        return time.perf_counter()
+
     def handled(self, code: grpc.StatusCode, began: float) -> None:
         child = self._handled_children.get(code)
         if child is None:
@@ -124,6 +129,14 @@ def _recording(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHan
             received.inc()
             yield request
 
+    def started(request: Any) -> tuple[float, Any]:
+        """Counts a call started and its request (a request stream: each message as the handler reads it)."""
+        if handler.request_streaming:
+            request = counted(request)
+        else:
+            m.received.inc()
+        return m.start(), request
+
     def code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
         code = context.code()
         return OK if code is None else code
@@ -132,12 +145,7 @@ def _recording(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHan
         behavior = handler.unary_unary or handler.stream_unary
 
         async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            began = time.perf_counter()
-            m.started.inc()
-            if handler.request_streaming:
-                request = counted(request)
-            else:
-                m.received.inc()
+            began, request = started(request)
             try:
                 response = await behavior(request, context)
             except BaseException as error:
@@ -157,12 +165,7 @@ def _recording(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHan
     subscribers = STREAM_SUBSCRIBERS.labels(method.rpartition("/")[2])
 
     async def streamed_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        began = time.perf_counter()
-        m.started.inc()
-        if handler.request_streaming:
-            request = counted(request)
-        else:
-            m.received.inc()
+        began, request = started(request)
         subscribers.inc()
         try:
             produced = stream_behavior(request, context)
@@ -201,13 +204,17 @@ class ClientMetrics:
             m = self._methods[(name, kind)] = MethodMetrics(CLIENT, name, kind)
         return m
 
+    async def _call(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any,
+                    kind: str) -> tuple[MethodMetrics, float, Any]:
+        """Counts a call started and its one request, and starts it."""
+        m = self._method(client_call_details.method, kind)
+        began = m.start()
+        m.sent.inc()
+        return m, began, await continuation(client_call_details, request)
+
     async def intercept_unary_unary(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
                                     request: Any) -> Any:
-        m = self._method(client_call_details.method, UNARY)
-        began = time.perf_counter()
-        m.started.inc()
-        m.sent.inc()
-        call = await continuation(client_call_details, request)
+        m, began, call = await self._call(continuation, client_call_details, request, UNARY)
         try:
             await call
         except grpc.aio.AioRpcError as error:
@@ -222,11 +229,7 @@ class ClientMetrics:
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
                                      request: Any) -> Any:
-        m = self._method(client_call_details.method, SERVER_STREAM)
-        began = time.perf_counter()
-        m.started.inc()
-        m.sent.inc()
-        call = await continuation(client_call_details, request)
+        m, began, call = await self._call(continuation, client_call_details, request, SERVER_STREAM)
         return _received(call, m, began)
 
 
@@ -259,8 +262,7 @@ class ClientStream:
     def opened(self) -> None:
         if self._began is not None:
             self.ended(grpc.StatusCode.CANCELLED)
-        self._began = time.perf_counter()
-        self.m.started.inc()
+        self._began = self.m.start()
 
     def ended(self, code: grpc.StatusCode) -> None:
         if self._began is not None:

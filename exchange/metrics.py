@@ -2,9 +2,10 @@
 series, `exchange_*` (the gRPC ones are in exchange/grpc_metrics.py).
 
 Rules: base units (seconds, entries, orders), counters end `_total`, labels of low cardinality only (market,
-reason, kind, role, result; never an account, a key or an order id). Hot paths use label children bound once
-(`MarketMetrics`, per market) and pay an increment or an observation each. Whatever a scrape can read from the
-process's state (positions, lag, checksums, queue depths) is read at scrape time, on the event loop
+reason, kind, role, result; never an account, a key or an order id). What every order counts is a plain int,
+reported at scrape time (exchange/node/metrics.py, `OrderCounts`); what is counted per call, per message or per
+batch uses label children bound once and pays an increment or an observation each. Whatever a scrape can read
+from the process's state (positions, lag, checksums, queue depths) is read at scrape time, on the event loop
 (`LoopCollector`), and costs nothing between scrapes.
 
 The endpoint is prometheus_client's HTTP server, in a thread of its own: a scrape never waits for the event loop

@@ -223,7 +223,20 @@ def _safely_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
         else:  # ... and handlers that call context.write(), like health's Watch
             await produced
 
-    return handler._replace(request_deserializer=safe_decode, unary_stream=stream)
+    return handler._replace(request_deserializer=safe_decode, unary_stream=stream,
+                            response_serializer=_passing_serialised(handler.response_serializer))
+
+
+def _passing_serialised(serialize: Callable[[object], bytes] | None) -> Callable[[object], bytes] | None:
+    """A response-streaming handler may yield a message already serialised (bytes): a public stream builds one
+    update's message once for all its subscribers (exchange/node/pacing.py); it is sent as it is."""
+    if serialize is None:
+        return None
+
+    def serialize_or_pass(message: object) -> bytes:
+        return message if type(message) is bytes else serialize(message)
+
+    return serialize_or_pass
 
 
 class RequireClusterToken(grpc.aio.ServerInterceptor):

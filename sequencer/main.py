@@ -17,7 +17,13 @@ from prometheus_client import REGISTRY
 
 from discovery.consul import ConsulRegistry, session_checks
 from discovery.consul_kv import ConsulKV
-from exchange.cluster import LeaderRecord, add_cluster_arguments, peer_token, refuse_development_secret, token_metadata
+from exchange.cluster_common import (
+    LeaderRecord,
+    add_cluster_arguments,
+    peer_token,
+    refuse_development_secret,
+    token_metadata,
+)
 from exchange.cluster_config import agree_on_markets
 from exchange.dedup import DEFAULT_WINDOW, dedup_key
 from exchange.entry_signing import entry_is_authentic

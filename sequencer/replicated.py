@@ -4,7 +4,7 @@
 Keys (docs/ha.md):
 
 * `exchange/sequencer/leader`: the lock; held by the leader's session, its value names the leader (id and
-  gRPC address: how nodes find it, `exchange.cluster.LeaderRecord`).
+  gRPC address: how nodes find it, `exchange.cluster_common.LeaderRecord`).
 * `exchange/log/heads/<market>`: the market's head: the last number committed, the first number of the last
   batch, and the session that wrote it (`Head`).
 * `exchange/log/batches/<market>/<first number, 20 digits>`: one group-commit batch: a `LogBatch` of signed
@@ -33,7 +33,7 @@ import functools
 import logging
 import time
 
-from exchange.cluster import SEQUENCER_LEADER_KEY
+from exchange.cluster_common import SEQUENCER_LEADER_KEY
 from sequencer.ha.commit import Committer
 from sequencer.ha.records import STOPPING, Pending
 from sequencer.log import Recovered, RoleCallbacks, StoredEntry

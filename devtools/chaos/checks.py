@@ -16,11 +16,11 @@ import grpc
 
 from devtools.chaos.records import AMBIGUOUS_NAMES, CALL_TIMEOUT, DEFINITE_FAILURES, MAX_ATTEMPTS, Ledger, Report
 from devtools.chaos.workload import Clients
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import Replay, market_data_differences, read_log, read_replica_log, replay
 from exchange import engine as eng
-from exchange.cluster import parse_markets
-from exchange.node import convert
+from exchange.cluster_common import parse_markets
+from exchange.node import order_messages
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -160,26 +160,26 @@ class Checks:
         for change in self.ledger.changes:
             if change.code != "OK":
                 continue
-            response = change.response
-            assert response is not None
-            command = result.commands.get(change.market, {}).get(response.seq)
+            answer = change.response
+            assert answer is not None
+            command = result.commands.get(change.market, {}).get(answer.seq)
             kind = "cancel_order" if change.kind == "cancel" else "amend_order"
             if command is None or command.WhichOneof("kind") != kind or \
                     getattr(command, kind).order_id != change.order_id:
                 report.divergences += 1
                 violation(f"acknowledged {change.kind} of {change.market}#{change.order_id} is not in the "
-                          f"log at {response.seq}")
+                          f"log at {answer.seq}")
                 continue
-            events = result.events[change.market][response.seq]
-            if isinstance(response, pb.CancelOrderResponse):
+            events = result.events[change.market][answer.seq]
+            if isinstance(answer, pb.CancelOrderResponse):
                 cancelled = sum(e.size for e in events if isinstance(e, eng.OrderCancelled))
-                if cancelled != response.cancelled_size:
+                if cancelled != answer.cancelled_size:
                     report.divergences += 1
-                    violation(f"cancel of {change.market}#{change.order_id}: told {response.cancelled_size} "
+                    violation(f"cancel of {change.market}#{change.order_id}: told {answer.cancelled_size} "
                               f"cancelled, the replay cancels {cancelled}")
             else:
-                trades = [convert.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
-                if list(response.trades) != trades:
+                trades = [order_messages.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
+                if list(answer.trades) != trades:
                     report.divergences += 1
                     violation(f"amend of {change.market}#{change.order_id}: trades differ from the replay")
 
@@ -204,9 +204,11 @@ class Checks:
                 continue
             for market, entries in logs.items():
                 length = len(entries)
+                def holds_log(i: int = index, m: str = market, n: int = length) -> bool:
+                    return cluster.sequencer_view(i, m)[1] >= n
+
                 try:
-                    wait_until(lambda i=index, m=market, n=length: cluster.sequencer_view(i, m)[1] >= n, 30,
-                               f"{cluster.sequencer_name(index)} to hold {market}'s log")
+                    wait_until(holds_log, 30, f"{cluster.sequencer_name(index)} to hold {market}'s log")
                     copy = read_replica_log(cluster, index, market, len(entries))
                 except (TimeoutError, grpc.RpcError) as error:
                     copy, problem = [], str(error)
@@ -254,7 +256,9 @@ def placements(result: Replay) -> dict[tuple[str, str], list[int]]:
     return places
 
 
-def _short(response: pb.CreateOrderResponse) -> str:
+def _short(response: pb.CreateOrderResponse | None) -> str:
+    if response is None:
+        return "no answer"
     trades = [(t.price, t.size, t.maker_order_id) for t in response.trades]
     return (f"seq {response.seq} {pb.OrderStatus.Name(response.status)} filled {response.filled_size} "
             f"remaining {response.remaining_size} trades {trades}")

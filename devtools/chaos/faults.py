@@ -25,8 +25,8 @@ import grpc
 from devtools.chaos.records import Config, Ledger, OrderRecord
 from devtools.chaos.replays import Replays
 from devtools.chaos.workload import Clients
-from devtools.cluster import Cluster, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import Cluster, wait_until
 from discovery import DiscoveryError
 from discovery.consul import ConsulRegistry
 from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE, split_host_port
@@ -169,7 +169,7 @@ class Faults:
             self.ledger.expected_down.discard("consul")
         wanted = {self.cluster.node_id(i) for i in range(self.config.nodes)}
         try:
-            wait_until(lambda: self.registered(PEER_SERVICE) >= wanted and self.registered(SEQUENCER_SERVICE), 30,
+            wait_until(lambda: self.registered(PEER_SERVICE) >= wanted and bool(self.registered(SEQUENCER_SERVICE)), 30,
                        "the nodes and the Sequencer to re-register in Consul", interval=0.5)
         except TimeoutError as error:
             self.ledger.violation(f"after the Consul restart: {error} (registered: "

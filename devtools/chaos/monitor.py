@@ -6,7 +6,7 @@ import threading
 import time
 
 from devtools.chaos.records import Ledger
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 
 
 class Monitor:

@@ -13,9 +13,9 @@ import time
 import grpc
 
 from devtools.chaos.records import AMBIGUOUS, CALL_TIMEOUT, PRICES, Ledger
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.verify import read_log
-from exchange.cluster import peer_token
+from exchange.cluster_common import peer_token
 from exchange.shared.wire import TOKEN_HEADER
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2

@@ -19,9 +19,9 @@ from devtools.chaos.faults import Faults
 from devtools.chaos.monitor import Monitor
 from devtools.chaos.records import CLIENT_TIMEOUT, MAX_ATTEMPTS, Config, Ledger, Report
 from devtools.chaos.workload import Clients
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.netns import NetNamespaces
-from exchange.cluster import parse_markets
+from exchange.cluster_common import parse_markets
 
 
 class Run:

@@ -28,7 +28,7 @@ from devtools.chaos.records import (
     Ledger,
     OrderRecord,
 )
-from devtools.cluster import DEFAULT_ACCOUNT, Cluster
+from devtools.local_cluster import DEFAULT_ACCOUNT, Cluster
 from devtools.workload import Workload
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -52,8 +52,8 @@ class Clients:
         # every self-trade prevention mode: clients share accounts (account), so their orders meet their own
         self.workload = Workload(markets=tuple(markets), prices=PRICES, sides="either", invalid_share=0.03, types={
             types_pb2.LIMIT: 50, types_pb2.MARKET: 8, types_pb2.IOC: 14, types_pb2.FOK: 14, types_pb2.POST_ONLY: 14},
-            stp={0: 4, types_pb2.CANCEL_TAKER: 1, types_pb2.CANCEL_MAKER: 2, types_pb2.CANCEL_BOTH: 1,
-                 types_pb2.DECREMENT: 2})
+            stp={types_pb2.SELF_TRADE_PREVENTION_UNSPECIFIED: 4, types_pb2.CANCEL_TAKER: 1, types_pb2.CANCEL_MAKER: 2,
+                 types_pb2.CANCEL_BOTH: 1, types_pb2.DECREMENT: 2})
         self.stop = threading.Event()  # set when the load phase ends
         self.tickets = 0
         self.channels: list[grpc.Channel] = []
@@ -182,7 +182,7 @@ class Clients:
                 change = ChangeRecord("amend", node, market, order_id)
                 self.change(stubs, change, pb.AmendOrderRequest(market=market, order_id=order_id, size=size,
                                                                  limit_price=price))
-                if change.response is not None and change.response.remaining_size:
+                if isinstance(change.response, pb.AmendOrderResponse) and change.response.remaining_size:
                     resting.append((market, order_id))
             if change.code in AMBIGUOUS_NAMES:
                 avoid_until[node] = time.monotonic() + AVOID_S

@@ -11,7 +11,8 @@
 
 Results are frozen dataclasses (`exchange.client.types`) with ints for prices (ticks) and sizes (lots). Failures
 are the exchange's one error hierarchy (`exchange.errors`: `NotFound`, `InvalidArgument`, ... each with `code`,
-`message` and `retriable`). Retries and failover: `exchange.client.core` (docs/client.md).
+`message` and `retriable`). Retries and failover: `exchange.client.core` (docs/client.md). `sync.py` is generated
+from `aio.py` (devtools/unasync.py, `make client-sync`): edit `aio.py`.
 
 May import only the shared floor (`exchange.shared`, `exchange.errors`, the stubs `exchange.v1`): importing
 the client loads neither the engine, the node, the Sequencer, discovery, py-consul nor sortedcontainers

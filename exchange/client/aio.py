@@ -1,14 +1,19 @@
-"""The asyncio client: `AsyncClient` and `AsyncBookSubscription`, the same API as `Client` with `await`.
+"""The asyncio client: `AsyncClient`, and `AsyncBookSubscription` (a local L2 book kept current by a background task).
 
-Every decision is made by `exchange.client.core` and `exchange.client.book` (shared with the sync client);
-this module only calls and waits, on grpc.aio channels.
+Every decision (which node, when and whether to retry, what a result means) is made by `exchange.client.core`
+and `exchange.client.book`, which both clients share; this module only calls and waits.
+
+One source, two clients: `exchange/client/sync.py` (the blocking client) is generated from `exchange/client/aio.py`
+(the asyncio one) by devtools/unasync.py (`make client-sync`), which drops `async` and `await` and renames
+(docs/client.md): edit aio.py only. What each does its own way (tasks or threads, the duplex order-entry stream)
+is in `exchange.client.aio_concurrency` and its twin `sync_concurrency`, under the same names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -16,10 +21,11 @@ import grpc
 from exchange.client import core
 from exchange.client import market_data as md
 from exchange.client import types as t
+from exchange.client.aio_concurrency import Changes, Worker, entry_stream
 from exchange.client.book import STREAM_ENDED, Diverged, SubscriptionBase
 from exchange.client.core import ClientBase, Operation, RetryPlan, Safety
 from exchange.client.nodes import ConsulNodes
-from exchange.errors import ExchangeError, error_from_rpc
+from exchange.errors import DeadlineExceeded, ExchangeError, Unavailable, error_from_rpc
 from exchange.v1 import exchange_pb2 as pb
 
 R = TypeVar("R")
@@ -27,12 +33,19 @@ E = TypeVar("E")
 
 
 class AsyncClient(ClientBase):
-    """`Client` for asyncio: the same arguments, methods and results; calls are coroutines, `events()` an async
-    iterator, `subscribe_book()` an awaitable async context manager. Make and use it inside one event loop."""
+    """A connection to an exchange cluster: orders, books, events, with failover between nodes.
+
+    `nodes`: addresses ("host:port", a list or a comma-separated string) or a NodeSource such as
+    `ConsulNodes("127.0.0.1:8500")`. `connection`: TLS credentials, API key, metadata, channel options.
+    `policy`: retry and failover timing. `stub_factory`: builds the ExchangeNode stub for an address (tests).
+    Make and use it inside one event loop. Use as a context manager (`async with`), or call `close()`."""
 
     @classmethod
     def from_consul(cls, consul: str = "127.0.0.1:8500", **options: Any) -> AsyncClient:
+        """A client of the nodes Consul lists as passing `peer-server` instances."""
         return cls(ConsulNodes(consul), **options)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
 
     def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
         if self.connection.credentials is None:
@@ -73,6 +86,7 @@ class AsyncClient(ClientBase):
     # -- orders -----------------------------------------------------------------------------------------
 
     async def place(self, order: t.NewOrder, timeout: float | None = None) -> t.OrderResult:
+        """Places `order`, retrying (on another node if need be) until `timeout` seconds have passed."""
         return await self._run(core.create_order(order), timeout)
 
     async def create_order(
@@ -90,13 +104,21 @@ class AsyncClient(ClientBase):
     async def cancel_order(self, order_id: int, *, market: str = "", timeout: float | None = None) -> t.CancelResult:
         return await self._run(core.cancel_order(order_id, market), timeout)
 
-    async def amend_order(self, order_id: int, size: int, price: int | None = None, *, market: str = "",
-                          timeout: float | None = None) -> t.AmendResult:
+    async def amend_order(
+        self, order_id: int, size: int, price: int | None = None, *, market: str = "", timeout: float | None = None,
+    ) -> t.AmendResult:
+        """New remaining `size` and (optionally) `price`. Not retried after an ambiguous failure: see core."""
         return await self._run(core.amend_order(order_id, size, price, market), timeout)
 
-    async def submit_many(self, orders: Iterable[t.NewOrder], *, batch_size: int = 100, window: int = 1000,
-                          timeout: float | None = None) -> list[t.OrderResult | ExchangeError]:
-        """See `Client.submit_many`."""
+    async def submit_many(
+        self, orders: Iterable[t.NewOrder], *, batch_size: int = 100, window: int = 1000, timeout: float | None = None,
+    ) -> list[t.OrderResult | ExchangeError]:
+        """Places many orders over the OrderEntryBatch stream, at most `window` in flight, in batches of
+        `batch_size`; returns one result or error per order, in order. A broken stream is reopened (on another
+        node if need be) and the orders it had not answered are sent again: their client_order_ids make that
+        safe. Paced to the account's rate limit: an order refused with "retry in N ms" is sent again once that
+        has passed (`stats.paced_orders`, `stats.paced_seconds`). `timeout`: the longest to go on without any
+        answer (the policy's timeout by default)."""
         entries = core.EntryWindow(core.entry_requests(orders), batch_size, window)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while not entries.done:
@@ -107,7 +129,7 @@ class AsyncClient(ClientBase):
                 break
             if attempt.delay:
                 await asyncio.sleep(attempt.delay)
-            error = await self._entry_stream(attempt, entries, plan)
+            error = await entry_stream(self.stub(attempt.address), self._metadata, attempt, entries, plan)
             if error is None:
                 plan.succeeded(attempt)
                 continue
@@ -121,58 +143,21 @@ class AsyncClient(ClientBase):
         self.stats.paced_seconds += entries.paced_seconds
         return entries.final()
 
-    async def _entry_stream(self, attempt: core.Attempt, entries: core.EntryWindow,
-                            plan: RetryPlan) -> ExchangeError | grpc.RpcError | None:
-        call = self.stub(attempt.address).OrderEntryBatch(metadata=self._metadata)
-        room = asyncio.Event()
-        room.set()
-
-        async def write() -> None:
-            while not entries.done:
-                batch = entries.next_batch()
-                if batch is None:
-                    if (pause := entries.pause()) > 0:  # paced to the account's rate limit
-                        await asyncio.sleep(pause)
-                        continue
-                    room.clear()
-                    await room.wait()
-                    continue
-                await call.write(batch)
-            await call.done_writing()
-
-        writer = asyncio.ensure_future(write())
-        try:
-            while not entries.done:
-                try:
-                    result = await asyncio.wait_for(call.read(), attempt.timeout)
-                except TimeoutError:
-                    return core.DeadlineExceeded(f"no answer from {attempt.address} for {attempt.timeout:.1f}s")
-                if result is grpc.aio.EOF:
-                    return core.Unavailable("the order entry stream ended early")
-                entries.on_result(result)
-                plan.progress()
-                room.set()
-            return None
-        except grpc.RpcError as error:
-            return error
-        except ExchangeError as error:
-            return error
-        finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError, Exception):
-                await writer
-            call.cancel()
-
     # -- reads ------------------------------------------------------------------------------------------
 
     async def get_order(self, order_id: int, *, market: str = "", timeout: float | None = None) -> t.Order:
         return await self._run(core.get_order(order_id, market), timeout)
 
-    async def get_book(self, market: str = "", depth: int = 10, *, all_levels: bool = False,
-                       include_orders: bool = False, timeout: float | None = None) -> t.Book:
+    async def get_book(
+        self, market: str = "", depth: int = 10, *, all_levels: bool = False, include_orders: bool = False,
+        timeout: float | None = None,
+    ) -> t.Book:
+        """The node's book: `depth` levels per side (or `all_levels`), with each level's orders if
+        `include_orders` (L3: order ids and sizes, no owners)."""
         return await self._run(core.get_book(market, depth, all_levels, include_orders), timeout)
 
     async def node_status(self, address: str, timeout: float = 3.0) -> t.NodeStatus:
+        """GetStatus of the node at `address` itself (no failover: this asks about that node)."""
         operation = core.get_status(address)
         try:
             answer = await self.stub(address).GetStatus(operation.request, timeout=timeout, metadata=self._metadata)
@@ -181,7 +166,7 @@ class AsyncClient(ClientBase):
         return operation.convert(answer)
 
     async def list_orders(self, market: str = "", *, timeout: float | None = None) -> list[t.Order]:
-        """See `Client.list_orders`."""
+        """The caller's open orders in `market` (every page), oldest first."""
         orders: list[t.Order] = []
         token = ""
         while True:
@@ -191,16 +176,21 @@ class AsyncClient(ClientBase):
                 return orders
 
     def events(self, market: str = "", from_seq: int = 0, *, timeout: float | None = None) -> AsyncIterator[t.Event]:
-        """See `Client.events`."""
+        """Every event of `market` from `from_seq` (0: from now on), then live, without end. A broken stream is
+        resumed where it stopped, on another node if need be, with no event lost or repeated; `timeout`: the
+        longest to go on trying to reconnect."""
         return self._follow("StreamEvents", pb.StreamEventsRequest, t.event_from_pb, market, from_seq, timeout)
 
-    def order_events(self, market: str = "", from_seq: int = 0, *,
-                     timeout: float | None = None) -> AsyncIterator[t.OrderEvent]:
-        """See `Client.order_events`."""
+    def order_events(
+        self, market: str = "", from_seq: int = 0, *, timeout: float | None = None,
+    ) -> AsyncIterator[t.OrderEvent]:
+        """What happens to the caller's own orders in `market` (fills from their side), like `events`."""
         return self._follow("StreamOrders", pb.StreamOrdersRequest, t.order_event_from_pb, market, from_seq, timeout)
 
-    async def _follow(self, method: str, request_type: Callable[..., Any], convert: Callable[[Any], E], market: str,
-                      from_seq: int, timeout: float | None) -> AsyncIterator[E]:
+    async def _follow(
+        self, method: str, request_type: Callable[..., Any], convert: Callable[[Any], E], market: str, from_seq: int,
+        timeout: float | None,
+    ) -> AsyncIterator[E]:
         position = core.StreamPosition.starting_at(from_seq)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while True:
@@ -216,22 +206,26 @@ class AsyncClient(ClientBase):
             except grpc.RpcError as error:
                 plan.failed(attempt, error)
                 continue
-            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+            plan.failed(attempt, Unavailable(f"{attempt.address} ended the stream"))
 
     # -- public market data: trades, candles, ticker (exchange.client.market_data) ----------------------
 
-    async def trades(self, market: str = "", from_seq: int = 0, *,
-                     timeout: float | None = None) -> AsyncIterator[md.PublicTrade]:
-        """See `Client.trades`."""
+    async def trades(
+        self, market: str = "", from_seq: int = 0, *, timeout: float | None = None,
+    ) -> AsyncIterator[md.PublicTrade]:
+        """The public trades of `market` from sequence `from_seq` (0: from now on), then live, without end. A
+        broken stream resumes after the last trade seen, on another node if need be, with no trade lost or
+        repeated; OutOfRange if the node no longer retains trades that far back. `timeout`: the longest to go
+        on trying to reconnect."""
         position = md.TradePosition(from_seq)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while True:
             attempt = plan.next()
             if attempt.delay:
                 await asyncio.sleep(attempt.delay)
+            stream = self.stub(attempt.address).StreamTrades(position.request(market), metadata=self._metadata)
             try:
-                async for message in self.stub(attempt.address).StreamTrades(position.request(market),
-                                                                            metadata=self._metadata):
+                async for message in stream:
                     plan.progress()
                     for trade in message.trades:
                         if position.accept(trade):
@@ -239,67 +233,70 @@ class AsyncClient(ClientBase):
             except grpc.RpcError as error:
                 plan.failed(attempt, error)
                 continue
-            plan.failed(attempt, core.Unavailable(f"{attempt.address} ended the stream"))
+            plan.failed(attempt, Unavailable(f"{attempt.address} ended the stream"))
 
-    async def get_trades(self, market: str = "", limit: int = 100, *, before: int = 0,
-                         timeout: float | None = None) -> md.TradesPage:
-        """See `Client.get_trades`."""
+    async def get_trades(
+        self, market: str = "", limit: int = 100, *, before: int = 0, timeout: float | None = None,
+    ) -> md.TradesPage:
+        """Recent trades, most recent first; `before`: a trade id, for the page of older ones."""
         return await self._run(md.get_trades(market, limit, before), timeout)
 
-    async def get_candles(self, market: str = "", interval: str = "1m", *, from_ms: int = 0, to_ms: int = 0,
-                          limit: int = 100, timeout: float | None = None) -> md.Candles:
-        """See `Client.get_candles`."""
+    async def get_candles(
+        self, market: str = "", interval: str = "1m", *, from_ms: int = 0, to_ms: int = 0, limit: int = 100,
+        timeout: float | None = None,
+    ) -> md.Candles:
+        """The latest `limit` candles of `interval` (1m, 5m, 15m, 1h, 1d) starting in [from_ms, to_ms)."""
         return await self._run(md.get_candles(market, interval, from_ms, to_ms, limit), timeout)
 
     async def get_ticker(self, market: str = "", *, timeout: float | None = None) -> md.Ticker:
         return await self._run(md.get_ticker(market), timeout)
 
-    async def subscribe_book(self, market: str = "", depth: int = 10, *,
-                             timeout: float | None = None) -> AsyncBookSubscription:
-        """See `Client.subscribe_book`: `async with await client.subscribe_book(...) as book:`."""
+    async def subscribe_book(
+        self, market: str = "", depth: int = 10, *, timeout: float | None = None,
+    ) -> AsyncBookSubscription:
+        """A local L2 view of `market` (its best `depth` levels per side, 10 to 1000: the top-10 checksum needs 10;
+        for fewer, read `book(depth=3)` of a depth-10 view) kept current from StreamBook by a background task. Every
+        message is checked (no gap, the node's top-10 checksum); a failed check or a broken stream makes it
+        resubscribe for a new snapshot by itself, on another node if need be (counted in `stats`). Returns once the
+        first snapshot is loaded. Use as a context manager
+        (`async with await client.subscribe_book(...) as book:`), or call `close()`."""
         subscription = AsyncBookSubscription(self, market, depth, timeout)
         await subscription.start()
         return subscription
 
 
 class AsyncBookSubscription(SubscriptionBase):
-    """See `BookSubscription`; its background work runs as a task on the client's event loop."""
+    """See `AsyncClient.subscribe_book`: `book()` reads the local view, `wait_for(seq)` waits for a seq."""
 
     def __init__(self, client: AsyncClient, market: str, depth: int, timeout: float | None) -> None:
         super().__init__(market, depth, timeout)
         self.client = client
-        self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
+        self._changed = Changes()
+        self._worker = Worker(self._follow, f"book-{market or 'default'}")
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._follow())
-        with contextlib.suppress(TimeoutError):
-            await self.wait_until(lambda: self._tracker.book is not None or self._error is not None,
-                                  self.timeout or self.client.policy.timeout)
+        self._worker.start()
+        timeout = self.timeout or self.client.policy.timeout
+        await self._changed.wait_until(lambda: self._tracker.book is not None or self._error is not None, timeout)
         if self._tracker.book is None:
             await self.close()
-            raise self._error or core.DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
+            raise self._error or DeadlineExceeded(f"no snapshot of {self.market or 'the default market'}")
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return self._changed.guard()
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Waits until `condition()` (checked after each message) holds; False if it does not within `timeout`."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(condition), timeout)
-            except TimeoutError:
-                return False
-            return True
+        return await self._changed.wait_until(condition, timeout)
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
         """Waits until the local view reflects `seq` or later; False if it does not within `timeout`."""
-        reached = await self.wait_until(
+        reached = await self._changed.wait_until(
             lambda: self._error is not None or self._tracker.book is not None and self._tracker.seq >= seq, timeout)
         return reached and self._error is None
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._worker.stop(self._cancel_call)
 
     async def __aenter__(self) -> AsyncBookSubscription:
         return self
@@ -307,50 +304,53 @@ class AsyncBookSubscription(SubscriptionBase):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    def _resync(self, reason: str) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        if self._tracker.book is not None:
-            self._tracker.resync(reason)
-            if reason == STREAM_ENDED:
-                self._tracker.stats.reconnects += 1
+    def _cancel_call(self) -> None:
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     async def _follow(self) -> None:
-        """See `BookSubscription._follow`."""
+        """Follows StreamBook: a new stream (a new snapshot) after any gap, wrong checksum or break."""
         client, tracker = self.client, self._tracker
         plan = RetryPlan(client.nodes, client.policy, Safety.IDEMPOTENT, self.timeout)
-        while True:
+        while not self._worker.stopped:
             try:
                 attempt = plan.next()
-            except ExchangeError as final:
-                self._error = final
-                await self._notify()
+            except ExchangeError as error:
+                await self._fail(error)
                 return
-            await asyncio.sleep(attempt.delay)
+            await self._worker.pause(attempt.delay)
             self._address = attempt.address
             try:
                 self._call = client.stub(attempt.address).StreamBook(self._request(), metadata=client._metadata)
                 async for message in self._call:
-                    tracker.on_message(message)
+                    async with self._changed:
+                        tracker.on_message(message)
                     plan.succeeded(attempt)
                     plan.progress()
-                    await self._notify()
-                error: ExchangeError | grpc.RpcError = core.Unavailable(f"{attempt.address} ended the stream")
+                broken: ExchangeError | grpc.RpcError = Unavailable(f"{attempt.address} ended the stream")
             except Diverged as diverged:
-                self._resync(diverged.reason)
-                await self._notify()
+                await self._resync(diverged.reason)
                 continue
-            except grpc.aio.AioRpcError as failure:
-                error = failure
-            self._resync(STREAM_ENDED)
-            await self._notify()
+            except grpc.RpcError as failure:
+                if self._worker.stopped:
+                    return
+                broken = failure
+            await self._resync(STREAM_ENDED)
             try:
-                plan.failed(attempt, error)
+                plan.failed(attempt, broken)
             except ExchangeError as final:
-                self._error = final
-                await self._notify()
+                await self._fail(final)
                 return
+
+    async def _resync(self, reason: str) -> None:
+        self._cancel_call()
+        async with self._changed:
+            if self._tracker.book is not None:
+                self._tracker.resync(reason)
+                if reason == STREAM_ENDED:
+                    self._tracker.stats.reconnects += 1
+
+    async def _fail(self, error: ExchangeError) -> None:
+        async with self._changed:
+            self._error = error

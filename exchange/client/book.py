@@ -87,7 +87,7 @@ class BookTracker:
             for level in levels:
                 book.set(side, level.price, (level.size, level.order_count))
         self.seq, self.market = message.last_seq, message.market or self.market
-        local = book.checksum(self.depth)
+        local = book.checksum()
         if local != message.checksum:
             raise Diverged(CHECKSUM, f"at seq {message.last_seq}: local {local}, node {message.checksum}")
         if book.count(LevelSide.BUY) > self.depth or book.count(LevelSide.SELL) > self.depth:

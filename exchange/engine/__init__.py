@@ -8,19 +8,19 @@ Sequencing
     unknown market: ``UnknownMarketError``; an ``account`` that is not a str: ``TypeError``), and then
     always consumes the seq, even if the command is rejected. Every market-level failure is an
     ``OrderRejected`` event, never an exception, and leaves the book unchanged. An order's id is the seq of
-    its ``SubmitOrder``; trade ids count from 1 per market.
+    its ``PlaceOrder``; trade ids count from 1 per market.
 
 Accounts and ownership
     Every command carries the ``account`` it acts for (a str; "" is "no account", for tools and commands
     from before accounts), so every replica and every replay knows each order's owner. The account of a
-    ``SubmitOrder`` owns the order. A cancel or amend of an order of another account is rejected with
+    ``PlaceOrder`` owns the order. A cancel or amend of an order of another account is rejected with
     NOT_ORDER_OWNER (the book does not change); "" owns its orders like any other value (a cancel from ""
     of an order of "" is allowed, from "alice" it is NOT_ORDER_OWNER). Every event names the account(s) of
     the order(s) it concerns in its last field(s): ``OrderFilled`` has ``maker_account`` and
     ``taker_account``, ``OrderRejected`` the command's account, every other event its order's owner.
     Consumers filter a trader's own view with them; public market data drops them.
 
-Self-trade prevention (``SubmitOrder.stp``, a ``SelfTradePrevention``; default CANCEL_TAKER)
+Self-trade prevention (``PlaceOrder.stp``, a ``SelfTradePrevention``; default CANCEL_TAKER)
     An incoming order never trades with a resting order of its own non-empty account; orders of "" never
     trigger it. Wherever the matching walk (price-time priority, otherwise unchanged) meets such a resting
     order, the incoming order's mode decides, and its events stand where the trade would have been, the
@@ -43,7 +43,7 @@ Self-trade prevention (``SubmitOrder.stp``, a ``SelfTradePrevention``; default C
     order. POST_ONLY never takes, so self-trade prevention never applies to it. A resting order keeps its
     mode: an amend that makes it cross applies that mode to it as the incoming order.
 
-Submitting (``SubmitOrder``)
+Submitting (``PlaceOrder``)
     Events: ``OrderAccepted``, one ``OrderFilled`` per trade in match order (best price first, FIFO within
     a price, each at the maker's price) with self-trade prevention's events among them, then
     ``OrderRested`` (LIMIT/POST_ONLY remainder) or ``OrderCancelled`` (IOC remainder: IOC_REMAINDER;
@@ -98,7 +98,7 @@ Enums
     ``Side``, ``OrderType``, ``SelfTradePrevention``, ``RejectReason``, ``CancelReason`` are ``IntEnum``s.
     ``SIDES``, ``ORDER_TYPES`` and ``SELF_TRADE_PREVENTIONS`` map an int value to its member (protobuf's
     values are the same, see types.proto; a protobuf self-trade prevention enum must keep these numbers):
-    every layer decodes numbers with them. ``SubmitOrder`` also takes
+    every layer decodes numbers with them. ``PlaceOrder`` also takes
     the plain ints and normalises them; any other value of ``side``, ``order_type`` or ``stp`` replays into
     its rejection (INVALID_SIDE, INVALID_ORDER_TYPE, INVALID_SELF_TRADE_PREVENTION).
 
@@ -134,11 +134,11 @@ from exchange.engine.model import (
     OrderRested,
     OrderType,
     OrderView,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
     SequenceError,
     Side,
-    SubmitOrder,
     UnknownMarketError,
 )
 
@@ -166,6 +166,6 @@ __all__ = [
     "SelfTradePrevention",
     "SequenceError",
     "Side",
-    "SubmitOrder",
+    "PlaceOrder",
     "UnknownMarketError",
 ]

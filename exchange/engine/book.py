@@ -72,10 +72,10 @@ from exchange.engine.model import (
     OrderRejected,
     OrderRested,
     OrderType,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
     Side,
-    SubmitOrder,
 )
 from exchange.engine.sides import (
     ACCOUNT,
@@ -123,8 +123,8 @@ class Book:
 
     # -------------------------------------------------------------------------------------- commands
 
-    def submit(self, cmd: SubmitOrder) -> list[Event]:
-        """Every submit. Rejections are decided before any trade (nothing changes then).
+    def place(self, cmd: PlaceOrder) -> list[Event]:
+        """Every new order. Rejections are decided before any trade (nothing changes then).
 
         Check order: side, order type, self-trade prevention mode, size (bounds, lot), price (presence,
         bounds, tick), then the book: POST_ONLY_WOULD_TAKE, FOK_CANNOT_FILL, NO_LIQUIDITY. The most common
@@ -200,8 +200,8 @@ class Book:
                 events.append(_new(OrderCancelled, (market, seq, seq, remaining, why, account)))
         return events
 
-    def _decode(self, cmd: SubmitOrder) -> tuple[Side, OrderType, SelfTradePrevention] | list[Event]:
-        """The slow path of ``submit``'s checks: the command's side, type and mode decoded, or its rejection.
+    def _decode(self, cmd: PlaceOrder) -> tuple[Side, OrderType, SelfTradePrevention] | list[Event]:
+        """The slow path of ``place``'s checks: the command's side, type and mode decoded, or its rejection.
 
         A logged command may carry any value (model.py): a plain int that is a member's value becomes the enum,
         anything else (even an unhashable value) None, which ``MarketConfig.order_error`` refuses."""

@@ -18,9 +18,9 @@ from exchange.engine.model import (
     Event,
     MarketConfig,
     OrderView,
+    PlaceOrder,
     SequenceError,
     Side,
-    SubmitOrder,
     UnknownMarketError,
 )
 from exchange.engine.sides import ACCOUNT, ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, STP, Order
@@ -68,8 +68,8 @@ class Engine:
         seq = command.seq
         if seq != book.last_seq + 1 or type(seq) is not int:
             raise SequenceError(book.market, book.last_seq + 1, seq)
-        if type(command) is SubmitOrder:
-            events = book.submit(command)
+        if type(command) is PlaceOrder:
+            events = book.place(command)
         elif type(command) is CancelOrder:
             events = book.cancel(command)
         elif type(command) is AmendOrder:

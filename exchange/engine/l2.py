@@ -49,7 +49,10 @@ from exchange.engine.model import (
 )
 
 CHECKSUM_LEVELS = 10  # levels per side the top checksum covers
-MAX_STREAM_DEPTH = 1000  # the deepest view a StreamBook subscriber may ask for
+# the views a StreamBook subscriber may ask for: at least the levels the checksum covers (CONTRACT section 8: the
+# checksum is over the best 10 levels of each side, so a view must hold them; Kraken's minimum is 10 too)
+MIN_STREAM_DEPTH = CHECKSUM_LEVELS
+MAX_STREAM_DEPTH = 1000
 Level = tuple[int, int, int]  # (price, total open size, order count)
 Value = tuple[int, int]  # (total open size, order count); (0, 0): no level
 GONE: Value = (0, 0)
@@ -57,14 +60,22 @@ SIDES = (Side.BUY, Side.SELL)
 _INF = float("inf")
 
 
-def top_checksum(asks: Iterable[tuple[int, int]], bids: Iterable[tuple[int, int]],
-                 levels: int = CHECKSUM_LEVELS) -> int:
-    """CONTRACT section 8's checksum of the first `levels` (price, size) of `asks` (lowest price first) and of
+def depth_problem(depth: int) -> str | None:
+    """Why a StreamBook `depth` is refused (None: it is accepted), in words a person can act on."""
+    if MIN_STREAM_DEPTH <= depth <= MAX_STREAM_DEPTH:
+        return None
+    return (f"depth must be {MIN_STREAM_DEPTH} to {MAX_STREAM_DEPTH}, got {depth}: the checksum covers the top "
+            f"{CHECKSUM_LEVELS} levels per side; for fewer levels, read the first N levels of a depth-"
+            f"{MIN_STREAM_DEPTH} view")
+
+
+def top_checksum(asks: Iterable[tuple[int, int]], bids: Iterable[tuple[int, int]]) -> int:
+    """CONTRACT section 8's checksum of the first 10 (price, size) of `asks` (lowest price first) and of
     `bids` (highest price first): unsigned CRC32 of their decimal ``price:size`` joined by ``:``."""
     parts: list[str] = []
     for side in (asks, bids):
         for count, (price, size) in enumerate(side):
-            if count == levels:
+            if count == CHECKSUM_LEVELS:
                 break
             parts += (str(price), str(size))
     return zlib.crc32(":".join(parts).encode("ascii"))
@@ -145,11 +156,11 @@ class LevelBook:
         book = self._sides[side]
         return book.sign * book.keys[0] if book.keys else None
 
-    def checksum(self, depth: int = CHECKSUM_LEVELS) -> int:
-        """`top_checksum` of this book's best min(10, `depth`) levels per side."""
-        n = min(CHECKSUM_LEVELS, depth)
+    def checksum(self) -> int:
+        """`top_checksum` of this book's best 10 levels per side."""
+        n = CHECKSUM_LEVELS
         return top_checksum([(p, s) for p, s, _ in self.top(Side.SELL, n)],
-                            [(p, s) for p, s, _ in self.top(Side.BUY, n)], n)
+                            [(p, s) for p, s, _ in self.top(Side.BUY, n)])
 
     # -- what a view's boundary needs (keys: sign * price, smaller is better) -----------------------------
 
@@ -189,8 +200,9 @@ class ViewDiff:
     __slots__ = ("depth", "sent", "limits", "sent_seq", "seen_seq", "position", "full_diffs")
 
     def __init__(self, feed: BookFeed, depth: int) -> None:
-        if not 1 <= depth <= MAX_STREAM_DEPTH:
-            raise ValueError(f"depth must be between 1 and {MAX_STREAM_DEPTH}, got {depth}")
+        problem = depth_problem(depth)
+        if problem:
+            raise ValueError(problem)
         book = feed.book
         self.depth = depth
         self.sent: dict[Side, dict[int, Value]] = {
@@ -204,7 +216,7 @@ class ViewDiff:
     def snapshot(self, feed: BookFeed) -> L2Update:
         """The view as first sent (the feed must be where the view was made)."""
         bids, asks = feed.book.top(Side.BUY, self.depth), feed.book.top(Side.SELL, self.depth)
-        return L2Update(self.sent_seq, self.sent_seq, tuple(bids), tuple(asks), feed.checksum(self.depth))
+        return L2Update(self.sent_seq, self.sent_seq, tuple(bids), tuple(asks), feed.checksum())
 
     def held_levels(self) -> int:
         return sum(len(s) for s in self.sent.values())
@@ -218,7 +230,7 @@ class ViewDiff:
         if seq == self.seen_seq:
             if not even_unchanged or self.sent_seq == seq:
                 return None
-            quiet = L2Update(self.sent_seq + 1, seq, (), (), feed.checksum(self.depth))
+            quiet = L2Update(self.sent_seq + 1, seq, (), (), feed.checksum())
             self.sent_seq = seq
             return quiet
         # views of one depth at the same place (they subscribed together, read in step) get the same update: the
@@ -283,7 +295,7 @@ class ViewDiff:
         self.seen_seq, self.position = seq, feed.clock
         if not sides[0] and not sides[1] and not even_unchanged:
             return None  # nothing in view changed: the next update covers these sequences too
-        update = L2Update(self.sent_seq + 1, seq, sides[0], sides[1], feed.checksum(self.depth))
+        update = L2Update(self.sent_seq + 1, seq, sides[0], sides[1], feed.checksum())
         self.sent_seq = seq
         return update
 
@@ -315,7 +327,7 @@ class BookFeed:
         # (side, price) -> the clock at its last touch, least recently touched first
         self._touched: OrderedDict[tuple[Side, int], int] = OrderedDict()
         self._forgotten = 0  # the clock of the last touch forgotten (views from before it compare whole views)
-        self._checksums: dict[int, tuple[int, int]] = {}  # checksum levels -> (seq, checksum)
+        self._checksum = (-1, 0)  # (seq, the top checksum at seq)
         # the updates views took at this sequence, by (depth, sent_seq, seen_seq, even_unchanged): ViewDiff.take
         self.takes: dict[tuple[int, int, int, bool], tuple[L2Update | None, dict[Side, float]]] = {}
 
@@ -353,7 +365,7 @@ class BookFeed:
         reread: set[tuple[Side, int]] = set()
         taker = command.order_id if type(command) is AmendOrder else command.seq
         # the hot kinds read by index: a NamedTuple's attribute is a slower descriptor
-        for event in cast(list[tuple[Any, ...]], events):
+        for event in cast("list[tuple[Any, ...]]", events):  # (a string: no generic built per call)
             kind = type(event)
             if kind is OrderRested:  # (market, seq, order_id, side, price, size, account)
                 add(event[3], event[4], event[5], 1)
@@ -391,14 +403,12 @@ class BookFeed:
         while len(touched) > self.log_limit:
             self._forgotten = touched.popitem(last=False)[1]
 
-    def checksum(self, depth: int) -> int:
-        """The top checksum of a view of `depth` now (computed once per sequence and number of levels)."""
-        n = min(depth, CHECKSUM_LEVELS)
-        cached = self._checksums.get(n)
-        if cached is not None and cached[0] == self.seq:
-            return cached[1]
-        value = self.book.checksum(n)
-        self._checksums[n] = (self.seq, value)
+    def checksum(self) -> int:
+        """The top checksum now (every view holds the top 10 levels: computed once per sequence)."""
+        seq, value = self._checksum
+        if seq != self.seq:
+            value = self.book.checksum()
+            self._checksum = (self.seq, value)
         return value
 
     def subscribe(self, depth: int) -> ViewDiff:

@@ -47,7 +47,7 @@ from exchange.shared.markets import (  # noqa: F401
 # --------------------------------------------------------------------------------------------- commands
 
 
-class SubmitOrder(NamedTuple):
+class PlaceOrder(NamedTuple):
     """A new order. ``size`` is positive; ``price`` is None for MARKET and required for every other type.
 
     The order's id is ``seq``. ``account`` owns it ("": no account; such orders never trigger self-trade
@@ -89,7 +89,7 @@ class AmendOrder(NamedTuple):
     account: str = ""
 
 
-Command = SubmitOrder | CancelOrder | AmendOrder
+Command = PlaceOrder | CancelOrder | AmendOrder
 
 
 # ----------------------------------------------------------------------------------------------- events
@@ -115,7 +115,7 @@ class OrderAccepted(NamedTuple):
 
 
 class OrderRejected(NamedTuple):
-    """``order_id`` is the command's seq for a submit, the target order id for a cancel or amend; ``account``
+    """``order_id`` is the command's seq for a new order, the target order id for a cancel or amend; ``account``
     is the command's."""
 
     market: str
@@ -193,7 +193,7 @@ class OrderAmended(NamedTuple):
 
 Event = OrderAccepted | OrderRejected | OrderFilled | OrderRested | OrderCancelled | OrderReduced | OrderAmended
 
-for _cls in (SubmitOrder, CancelOrder, AmendOrder,
+for _cls in (PlaceOrder, CancelOrder, AmendOrder,
              OrderAccepted, OrderRejected, OrderFilled, OrderRested, OrderCancelled, OrderReduced, OrderAmended):
     # type-aware equality (module docstring): mypy forbids assigning to methods, which is the point here
     _cls.__eq__ = _event_eq  # type: ignore[method-assign]

@@ -4,7 +4,7 @@
 * ``replica``: applies sequenced entries strictly in order; the books and what is derived from the log;
 * ``snapshots``: the replica's snapshots, for a peer (GetSnapshot) and on the node's disk, where it restarts from;
 * ``sequencing``: one pipeline per market: the gate batcher, catch-up and gap filling;
-* ``links``: the ``Sequencer`` and ``Peers`` shapes and the Sequencer's gRPC link; ``broadcast``: the peers'
+* ``sequencer_link``: the ``Sequencer`` and ``Peers`` shapes and the Sequencer's gRPC link; ``broadcast``: the peers'
   (``PeerSet``); both found via ``discovery``;
 * ``auth``: who is calling: API keys against the account registry, and each account's rate limit
   (``AccessControl``);
@@ -14,7 +14,7 @@
   orders: GetOrder, ListOrders, StreamOrders), ``reads`` (books, events, status), ``book_stream`` (StreamBook),
   ``market_data_rpcs`` (trades, candles, ticker) and ``peer_rpcs`` (the cluster's own calls);
   ``lifecycle``: SYNCING / SERVING / STOPPING;
-* ``convert``: request validation and protobuf <-> engine conversions.
+* ``order_messages``: request validation and protobuf <-> engine conversions.
 
 May import ``exchange.engine``, ``exchange.shared``, the processes' ``exchange`` modules and ``discovery``;
 never ``sequencer`` or ``exchange.client`` (devtools/layout.py checks it).

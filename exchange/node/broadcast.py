@@ -1,5 +1,5 @@
 """The node's broadcasts to its peers: one stream per peer (`PeerStream`), the set of passing peers found
-through discovery (`PeerSet`, the gRPC implementation of `exchange.node.links.Peers`).
+through discovery (`PeerSet`, the gRPC implementation of `exchange.node.sequencer_link.Peers`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 import grpc
 
 from discovery import Registry, ServiceInstance, Watch
-from exchange.cluster import token_metadata
+from exchange.cluster_common import token_metadata
 from exchange.errors import Unavailable
 from exchange.grpc_metrics import client_stream
 from exchange.node.metrics import STREAM_RECONNECTS, counters

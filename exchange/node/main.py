@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from discovery.consul import ConsulRegistry
 from discovery.consul_kv import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX
-from exchange.cluster import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
+from exchange.cluster_common import add_cluster_arguments, is_loopback, peer_token, refuse_development_secret
 from exchange.cluster_config import agree_on_markets
 from exchange.errors import ExchangeError
 from exchange.grpc_metrics import enable_client_metrics
@@ -21,9 +21,9 @@ from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta,
 from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccessControl, AccountRegistry, RateLimiter
 from exchange.node.broadcast import PeerSet
 from exchange.node.lifecycle import SERVING, STOPPING
-from exchange.node.links import Peers, Sequencer, SequencerLink
 from exchange.node.metrics import NodeGauges
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
+from exchange.node.sequencer_link import Peers, Sequencer, SequencerLink
 from exchange.node.sequencing import DEFAULT_GATE_DEPTH, MarketPipeline
 from exchange.node.service import ExchangeNodeService
 from exchange.node.snapshots import DEFAULT_EVERY, SnapshotStore, Snapshotter, adopt, position
@@ -165,7 +165,7 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.insecure_no_auth:
         accounts = AccountRegistry(secret)
         accounts.follow(lambda on_change: kv.watch_prefix(ACCOUNTS_PREFIX, on_change))
-    gate = AccessControl(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
+    access = AccessControl(accounts, None if accounts is None else RateLimiter(args.rate_limit, args.rate_burst))
     replica = Replica(markets, journal_size=args.journal_size)
     snapshotter = Snapshotter(SnapshotStore(args.data_dir or Path(".cluster") / node_id), replica, node_id,
                               args.snapshot_every)
@@ -177,7 +177,7 @@ async def serve(args: argparse.Namespace) -> None:
         )
         for market in replica.markets
     }
-    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, gate)
+    service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, access)
     exchange_pb2_grpc.add_ExchangeNodeServicer_to_server(service, server.server)
     if metrics_port is not None:
         REGISTRY.register(LoopCollector(asyncio.get_running_loop(), NodeGauges(

@@ -175,6 +175,11 @@ class Tape:
         if 0 <= trade_id < first - 1:
             raise self._out_of_range(market, f"trades after trade id {trade_id}")
         start = max(0, trade_id + 1 - first)
+        newer = len(trades) - start
+        if newer <= start:  # nearer the newest end (a reader keeping up): walked from there, not from the oldest
+            batch = list(islice(reversed(trades), newer))
+            batch.reverse()
+            return batch[:limit]
         return list(islice(trades, start, start + limit))
 
     def trades_before(self, market: str, before: int, limit: int) -> list[PublicTrade]:

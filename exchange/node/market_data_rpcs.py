@@ -3,33 +3,34 @@ is needed and no account is shown. A thin adapter over the replica's `MarketData
 what is retained and the refusals of what is not.
 
 StreamTrades reads the market's retained trades through a cursor (the last trade id sent), never through a queue
-of its own: a subscriber costs O(1) memory whatever its speed, and the replica only wakes the waiting streams
-(one event per entry that traded). A subscriber that falls further behind than the retained trades is ended with
+of its own: a subscriber costs O(1) memory whatever its speed, and the replica only notifies the market's pulse
+when an entry traded (exchange/node/pacing.py: the streams wake together at most every 50 ms, and those in step
+send one shared message). A subscriber that falls further behind than the retained trades is ended with
 OUT_OF_RANGE, like a resume from a sequence the node no longer retains.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
 
 from exchange.errors import InvalidArgument, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.lifecycle import NodeState
 from exchange.node.market_data import INTERVALS_MS, Candle, PublicTrade, Tape
+from exchange.node.pacing import Pulse, SharedMessages
 from exchange.node.replica import Applied, Replica
 from exchange.v1 import exchange_pb2 as pb
 
 MAX_LIMIT = 1_000  # trades per GetTrades page, candles per GetCandles answer
 STREAM_BATCH = 500  # trades a stream takes from the retained ones at a time: at most one message's
-BUILT_BATCHES = 64  # TradeBatch messages kept for subscribers reading in step (oldest dropped first)
 
 
 def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
     return pb.PublicTrade(market=market, trade_id=trade.trade_id, seq=trade.seq, price=trade.price, size=trade.size,
-                          aggressor_side=convert.proto_side(trade.aggressor), time_ms=trade.time_ms)
+                          aggressor_side=order_messages.proto_side(trade.aggressor), time_ms=trade.time_ms)
 
 
 def candle_message(candle: Candle) -> pb.Candle:
@@ -48,20 +49,19 @@ class MarketDataRPCs:
     def __init__(self, node: NodeState, replica: Replica) -> None:
         self.node = node
         self.replica = replica
-        # market -> the event StreamTrades subscribers wait on; set (and replaced) when an entry traded
-        self._traded = {market: asyncio.Event() for market in replica.markets}
-        self._built: dict[tuple[str, int, int], pb.TradeBatch] = {}  # (market, after id, last id) -> message
+        # market -> what its StreamTrades subscribers wait on: notified when an entry traded
+        self._traded = {market: Pulse() for market in replica.markets}
+        # TradeBatch messages by (market, after trade id, last trade id), for the subscribers reading in step
+        self._built = SharedMessages()
         for market in replica.markets:
             replica.on_applied(market, self._wake)
 
     def _wake(self, applied: Applied) -> None:
         if applied.traded:
-            market = applied.command.market
-            event, self._traded[market] = self._traded[market], asyncio.Event()
-            event.set()
+            self._traded[applied.command.market].notify()
 
     def _market(self, name: str) -> str:
-        return convert.resolve_market(self.replica.markets, name).symbol
+        return order_messages.resolve_market(self.replica.markets, name).symbol
 
     def _tape(self, market: str) -> Tape:
         return self.replica.market_data.tape(market)
@@ -69,37 +69,34 @@ class MarketDataRPCs:
     @rpc
     async def StreamTrades(
         self, request: pb.StreamTradesRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.TradeBatch]:
+    ) -> AsyncIterator[pb.TradeBatch | bytes]:
+        """Yields TradeBatch messages, serialised once for the subscribers in step (exchange/runtime.py sends bytes
+        as they are)."""
         market = self._market(request.market)
         if request.from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0 (0: from now on), got {request.from_seq}")
         self.node.require_serving()
+        pulse = self._traded[market]
         cursor = self._tape(market).stream_start(market, request.from_seq)
         while True:
             batch = self._tape(market).trades_after(market, cursor, STREAM_BATCH)
             if not batch:
-                await self._traded[market].wait()  # taken with no await since the read: no trade is missed
+                await pulse.wait()  # taken with no await since the read: no trade is missed
                 continue
-            if batch[0].seq >= request.from_seq:
-                yield self._batch_message(market, cursor, batch)
+            if batch[0].seq >= request.from_seq:  # trades after `cursor`: the same message for every one in step
+                yield self._built.get((market, cursor, batch[-1].trade_id),
+                                      functools.partial(self._batch_message, market, batch))
             else:  # the first batch of a resume: only the trades from from_seq on
                 trades = [public_trade(market, trade) for trade in batch if trade.seq >= request.from_seq]
                 if trades:
                     yield pb.TradeBatch(market=market, trades=trades)
             cursor = batch[-1].trade_id
+            if pulse.pending:  # trades came meanwhile: they merge until their pulse, in step with the others
+                await pulse.wait()
 
-    def _batch_message(self, market: str, cursor: int, batch: list[PublicTrade]) -> pb.TradeBatch:
-        """The message of the trades after `cursor` up to the batch's last, built once for every subscriber that
-        reads in step (most do: they wait on the same wake-up): building the trades' messages was most of a
-        reader's cost. Keeps the last BUILT_BATCHES messages."""
-        key = (market, cursor, batch[-1].trade_id)
-        message = self._built.get(key)
-        if message is None:
-            message = pb.TradeBatch(market=market, trades=[public_trade(market, trade) for trade in batch])
-            self._built[key] = message
-            while len(self._built) > BUILT_BATCHES:
-                del self._built[next(iter(self._built))]
-        return message
+    @staticmethod
+    def _batch_message(market: str, batch: list[PublicTrade]) -> pb.TradeBatch:
+        return pb.TradeBatch(market=market, trades=[public_trade(market, trade) for trade in batch])
 
     @rpc
     async def GetTrades(self, request: pb.GetTradesRequest, context: grpc.aio.ServicerContext) -> pb.GetTradesResponse:

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from exchange.metrics import SECONDS_BUCKETS, SIZE_BUCKETS, gauge
 
@@ -25,19 +26,12 @@ if TYPE_CHECKING:  # the node's parts import this module for `counters`
 
 counters: collections.Counter[str] = collections.Counter()
 
-ORDERS_RECEIVED = Counter("exchange_orders_received_total", "New orders received from clients (before any check).")
-ORDERS_ACCEPTED = Counter("exchange_orders_accepted_total",
-                          "New orders of this node's clients sequenced and applied without a rejection.", ["market"])
 ORDERS_REJECTED = Counter("exchange_orders_rejected_total",
                           "New orders refused: the engine's reason (applied, REJECTED) or the gRPC status they were "
                           "refused with before being sequenced.", ["reason"])
 COMMANDS_ABORTED = Counter("exchange_commands_aborted_total",
                            "Commands (orders, cancels, amends) ABORTED: invalidated by a stale view max-retries "
                            "times, never numbered.", ["market"])
-TRADES = Counter("exchange_trades_total", "Trades of the orders this node's clients sent (the taker's node counts).",
-                 ["market"])
-TRADED_SIZE = Counter("exchange_traded_size_total", "Size traded by those trades (the market's size units).",
-                      ["market"])
 GATE_SECONDS = Histogram("exchange_gate_round_trip_seconds",
                          "One gated request to the Sequencer: sent until answered.", ["market"],
                          buckets=SECONDS_BUCKETS)
@@ -56,19 +50,60 @@ REGISTRY_RECORDS_REFUSED = Counter("exchange_registry_records_refused_total",
 
 
 class MarketMetrics:
-    """One market's label children on a node, bound once (the hot path pays an increment each)."""
+    """One market's series on a node: `market_metrics(market)`, one per market and process. What every order
+    counts (accepted, trades, traded size) is a plain int, an increment of ~0.04 us where a prometheus_client
+    Counter.inc costs ~0.33 us (checks and a lock); `OrderCounts` reports them as counters at scrape time. The
+    rest, counted per gate round or rarely, are label children bound once."""
 
-    __slots__ = ("accepted", "aborted", "trades", "traded_size", "gate_seconds", "gate_batch", "catch_up_entries")
+    __slots__ = ("accepted", "trades", "traded_size", "aborted", "gate_seconds", "gate_batch", "catch_up_entries")
 
     def __init__(self, market: str) -> None:
-        self.accepted = ORDERS_ACCEPTED.labels(market)
+        self.accepted = 0
+        self.trades = 0
+        self.traded_size = 0
         self.aborted = COMMANDS_ABORTED.labels(market)
-        self.trades = TRADES.labels(market)
-        self.traded_size = TRADED_SIZE.labels(market)
         self.gate_seconds = GATE_SECONDS.labels(market)
         self.gate_batch = GATE_BATCH.labels(market)
         self.catch_up_entries = CATCH_UP_ENTRIES.labels(market)
 
+
+_markets: dict[str, MarketMetrics] = {}
+
+
+def market_metrics(market: str) -> MarketMetrics:
+    """The node's series of `market` (the same object for every caller, as a label child is)."""
+    metrics = _markets.get(market)
+    if metrics is None:
+        metrics = _markets[market] = MarketMetrics(market)
+    return metrics
+
+
+class OrderCounts(Collector):
+    """The counters every order adds to, read at scrape time from the plain counts the hot path keeps: orders
+    received (`counters["orders"]`), accepted, trades and traded size (`MarketMetrics`). Reading ints needs no
+    event loop: the endpoint's thread reads them."""
+
+    def collect(self) -> list[CounterMetricFamily]:
+        received = CounterMetricFamily("exchange_orders_received_total",
+                                       "New orders received from clients (before any check).")
+        received.add_metric([], counters["orders"])
+        accepted = CounterMetricFamily("exchange_orders_accepted_total", "New orders of this node's clients "
+                                       "sequenced and applied without a rejection.", labels=["market"])
+        trades = CounterMetricFamily("exchange_trades_total", "Trades of the orders this node's clients sent (the "
+                                     "taker's node counts).", labels=["market"])
+        traded_size = CounterMetricFamily("exchange_traded_size_total", "Size traded by those trades (the market's "
+                                          "size units).", labels=["market"])
+        for market, metrics in list(_markets.items()):
+            accepted.add_metric([market], metrics.accepted)
+            trades.add_metric([market], metrics.trades)
+            traded_size.add_metric([market], metrics.traded_size)
+        return [received, accepted, trades, traded_size]
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return self.collect()
+
+
+REGISTRY.register(OrderCounts())
 
 _rejected: dict[str, Counter] = {}
 

@@ -1,6 +1,6 @@
 """Client order entry: CreateOrder, the OrderEntry streams, CancelOrder and AmendOrder.
 
-Each order is validated (convert.py), started on its market's pipeline (sequencing.py) and answered from
+Each order is validated (order_messages.py), started on its market's pipeline (sequencing.py) and answered from
 the events the replica applied for it. A client_order_id is placed at most once per market, however often
 and on whichever node it is sent: a repeat gets the first result, marked `duplicate`.
 """
@@ -24,12 +24,12 @@ from exchange.errors import (
     rpc,
     status_of,
 )
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.auth import AccessControl, Caller
 from exchange.node.lifecycle import NodeState
-from exchange.node.links import Sequencer
-from exchange.node.metrics import ORDERS_RECEIVED, counters, order_rejected
+from exchange.node.metrics import counters, order_rejected
 from exchange.node.replica import Applied, Replica
+from exchange.node.sequencer_link import Sequencer
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
 from exchange.runtime import Malformed, answered_in_order, at_once, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
@@ -53,7 +53,7 @@ REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
 
 def _order_response(outcome: Outcome) -> pb.CreateOrderResponse:
     applied = outcome.applied
-    return convert.create_order_response(applied.command, outcome.seq, applied.events, outcome.duplicate)
+    return order_messages.create_order_response(applied.command, outcome.seq, applied.events, outcome.duplicate)
 
 
 def _settle_duplicate(duplicate: asyncio.Future[Outcome], first: asyncio.Future[Outcome]) -> None:
@@ -84,10 +84,10 @@ class OrderEntryRPCs:
 
     def __init__(
         self, node: NodeState, replica: Replica, pipelines: Mapping[str, MarketPipeline], sequencer: Sequencer,
-        gate: AccessControl,
+        access: AccessControl,
     ) -> None:
         self.node = node
-        self.gate = gate
+        self.access = access
         self.replica = replica
         self.pipelines = pipelines
         self.sequencer = sequencer
@@ -105,7 +105,7 @@ class OrderEntryRPCs:
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateOrderResponse:
-        caller = self.gate.caller(context)
+        caller = self.access.caller(context)
         return await self._place(request, caller)
 
     @rpc
@@ -116,7 +116,7 @@ class OrderEntryRPCs:
         """Starts each order of the stream as it arrives (up to ENTRY_WINDOW at once) and answers them in
         request order, one result each; a failed order is an error result and the stream goes on. A key
         disabled while the stream is open ends it with UNAUTHENTICATED: nothing after is placed."""
-        caller = self.gate.caller(context)
+        caller = self.access.caller(context)
         async for result in answered_in_order(
             request_iterator, at_once(functools.partial(self._start_entry, caller=caller)), self._entry_result,
             ENTRY_WINDOW,
@@ -129,7 +129,7 @@ class OrderEntryRPCs:
         self, request_iterator: AsyncIterator[pb.OrderBatch | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderBatchResult]:
         """OrderEntry with batches: each order of a batch is an OrderEntry item, the batch one message."""
-        caller = self.gate.caller(context)
+        caller = self.access.caller(context)
         async for result in answered_in_order(
             request_iterator, at_once(functools.partial(self._start_batch, caller=caller)), self._batch_result,
             BATCH_WINDOW,
@@ -156,11 +156,11 @@ class OrderEntryRPCs:
     ) -> asyncio.Future[Outcome] | pb.OrderEntryResult:
         """Starts one order of an OrderEntry stream; an order refused at once gets its error result. A key that
         no longer works raises (UNAUTHENTICATED), which ends the stream."""
-        account = self.gate.account(caller)
+        account = self.access.account(caller)
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument(f"this stream item is not a valid CreateOrderRequest: {request.error}")
-            return self._start_order(request, account)
+            return self._place_order(request, account)
         except Exception as error:  # noqa: BLE001 - a bad order must not end the stream
             return _entry_error(error)
 
@@ -175,13 +175,12 @@ class OrderEntryRPCs:
         except Exception as error:  # noqa: BLE001 - a failed order must not end the stream
             return _entry_error(error)
 
-    def _start_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
+    def _place_order(self, request: pb.CreateOrderRequest, account: str) -> asyncio.Future[Outcome]:
         """Validates a new order of `account` and starts placing it (CreateOrder and each item of OrderEntry)."""
-        counters["orders"] += 1
-        ORDERS_RECEIVED.inc()
+        counters["orders"] += 1  # also exchange_orders_received_total (exchange.node.metrics.OrderCounts)
         try:
-            self.gate.spend(account)
-            command = convert.new_order_command(request, self.markets, self.node_id, account)
+            self.access.spend(account)
+            command = order_messages.new_order_command(request, self.markets, self.node_id, account)
             self.node.require_serving()
         except ExchangeError as error:
             order_rejected(status_of(error).name)
@@ -192,7 +191,7 @@ class OrderEntryRPCs:
 
     async def _place(self, request: pb.CreateOrderRequest, caller: Caller) -> pb.CreateOrderResponse:
         """Validates, sequences and applies one new order; cancelling the caller does not withdraw it."""
-        return _order_response(await asyncio.shield(self._start_order(request, self.gate.account(caller))))
+        return _order_response(await asyncio.shield(self._place_order(request, self.access.account(caller))))
 
     def _once_per_client_id(self, command: types_pb2.Command) -> asyncio.Future[Outcome]:
         """The first outcome for a client_order_id, however many times and wherever it is sent (a
@@ -225,7 +224,7 @@ class OrderEntryRPCs:
         if owner is not None and owner != command.account:
             raise PermissionDenied(f"order {order_id} of {market} belongs to another account")
         outcome = await self.pipelines[market].submit(command)
-        rejected = convert.rejection(outcome.applied.events)
+        rejected = order_messages.rejection(outcome.applied.events)
         if rejected is not None:
             error = REJECTION_ERRORS.get(rejected.reason, InvalidArgument)
             raise error(f"order {order_id} in {market}: {rejected.reason.name} (sequence {outcome.seq})")
@@ -250,7 +249,7 @@ class OrderEntryRPCs:
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOrderResponse:
         account = self._admit(context)
-        command = convert.cancel_command(request, self.markets, self.node_id, account)
+        command = order_messages.cancel_command(request, self.markets, self.node_id, account)
         applied = await self._sequenced_change(command, request.order_id)
         cancelled = sum(e.size for e in applied.events if isinstance(e, eng.OrderCancelled))
         return pb.CancelOrderResponse(
@@ -262,7 +261,7 @@ class OrderEntryRPCs:
         self, request: pb.AmendOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.AmendOrderResponse:
         account = self._admit(context)
-        command = convert.amend_command(request, self.markets, self.node_id, account)
+        command = order_messages.amend_command(request, self.markets, self.node_id, account)
         applied = await self._sequenced_change(command, request.order_id)
         response = pb.AmendOrderResponse(market=command.market, order_id=request.order_id, seq=applied.seq)
         for event in applied.events:
@@ -270,7 +269,7 @@ class OrderEntryRPCs:
                 response.price, response.remaining_size = event.price, event.size
                 response.priority_kept = event.priority_kept
             elif isinstance(event, eng.OrderFilled):
-                response.trades.append(convert.trade(event))
+                response.trades.append(order_messages.trade(event))
                 response.remaining_size = event.taker_remaining
             elif isinstance(event, eng.OrderRested):
                 response.remaining_size = event.size
@@ -282,6 +281,6 @@ class OrderEntryRPCs:
 
     def _admit(self, context: grpc.aio.ServicerContext) -> str:
         """The account of a cancel's or an amend's caller, within its rate limit (they count as orders)."""
-        account = self.gate.account(self.gate.caller(context))
-        self.gate.spend(account)
+        account = self.access.account(self.access.caller(context))
+        self.access.spend(account)
         return account

@@ -13,12 +13,12 @@ import grpc
 
 from exchange import engine as eng
 from exchange.errors import InvalidArgument, OutOfRange, Unavailable, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.auth import AccountRegistry
 from exchange.node.lifecycle import NodeState
-from exchange.node.links import Peers, Sequencer
 from exchange.node.metrics import counters
 from exchange.node.replica import Applied, Replica
+from exchange.node.sequencer_link import Peers, Sequencer
 from exchange.node.sequencing import MarketPipeline
 from exchange.v1 import exchange_pb2 as pb
 
@@ -81,18 +81,18 @@ class ReadRPCs:
     async def GetOrderBook(
         self, request: pb.GetOrderBookRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOrderBookResponse:
-        config = convert.resolve_market(self.markets, request.market)
-        if not 0 <= request.depth <= convert.MAX_DEPTH:
-            raise InvalidArgument(f"depth must be between 1 and {convert.MAX_DEPTH} (0 means "
-                                  f"{convert.DEFAULT_DEPTH}), got {request.depth}")
+        config = order_messages.resolve_market(self.markets, request.market)
+        if not 0 <= request.depth <= order_messages.MAX_DEPTH:
+            raise InvalidArgument(f"depth must be between 1 and {order_messages.MAX_DEPTH} (0 means "
+                                  f"{order_messages.DEFAULT_DEPTH}), got {request.depth}")
         self.node.require_serving()
         market = config.symbol
-        levels = ALL_LEVELS if request.all_levels else request.depth or convert.DEFAULT_DEPTH
+        levels = ALL_LEVELS if request.all_levels else request.depth or order_messages.DEFAULT_DEPTH
         if request.include_orders:
             bids, asks = self._orders_by_level(market, levels)
         else:
             l2_bids, l2_asks = self.replica.depth(market, levels)
-            bids, asks = convert.book_levels(l2_bids), convert.book_levels(l2_asks)
+            bids, asks = order_messages.book_levels(l2_bids), order_messages.book_levels(l2_asks)
         return pb.GetOrderBookResponse(
             market=market,
             seq=self.replica.applied_seq(market),
@@ -121,10 +121,10 @@ class ReadRPCs:
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.MarketEvent]:
-        market = convert.resolve_market(self.markets, request.market).symbol
+        market = order_messages.resolve_market(self.markets, request.market).symbol
         async for applied in applied_entries(self.replica, market, request.from_seq):
             for event in applied.events:
-                yield convert.market_event(event)
+                yield order_messages.market_event(event)
 
     @rpc
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:

@@ -33,8 +33,9 @@ from exchange import engine as eng
 from exchange.dedup import DedupWindow, client_key, dedup_key, split_key
 from exchange.engine.l2 import BookFeed, ViewDiff
 from exchange.errors import FailedPrecondition
-from exchange.node.convert import engine_command, proto_side
 from exchange.node.market_data import MarketData
+from exchange.node.order_messages import engine_command, proto_side
+from exchange.node.pacing import Pulse, SharedMessages
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -63,13 +64,14 @@ class Applied:
 @dataclass(eq=False, slots=True)
 class BookWatchers:
     """A market's StreamBook subscribers and their shared levels (pure, exchange/engine/l2.py). The apply path
-    updates the levels and sets `changed` (then replaced by a new event); it never waits for a subscriber."""
+    updates the levels and notifies the market's `pulse` (exchange/node/pacing.py), which wakes them together at
+    most every 50 ms; it never waits for a subscriber."""
 
     feed: BookFeed
     watches: set[BookWatch] = field(default_factory=set)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    # the messages built at this sequence, by id of the update shared by views in step (exchange/node/book_stream.py)
-    messages: dict[int, tuple[object, pb.BookUpdate]] = field(default_factory=dict)
+    pulse: Pulse = field(default_factory=Pulse)
+    # the updates' messages, serialised once for the views in step (exchange/node/book_stream.py)
+    messages: SharedMessages = field(default_factory=SharedMessages)
 
 
 @dataclass(eq=False, slots=True)
@@ -83,10 +85,6 @@ class BookWatch:
     @property
     def feed(self) -> BookFeed:
         return self.watchers.feed
-
-    def changed(self) -> asyncio.Event:
-        """Set at the next command applied in the market (or when the stream must end)."""
-        return self.watchers.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +321,7 @@ class Replica:
             watchers.watches.discard(watch)
             if not watchers.watches and self._book_watchers.get(market) is watchers:
                 del self._book_watchers[market]
+                watchers.pulse.close()
 
     def book_watchers(self, market: str) -> int:
         watchers = self._book_watchers.get(market)
@@ -384,7 +383,7 @@ class Replica:
         for watchers in self._book_watchers.values():  # their levels were the old engine's: they start again
             for watch in watchers.watches:
                 watch.ended = "this node replaced its book by a peer's snapshot; subscribe again"
-            watchers.changed.set()
+            watchers.pulse.fire()
         self._book_watchers = {}
         keys: dict[str, list[tuple[int, str, str]]] = {market: [] for market in self._states}
         for market, account, client_order_id, seq in client_order_ids:
@@ -458,10 +457,7 @@ class Replica:
         hint = feed.before(command)
         events = self._engine.apply(command)
         feed.after(command, events, hint)
-        watchers.changed.set()
-        watchers.changed = asyncio.Event()
-        if watchers.messages:
-            watchers.messages = {}
+        watchers.pulse.notify()
         return events
 
     def _note_finished(self, state: _MarketState, command: types_pb2.Command, new_order: bool,

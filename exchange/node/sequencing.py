@@ -39,9 +39,9 @@ from typing import NamedTuple
 
 from exchange import engine as eng
 from exchange.errors import Aborted, ExchangeError, Unavailable, status_of
-from exchange.node.links import Peers, Sequencer
-from exchange.node.metrics import MarketMetrics, counters, order_rejected
+from exchange.node.metrics import counters, market_metrics, order_rejected
 from exchange.node.replica import Applied, Replica
+from exchange.node.sequencer_link import Peers, Sequencer
 from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
 
@@ -103,7 +103,7 @@ class MarketPipeline:
         self._wakeup = asyncio.Event()
         self._catch_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self.metrics = MarketMetrics(market)
+        self.metrics = market_metrics(market)
         replica.on_applied(market, self._resolve_own)
 
     def start(self) -> None:
@@ -169,12 +169,12 @@ class MarketPipeline:
         metrics = self.metrics
         for event in events:
             if isinstance(event, eng.OrderFilled):
-                metrics.trades.inc()
-                metrics.traded_size.inc(event.size)
+                metrics.trades += 1
+                metrics.traded_size += event.size
             elif isinstance(event, eng.OrderRejected):
                 order_rejected(event.reason.name)
                 return
-        metrics.accepted.inc()
+        metrics.accepted += 1
 
     async def _gate_loop(self) -> None:
         while True:

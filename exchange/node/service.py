@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from exchange.node.auth import AccessControl
 from exchange.node.book_stream import BookStreamRPCs
 from exchange.node.lifecycle import NodeState
-from exchange.node.links import Peers, Sequencer
 from exchange.node.market_data_rpcs import MarketDataRPCs
 from exchange.node.orders import OrderEntryRPCs
 from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.reads import ReadRPCs
 from exchange.node.replica import Replica
+from exchange.node.sequencer_link import Peers, Sequencer
 from exchange.node.sequencing import MarketPipeline
 from exchange.node.trader_view import TraderViewRPCs
 from exchange.v1 import exchange_pb2, exchange_pb2_grpc
@@ -33,12 +33,12 @@ from exchange.v1 import exchange_pb2, exchange_pb2_grpc
 class ExchangeNodeService(exchange_pb2_grpc.ExchangeNodeServicer):
     def __init__(
         self, node_id: str, replica: Replica, pipelines: Mapping[str, MarketPipeline],
-        sequencer: Sequencer, peers: Peers, secret: bytes, gate: AccessControl,
+        sequencer: Sequencer, peers: Peers, secret: bytes, access: AccessControl,
     ) -> None:
         self.node = NodeState(node_id)
-        self.orders = OrderEntryRPCs(self.node, replica, pipelines, sequencer, gate)
-        self.trader_view = TraderViewRPCs(self.node, replica, gate)
-        self.reads = ReadRPCs(self.node, replica, pipelines, sequencer, peers, gate.registry)
+        self.orders = OrderEntryRPCs(self.node, replica, pipelines, sequencer, access)
+        self.trader_view = TraderViewRPCs(self.node, replica, access)
+        self.reads = ReadRPCs(self.node, replica, pipelines, sequencer, peers, access.registry)
         self.peer_rpcs = PeerRPCs(self.node, replica, secret)
         self.market_data = MarketDataRPCs(self.node, replica)
         self.book_stream = BookStreamRPCs(self.node, replica)

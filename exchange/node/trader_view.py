@@ -12,7 +12,7 @@ import grpc
 
 from exchange import engine as eng
 from exchange.errors import InvalidArgument, NotFound, PermissionDenied, rpc
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.auth import AccessControl
 from exchange.node.lifecycle import NodeState
 from exchange.node.reads import applied_entries
@@ -33,23 +33,23 @@ def _order(state: OrderState) -> pb.Order:
 class TraderViewRPCs:
     """The caller's own orders (see exchange/node/service.py for the other parts of ExchangeNode)."""
 
-    def __init__(self, node: NodeState, replica: Replica, gate: AccessControl) -> None:
+    def __init__(self, node: NodeState, replica: Replica, access: AccessControl) -> None:
         self.node = node
         self.replica = replica
-        self.gate = gate
+        self.access = access
 
     @property
     def markets(self) -> Mapping[str, eng.MarketConfig]:
         return self.replica.markets
 
     def _account(self, context: grpc.aio.ServicerContext) -> str:
-        return self.gate.account(self.gate.caller(context))
+        return self.access.account(self.access.caller(context))
 
     @rpc
     async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.Order:
         account = self._account(context)
-        market = convert.resolve_market(self.markets, request.market).symbol
-        convert.check_order_id(request.order_id)
+        market = order_messages.resolve_market(self.markets, request.market).symbol
+        order_messages.check_order_id(request.order_id)
         state = self.replica.order_state(market, request.order_id)
         if state is None:
             oldest = self.replica.oldest_journaled(market)
@@ -70,7 +70,7 @@ class TraderViewRPCs:
         self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListOrdersResponse:
         account = self._account(context)
-        market = convert.resolve_market(self.markets, request.market).symbol
+        market = order_messages.resolve_market(self.markets, request.market).symbol
         if not 0 <= request.page_size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE} (0 means {DEFAULT_PAGE}), "
                                   f"got {request.page_size}")
@@ -90,11 +90,11 @@ class TraderViewRPCs:
     async def StreamOrders(
         self, request: pb.StreamOrdersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.OrderEvent]:
-        caller = self.gate.caller(context)
-        account = self.gate.account(caller)
-        market = convert.resolve_market(self.markets, request.market).symbol
+        caller = self.access.caller(context)
+        account = self.access.account(caller)
+        market = order_messages.resolve_market(self.markets, request.market).symbol
         async for applied in applied_entries(self.replica, market, request.from_seq,
-                                             lambda: self.gate.account(caller)):  # a key disabled meanwhile
-            for event in convert.order_events(market, applied.seq, applied.events, account,
+                                             lambda: self.access.account(caller)):  # a key disabled meanwhile
+            for event in order_messages.order_events(market, applied.seq, applied.events, account,
                                               applied.command.client_order_id):
                 yield event

@@ -15,7 +15,7 @@ import sys
 
 from aiohttp import web
 
-from exchange.cluster import add_consul_arguments, is_loopback
+from exchange.cluster_common import add_consul_arguments, is_loopback
 from exchange.runtime import configure_logging
 from exchange.shared.tls import CERT_FILE, KEY_FILE, TlsConfig, add_tls_argument, consul_endpoint, load_tls
 from exchange.shared.wire import split_host_port

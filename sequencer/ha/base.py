@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 from discovery import ReplicatedStore
-from exchange.cluster import LeaderRecord
+from exchange.cluster_common import LeaderRecord
 from sequencer.ha.records import DEFAULT_TAIL_ENTRIES, MarketState, PeerReader, Pending
 from sequencer.log import RoleCallbacks, settle_all
 from sequencer.store import LogStore

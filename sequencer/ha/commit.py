@@ -19,7 +19,7 @@ from discovery import (
     TransactionOp,
     TransactionRejected,
 )
-from exchange.cluster import SEQUENCER_LEADER_KEY
+from exchange.cluster_common import SEQUENCER_LEADER_KEY
 from exchange.runtime import log_fields
 from sequencer.ha.election import Election
 from sequencer.ha.records import (

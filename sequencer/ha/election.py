@@ -8,7 +8,7 @@ import time
 from collections import deque
 
 from discovery import CheckSession, DiscoveryError, TransactionConflict
-from exchange.cluster import SEQUENCER_LEADER_KEY
+from exchange.cluster_common import SEQUENCER_LEADER_KEY
 from sequencer.ha.records import STOPPING, Head, LogUnavailable, batch_count, batch_prefix, head_key
 from sequencer.ha.standby import Standby
 from sequencer.log import LeadershipLost

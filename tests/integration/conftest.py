@@ -7,13 +7,15 @@ when a test fails. Without a Consul binary the tests skip, except in CI (CI=true
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pluggy import Result
 
-from devtools.cluster import DEFAULT_MARKETS, Cluster
 from devtools.consul_agent import find_consul_binary
+from devtools.local_cluster import DEFAULT_MARKETS, Cluster
 from exchange.v1 import exchange_pb2_grpc
 
 
@@ -35,7 +37,9 @@ def consul_binary() -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
@@ -54,8 +58,8 @@ def make_cluster(
     """Builds clusters (not started) in tmp_path; stops them all at the end, dumping logs on failure."""
     clusters: list[Cluster] = []
 
-    def build(**options: object) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster-{len(clusters)}", **options)  # type: ignore[arg-type]
+    def build(**options: Any) -> Cluster:  # Cluster's keyword arguments
+        cluster = Cluster(tmp_path / f"cluster-{len(clusters)}", **options)
         clusters.append(cluster)
         return cluster
 

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import replay_cluster
 from exchange import engine as eng
 from exchange.accounts import add_account, set_active
@@ -31,8 +32,8 @@ def stub(cluster: Cluster, node: int, account: str | None) -> exchange_pb2_grpc.
 def status_of(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as refused:
         call()
-    assert refused.value.details()  # type: ignore[attr-defined]
-    return refused.value.code()  # type: ignore[attr-defined]
+    assert refused.value.details()
+    return refused.value.code()
 
 
 def book_states(cluster: Cluster) -> list[tuple[str, int, int]]:
@@ -51,12 +52,12 @@ def test_alices_order_cannot_be_cancelled_amended_or_read_by_bob_on_any_node(acc
     before = book_states(c)
     for node in range(3):
         bob = stub(c, node, "bob")
-        assert status_of(lambda bob=bob: bob.CancelOrder(pb.CancelOrderRequest(order_id=order.order_id),
-                                                         timeout=CALL)) == grpc.StatusCode.PERMISSION_DENIED
-        assert status_of(lambda bob=bob: bob.AmendOrder(pb.AmendOrderRequest(order_id=order.order_id, size=1),
-                                                        timeout=CALL)) == grpc.StatusCode.PERMISSION_DENIED
-        assert status_of(lambda bob=bob: bob.GetOrder(pb.GetOrderRequest(order_id=order.order_id),
-                                                      timeout=CALL)) == grpc.StatusCode.PERMISSION_DENIED
+        assert status_of(partial(bob.CancelOrder, pb.CancelOrderRequest(order_id=order.order_id),
+                                 timeout=CALL)) == grpc.StatusCode.PERMISSION_DENIED
+        assert status_of(partial(bob.AmendOrder, pb.AmendOrderRequest(order_id=order.order_id, size=1),
+                                 timeout=CALL)) == grpc.StatusCode.PERMISSION_DENIED
+        assert status_of(partial(bob.GetOrder, pb.GetOrderRequest(order_id=order.order_id),
+                                 timeout=CALL)) == grpc.StatusCode.PERMISSION_DENIED
     assert book_states(c) == before, "bob changed nothing"
     alice = stub(c, 2, "alice")
     assert alice.GetOrder(pb.GetOrderRequest(order_id=order.order_id), timeout=CALL).remaining_size == 3
@@ -110,8 +111,8 @@ def test_bad_keys_are_unauthenticated_and_place_nothing(accounts_cluster: Cluste
     if says is not None:
         error = refused.value
         assert isinstance(error, grpc.RpcError)
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()  # type: ignore[attr-defined]
-        assert says in error.details()  # type: ignore[attr-defined]
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+        assert says in error.details()
     assert book_states(c) == before
 
 
@@ -146,7 +147,7 @@ def test_a_key_added_with_the_cli_works_on_every_node_within_seconds_and_stops_a
                 stub(c, node, None).ListOrders(pb.ListOrdersRequest(), metadata=metadata, timeout=CALL)
                 return False
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                if error.code() != grpc.StatusCode.UNAUTHENTICATED:
                     return False
         return True
 
@@ -189,7 +190,7 @@ def test_a_key_disabled_while_its_stream_is_open_ends_the_stream_and_nothing_aft
     released.set()
     thread.join(30)
     assert [r.order.client_order_id for r in results] == ["dave-1"]
-    assert errors and errors[0].code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert errors and errors[0].code() == grpc.StatusCode.UNAUTHENTICATED
     replay = replay_cluster(c)
     placed = [cmd.client_order_id for cmds in replay.commands.values() for cmd in cmds.values()]
     assert "dave-1" in placed and "dave-2" not in placed
@@ -244,8 +245,8 @@ def test_an_account_over_its_rate_limit_gets_resource_exhausted_saying_when_to_r
             alice.CreateOrder(pb.CreateOrderRequest(size=1, limit_price=10), timeout=CALL)
             answers.append("OK")
         except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()  # type: ignore[attr-defined]
-            assert "retry in" in error.details()  # type: ignore[attr-defined]
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+            assert "retry in" in error.details()
             answers.append("LIMITED")
     assert answers[:5] == ["OK"] * 5 and "LIMITED" in answers[5:]
     bob = stub(c, 0, "bob")  # another account has its own bucket
@@ -259,7 +260,7 @@ def test_an_account_over_its_rate_limit_gets_resource_exhausted_saying_when_to_r
     (types_pb2.CANCEL_BOTH, [(101, 4, 1)], pb.CANCELLED, 0, True),
     (types_pb2.DECREMENT, [(100, 1, 1), (101, 4, 1)], pb.CANCELLED, 0, True),
 ])
-def test_self_trade_prevention_end_to_end(make_cluster: Callable[..., Cluster], mode: int,
+def test_self_trade_prevention_end_to_end(make_cluster: Callable[..., Cluster], mode: types_pb2.SelfTradePrevention,
                                           asks_after: list[tuple[int, int, int]], status: int, filled: int,
                                           names_resting: bool) -> None:
     c = make_cluster(nodes=1)
@@ -327,8 +328,8 @@ def test_with_consul_unreachable_nodes_keep_the_last_registry_say_so_and_never_f
                                                         timeout=CALL)
             assert placed.order_id > 0, "a known key keeps working"
             anonymous = stub(c, node, None)
-            assert status_of(lambda anonymous=anonymous: anonymous.CreateOrder(
-                pb.CreateOrderRequest(size=1, limit_price=10), metadata=unknown, timeout=CALL)) == \
+            assert status_of(partial(anonymous.CreateOrder, pb.CreateOrderRequest(size=1, limit_price=10),
+                                     metadata=unknown, timeout=CALL)) == \
                 grpc.StatusCode.UNAUTHENTICATED, "an unknown key is never let in"
     finally:
         c.consul.start()

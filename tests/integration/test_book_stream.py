@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.workload import Workload
 from exchange.client import Book, Client, Connection, NewOrder, OrderType, Side
 from exchange.client.book import GAP, STREAM_ENDED
@@ -38,22 +38,29 @@ def levels(book: Book) -> tuple:
 
 
 def test_bad_requests_get_a_clear_error(cluster: Cluster) -> None:
+    """Depth 10 to 1000 (the checksum covers the top 10 levels a side): a shallower view is refused, saying what to
+    do instead, and nothing else changes."""
     stub = exchange_pb2_grpc.ExchangeNodeStub(cluster.channel(cluster.node_address(0), None))
-    for depth in (0, -1, 1001, 2**31 - 1):
+    before = stub.GetStatus(pb.GetStatusRequest(), timeout=10).markets
+    for depth in (0, -1, 5, 9, 1001, 2**31 - 1):
         with pytest.raises(grpc.RpcError) as refused:
             next(iter(stub.StreamBook(pb.StreamBookRequest(market="ETH-USD", depth=depth), timeout=10)))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "depth must be between 1 and 1000" in refused.value.details()
+        assert "depth must be 10 to 1000" in refused.value.details()
+        assert "read the first N levels of a depth-10 view" in refused.value.details()
     with pytest.raises(grpc.RpcError) as unknown:
-        next(iter(stub.StreamBook(pb.StreamBookRequest(market="DOGE-USD", depth=5), timeout=10)))
+        next(iter(stub.StreamBook(pb.StreamBookRequest(market="DOGE-USD", depth=10), timeout=10)))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and "unknown market" in unknown.value.details()
     with Client(cluster.node_address(0)) as client:
         with pytest.raises(InvalidArgument):
             client.subscribe_book("ETH-USD", depth=0)
+        with pytest.raises(InvalidArgument, match="depth-10 view"):
+            client.subscribe_book("ETH-USD", depth=5)
         with pytest.raises(NotFound):
-            client.subscribe_book("DOGE-USD", depth=5)
-        first = next(iter(stub.StreamBook(pb.StreamBookRequest(market="", depth=3), timeout=10)))
+            client.subscribe_book("DOGE-USD", depth=10)
+        first = next(iter(stub.StreamBook(pb.StreamBookRequest(market="", depth=10), timeout=10)))
         assert first.snapshot and first.market == "BTC-USD" and first.first_seq == first.last_seq, "default market"
+    assert stub.GetStatus(pb.GetStatusRequest(), timeout=10).markets == before, "nothing else changed"
 
 
 def test_an_l2_book_survives_a_node_restart_and_a_forced_gap(make_cluster: Callable[..., Cluster]) -> None:
@@ -81,7 +88,7 @@ def test_an_l2_book_survives_a_node_restart_and_a_forced_gap(make_cluster: Calla
                 return
             on_message(message)
 
-        book._tracker.on_message = lose_one  # type: ignore[method-assign]
+        book._tracker.on_message = lose_one  # type: ignore[method-assign]  # the fault: an update lost
         for seed in range(5, 25):
             trader.submit_many(new_orders(50, seed))
             if book.wait_until(lambda: book._tracker.stats.resyncs_by_reason.get(GAP, 0) >= 1, 1):

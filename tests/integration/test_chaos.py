@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from devtools.chaos import FAULT_KINDS, Config, run_chaos
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.netns import NetNamespaces
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from devtools.cluster import ROOT, Cluster
+from devtools.local_cluster import ROOT, Cluster
 from devtools.workload import Workload
 from exchange import engine as eng
 from exchange.client import AsyncClient, Book, Client, Connection, NewOrder, OrderResult, OrderStatus, OrderType, Side
@@ -104,7 +104,7 @@ def test_a_book_subscription_stays_equal_to_the_nodes_book_and_verified_under_lo
     with Client(addresses[1]) as watcher, Client(addresses, connection=connection(module_cluster)) as trader, \
             Client(addresses, connection=connection(module_cluster, "bob")) as other, \
             watcher.subscribe_book("ETH-USD", depth=10) as subscription, \
-            watcher.subscribe_book("ETH-USD", depth=2) as shallow:
+            watcher.subscribe_book("ETH-USD", depth=25) as deep:
         results: list = []
         writers = [threading.Thread(target=lambda seed=seed, client=client: results.extend(
             client.submit_many(new_orders(1500, seed), batch_size=25, window=200)))
@@ -115,7 +115,7 @@ def test_a_book_subscription_stays_equal_to_the_nodes_book_and_verified_under_lo
             writer.join()
         assert all(isinstance(r, OrderResult) for r in results) and len(results) == 3000
         module_cluster.wait_converged()
-        for view, depth in ((subscription, 10), (shallow, 2)):
+        for view, depth in ((subscription, 10), (deep, 25)):
             node_book = watcher.get_book("ETH-USD", depth)
             assert view.wait_for(node_book.seq), view.stats  # an update without levels says so within 1 s
             assert same_view(view.book(), node_book)
@@ -151,11 +151,11 @@ def test_the_asyncio_client_places_streams_and_subscribes(module_cluster: Cluste
             assert first.status is OrderStatus.RESTING
             results = await client.submit_many(new_orders(300, 11), batch_size=20, window=60)
             assert all(isinstance(r, OrderResult) for r in results)
-            async with await client.subscribe_book("ETH-USD", depth=5) as subscription:
+            async with await client.subscribe_book("ETH-USD", depth=10) as subscription:
                 await client.submit_many(new_orders(300, 12))
                 async with AsyncClient(subscription.address or "") as same_node:
                     for _ in range(100):  # the node the subscription follows may lag a moment: converge
-                        node_book = await same_node.get_book("ETH-USD", 5)
+                        node_book = await same_node.get_book("ETH-USD", 10)
                         if await subscription.wait_for(node_book.seq, timeout=3) and \
                                 same_view(subscription.book(), node_book):
                             break

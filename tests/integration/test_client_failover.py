@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import replay_cluster
 from devtools.workload import Workload
 from exchange.client import Client, ClientStats, Connection, NewOrder, OrderResult, OrderType, RetryPolicy, Side

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.ports import free_port
-from exchange.cluster import peer_token
+from exchange.cluster_common import peer_token
 from exchange.shared.wire import TOKEN_HEADER
 from tests.integration.test_grpcurl import GRPCURL
 

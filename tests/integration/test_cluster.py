@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
-from exchange.cluster import peer_token
+from exchange.cluster_common import peer_token
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
@@ -68,7 +68,7 @@ def test_concurrent_clients_on_all_nodes_never_abort_and_match_a_replay_of_the_l
                     response = stub.CreateOrder(orders.request(), timeout=30)
                 except grpc.RpcError as error:
                     with lock:
-                        errors.append(f"{error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+                        errors.append(f"{error.code().name}: {error.details()}")
                     continue
                 with lock:
                     results.append(response)

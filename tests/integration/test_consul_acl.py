@@ -10,11 +10,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, serving, wait_until
+from devtools.local_cluster import Cluster, serving, wait_until
 from discovery import AccessDenied, Put
 from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
 from exchange.cluster_config import MARKETS_KEY
@@ -51,7 +52,7 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode | None:
     try:
         call()
     except grpc.RpcError as error:
-        return error.code()  # type: ignore[attr-defined, no-any-return]
+        return error.code()
     return None
 
 
@@ -119,13 +120,15 @@ def test_a_forged_account_record_is_ignored_and_alice_keeps_trading(module_clust
         for role, record in (("accounts", plain), ("management", guessed)):
             before = [c.status(node).counters["registry_records_refused"] for node in range(3)]
             c.kv(role).put(ACCOUNTS_PREFIX + "alice", record)
-            wait_until(lambda before=before: all(  # type: ignore[misc]
-                c.status(node).counters["registry_records_refused"] > before[node] for node in range(3)), 15,
-                "every node to refuse the forged record")
+
+            def refused_everywhere(before: list[int] = before) -> bool:
+                return all(c.status(node).counters["registry_records_refused"] > before[node] for node in range(3))
+
+            wait_until(refused_everywhere, 15, "every node to refuse the forged record")
             for node in range(3):
                 intruder_call = grpc.StatusCode.UNAUTHENTICATED
-                assert code_of(lambda node=node: stub(c, node, None).CreateOrder(  # type: ignore[misc]
-                    pb.CreateOrderRequest(size=-1, limit_price=777),
+                assert code_of(partial(
+                    stub(c, node, None).CreateOrder, pb.CreateOrderRequest(size=-1, limit_price=777),
                     metadata=(("authorization", f"Bearer {intruder}"),), timeout=CALL)) == intruder_call
                 stub(c, node, "alice").ListOrders(pb.ListOrdersRequest(), timeout=CALL)
                 assert c.status(node).accounts.fresh

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -14,12 +15,12 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.verify import Replay, replay_cluster
 from exchange import engine as eng
-from exchange.cluster import parse_markets, peer_token, token_metadata
+from exchange.cluster_common import parse_markets, peer_token, token_metadata
 from exchange.commands import command_error
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.shared.wire import TOKEN_HEADER
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
@@ -71,9 +72,9 @@ def state(cluster: Cluster) -> list[tuple[str, int, int]]:
 
 
 def assert_clear(error: grpc.RpcError) -> None:
-    code = error.code()  # type: ignore[attr-defined]
-    assert code in CLEAR, f"unclear status {code}: {error.details()}"  # type: ignore[attr-defined]
-    assert error.details(), "every error carries a message"  # type: ignore[attr-defined]
+    code = error.code()
+    assert code in CLEAR, f"unclear status {code}: {error.details()}"
+    assert error.details(), "every error carries a message"
 
 
 @dataclass
@@ -90,13 +91,28 @@ class Answer:
     @property
     def market(self) -> str:
         """The market the request named (empty: the default one)."""
-        return self.request.market or parse_markets(self.cluster.markets)[0].symbol  # type: ignore[attr-defined]
+        request = self.request
+        assert isinstance(request, MARKET_REQUESTS), f"a {type(request).__name__} names no market"
+        return request.market or parse_markets(self.cluster.markets)[0].symbol
 
     def replay(self) -> Replay:
         return replay_cluster(self.cluster)
 
     def unchanged(self) -> None:
         assert state(self.cluster) == self.before, "a read (or a refused broadcast) changed a book"
+
+
+# the requests that name a market
+MARKET_REQUESTS = (pb.CreateOrderRequest, pb.CancelOrderRequest, pb.AmendOrderRequest, pb.GetOrderBookRequest,
+                   pb.GetOrderRequest, pb.StreamEventsRequest)
+Request = TypeVar("Request", bound=Message)
+Response = TypeVar("Response")
+
+
+def parts(answer: Answer, request_type: type[Request], response_type: type[Response]) -> tuple[Request, Response]:
+    """The answer's request and response as the method's own types (the call decodes the method's response)."""
+    assert isinstance(answer.request, request_type) and isinstance(answer.response, response_type)
+    return answer.request, answer.response
 
 
 def call_and_check(cluster: Cluster, node: int, method: str, request: Message | None, call: Callable[[], object],
@@ -117,16 +133,16 @@ def call_and_check(cluster: Cluster, node: int, method: str, request: Message | 
 
 
 def check_create_order(answer: Answer) -> None:
-    response, request = answer.response, answer.request
+    request, response = parts(answer, pb.CreateOrderRequest, pb.CreateOrderResponse)
     assert response.market == answer.market and response.client_order_id == request.client_order_id
     assert response.order_id == response.seq > 0
     assert response == answer.replay().expected_answer(response), "the answer differs from the log's replay"
 
 
-def logged(answer: Answer, replay: Replay, kind: str) -> list[eng.Event]:
+def logged(answer: Answer, request: pb.CancelOrderRequest | pb.AmendOrderRequest,
+           response: pb.CancelOrderResponse | pb.AmendOrderResponse, replay: Replay, kind: str) -> list[eng.Event]:
     """The events of the command the answer names, which must be a `kind` of the requested order."""
-    response = answer.response
-    assert response.market == answer.market and response.order_id == answer.request.order_id
+    assert response.market == answer.market and response.order_id == request.order_id
     command = replay.commands[answer.market].get(response.seq)
     assert command is not None and command.WhichOneof("kind") == kind, f"no {kind} at seq {response.seq}"
     assert getattr(command, kind).order_id == response.order_id
@@ -134,23 +150,26 @@ def logged(answer: Answer, replay: Replay, kind: str) -> list[eng.Event]:
 
 
 def check_cancel_order(answer: Answer) -> None:
+    request, response = parts(answer, pb.CancelOrderRequest, pb.CancelOrderResponse)
     replay = answer.replay()
-    events = logged(answer, replay, "cancel_order")
-    assert answer.response.cancelled_size == sum(e.size for e in events if isinstance(e, eng.OrderCancelled))
-    assert replay.engine.order(answer.market, answer.response.order_id) is None
+    events = logged(answer, request, response, replay, "cancel_order")
+    assert response.cancelled_size == sum(e.size for e in events if isinstance(e, eng.OrderCancelled))
+    assert replay.engine.order(answer.market, response.order_id) is None
 
 
 def check_amend_order(answer: Answer) -> None:
-    replay, response = answer.replay(), answer.response
-    events = logged(answer, replay, "amend_order")
-    assert list(response.trades) == [convert.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
+    request, response = parts(answer, pb.AmendOrderRequest, pb.AmendOrderResponse)
+    replay = answer.replay()
+    events = logged(answer, request, response, replay, "amend_order")
+    assert list(response.trades) == [order_messages.trade(e) for e in events if isinstance(e, eng.OrderFilled)]
     view = replay.engine.order(answer.market, response.order_id)
     resting = None if view is None else (view.price, view.remaining)
     assert resting == ((response.price, response.remaining_size) if response.remaining_size else None)
 
 
 def check_get_order_book(answer: Answer) -> None:
-    book, depth = answer.response, answer.request.depth or convert.DEFAULT_DEPTH
+    request, book = parts(answer, pb.GetOrderBookRequest, pb.GetOrderBookResponse)
+    depth = request.depth or order_messages.DEFAULT_DEPTH
     assert book.market == answer.market and 0 <= book.seq <= book.known_seq
     bids, asks = [level.price for level in book.bids], [level.price for level in book.asks]
     assert bids == sorted(set(bids), reverse=True) and asks == sorted(set(asks)), "levels out of order"
@@ -162,13 +181,14 @@ def check_get_order_book(answer: Answer) -> None:
     replay = answer.replay()
     assert (replay.engine.last_seq(book.market), replay.engine.checksum(book.market)) == (book.seq, book.checksum)
     replayed = replay.engine.depth(book.market, depth)
-    assert (list(book.bids), list(book.asks)) == tuple(convert.book_levels(side) for side in replayed)
+    assert (list(book.bids), list(book.asks)) == tuple(order_messages.book_levels(side) for side in replayed)
     answer.unchanged()
 
 
 def check_get_order(answer: Answer) -> None:
-    order, replay = answer.response, answer.replay()
-    assert order.market == answer.market and order.order_id == answer.request.order_id
+    request, order = parts(answer, pb.GetOrderRequest, pb.Order)
+    replay = answer.replay()
+    assert order.market == answer.market and order.order_id == request.order_id
     command = replay.commands[order.market].get(order.order_id)  # an order's id is its sequence number
     assert command is not None and command.WhichOneof("kind") == "new_order", "no such order in the log"
     assert order.client_order_id == command.client_order_id
@@ -184,7 +204,8 @@ def check_get_order(answer: Answer) -> None:
 
 
 def check_get_status(answer: Answer) -> None:
-    status, replay = answer.response, answer.replay()
+    _, status = parts(answer, pb.GetStatusRequest, pb.GetStatusResponse)
+    replay = answer.replay()
     assert status.state == "SERVING"
     assert [m.market for m in status.markets] == [m.symbol for m in parse_markets(answer.cluster.markets)]
     for market in status.markets:
@@ -195,14 +216,16 @@ def check_get_status(answer: Answer) -> None:
 
 def check_broadcast_order(answer: Answer) -> None:
     assert answer.metadata, "BroadcastOrder answered a caller without the cluster token"
-    assert answer.response.accepted == 0, "random bytes cannot carry an entry the Sequencer signed"
+    _, response = parts(answer, pb.BroadcastOrderRequest, pb.BroadcastOrderResponse)
+    assert response.accepted == 0, "random bytes cannot carry an entry the Sequencer signed"
     answer.unchanged()
 
 
 def check_stream_events(answer: Answer) -> None:
-    seqs = [event.seq for event in answer.response]
-    assert all(event.market == answer.market for event in answer.response)
-    assert seqs == sorted(seqs) and all(answer.request.from_seq <= seq for seq in seqs)
+    request, events = parts(answer, pb.StreamEventsRequest, list)
+    seqs = [event.seq for event in events]
+    assert all(event.market == answer.market for event in events)
+    assert seqs == sorted(seqs) and all(request.from_seq <= seq for seq in seqs)
     assert all(seq <= answer.replay().engine.last_seq(answer.market) for seq in seqs)
     answer.unchanged()
 
@@ -218,7 +241,7 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 
 
 @st.composite
-def fields(draw: st.DrawFn, names: tuple[str, ...]) -> dict[str, object]:
+def fields(draw: st.DrawFn, names: tuple[str, ...]) -> dict[str, Any]:
     """The request fields `names`, all wild (any value of their type) or all plausible (near-valid values, so
     that many calls succeed and their answers get checked: an order id of one that may exist, and so on)."""
     source = PLAUSIBLE if draw(st.booleans()) else WILD
@@ -266,7 +289,7 @@ def test_other_client_rpcs_fuzz(fuzz_cluster: Cluster, channels: list[grpc.Chann
     }
     for method, request in requests.items():
         call_and_check(fuzz_cluster, node, method, request,
-                       lambda method=method, request=request: getattr(stub, method)(request, timeout=15))
+                       partial(getattr(stub, method), request, timeout=15))
     events = pb.StreamEventsRequest(market=market, from_seq=f["from_seq"])
     call_and_check(fuzz_cluster, node, "StreamEvents", events,
                    lambda: read_stream(stub.StreamEvents(events, timeout=0.3)))
@@ -276,10 +299,10 @@ def read_stream(stream: grpc.Future) -> list[pb.MarketEvent]:
     """Reads a stream until its deadline: a valid request is a live stream that simply waits for events."""
     events = []
     try:
-        for event in stream:  # type: ignore[attr-defined]
+        for event in stream:
             events.append(event)
     except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
             raise
     return events
 
@@ -394,7 +417,7 @@ def test_sequence_fuzz_only_well_formed_commands_with_the_token_enter_the_log(
         except grpc.RpcError as error:
             assert_clear(error)
             if not with_token:
-                assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED
             assert log_positions(fuzz_cluster) == before, "a refused request changed the log"
             return
     assert with_token, "the Sequencer answered a caller without the cluster token"
@@ -416,11 +439,11 @@ def test_raw_random_bytes_at_the_sequencer(fuzz_cluster: Cluster, method: str, b
         try:
             answer = call(body, metadata=metadata, timeout=15)
             if method == "ReadLog":
-                list(answer)  # type: ignore[call-overload]
+                list(answer)
         except grpc.RpcError as error:
             assert_clear(error)
             if not with_token and method != "GetSequence":
-                assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         else:
             assert with_token or method == "GetSequence", f"{method} answered a caller without the cluster token"
     if not with_token:

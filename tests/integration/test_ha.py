@@ -12,10 +12,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import read_log, read_replica_log
-from exchange.cluster import parse_markets, token_metadata
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.test_recovery import Load, checksums_equal_replay, every_acknowledged_order_once, node_stubs
 
@@ -142,21 +142,22 @@ def test_losing_the_consul_raft_leader_under_load_pauses_trading_for_seconds_and
     make_cluster: Callable[..., Cluster],
 ) -> None:
     c = ha_cluster(make_cluster)
-    assert isinstance(c.consul, ConsulServers)
+    consul = c.consul
+    assert isinstance(consul, ConsulServers)
     markets = [m.symbol for m in parse_markets(c.markets)]
-    raft_leader = c.consul.leader_index()
+    raft_leader = consul.leader_index()
     assert raft_leader is not None
     with node_stubs(c) as stubs:
         load = Load(stubs, targets=[0, 1, 2], markets=markets, threads=4, unique_ids=True).start()
         try:
             load.wait_for_more_ok(50, 30, "before the Consul leader is killed")
-            c.consul.servers[raft_leader].kill()
+            consul.servers[raft_leader].kill()
             killed_at, before = time.monotonic(), load.counts()[0]
-            wait_until(lambda: c.consul.leader_index() not in (None, raft_leader), 30, "a new Consul leader")
+            wait_until(lambda: consul.leader_index() not in (None, raft_leader), 30, "a new Consul leader")
             load.wait_for_more_ok(50, 45, "after Consul elected a new leader")
             print(f"Consul server {raft_leader + 1} (the Raft leader) killed: {load.counts()[0] - before} orders "
                   f"placed in the {time.monotonic() - killed_at:.1f}s until 50 more were")
-            c.consul.servers[raft_leader].start()
+            consul.servers[raft_leader].start()
             load.wait_for_more_ok(30, 30, "with the server back")
         finally:
             load.stop()

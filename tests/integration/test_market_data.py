@@ -12,13 +12,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import market_data_differences, replay_cluster
-from exchange.client import AsyncClient, Client
+from exchange.client import AsyncClient, Client, PublicTrade
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, types_pb2
 
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 MARKET = "BTC-USD"
 INTERVALS = ("1m", "5m", "15m", "1h", "1d")
+AnswerT = TypeVar("AnswerT", bound=Message)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,14 @@ def trade_some(traders: list[exchange_pb2_grpc.ExchangeNodeStub]) -> list[pb.Tra
     return trades
 
 
-def every_node(cluster: Cluster, call: str, request: object) -> list[object]:
+def every_node(cluster: Cluster, call: str, request: Message, answer: type[AnswerT]) -> list[AnswerT]:
+    """Each node's `answer` to `call`."""
     answers = []
     for address in cluster.node_addresses:
         with cluster.channel(address, None) as channel:  # market data needs no key
-            answers.append(getattr(exchange_pb2_grpc.ExchangeNodeStub(channel), call)(request, timeout=10))
+            response = getattr(exchange_pb2_grpc.ExchangeNodeStub(channel), call)(request, timeout=10)
+        assert isinstance(response, answer)
+        answers.append(response)
     return answers
 
 
@@ -72,7 +78,8 @@ def test_every_node_gives_the_same_trades_with_the_same_times_candles_and_ticker
     after_ms = time.time_ns() // 1_000_000
     module_cluster.wait_converged()
 
-    pages = every_node(module_cluster, "GetTrades", pb.GetTradesRequest(market=MARKET, limit=1000))
+    pages = every_node(module_cluster, "GetTrades", pb.GetTradesRequest(market=MARKET, limit=1000),
+                       pb.GetTradesResponse)
     assert all(page == pages[0] for page in pages), "every node: the same trades, ids, sequences and times"
     tape = list(reversed(pages[0].trades))  # oldest first
     ours = tape[-len(made):]
@@ -85,13 +92,13 @@ def test_every_node_gives_the_same_trades_with_the_same_times_candles_and_ticker
 
     for interval in INTERVALS:
         answers = every_node(module_cluster, "GetCandles",
-                             pb.GetCandlesRequest(market=MARKET, interval=interval, limit=1000))
+                             pb.GetCandlesRequest(market=MARKET, interval=interval, limit=1000), pb.GetCandlesResponse)
         assert all(answer == answers[0] for answer in answers), interval
         candles = answers[0].candles
         assert sum(c.volume for c in candles) == sum(t.size for t in tape), interval
         assert sum(c.trade_count for c in candles) == len(tape), interval
         assert candles[-1].close == tape[-1].price
-    tickers = every_node(module_cluster, "GetTicker", pb.GetTickerRequest(market=MARKET))
+    tickers = every_node(module_cluster, "GetTicker", pb.GetTickerRequest(market=MARKET), pb.Ticker)
     assert all(ticker == tickers[0] for ticker in tickers)
     ticker = tickers[0]
     book = traders[0].GetOrderBook(pb.GetOrderBookRequest(market=MARKET, depth=1), timeout=10)
@@ -127,7 +134,7 @@ def test_stream_trades_replays_from_a_sequence_and_the_client_resumes_then_follo
         assert [(t.trade_id, t.seq, t.price, t.size, t.time_ms) for t in resumed] == [
             (t.trade_id, t.seq, t.price, t.size, t.time_ms) for t in later if t.seq >= middle.seq][:2]
 
-        live: list[object] = []
+        live: list[PublicTrade] = []
         start = traders[1].GetOrderBook(pb.GetOrderBookRequest(market=MARKET), timeout=10).seq + 1
         follower = threading.Thread(  # from the next sequence: whenever the stream opens, nothing is missed
             target=lambda: live.extend(itertools.islice(client.trades(MARKET, start, timeout=20), 1)), daemon=True)
@@ -137,7 +144,7 @@ def test_stream_trades_replays_from_a_sequence_and_the_client_resumes_then_follo
         follower.join(20)
         assert len(live) == 1 and not fresh
         page = client.get_trades(MARKET, 1)
-        assert [t.trade_id for t in page.trades] == [live[0].trade_id]  # type: ignore[attr-defined]
+        assert [t.trade_id for t in page.trades] == [live[0].trade_id]
         assert client.get_ticker(MARKET).last_price == 200
         assert client.get_candles(MARKET, "1d", limit=1).candles[-1].close == 200
 
@@ -165,8 +172,8 @@ def test_bad_input_is_refused_with_a_clear_message_and_changes_nothing(
     before = module_cluster.status(0)
     with pytest.raises(grpc.RpcError) as refused:
         getattr(traders[0], call)(request_, timeout=10)
-    assert refused.value.code() == code  # type: ignore[attr-defined]
-    assert len(refused.value.details()) > 20  # type: ignore[attr-defined]
+    assert refused.value.code() == code
+    assert len(refused.value.details()) > 20
     after = module_cluster.status(0)
     assert [(m.applied_seq, m.checksum) for m in after.markets] == [(m.applied_seq, m.checksum) for m in before.markets]
 
@@ -178,7 +185,7 @@ def test_stream_trades_refuses_bad_input(
 ) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         next(iter(traders[0].StreamTrades(pb.StreamTradesRequest(market=market, from_seq=from_seq), timeout=10)))
-    assert refused.value.code() == code  # type: ignore[attr-defined]
+    assert refused.value.code() == code
 
 
 def test_market_data_needs_no_key(module_cluster: Cluster) -> None:
@@ -203,7 +210,12 @@ def test_the_cli_shows_trades_candles_and_the_ticker_and_watches_new_trades(
     watch = subprocess.Popen([*cli, "trades", "--watch", "--limit", "2"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout or []], daemon=True)
+
+    def read() -> None:
+        for line in watch.stdout or []:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         seen = [lines.get(timeout=30) for _ in range(3)]  # the header and the 2 latest trades

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from devtools.verify import replay_cluster
 from devtools.workload import SIZE_ZERO, UNKNOWN_MARKET, Workload
 from exchange.v1 import exchange_pb2 as pb
@@ -32,7 +32,7 @@ def mixed_orders(rng: random.Random, stream: int, count: int) -> tuple[list[pb.C
     return [order.request for order in drawn], [order.error for order in drawn]
 
 
-def entry(cluster: Cluster, address: str, requests: list, account: str = "alice"  # type: ignore[type-arg]
+def entry(cluster: Cluster, address: str, requests: list[pb.CreateOrderRequest], account: str = "alice"
           ) -> list[pb.OrderEntryResult]:
     with cluster.channel(address, account) as channel:
         return list(exchange_pb2_grpc.ExchangeNodeStub(channel).OrderEntry(iter(requests), timeout=60))

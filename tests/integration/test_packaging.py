@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.cluster import ROOT
+from devtools.local_cluster import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

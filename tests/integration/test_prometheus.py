@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.prometheus import DEPLOY, PrometheusServer, find_prometheus
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from devtools.cluster import Cluster, wait_until
+from devtools.local_cluster import Cluster, wait_until
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import OrderGenerator, Workload
-from exchange.cluster import parse_markets, token_metadata
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.errors import Unavailable
-from exchange.node.links import GateStream
+from exchange.node.sequencer_link import GateStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
 from tests.integration.conftest import STUB_ACCOUNTS
@@ -165,7 +165,9 @@ def test_late_node_catches_up_after_500_orders(make_cluster: Callable[..., Clust
         checksums_equal_replay(c, views)
 
 
-def public_market_data(stub: exchange_pb2_grpc.ExchangeNodeStub, market: str) -> tuple[object, ...]:
+def public_market_data(
+    stub: exchange_pb2_grpc.ExchangeNodeStub, market: str
+) -> tuple[pb.GetTradesResponse, list[pb.GetCandlesResponse], pb.Ticker]:
     """A node's trades, candles of every interval and ticker of `market`."""
     trades = stub.GetTrades(pb.GetTradesRequest(market=market, limit=1000), timeout=CALL_TIMEOUT)
     candles = [stub.GetCandles(pb.GetCandlesRequest(market=market, interval=interval, limit=1000),
@@ -237,7 +239,9 @@ def test_sequencer_killed_and_restarted_loses_no_acknowledged_order(make_cluster
         load = Load(stubs, targets=[0, 1, 2], markets=markets, threads=4, unique_ids=True).start()
         try:
             load.wait_for_more_ok(40, 30, "before the Sequencer is killed")
-            c.sequencer.kill()
+            sequencer = c.sequencer
+            assert sequencer is not None
+            sequencer.kill()
             errors_before = load.counts()[1]
             # The nodes retry a Sequencer outage for a while before answering UNAVAILABLE: let the
             # clients see it (or run out of patience) before the restart.
@@ -355,12 +359,14 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         first = await gate.ask(stub, gate.take(request(0)), 5, token)
         assert first.granted and first.current_seq == 1
         stalled = gate.take(request(1))
-        c.sequencer.signal(signal.SIGSTOP)
+        sequencer = c.sequencer
+        assert sequencer is not None
+        sequencer.signal(signal.SIGSTOP)
         try:
             with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
                 await asyncio.wait_for(gate.ask(stub, stalled, 0.5, token), 10)  # fails rather than hangs
         finally:
-            c.sequencer.signal(signal.SIGCONT)
+            sequencer.signal(signal.SIGCONT)
         again = await gate.ask(stub, stalled, 5, token)  # the node's retry states the same applied sequence
         # Either the stalled request was numbered (then the retry is stale and carries it back) or it never
         # reached the gate (then the retry is granted); never both.
@@ -388,18 +394,20 @@ def test_an_order_whose_client_gave_up_is_shown_pending_then_placed_and_converge
     with node_stubs(c) as stubs:
         stubs[0].CreateOrder(pb.CreateOrderRequest(size=2, limit_price=100), timeout=CALL_TIMEOUT)
         before = c.wait_converged()
-        c.sequencer.signal(signal.SIGSTOP)
+        sequencer = c.sequencer
+        assert sequencer is not None
+        sequencer.signal(signal.SIGSTOP)
         try:
             with pytest.raises(grpc.RpcError) as gave_up:
                 stubs[1].CreateOrder(pb.CreateOrderRequest(size=-1, limit_price=100, client_order_id="late-1"),
                                      timeout=0.5)
-            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             held = {m.market: m.pending for m in c.status(1).markets}
             assert held["BTC-USD"] == 1, f"the node still holds the order: {held}"
             with pytest.raises(TimeoutError):
                 c.wait_converged(timeout=1.0)
         finally:
-            c.sequencer.signal(signal.SIGCONT)
+            sequencer.signal(signal.SIGCONT)
         after = c.wait_converged()
     assert after["BTC-USD"][0] == before["BTC-USD"][0] + 1, "the order its client gave up on is placed once"
     assert all(m.pending == 0 for i in range(3) for m in c.status(i).markets)

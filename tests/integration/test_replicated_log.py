@@ -18,8 +18,8 @@ import pytest
 from devtools.consul_agent import ConsulDevAgent
 from discovery import DiscoveryError, TransactionOp, TransactionRejected
 from discovery.consul_kv import ConsulKV
-from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord
-from exchange.errors import Unavailable
+from exchange.cluster_common import SEQUENCER_LEADER_KEY, LeaderRecord
+from exchange.errors import ExchangeError, Unavailable
 from exchange.v1 import types_pb2
 from sequencer.ha.records import HEADS_PREFIX, batch_prefix, decode_batch
 from sequencer.log import StoredEntry
@@ -155,7 +155,7 @@ class ConsulHarness:
 
 class TestReplicatedLog(LogContract):
     @pytest.fixture
-    def harness(self, consul: ConsulDevAgent, tmp_path: Path) -> ConsulHarness:  # type: ignore[override]
+    def harness(self, consul: ConsulDevAgent, tmp_path: Path) -> ConsulHarness:
         return ConsulHarness(kv_of(consul), tmp_path / "archive.sqlite3")
 
 
@@ -178,7 +178,9 @@ async def deposed_with_a_stalled_write(
     stalled = asyncio.create_task(ask(old.service, 1, order("stalled", ref=2)))
     await old.until(lambda: old.store.arrived > sent, "the old leader's transaction of number 2")
     assert not stalled.done() and old.service.markets["M"].current == 2
-    kv.destroy_session(old.log.session)  # what Consul does when its check fails or its TTL passes
+    session = old.log.session
+    assert session is not None
+    kv.destroy_session(session)  # what Consul does when its check fails or its TTL passes
     new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
     new.start()
     await new.leading()
@@ -192,19 +194,20 @@ def test_a_deposed_leader_is_fenced_its_commit_refused_by_consul_and_it_follows_
     same number; the old leader's transaction for it is refused (check-session, and the head's compare-and-set:
     the next test has the write arrive before the new leader commits, where only check-session refuses it), it
     steps down, answers nothing of what it numbered, and adopts the new leader's entries as a standby."""
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
 
     async def scenario() -> None:
         old, stalled, new = await deposed_with_a_stalled_write(kv, tmp_path, failures)
         taken = await ask(new.service, 1, order("taken", node="b", ref=1), node="b")
         assert seqs(taken) == [(2, False)], "the new leader continues at exactly the head + 1"
         old.store.gate.set()  # the old leader wakes up and sends its transaction for number 2
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(ExchangeError) as refused:
             await stalled
         assert refused.value.code.name == "UNAVAILABLE", refused.value
         await old.until(lambda: not old.service.leading and old.service.markets["M"].durable == 2,
                         "the old leader to step down and adopt the new leader's entry")
-        with pytest.raises(Exception) as standby:
+        with pytest.raises(ExchangeError) as standby:
             await ask(old.service, 2, order(ref=3))
         assert standby.value.code.name == "UNAVAILABLE" and "standby" in str(standby.value)
         for replica in (old, new):
@@ -225,7 +228,8 @@ def test_a_deposed_leaders_write_that_arrives_before_the_new_leader_commits_is_r
     new leader took over but before it committed anything, so the head is still the version both read and the
     compare-and-set alone would let it through. Refused, the old leader answers nothing; the new leader numbers 2
     itself and keeps leading; the log holds the new leader's entry, on every replica and in Consul."""
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
 
     async def scenario() -> None:
         # the new leader read the head (number 1): the version the old leader's transaction expects
@@ -254,7 +258,8 @@ def test_a_node_ahead_of_a_replica_is_told_unavailable_and_the_replica_verifies_
     """A deposed leader that has not noticed yet (its session renewal is far off) is asked by a node that has
     applied more than it holds: a sign another replica leads. The node is told UNAVAILABLE (it retries, on the
     leader), not FAILED_PRECONDITION, and the replica's fenced probe is refused: it steps down."""
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
     caplog.set_level(logging.INFO, logger="sequencer")
 
     async def scenario() -> None:
@@ -262,13 +267,15 @@ def test_a_node_ahead_of_a_replica_is_told_unavailable_and_the_replica_verifies_
         old.start()
         await old.leading()
         await ask(old.service, 0, order(ref=1))
-        kv.destroy_session(old.log.session)
+        session = old.log.session
+        assert session is not None
+        kv.destroy_session(session)
         new = Replica("new", kv, tmp_path / "new.sqlite3", failures)
         new.start()
         await new.leading()
         await ask(new.service, 1, order(node="b", ref=1), order(node="b", ref=2), node="b")
         assert old.service.leading, "the old leader has not noticed (the test relies on its long TTL)"
-        with pytest.raises(Exception) as ahead:
+        with pytest.raises(ExchangeError) as ahead:
             await ask(old.service, 3, order(node="b", ref=3), node="b")
         assert ahead.value.code.name == "UNAVAILABLE" and "may no longer lead" in str(ahead.value)
         await old.until(lambda: not old.service.leading and old.service.markets["M"].durable == 3,
@@ -285,7 +292,8 @@ def test_a_node_ahead_of_a_replica_is_told_unavailable_and_the_replica_verifies_
 def test_an_unknown_outcome_is_resolved_before_anything_is_answered_and_commits_exactly_once(
     consul: ConsulDevAgent, tmp_path: Path, lost: str
 ) -> None:
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
 
     async def scenario() -> None:
         replica = Replica("r", kv, tmp_path / "r.sqlite3", failures)
@@ -311,7 +319,8 @@ def test_an_unknown_outcome_is_resolved_before_anything_is_answered_and_commits_
 def test_consul_keeps_a_bounded_tail_and_a_replica_joining_later_copies_the_rest_from_a_peer(
     consul: ConsulDevAgent, tmp_path: Path
 ) -> None:
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
 
     async def scenario() -> None:
         leader = Replica("leader", kv, tmp_path / "leader.sqlite3", failures, tail=10)
@@ -352,7 +361,8 @@ def test_a_replica_restarted_at_once_ends_its_previous_session_instead_of_waitin
     """Restarted at once on the same address, a replica answers the health check its dead run's session carries
     before that check ever fails: the old session would hold the lock for its TTL (10-20 s) and nobody could
     lead. The new run ends it first."""
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
 
     async def scenario() -> None:
         first = Replica("same", kv, tmp_path / "a.sqlite3", failures, ttl=60)
@@ -382,7 +392,8 @@ def test_a_new_leader_whose_clock_is_behind_stamps_the_last_time_of_the_log_not_
     """The old leader's clock is an hour ahead of the standby's; the standby follows, the old leader dies, the
     standby leads: its first entries carry the old leader's last time (time never goes backwards in the log),
     and it stamps its own clock again once that passes the log's time."""
-    kv, failures = kv_of(consul), []
+    kv = kv_of(consul)
+    failures: list[BaseException] = []
     ahead, behind = [1_700_003_600_000], [1_700_000_000_000]
 
     def stamps(response: Any) -> list[int]:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from devtools.certs import make_identity
-from devtools.cluster import Cluster, serving, wait_until
+from devtools.local_cluster import Cluster, serving, wait_until
 from devtools.verify import replay_cluster
 from exchange.runtime import sync_channel
 from exchange.shared.tls import TlsConfig

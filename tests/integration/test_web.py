@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.webdriver import Chrome
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from devtools.cluster import Cluster
+from devtools.local_cluster import Cluster
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 
@@ -59,7 +59,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chrome]:
     binary, driver_path = chromium_paths()
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -75,14 +75,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
 
 @pytest.fixture(scope="module")
-def web(module_cluster: Cluster, browser: WebDriver) -> str:
+def web(module_cluster: Cluster, browser: Chrome) -> str:
     url = module_cluster.start_web()
     browser.get(url)
     return url
 
 
-def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], what: str, timeout: float = DEADLINE) -> Any:
-    def safely(driver: WebDriver) -> Any:
+def wait(browser: Chrome, condition: Callable[[Chrome], Any], what: str, timeout: float = DEADLINE) -> Any:
+    def safely(driver: Chrome) -> Any:
         try:
             return condition(driver)
         except StaleElementReferenceException:  # the page redrew it meanwhile
@@ -91,21 +91,21 @@ def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], what: str, t
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(safely, f"waiting for {what}")
 
 
-def texts(browser: WebDriver, selector: str) -> list[str]:
+def texts(browser: Chrome, selector: str) -> list[str]:
     return [element.text for element in browser.find_elements(By.CSS_SELECTOR, selector)]
 
 
-def node_health(browser: WebDriver) -> dict[str, str]:
+def node_health(browser: Chrome) -> dict[str | None, str]:
     return {tile.get_attribute("data-node-id"): tile.find_element(By.CSS_SELECTOR, ".health").text.lower()
             for tile in browser.find_elements(By.CSS_SELECTOR, "#nodes .node")}
 
 
-def page_errors(browser: WebDriver) -> list[dict[str, Any]]:
+def page_errors(browser: Chrome) -> list[dict[str, Any]]:
     """The console's errors since the last call (the log is read once)."""
     return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def script_errors(browser: WebDriver) -> list[dict[str, Any]]:
+def script_errors(browser: Chrome) -> list[dict[str, Any]]:
     """Script errors only (a request answered 401 or a refused connection is logged by the browser too)."""
     return [entry for entry in page_errors(browser) if entry.get("source") != "network"]
 
@@ -114,7 +114,7 @@ def stub(cluster: Cluster, index: int, account: str) -> exchange_pb2_grpc.Exchan
     return exchange_pb2_grpc.ExchangeNodeStub(cluster.channel(cluster.node_address(index), account))
 
 
-def no_alert(browser: WebDriver) -> bool:
+def no_alert(browser: Chrome) -> bool:
     try:
         browser.switch_to.alert  # noqa: B018 - raises when there is none
     except NoAlertPresentException:
@@ -123,7 +123,7 @@ def no_alert(browser: WebDriver) -> bool:
 
 
 def test_the_page_loads_without_a_console_error_and_shows_every_node_and_the_sequencer(
-    web: str, browser: WebDriver, artifacts: Path,
+    web: str, browser: Chrome, artifacts: Path,
 ) -> None:
     wait(browser, lambda b: node_health(b) == {"node-1": "ok", "node-2": "ok", "node-3": "ok"}, "three nodes ok")
     wait(browser, lambda b: [t.lower() for t in texts(b, "#sequencers .role")] == ["leader"], "the Sequencer leading")
@@ -134,7 +134,7 @@ def test_the_page_loads_without_a_console_error_and_shows_every_node_and_the_seq
 
 
 def test_an_order_placed_through_grpc_appears_in_the_ladder_and_a_trade_on_the_tape(
-    web: str, browser: WebDriver, module_cluster: Cluster, artifacts: Path,
+    web: str, browser: Chrome, module_cluster: Cluster, artifacts: Path,
 ) -> None:
     stub(module_cluster, 0, "alice").CreateOrder(pb.CreateOrderRequest(market="BTC-USD", size=-7, limit_price=1234,
                                                                        client_order_id="web-ask"), timeout=10)
@@ -165,19 +165,19 @@ def test_an_order_placed_through_grpc_appears_in_the_ladder_and_a_trade_on_the_t
     assert script_errors(browser) == []
 
 
-def ticker(browser: WebDriver, item: str) -> str:
+def ticker(browser: Chrome, item: str) -> str:
     found = browser.find_elements(By.CSS_SELECTOR, f"#ticker-{item} b")
     return found[0].text if found else ""
 
 
-def last_candle(browser: WebDriver) -> dict[str, str]:
+def last_candle(browser: Chrome) -> dict[str, str]:
     candles = browser.find_elements(By.CSS_SELECTOR, "#candles g.candle")
     if not candles:
         return {}
     return {name: candles[-1].get_attribute(f"data-{name}") or "" for name in ("open", "high", "low", "close")}
 
 
-def place_from_ticket(browser: WebDriver, side: str, size: int, price: int, client_order_id: str = "") -> None:
+def place_from_ticket(browser: Chrome, side: str, size: int, price: int, client_order_id: str = "") -> None:
     Select(browser.find_element(By.ID, "o-side")).select_by_visible_text(side)
     for field, value in (("o-size", size), ("o-price", price), ("o-coid", client_order_id)):
         element = browser.find_element(By.ID, field)
@@ -186,12 +186,12 @@ def place_from_ticket(browser: WebDriver, side: str, size: int, price: int, clie
     browser.find_element(By.ID, "o-place").click()
 
 
-def fills(browser: WebDriver) -> list[list[str]]:
+def fills(browser: Chrome) -> list[list[str]]:
     return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
             for row in browser.find_elements(By.CSS_SELECTOR, "#fills tr")]
 
 
-def use_key(browser: WebDriver, key: str) -> None:
+def use_key(browser: Chrome, key: str) -> None:
     field = browser.find_element(By.ID, "key")
     field.clear()
     field.send_keys(key)
@@ -199,7 +199,7 @@ def use_key(browser: WebDriver, key: str) -> None:
 
 
 def test_the_trade_ticket_places_amends_and_cancels_with_a_key_shows_text_as_text_and_a_wrong_key_is_refused(
-    web: str, browser: WebDriver, module_cluster: Cluster, artifacts: Path,
+    web: str, browser: Chrome, module_cluster: Cluster, artifacts: Path,
 ) -> None:
     use_key(browser, module_cluster.api_keys["alice"])
     place_from_ticket(browser, "BUY", 3, 900, XSS)
@@ -242,7 +242,7 @@ def test_the_trade_ticket_places_amends_and_cancels_with_a_key_shows_text_as_tex
 
 
 def test_a_sigkilled_node_turns_down_and_comes_back_when_restarted_and_caught_up(
-    web: str, browser: WebDriver, module_cluster: Cluster, artifacts: Path,
+    web: str, browser: Chrome, module_cluster: Cluster, artifacts: Path,
 ) -> None:
     module_cluster.nodes[2].kill()
     wait(browser, lambda b: node_health(b).get("node-3") == "down", "node-3 to show down")
@@ -261,7 +261,7 @@ def test_a_sigkilled_node_turns_down_and_comes_back_when_restarted_and_caught_up
 
 
 def test_the_page_reconnects_by_itself_when_the_web_process_restarts(
-    web: str, browser: WebDriver, module_cluster: Cluster,
+    web: str, browser: Chrome, module_cluster: Cluster,
 ) -> None:
     assert module_cluster.web is not None
     module_cluster.web.stop()
@@ -277,14 +277,14 @@ def test_the_page_reconnects_by_itself_when_the_web_process_restarts(
 
 
 def test_in_ha_mode_killing_the_leader_shows_the_other_replica_leading(
-    make_cluster: Callable[..., Cluster], browser: WebDriver, artifacts: Path,
+    make_cluster: Callable[..., Cluster], browser: Chrome, artifacts: Path,
 ) -> None:
     """Last in the module: the browser leaves the module's console for an HA cluster's."""
     cluster = make_cluster(ha=True)
     cluster.start()
     browser.get(cluster.start_web())
 
-    def roles(b: WebDriver) -> dict[str, str]:
+    def roles(b: Chrome) -> dict[str | None, str]:
         return {tile.get_attribute("data-id"): tile.find_element(By.CSS_SELECTOR, ".role").text.lower()
                 for tile in b.find_elements(By.CSS_SELECTOR, "#sequencers .sequencer")}
 

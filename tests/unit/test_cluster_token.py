@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
-from exchange.cluster import peer_token, token_metadata
+from exchange.cluster_common import peer_token, token_metadata
 from exchange.runtime import RequireClusterToken
 from exchange.shared.wire import CLUSTER_ONLY_METHODS, TOKEN_HEADER
 from tests.unit.fakes import SECRET, Aborted, FakeContext, run_scenario
@@ -50,7 +50,7 @@ class Service:
 async def call(service: Service, method: str, metadata: Metadata) -> str:
     """Calls `method` of `service` through the interceptor with `metadata`: what the caller gets."""
     check = RequireClusterToken(peer_token(SECRET), CLUSTER_ONLY_METHODS, TOKEN_HEADER)
-    handler = await check.intercept_service(service.continuation, Details(method, metadata))  # type: ignore[arg-type]
+    handler = await check.intercept_service(service.continuation, Details(method, metadata))
     assert handler is not None
     if handler.response_streaming:
         answers = [answer async for answer in handler.stream_stream(iter(()), FakeContext(metadata))]

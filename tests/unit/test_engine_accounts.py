@@ -18,7 +18,9 @@ from exchange.engine import (
     AmendOrder,
     CancelOrder,
     CancelReason,
+    Command,
     Engine,
+    Event,
     MarketConfig,
     OrderAmended,
     OrderCancelled,
@@ -26,9 +28,9 @@ from exchange.engine import (
     OrderReduced,
     OrderRejected,
     OrderView,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
-    SubmitOrder,
 )
 from tests.unit.test_engine_rules import (
     BUY,
@@ -41,6 +43,7 @@ from tests.unit.test_engine_rules import (
     M,
     accepted,
     fill,
+    ill_typed,
     rejected,
     rested,
 )
@@ -91,7 +94,7 @@ def walk() -> Driver:
 # what each mode makes of alice's buy of 10 at 101 after its first trade, the book after it (id, price, open),
 # and the incoming order's view (None: finished)
 FIRST_FILL = fill(4, 1, 100, 2, 1, BUY, 0, 8, maker_account=B, taker_account=A)
-WALKS = {
+WALKS: dict[SelfTradePrevention, tuple[list[Event], list[tuple[int, int, int]], OrderView | None]] = {
     # the incoming order stops where it meets its own
     CANCEL_TAKER: ([prevented(4, 4, 8)], [(2, 100, 3), (3, 101, 4)], None),
     # the resting order is cancelled, matching goes on and the rest rests
@@ -132,7 +135,7 @@ def test_each_mode_where_the_walk_meets_an_own_resting_order(walk: Driver, stp: 
 
 
 def test_cancel_taker_is_the_default(walk: Driver) -> None:
-    events = walk.engine.apply(SubmitOrder(M, 4, BUY, LIMIT, 10, 101, A))
+    events = walk.engine.apply(PlaceOrder(M, 4, BUY, LIMIT, 10, 101, A))
     assert events == [accepted(4, BUY, 101, 10, account=A), FIRST_FILL, prevented(4, 4, 8)]
 
 
@@ -398,20 +401,20 @@ def test_event_account_fields_default_to_no_account_for_code_written_before_acco
 def test_invalid_self_trade_prevention_is_rejected_and_changes_nothing(book: Driver, stp: object) -> None:
     book.sell(5, 100, account=A)
     before = book.engine.checksum(M)
-    cmd = SubmitOrder(M, 2, BUY, LIMIT, 5, 100, A, stp)
+    cmd = ill_typed(PlaceOrder, M, 2, BUY, LIMIT, 5, 100, A, stp)
     assert book.engine.apply(cmd) == [rejected(2, RejectReason.INVALID_SELF_TRADE_PREVENTION, account=A)]
     assert book.engine.checksum(M) == before and book.engine.last_seq(M) == 2
 
 
 def test_self_trade_prevention_is_checked_right_after_the_order_type(book: Driver) -> None:
     apply = book.engine.apply
-    assert apply(SubmitOrder(M, 1, 3, LIMIT, 5, 100, A, 9)) == [
+    assert apply(ill_typed(PlaceOrder, M, 1, 3, LIMIT, 5, 100, A, 9)) == [
         rejected(1, RejectReason.INVALID_SIDE, account=A)
     ]
-    assert apply(SubmitOrder(M, 2, BUY, 9, 5, 100, A, 9)) == [
+    assert apply(ill_typed(PlaceOrder, M, 2, BUY, 9, 5, 100, A, 9)) == [
         rejected(2, RejectReason.INVALID_ORDER_TYPE, account=A)
     ]
-    assert apply(SubmitOrder(M, 3, BUY, LIMIT, 0, None, A, 9)) == [
+    assert apply(ill_typed(PlaceOrder, M, 3, BUY, LIMIT, 0, None, A, 9)) == [
         rejected(3, RejectReason.INVALID_SELF_TRADE_PREVENTION, account=A)
     ]
     config = MarketConfig(M)
@@ -421,7 +424,7 @@ def test_self_trade_prevention_is_checked_right_after_the_order_type(book: Drive
 
 def test_plain_int_self_trade_prevention_is_normalised_to_the_mode(book: Driver) -> None:
     assert SELF_TRADE_PREVENTIONS == {1: CANCEL_TAKER, 2: CANCEL_MAKER, 3: CANCEL_BOTH, 4: DECREMENT}
-    book.engine.apply(SubmitOrder(M, 1, SELL, LIMIT, 5, 100, A, 2))
+    book.engine.apply(ill_typed(PlaceOrder, M, 1, SELL, LIMIT, 5, 100, A, 2))
     book.buy(2, 99, account=B)
     book.buy(1, 98, account=A)
     # the amended order applies CANCEL_MAKER (2): alice's own bid is cancelled, the rest rests
@@ -436,13 +439,13 @@ def test_plain_int_self_trade_prevention_is_normalised_to_the_mode(book: Driver)
 @pytest.mark.parametrize(
     "command",
     [
-        SubmitOrder(M, 2, BUY, LIMIT, 5, 100, None),
-        SubmitOrder(M, 2, 7, LIMIT, 5, 100, b"alice"),
-        CancelOrder(M, 2, 1, 5),
-        AmendOrder(M, 2, 1, 3, None, ["alice"]),
+        ill_typed(PlaceOrder, M, 2, BUY, LIMIT, 5, 100, None),
+        ill_typed(PlaceOrder, M, 2, 7, LIMIT, 5, 100, b"alice"),
+        ill_typed(CancelOrder, M, 2, 1, 5),
+        ill_typed(AmendOrder, M, 2, 1, 3, None, ["alice"]),
     ],
 )
-def test_an_account_that_is_not_a_str_raises_and_changes_nothing(book: Driver, command: object) -> None:
+def test_an_account_that_is_not_a_str_raises_and_changes_nothing(book: Driver, command: Command) -> None:
     book.sell(5, 100, account=A)
     before = book.engine.snapshot()
     with pytest.raises(TypeError, match="account"):

@@ -26,9 +26,9 @@ from exchange.engine import (
     OrderRejected,
     OrderRested,
     OrderType,
+    PlaceOrder,
     SelfTradePrevention,
     Side,
-    SubmitOrder,
 )
 
 M = "X"
@@ -49,7 +49,7 @@ def build(op: tuple, seq: int) -> Command:
     if op[0] == "submit":
         _, side, order_type, size, price, account, stp = op
         price = None if order_type is OrderType.MARKET else price
-        return SubmitOrder(M, seq, side, order_type, size, price, account, stp)
+        return PlaceOrder(M, seq, side, order_type, size, price, account, stp)
     if op[0] == "cancel":
         return CancelOrder(M, seq, op[1], op[2])
     return AmendOrder(M, seq, op[1], op[2], op[3], op[4])
@@ -101,7 +101,7 @@ class Ledger:
                 self.reduced[event.order_id] += event.size
                 assert event.remaining == self.open_size(event.order_id) > 0
             elif kind is OrderRested:
-                if event.order_id not in self.stamp or isinstance(cmd, SubmitOrder):
+                if event.order_id not in self.stamp or isinstance(cmd, PlaceOrder):
                     self.clock += 1
                     self.stamp[event.order_id] = self.clock
             elif kind is OrderAmended:
@@ -133,10 +133,10 @@ def test_invariants_hold_after_every_command(ops: list[tuple]) -> None:
         assert all(view.account == ledger.owner[view.order_id] for view in after)
 
         # a FOK fills completely by trades or is rejected before anything changes
-        if isinstance(cmd, SubmitOrder) and cmd.order_type is OrderType.FOK and type(events[0]) is OrderAccepted:
+        if isinstance(cmd, PlaceOrder) and cmd.order_type is OrderType.FOK and type(events[0]) is OrderAccepted:
             assert all(type(e) is not OrderRejected for e in events)
             assert sum(e.size for e in events if type(e) is OrderFilled) == cmd.size
-            assert not any(type(e) in (OrderCancelled, OrderReduced) and e.order_id == cmd.seq for e in events)
+            assert not any(isinstance(e, (OrderCancelled, OrderReduced)) and e.order_id == cmd.seq for e in events)
 
         bids, asks = engine.depth(M, 1000)
         if bids and asks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exchange.engine import (
     AmendOrder,
@@ -26,11 +27,14 @@ from exchange.engine import (
     OrderRejected,
     OrderRested,
     OrderType,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
     Side,
-    SubmitOrder,
 )
+
+if TYPE_CHECKING:  # pytest imports conftest.py itself: the tests never do
+    from tests.unit.conftest import StreamFactory
 
 STP = SelfTradePrevention
 PREVENTED = CancelReason.SELF_TRADE_PREVENTED
@@ -179,7 +183,7 @@ class ReferenceBook:
                 opposite.pop(0)
         return size, reduced
 
-    def submit(self, cmd: SubmitOrder) -> list[Event]:
+    def place(self, cmd: PlaceOrder) -> list[Event]:
         seq, account = cmd.seq, cmd.account
         reason = None
         if cmd.side not in (1, 2):
@@ -225,7 +229,7 @@ class ReferenceBook:
             else:
                 raise AssertionError("a FOK that passed its check cannot have a remainder")
         elif otype is OrderType.FOK:
-            assert not any(type(e) in (OrderCancelled, OrderReduced) and e.order_id == seq for e in events)
+            assert not any(isinstance(e, (OrderCancelled, OrderReduced)) and e.order_id == seq for e in events)
         return events
 
     def cancel(self, cmd: CancelOrder) -> list[Event]:
@@ -285,8 +289,8 @@ class ReferenceBook:
         return events
 
     def apply(self, cmd: Command) -> list[Event]:
-        if isinstance(cmd, SubmitOrder):
-            return self.submit(cmd)
+        if isinstance(cmd, PlaceOrder):
+            return self.place(cmd)
         if isinstance(cmd, CancelOrder):
             return self.cancel(cmd)
         return self.amend(cmd)
@@ -306,7 +310,7 @@ def _reference_resting(reference: ReferenceBook) -> list[tuple[int, Side, int, i
     return [(o.order_id, o.side, o.price, o.size, o.remaining, o.account) for o in reference.bids + reference.asks]
 
 
-def test_engine_matches_naive_reference_on_100k_random_commands(make_stream) -> None:  # noqa: ANN001
+def test_engine_matches_naive_reference_on_100k_random_commands(make_stream: StreamFactory) -> None:
     commands = make_stream(seed=7, count=100_000)
     engine = Engine([CONFIG])
     reference = ReferenceBook(CONFIG)
@@ -325,7 +329,7 @@ def test_engine_matches_naive_reference_on_100k_random_commands(make_stream) -> 
     assert 10 < largest_book < 2000  # the stream is meant to keep a small but non-trivial book
 
 
-def test_stream_exercises_every_event_kind(make_stream) -> None:  # noqa: ANN001
+def test_stream_exercises_every_event_kind(make_stream: StreamFactory) -> None:
     engine = Engine([CONFIG])
     kinds: set[object] = set()
     for cmd in make_stream(seed=1, count=20_000):  # a seed whose stream meets an empty side (NO_LIQUIDITY)
@@ -349,14 +353,14 @@ def _run(engine: Engine, commands: list[Command]) -> tuple[list[list[Event]], li
     return events, checksums
 
 
-def test_same_100k_commands_give_identical_events_checksums_and_snapshots(make_stream) -> None:  # noqa: ANN001
+def test_same_100k_commands_give_identical_events_checksums_and_snapshots(make_stream: StreamFactory) -> None:
     commands = make_stream(seed=3, count=100_000)
     first, second = Engine([CONFIG]), Engine([CONFIG])
     assert _run(first, commands) == _run(second, commands)
     assert first.snapshot() == second.snapshot()
 
 
-def test_snapshot_restore_mid_stream_gives_same_events_and_checksum(make_stream) -> None:  # noqa: ANN001
+def test_snapshot_restore_mid_stream_gives_same_events_and_checksum(make_stream: StreamFactory) -> None:
     commands = make_stream(seed=5, count=100_000)
     straight = Engine([CONFIG])
     events, checksums = _run(straight, commands)

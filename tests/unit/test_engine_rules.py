@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -23,11 +24,11 @@ from exchange.engine import (
     OrderRested,
     OrderType,
     OrderView,
+    PlaceOrder,
     RejectReason,
     SelfTradePrevention,
     SequenceError,
     Side,
-    SubmitOrder,
     UnknownMarketError,
 )
 
@@ -40,6 +41,15 @@ LIMIT, MARKET, IOC, FOK, POST = (
     OrderType.POST_ONLY,
 )
 M = "X"
+
+
+CommandT = TypeVar("CommandT", PlaceOrder, CancelOrder, AmendOrder)
+
+
+def ill_typed(kind: type[CommandT], *fields: object) -> CommandT:
+    """A command with fields of the wrong type on purpose, as a client of the engine might send: the engine
+    must refuse them or make the enum they stand for: the cast tells mypy not to check the fields."""
+    return cast(Callable[..., CommandT], kind)(*fields)
 
 
 class Book:
@@ -62,7 +72,7 @@ class Book:
         account: str = "",
         stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER,
     ) -> list[Event]:
-        cmd = SubmitOrder(self.market, self.next_seq, side, order_type, size, price, account, stp)
+        cmd = PlaceOrder(self.market, self.next_seq, side, order_type, size, price, account, stp)
         events = self.engine.apply(cmd)
         self.engine.check_consistency()
         return events
@@ -210,8 +220,9 @@ def test_better_priced_level_fills_before_earlier_worse_level(book: Book) -> Non
 def test_trade_ids_count_from_one_across_commands(book: Book) -> None:
     book.sell(1, 100)
     book.sell(1, 100)
-    assert book.buy(1, 100)[1].trade_id == 1
-    assert book.buy(1, 100)[1].trade_id == 2
+    first, second = book.buy(1, 100)[1], book.buy(1, 100)[1]
+    assert isinstance(first, OrderFilled) and first.trade_id == 1
+    assert isinstance(second, OrderFilled) and second.trade_id == 2
 
 
 # ------------------------------------------------------------------------------------------- market
@@ -361,7 +372,8 @@ def test_many_cancels_in_a_level_keep_tombstones_bounded(book: Book) -> None:
     queue = book.engine._books[M].asks.levels[100]
     assert len(queue) <= 2 * 201 + 16  # check_consistency (run after every command) checks it exactly
     assert book.depth() == ([], [(100, 201, 201)])
-    assert book.buy(201, 100)[-1].taker_remaining == 0
+    last = book.buy(201, 100)[-1]
+    assert isinstance(last, OrderFilled) and last.taker_remaining == 0
     assert book.depth() == ([], [])
 
 
@@ -558,9 +570,10 @@ def test_limit_order_whose_price_or_size_is_not_an_int_is_rejected(
 
 
 def test_plain_int_side_and_type_are_normalised_to_enums(book: Book) -> None:
-    events = book.engine.apply(SubmitOrder(M, 1, 1, 1, 5, 100))
+    events = book.engine.apply(ill_typed(PlaceOrder, M, 1, 1, 1, 5, 100))
     assert events == [accepted(1, BUY, 100, 5), rested(1, BUY, 100, 5)]
-    assert type(events[0].side) is Side and type(events[0].order_type) is OrderType
+    first = events[0]
+    assert isinstance(first, OrderAccepted) and type(first.side) is Side and type(first.order_type) is OrderType
 
 
 @pytest.mark.parametrize(
@@ -603,9 +616,9 @@ def test_sequence_gap_and_duplicate_raise_and_change_nothing(book: Book) -> None
     book.buy(5, 100)
     before = book.engine.snapshot()
     with pytest.raises(SequenceError):
-        book.engine.apply(SubmitOrder(M, 3, BUY, LIMIT, 5, 100))
+        book.engine.apply(PlaceOrder(M, 3, BUY, LIMIT, 5, 100))
     with pytest.raises(SequenceError):
-        book.engine.apply(SubmitOrder(M, 1, BUY, LIMIT, 5, 100))
+        book.engine.apply(PlaceOrder(M, 1, BUY, LIMIT, 5, 100))
     with pytest.raises(SequenceError):
         book.engine.apply(CancelOrder(M, 0, 1))
     assert book.engine.snapshot() == before
@@ -614,7 +627,7 @@ def test_sequence_gap_and_duplicate_raise_and_change_nothing(book: Book) -> None
 
 def test_unknown_market_raises_unknown_market_error(book: Book) -> None:
     with pytest.raises(UnknownMarketError):
-        book.engine.apply(SubmitOrder("NOPE", 1, BUY, LIMIT, 5, 100))
+        book.engine.apply(PlaceOrder("NOPE", 1, BUY, LIMIT, 5, 100))
     with pytest.raises(LookupError):
         book.engine.checksum("NOPE")
 
@@ -726,7 +739,7 @@ def test_snapshot_restore_round_trip_keeps_state_and_future_events(book: Book) -
         lambda d: d + b" ",
     ],
 )
-def test_corrupt_snapshot_raises_value_error(book: Book, mutate) -> None:  # noqa: ANN001
+def test_corrupt_snapshot_raises_value_error(book: Book, mutate: Callable[[bytes], bytes]) -> None:
     book.buy(5, 100)
     with pytest.raises(ValueError):
         Engine.restore(mutate(book.engine.snapshot()))

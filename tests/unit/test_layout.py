@@ -22,7 +22,7 @@ from devtools.layout import (
 )
 
 SERVER_SIDE = ("exchange.engine", "exchange.node", "sequencer", "discovery", "consul", "sortedcontainers",
-               "exchange.cluster", "exchange.accounts", "exchange.runtime", "prometheus_client")
+               "exchange.cluster_common", "exchange.accounts", "exchange.runtime", "prometheus_client")
 
 
 def _loaded_after(statement: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,11 @@ class HeldLogStore(LogStore):
     def release(self) -> None:
         held, self.held = self.held, []
         for market, entries, done in held:
-            super().append(market, entries).add_done_callback(
-                lambda write, done=done: settle(done, write.exception()))
+            super().append(market, entries).add_done_callback(partial(_settle_when_written, done))
+
+
+def _settle_when_written(done: asyncio.Future[None], write: asyncio.Future[None]) -> None:
+    settle(done, write.exception())
 
 
 class SQLiteHarness:
@@ -73,5 +77,5 @@ class SQLiteHarness:
 
 class TestEmbeddedLog(LogContract):
     @pytest.fixture
-    def harness(self, tmp_path: Path) -> SQLiteHarness:  # type: ignore[override]
+    def harness(self, tmp_path: Path) -> SQLiteHarness:
         return SQLiteHarness(tmp_path / "log.sqlite3")

@@ -27,7 +27,7 @@ def test_every_open_stream_is_ended_even_when_one_had_already_ended() -> None:
     contexts = [Context(grpc.aio.AbortError()), Context(RuntimeError("Failed execute_batch")), Context(None)]
 
     async def scenario() -> None:
-        with streams.track(contexts[0]), streams.track(contexts[1]), streams.track(contexts[2]):  # type: ignore[arg-type]
+        with streams.track(contexts[0]), streams.track(contexts[1]), streams.track(contexts[2]):
             await streams.end_all("stopping")
 
     asyncio.run(scenario())

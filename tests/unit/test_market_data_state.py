@@ -25,6 +25,7 @@ from exchange.node.market_data import (
 START = 1_700_000_000_000
 
 # One log entry: a time step (ms, or None: an entry of a log without time) and its trades (price, size, buy?).
+Entries = list[tuple[int | None, list[tuple[int, int, bool]]]]
 entries_strategy = st.lists(
     st.tuples(
         st.one_of(st.none(), st.sampled_from([0, 1, 999, 59_999, 60_000, 3_600_000, 86_400_000, 2 * 86_400_000]),
@@ -40,7 +41,7 @@ def fill(seq: int, trade_id: int, price: int, size: int, buy: bool) -> eng.Order
     return eng.OrderFilled("M", seq, trade_id, price, size, 1, seq, side, 0, 0)
 
 
-def feed(tapes: list[Tape], entries: list[tuple[int | None, list[tuple[int, int, bool]]]]) -> list[PublicTrade]:
+def feed(tapes: list[Tape], entries: Entries) -> list[PublicTrade]:
     """Applies the entries to every tape; returns every trade as the model sees it (time: the last stamp)."""
     trades: list[PublicTrade] = []
     stamp, now, trade_id = START, 0, 1
@@ -117,7 +118,9 @@ def naive_window(trades: list[PublicTrade], now: int) -> tuple[int, int, int, in
 
 @settings(max_examples=150, deadline=None)
 @given(entries_strategy, st.integers(1, 6), st.integers(1, 4))
-def test_trades_candles_and_ticker_equal_a_brute_force_recomputation(entries, trade_retention, candle_retention):
+def test_trades_candles_and_ticker_equal_a_brute_force_recomputation(
+    entries: Entries, trade_retention: int, candle_retention: int
+) -> None:
     small = Tape(trade_retention, candle_retention)  # evicts: retention and its refusals
     full = MarketData(["M"]).tape("M")  # the service's bounds: the ticker's window is whole
     trades = feed([small, full], entries)
@@ -133,7 +136,7 @@ def test_trades_candles_and_ticker_equal_a_brute_force_recomputation(entries, tr
 
 @settings(max_examples=50, deadline=None)
 @given(entries_strategy, entries_strategy)
-def test_a_snapshot_restores_the_same_answers_and_goes_on_the_same(first, then):
+def test_a_snapshot_restores_the_same_answers_and_goes_on_the_same(first: Entries, then: Entries) -> None:
     data = MarketData(["M"], trade_retention=5)
     feed([data.tape("M")], first)
     restored = MarketData(["M"], trade_retention=5)
@@ -152,7 +155,7 @@ def test_a_snapshot_restores_the_same_answers_and_goes_on_the_same(first, then):
     assert restored.snapshot() == data.snapshot()
 
 
-def test_a_snapshot_at_another_sequence_or_corrupt_starts_the_market_afresh_and_refuses_what_it_lacks():
+def test_a_snapshot_at_another_sequence_or_corrupt_starts_the_market_afresh_and_refuses_what_it_lacks() -> None:
     data = MarketData(["M"])
     feed([data.tape("M")], [(0, [(10, 1, True)]), (5, [(11, 2, False)])])
     for snapshot, position in ((data.snapshot(), 7), (b"not json", 2), (b"", 2)):
@@ -170,6 +173,6 @@ def test_a_snapshot_at_another_sequence_or_corrupt_starts_the_market_afresh_and_
         assert tape.stream_start("M", position + 1) == 39
 
 
-def test_the_ticker_window_needs_the_one_minute_candles_of_a_day():
+def test_the_ticker_window_needs_the_one_minute_candles_of_a_day() -> None:
     with pytest.raises(ValueError):
         MarketData(["M"], candle_retention=TICKER_WINDOW_MINUTES - 1)

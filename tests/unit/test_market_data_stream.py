@@ -16,7 +16,7 @@ from exchange.node.market_data_rpcs import MarketDataRPCs
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import Aborted, FakeContext, signed_entry
+from tests.unit.fakes import Aborted, FakeContext, decoded, signed_entry
 
 MARKET = "M"
 
@@ -27,7 +27,7 @@ class Feed:
     def __init__(self, replica: Replica) -> None:
         self.replica, self.seq = replica, 0
 
-    def command(self, side: types_pb2.Side.ValueType, account: str) -> None:
+    def command(self, side: types_pb2.Side, account: str) -> None:
         self.seq += 1
         order = types_pb2.NewOrderCommand(side=side, order_type=types_pb2.LIMIT, size=1, price=10)
         command = types_pb2.Command(market=MARKET, account=account, time_ms=1_000 + self.seq, new_order=order)
@@ -53,7 +53,7 @@ def test_a_subscriber_that_stops_reading_is_ended_out_of_range_once_the_trades_i
         feed = Feed(replica)
         feed.trades(3)
         stream = rpcs.StreamTrades(pb.StreamTradesRequest(market=MARKET, from_seq=1), FakeContext())
-        batch = await anext(stream)
+        batch = decoded(await anext(stream), pb.TradeBatch)
         assert [t.trade_id for t in batch.trades] == [1, 2, 3], "what it lacks, in one message"
         first = batch.trades[0]
         assert (first.trade_id, first.seq, first.price, first.size, first.time_ms) == (1, 2, 10, 1, 1_002)
@@ -78,10 +78,10 @@ def test_a_live_subscriber_is_woken_by_the_next_trade_and_misses_none() -> None:
         await asyncio.sleep(0)
         assert not waiting.done()
         feed.trades(2)  # both before the subscriber runs again: one message
-        assert [t.trade_id for t in (await asyncio.wait_for(waiting, 5)).trades] == [1, 2]
+        assert [t.trade_id for t in decoded(await asyncio.wait_for(waiting, 5), pb.TradeBatch).trades] == [1, 2]
         waiting = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0)
         feed.trades(1)
-        assert [t.trade_id for t in (await asyncio.wait_for(waiting, 5)).trades] == [3]
+        assert [t.trade_id for t in decoded(await asyncio.wait_for(waiting, 5), pb.TradeBatch).trades] == [3]
 
     asyncio.run(scenario())

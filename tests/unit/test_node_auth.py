@@ -20,7 +20,7 @@ def registry(*accounts: Account) -> AccountRegistry:
 
 
 def context(value: str | bytes | None) -> FakeContext:
-    return FakeContext(() if value is None else (("authorization", value),))  # type: ignore[arg-type]
+    return FakeContext(() if value is None else (("authorization", value),))
 
 
 def test_a_valid_key_names_its_account_and_the_registry_keeps_no_key() -> None:

@@ -17,11 +17,11 @@ from exchange.node.book_stream import BookStreamRPCs
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
-from tests.unit.fakes import Aborted, FakeContext, run_scenario
+from tests.unit.fakes import Aborted, FakeContext, decoded, run_scenario
 from tests.unit.test_node_replica import MARKETS, entries
 
 
-def stream(rpcs: BookStreamRPCs, market: str = "BTC-USD", depth: int = 5) -> AsyncIterator[pb.BookUpdate]:
+def stream(rpcs: BookStreamRPCs, market: str = "BTC-USD", depth: int = 10) -> AsyncIterator[pb.BookUpdate]:
     return rpcs.StreamBook(pb.StreamBookRequest(market=market, depth=depth), FakeContext())
 
 
@@ -33,10 +33,12 @@ def test_a_syncing_node_and_bad_requests_are_refused() -> None:
             await anext(stream(rpcs))
         assert syncing.value.code == grpc.StatusCode.UNAVAILABLE and "SYNCING" in syncing.value.details
         node.state = SERVING
-        for depth in (0, -3, 1001):
+        for depth in (0, -3, 5, 9, 1001):
             with pytest.raises(Aborted) as refused:
                 await anext(stream(rpcs, depth=depth))
             assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, depth
+            assert "depth must be 10 to 1000" in refused.value.details and "depth-10 view" in refused.value.details
+        assert rpcs.subscribers() == 0, "a refused request leaves nothing behind"
         with pytest.raises(Aborted) as unknown:
             await anext(stream(rpcs, market="DOGE-USD"))
         assert unknown.value.code == grpc.StatusCode.NOT_FOUND
@@ -51,8 +53,8 @@ def test_a_subscriber_that_stops_reading_costs_its_view_and_gets_one_merged_upda
         log = entries(3000)
         for entry in log[:500]:
             replica.offer(entry)
-        updates = stream(rpcs, depth=5)
-        snapshot = await anext(updates)
+        updates = stream(rpcs, depth=10)
+        snapshot = decoded(await anext(updates), pb.BookUpdate)
         assert snapshot.snapshot and snapshot.last_seq == 500 and replica.book_watchers("BTC-USD") == 1
         book = LevelBook.of([(x.price, x.size, x.order_count) for x in snapshot.bids],
                             [(x.price, x.size, x.order_count) for x in snapshot.asks])
@@ -60,16 +62,16 @@ def test_a_subscriber_that_stops_reading_costs_its_view_and_gets_one_merged_upda
             assert replica.offer(entry)
         assert replica.applied_seq("BTC-USD") == 3000
         (watch,) = replica._book_watchers["BTC-USD"].watches
-        assert watch.view.held_levels() <= 2 * 5 and watch.view.sent_seq == 500
-        update = await anext(updates)
+        assert watch.view.held_levels() <= 2 * 10 and watch.view.sent_seq == 500
+        update = decoded(await anext(updates), pb.BookUpdate)
         assert (update.first_seq, update.last_seq) == (501, 3000), "one update for everything it missed"
         for side, levels in ((eng.Side.BUY, update.bids), (eng.Side.SELL, update.asks)):
             for level in levels:
                 book.set(side, level.price, (level.size, level.order_count))
-        bids, asks = replica.depth("BTC-USD", 5)
+        bids, asks = replica.depth("BTC-USD", 10)
         assert (book.top(eng.Side.BUY, 99), book.top(eng.Side.SELL, 99)) == (bids, asks)
-        assert update.checksum == book.checksum(5)
-        waiting = asyncio.create_task(anext(updates))  # nothing more comes; the client goes (grpc cancels)
+        assert update.checksum == book.checksum()
+        waiting = asyncio.ensure_future(anext(updates))  # nothing more comes; the client goes (grpc cancels)
         await asyncio.sleep(0.01)  # it waits inside the handler
         assert not waiting.done()
         waiting.cancel()

@@ -3,11 +3,17 @@ scrape computes it again only once the market moved and the last one is CHECKSUM
 
 from __future__ import annotations
 
+from exchange.engine import MarketConfig
+from exchange.node.broadcast import PeerSet
 from exchange.node.metrics import CHECKSUM_EVERY_S, NodeGauges
+from exchange.node.replica import Replica
 
 
-class Book:
+class Book(Replica):
+    """A replica whose sequence the test moves, counting the checksums computed."""
+
     def __init__(self) -> None:
+        super().__init__([MarketConfig("X")])
         self.seq = 5
         self.computed = 0
 
@@ -21,7 +27,7 @@ class Book:
 
 def test_the_checksum_and_its_sequence_agree_and_are_computed_at_most_every_interval() -> None:
     book, now = Book(), [0.0]
-    gauges = NodeGauges(book, {}, None, lambda: True, clock=lambda: now[0])  # type: ignore[arg-type]
+    gauges = NodeGauges(book, {}, PeerSet(None, "node-1", b"s", static_peers=[]), lambda: True, clock=lambda: now[0])
     assert gauges.checksum("X") == (5, 1005)
     assert gauges.checksum("X") == (5, 1005) and book.computed == 1  # idle: nothing to compute
     book.seq = 9

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from exchange import engine as eng
-from exchange.cluster import peer_token
+from exchange.cluster_common import peer_token
 from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.peer_rpcs import PeerRPCs
 from exchange.node.replica import Replica

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from exchange import engine as eng
 from exchange.errors import Aborted, FailedPrecondition
@@ -146,3 +147,23 @@ def test_up_to_gate_depth_requests_are_in_flight_and_their_orders_are_numbered_i
         assert sequencer.most_waiting == gate_depth
 
     run(scenario, gate_depth=gate_depth, sequencer=HeldSequencer())
+
+
+def test_the_nodes_own_orders_count_in_the_scraped_series_and_other_nodes_orders_do_not() -> None:
+    def series(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"market": M}) or 0.0
+
+    names = ("exchange_orders_accepted_total", "exchange_trades_total", "exchange_traded_size_total")
+
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        before = [series(name) for name in names]
+        other = buy(100)
+        other.origin_node = "node-2"
+        sequencer.append(other)  # another node's resting buy: applied here, not counted here
+        sell = buy(100)
+        sell.new_order.side, sell.new_order.size = types_pb2.SELL, 3
+        await pipeline.submit(sell)  # trades 1 against it, rests 2
+        await pipeline.submit(buy(90))
+        assert [series(name) - value for name, value in zip(names, before, strict=True)] == [2, 1, 1]
+
+    run(scenario)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import re
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
 from exchange import engine as eng
 from exchange.entry_signing import entry_is_authentic
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound
-from exchange.node import convert
+from exchange.node import order_messages
 from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
@@ -73,7 +75,8 @@ def test_client_order_ids_and_journal_are_derived_from_the_log() -> None:
     for entry in log:
         replica.offer(entry)
     reference = eng.Engine(MARKETS)
-    expected = [reference.apply(convert.engine_command(types_pb2.Command.FromString(e.command), e.seq)) for e in log]
+    expected = [reference.apply(order_messages.engine_command(types_pb2.Command.FromString(e.command), e.seq))
+                for e in log]
     assert replica.order_of_client_id("BTC-USD", "", "c4") == 4
     for entry, events in zip(log, expected, strict=True):
         applied = replica.journal_entry("BTC-USD", entry.seq)
@@ -98,7 +101,7 @@ def test_the_journal_keeps_the_most_recent_commands_only() -> None:
 def test_order_state_of_resting_filled_and_cancelled_orders() -> None:
     replica = Replica(MARKETS)
 
-    def command(seq: int, **kind: object) -> types_pb2.SequencedCommand:
+    def command(seq: int, **kind: Any) -> types_pb2.SequencedCommand:  # kind: new_order=..., cancel_order=...
         return signed_entry("BTC-USD", seq, types_pb2.Command(market="BTC-USD", client_order_id=f"o{seq}", **kind))
 
     new = types_pb2.NewOrderCommand
@@ -129,7 +132,7 @@ def test_forged_entry_fails_authentication() -> None:
 MAX = 2**62  # MarketConfig's default max_price and max_size
 
 
-def _refused(error: type[Exception], message: str):  # noqa: ANN202 - a pytest.raises context
+def _refused(error: type[Exception], message: str) -> AbstractContextManager[pytest.ExceptionInfo[Exception]]:
     """Expects exactly ``message``: the field it names and the bound it quotes, not merely a word of it."""
     return pytest.raises(error, match=f"^{re.escape(message)}$")
 
@@ -175,10 +178,10 @@ def _refused(error: type[Exception], message: str):  # noqa: ANN202 - a pytest.r
     ],
 )
 def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_bound(
-    request_fields: dict[str, object], error: type[Exception], message: str
+    request_fields: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with _refused(error, message):
-        convert.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1", "acct")  # type: ignore[arg-type]
+        order_messages.new_order_command(pb.CreateOrderRequest(**request_fields), CONFIGS, "node-1", "acct")
 
 
 @pytest.mark.parametrize(
@@ -204,26 +207,27 @@ def test_bad_new_orders_are_refused_with_a_message_naming_the_field_and_the_boun
     ],
 )
 def test_bad_amends_are_refused_with_a_message_naming_the_field_and_the_bound(
-    request_fields: dict[str, object], error: type[Exception], message: str
+    request_fields: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with _refused(error, message):
-        convert.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1", "acct")  # type: ignore[arg-type]
+        order_messages.amend_command(pb.AmendOrderRequest(**request_fields), CONFIGS, "node-1", "acct")
 
 
 def test_an_amend_below_min_size_passes_validation_and_the_engine_accepts_it() -> None:
     """min_size is not applied to an amend (see exchange.engine): it may shrink an order like a partial cancel."""
     engine = eng.Engine([STRICT])
-    engine.apply(eng.SubmitOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100, "acct"))
+    engine.apply(eng.PlaceOrder("SOL-USD", 1, eng.Side.BUY, eng.OrderType.LIMIT, 10, 100, "acct"))
     request = pb.AmendOrderRequest(market="SOL-USD", order_id=1, size=2)
-    command = convert.amend_command(request, CONFIGS, "node-1", "acct")
-    assert engine.apply(convert.engine_command(command, 2)) == [eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True, "acct")]
+    command = order_messages.amend_command(request, CONFIGS, "node-1", "acct")
+    amended = eng.OrderAmended("SOL-USD", 2, 1, 100, 2, True, "acct")
+    assert engine.apply(order_messages.engine_command(command, 2)) == [amended]
 
 
 def test_bad_cancels_are_refused_with_a_message_naming_the_field() -> None:
     with _refused(InvalidArgument, "order_id must be positive (the order's sequence number), got -1"):
-        convert.cancel_command(pb.CancelOrderRequest(order_id=-1), CONFIGS, "node-1", "acct")
+        order_messages.cancel_command(pb.CancelOrderRequest(order_id=-1), CONFIGS, "node-1", "acct")
     with _refused(NotFound, "unknown market 'DOGE'; this cluster trades: BTC-USD, ETH-USD, SOL-USD"):
-        convert.cancel_command(pb.CancelOrderRequest(market="DOGE", order_id=1), CONFIGS, "node-1", "acct")
+        order_messages.cancel_command(pb.CancelOrderRequest(market="DOGE", order_id=1), CONFIGS, "node-1", "acct")
 
 
 def test_protobuf_enum_values_are_the_engines() -> None:
@@ -233,18 +237,18 @@ def test_protobuf_enum_values_are_the_engines() -> None:
 
 
 def test_side_comes_from_the_sign_of_size_when_unset() -> None:
-    sell = convert.new_order_command(pb.CreateOrderRequest(size=-10, limit_price=100), CONFIGS, "n", "acct")
-    buy = convert.new_order_command(pb.CreateOrderRequest(size=10, limit_price=100), CONFIGS, "n", "acct")
+    sell = order_messages.new_order_command(pb.CreateOrderRequest(size=-10, limit_price=100), CONFIGS, "n", "acct")
+    buy = order_messages.new_order_command(pb.CreateOrderRequest(size=10, limit_price=100), CONFIGS, "n", "acct")
     assert (sell.market, sell.new_order.side, sell.new_order.size) == ("BTC-USD", types_pb2.SELL, 10)
     assert (buy.new_order.side, buy.new_order.order_type) == (types_pb2.BUY, types_pb2.LIMIT)
 
 
 def test_create_order_response_summarises_the_events() -> None:
     engine = eng.Engine(MARKETS)
-    engine.apply(eng.SubmitOrder("BTC-USD", 1, eng.Side.SELL, eng.OrderType.LIMIT, 4, 100))
-    events = engine.apply(eng.SubmitOrder("BTC-USD", 2, eng.Side.BUY, eng.OrderType.IOC, 10, 100))
+    engine.apply(eng.PlaceOrder("BTC-USD", 1, eng.Side.SELL, eng.OrderType.LIMIT, 4, 100))
+    events = engine.apply(eng.PlaceOrder("BTC-USD", 2, eng.Side.BUY, eng.OrderType.IOC, 10, 100))
     command = types_pb2.Command(market="BTC-USD", new_order=types_pb2.NewOrderCommand(side=types_pb2.BUY))
-    response = convert.create_order_response(command, 2, events, duplicate=False)
+    response = order_messages.create_order_response(command, 2, events, duplicate=False)
     assert (response.status, response.filled_size, response.cancelled_size) == (pb.CANCELLED, 4, 6)
     assert [(t.price, t.size, t.maker_order_id) for t in response.trades] == [(100, 4, 1)]
 

@@ -5,7 +5,7 @@ replayed the whole log."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -172,6 +172,7 @@ def test_a_stream_that_stops_reading_holds_at_most_its_limit_and_then_ends_unava
 
     async def scenario() -> None:
         stream = applied_entries(replica, M, 0)
+        assert isinstance(stream, AsyncGenerator)  # closed at the end
         reading = asyncio.ensure_future(stream.__anext__())
         await asyncio.sleep(0)  # subscribed, waiting for the next entry
         for seq in range(3, 10):
@@ -181,6 +182,7 @@ def test_a_stream_that_stops_reading_holds_at_most_its_limit_and_then_ends_unava
         assert queue.qsize() == 6
         with mock.patch("exchange.node.reads.STREAM_QUEUE_LIMIT", 4):
             slow = applied_entries(replica, M, 0)
+            assert isinstance(slow, AsyncGenerator)
             waiting = asyncio.ensure_future(slow.__anext__())
             await asyncio.sleep(0)
         for seq in range(10, 16):  # the slow reader falls 4 behind: dropped, it holds no more than that

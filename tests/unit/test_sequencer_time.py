@@ -5,10 +5,12 @@ leader's entries leads with a clock that is behind. No network."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from exchange.entry_signing import entry_is_authentic, entry_mac
-from exchange.v1 import types_pb2
+from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.log import StoredEntry
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
@@ -25,14 +27,17 @@ class Clock:
         return self.now
 
 
-def times(response) -> list[int]:  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def times(response: sequencer_pb2.SequenceResponse) -> list[int]:
     return [types_pb2.Command.FromString(a.entry.command).time_ms for a in response.assignments]
 
 
-def run(path: Path, clock: Clock, scenario):  # type: ignore[no-untyped-def]
+def run(path: Path, clock: Clock, scenario: Callable[[SequencerService], Awaitable[T]]) -> T:
     failures: list[BaseException] = []
 
-    async def main():  # type: ignore[no-untyped-def]
+    async def main() -> T:
         store = LogStore(path)
         store.start(asyncio.get_running_loop())
         try:

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from exchange.client import AsyncClient, RetryPolicy, StaticNodes, types
 from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import types_pb2
 from exchange.web import feed as feed_module
 from exchange.web.feed import Feed, FeedConfig, divergences, node_health
 from exchange.web.main import parse_args
@@ -63,7 +64,7 @@ def run(node: ScriptedNode, test: Callable[[TestClient, web.Application], Awaita
     async def main() -> None:
         app = make_app(FeedConfig(consul="127.0.0.1:1"))
         feed = app[FEED]
-        feed.start = _nothing  # type: ignore[method-assign]
+        feed.start = _nothing  # type: ignore[method-assign]  # the feed's own loops stay off
         feed.public = AsyncClient(StaticNodes(("n1:1",)), policy=FAST, stub_factory=lambda address: node)
         feed.nodes.passing = ["n1:1"]
         async with TestClient(TestServer(app)) as client:
@@ -169,7 +170,7 @@ def test_amend_cancel_open_orders_and_fills_are_the_client_librarys() -> None:
         "CancelOrder": lambda r: pb.CancelOrderResponse(market="BTC-USD", order_id=r.order_id, seq=10,
                                                         cancelled_size=2),
         "ListOrders": lambda r: pb.ListOrdersResponse(orders=[pb.Order(
-            market="BTC-USD", order_id=7, side=types.Side.BUY, price=100, size=3, remaining_size=3, status=pb.RESTING,
+            market="BTC-USD", order_id=7, side=types_pb2.BUY, price=100, size=3, remaining_size=3, status=pb.RESTING,
             client_order_id="<img src=x onerror=alert(1)>")]),
     })
 
@@ -211,7 +212,7 @@ def market(name: str, seq: int, checksum: int) -> dict[str, Any]:
 
 
 def test_two_nodes_at_the_same_sequence_with_different_checksums_are_marked_and_nothing_else_is() -> None:
-    nodes = [{"id": "node-1", "markets": [market("A", 5, 11), market("B", 2, 7)]},
+    nodes: list[dict[str, Any]] = [{"id": "node-1", "markets": [market("A", 5, 11), market("B", 2, 7)]},
              {"id": "node-2", "markets": [market("A", 5, 12), market("B", 3, 8)]},  # B: at another seq, fine
              {"id": "node-3", "markets": [market("A", 5, 11)]}, {"id": "node-4", "markets": []}]
     assert divergences(nodes) == [{"market": "A", "seq": 5, "checksums": {"11": ["node-1", "node-3"],

@@ -10,27 +10,28 @@ import random
 
 import pytest
 
-from devtools.workload import NEGATIVE_PRICE, SIZE_ZERO, UNKNOWN_MARKET, Workload
-from exchange.cluster import parse_markets
+from devtools.workload import NEGATIVE_PRICE, SIZE_ZERO, UNKNOWN_MARKET, SideStyle, Workload
+from exchange.cluster_common import parse_markets
 from exchange.errors import STATUS_BY_ERROR, ExchangeError
-from exchange.node.convert import new_order_command
+from exchange.node.order_messages import new_order_command
+from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
 MARKETS = {m.symbol: m for m in parse_markets("BTC-USD,ETH-USD")}
 EVERY_TYPE = {types_pb2.LIMIT: 4, types_pb2.MARKET: 1, types_pb2.IOC: 1, types_pb2.FOK: 1, types_pb2.POST_ONLY: 1}
 
 
-def node_answer(request: object) -> str:
+def node_answer(request: pb.CreateOrderRequest) -> str:
     try:
-        new_order_command(request, MARKETS, "test", "acct")  # type: ignore[arg-type]
+        new_order_command(request, MARKETS, "test", "acct")
     except ExchangeError as error:
         return STATUS_BY_ERROR[type(error)].name
     return ""
 
 
 @pytest.mark.parametrize("sides", ["explicit", "signed", "either"])
-def test_every_order_gets_the_answer_the_generator_expects(sides: str) -> None:
-    workload = Workload(markets=("", "BTC-USD", "ETH-USD"), types=EVERY_TYPE, sides=sides,  # type: ignore[arg-type]
+def test_every_order_gets_the_answer_the_generator_expects(sides: SideStyle) -> None:
+    workload = Workload(markets=("", "BTC-USD", "ETH-USD"), types=EVERY_TYPE, sides=sides,
                         invalid_share=0.2, invalid=(SIZE_ZERO, NEGATIVE_PRICE, UNKNOWN_MARKET))
     generator = workload.orders(random.Random(sides))
     drawn = [generator.next() for _ in range(2000)]

@@ -158,7 +158,7 @@ def engine_command(command: types_pb2.Command, seq: int) -> eng.Command:
         stp = eng.SELF_TRADE_PREVENTIONS.get(order.self_trade_prevention or types_pb2.CANCEL_TAKER,
                                              order.self_trade_prevention)
         # a logged command may carry numbers that are no side, type or mode: the engine rejects them as an event
-        return eng.SubmitOrder(command.market, seq, side, order_type, order.size, price,  # type: ignore[arg-type]
+        return eng.PlaceOrder(command.market, seq, side, order_type, order.size, price,  # type: ignore[arg-type]
                                command.account, stp)  # type: ignore[arg-type]
     if kind == "cancel_order":
         return eng.CancelOrder(command.market, seq, command.cancel_order.order_id, command.account)

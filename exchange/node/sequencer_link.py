@@ -6,7 +6,7 @@ in the background (a Consul watch with blocking queries); the node only ever rea
 no order costs a Consul lookup.
 
 With the Sequencer in HA mode (replicas registered with meta log=consul), the gate goes to the leader only:
-the replica named by the leader lock in Consul KV (exchange.cluster.SEQUENCER_LEADER_KEY), if it passes its
+the replica named by the leader lock in Consul KV (exchange.cluster_common.SEQUENCER_LEADER_KEY), if it passes its
 health check. A change of leader interrupts the gate streams to the old one at once, and the requests in
 flight are sent again to the new one: a request that was granted comes back as a stale answer carrying its
 entries (the new leader holds every committed entry), so nothing is numbered twice. Reads of the log go to
@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from discovery import KeyValue, KeyWatch, Registry, Watch
-from exchange.cluster import SEQUENCER_LEADER_KEY, LeaderRecord, token_metadata
+from exchange.cluster_common import SEQUENCER_LEADER_KEY, LeaderRecord, token_metadata
 from exchange.errors import FailedPrecondition, InvalidArgument, Unavailable
 from exchange.grpc_metrics import client_stream
 from exchange.node.metrics import STREAM_RECONNECTS

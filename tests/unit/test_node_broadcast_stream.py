@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exchange.node.broadcast import PeerStream
+from exchange.node.broadcast import BroadcastStub, PeerStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 from tests.unit.fakes import run_scenario, signed_entry
@@ -25,8 +25,10 @@ class FakeCall:
         pass
 
 
-class FakeStub:
-    def __init__(self) -> None:
+class FakeStub(BroadcastStub):
+    """A BroadcastStub without a channel: each stream a FakeCall."""
+
+    def __init__(self) -> None:  # no channel: BroadcastStub's own __init__ is not called
         self.calls: list[FakeCall] = []
 
     def BroadcastOrderStream(self, metadata: object = ()) -> FakeCall:  # noqa: N802 - the RPC's name
@@ -41,7 +43,7 @@ def entry(seq: int) -> types_pb2.SequencedCommand:
 def test_broadcasts_queued_behind_a_write_go_out_as_one_message_in_order() -> None:
     async def scenario() -> list[list[int]]:
         stub = FakeStub()
-        stream = PeerStream("peer", stub, ())  # type: ignore[arg-type]
+        stream = PeerStream("peer", stub, ())
         for seq in range(1, 6):  # all queued before the pump first runs
             stream.send(pb.BroadcastOrderRequest(origin_node="n", commands=[entry(seq)]).SerializeToString())
         await asyncio.sleep(0.01)
@@ -56,7 +58,7 @@ def test_broadcasts_queued_behind_a_write_go_out_as_one_message_in_order() -> No
 def test_merged_broadcasts_stay_within_the_message_limit_and_the_one_that_would_not_fit_goes_next() -> None:
     async def scenario() -> list[list[int]]:
         stub = FakeStub()
-        stream = PeerStream("peer", stub, ())  # type: ignore[arg-type]
+        stream = PeerStream("peer", stub, ())
         messages = [pb.BroadcastOrderRequest(origin_node="n", commands=[entry(seq)]).SerializeToString()
                     for seq in range(1, 6)]
         stream.MAX_COALESCED_BYTES = 2 * len(messages[0])  # two of them per message

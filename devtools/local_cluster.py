@@ -30,7 +30,7 @@ from devtools.ports import free_port
 from discovery import Put
 from discovery.consul_kv import ConsulKV
 from exchange.accounts import ACCOUNTS_PREFIX, add_account, add_key
-from exchange.cluster import parse_markets
+from exchange.cluster_common import parse_markets
 from exchange.cluster_config import MARKETS_KEY, markets_record
 from exchange.runtime import SERVICE_GRPC_ENV, sync_channel
 from exchange.shared.tls import TlsConfig

@@ -40,21 +40,22 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from operator import attrgetter
 from pathlib import Path
 
 import grpc
 
 from bench import engine, order_path
-from devtools.cluster import TRADERS, Cluster, ServiceProcess, wait_until
 from devtools.consul_agent import ConsulServers
+from devtools.local_cluster import TRADERS, Cluster, ServiceProcess, wait_until
 from devtools.ports import free_port
 from devtools.verify import read_log, replay_cluster
 from devtools.workload import Workload
 from exchange.accounts import new_api_key
-from exchange.cluster import parse_markets, token_metadata
+from exchange.cluster_common import parse_markets, token_metadata
 from exchange.runtime import SERVICE_GRPC_ENV
 from exchange.shared.wire import AUTHORIZATION
 from exchange.v1 import exchange_pb2 as pb
@@ -251,7 +252,7 @@ async def _stream_entry(addresses: list[str], seconds: float, seed: int, keys: l
         window = asyncio.Semaphore(max(1, STREAM_WINDOW // batch))  # in messages: STREAM_WINDOW orders
         sent = received = 0
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[pb.CreateOrderRequest | pb.OrderBatch]:
             nonlocal sent
             while loop.time() < stop_at:
                 await window.acquire()
@@ -314,7 +315,7 @@ def _echo_servers(workdir: Path) -> Iterator[dict[str, str]]:
                                   workdir / f"echo-{number}.log", env)
             servers.append(echo)
             echo.start()
-            wait_until(lambda address=address: _answers(address), 20, f"the echo server ({transport})")
+            wait_until(partial(_answers, address), 20, f"the echo server ({transport})")
         yield addresses
     finally:
         for echo in servers:
@@ -655,21 +656,33 @@ def _failovers(cluster: Cluster, count: int) -> dict:
             assert old is not None
             cluster.sequencers[old].kill()
             killed_at = time.monotonic()
-            wait_until(lambda old=old: cluster.leader_index() not in (None, old), 60, "a standby to lead")
+
+            def standby_leads(old: int = old) -> bool:
+                return cluster.leader_index() not in (None, old)
+
+            wait_until(standby_leads, 60, "a standby to lead")
             new = cluster.leader_index()
             assert new is not None
             positions = _takeover_positions(cluster.sequencers[new].read_log())
 
-            def granted_by_new_leader(killed_at: float = killed_at, positions: dict = positions) -> float | None:
+            def granted_by_new_leader(
+                killed_at: float = killed_at, positions: dict[str, int] = positions
+            ) -> float | None:
                 return min((at for at, _, answer in load.ok[-2000:]
                             if at > killed_at and answer.seq > positions[answer.market]), default=None)
 
             wait_until(lambda: granted_by_new_leader() is not None, 60, "an order granted by the new leader")
-            seconds.append(granted_by_new_leader() - killed_at)  # type: ignore[operator]
+            granted = granted_by_new_leader()
+            assert granted is not None  # later orders only add to the new leader's grants
+            seconds.append(granted - killed_at)
             _log(f"failover {number + 1}: sequencer-{old + 1} SIGKILLed, sequencer-{new + 1} granted an order "
                  f"{seconds[-1]:.2f} s later")
             cluster.start_sequencer(old)
-            wait_until(lambda old=old: cluster.sequencer_view(old)[0] == "standby", 60, "the old leader to follow")
+
+            def follows(old: int = old) -> bool:
+                return cluster.sequencer_view(old)[0] == "standby"
+
+            wait_until(follows, 60, "the old leader to follow")
             time.sleep(1.0)
         load.halt()
         lost, twice = _exactly_once(cluster, load)

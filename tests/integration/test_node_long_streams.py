@@ -12,7 +12,7 @@ import pytest
 
 from exchange.errors import Unavailable
 from exchange.node.broadcast import BroadcastStub, PeerStream
-from exchange.node.links import GateStream, GateTicket
+from exchange.node.sequencer_link import GateStream, GateTicket
 from exchange.shared.wire import CHANNEL_OPTIONS, SERVER_OPTIONS
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc, sequencer_pb2, sequencer_pb2_grpc, types_pb2
