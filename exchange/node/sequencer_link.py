@@ -154,6 +154,8 @@ class GateStream:
             if isinstance(error, TimeoutError | asyncio.CancelledError) and not _cancelling():
                 # the deadline, a broken stream waking a write, or the call cancelled under us: never the
                 # caller's own cancel
+                if ticket.answer is not None:  # answered while this attempt still wrote the requests behind it
+                    return ticket.answer
                 failed = ticket.future.exception() if ticket.future.done() and not ticket.future.cancelled() else None
                 if failed is not None:  # the stream broke (`_break`): its reason
                     raise failed from error
