@@ -2,13 +2,14 @@
 
     python -m devtools.repo_hygiene          # exit 1 and one line per finding, naming the file
 
-Two kinds of findings, both of which once broke every fresh clone (a tracked `.cache` symlink to one
-development machine's worktree):
+Three kinds of findings; the first two once broke every fresh clone (a tracked `.cache` symlink to one
+development machine's worktree), the third once reached main inside a README merged by hand:
 
 - a tracked symlink whose target is absolute or leaves the repository;
 - a tracked text file that names an absolute path of a development machine: something inside a home
   directory (Linux's, macOS's or root's), inside this workplace's worktrees (under "work" at the root),
-  or inside a temporary directory (Linux's or macOS's). MACHINE_PATH is the exact rule.
+  or inside a temporary directory (Linux's or macOS's). MACHINE_PATH is the exact rule;
+- a tracked text file holding a merge-conflict marker line (CONFLICT_MARKER).
 
 Only the standard library and git: `make test` runs it before it installs anything.
 """
@@ -32,6 +33,10 @@ MACHINE_PATH = re.compile(
     r"\/home\/[\w.-]+|\/Users\/[\w.-]+|\/root|\/work|\/tmp|\/var\/tmp|\/private\/var\/folders"
     r")\/(?!\.\.)[\w.-][\w./-]*"
 )
+# A line git writes around a conflict it could not resolve: 7 of "<", "=" or ">" (the "=" line alone, so
+# that a Markdown or reST underline of another length is not one; one of exactly 7 is reported). Built from
+# parts, like MACHINE_PATH.
+CONFLICT_MARKER = re.compile("^(" + "<" * 7 + " |" + "=" * 7 + "$|" + ">" * 7 + " )")
 SYMLINK_MODE = "120000"
 TEXT_SAMPLE = 8192  # bytes read to decide whether a file is text (a NUL byte means binary)
 
@@ -76,6 +81,11 @@ def machine_paths(text: str) -> list[tuple[int, str]]:
     ]
 
 
+def conflict_markers(text: str) -> list[int]:
+    """Line numbers of the merge-conflict markers in text."""
+    return [number for number, line in enumerate(text.splitlines(), start=1) if CONFLICT_MARKER.match(line)]
+
+
 def check(root: Path) -> list[Finding]:
     findings: list[Finding] = []
     for mode, path in tracked_entries(root):
@@ -89,8 +99,11 @@ def check(root: Path) -> list[Finding]:
             continue
         if b"\0" in data[:TEXT_SAMPLE]:
             continue
-        for number, found in machine_paths(data.decode("utf-8", errors="replace")):
+        text = data.decode("utf-8", errors="replace")
+        for number, found in machine_paths(text):
             findings.append(Finding(f"{path}:{number}", f"names {found!r}, a path of one development machine"))
+        for number in conflict_markers(text):
+            findings.append(Finding(f"{path}:{number}", "a merge-conflict marker: the merge was not finished"))
     return findings
 
 
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if findings:
         print(
             f"repo-hygiene: {len(findings)} finding(s): a fresh clone on another machine would break. "
-            "Untrack the file (git rm --cached) or make the path relative.",
+            "Untrack the file (git rm --cached), make the path relative, or finish the merge.",
             file=sys.stderr,
         )
         return 1

@@ -64,6 +64,15 @@ def test_a_text_file_naming_a_machines_path_is_found_with_its_line(tmp_path: Pat
     assert HOME + "/p2p/.cache" in finding.problem
 
 
+def test_a_merge_conflict_left_in_a_file_is_found_with_its_lines(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    ours, theirs = "<" * 7 + " HEAD", ">" * 7 + " client"
+    (repo / "README.md").write_text(f"Title\n=====\n{ours}\nmine\n{'=' * 7}\nyours\n{theirs}\n")
+    (repo / "ok.md").write_text(f"Heading\n{'=' * 7}\n")  # exactly 7: indistinguishable from a marker
+    _track(repo)
+    assert [finding.path for finding in check(repo)] == ["README.md:3", "README.md:5", "README.md:7", "ok.md:2"]
+
+
 @pytest.mark.parametrize(
     "text",
     [
