@@ -30,6 +30,13 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, str]:
     return result, cluster.table(result)
 
 
+def _ha(args: argparse.Namespace) -> tuple[dict, str]:
+    from bench import cluster_load as cluster
+
+    result = cluster.run_ha(seconds=args.seconds)
+    return result, cluster.ha_table(result)
+
+
 def _metrics(args: argparse.Namespace) -> tuple[dict, str]:
     from bench import metrics
 
@@ -59,12 +66,14 @@ def _public_streams(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 # name -> runner returning (JSON-able result, printable table). The cluster section measures the echo-built order
-# path beside its cluster; "path" measures that floor alone (not part of a default run).
+# path beside its cluster, and the HA cluster after it; "path" measures that floor alone, "ha" the HA cluster beside
+# an embedded one (neither is part of a default run).
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "engine": _engine,
     "cluster": _cluster,
     "metrics": _metrics,
     "path": _path,
+    "ha": _ha,
     "market_data": _market_data,
     "public_streams": _public_streams,
 }

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -78,6 +79,7 @@ FAILOVERS = 5
 TARGET_FAILOVER_P50_S = 5.0
 TARGET_HA_UNARY = {8: 0.6, 64: 0.8}  # HA unary at 8 / 64 in flight >= x the embedded cluster's
 TARGET_HA_STREAM = 10_000  # orders/s
+HA_ROUNDS = 3  # `--only ha`: interleaved rounds of each cluster at each concurrency
 # Against this design's own floor (issue "Speed, against this design's own floor"): the echo-built order path
 # (bench/order_path.py) at the same concurrency, and the cluster's CPU per order over the engine's work for it
 # (nodes x the engine's CPU time per operation, measured in the same run): at most this many times.
@@ -333,14 +335,15 @@ def _best(results: list[LoadResult]) -> dict:
 
 
 Runner = Callable[[int, int], LoadResult]  # (in flight, round) -> one unary run
+Measured = TypeVar("Measured")
 
 
-def _interleaved(runners: dict[str, Runner], concurrency: tuple[int, ...] = CONCURRENCY
+def _interleaved(runners: dict[str, Runner], concurrency: tuple[int, ...] = CONCURRENCY, rounds: int = UNARY_ROUNDS,
                  ) -> dict[str, dict[int, list[LoadResult]]]:
-    """At each concurrency, UNARY_ROUNDS rounds of every runner in turn: {runner: {in flight: its runs}}."""
+    """At each concurrency, `rounds` rounds of every runner in turn: {runner: {in flight: its runs}}."""
     runs: dict[str, dict[int, list[LoadResult]]] = {name: {n: [] for n in concurrency} for name in runners}
     for in_flight in concurrency:
-        for round_number in range(1, UNARY_ROUNDS + 1):
+        for round_number in range(1, rounds + 1):
             for name, runner in runners.items():
                 runs[name][in_flight].append(runner(in_flight, round_number))
     return runs
@@ -546,26 +549,13 @@ def _other_runs(workdir: Path, seconds: float, nodes: int, path: bool = False) -
             "streaming": [_stream_figures(run) for run in streaming], "converged": converged}
 
 
-def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
-                 while_running: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
-                 ) -> dict[str, dict]:
-    """Unary at 64 in flight and both streaming cases on clusters running side by side (the one not measured
-    idles): each round measures every case on one cluster, then on the next, the order turning each round, and
-    each case's figure is its best run (noise only slows a run down; a shared machine's load drifts over minutes,
-    so the clusters are measured seconds apart). Then each must agree with a replay of its log. `while_running`:
-    entered once the clusters have started, for the rounds. {name: {"unary_64", "streaming", "converged"}}."""
-    runs: dict[str, list[tuple[LoadResult, list[StreamResult]]]] = {name: [] for name in clusters}
+def _measured(clusters: dict[str, Cluster], measure: Callable[[], Measured]) -> tuple[Measured, dict[str, bool]]:
+    """Starts `clusters`, runs `measure`, then says whether each cluster converged and agrees with a replay of its
+    log; stops them (printing their logs if anything failed)."""
     try:
         for cluster in clusters.values():
             cluster.start()
-        with while_running():
-            for round_number in range(1, rounds + 1):
-                names = list(clusters) if round_number % 2 else list(reversed(clusters))
-                for name in names:
-                    _log(f"round {round_number}, {name}")
-                    cluster = clusters[name]
-                    runs[name].append((_cluster_unary(cluster, 64, seconds, round_number),
-                                       [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]))
+        result = measure()
         converged = {}
         for name, cluster in clusters.items():
             view = cluster.wait_converged(60)
@@ -578,6 +568,30 @@ def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
     finally:
         for cluster in clusters.values():
             cluster.stop()
+    return result, converged
+
+
+def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
+                 while_running: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+                 ) -> dict[str, dict]:
+    """Unary at 64 in flight and both streaming cases on clusters running side by side (the one not measured
+    idles): each round measures every case on one cluster, then on the next, the order turning each round, and
+    each case's figure is its best run (noise only slows a run down; a shared machine's load drifts over minutes,
+    so the clusters are measured seconds apart). Then each must agree with a replay of its log. `while_running`:
+    entered once the clusters have started, for the rounds. {name: {"unary_64", "streaming", "converged"}}."""
+    def measure() -> dict[str, list[tuple[LoadResult, list[StreamResult]]]]:
+        runs: dict[str, list[tuple[LoadResult, list[StreamResult]]]] = {name: [] for name in clusters}
+        with while_running():
+            for round_number in range(1, rounds + 1):
+                names = list(clusters) if round_number % 2 else list(reversed(clusters))
+                for name in names:
+                    _log(f"round {round_number}, {name}")
+                    cluster = clusters[name]
+                    runs[name].append((_cluster_unary(cluster, 64, seconds, round_number),
+                                       [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]))
+        return runs
+
+    runs, converged = _measured(clusters, measure)
     return {name: {"unary_64": _best([unary for unary, _ in cases]),
                    "streaming": [_stream_figures(max((streams[index] for _, streams in cases), key=attrgetter("rate")))
                                  for index in range(len(STREAM_BATCHES))],
@@ -734,6 +748,57 @@ def _ha_runs(workdir: Path, seconds: float, failovers: int) -> dict:
         cluster.stop()
     return {"unary": unary, "streaming": [_stream_figures(run) for run in streaming], "converged": converged,
             "failover": failover}
+
+
+def run_ha(seconds: float = 4.0, workdir: Path | None = None) -> dict:
+    """The HA section alone (`--only ha`): an embedded and an HA cluster of 3 nodes side by side, unary at each
+    concurrency in interleaved rounds (a shared machine's load drifts over minutes, so the two are measured
+    seconds apart), each figure the best of its rounds, then each cluster must
+    agree with a replay of its log. No failovers (the cluster section's HA part has them)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-ha-"))
+    clusters = {"embedded": Cluster(workdir / "embedded", nodes=3, secret="bench-secret"),
+                "ha": Cluster(workdir / "ha", nodes=3, secret="bench-secret", ha=True)}
+    _log("HA beside embedded: two clusters of 3 nodes side by side (HA: three Consul servers, two Sequencer "
+         "replicas on the replicated log)")
+    runs, converged = _measured(clusters, lambda: _interleaved(
+        {name: partial(_named_unary, name, cluster, seconds) for name, cluster in clusters.items()},
+        rounds=HA_ROUNDS))
+    return {name: {"unary": [_best(runs[name][in_flight]) for in_flight in CONCURRENCY],
+                   "runs": [vars(r) | {"rate": r.rate} for in_flight in CONCURRENCY for r in runs[name][in_flight]],
+                   "converged": converged[name]} for name in clusters}
+
+
+def _named_unary(name: str, cluster: Cluster, seconds: float, in_flight: int, round_number: int) -> LoadResult:
+    _log(f"{name}:")
+    return _cluster_unary(cluster, in_flight, seconds, round_number)
+
+
+def ha_table(result: dict) -> str:
+    """The `--only ha` table: HA against embedded at each concurrency, with each one's CPU per order (of the
+    fastest run) and gate batch."""
+
+    def cpu(figures: dict) -> str:
+        cost = figures["cost"]
+        us = cost["cpu_us"]
+        return (f"{us['total']:>5.0f} us (Sequencer {us['sequencer']:.0f}, nodes {us['nodes']:.0f}, Consul "
+                f"{us['consul']:.0f}), gate batch {cost['gate_batch']:.1f}")
+
+    lines = [f"HA beside embedded: two 3-node clusters side by side, unary CreateOrder, {HA_ROUNDS} interleaved rounds "
+             "each, best of each (HA: 3 Consul servers, 2 Sequencer replicas)",
+             f"{'in flight':>9} {'embedded/s':>11} {'HA/s':>7} {'ratio':>6} {'p50 emb / HA':>16}  "
+             f"{'CPU per order, embedded':<64} | HA"]
+    verdicts = []
+    for embedded, ha in zip(result["embedded"]["unary"], result["ha"]["unary"], strict=True):
+        ratio = ha["rate"] / embedded["rate"]
+        lines.append(f"{ha['in_flight']:>9} {embedded['rate']:>11,.0f} {ha['rate']:>7,.0f} {ratio:>5.2f}x "
+                     f"{embedded['p50_ms']:>6.1f} / {ha['p50_ms']:>5.1f} ms  {cpu(embedded):<64} | {cpu(ha)}; "
+                     f"aborted {embedded['aborted'] + ha['aborted']}, errors {embedded['errors'] + ha['errors']}")
+        if (target := TARGET_HA_UNARY.get(ha["in_flight"])) is not None:
+            verdicts.append(f"HA unary, {ha['in_flight']} in flight, >= {target}x the embedded cluster: "
+                            f"{_verdict(ratio >= target)} ({ratio:.3f})")
+    converged = result["embedded"]["converged"] and result["ha"]["converged"]
+    verdicts.append(f"both clusters converged and equal a replay of their logs: {_verdict(converged)}")
+    return "\n".join([*lines, "", *verdicts])
 
 
 def _stream_figures(run: StreamResult) -> dict:

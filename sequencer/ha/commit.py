@@ -94,7 +94,7 @@ class Committer(Election):
             return
         market.position = entries[-1].seq
         self._settle(finished, None)
-        market.appends.append((time.monotonic(), len(finished), time.monotonic() - started))
+        market.appends.append((time.monotonic(), len(finished), len(entries), time.monotonic() - started))
         market.report(len(entries), time.monotonic() - started)
 
     def _fail_queue(self, market: MarketState, finished: list[Pending], error: BaseException) -> None:

@@ -29,8 +29,14 @@ MAX_DELETES = 32  # batches deleted per transaction (a transaction holds at most
 # the moment the previous one ends holds only the requests that arrived meanwhile, and the nodes it just answered
 # wait a whole transaction more. When recent transactions held several nodes' appends, the next one waits for as
 # many to be queued, up to the recent median commit latency (at most LINGER_MAX_S). Measured at 64 in flight: 12
-# -> 20 entries per transaction (docs/benchmarks.md).
+# -> 20 entries per transaction (docs/benchmarks.md). Under a load where transactions carry more than
+# LONG_LINGER_ENTRIES entries each (more than 8 orders in flight), the Consul transaction is most of an order's
+# cost, so it waits up to LONG_LINGER times as long (still at most LINGER_MAX_S) for the last busy node:
+# measured at 64 in flight, CPU per order 1,006 -> 871 us (means of three runs on a loaded machine); at 8 in
+# flight, where latency is what counts, transactions carry fewer entries and the linger stays as it was.
 LINGER_MAX_S = 0.010
+LONG_LINGER_ENTRIES = 10
+LONG_LINGER = 3
 CONCURRENCY_WINDOW_S = 1.0
 FOLLOW_WAIT_S = 5.0
 # A standby reads the batches committed since its last round in one read, then waits this long before the next
@@ -115,18 +121,21 @@ class MarketState:
     wakeup: threading.Condition = field(default_factory=threading.Condition)
     commits: list[tuple[int, float]] = field(default_factory=list)  # (entries, seconds) since the last report
     reported: float = field(default_factory=time.monotonic)
-    appends: deque[tuple[float, int, float]] = field(default_factory=deque)  # recent (when, appends, seconds)
+    appends: deque[tuple[float, int, int, float]] = field(default_factory=deque)  # (when, appends, entries, s)
 
     def linger(self) -> tuple[int, float]:
         """How many appends to wait for, and for how long at most: the most a transaction of the last
-        CONCURRENCY_WINDOW_S held (how many nodes are busy), the median commit latency meanwhile."""
+        CONCURRENCY_WINDOW_S held (how many nodes are busy), the median commit latency meanwhile (LONG_LINGER
+        times that when the transactions carried more than LONG_LINGER_ENTRIES entries on average)."""
         limit = time.monotonic() - CONCURRENCY_WINDOW_S
         while self.appends and self.appends[0][0] < limit:
             self.appends.popleft()
         if not self.appends:
             return 1, 0.0
-        latencies = sorted(seconds for _, _, seconds in self.appends)
-        return max(count for _, count, _ in self.appends), min(LINGER_MAX_S, latencies[len(latencies) // 2])
+        latencies = sorted(seconds for _, _, _, seconds in self.appends)
+        busy = sum(entries for _, _, entries, _ in self.appends) > LONG_LINGER_ENTRIES * len(self.appends)
+        linger = latencies[len(latencies) // 2] * (LONG_LINGER if busy else 1)
+        return max(count for _, count, _, _ in self.appends), min(LINGER_MAX_S, linger)
 
     def report(self, entries: int, seconds: float, every_s: float = 10.0) -> None:
         """Notes a commit; every `every_s`, logs the market's commit figures (the leader's operator view)."""

@@ -78,10 +78,14 @@ class Standby(LogState):
         found = self.store.read_many([batch_key(market.name, first) for first in wanted])
         if found is None:  # one was deleted meanwhile: _catch_up reads them one by one
             return
+        following: list[StoredEntry] = []  # archived and handed to the gate at once: one write, one post
         for first in wanted:
             entries = decode_batch(found[batch_key(market.name, first)].value)
-            if entries and entries[0].seq == market.position + 1:
-                self._archive(market, entries)
+            if not entries or entries[0].seq != market.position + len(following) + 1:
+                break
+            following += entries
+        if following:
+            self._archive(market, following)
 
     def _catch_up(self, market: MarketState, to_seq: int) -> None:
         """Brings the archive (and the gate) to `to_seq`: the store's batches, or another replica's archive

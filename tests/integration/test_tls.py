@@ -22,6 +22,7 @@ from exchange.shared.wire import PEER_SERVICE, SEQUENCER_SERVICE
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc
 from tests.integration.test_grpcurl import GRPCURL
+from tests.integration.test_ha import wait_standby_current
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +107,20 @@ def test_the_services_talk_to_consul_over_https_and_trust_only_the_clusters_ca(
     process.start()
     wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in process.read_log(), 30, "the node to refuse Consul's certificate")
     assert not serving(c.node_address(0), c.client_tls)
+
+
+def test_the_replicated_log_commits_and_follows_over_https(make_cluster: Callable[..., Cluster]) -> None:
+    """HA mode with TLS: the replicated log's own keep-alive connection to its agent (the leader's transactions,
+    the standby's blocking and batch reads) speaks HTTPS with the cluster's CA and certificates."""
+    c = make_cluster(tls=True, ha=True, nodes=1)
+    c.start()
+    leader = c.leader_index()
+    assert leader is not None and c.consul_address_for(0).startswith("https://")
+    with c.channel(c.node_address(0)) as channel:
+        stub = exchange_pb2_grpc.ExchangeNodeStub(channel)
+        for price in (100, 101, 102):
+            stub.CreateOrder(pb.CreateOrderRequest(size=-1, limit_price=price), timeout=10)
+    views = c.wait_converged()
+    assert views["BTC-USD"][0] == 3
+    wait_standby_current(c, 1 - leader)
+    assert c.sequencer_view(1 - leader, "BTC-USD") == ("standby", 3)
