@@ -80,10 +80,12 @@ def ticket(gate: GateStream) -> GateTicket:
 
 
 @contextlib.asynccontextmanager
-async def never_answering_sequencer() -> AsyncIterator[sequencer_pb2_grpc.SequencerStub]:
-    """A stub of an in-process NeverAnswers Sequencer on loopback, stopped on exit."""
+async def sequencer_serving(
+    servicer: sequencer_pb2_grpc.SequencerServicer,
+) -> AsyncIterator[sequencer_pb2_grpc.SequencerStub]:
+    """A stub of `servicer` served in-process on loopback, stopped on exit."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    sequencer_pb2_grpc.add_SequencerServicer_to_server(NeverAnswers(), server)
+    sequencer_pb2_grpc.add_SequencerServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
@@ -96,7 +98,7 @@ async def never_answering_sequencer() -> AsyncIterator[sequencer_pb2_grpc.Sequen
 
 def test_an_interrupted_gate_request_fails_unavailable_at_once_and_the_next_goes_on_a_new_stream() -> None:
     async def scenario() -> None:
-        async with never_answering_sequencer() as stub:
+        async with sequencer_serving(NeverAnswers()) as stub:
             gate = GateStream("M")
             asked = asyncio.create_task(gate.ask(stub, ticket(gate), timeout=30))
             await asyncio.sleep(0.3)
@@ -117,7 +119,7 @@ def test_a_gate_request_whose_caller_is_cancelled_while_it_is_interrupted_ends_c
     that stops must not keep its gate loop running)."""
 
     async def scenario() -> None:
-        async with never_answering_sequencer() as stub:
+        async with sequencer_serving(NeverAnswers()) as stub:
             gate = GateStream("M")
             asked = asyncio.create_task(gate.ask(stub, ticket(gate), 30))
             await asyncio.sleep(0.3)
@@ -222,22 +224,6 @@ class HeldSequencer(sequencer_pb2_grpc.SequencerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the test breaks the stream")
         finally:
             reader.cancel()
-
-
-@contextlib.asynccontextmanager
-async def sequencer_serving(
-    servicer: sequencer_pb2_grpc.SequencerServicer,
-) -> AsyncIterator[sequencer_pb2_grpc.SequencerStub]:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    sequencer_pb2_grpc.add_SequencerServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    try:
-        yield sequencer_pb2_grpc.SequencerStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(0)
 
 
 def numbered(gate: GateStream, ref: int) -> GateTicket:
