@@ -19,6 +19,8 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -313,6 +315,62 @@ class LongLivedStreams:
                 # can be sent on it any more, and grpc says so with its core's ExecuteBatchError (chaos --ha seed 8:
                 # a Sequencer stepping down, uncaught in its task, logged a traceback)
                 logging.getLogger(__name__).debug("a long-lived stream had ended before it was ended: %r", error)
+
+
+Request = TypeVar("Request")
+Started = TypeVar("Started")
+Answer = TypeVar("Answer")
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadFailed:
+    """The request side of a stream failed (the stream ends with this error)."""
+
+    error: BaseException
+
+
+async def answered_in_order(
+    requests: AsyncIterator[Request], start: Callable[[Request], Awaitable[Started]],
+    finish: Callable[[Started], Awaitable[Answer]], window: int,
+) -> AsyncIterator[Answer]:
+    """The pipeline of a bidi stream (the order-entry streams, the Sequencer's gate stream): starts each
+    request as it arrives, one after the other in request order (the next is read once `start` returned; at
+    most `window` started and not yet answered), and yields their answers in request order. A `start` that
+    raises ends the stream with its error once the answers before it are sent. Started requests complete
+    even if the stream ends first (the client is gone: they stay unanswered)."""
+    slots = asyncio.Semaphore(window)
+    started: asyncio.Queue[Started | _ReadFailed | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                started.put_nowait(await start(request))
+            started.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - handed to the stream, which answers it
+            started.put_nowait(_ReadFailed(error))
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (item := await started.get()) is not None:
+            if isinstance(item, _ReadFailed):
+                raise item.error
+            answer = await finish(item)
+            slots.release()
+            yield answer
+    finally:
+        reader.cancel()
+
+
+def at_once(start: Callable[[Request], Started]) -> Callable[[Request], Awaitable[Started]]:
+    """A `start` of `answered_in_order` that needs no await."""
+
+    async def begin(request: Request) -> Started:
+        return start(request)
+
+    return begin
 
 
 class GrpcServer:

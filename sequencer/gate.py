@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import Histogram
@@ -49,6 +49,7 @@ from exchange.metrics import gauge
 from exchange.runtime import LongLivedStreams, log_fields
 from exchange.shared.markets import MarketConfig
 from exchange.v1 import sequencer_pb2, types_pb2
+from exchange.v1.sequencer_pb2 import SequenceResponse
 from sequencer.log import LeadershipLost, LogBackend, StoredEntry
 from sequencer.metrics import LEADER_CHANGES, SEQUENCER_COMMIT_SECONDS, SEQUENCER_ENTRIES
 
@@ -146,9 +147,12 @@ class MarketLog:
         self.current = durable
         self.last_write = None
 
-    async def until_durable(self) -> None:
-        if self.last_write is not None and not self.last_write.done():
-            await asyncio.shield(self.last_write)
+
+
+async def durable(write: asyncio.Future[None] | None) -> None:
+    """Waits for a market's write (and so for every one before it: a backend makes them durable in order)."""
+    if write is not None and not write.done():
+        await asyncio.shield(write)
 
 
 def _may_repeat_numbered_commands(request: sequencer_pb2.SequenceRequest, entries: list[StoredEntry]) -> bool:
@@ -280,7 +284,16 @@ class SequencingGate:
         return await asyncio.to_thread(self.store.read, market.market, from_seq, to_seq, to_seq - from_seq + 1)
 
     async def _sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
-        """The gate (see the module docstring), for Sequence and each request of SequenceStream."""
+        """The gate (see the module docstring), for Sequence: one request, numbered and answered."""
+        answer = await self._begin(request)
+        return await answer()
+
+    async def _begin(self, request: sequencer_pb2.SequenceRequest) -> Callable[[], Awaitable[SequenceResponse]]:
+        """The first half of the gate, for Sequence and each request of SequenceStream: checks the request and
+        numbers its commands (or decides on a stale answer), and returns the second half, which waits until
+        what the answer mentions is durable and builds it. A stream calls the first half of each request in
+        the order received, and the next one's while the one before waits for its write: a node's pipelined
+        requests are numbered in their order and share group commits."""
         if not self.leading:
             raise Unavailable(self.standby_reason)
         term = self.term
@@ -291,12 +304,12 @@ class SequencingGate:
             first = request.applied_seq + len(missing) + 1
             if lacking > MAX_MISSING_PER_ANSWER:  # further behind than one answer may carry
                 missing += await self._entries(market, first, request.applied_seq + MAX_MISSING_PER_ANSWER)
-                return await self._stale(market, missing, term)
+                return functools.partial(self._stale, market, missing, term, market.last_write)
             missing += await self._entries(market, first, market.current)
             self._check_term(term)
         # No await since the loop's last check: `missing` is exactly what the node lacks, up to `current`.
         if missing and _may_repeat_numbered_commands(request, missing):
-            return await self._stale(market, missing, term)
+            return functools.partial(self._stale, market, missing, term, market.last_write)
 
         assignments, fresh = self._number(market, request.commands)
         stats = market.stats
@@ -312,12 +325,16 @@ class SequencingGate:
             write.add_done_callback(functools.partial(market.mark_durable, fresh[-1].seq))
             write.add_done_callback(self._check_write)
             market.last_write = write
-        await market.until_durable()
-        self._check_term(term)
+        return functools.partial(self._granted, market, missing, assignments, term, market.last_write)
 
-        response = sequencer_pb2.SequenceResponse(
-            granted=True, current_seq=market.current, missing=[to_proto(e) for e in missing]
-        )
+    async def _granted(
+        self, market: MarketLog, missing: list[StoredEntry], assignments: list[tuple[StoredEntry | int, bool]],
+        term: int, write: asyncio.Future[None] | None,
+    ) -> SequenceResponse:
+        """A grant's answer, once `write` (the last one when it was numbered) is durable, in the same term."""
+        await durable(write)
+        self._check_term(term)
+        response = SequenceResponse(granted=True, current_seq=market.current, missing=[to_proto(e) for e in missing])
         for assigned, duplicate in assignments:
             if isinstance(assigned, int):
                 (entry,) = await self._entries(market, assigned, assigned)
@@ -374,14 +391,13 @@ class SequencingGate:
             assignments.append((entry, False))
         return assignments, fresh
 
-    async def _stale(self, market: MarketLog, missing: list[StoredEntry], term: int) -> sequencer_pb2.SequenceResponse:
+    async def _stale(self, market: MarketLog, missing: list[StoredEntry], term: int,
+                     write: asyncio.Future[None] | None) -> SequenceResponse:
         """Grants nothing; the answer carries what the node lacks (at most MAX_MISSING_PER_ANSWER entries)."""
         market.stats.stale += 1
-        await market.until_durable()
+        await durable(write)
         self._check_term(term)
-        return sequencer_pb2.SequenceResponse(
-            granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing]
-        )
+        return SequenceResponse(granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing])
 
     def gauges(self) -> list[GaugeMetricFamily]:
         """What a scrape reads from the Sequencer's state (on its event loop)."""

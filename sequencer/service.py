@@ -3,14 +3,21 @@ GetSequence (the log reader). As thin as the node's: the rules live in the gate.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from exchange.errors import InvalidArgument, rpc
-from exchange.runtime import Malformed, receives_malformed_items
+from exchange.runtime import Malformed, answered_in_order, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
 from sequencer.gate import READ_CHUNK, SequencingGate, to_proto
+
+# Requests of one SequenceStream numbered and not yet answered (a node keeps fewer in flight: --gate-depth).
+STREAM_WINDOW = 16
+
+
+async def _answer(answer: Callable[[], Awaitable[sequencer_pb2.SequenceResponse]]) -> sequencer_pb2.SequenceResponse:
+    return await answer()
 
 
 class SequencerService(SequencingGate, sequencer_pb2_grpc.SequencerServicer):
@@ -29,10 +36,15 @@ class SequencerService(SequencingGate, sequencer_pb2_grpc.SequencerServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[sequencer_pb2.SequenceResponse]:
         with self.streams.track(context):
-            async for request in request_iterator:
-                if isinstance(request, Malformed):
-                    raise InvalidArgument(f"a SequenceStream message is not a SequenceRequest: {request.error}")
-                yield await self._sequence(request)
+            async for response in answered_in_order(request_iterator, self._begin_item, _answer, STREAM_WINDOW):
+                yield response
+
+    async def _begin_item(
+        self, request: sequencer_pb2.SequenceRequest | Malformed
+    ) -> Callable[[], Awaitable[sequencer_pb2.SequenceResponse]]:
+        if isinstance(request, Malformed):
+            raise InvalidArgument(f"a SequenceStream message is not a SequenceRequest: {request.error}")
+        return await self._begin(request)
 
     @rpc
     async def ReadLog(

@@ -24,7 +24,7 @@ from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.metrics import NodeGauges
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
 from exchange.node.sequencer_link import Peers, Sequencer, SequencerLink
-from exchange.node.sequencing import MarketPipeline
+from exchange.node.sequencing import DEFAULT_GATE_DEPTH, MarketPipeline
 from exchange.node.service import ExchangeNodeService
 from exchange.node.snapshots import DEFAULT_EVERY, SnapshotStore, Snapshotter, adopt, position
 from exchange.runtime import (
@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--node-id", default=None, help="unique node id (default: node-<host>-<port>)")
     parser.add_argument("--max-retries", type=int, default=5,
                         help="times an order may be invalidated by a stale view before it is ABORTED")
+    parser.add_argument("--gate-depth", type=int, default=DEFAULT_GATE_DEPTH,
+                        help="gated requests per market in flight at once, pipelined on the gate stream (1: each "
+                             "waits for the answer to the one before; deeper: less waiting, smaller batches, more "
+                             "CPU per order)")
     parser.add_argument("--sequencer", default=None,
                         help="fixed Sequencer address instead of Consul discovery (tests only)")
     parser.add_argument("--journal-size", type=int, default=DEFAULT_JOURNAL_SIZE,
@@ -70,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_tls_argument(parser)
     add_metrics_arguments(parser)
     args = parser.parse_args(argv)
+    if args.gate_depth < 1:
+        parser.error(f"--gate-depth must be at least 1 (1: one gated request a market at once), got {args.gate_depth}")
     if args.journal_size < 1 or args.snapshot_every < 0:
         parser.error("--journal-size must be at least 1 and --snapshot-every at least 0")
     if args.insecure_no_auth and not is_loopback(split_host_port(args.listen)[0]):
@@ -166,7 +172,9 @@ async def serve(args: argparse.Namespace) -> None:
     sequencer = SequencerLink(secret, registry if args.sequencer is None else None, args.sequencer, tls=tls, leader=kv)
     peers = PeerSet(registry, node_id, secret, tls=tls)
     pipelines = {
-        market: MarketPipeline(market, replica, sequencer, peers, node_id, max_retries=args.max_retries)
+        market: MarketPipeline(
+            market, replica, sequencer, peers, node_id, max_retries=args.max_retries, gate_depth=args.gate_depth
+        )
         for market in replica.markets
     }
     service = ExchangeNodeService(node_id, replica, pipelines, sequencer, peers, secret, access)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
@@ -33,7 +31,7 @@ from exchange.node.metrics import counters, order_rejected
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencer_link import Sequencer
 from exchange.node.sequencing import MarketPipeline, Outcome, fail
-from exchange.runtime import Malformed, receives_malformed_items
+from exchange.runtime import Malformed, answered_in_order, at_once, receives_malformed_items
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -51,51 +49,6 @@ REJECTION_ERRORS: dict[eng.RejectReason, type[ExchangeError]] = {
     eng.RejectReason.POST_ONLY_WOULD_TAKE: FailedPrecondition,
     eng.RejectReason.NOT_ORDER_OWNER: PermissionDenied,
 }
-
-
-Request = TypeVar("Request")
-Started = TypeVar("Started")
-Answer = TypeVar("Answer")
-
-
-@dataclass(frozen=True, slots=True)
-class _ReadFailed:
-    """The request side of a stream failed (the stream ends with this error)."""
-
-    error: BaseException
-
-
-async def _answered_in_order(
-    requests: AsyncIterator[Request], start: Callable[[Request], Started],
-    finish: Callable[[Started], Awaitable[Answer]], window: int,
-) -> AsyncIterator[Answer]:
-    """The pipeline of the order-entry streams: starts each request as it arrives (at most `window` started
-    and not yet answered) and yields their answers in request order. Started requests complete even if the
-    stream ends first (the client is gone: they stay unanswered)."""
-    slots = asyncio.Semaphore(window)
-    started: asyncio.Queue[Started | _ReadFailed | None] = asyncio.Queue()
-
-    async def read() -> None:
-        try:
-            async for request in requests:
-                await slots.acquire()
-                started.put_nowait(start(request))
-            started.put_nowait(None)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:  # noqa: BLE001 - handed to the stream, which answers it
-            started.put_nowait(_ReadFailed(error))
-
-    reader = asyncio.ensure_future(read())
-    try:
-        while (item := await started.get()) is not None:
-            if isinstance(item, _ReadFailed):
-                raise item.error
-            answer = await finish(item)
-            slots.release()
-            yield answer
-    finally:
-        reader.cancel()
 
 
 def _order_response(outcome: Outcome) -> pb.CreateOrderResponse:
@@ -164,8 +117,9 @@ class OrderEntryRPCs:
         request order, one result each; a failed order is an error result and the stream goes on. A key
         disabled while the stream is open ends it with UNAUTHENTICATED: nothing after is placed."""
         caller = self.access.caller(context)
-        async for result in _answered_in_order(
-            request_iterator, functools.partial(self._start_entry, caller=caller), self._entry_result, ENTRY_WINDOW
+        async for result in answered_in_order(
+            request_iterator, at_once(functools.partial(self._start_entry, caller=caller)), self._entry_result,
+            ENTRY_WINDOW,
         ):
             yield result
 
@@ -176,8 +130,9 @@ class OrderEntryRPCs:
     ) -> AsyncIterator[pb.OrderBatchResult]:
         """OrderEntry with batches: each order of a batch is an OrderEntry item, the batch one message."""
         caller = self.access.caller(context)
-        async for result in _answered_in_order(
-            request_iterator, functools.partial(self._start_batch, caller=caller), self._batch_result, BATCH_WINDOW
+        async for result in answered_in_order(
+            request_iterator, at_once(functools.partial(self._start_batch, caller=caller)), self._batch_result,
+            BATCH_WINDOW,
         ):
             yield result
 

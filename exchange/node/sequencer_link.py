@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
@@ -80,12 +82,28 @@ class Peers(Protocol):
     async def close(self) -> None: ...
 
 
-class GateStream:
-    """One market's long-lived SequenceStream: one request at a time, each answered in order.
+@dataclass(slots=True, eq=False)
+class GateTicket:
+    """One gated request of a GateStream, from `take` until it is answered or forgotten."""
 
-    Any failure (stream broken, no answer within the timeout, Sequencer moved) discards the stream and the
-    caller's retry opens a new one. Whether the lost request was granted does not matter: the retry states
-    the same applied sequence, so if it was, the answer is "stale" and carries the granted entries.
+    request: sequencer_pb2.SequenceRequest
+    future: asyncio.Future[sequencer_pb2.SequenceResponse]  # its answer on the stream it was last written on
+    stream: int = 0  # the number of that stream (0: not written yet)
+    answer: sequencer_pb2.SequenceResponse | None = None
+    forgotten: bool = False
+
+
+class GateStream:
+    """One market's long-lived SequenceStream: requests written one behind the other without waiting for the
+    answers (the caller bounds how many: the node's --gate-depth), each answered in order.
+
+    The stream is an ordered outbox: every request taken and not answered is written on the stream in the order
+    taken. Any failure (stream broken, an answer not within the timeout, the Sequencer moved) discards the
+    stream and fails every request waiting on it; the next attempt opens a new stream and writes every request
+    still unanswered on it again, in the order first taken, whichever caller's retry comes first. A request
+    repeated so states the applied sequence it first stated, so one that was granted comes back as a stale
+    answer carrying its entries, never numbered twice; and the node's requests keep their order at the
+    Sequencer (docs/architecture.md, "The sequencing protocol").
 
     The timeout cancels the waiting task itself (asyncio.timeout), not only the call: grpc's `write` waits for
     the call's initial metadata to be sent, and a call cancelled before that (a Sequencer restarting: the
@@ -97,69 +115,166 @@ class GateStream:
         self.market = market
         self._stub: sequencer_pb2_grpc.SequencerStub | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
-        self._lock = asyncio.Lock()
-        self._deadline: asyncio.Timeout | None = None  # of the request in flight
-        self._interrupted: str | None = None  # why the request in flight was cut short (see `interrupt`)
+        self._stream = 0  # the number of the last stream opened
+        self._unanswered: deque[GateTicket] = deque()  # in the order taken
+        self._lock = asyncio.Lock()  # one writer at a time
+        self._writing: asyncio.Timeout | None = None  # the deadline of the writer in progress
+        self._reader: asyncio.Task[None] | None = None
         self._metrics = client_stream("/exchange.v1.Sequencer/SequenceStream")
-        self._opened = 0
+
+    def take(self, request: sequencer_pb2.SequenceRequest) -> GateTicket:
+        """Queues a request behind every one taken before it (`ask` sends it and waits for its answer)."""
+        ticket = GateTicket(request, asyncio.get_running_loop().create_future())
+        self._unanswered.append(ticket)
+        return ticket
+
+    def forget(self, ticket: GateTicket) -> None:
+        """The caller is done with `ticket` (answered, or given up: then it is never sent again, and an answer
+        still to come on the live stream is dropped)."""
+        if ticket.answer is not None or ticket.forgotten:
+            return
+        ticket.forgotten = True
+        if self._call is None or ticket.stream != self._stream:
+            self._unanswered.remove(ticket)
 
     async def ask(
-        self, stub: sequencer_pb2_grpc.SequencerStub, request: sequencer_pb2.SequenceRequest, timeout: float,
+        self, stub: sequencer_pb2_grpc.SequencerStub, ticket: GateTicket, timeout: float,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> sequencer_pb2.SequenceResponse:
-        async with self._lock:
-            if self._call is None or stub is not self._stub or self._call.done():  # none, moved, or ended
-                self.reset()
-                self._stub, self._call = stub, stub.SequenceStream(metadata=metadata)
-                self._opened += 1
-                if self._opened > 1:
-                    GATE_RECONNECTS.inc()
-                if self._metrics is not None:
-                    self._metrics.opened()
-            call = self._call
-            self._interrupted = None
-            try:
-                async with asyncio.timeout(timeout) as self._deadline:
-                    await call.write(request)
-                    if self._metrics is not None:
-                        self._metrics.sent()
-                    response = await call.read()
-            except BaseException as error:
-                self.reset(error.code() if isinstance(error, grpc.aio.AioRpcError) else grpc.StatusCode.CANCELLED)
-                if isinstance(error, TimeoutError | asyncio.CancelledError) and not _cancelling():
-                    # the deadline, `interrupt`, or the call cancelled under us: never the caller's own cancel
-                    if self._interrupted:
-                        raise Unavailable(f"{self._interrupted} ({self.market})") from error
-                    if isinstance(error, TimeoutError):
-                        raise Unavailable(
-                            f"the Sequencer did not answer within {timeout:g} s ({self.market})") from error
-                    raise Unavailable(f"the gate stream of {self.market} was cancelled") from error
-                if isinstance(error, asyncio.InvalidStateError):  # the stream had already ended (Sequencer gone)
-                    raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
-                raise
-            finally:
-                self._deadline = None
-            if response is grpc.aio.EOF:
-                self.reset(grpc.StatusCode.UNAVAILABLE)
-                raise Unavailable(f"the Sequencer ended the gate stream of {self.market}")
-            if self._metrics is not None:
-                self._metrics.received()
-            return response
+        """One attempt: sends the request (with every earlier one not answered, on a new stream if need be) and
+        waits at most `timeout` for its answer. A failure raises and leaves the request queued for the next
+        attempt (or `forget`)."""
+        if ticket.answer is not None:  # answered on a stream another attempt opened
+            return ticket.answer
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(stub, ticket, metadata)
+                return await ticket.future
+        except BaseException as error:
+            if isinstance(error, TimeoutError | asyncio.CancelledError) and not _cancelling():
+                # the deadline, a broken stream waking a write, or the call cancelled under us: never the
+                # caller's own cancel
+                if ticket.answer is not None:  # answered while this attempt still wrote the requests behind it
+                    return ticket.answer
+                failed = ticket.future.exception() if ticket.future.done() and not ticket.future.cancelled() else None
+                if failed is not None:  # the stream broke (`_break`): its reason
+                    raise failed from error
+                if isinstance(error, TimeoutError):
+                    why = f"the Sequencer did not answer within {timeout:g} s ({self.market})"
+                    self._break(why)
+                    raise Unavailable(why) from error
+                self._break(f"the gate stream of {self.market} was cancelled")
+                raise Unavailable(f"the gate stream of {self.market} was cancelled") from error
+            if isinstance(error, asyncio.InvalidStateError):  # the stream had already ended (Sequencer gone)
+                self._break(f"the gate stream of {self.market} to the Sequencer has ended", grpc.StatusCode.UNAVAILABLE)
+                raise Unavailable(f"the gate stream of {self.market} to the Sequencer has ended") from error
+            if isinstance(error, grpc.aio.AioRpcError):
+                self._break(f"the gate stream of {self.market} failed: {error.code().name}", error.code())
+            raise
 
-    def reset(self, code: grpc.StatusCode = grpc.StatusCode.CANCELLED) -> None:
-        """Ends the stream (`code`: how it ended, for the client metrics)."""
+    async def _send(
+        self, stub: sequencer_pb2_grpc.SequencerStub, ticket: GateTicket, metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        async with self._lock:
+            if self._call is not None and ticket.stream == self._stream:
+                return  # already written on the live stream (by the attempt of an earlier request)
+            if self._call is None or stub is not self._stub or self._call.done():  # none, moved, or ended
+                if self._call is not None:
+                    self._break(f"the gate stream of {self.market} ended or the Sequencer moved")
+                self._open(stub, metadata)
+            stream, call = self._stream, self._call
+            assert call is not None
+            for queued in list(self._unanswered):
+                if queued.stream == stream or queued.forgotten:
+                    continue
+                if queued.future.done():  # failed with the stream it was written on before
+                    queued.future = asyncio.get_running_loop().create_future()
+                queued.stream = stream
+                self._writing = asyncio.timeout(None)
+                try:
+                    async with self._writing:
+                        await call.write(queued.request)
+                finally:
+                    self._writing = None
+                if self._stream != stream or self._call is None:  # broken meanwhile: the attempts fail
+                    return
+                if self._metrics is not None:
+                    self._metrics.sent()
+
+    def _open(self, stub: sequencer_pb2_grpc.SequencerStub, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stream += 1
+        self._stub, self._call = stub, stub.SequenceStream(metadata=metadata)
+        if self._stream > 1:
+            GATE_RECONNECTS.inc()
+        if self._metrics is not None:
+            self._metrics.opened()
+        self._reader = asyncio.create_task(self._read(self._call, self._stream), name=f"gate-read-{self.market}")
+
+    async def _read(self, call: grpc.aio.StreamStreamCall, stream: int) -> None:
+        """Hands each answer of stream `stream` to the oldest request not answered (answers come in order)."""
+        try:
+            while True:
+                response = await call.read()
+                if stream != self._stream:
+                    return
+                if response is grpc.aio.EOF:
+                    self._break(f"the Sequencer ended the gate stream of {self.market}", grpc.StatusCode.UNAVAILABLE)
+                    return
+                if self._metrics is not None:
+                    self._metrics.received()
+                if not self._unanswered:
+                    self._break(f"the Sequencer answered a request of {self.market} that was never sent",
+                                grpc.StatusCode.INTERNAL)
+                    return
+                ticket = self._unanswered.popleft()
+                if ticket.forgotten:
+                    continue
+                ticket.answer = response
+                if not ticket.future.done():
+                    ticket.future.set_result(response)
+        except asyncio.CancelledError:
+            if stream == self._stream and self._call is not None and not _cancelling():
+                self._break(f"the gate stream of {self.market} was cancelled")
+            raise
+        except grpc.aio.AioRpcError as error:
+            if stream == self._stream:
+                self._break(f"the gate stream of {self.market} failed: {error.code().name} {error.details()}",
+                            error.code(), head=error)
+        except Exception as error:  # noqa: BLE001 - whatever it is, the stream is done and the requests retry
+            if stream == self._stream:
+                self._break(f"the gate stream of {self.market} failed: {error!r}", grpc.StatusCode.UNKNOWN)
+
+    def _break(self, why: str, code: grpc.StatusCode = grpc.StatusCode.CANCELLED,
+               head: BaseException | None = None) -> None:
+        """Ends the stream (`code`: how it ended, for the client metrics) and fails every request waiting:
+        the oldest with `head` if given (the stream's own error: the Sequencer refused that request), the others
+        (and the oldest without `head`) with UNAVAILABLE `why`: they are sent again by their next attempt."""
         if self._call is not None:
             self._call.cancel()
             if self._metrics is not None:
                 self._metrics.ended(code)
         self._call = None
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._reader = None
+        if self._writing is not None:
+            self._writing.reschedule(asyncio.get_running_loop().time())  # wakes a write that waits
+        for ticket in list(self._unanswered):
+            if ticket.forgotten:
+                self._unanswered.remove(ticket)
+                continue
+            if not ticket.future.done():
+                ticket.future.set_exception(head if head is not None else Unavailable(why))
+                ticket.future.exception()  # retrieved: the caller may be sleeping before its next attempt
+            head = None
+
+    def reset(self) -> None:
+        """Ends the stream; the requests waiting on it fail UNAVAILABLE."""
+        self._break(f"the gate stream of {self.market} was closed")
 
     def interrupt(self, why: str) -> None:
-        """Cuts the request in flight short (its caller gets UNAVAILABLE `why` and retries) and ends the stream."""
-        if self._deadline is not None:
-            self._interrupted = why
-            self._deadline.reschedule(asyncio.get_running_loop().time())  # expires now, waking the request
-        self.reset()
+        """Cuts the requests in flight short (their callers get UNAVAILABLE `why` and retry) and ends the stream."""
+        self._break(f"{why} ({self.market})")
 
 
 def _cancelling() -> bool:
@@ -277,13 +392,18 @@ class SequencerLink:
             delay = min(delay * 2, 0.5)
 
     async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
-        """One gated request, over the market's long-lived SequenceStream."""
+        """One gated request, over the market's long-lived SequenceStream. Concurrent calls for one market are
+        written in call order without waiting for each other's answers, and answered in that order."""
         gate = self._gates.get(request.market)
         if gate is None:
             gate = self._gates[request.market] = GateStream(request.market)
-        return await self._retrying(
-            "Sequence", lambda stub: gate.ask(stub, request, self.call_timeout_s, self.metadata)
-        )
+        ticket = gate.take(request)
+        try:
+            return await self._retrying(
+                "Sequence", lambda stub: gate.ask(stub, ticket, self.call_timeout_s, self.metadata)
+            )
+        finally:
+            gate.forget(ticket)
 
     async def current_seq(self, market: str) -> int:
         response = await self._retrying(

@@ -1,8 +1,13 @@
 """Getting a node's commands into the log, and keeping the node current: one pipeline per market.
 
-The gate batcher. Client commands queue up; while one Sequence call is in flight, the next ones
-wait, and then all of them go in the next call. So a node has at most one gated request per market in
-flight, and its own orders can never invalidate each other. A node that is behind (other nodes' orders
+The gate batcher. Client commands queue up; while `gate_depth` Sequence calls are in flight (1 by default),
+the next ones wait, and then all of them go in the next call. Calls in flight are pipelined on the market's gate
+stream: written one behind the other without waiting for each other's answers, numbered and answered by the
+Sequencer in that order, so a grant no longer waits for the round trip before it. A request states the
+sequence the node has applied when it is sent; the entries of the grants still in flight ahead of it are
+among what it "lacks" and come back in its answer (applying them twice is a no-op), and its own commands are
+not among them, so it is granted, not stale: the node's own orders never invalidate each other. A node that
+is behind (other nodes' orders
 it has not applied yet) is granted all the same when what it lacks fits in one answer: the answer carries
 those entries first, the node applies them, then its own, so its orders match against exactly the global
 state, in one round trip: no order is ABORTED by load. A "stale" answer (nothing granted) comes only when
@@ -43,6 +48,12 @@ from exchange.v1 import sequencer_pb2, types_pb2
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2_000
+# Gated requests per market in flight at once (the node's --gate-depth). 1: a request waits for the answer to
+# the one before, and the orders that arrive meanwhile batch up. Deeper pipelines cut the wait but shrink the
+# batches, and each request costs the cluster far more than an order in it (messages, broadcasts, a write):
+# measured on this 2-core machine, depth 2 took 10-35% more CPU per order and did not raise throughput, embedded
+# or HA (docs/benchmarks.md), so it is for machines where the gate's round trip waits rather than computes.
+DEFAULT_GATE_DEPTH = 1
 
 
 def fail(future: asyncio.Future[Outcome], error: BaseException) -> None:
@@ -73,7 +84,7 @@ class Pending:
 class MarketPipeline:
     def __init__(
         self, market: str, replica: Replica, sequencer: Sequencer, peers: Peers, node_id: str,
-        max_retries: int = 5, gap_wait_s: float = 0.1, poll_s: float = 1.0,
+        max_retries: int = 5, gap_wait_s: float = 0.1, poll_s: float = 1.0, gate_depth: int = DEFAULT_GATE_DEPTH,
     ) -> None:
         self.market = market
         self.replica = replica
@@ -83,6 +94,8 @@ class MarketPipeline:
         self.max_retries = max_retries
         self.gap_wait_s = gap_wait_s
         self.poll_s = poll_s
+        self.gate_depth = gate_depth
+        self._rounds: set[asyncio.Task[None]] = set()  # the gated requests in flight
         self._incarnation = random.getrandbits(31) << 32
         self._next_ref = 0
         self._queue: deque[Pending] = deque()
@@ -100,9 +113,9 @@ class MarketPipeline:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._rounds]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._rounds]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for pending in self._by_ref.values():
@@ -167,23 +180,35 @@ class MarketPipeline:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self._queue and len(self._rounds) < self.gate_depth:
                 batch: list[Pending] = []
                 while self._queue and len(batch) < MAX_BATCH:
                     pending = self._queue.popleft()
                     if not pending.future.done():
                         batch.append(pending)
-                try:
-                    await self._sequence(batch)
-                except Exception as error:  # noqa: BLE001 - a failed round fails its orders, not the node
-                    if not isinstance(error, ExchangeError):
-                        log.exception("%s: sequencing round failed", self.market, extra=log_fields(self.market))
-                        error = Unavailable(f"sequencing failed on this node: {type(error).__name__}")
-                    reason = status_of(error).name
-                    for pending in batch:
-                        if pending.command.origin_ref in self._by_ref and pending.command.HasField("new_order"):
-                            order_rejected(reason)
-                    self._fail(batch, error)
+                if batch:
+                    round_ = asyncio.create_task(self._round(batch), name=f"gate-round-{self.market}")
+                    self._rounds.add(round_)
+                    round_.add_done_callback(self._round_done)
+
+    def _round_done(self, round_: asyncio.Task[None]) -> None:
+        self._rounds.discard(round_)
+        if self._queue:
+            self._wakeup.set()
+
+    async def _round(self, batch: list[Pending]) -> None:
+        """One gated request and its retries (a stale answer: catch up, then the commands still unplaced)."""
+        try:
+            await self._sequence(batch)
+        except Exception as error:  # noqa: BLE001 - a failed round fails its orders, not the node
+            if not isinstance(error, ExchangeError):
+                log.exception("%s: sequencing round failed", self.market, extra=log_fields(self.market))
+                error = Unavailable(f"sequencing failed on this node: {type(error).__name__}")
+            reason = status_of(error).name
+            for pending in batch:
+                if pending.command.origin_ref in self._by_ref and pending.command.HasField("new_order"):
+                    order_rejected(reason)
+            self._fail(batch, error)
 
     def _fail(self, batch: list[Pending], error: Exception) -> None:
         for pending in batch:

@@ -356,17 +356,18 @@ def test_gate_stream_times_out_on_a_stalled_sequencer_and_the_retry_recovers_the
         stub = sequencer_pb2_grpc.SequencerStub(channel)
         gate = GateStream("BTC-USD")
         token = token_metadata(c.secret.encode())
-        first = await gate.ask(stub, request(0), 5, token)
+        first = await gate.ask(stub, gate.take(request(0)), 5, token)
         assert first.granted and first.current_seq == 1
+        stalled = gate.take(request(1))
         sequencer = c.sequencer
         assert sequencer is not None
         sequencer.signal(signal.SIGSTOP)
         try:
             with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
-                await asyncio.wait_for(gate.ask(stub, request(1), 0.5, token), 10)  # fails rather than hangs
+                await asyncio.wait_for(gate.ask(stub, stalled, 0.5, token), 10)  # fails rather than hangs
         finally:
             sequencer.signal(signal.SIGCONT)
-        again = await gate.ask(stub, request(1), 5, token)  # the node's retry states the same applied sequence
+        again = await gate.ask(stub, stalled, 5, token)  # the node's retry states the same applied sequence
         # Either the stalled request was numbered (then the retry is stale and carries it back) or it never
         # reached the gate (then the retry is granted); never both.
         assert again.current_seq == 2

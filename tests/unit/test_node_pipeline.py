@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
@@ -16,7 +17,7 @@ from exchange.node.orders import OrderEntryRPCs
 from exchange.node.replica import Replica
 from exchange.node.sequencing import MarketPipeline
 from exchange.v1 import exchange_pb2 as pb
-from exchange.v1 import types_pb2
+from exchange.v1 import sequencer_pb2, types_pb2
 from tests.unit.fakes import InMemorySequencer, RecordingPeers, run_scenario
 
 M = "BTC-USD"
@@ -28,15 +29,17 @@ def buy(price: int = 100, client_order_id: str = "") -> types_pb2.Command:
     return types_pb2.Command(market=M, client_order_id=client_order_id, origin_node="node-1", new_order=order)
 
 
-def run(scenario: Callable[[MarketPipeline, InMemorySequencer, RecordingPeers], Awaitable[T]],
-        max_retries: int = 5, journal_size: int = 1000) -> T:
+def run(scenario: Callable[[MarketPipeline, Any, RecordingPeers], Awaitable[T]],
+        max_retries: int = 5, journal_size: int = 1000, gate_depth: int = 2,
+        sequencer: InMemorySequencer | None = None) -> T:
     async def main() -> T:
-        sequencer, peers = InMemorySequencer(), RecordingPeers()
-        pipeline = MarketPipeline(M, Replica([eng.MarketConfig(M)], journal_size=journal_size), sequencer, peers,
-                                  "node-1", max_retries=max_retries)
+        peers = RecordingPeers()
+        pipeline = MarketPipeline(M, Replica([eng.MarketConfig(M)], journal_size=journal_size),
+                                  sequencer or InMemorySequencer(), peers, "node-1", max_retries=max_retries,
+                                  gate_depth=gate_depth)
         pipeline.start()
         try:
-            return await scenario(pipeline, sequencer, peers)
+            return await scenario(pipeline, pipeline.sequencer, peers)
         finally:
             await pipeline.stop()
 
@@ -102,6 +105,48 @@ def test_a_repeated_client_order_id_whose_result_is_gone_is_failed_precondition_
         assert sum(1 for e in sequencer.log[M] if types_pb2.Command.FromString(e.command).client_order_id) == 1
 
     run(scenario, journal_size=4)
+
+
+class HeldSequencer(InMemorySequencer):
+    """Takes gated requests and answers them, in order, once `open` is set; counts how many wait at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+        self.waiting = 0
+        self.most_waiting = 0
+
+    async def sequence(self, request: sequencer_pb2.SequenceRequest) -> sequencer_pb2.SequenceResponse:
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            await self.open.wait()
+            return await super().sequence(request)
+        finally:
+            self.waiting -= 1
+
+
+@pytest.mark.parametrize("gate_depth", [1, 2, 3])
+def test_up_to_gate_depth_requests_are_in_flight_and_their_orders_are_numbered_in_the_order_taken(
+    gate_depth: int,
+) -> None:
+    async def scenario(pipeline: MarketPipeline, sequencer: HeldSequencer, peers: RecordingPeers) -> None:
+        placed = []
+        for price in range(90, 96):  # one order per loop iteration: each may start a request of its own
+            placed.append(pipeline.enqueue(buy(price)))
+            await asyncio.sleep(0.01)
+        assert sequencer.most_waiting == gate_depth
+        sequencer.open.set()
+        outcomes = await asyncio.gather(*placed)
+        assert [o.seq for o in outcomes] == [1, 2, 3, 4, 5, 6], "numbered in the order the node took them"
+        assert [o.applied.command.new_order.price for o in outcomes] == list(range(90, 96))
+        assert len(sequencer.requests) == gate_depth + 1, "the orders that waited went in one request"
+        assert [r.applied_seq for r in sequencer.requests[:gate_depth]] == [0] * gate_depth, \
+            "requests in flight state what the node had applied when they were sent"
+        assert pipeline.replica.applied_seq(M) == 6 and [e.seq for e in peers.sent] == [1, 2, 3, 4, 5, 6]
+        assert sequencer.most_waiting == gate_depth
+
+    run(scenario, gate_depth=gate_depth, sequencer=HeldSequencer())
 
 
 def test_the_nodes_own_orders_count_in_the_scraped_series_and_other_nodes_orders_do_not() -> None:

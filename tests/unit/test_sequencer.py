@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -318,6 +318,50 @@ def test_a_retry_after_a_step_down_took_back_numbers_is_the_duplicate_of_its_dur
         assert [(a.seq, a.duplicate) for a in retry.assignments] == [(1, True)], \
             "the retried client_order_id was placed again"
         assert service.markets["M"].current == 1 and len(log.writes) == 2, "the duplicate took no number"
+
+    run_scenario(scenario())
+    assert not failures
+
+
+def request(node: str, applied: int, *commands: types_pb2.Command) -> sequencer_pb2.SequenceRequest:
+    return sequencer_pb2.SequenceRequest(market="M", applied_seq=applied, node_id=node, commands=commands)
+
+
+def test_a_stream_numbers_a_pipelined_request_while_the_one_before_waits_for_its_write_and_answers_in_order() -> None:
+    """A node's second request on its gate stream, sent before the first is answered (so stating the same applied
+    sequence), is numbered at once, behind the first, and granted: the first's entries are what it lacks, its own
+    commands are not among them. The answers keep the requests' order."""
+    failures: list[BaseException] = []
+
+    async def scenario() -> None:
+        log = HandHeldLog()
+        service = SequencerService(log, SECRET, MARKETS, failures.append)
+        sent: asyncio.Queue[sequencer_pb2.SequenceRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[sequencer_pb2.SequenceRequest]:
+            while (item := await sent.get()) is not None:
+                yield item
+
+        answers = service.SequenceStream(requests(), FakeContext())
+        first = asyncio.ensure_future(anext(answers))
+        sent.put_nowait(request("a", 0, from_node("a", 1)))
+        sent.put_nowait(request("a", 0, from_node("a", 2), from_node("a", 3)))
+        await asyncio.wait_for(until(lambda: len(log.writes) == 2), 5)  # both numbered, neither write durable
+        assert not first.done() and service.markets["M"].current == 3
+        log.finish(1)  # the second write is durable first: its answer still waits for the first's
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        log.finish(0)
+        one = await first
+        assert one.granted and not one.missing and [a.seq for a in one.assignments] == [1]
+        two = await asyncio.wait_for(anext(answers), 5)
+        assert two.granted, "the node's own pipelined commands must not make its next request stale"
+        assert [e.seq for e in two.missing] == [1] and [a.seq for a in two.assignments] == [2, 3]
+        sent.put_nowait(request("a", 0, from_node("a", 2), from_node("a", 3)))  # the second again (its answer lost)
+        again = await asyncio.wait_for(anext(answers), 5)
+        assert not again.granted and [e.seq for e in again.missing] == [1, 2, 3] and service.markets["M"].current == 3
+        sent.put_nowait(None)
+        await answers.aclose()
 
     run_scenario(scenario())
     assert not failures
