@@ -1,5 +1,6 @@
 """The service registry backed by a Consul agent (py-consul), with blocking-query watches, and the Consul
-connection both it and the KV store (`discovery.consul_kv`) use: HTTPS, ACL tokens, what a failure says.
+connection both it and the KV store (`discovery.consul_kv`) use: HTTPS, ACL tokens, what a failure says, on
+py-consul's keep-alive transport (`discovery.consul_http`).
 
 Resilience rules (Consul may be down or restarted at any time, a ``-dev`` restart loses all state):
 - a watch keeps its last known set while Consul is unreachable, and for ``recovery_grace``
@@ -25,6 +26,7 @@ from discovery import (
     AccessDenied,
     DiscoveryError,
     ServiceInstance,
+    consul_http,
 )
 
 log = logging.getLogger(__name__)
@@ -71,17 +73,15 @@ class ConsulHttps:
 
 
 def consul_client(host: str, port: int, token: str | None, timeout: float | None,
-                  https: ConsulHttps | None = None) -> consul.Consul:
-    """A py-consul client sending `token` (None or "": Consul's anonymous token), over HTTPS with `https`.
-    py-consul would let CONSUL_HTTP_TOKEN override the token it is given; here the caller's token wins (the
-    processes' flags read that variable as their default)."""
-    client = consul.Consul(host=host, port=port, connections_timeout=timeout, scheme="https" if https else "http",
-                           verify=https.ca_file if https else True,
-                           cert=(https.cert_file, https.key_file) if https else None)
+                  https: ConsulHttps | None = None) -> consul_http.Consul:
+    """A py-consul client sending `token` (None or "": Consul's anonymous token), over HTTPS with `https`, on one
+    keep-alive connection (`discovery.consul_http`: calls are serialized; a thread with blocking queries has a
+    client of its own). py-consul would let CONSUL_HTTP_TOKEN override the token it is given; here the caller's
+    token wins (the processes' flags read that variable as their default)."""
+    client = consul_http.Consul(host=host, port=port, connections_timeout=timeout,
+                                scheme="https" if https else "http", verify=https.ca_file if https else True,
+                                cert=(https.cert_file, https.key_file) if https else None)
     client.token = token or None
-    # the agent is local: no proxy, and requests would read the proxy variables on every call (~17% of a call's
-    # CPU, measured)
-    client.http.session.trust_env = False
     return client
 
 
@@ -150,7 +150,7 @@ class ConsulRegistry:
         self._keeper: threading.Thread | None = None
         self._keeper_outage = False
 
-    def _new_client(self, timeout: float | None) -> consul.Consul:
+    def _new_client(self, timeout: float | None) -> consul_http.Consul:
         return consul_client(self.host, self.port, self.token, timeout, self.https)
 
     # -- registration -----------------------------------------------------------------------

@@ -1,26 +1,22 @@
-"""The key-value store and sessions backed by a Consul agent (py-consul; the HA log's calls on every commit and
-standby round on a keep-alive connection of their own, `_AgentConnection`): the cluster's configuration and
+"""The key-value store and sessions backed by a Consul agent (py-consul): the cluster's configuration and
 account registry (`discovery.KeyValue`), and the versioned and blocking reads, sessions, locks and fenced
 transactions the Sequencer's HA mode keeps its log in (`discovery.ReplicatedStore`). The connection
-(HTTPS, ACL tokens, what a failure says) is `discovery.consul`'s.
+(HTTPS, ACL tokens, what a failure says) is `discovery.consul`'s: py-consul on a keep-alive transport of
+its own (`discovery.consul_http`, py-consul's HTTPClient extension point), because the HA log makes several
+calls on every commit and standby round, and through requests each costs ~0.6 ms of Python (~0.1 ms kept alive).
 """
 
 from __future__ import annotations
 
 import base64
 import builtins
-import http.client
 import json
 import logging
 import math
-import select
-import ssl
 import threading
-import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import consul
 from consul.exceptions import NotFound
 
 from discovery import (
@@ -34,6 +30,7 @@ from discovery import (
     TransactionOp,
     TransactionRejected,
     Versioned,
+    consul_http,
 )
 from discovery.consul import BACKOFF_MAX, BACKOFF_MIN, ConsulHttps, acl_refused, consul_client, describe_failure
 
@@ -58,32 +55,12 @@ class ConsulKV:
         self._local = threading.local()
 
     @property
-    def _client(self) -> consul.Consul:
+    def _client(self) -> consul_http.Consul:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = consul_client(self.host, self.port, self.token, self.request_timeout,
                                                         self.https)
         return client
-
-    @property
-    def _agent(self) -> _AgentConnection:
-        agent = getattr(self._local, "agent", None)
-        if agent is None:
-            agent = self._local.agent = _AgentConnection(self.host, self.port, self.token, self.https)
-        return agent
-
-    def _request(self, what: str, method: str, path: str, body: bytes | None = None,
-                 timeout: float | None = None) -> tuple[int, bytes, int]:
-        """(status, body, X-Consul-Index) of one call on this thread's own connection; raises DiscoveryError if
-        there is no answer, AccessDenied on a 403."""
-        try:
-            status, data, index = self._agent.request(method, path, body, timeout or self.request_timeout)
-        except Exception as e:  # timeout, connection reset, ...
-            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer {what}: {e}") from e
-        if status == 403:
-            raise AccessDenied(f"Consul at {self.host}:{self.port} refused {what}: "
-                               f"{describe_failure(AccessDenied(data.decode(errors='replace')), self.token)}")
-        return status, data, index
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
@@ -117,12 +94,9 @@ class ConsulKV:
     # -- ReplicatedStore --------------------------------------------------------------------------
 
     def read(self, key: str, consistent: bool = False) -> Versioned | None:
-        what = f"a read of {key}"
-        status, data, _ = self._request(what, "GET", _kv_path(key) + ("?consistent" if consistent else ""))
-        if status == 404:
-            return None
-        items = _kv_items(what, status, data)
-        return _versioned_json(items[0]) if items else None
+        consistency = "consistent" if consistent else "default"
+        _, item = self._call(f"a read of {key}", lambda: self._client.kv.get(key, consistency=consistency))
+        return None if item is None else _versioned(item)
 
     def keys(self, prefix: str) -> builtins.list[str]:  # `list` is a method here
         _, keys = self._call(f"the keys under {prefix}", lambda: self._client.kv.get(prefix, keys=True))
@@ -134,17 +108,15 @@ class ConsulKV:
             results = self._txn([{"KV": {"Verb": "get", "Key": key}} for key in keys])
         except TransactionConflict:  # a key does not exist
             return None
-        return {result["KV"]["Key"]: _versioned_json(result["KV"]) for result in results if "KV" in result}
+        return {result["KV"]["Key"]: Versioned(base64.b64decode(result["KV"].get("Value") or ""),
+                                               int(result["KV"]["ModifyIndex"]), result["KV"].get("Session") or None)
+                for result in results if "KV" in result}
 
     def wait_prefix(self, prefix: str, index: int, wait_s: float) -> tuple[int, dict[str, Versioned]]:
-        what = f"a blocking read of {prefix}"
-        path = _kv_path(prefix) + "?recurse"
-        if index:  # Consul holds the answer until the index passes `index` or `wait` (plus up to wait/16) ends
-            path += f"&index={index}&wait={max(1, int(wait_s * 1000))}ms"
-        status, data, new_index = self._request(what, "GET", path, timeout=self.request_timeout + wait_s * 17 / 16)
-        if status == 404:  # no key under the prefix
-            return new_index, {}
-        return new_index, {item["Key"]: _versioned_json(item) for item in _kv_items(what, status, data)}
+        wait = f"{max(1, int(wait_s * 1000))}ms"
+        new_index, items = self._call(f"a blocking read of {prefix}", lambda: self._client.kv.get(
+            prefix, recurse=True, index=index or None, wait=wait))
+        return int(new_index or 0), {item["Key"]: _versioned(item) for item in items or []}
 
     def transact(self, ops: Sequence[TransactionOp]) -> dict[str, int]:
         results = self._txn([{"KV": _txn_op(op)} for op in ops])
@@ -152,19 +124,26 @@ class ConsulKV:
 
     def _txn(self, operations: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
         """The results of a transaction; raises as `transact` says (DiscoveryError: the outcome is unknown)."""
-        status, data, _ = self._request("a transaction", "PUT", "/v1/txn", json.dumps(operations).encode())
-        body = data.decode(errors="replace")
-        if status == 200:
-            return list(json.loads(data).get("Results") or [])
-        if status == 409:
-            errors = json.loads(data).get("Errors") or []
+        try:
+            client = self._client
+            response = client.http.put(lambda response: response, "/v1/txn", data=json.dumps(operations),
+                                       headers=client.prepare_headers())
+        except Exception as e:  # timeout, connection reset, ...: it may have been applied
+            raise DiscoveryError(f"Consul at {self.host}:{self.port} did not answer a transaction: {e}") from e
+        if response.code == 200:
+            return list(json.loads(response.body).get("Results") or [])
+        if response.code == 409:
+            errors = json.loads(response.body).get("Errors") or []
             if any("Permission denied" in str(error.get("What")) for error in errors):  # how a txn says 403
                 raise AccessDenied(f"Consul at {self.host}:{self.port} refused a transaction: "
-                                   f"{describe_failure(AccessDenied(body), self.token)}")
-            raise TransactionConflict("; ".join(str(error.get("What")) for error in errors) or body)
-        if status in (400, 413):
-            raise TransactionRejected(f"Consul refused a transaction: {status} {body}")
-        raise DiscoveryError(f"Consul answered a transaction with {status}: {body}")
+                                   f"{describe_failure(AccessDenied(response.body), self.token)}")
+            raise TransactionConflict("; ".join(str(error.get("What")) for error in errors) or response.body)
+        if response.code == 403:
+            raise AccessDenied(f"Consul at {self.host}:{self.port} refused a transaction: "
+                               f"{describe_failure(AccessDenied(response.body), self.token)}")
+        if response.code in (400, 413):
+            raise TransactionRejected(f"Consul refused a transaction: {response.code} {response.body}")
+        raise DiscoveryError(f"Consul answered a transaction with {response.code}: {response.body}")
 
     def create_session(self, name: str, checks: Sequence[str], ttl_s: float, lock_delay_s: float) -> str:
         return str(self._call(f"the creation of session {name}", lambda: self._client.session.create(
@@ -197,66 +176,8 @@ class ConsulKV:
         return bool(self._call(f"the release of {key}", lambda: self._client.kv.put(key, b"", release=session)))
 
 
-def _versioned_json(item: dict[str, Any]) -> Versioned:
-    """A KV entry as Consul's HTTP API gives it (the value in base64)."""
-    return Versioned(base64.b64decode(item.get("Value") or ""), int(item["ModifyIndex"]), item.get("Session") or None)
-
-
-def _kv_path(key: str) -> str:
-    return "/v1/kv/" + urllib.parse.quote(key, safe="/")
-
-
-def _kv_items(what: str, status: int, data: bytes) -> builtins.list[dict[str, Any]]:
-    if status != 200:
-        raise DiscoveryError(f"Consul answered {what} with {status}: {data.decode(errors='replace')}")
-    return list(json.loads(data) or [])
-
-
-class _AgentConnection:
-    """One thread's keep-alive HTTP(S) connection to the agent, for the HA log's calls on every commit and
-    every standby round (transactions, blocking and consistent reads): py-consul's calls go through requests,
-    ~0.6 ms of Python each, a quarter of a leading replica's CPU (measured); this is ~0.1 ms. A connection the
-    agent closed while idle is opened again before the request is sent; one that fails midway is closed and the
-    call raises (for a transaction: an unknown outcome, which the caller resolves)."""
-
-    def __init__(self, host: str, port: int, token: str | None, https: ConsulHttps | None) -> None:
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["X-Consul-Token"] = token
-        self._host, self._port = host, port
-        self._context: ssl.SSLContext | None = None
-        if https is not None:
-            self._context = ssl.create_default_context(cafile=https.ca_file)
-            self._context.load_cert_chain(https.cert_file, https.key_file)
-        self._connection: http.client.HTTPConnection | None = None
-
-    def request(self, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes, int]:
-        connection = self._connection
-        if connection is not None and connection.sock is not None and _readable(connection.sock):
-            connection.close()  # the agent closed it (or sent what nobody asked for): a new one
-        if connection is None:
-            connection = self._connection = (
-                http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
-                if self._context is not None else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        try:
-            connection.request(method, path, body=body, headers=self._headers)
-            response = connection.getresponse()
-            data = response.read()
-        except BaseException:
-            connection.close()
-            raise
-        return response.status, data, int(response.headers.get("X-Consul-Index") or 0)
-
-
-def _readable(sock: Any) -> bool:
-    """Whether an idle connection's socket has something to read: the peer closed it."""
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+def _versioned(item: dict[str, Any]) -> Versioned:
+    return Versioned(item.get("Value") or b"", int(item["ModifyIndex"]), item.get("Session") or None)
 
 
 def _b64(value: bytes) -> str:
