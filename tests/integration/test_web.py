@@ -22,6 +22,7 @@ from selenium.common.exceptions import NoAlertPresentException, StaleElementRefe
 from selenium.webdriver import Chrome
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from devtools.local_cluster import Cluster
@@ -91,7 +92,7 @@ def wait(browser: Chrome, condition: Callable[[Chrome], Any], what: str, timeout
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(safely, f"waiting for {what}")
 
 
-def texts(browser: Chrome, selector: str) -> list[str]:
+def texts(browser: Chrome | WebElement, selector: str) -> list[str]:
     return [element.text for element in browser.find_elements(By.CSS_SELECTOR, selector)]
 
 
@@ -210,9 +211,9 @@ def test_the_trade_ticket_places_amends_and_cancels_with_a_key_shows_text_as_tex
     wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ladder-bids tr.bid[data-price='900']"),
          "the order in the ladder")
     browser.save_screenshot(str(artifacts / "trade.png"))
-    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#orders tr")
-               if r.find_element(By.CSS_SELECTOR, "td.coid").text == XSS)
-    order_id = row.get_attribute("data-order-id")
+    order_id = wait(browser, lambda b: next((row.get_attribute("data-order-id")  # the table redraws every 3 s
+                                             for row in b.find_elements(By.CSS_SELECTOR, "#orders tr")
+                                             if texts(row, "td.coid") == [XSS]), None), "alice's order id")
     for field, value in (("a-id", order_id), ("a-size", 2), ("a-price", 901)):
         browser.find_element(By.ID, field).send_keys(str(value))
     browser.find_element(By.ID, "a-submit").click()
