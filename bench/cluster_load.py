@@ -68,17 +68,17 @@ STREAMS_PER_NODE = 2
 STREAM_WINDOW = 1024  # orders in flight per stream (the node's own bound per stream is the same)
 STREAM_BATCHES = (1, 100)  # orders per message: OrderEntry, then OrderEntryBatch
 SCALE_NODES = 5
-# The targets (issue "A gate without the wasted round trip"); ratios are against the same run's echo.
-TARGET_UNARY_RATE = {8: 0.35, 64: 0.55}  # cluster orders/s >= x echo calls/s
-TARGET_UNARY_P50 = {1: 3.6, 8: 3.0}  # cluster p50 <= x echo p50
-TARGET_STREAM = {1: 13_000, 100: 30_000}  # orders/s by orders per message
+# The targets, every one a ratio of two figures of the same run: the issue "Speed, against this design's own
+# floor" retired the absolute orders/s targets (this machine's speed varies ~3x between days) and the ratios to
+# the echo's throughput; a streaming run's verdict is that every order was answered and the replicas converged,
+# its speed is judged by its overhead factor (TARGET_OVERHEAD).
+TARGET_UNARY_P50 = {8: 3.0}  # cluster p50 <= x echo p50
 TARGET_SCALE = 0.6  # 5 nodes >= x the 3-node throughput
 TARGET_AUTH = 0.95  # with API keys >= x the throughput without (issue "Speed, against this design's own floor")
 TARGET_CATCH_UP = 200_000
 FAILOVERS = 5
 TARGET_FAILOVER_P50_S = 5.0
 TARGET_HA_UNARY = {8: 0.6, 64: 0.8}  # HA unary at 8 / 64 in flight >= x the embedded cluster's
-TARGET_HA_STREAM = 10_000  # orders/s
 HA_ROUNDS = 3  # `--only ha`: interleaved rounds of each cluster at each concurrency
 # Against this design's own floor (issue "Speed, against this design's own floor"): the echo-built order path
 # (bench/order_path.py) at the same concurrency, and the cluster's CPU per order over the engine's work for it
@@ -949,10 +949,6 @@ def table(result: dict) -> str:
             f"{ratio:>5.2f}x {echo['p50_ms']:>7.2f}ms {unary['p50_ms']:>10.2f}ms {p50_ratio:>8.2f}x "
             f"{unary['p99_ms']:>6.1f}ms {unary['aborted']:>8} {unary['errors']:>7}  {cost(unary)}"
         )
-        if in_flight in TARGET_UNARY_RATE:
-            target = TARGET_UNARY_RATE[in_flight]
-            verdicts.append(f"unary, {in_flight} in flight, >= {target}x echo calls/s: {_verdict(ratio >= target)} "
-                            f"({ratio:.3f})")
         if in_flight in TARGET_UNARY_P50:
             target = TARGET_UNARY_P50[in_flight]
             verdicts.append(f"unary, {in_flight} in flight, p50 <= {target}x echo p50: "
@@ -972,15 +968,14 @@ def table(result: dict) -> str:
                   for other in (scale, result["with_accounts"], result["without_accounts"])))
     for run in result["streaming"]:
         how = _how(run["batch"])
-        target = TARGET_STREAM[run["batch"]]
-        ok = run["rate"] >= target and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
+        ok = run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
         lines.append(
             f"streaming entry, {how}: {run['streams']} streams ({STREAMS_PER_NODE} per node, window "
             f"{STREAM_WINDOW} orders): {run['orders']:,} orders in {run['seconds']:.2f} s = {run['rate']:,.0f} "
             f"orders/s, aborted {run['aborted']}, errors {run['errors']}, unanswered {run['unanswered']}; "
             f"converged {run['converge_seconds']:.2f} s later: {run['converged']}; {cost(run)}"
         )
-        verdicts.append(f"streaming, {how}, >= {target:,} orders/s: {_verdict(ok)} ({run['rate']:,.0f})")
+        verdicts.append(f"streaming, {how}, every order answered and the replicas converged: {_verdict(ok)}")
     lines += [
         f"catch-up: {catch_up['entries']:,} entries in {catch_up['seconds']:.2f} s = {catch_up['rate']:,.0f} "
         f"entries/s ({catch_up.get('method', 'log replay')}, node start included)",
@@ -1076,12 +1071,12 @@ def _ha_table(result: dict) -> tuple[list[str], list[str]]:
                             f"{_verdict(ratio >= target)} ({ratio:.3f})")
     for embedded, run in zip(result["streaming"], ha["streaming"], strict=True):
         how = _how(run["batch"])
-        ok = run["rate"] >= TARGET_HA_STREAM and run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
+        ok = run["errors"] == 0 and run["unanswered"] == 0 and run["converged"]
         lines.append(f"streaming, {how}: embedded {embedded['rate']:,.0f}, HA {run['rate']:,.0f} orders/s "
                      f"({run['rate'] / embedded['rate']:.2f}x), aborted {run['aborted']}, errors {run['errors']}, "
                      f"unanswered {run['unanswered']}, converged {run['converged']}; "
                      f"{_cost_text(run.get('cost'), 3, result.get('engine_us_per_op'))}")
-        verdicts.append(f"HA streaming, {how}, >= {TARGET_HA_STREAM:,} orders/s: {_verdict(ok)} ({run['rate']:,.0f})")
+        verdicts.append(f"HA streaming, {how}, every order answered and the replicas converged: {_verdict(ok)}")
     failover = ha["failover"]
     each = ", ".join(f"{value:.2f}" for value in failover["seconds"])
     lines.append(f"failover, SIGKILL of the leader to the first order granted by the new leader, under load "
