@@ -101,12 +101,15 @@ def test_prometheus_finds_every_process_through_consul_and_sees_the_orders_and_a
     assert {series["instance"] for series, _ in prometheus.query("exchange_book_checksum")} == {
         "node-1", "node-2", "node-3"}
     assert prometheus.query("ALERTS") == []
-    # the nodes' calls to the Sequencer and to each other, as their client saw them
-    assert total(prometheus, 'grpc_client_msg_sent_total{grpc_method="SequenceStream"}') >= 1
-    assert total(prometheus, 'grpc_client_msg_received_total{grpc_method="SequenceStream"}') >= 1
-    assert total(prometheus, 'grpc_client_msg_sent_total{grpc_method="BroadcastOrderStream"}') >= 1
-    assert total(prometheus, 'grpc_client_handled_total{grpc_method="GetSequence", grpc_code="OK"}') >= 1
-    assert total(prometheus, 'grpc_server_msg_received_total{grpc_method="SequenceStream", service="sequencer"}') >= 1
+    # the nodes' calls to the Sequencer and to each other, as their client saw them, and the Sequencer's side
+    # (each target is scraped on its own schedule: the Sequencer's scrape may come after the nodes')
+    calls = ['grpc_client_msg_sent_total{grpc_method="SequenceStream"}',
+             'grpc_client_msg_received_total{grpc_method="SequenceStream"}',
+             'grpc_client_msg_sent_total{grpc_method="BroadcastOrderStream"}',
+             'grpc_client_handled_total{grpc_method="GetSequence", grpc_code="OK"}',
+             'grpc_server_msg_received_total{grpc_method="SequenceStream", service="sequencer"}']
+    wait_until(lambda: all(total(prometheus, query) >= 1 for query in calls), 30,
+               "the gRPC series of the gate and broadcast streams, on both sides", interval=0.5)
 
     cluster.nodes[2].kill()
     wait_until(lambda: prometheus.value('up{instance="node-3"}') == 0, 30, "node-3's target to go down",
