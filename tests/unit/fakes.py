@@ -196,6 +196,20 @@ def decoded(item: object, kind: type[MessageT]) -> MessageT:
     return kind.FromString(item) if isinstance(item, bytes) else cast(MessageT, item)
 
 
+class FakeRpcError(grpc.RpcError):
+    """A gRPC error as a call raises it: a status code and its details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
 class Aborted(Exception):
     """What FakeContext.abort raises: the status a handler ended the call with."""
 

@@ -32,23 +32,11 @@ from exchange.node.auth import RateLimiter
 from exchange.node.book_stream import book_update
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import run_scenario
+from tests.unit.fakes import FakeRpcError, run_scenario
 
 NODES = ["n1:1", "n2:1", "n3:1"]
 FAST = RetryPolicy(timeout=2.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01,
                    node_backoff_initial=0.05, node_backoff_max=0.2)
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 DROPPED = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed")

@@ -17,8 +17,8 @@ from devtools import unasync
 from exchange.client import AsyncClient, Client
 from exchange.client.book import GAP
 from exchange.v1 import exchange_pb2 as pb
-from tests.unit.fakes import run_scenario
-from tests.unit.test_client_core import FAST, FakeRpcError, follow
+from tests.unit.fakes import FakeRpcError, run_scenario
+from tests.unit.test_client_core import FAST, follow
 
 CANCELLED = FakeRpcError(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
 

@@ -22,21 +22,9 @@ from exchange.web import feed as feed_module
 from exchange.web.feed import Feed, FeedConfig, divergences, node_health
 from exchange.web.main import parse_args
 from exchange.web.server import CONTENT_SECURITY_POLICY, FEED, HUB, make_app
-from tests.unit.fakes import run_scenario
+from tests.unit.fakes import FakeRpcError, run_scenario
 
 FAST = RetryPolicy(timeout=1.0, attempt_timeout=0.5, backoff_initial=0.001, backoff_max=0.01)
-
-
-class RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 class ScriptedNode:
@@ -82,7 +70,7 @@ def order_answer(request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
                                   remaining_size=request.size, client_order_id=request.client_order_id)
 
 
-UNAUTHENTICATED = RpcError(grpc.StatusCode.UNAUTHENTICATED,
+UNAUTHENTICATED = FakeRpcError(grpc.StatusCode.UNAUTHENTICATED,
                            "unknown API key: send the metadata `authorization: Bearer <api key>`")
 
 
@@ -127,7 +115,7 @@ def test_an_order_goes_to_the_node_with_the_pages_key_as_bearer_metadata_and_no_
 
 
 def test_a_node_error_comes_back_with_its_code_and_message_and_unauthenticated_says_how_to_pass_a_key() -> None:
-    node = ScriptedNode({"CreateOrder": UNAUTHENTICATED, "CancelOrder": RpcError(grpc.StatusCode.NOT_FOUND,
+    node = ScriptedNode({"CreateOrder": UNAUTHENTICATED, "CancelOrder": FakeRpcError(grpc.StatusCode.NOT_FOUND,
                                                                                  "order 9 is not resting")})
 
     async def test(client: TestClient, app: web.Application) -> None:
