@@ -24,7 +24,7 @@ from exchange.node.lifecycle import SERVING, STOPPING
 from exchange.node.metrics import NodeGauges
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
 from exchange.node.sequencer_link import Peers, Sequencer, SequencerLink
-from exchange.node.sequencing import DEFAULT_GATE_DEPTH, MarketPipeline
+from exchange.node.sequencing import DEFAULT_GATE_DEPTH, DEFAULT_GATE_GATHER_S, MarketPipeline
 from exchange.node.service import ExchangeNodeService
 from exchange.node.snapshots import DEFAULT_EVERY, SnapshotStore, Snapshotter, adopt, position
 from exchange.runtime import (
@@ -51,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="gated requests per market in flight at once, pipelined on the gate stream (1: each "
                              "waits for the answer to the one before; deeper: less waiting, smaller batches, more "
                              "CPU per order)")
+    parser.add_argument("--gate-gather-ms", type=float, default=DEFAULT_GATE_GATHER_S * 1000,
+                        help="after a gated request is answered, wait up to this long for as many new orders as it "
+                             "answered before the next request (the answered clients' next orders join it; 0: "
+                             "send at once)")
     parser.add_argument("--sequencer", default=None,
                         help="fixed Sequencer address instead of Consul discovery (tests only)")
     parser.add_argument("--journal-size", type=int, default=DEFAULT_JOURNAL_SIZE,
@@ -76,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.gate_depth < 1:
         parser.error(f"--gate-depth must be at least 1 (1: one gated request a market at once), got {args.gate_depth}")
+    if not 0 <= args.gate_gather_ms <= 1000:
+        parser.error(f"--gate-gather-ms must be 0 to 1000, got {args.gate_gather_ms}")
     if args.journal_size < 1 or args.snapshot_every < 0:
         parser.error("--journal-size must be at least 1 and --snapshot-every at least 0")
     if args.insecure_no_auth and not is_loopback(split_host_port(args.listen)[0]):
@@ -173,7 +179,8 @@ async def serve(args: argparse.Namespace) -> None:
     peers = PeerSet(registry, node_id, secret, tls=tls)
     pipelines = {
         market: MarketPipeline(
-            market, replica, sequencer, peers, node_id, max_retries=args.max_retries, gate_depth=args.gate_depth
+            market, replica, sequencer, peers, node_id, max_retries=args.max_retries, gate_depth=args.gate_depth,
+            gather_s=args.gate_gather_ms / 1000,
         )
         for market in replica.markets
     }

@@ -31,12 +31,12 @@ def buy(price: int = 100, client_order_id: str = "") -> types_pb2.Command:
 
 def run(scenario: Callable[[MarketPipeline, Any, RecordingPeers], Awaitable[T]],
         max_retries: int = 5, journal_size: int = 1000, gate_depth: int = 2,
-        sequencer: InMemorySequencer | None = None) -> T:
+        sequencer: InMemorySequencer | None = None, gather_s: float = 0.0) -> T:
     async def main() -> T:
         peers = RecordingPeers()
         pipeline = MarketPipeline(M, Replica([eng.MarketConfig(M)], journal_size=journal_size),
                                   sequencer or InMemorySequencer(), peers, "node-1", max_retries=max_retries,
-                                  gate_depth=gate_depth)
+                                  gate_depth=gate_depth, gather_s=gather_s)
         pipeline.start()
         try:
             return await scenario(pipeline, pipeline.sequencer, peers)
@@ -147,6 +147,36 @@ def test_up_to_gate_depth_requests_are_in_flight_and_their_orders_are_numbered_i
         assert sequencer.most_waiting == gate_depth
 
     run(scenario, gate_depth=gate_depth, sequencer=HeldSequencer())
+
+
+def test_after_an_answer_the_gate_gathers_as_many_orders_as_it_answered_before_its_next_request() -> None:
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        await asyncio.gather(*(pipeline.enqueue(buy(price)) for price in (90, 91, 92)))
+        assert [len(r.commands) for r in sequencer.requests] == [3]
+        returning = [pipeline.enqueue(buy(price)) for price in (93, 94)]
+        await asyncio.sleep(0.05)
+        assert len(sequencer.requests) == 1, "two of the three answered clients are back: the gate still waits"
+        returning.append(pipeline.enqueue(buy(95)))
+        outcomes = await asyncio.gather(*returning)
+        assert [len(r.commands) for r in sequencer.requests] == [3, 3], "the three went in one request"
+        assert [o.seq for o in outcomes] == [4, 5, 6]
+
+    run(scenario, gate_depth=1, gather_s=60.0)
+
+
+def test_gathering_ends_at_its_deadline_and_a_lone_order_after_a_lone_answer_goes_at_once() -> None:
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        await asyncio.gather(*(pipeline.enqueue(buy(price)) for price in (90, 91)))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await pipeline.submit(buy(92))  # one of the two answered clients came back; the other never does
+        assert loop.time() - started >= 0.2, "the gate waited for the second one until its deadline"
+        started = loop.time()
+        await pipeline.submit(buy(93))  # the last request answered one order, and one has come
+        assert loop.time() - started < 0.2, "a lone order after a lone answer is not held"
+        assert [len(r.commands) for r in sequencer.requests] == [2, 1, 1]
+
+    run(scenario, gate_depth=1, gather_s=0.25)
 
 
 def test_the_nodes_own_orders_count_in_the_scraped_series_and_other_nodes_orders_do_not() -> None:
