@@ -66,8 +66,9 @@ MAX_BATCH = 2_000
 DEFAULT_GATE_DEPTH = 1
 # The longest the gate waits, after an answer, for the orders of the clients it answered (the node's
 # --gate-gather-ms; see "Gathering" above). Measured on this 2-core machine, 3 nodes, alternating runs: at 8 in
-# flight the batch went from 1.3 to 1.9 orders and the cluster's CPU per order fell by a fifth, at 64 by a
-# seventh; at 1 in flight nothing changed (docs/benchmarks.md). uvloop's timers count whole milliseconds.
+# flight the batch went from 1.3 to 2.4 orders and the cluster's CPU per order fell by 28% (p50 6.3 -> 4.7 ms); at
+# 64 the batch grew by a third, the CPU per order within the noise; at 1 in flight nothing changed
+# (docs/benchmarks.md, "Gathering"). uvloop's timers count whole milliseconds.
 DEFAULT_GATE_GATHER_S = 0.004
 # Only a request that answered at most this many orders is followed by gathering: past that a request's own cost
 # is spread thin already, and holding the next one back would only add latency (streaming entry: hundreds of
