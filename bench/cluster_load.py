@@ -575,20 +575,27 @@ def side_by_side(clusters: dict[str, Cluster], seconds: float, rounds: int,
                  while_running: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
                  ) -> dict[str, dict]:
     """Unary at 64 in flight and both streaming cases on clusters running side by side (the one not measured
-    idles): each round measures every case on one cluster, then on the next, the order turning each round, and
-    each case's figure is its best run (noise only slows a run down; a shared machine's load drifts over minutes,
-    so the clusters are measured seconds apart). Then each must agree with a replay of its log. `while_running`:
-    entered once the clusters have started, for the rounds. {name: {"unary_64", "streaming", "converged"}}."""
+    idles): each round runs the unary case on every cluster, then the streaming ones on every cluster, the order
+    turning each round, and each case's figure is its best run (noise only slows a run down; a shared machine's
+    load drifts over minutes, so the clusters are measured seconds apart). Then each must agree with a replay of
+    its log. `while_running`: entered once the clusters have started, for the rounds.
+    {name: {"unary_64", "streaming", "converged"}}."""
     def measure() -> dict[str, list[tuple[LoadResult, list[StreamResult]]]]:
         runs: dict[str, list[tuple[LoadResult, list[StreamResult]]]] = {name: [] for name in clusters}
         with while_running():
             for round_number in range(1, rounds + 1):
                 names = list(clusters) if round_number % 2 else list(reversed(clusters))
+                # every cluster's unary run first, then the streaming ones: a cluster's streaming runs leave it busy
+                # for a while (snapshots, the other replicas' catch-up), and a unary run right behind them on the
+                # other cluster measured that (a third more CPU per order for whichever ran second)
+                unary = {}
                 for name in names:
-                    _log(f"round {round_number}, {name}")
-                    cluster = clusters[name]
-                    runs[name].append((_cluster_unary(cluster, 64, seconds, round_number),
-                                       [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]))
+                    _log(f"round {round_number}, {name}: unary")
+                    unary[name] = _cluster_unary(clusters[name], 64, seconds, round_number)
+                for name in names:
+                    _log(f"round {round_number}, {name}: streaming")
+                    runs[name].append((unary[name], [_streaming_run(clusters[name], seconds, batch)
+                                                     for batch in STREAM_BATCHES]))
         return runs
 
     runs, converged = _measured(clusters, measure)
