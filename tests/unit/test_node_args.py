@@ -1,0 +1,23 @@
+"""The node's command line: the gate's options and their bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from exchange.node.main import parse_args
+from exchange.node.sequencing import DEFAULT_GATE_GATHER_S
+
+
+def test_gate_gathering_defaults_to_its_constant_and_zero_turns_it_off() -> None:
+    assert parse_args([]).gate_gather_ms == DEFAULT_GATE_GATHER_S * 1000
+    assert parse_args(["--gate-gather-ms", "0"]).gate_gather_ms == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "1001"])
+def test_a_gathering_time_out_of_bounds_is_refused_with_a_message(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--gate-gather-ms", value])
+    assert exit_.value.code == 2
+    assert "--gate-gather-ms must be 0 to 1000" in capsys.readouterr().err
