@@ -42,7 +42,9 @@ def _frame_key(frame: str) -> str:
     """'function (path/file.py:line)' -> 'path/file.py:function'."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for root in PRODUCT:
+    for root in PRODUCT:  # py-spy names a file relative to the working directory, or by its absolute path
+        if path.startswith(root):
+            break
         index = path.rfind("/" + root)
         if index >= 0:
             path = path[index + 1:]
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="py-spy --native: grpc's C frames as well")
     parser.add_argument("--top", type=int, default=25, help="frames shown per process")
     parser.add_argument("--node-arg", action="append", default=[], help="an extra argument for every node")
+    parser.add_argument("--keep", type=Path, help="a directory to keep each process's collapsed stacks in")
     args = parser.parse_args(argv)
     if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
         parser.error("py-spy is not installed in this virtualenv: make install")
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 if spy.returncode != 0 or not path.exists():
                     print(f"\n{name}: py-spy failed ({spy.returncode})")
                     continue
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, args.keep / path.name)
                 counts = attribute(path.read_text())
                 total = sum(counts.values()) or 1
                 print(f"\n{name}: {per_order[name]:,.1f} us CPU per order; {total:,} samples holding the GIL")
