@@ -370,17 +370,28 @@ def _path_unary(path: order_path.OrderPath, in_flight: int, seconds: float, roun
     """One unary run against every node of the echo-built order path, with its CPU per order; its clients send
     `keys` as the cluster's do (the path ignores them)."""
 
-    def usage() -> Usage:
-        return Usage({process.name: _cpu_seconds(process.pid) for process in path.processes()},
-                     Counter({"orders": path.position()}))
-
-    before = usage()
+    before = _path_usage(path)
     result = asyncio.run(_drive(path.node_addresses, in_flight, seconds, in_flight, keys))
-    result.cost = _cost(before, usage())
+    result.cost = _cost(before, _path_usage(path))
     _log(f"round {round_number}, {in_flight} in flight, echo-built path ({len(path.nodes)} nodes): "
          f"{result.rate:,.0f} orders/s, p50 {result.p50_ms:.2f} ms, errors {result.errors}, "
          f"{result.cost['cpu_us']['total']:.0f} us CPU per order")
     return result
+
+
+def _path_usage(path: order_path.OrderPath) -> Usage:
+    return Usage({process.name: _cpu_seconds(process.pid) for process in path.processes()},
+                 Counter({"orders": path.position()}))
+
+
+def _path_stream(path: order_path.OrderPath, seconds: float, batch: int, keys: list[str]) -> StreamResult:
+    """One streaming-entry run against the echo-built order path (the cluster's load), with its CPU per order."""
+    before = _path_usage(path)
+    run = asyncio.run(_stream_entry(path.node_addresses, seconds, 7 + batch, keys, batch=batch))
+    run.cost = _cost(before, _path_usage(path))
+    _log(f"streaming entry, {_how(batch)}, echo-built path ({len(path.nodes)} nodes): {run.rate:,.0f} orders/s, "
+         f"errors {run.errors}, unanswered {run.unanswered}, {run.cost['cpu_us']['total']:.0f} us CPU per order")
+    return run
 
 
 def _unary_rounds(cluster: Cluster, echoes: dict[str, str], path: order_path.OrderPath, seconds: float) -> dict:
@@ -831,6 +842,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
                  f"{catch_up['rate']:,.0f} entries/s")
             _log(f"unary: {UNARY_ROUNDS} interleaved rounds of {seconds:.0f} s per server and concurrency")
             unary = _unary_rounds(cluster, echoes, path, seconds)
+            path_streaming = [_path_stream(path, seconds, batch, _keys(cluster)) for batch in STREAM_BATCHES]
         streaming = [_streaming_run(cluster, seconds, batch) for batch in STREAM_BATCHES]
         _log("replication lag")
         lag_p50, lag_p99 = asyncio.run(_replication_lag(cluster, 300))
@@ -854,6 +866,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "checksums": {m: c for m, (_, c) in view.items()},
         "catch_up": catch_up,
         "streaming": [_stream_figures(run) for run in streaming],
+        "path_streaming": [_stream_figures(run) for run in path_streaming],
         "scale": scale,
         "with_accounts": accounts["with keys"],
         "without_accounts": accounts["without keys"],
@@ -1033,13 +1046,23 @@ def table(result: dict) -> str:
     ha = result["ha"]
     aborts += sum(u["aborted"] for u in ha["unary"]) + sum(run["aborted"] for run in ha["streaming"])
     lines += ["", _overhead_title(engine_us)]
+    floors = [result["path"][-1], *result.get("path_streaming", [None] * len(result["streaming"]))]
     cases = {"unary_64": ("unary, 64 in flight", result["unary"][-1])}
     cases |= {f"stream_{run['batch']}": (f"streaming, {_how(run['batch'])}", run) for run in result["streaming"]}
-    for key, (name, figures) in cases.items():
+    if engine_us:
+        lines.append(f"{'case':<28} {'target':>7} {'cluster':>8} {'path':>6}  the echo-built path (the floor: no "
+                     "matching, no durable write, no keys) over the same unit, and its rate")
+    for (key, (name, figures)), floor in zip(cases.items(), floors, strict=True):
         overhead = _overhead(figures.get("cost"), 3, engine_us)
-        if overhead is not None:
-            verdicts.append(f"overhead, {name}, <= {TARGET_OVERHEAD[key]}x the engine's work: "
-                            f"{_verdict(overhead <= TARGET_OVERHEAD[key])} ({overhead:.1f}x)")
+        if overhead is None:
+            continue
+        verdicts.append(f"overhead, {name}, <= {TARGET_OVERHEAD[key]}x the engine's work: "
+                        f"{_verdict(overhead <= TARGET_OVERHEAD[key])} ({overhead:.1f}x)")
+        floor_overhead = None if floor is None else _overhead(floor.get("cost"), 3, engine_us)
+        lines.append(f"{name:<28} {TARGET_OVERHEAD[key]:>6}x {overhead:>7.0f}x "
+                     + ("     -" if floor is None or floor_overhead is None else
+                        f"{floor_overhead:>5.0f}x  {floor['cost']['cpu_us']['total']:.0f} us CPU/order, "
+                        f"{floor['rate']:,.0f} orders/s (the cluster: {figures['rate']:,.0f})"))
     verdicts += [
         f"catch-up >= {TARGET_CATCH_UP:,} entries/s: {_verdict(catch_up['rate'] >= TARGET_CATCH_UP)} "
         f"({catch_up['rate']:,.0f})",

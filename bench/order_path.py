@@ -3,9 +3,11 @@
 A client's unary CreateOrder (the same method, messages and server options as a node's) reaches node A; A
 sends the command to the Sequencer on a bidi stream and gets its number back; A answers the client and sends
 the numbered entry to every other node, one client stream each, in parallel (not waited for, like a node's
-broadcast). Every hop batches what arrives within LINGER_S of the first into one message (the product's
-messages: SequenceRequest, SequenceResponse, BroadcastOrderRequest), and A keeps sending while earlier batches
-are answered (the stream keeps their order). Nothing else: no durable write, no matching, no keys, no
+broadcast). The streaming entry methods (OrderEntry, OrderEntryBatch: one order or a batch per message) take
+the same path, each message answered in request order while the following ones are already on their way.
+Every hop batches what arrives within LINGER_S of the first into one message (the product's messages:
+SequenceRequest, SequenceResponse, BroadcastOrderRequest), and A keeps sending while earlier batches are
+answered (the stream keeps their order). Nothing else: no durable write, no matching, no keys, no
 signatures, no dedup. Every node is an A for the clients it takes, and a peer of the others.
 
 Run by the bench (bench/cluster_load.py), one process per role, with the cluster's gRPC transport:
@@ -40,6 +42,8 @@ CREATE_ORDER = "/exchange.v1.ExchangeNode/CreateOrder"
 DEFAULT_MARKET = "BTC-USD"
 
 Item = TypeVar("Item")
+Request = TypeVar("Request")
+Started = TypeVar("Started")
 
 
 class Linger(Generic[Item]):
@@ -95,8 +99,26 @@ class Sequencer:
         })
 
 
+async def _in_order(requests: AsyncIterator[Request], start: Callable[[Request], Started]) -> AsyncIterator[Started]:
+    """What `start` returned for each request, in request order, while the stream's next requests are read and
+    started (the client bounds how many are in flight)."""
+    started: asyncio.Queue[Started | None] = asyncio.Queue()
+
+    async def read() -> None:
+        async for request in requests:
+            started.put_nowait(start(request))
+        started.put_nowait(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (item := await started.get()) is not None:
+            yield item
+    finally:
+        reader.cancel()
+
+
 class Node:
-    """Node A for its clients (CreateOrder), a peer for the others (Broadcast)."""
+    """Node A for its clients (CreateOrder, OrderEntry, OrderEntryBatch), a peer for the others (Broadcast)."""
 
     def __init__(self, node_id: str, sequencer: str, peers: list[str]) -> None:
         self.node_id = node_id
@@ -133,9 +155,11 @@ class Node:
         async for response in gate:
             for future, assignment in zip(self._waiting.popleft(), response.assignments, strict=True):
                 future.set_result(assignment.entry)
+                for peer in self._to_peers:
+                    peer.put(assignment.entry)
 
-    async def create_order(self, request: pb.CreateOrderRequest,
-                           context: grpc.aio.ServicerContext) -> pb.CreateOrderResponse:
+    def _number(self, request: pb.CreateOrderRequest) -> asyncio.Future[types_pb2.SequencedCommand]:
+        """Queues an order for the Sequencer: its entry once numbered (then on its way to every peer)."""
         if self._to_gate is None:
             self._open()
         assert self._to_gate is not None
@@ -145,11 +169,31 @@ class Node:
                                         size=request.size, price=request.limit_price))
         numbered: asyncio.Future[types_pb2.SequencedCommand] = asyncio.get_running_loop().create_future()
         self._to_gate.put((command, numbered))
-        entry = await numbered
-        for peer in self._to_peers:
-            peer.put(entry)
+        return numbered
+
+    @staticmethod
+    def _response(entry: types_pb2.SequencedCommand, request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
         return pb.CreateOrderResponse(market=entry.market, order_id=entry.seq, seq=entry.seq, status=pb.RESTING,
                                       remaining_size=request.size)
+
+    async def create_order(self, request: pb.CreateOrderRequest,
+                           context: grpc.aio.ServicerContext) -> pb.CreateOrderResponse:
+        return self._response(await self._number(request), request)
+
+    async def order_entry(self, requests: AsyncIterator[pb.CreateOrderRequest],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.OrderEntryResult]:
+        async for numbered, request in _in_order(requests, lambda request: (self._number(request), request)):
+            yield pb.OrderEntryResult(order=self._response(await numbered, request))
+
+    async def order_entry_batch(self, requests: AsyncIterator[pb.OrderBatch],
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.OrderBatchResult]:
+        def start(batch: pb.OrderBatch) -> list[tuple[asyncio.Future[types_pb2.SequencedCommand],
+                                                      pb.CreateOrderRequest]]:
+            return [(self._number(order), order) for order in batch.orders]
+
+        async for started in _in_order(requests, start):
+            yield pb.OrderBatchResult(results=[pb.OrderEntryResult(order=self._response(await numbered, order))
+                                               for numbered, order in started])
 
     async def broadcast(self, requests: AsyncIterator[pb.BroadcastOrderRequest],
                         context: grpc.aio.ServicerContext) -> pb.BroadcastOrderResponse:
@@ -162,6 +206,10 @@ class Node:
             grpc.method_handlers_generic_handler("exchange.v1.ExchangeNode", {
                 "CreateOrder": grpc.unary_unary_rpc_method_handler(
                     self.create_order, pb.CreateOrderRequest.FromString, pb.CreateOrderResponse.SerializeToString),
+                "OrderEntry": grpc.stream_stream_rpc_method_handler(
+                    self.order_entry, pb.CreateOrderRequest.FromString, pb.OrderEntryResult.SerializeToString),
+                "OrderEntryBatch": grpc.stream_stream_rpc_method_handler(
+                    self.order_entry_batch, pb.OrderBatch.FromString, pb.OrderBatchResult.SerializeToString),
             }),
             grpc.method_handlers_generic_handler(SERVICE, {
                 "Broadcast": grpc.stream_unary_rpc_method_handler(
