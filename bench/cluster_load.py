@@ -830,6 +830,8 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     engine_us_per_op = engine.engine_cpu_us_per_op(engine_ops)
     _log(f"the engine's CPU time per operation: {engine_us_per_op:.2f} us (the unit of the overhead factors)")
+    replica_us_per_entry = engine.replica_cpu_us_per_entry(engine_ops)
+    _log(f"a node's replica on the same operations: {replica_us_per_entry:.2f} us CPU per entry")
     cluster = Cluster(workdir / "cluster", nodes=3, secret="bench-secret")
     _log("starting two bare gRPC echo servers and the echo-built order path (baselines), Consul, the Sequencer "
          "and 3 nodes")
@@ -872,6 +874,7 @@ def run(seconds: float = 4.0, catch_up_entries: int = 100_000, workdir: Path | N
         "without_accounts": accounts["without keys"],
         "ha": ha,
         "engine_us_per_op": engine_us_per_op,
+        "replica_us_per_entry": replica_us_per_entry,
     }
 
 
@@ -1046,6 +1049,11 @@ def table(result: dict) -> str:
     ha = result["ha"]
     aborts += sum(u["aborted"] for u in ha["unary"]) + sum(run["aborted"] for run in ha["streaming"])
     lines += ["", _overhead_title(engine_us)]
+    if engine_us and (replica_us := result.get("replica_us_per_entry")):
+        lines.append(f"of which a node's replica (bench/engine.py: the engine, and the journal, dedup window, order "
+                     f"records and market data beside it), applying the same operations: {replica_us:.2f} us per "
+                     f"entry = {replica_us / engine_us:.1f}x the engine's: that much of every factor below is the "
+                     "nodes applying the order, the rest is moving it")
     floors = [result["path"][-1], *result.get("path_streaming", [None] * len(result["streaming"]))]
     cases = {"unary_64": ("unary, 64 in flight", result["unary"][-1])}
     cases |= {f"stream_{run['batch']}": (f"streaming, {_how(run['batch'])}", run) for run in result["streaming"]}

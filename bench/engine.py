@@ -47,6 +47,9 @@ from exchange.engine import (
     PlaceOrder,
     Side,
 )
+from exchange.node.replica import Replica
+from exchange.runtime import GC_THRESHOLDS
+from exchange.v1 import types_pb2
 
 MARKET = "BENCH"
 SEED = 20240601
@@ -447,6 +450,47 @@ def engine_cpu_us_per_op(ops_count: int = 200_000, repeat: int = 3, seed: int = 
         outcome = once()
         best = min(best, time.process_time() - started)
     return best * 1e6 / outcome.ops
+
+
+def _entries(commands: list[Command]) -> list[types_pb2.SequencedCommand]:
+    """The stream's commands as a node receives them: sequenced log entries, one millisecond apart."""
+    entries = []
+    for command in commands:
+        if type(command) is PlaceOrder:
+            logged = types_pb2.Command(
+                market=command.market, account=command.account, time_ms=command.seq,
+                new_order=types_pb2.NewOrderCommand(side=int(command.side), order_type=int(command.order_type),  # type: ignore[arg-type]
+                                                    size=command.size, price=command.price or 0))
+        else:
+            assert type(command) is CancelOrder
+            logged = types_pb2.Command(market=command.market, account=command.account, time_ms=command.seq,
+                                       cancel_order=types_pb2.CancelOrderCommand(order_id=command.order_id))
+        entries.append(types_pb2.SequencedCommand(market=command.market, seq=command.seq,
+                                                  command=logged.SerializeToString()))
+    return entries
+
+
+def replica_cpu_us_per_entry(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> float:
+    """A node's replica (exchange/node/replica.py: the engine, and the journal, dedup window, order records and
+    market data it keeps beside it) on the stream of `engine_cpu_us_per_op`, each command a sequenced entry as a
+    node receives it, with the node's collector thresholds: CPU time per entry, the best of `repeat` runs. What
+    every node spends on each order besides the network, on top of the engine's own time."""
+    entries = _entries(_commands(make_stream(ops_count, seed).ops))
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        best = float("inf")
+        for _ in range(repeat + 1):  # the first is a warm-up
+            replica = Replica([MarketConfig(MARKET)])
+            offer = replica.offer
+            gc.collect()
+            started = time.process_time()
+            for entry in entries:
+                offer(entry)
+            best = min(best, time.process_time() - started)
+    finally:
+        gc.set_threshold(*thresholds)
+    return best * 1e6 / len(entries)
 
 
 def run(ops_count: int = 200_000, repeat: int = 3, seed: int = SEED) -> dict:
