@@ -19,10 +19,12 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
+import time
 from collections.abc import Callable, Iterable
 
 import prometheus_client
-from prometheus_client import Gauge
+from prometheus_client import Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -98,6 +100,28 @@ class LoopCollector(Collector):
 
 def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+GC_PAUSE_SECONDS = Histogram(
+    "exchange_gc_pause_seconds", "Pauses of Python's cyclic garbage collector, by generation (2: a full collection, "
+    "which scans every long-lived object of the process).", ["generation"], buckets=SECONDS_BUCKETS)
+
+
+def observe_gc_pauses() -> Callable[[str, dict], None]:
+    """Times every collection of this process into GC_PAUSE_SECONDS (a collector callback, about a microsecond per
+    collection); returns the callback, which `gc.callbacks.remove` takes off again."""
+    generations = [GC_PAUSE_SECONDS.labels(str(generation)) for generation in range(3)]
+    started = 0.0
+
+    def note(phase: str, info: dict) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            generations[info["generation"]].observe(time.perf_counter() - started)
+
+    gc.callbacks.append(note)
+    return note
 
 
 # Open server streams by method: kept by the server interceptor (exchange/grpc_metrics.py).

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from exchange.metrics import LoopCollector, gauge, serve_metrics
+from exchange.metrics import LoopCollector, gauge, observe_gc_pauses, serve_metrics
 
 
 @pytest.fixture
@@ -64,3 +65,19 @@ def test_the_endpoint_is_served_by_a_thread_of_its_own() -> None:
         body = response.read().decode()
     assert "python_info" in body  # prometheus_client's default collectors, in the process-wide registry
     assert "_created" not in body
+
+
+def test_every_collection_of_the_garbage_collector_is_timed_by_its_generation() -> None:
+    def count(generation: str) -> float:
+        return REGISTRY.get_sample_value("exchange_gc_pause_seconds_count", {"generation": generation}) or 0.0
+
+    before = count("2")
+    callback = observe_gc_pauses()
+    try:
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(callback)
+    assert count("2") == before + 2
+    gc.collect(2)
+    assert count("2") == before + 2  # removed: no longer timed
