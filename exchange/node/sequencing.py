@@ -118,7 +118,7 @@ class MarketPipeline:
         self.gate_depth = gate_depth
         self.gather_s = gather_s
         self._gather_to = 0  # while gathering: the queue length the next request waits for (0: not gathering)
-        self._gather_until = 0.0  # loop time when gathering ends
+        self._gather_timer: asyncio.TimerHandle | None = None  # ends the gathering at its deadline
         self._rounds: set[asyncio.Task[None]] = set()  # the gated requests in flight
         self._incarnation = random.getrandbits(31) << 32
         self._next_ref = 0
@@ -137,6 +137,8 @@ class MarketPipeline:
         ]
 
     async def stop(self) -> None:
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
         for task in [*self._tasks, *self._rounds]:
             task.cancel()
         for task in [*self._tasks, *self._rounds]:
@@ -201,14 +203,13 @@ class MarketPipeline:
         metrics.accepted += 1
 
     async def _gate_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._gather_to:
-                if len(self._queue) < self._gather_to and loop.time() < self._gather_until:
-                    continue  # an order arrived (or an earlier timer fired): still gathering
-                self._gather_to = 0
+                if len(self._queue) < self._gather_to:
+                    continue  # an order arrived: still gathering (the timer ends it at the deadline)
+                self._end_gathering()
             while self._queue and len(self._rounds) < self.gate_depth:
                 batch: list[Pending] = []
                 while self._queue and len(batch) < MAX_BATCH:
@@ -223,12 +224,23 @@ class MarketPipeline:
     def _round_done(self, answered: int, round_: asyncio.Task[None]) -> None:
         self._rounds.discard(round_)
         if self.gather_s and not self._rounds and answered <= GATHER_MAX_ANSWERED:
-            loop = asyncio.get_running_loop()
+            if self._gather_timer is not None:  # (a round ends only when the gate is not gathering: defensive)
+                self._gather_timer.cancel()
             self._gather_to = len(self._queue) + answered
-            self._gather_until = loop.time() + self.gather_s
-            loop.call_later(self.gather_s, self._wakeup.set)
+            self._gather_timer = asyncio.get_running_loop().call_later(self.gather_s, self._end_gathering)
         if self._queue:
             self._wakeup.set()
+
+    def _end_gathering(self) -> None:
+        """Ends the gathering: when enough orders are queued, or at its deadline (its timer calls this; the
+        deadline is the timer, never a reading of the clock: uvloop's clock has millisecond resolution, and a
+        timer due "now" can find it still short of a deadline computed from it, which once held 2,048 orders until
+        another came, and none did)."""
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+            self._gather_timer = None
+        self._gather_to = 0
+        self._wakeup.set()
 
     async def _round(self, batch: list[Pending]) -> None:
         """One gated request and its retries (a stale answer: catch up, then the commands still unplaced)."""

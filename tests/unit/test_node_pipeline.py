@@ -179,6 +179,30 @@ def test_gathering_ends_at_its_deadline_and_a_lone_order_after_a_lone_answer_goe
     run(scenario, gate_depth=1, gather_s=0.25)
 
 
+def test_gathering_ends_when_its_timer_fires_even_if_the_clock_reads_a_hair_before_the_deadline() -> None:
+    """uvloop's clock has millisecond resolution: a timer due at the deadline can run while loop.time() is still
+    short of a deadline computed from it. Here every timer runs a millisecond early, and no order comes after the
+    one that started the gathering (streaming clients whose window is full wait for answers): the gate must send it
+    anyway. (It once held 2,048 orders of a node this way, for good.)"""
+    async def scenario(pipeline: MarketPipeline, sequencer: InMemorySequencer, peers: RecordingPeers) -> None:
+        loop = asyncio.get_running_loop()
+        call_later = loop.call_later
+
+        def early(delay: float, callback: Callable[..., object], *args: object) -> asyncio.TimerHandle:
+            return call_later(max(0.0, delay - 0.001), callback, *args)
+
+        loop.call_later = early  # type: ignore[method-assign,assignment]
+        try:
+            await asyncio.gather(*(pipeline.enqueue(buy(price)) for price in (90, 91)))
+            outcome = await asyncio.wait_for(pipeline.submit(buy(92)), 2.0)  # the other answered client never returns
+        finally:
+            loop.call_later = call_later  # type: ignore[method-assign]
+        assert outcome.seq == 3
+        assert [len(r.commands) for r in sequencer.requests] == [2, 1]
+
+    run(scenario, gate_depth=1, gather_s=0.05)
+
+
 def test_the_nodes_own_orders_count_in_the_scraped_series_and_other_nodes_orders_do_not() -> None:
     def series(name: str) -> float:
         return REGISTRY.get_sample_value(name, {"market": M}) or 0.0
