@@ -224,8 +224,6 @@ class MarketPipeline:
     def _round_done(self, answered: int, round_: asyncio.Task[None]) -> None:
         self._rounds.discard(round_)
         if self.gather_s and not self._rounds and answered <= GATHER_MAX_ANSWERED:
-            if self._gather_timer is not None:  # (a round ends only when the gate is not gathering: defensive)
-                self._gather_timer.cancel()
             self._gather_to = len(self._queue) + answered
             self._gather_timer = asyncio.get_running_loop().call_later(self.gather_s, self._end_gathering)
         if self._queue:
