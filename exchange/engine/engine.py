@@ -128,6 +128,11 @@ class Engine:
         """Resting orders in priority order: bids best first (FIFO per level), then asks best first."""
         return map(_view, self._book(market).iter_orders())
 
+    def resting_owners(self, market: str) -> list[tuple[int, str]]:
+        """(order id, account) of every resting order, oldest (lowest id) first: a node's index of each account's
+        orders, rebuilt from a snapshot without an ``OrderView`` per order."""
+        return sorted((order[ORDER_ID], order[ACCOUNT]) for order in self._book(market).orders.values())
+
     def checksum(self, market: str) -> int:
         """Unsigned CRC32 of the canonical book encoding (see the package docstring)."""
         book = self._book(market)

@@ -403,10 +403,14 @@ class Replica:
             window.note(applied, None)
             window.forget_before(applied)
             state.client_order_ids = window
-            state.resting_by_account = {}
-            for view in engine.resting_orders(market):
-                state.resting_by_account.setdefault(view.account, {})[view.order_id] = (
-                    types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(view.order_id, ""))
+            # oldest first, as when they rested one by one: ListOrders pages by order id
+            by_account: dict[str, dict[int, RestingRecord]] = {}
+            for order_id, account in engine.resting_owners(market):
+                orders = by_account.get(account)
+                if orders is None:
+                    orders = by_account[account] = {}
+                orders[order_id] = (types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(order_id, ""))
+            state.resting_by_account = by_account
         moved = {m: engine.last_seq(m) for m in self._states if engine.last_seq(m) != self.market_data.tape(m).seq}
         fresh = self.market_data.restore(market_data, moved)  # a market at the same sequence keeps its own
         if fresh:

@@ -277,6 +277,25 @@ def test_replica_adopts_a_peers_snapshot_then_applies_the_rest_of_the_log() -> N
     assert late.checksum("BTC-USD") == reference.checksum("BTC-USD")
 
 
+def test_an_adopted_snapshot_lists_each_accounts_orders_oldest_first() -> None:
+    """ListOrders pages by order id (the page token is the last id): after an adoption each account's orders must
+    still be kept oldest first, not in the book's priority order, or a page skips the older ones."""
+    peer = Replica(MARKETS)
+    prices = [99, 101, 100, 98, 102]  # bids: each better than the one before or not, so priority != age
+    for seq, price in enumerate(prices, start=1):
+        command = types_pb2.Command(market="BTC-USD", account="alice", new_order=types_pb2.NewOrderCommand(
+            side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=1, price=price))
+        peer.offer(signed_entry("BTC-USD", seq, command, SECRET))
+    late = Replica(MARKETS)
+    assert late.adopt(*peer.snapshot())
+    for replica in (peer, late):
+        pages, after = [], 0
+        while page := replica.resting_orders_of("BTC-USD", "alice", after, limit=2):
+            pages.append([order.order_id for order in page])
+            after = page[-1].order_id
+        assert pages == [[1, 2], [3, 4], [5]]
+
+
 def test_replica_refuses_a_snapshot_behind_it_or_of_other_markets() -> None:
     log = entries(50)
     ahead, behind = Replica(MARKETS), Replica(MARKETS)
