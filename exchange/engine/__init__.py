@@ -85,14 +85,20 @@ Checksum (``Engine.checksum(market)``, part of the API: equal books give equal c
     ``zlib.crc32(bytes(8)) == 0x6522DF69``. Owners are not part of it (public market data carries none).
 
 Snapshots (``Engine.snapshot()`` / ``Engine.restore(data)``)
-    8-byte magic ``b"P2PXENG\\0"``, u16 version (2), u32 CRC32 of the body, all big-endian, then the body:
-    canonical JSON (sorted keys, no spaces, ASCII) of every market's config, last seq, next trade id and
-    resting orders ``[id, price, size, remaining, post_only, account, stp]`` in priority order (``stp``: the
-    order's ``SelfTradePrevention`` value, which an amend that crosses applies again). Restoring gives the
-    same checksums and the same events for the same following commands, owners included; bad input raises
-    ValueError. A version-1 snapshot (from before accounts: ``[id, price, size, remaining, post_only]``) is
-    still read, every order with account "" and mode CANCEL_TAKER, which is what replaying its commands
-    gives.
+    8-byte magic ``b"P2PXENG\\0"``, u16 version (3), u32 CRC32 of the body, all big-endian, then the body: a
+    u32 length and that many bytes of canonical JSON (sorted keys, no spaces, ASCII): ``accounts``, the table
+    of the resting orders' owners in order of first appearance, and ``markets``, each market's config, last
+    seq, next trade id and its numbers of resting ``bids`` and ``asks``; then, market after market, bids then
+    asks, each in priority order, every resting order as seven 8-byte signed ints ``id, price, size,
+    remaining, post_only, account (its index in the table), stp`` (``stp``: the order's
+    ``SelfTradePrevention`` value, which an amend that crosses applies again). Packed ints rather than JSON
+    rows: a node writes one every 100,000 entries and a restarting node reads a peer's, and both take a
+    fraction of the time (about 15 against 100 ms for 50,000 resting orders). Restoring gives the same
+    checksums and the same events for the same following commands, owners included; bad input raises
+    ValueError. Versions 1 and 2 (JSON bodies whose orders are rows ``[id, price, size, remaining,
+    post_only, account, stp]``; version 1 from before accounts, ``[id, price, size, remaining, post_only]``,
+    every order with account "" and mode CANCEL_TAKER, which is what replaying its commands gives) are
+    still read.
 
 Enums
     ``Side``, ``OrderType``, ``SelfTradePrevention``, ``RejectReason``, ``CancelReason`` are ``IntEnum``s.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import operator
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,8 +28,12 @@ from exchange.engine.model import (
 from exchange.engine.sides import ACCOUNT, ORDER_ID, POST_ONLY_FLAG, PRICE, REMAINING, SIDE, SIZE, STP, Order
 
 SNAPSHOT_MAGIC = b"P2PXENG\x00"
-SNAPSHOT_VERSION = 2  # written; 1 (before accounts: orders of account "") is still read
+SNAPSHOT_VERSION = 3  # written; 1 and 2 (canonical JSON; 1 from before accounts) are still read
 _HEADER = struct.Struct(">8sHI")  # magic, version, crc32 of the body
+_META_LENGTH = struct.Struct(">I")  # of a version-3 body's JSON part
+# A version-3 body's columns of one side's orders: (the order record's field, its struct code), in this order.
+_COLUMNS = ((ORDER_ID, "q"), (PRICE, "q"), (SIZE, "q"), (REMAINING, "q"), (ACCOUNT, "I"), (POST_ONLY_FLAG, "B"),
+            (STP, "B"))
 _CONFIG_FIELDS = ("symbol", "tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
 
 
@@ -152,54 +158,97 @@ class Engine:
     # ------------------------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        """The whole state as deterministic bytes: header (magic, version, CRC32 of body) + canonical JSON."""
+        """The whole state as deterministic bytes (see the package docstring: header, then the version-3 body)."""
+        accounts: dict[str, int] = {}  # account -> its index in the body's table, in order of first appearance
         markets = []
+        columns: list[bytes] = []
         for book in self._books.values():
+            counts = []
+            for side_book in (book.bids, book.asks):
+                # one pass over the orders (a pass per field would fetch every record from memory again)
+                fields = list(zip(*side_book.iter_orders(), strict=True)) or [()] * (STP + 1)
+                count = len(fields[ORDER_ID])
+                counts.append(count)
+                for field, code in _COLUMNS:
+                    column = fields[field]
+                    if field == ACCOUNT:
+                        for account in dict.fromkeys(column):  # the new ones in order of first appearance
+                            accounts.setdefault(account, len(accounts))
+                        column = tuple(map(accounts.__getitem__, column))
+                    columns.append(struct.pack(f">{count}{code}", *column))
             markets.append(
                 {
                     "config": {name: getattr(book.config, name) for name in _CONFIG_FIELDS},
                     "last_seq": book.last_seq,
                     "next_trade_id": book.next_trade_id,
-                    "bids": [_encode_order(o) for o in book.bids.iter_orders()],
-                    "asks": [_encode_order(o) for o in book.asks.iter_orders()],
+                    "bids": counts[0],
+                    "asks": counts[1],
                 }
             )
-        body = json.dumps({"markets": markets}, sort_keys=True, separators=(",", ":")).encode("ascii")
+        meta = json.dumps({"accounts": list(accounts), "markets": markets}, sort_keys=True,
+                          separators=(",", ":")).encode("ascii")
+        body = b"".join([_META_LENGTH.pack(len(meta)), meta, *columns])
         return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, zlib.crc32(body)) + body
 
     @classmethod
     def restore(cls, data: bytes) -> Engine:
         """Rebuild an engine from ``snapshot()`` bytes. Raises ValueError if they are not a valid snapshot."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise ValueError(f"snapshot must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) < _HEADER.size:
-            raise ValueError(f"snapshot too short: {len(data)} bytes")
-        magic, version, crc = _HEADER.unpack_from(data)
-        if magic != SNAPSHOT_MAGIC:
-            raise ValueError(f"not an engine snapshot: magic {magic!r}")
-        if version not in (1, SNAPSHOT_VERSION):
-            raise ValueError(f"unsupported snapshot version {version}, this engine reads 1 and {SNAPSHOT_VERSION}")
-        body = data[_HEADER.size :]
-        if zlib.crc32(body) != crc:
-            raise ValueError("snapshot corrupt: body CRC32 mismatch")
-        try:
-            state = json.loads(body)
-            return cls._from_state(state, version)
-        except ValueError as exc:
-            raise ValueError(f"invalid snapshot: {exc}") from exc
-        except (KeyError, TypeError, AssertionError) as exc:
-            raise ValueError(f"invalid snapshot: {type(exc).__name__}: {exc}") from exc
+        version, body = _checked_body(data)
+        with _invalid_as_value_error():
+            if version == SNAPSHOT_VERSION:
+                return cls._from_body(body)
+            return cls._from_state(json.loads(body), version)
+
+    @staticmethod
+    def positions(data: bytes) -> dict[str, int]:
+        """Each market's last seq in ``snapshot()`` bytes, without rebuilding the books (a version-3 snapshot's
+        orders are not read, so ``restore`` may still refuse it). ValueError if they are not a snapshot's."""
+        version, body = _checked_body(data)
+        with _invalid_as_value_error():
+            markets = _meta(body)["markets"] if version == SNAPSHOT_VERSION else json.loads(body)["markets"]
+            return {m["config"]["symbol"]: _int(m["last_seq"], "last_seq", 0) for m in markets}
 
     @classmethod
-    def _from_state(cls, state: dict, version: int) -> Engine:
-        markets = state["markets"]
+    def _empty(cls, markets: object) -> Engine:
+        """The engine of a snapshot's markets (their configs, last seqs and next trade ids), without orders."""
         if not isinstance(markets, list) or not markets:
             raise ValueError("no markets")
         engine = cls(MarketConfig(**{name: m["config"][name] for name in _CONFIG_FIELDS}) for m in markets)
         for m, book in zip(markets, engine._books.values(), strict=True):
             book.last_seq = _int(m["last_seq"], "last_seq", 0)
             book.next_trade_id = _int(m["next_trade_id"], "next_trade_id", 1)
+        return engine
+
+    @classmethod
+    def _from_body(cls, body: bytes) -> Engine:
+        """A version-3 body: its orders' values are read and checked a column at a time, not an order at a time."""
+        meta = _meta(body)
+        offset = _META_LENGTH.size + _META_LENGTH.unpack_from(body)[0]
+        accounts = meta["accounts"]
+        if not isinstance(accounts, list) or any(type(a) is not str for a in accounts):
+            raise ValueError("accounts must be a list of strings")
+        markets = meta["markets"]
+        engine = cls._empty(markets)
+        for m, book in zip(markets, engine._books.values(), strict=True):
+            for side, key in ((Side.BUY, "bids"), (Side.SELL, "asks")):
+                count = _int(m[key], key, 0)
+                columns = []
+                for _, code in _COLUMNS:
+                    layout = struct.Struct(f">{count}{code}")
+                    columns.append(layout.unpack_from(body, offset))
+                    offset += layout.size
+                _rest_columns(book, side, columns, accounts)
+            book.check()
+        if offset != len(body):
+            raise ValueError(f"{len(body) - offset} bytes beyond the orders the markets announce")
+        return engine
+
+    @classmethod
+    def _from_state(cls, state: dict, version: int) -> Engine:
+        """A version-1 or version-2 body (canonical JSON)."""
+        markets = state["markets"]
+        engine = cls._empty(markets)
+        for m, book in zip(markets, engine._books.values(), strict=True):
             for side, key in ((Side.BUY, "bids"), (Side.SELL, "asks")):
                 side_book = book.bids if side is Side.BUY else book.asks
                 previous_key = None
@@ -218,6 +267,81 @@ class Engine:
         return engine
 
 
+def _checked_body(data: bytes) -> tuple[int, bytes]:
+    """(version, body) of snapshot bytes whose header and CRC32 are right; ValueError otherwise."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError(f"snapshot must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _HEADER.size:
+        raise ValueError(f"snapshot too short: {len(data)} bytes")
+    magic, version, crc = _HEADER.unpack_from(data)
+    if magic != SNAPSHOT_MAGIC:
+        raise ValueError(f"not an engine snapshot: magic {magic!r}")
+    if version not in (1, 2, SNAPSHOT_VERSION):
+        raise ValueError(f"unsupported snapshot version {version}, this engine reads 1 to {SNAPSHOT_VERSION}")
+    body = data[_HEADER.size :]
+    if zlib.crc32(body) != crc:
+        raise ValueError("snapshot corrupt: body CRC32 mismatch")
+    return version, body
+
+
+@contextlib.contextmanager
+def _invalid_as_value_error() -> Iterator[None]:
+    """Whatever a malformed body raises while it is read, as the ValueError ``restore`` promises."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"invalid snapshot: {exc}") from exc
+    except (KeyError, TypeError, AssertionError, IndexError, struct.error) as exc:
+        raise ValueError(f"invalid snapshot: {type(exc).__name__}: {exc}") from exc
+
+
+def _meta(body: bytes) -> dict:
+    """The JSON part of a version-3 body."""
+    (length,) = _META_LENGTH.unpack_from(body)
+    if _META_LENGTH.size + length > len(body):
+        raise ValueError(f"the body announces {length} bytes of JSON, it holds fewer")
+    meta = json.loads(body[_META_LENGTH.size : _META_LENGTH.size + length])
+    if not isinstance(meta, dict):
+        raise ValueError("the JSON part is not an object")
+    return meta
+
+
+def _rest_columns(book: Book, side: Side, columns: list[tuple[int, ...]], accounts: list[str]) -> None:
+    """Rests one side's orders of a version-3 body (its columns, _COLUMNS, each in priority order), after checking
+    every column at once: ValueError names the first rule a value breaks."""
+    ids, prices, sizes, remainings, account_ids, post_only, modes = columns
+    if not ids:
+        return
+    where = f"{book.market} {side.name}"
+    if min(ids) < 1 or max(ids) > book.last_seq:
+        raise ValueError(f"{where}: an order id outside 1..{book.last_seq}")
+    if min(remainings) < 1 or any(map(operator.gt, remainings, sizes)):
+        raise ValueError(f"{where}: an order whose remaining size is not in 1..its size")
+    if max(post_only) > 1:
+        raise ValueError(f"{where}: a post_only flag that is not 0 or 1")
+    if max(account_ids) >= len(accounts):
+        raise ValueError(f"{where}: an account index outside the table of {len(accounts)}")
+    if not set(modes) <= SELF_TRADE_PREVENTIONS.keys():
+        raise ValueError(f"{where}: an unknown self-trade prevention among {sorted(set(modes))}")
+    bad = next((p for p in set(prices) if book.config.price_error(p) is not None), None)
+    if bad is not None:
+        raise ValueError(f"{where}: price {bad} is not a valid price of the market")
+    side_book = book.bids if side is Side.BUY else book.asks
+    keys = [side_book.sign * price for price in prices]
+    if any(map(operator.gt, keys, keys[1:])):
+        raise ValueError(f"{where}: orders not in priority order")
+    orders = book.orders
+    modes_by_value = SELF_TRADE_PREVENTIONS
+    rest = side_book.rest
+    for order_id, price, size, remaining, account_id, flag, mode in zip(*columns, strict=True):
+        if order_id in orders:
+            raise ValueError(f"{book.market}: order id {order_id} twice")
+        order = [remaining, order_id, price, size, side, flag == 1, accounts[account_id], modes_by_value[mode]]
+        rest(order)
+        orders[order_id] = order
+
+
 def _view(order: Order) -> OrderView:
     return OrderView(
         order[ORDER_ID],
@@ -228,18 +352,6 @@ def _view(order: Order) -> OrderView:
         order[SIZE] - order[REMAINING],
         order[ACCOUNT],
     )
-
-
-def _encode_order(order: Order) -> list[int | str]:
-    return [
-        order[ORDER_ID],
-        order[PRICE],
-        order[SIZE],
-        order[REMAINING],
-        int(order[POST_ONLY_FLAG]),
-        order[ACCOUNT],
-        int(order[STP]),
-    ]
 
 
 def _int(value: object, what: str, minimum: int) -> int:

@@ -461,10 +461,10 @@ def test_snapshot_keeps_owners_and_modes(book: Driver) -> None:
     book.buy(2, 99, account=A)
     book.buy(3, 100, account=B)
     data = book.engine.snapshot()
-    assert struct.unpack(">H", data[8:10]) == (2,)
-    state = json.loads(data[14:])["markets"][0]
-    assert state["asks"] == [[1, 101, 5, 5, 0, A, 2]]
-    assert state["bids"] == [[3, 100, 3, 3, 0, B, 1], [2, 99, 2, 2, 0, A, 1]]
+    accounts, markets = _decode(data)
+    assert accounts == [B, A]  # in order of first appearance: bids first
+    assert markets[0]["asks"] == [(1, 101, 5, 5, A, 0, 2)]
+    assert markets[0]["bids"] == [(3, 100, 3, 3, B, 0, 1), (2, 99, 2, 2, A, 0, 1)]
     restored = Driver(Engine.restore(data))
     assert restored.engine.snapshot() == data
     assert list(restored.engine.resting_orders(M)) == list(book.engine.resting_orders(M))
@@ -478,19 +478,60 @@ def test_snapshot_keeps_owners_and_modes(book: Driver) -> None:
     assert restored.cancel(1, account=B) == [rejected(5, RejectReason.NOT_ORDER_OWNER, order_id=1, account=B)]
 
 
-def _snapshot(version: int, bids: list, asks: list) -> bytes:
-    config = {"symbol": M, "tick_size": 1, "lot_size": 1, "min_price": 1, "max_price": 1000, "min_size": 1,
-              "max_size": 1000}
-    market = {"config": config, "last_seq": 3, "next_trade_id": 1, "bids": bids, "asks": asks}
-    body = json.dumps({"markets": [market]}, sort_keys=True, separators=(",", ":")).encode()
+CONFIG = {"symbol": M, "tick_size": 1, "lot_size": 1, "min_price": 1, "max_price": 1000, "min_size": 1,
+          "max_size": 1000}
+COLUMNS = "qqqqIBB"  # a version-3 body's columns: id, price, size, remaining, account index, post_only, stp
+
+
+def _framed(version: int, body: bytes) -> bytes:
     return b"P2PXENG\x00" + struct.pack(">HI", version, zlib.crc32(body)) + body
+
+
+def _snapshot(version: int, bids: list, asks: list) -> bytes:
+    """A version-1 or version-2 snapshot (JSON rows)."""
+    market = {"config": CONFIG, "last_seq": 3, "next_trade_id": 1, "bids": bids, "asks": asks}
+    return _framed(version, json.dumps({"markets": [market]}, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _snapshot_v3(bids: list[tuple], asks: list[tuple], accounts: object = (A,), last_seq: int = 3,
+                 announced: tuple[int, int] | None = None, trailing: bytes = b"") -> bytes:
+    """A version-3 snapshot of one market, written here the way the package docstring says: each order
+    (id, price, size, remaining, account index, post_only, stp)."""
+    counts = announced or (len(bids), len(asks))
+    market = {"config": CONFIG, "last_seq": last_seq, "next_trade_id": 1, "bids": counts[0], "asks": counts[1]}
+    meta = json.dumps({"accounts": list(accounts) if isinstance(accounts, tuple) else accounts,
+                       "markets": [market]}, sort_keys=True, separators=(",", ":")).encode()
+    columns = b"".join(struct.pack(f">{len(rows)}{code}", *(row[i] for row in rows))
+                       for rows in (bids, asks) for i, code in enumerate(COLUMNS))
+    return _framed(3, struct.pack(">I", len(meta)) + meta + columns + trailing)
+
+
+def _decode(data: bytes) -> tuple[list[str], list[dict]]:
+    """(accounts, markets) of a version-3 snapshot, each market's orders as (id, price, size, remaining, account,
+    post_only, stp) with the account's name (an independent reading of the format the package docstring gives)."""
+    assert struct.unpack(">H", data[8:10]) == (3,)
+    (length,) = struct.unpack(">I", data[14:18])
+    meta = json.loads(data[18 : 18 + length])
+    offset = 18 + length
+    for market in meta["markets"]:
+        for side in ("bids", "asks"):
+            count = market[side]
+            columns = []
+            for code in COLUMNS:
+                layout = struct.Struct(f">{count}{code}")
+                columns.append(layout.unpack_from(data, offset))
+                offset += layout.size
+            rows = zip(*columns, strict=True)
+            market[side] = [(i, p, s, r, meta["accounts"][a], f, m) for i, p, s, r, a, f, m in rows]
+    assert offset == len(data)
+    return meta["accounts"], meta["markets"]
 
 
 def test_version_1_snapshot_is_read_with_every_order_of_no_account() -> None:
     engine = Engine.restore(_snapshot(1, [[1, 99, 5, 4, 0]], [[2, 101, 3, 3, 1]]))
     assert list(engine.resting_orders(M)) == [OrderView(1, BUY, 99, 5, 4, 1, ""), OrderView(2, SELL, 101, 3, 3, 0, "")]
     assert engine.checksum(M) == checksum_of([(1, 99, 4)], [(2, 101, 3)])
-    assert struct.unpack(">H", engine.snapshot()[8:10]) == (2,)
+    assert struct.unpack(">H", engine.snapshot()[8:10]) == (3,)
     book = Driver(engine)
     assert book.cancel(1, account=A) == [rejected(4, RejectReason.NOT_ORDER_OWNER, order_id=1, account=A)]
     assert book.cancel(1) == [OrderCancelled(M, 5, 1, 4, CancelReason.USER)]
@@ -510,3 +551,62 @@ def test_version_1_snapshot_is_read_with_every_order_of_no_account() -> None:
 def test_snapshot_with_a_malformed_order_entry_raises_value_error(version: int, entry: list) -> None:
     with pytest.raises(ValueError, match="order entry|stp"):
         Engine.restore(_snapshot(version, [entry], []))
+
+
+def test_version_2_snapshot_is_read_with_owners_and_modes() -> None:
+    engine = Engine.restore(_snapshot(2, [[1, 99, 5, 4, 0, A, 2]], [[2, 101, 3, 3, 1, B, 1]]))
+    assert list(engine.resting_orders(M)) == [OrderView(1, BUY, 99, 5, 4, 1, A), OrderView(2, SELL, 101, 3, 3, 0, B)]
+    assert Engine.restore(engine.snapshot()).snapshot() == engine.snapshot()
+
+
+def test_version_3_snapshot_written_elsewhere_is_read() -> None:
+    engine = Engine.restore(_snapshot_v3([(3, 99, 5, 4, 1, 0, 2), (1, 98, 2, 2, 0, 0, 1)], [(2, 101, 3, 3, 0, 1, 1)],
+                                         accounts=(A, B)))
+    assert list(engine.resting_orders(M)) == [
+        OrderView(3, BUY, 99, 5, 4, 1, B), OrderView(1, BUY, 98, 2, 2, 0, A), OrderView(2, SELL, 101, 3, 3, 0, A)]
+    book = Driver(engine)
+    assert book.cancel(3, account=A) == [rejected(4, RejectReason.NOT_ORDER_OWNER, order_id=3, account=A)]
+    assert book.cancel(3, account=B) == [OrderCancelled(M, 5, 3, 4, CancelReason.USER, B)]
+
+
+@pytest.mark.parametrize(
+    ("bids", "asks", "extra", "match"),
+    [
+        ([(0, 99, 5, 5, 0, 0, 1)], [], {}, "order id outside"),
+        ([(4, 99, 5, 5, 0, 0, 1)], [], {}, "order id outside"),  # above last_seq
+        ([(1, 99, 5, 6, 0, 0, 1)], [], {}, "remaining size"),
+        ([(1, 99, 5, 0, 0, 0, 1)], [], {}, "remaining size"),
+        ([(1, 99, 5, 5, 0, 2, 1)], [], {}, "post_only"),
+        ([(1, 99, 5, 5, 1, 0, 1)], [], {}, "account index"),
+        ([(1, 99, 5, 5, 0, 0, 0)], [], {}, "self-trade prevention"),
+        ([(1, 99, 5, 5, 0, 0, 9)], [], {}, "self-trade prevention"),
+        ([(1, 1001, 5, 5, 0, 0, 1)], [], {}, "price 1001"),
+        ([(1, 98, 5, 5, 0, 0, 1), (2, 99, 5, 5, 0, 0, 1)], [], {}, "priority order"),
+        ([], [(1, 101, 5, 5, 0, 0, 1), (2, 100, 5, 5, 0, 0, 1)], {}, "priority order"),
+        ([(1, 99, 5, 5, 0, 0, 1)], [(1, 101, 5, 5, 0, 0, 1)], {}, "twice"),
+        ([(1, 101, 5, 5, 0, 0, 1)], [(2, 100, 5, 5, 0, 0, 1)], {}, "crossed"),
+        ([(1, 99, 5, 5, 0, 0, 1)], [], {"accounts": [7]}, "accounts"),
+        ([(1, 99, 5, 5, 0, 0, 1)], [], {"accounts": "A"}, "accounts"),
+        ([(1, 99, 5, 5, 0, 0, 1)], [], {"announced": (2, 0)}, "invalid snapshot"),
+        ([(1, 99, 5, 5, 0, 0, 1)], [], {"announced": (-1, 0)}, "bids"),
+        ([(1, 99, 5, 5, 0, 0, 1)], [], {"trailing": b"\x00"}, "beyond"),
+    ],
+)
+def test_version_3_snapshot_breaking_a_rule_raises_value_error(bids: list, asks: list, extra: dict,
+                                                                 match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Engine.restore(_snapshot_v3(bids, asks, **extra))
+
+
+def test_positions_are_read_without_the_books_in_every_version() -> None:
+    v3 = _snapshot_v3([(1, 99, 5, 5, 0, 0, 1)], [], last_seq=3)
+    assert Engine.positions(v3) == Engine.positions(_snapshot(2, [], [])) == Engine.positions(_snapshot(1, [], []))
+    assert Engine.positions(v3) == {M: 3}
+    bad_orders = _snapshot_v3([(1, 99, 5, 6, 0, 0, 1)], [])  # positions do not read the orders; restore does
+    assert Engine.positions(bad_orders) == {M: 3}
+    with pytest.raises(ValueError, match="remaining"):
+        Engine.restore(bad_orders)
+    with pytest.raises(ValueError, match="CRC32"):
+        Engine.positions(v3[:-1] + bytes([v3[-1] ^ 1]))
+    with pytest.raises(ValueError, match="invalid snapshot"):
+        Engine.positions(_framed(3, struct.pack(">I", 99) + b"{}"))

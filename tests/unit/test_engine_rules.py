@@ -734,7 +734,7 @@ def test_snapshot_restore_round_trip_keeps_state_and_future_events(book: Book) -
         lambda d: b"",
         lambda d: d[:10],
         lambda d: b"XXXXXXXX" + d[8:],
-        lambda d: d[:8] + b"\x00\x03" + d[10:],
+        lambda d: d[:8] + b"\x00\x04" + d[10:],
         lambda d: d[:-1] + bytes([d[-1] ^ 1]),
         lambda d: d + b" ",
     ],
