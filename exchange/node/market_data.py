@@ -37,6 +37,7 @@ TICKER_WINDOW_MINUTES = 1_440  # the ticker's 24 hours: this many one-minute int
 TRADE_RETENTION = 10_000
 CANDLE_RETENTION = 2_000
 SNAPSHOT_VERSION = 1
+OrderFilled = eng.OrderFilled
 
 
 class PublicTrade(NamedTuple):
@@ -109,7 +110,7 @@ class Tape:
         now = self.time_ms = max(self.time_ms, time_ms)
         traded = False
         for event in events:
-            if type(event) is not eng.OrderFilled:
+            if type(event) is not OrderFilled:
                 continue
             trade = PublicTrade(event.trade_id, seq, event.price, event.size, event.taker_side, now)
             self._add_trade(trade)

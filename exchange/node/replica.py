@@ -48,6 +48,7 @@ FinishedRecord = tuple[pb.OrderStatus, int, str]  # (status, cancelled size, acc
 RestingRecord = tuple[types_pb2.OrderType, str]  # (order type, client_order_id) of a resting order ("": unknown)
 OrderFilled, OrderCancelled, OrderRejected, OrderRested = (
     eng.OrderFilled, eng.OrderCancelled, eng.OrderRejected, eng.OrderRested)
+PlaceOrder = eng.PlaceOrder
 Level = tuple[int, int, int]  # (price, total open size, order count)
 
 
@@ -329,12 +330,14 @@ class Replica:
 
     def offer(self, entry: types_pb2.SequencedCommand) -> bool:
         """Applies or buffers an entry; returns False if it was already known (applied or buffered)."""
-        state = self._states[entry.market]
+        market = entry.market
+        state = self._states[market]
         seq = entry.seq
-        applied = self._engine.last_seq(entry.market)
+        applied = self._engine.last_seq(market)
         if seq <= applied or seq in state.buffer:
             return False
-        self.note_known(entry.market, seq)
+        if seq > state.known_seq:
+            state.known_seq = seq
         if seq != applied + 1:
             if seq - applied <= MAX_BUFFERED:
                 state.buffer[seq] = entry
@@ -429,20 +432,20 @@ class Replica:
         return True
 
     def _apply(self, state: _MarketState, entry: types_pb2.SequencedCommand) -> None:
-        command = types_pb2.Command.FromString(entry.command)
+        data, seq = entry.command, entry.seq
+        command = types_pb2.Command.FromString(data)
+        order = engine_command(command, seq)
         watchers = self._book_watchers.get(state.market)
-        if watchers is not None:
-            events = self._apply_watched(engine_command(command, entry.seq), watchers)
-        else:
-            events = self._engine.apply(engine_command(command, entry.seq))
-        seq = entry.seq
+        events = self._engine.apply(order) if watchers is None else self._apply_watched(order, watchers)
         traded = self.market_data.apply(state.market, seq, command.time_ms, events)
         applied = Applied(seq, command, events, traded)
-        state.journal[seq] = (entry.command, tuple(events))
+        journal = state.journal
+        journal[seq] = (data, tuple(events))
         gone = seq - self.journal_size  # the command that leaves the window, and its order's record
-        state.journal.pop(gone, None)
-        state.finished.pop(gone, None)
-        new_order = command.WhichOneof("kind") == "new_order"
+        if gone in journal:
+            del journal[gone]
+            state.finished.pop(gone, None)
+        new_order = type(order) is PlaceOrder
         self._note_finished(state, command, new_order, events, max(state.journal_start, gone + 1))
         window = state.client_order_ids
         window.note(seq, dedup_key(command) if new_order else None)
