@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=0.0,
                         help="seconds for the whole run, after which it stops and fails (default: the duration "
                              f"+ the settle timeout + {TIME_LIMIT_MARGIN:.0f})")
+    parser.add_argument("--snapshot-every", type=int, default=Config.snapshot_every,
+                        help="the nodes' --snapshot-every (small, so killed nodes restart from snapshots)")
+    parser.add_argument("--snapshot-threshold", type=int, default=Config.snapshot_threshold,
+                        help="the nodes' --snapshot-threshold (entries behind from which a peer's snapshot is fetched)")
     args = parser.parse_args(argv)
     kinds = HA_FAULT_KINDS if args.ha else FAULT_KINDS
     faults = tuple(kind for kind in (",".join(kinds) if args.faults is None else args.faults).split(",") if kind)
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{','.join(kinds)}")
     seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
     config = Config(seed=seed, orders=args.orders, duration=args.duration, clients=args.clients, faults=faults,
-                    netns=False if args.no_netns else None, time_limit=args.time_limit, ha=args.ha)
+                    netns=False if args.no_netns else None, time_limit=args.time_limit, ha=args.ha,
+                    snapshot_every=args.snapshot_every, snapshot_threshold=args.snapshot_threshold)
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         # A previous run's log would be resumed: its client_order_ids are this run's, so every check would fail.
         parser.error(f"--workdir {args.workdir} is not empty: give a new directory (or remove it)")

@@ -119,6 +119,16 @@ class Faults:
             self.cluster.start_node(node)
         finally:
             self.ledger.expected_down.discard(name)
+        self.note_restart(node)
+
+    def note_restart(self, node: int) -> None:
+        """Counts how a restarted node got its state (GetStatus counters): its own snapshot, then a peer's."""
+        try:
+            counters = dict(self.cluster.status(node).counters)
+        except grpc.RpcError:
+            return  # it is already down again (a later fault): its start is not counted
+        self.stats.add("restarts_own_snapshot", counters.get("started_from_own_snapshot", 0))
+        self.stats.add("restarts_peer_snapshot", counters.get("started_from_peer_snapshot", 0))
 
     def fault_stop(self, node: int, hold: float, variant: str) -> None:
         process = self.cluster.nodes[node]

@@ -100,6 +100,11 @@ class Config:
     progress_interval: float = 2.0
     settle_timeout: float = 60.0
     time_limit: float = 0.0  # seconds for the whole run; 0: duration + settle_timeout + TIME_LIMIT_MARGIN
+    # The nodes' --snapshot-every and --snapshot-threshold: small, so that a killed node restarts from its own
+    # snapshot, and from a peer's when it fell that far behind, rather than from the log alone (the defaults,
+    # 100,000 and 10,000, are more than a run's load)
+    snapshot_every: int = 2_000
+    snapshot_threshold: int = 1_000
 
     @property
     def limit(self) -> float:

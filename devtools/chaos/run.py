@@ -89,7 +89,8 @@ def make_cluster(config: Config, workdir: Path, out: Callable[[str], None] = pri
     if not netns and "partition" in config.faults:
         out(f"network namespaces are not available ({reason}): running without the partition fault")
         config.faults = tuple(kind for kind in config.faults if kind != "partition")
-    return Cluster(workdir, nodes=config.nodes, netns=netns, ha=config.ha)
+    snapshots = ["--snapshot-every", str(config.snapshot_every), "--snapshot-threshold", str(config.snapshot_threshold)]
+    return Cluster(workdir, nodes=config.nodes, netns=netns, ha=config.ha, extra_node_args=snapshots)
 
 
 def run_chaos(config: Config, cluster: Cluster, out: Callable[[str], None] = print) -> Report:
@@ -130,6 +131,8 @@ def print_summary(report: Report, out: Callable[[str], None] = print) -> None:
         ("rejected (INVALID_ARGUMENT / NOT_FOUND / ...)", c["rejected"]), ("aborted", c["aborted"]),
         ("ambiguous answers (retried)", c["ambiguous"]), ("unresolved after retries", c["unresolved"]),
         ("probe orders of the fault injector", c["probes"]), ("entries replayed", c["replayed"]),
+        ("killed nodes restarted from their own snapshot", c["restarts_own_snapshot"]),
+        ("  ... and then from a peer's", c["restarts_peer_snapshot"]),
         ("forged broadcasts refused", c["forged_refused"]),
         ("trades prevented between orders of one account", c["self_trades_prevented"]),
     ]

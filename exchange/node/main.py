@@ -21,7 +21,7 @@ from exchange.metrics import LoopCollector, add_metrics_arguments, metrics_meta,
 from exchange.node.auth import DEFAULT_BURST, DEFAULT_RATE, AccessControl, AccountRegistry, RateLimiter
 from exchange.node.broadcast import PeerSet
 from exchange.node.lifecycle import SERVING, STOPPING
-from exchange.node.metrics import NodeGauges
+from exchange.node.metrics import NodeGauges, counters
 from exchange.node.replica import DEFAULT_JOURNAL_SIZE, Replica
 from exchange.node.sequencer_link import Peers, Sequencer, SequencerLink
 from exchange.node.sequencing import DEFAULT_GATE_DEPTH, DEFAULT_GATE_GATHER_S, MarketPipeline
@@ -109,6 +109,7 @@ async def initial_catch_up(
         path = snapshotter.store.restore(replica, current)  # on the loop: nothing else may touch the replica
         if path is not None:
             snapshotter.saved_at = position(replica)
+            counters["started_from_own_snapshot"] += 1
             log.info("started from its own snapshot %s at %s", path.name,
                      {m: replica.applied_seq(m) for m in pipelines})
     behind = sum(seq - replica.applied_seq(market) for market, seq in current.items())
@@ -117,6 +118,7 @@ async def initial_catch_up(
         if snapshot is not None:
             try:
                 if adopt(replica, snapshot):
+                    counters["started_from_peer_snapshot"] += 1
                     log.info("restored from %s's snapshot at %s", snapshot.node_id,
                              {m: replica.applied_seq(m) for m in pipelines})
             except ValueError as error:
