@@ -11,7 +11,7 @@ Every figure is printed next to its baseline from the same run:
    measured seconds, one order per message (OrderEntry), then batches of 100 (OrderEntryBatch): orders/s,
    aborts, errors, then the replicas must converge;
 3. catch-up (measured first, on the fresh cluster, so the log holds exactly N entries): a node started
-   behind by N log entries: entries/s until it serves, current;
+   behind by N log entries: entries/s until it serves, current (the best of CATCH_UP_REPEAT starts);
 4. replication lag: time from the client's answer until the order is applied on the other replicas;
 5. scale: unary at 64 in flight and both streaming cases again on a 5-node cluster (the 3-node one stopped);
 6. HA: the same unary and streaming load on the Sequencer's HA mode (three Consul servers, two Sequencer
