@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 
@@ -61,10 +62,13 @@ TAIL_ENTRIES = 50_000
 READ_CHUNK = 5_000
 
 
-def to_proto(entry: StoredEntry) -> types_pb2.SequencedCommand:
-    return types_pb2.SequencedCommand(
-        market=entry.market, seq=entry.seq, command=entry.command, mac=entry.mac
-    )
+def add_entries(field: RepeatedCompositeFieldContainer[types_pb2.SequencedCommand],
+                entries: Iterable[StoredEntry]) -> None:
+    """Appends `entries` to a repeated SequencedCommand field, each built in place: half the time of building a
+    message and adding it (which copies it), and answers carry thousands of entries a second."""
+    add = field.add
+    for entry in entries:
+        add(market=entry.market, seq=entry.seq, command=entry.command, mac=entry.mac)
 
 
 @dataclass(slots=True)
@@ -334,13 +338,16 @@ class SequencingGate:
         """A grant's answer, once `write` (the last one when it was numbered) is durable, in the same term."""
         await durable(write)
         self._check_term(term)
-        response = SequenceResponse(granted=True, current_seq=market.current, missing=[to_proto(e) for e in missing])
+        response = SequenceResponse(granted=True, current_seq=market.current)
+        add_entries(response.missing, missing)
+        assign = response.assignments.add
         for assigned, duplicate in assignments:
             if isinstance(assigned, int):
                 (entry,) = await self._entries(market, assigned, assigned)
             else:
                 entry = assigned
-            response.assignments.add(seq=entry.seq, duplicate=duplicate, entry=to_proto(entry))
+            assign(seq=entry.seq, duplicate=duplicate,
+                   entry={"market": entry.market, "seq": entry.seq, "command": entry.command, "mac": entry.mac})
         return response
 
     def _check_request(self, request: sequencer_pb2.SequenceRequest, market: MarketLog) -> None:
@@ -397,7 +404,9 @@ class SequencingGate:
         market.stats.stale += 1
         await durable(write)
         self._check_term(term)
-        return SequenceResponse(granted=False, current_seq=market.current, missing=[to_proto(e) for e in missing])
+        response = SequenceResponse(granted=False, current_seq=market.current)
+        add_entries(response.missing, missing)
+        return response
 
     def gauges(self) -> list[GaugeMetricFamily]:
         """What a scrape reads from the Sequencer's state (on its event loop)."""

@@ -10,7 +10,7 @@ import grpc
 from exchange.errors import InvalidArgument, rpc
 from exchange.runtime import Malformed, answered_in_order, receives_malformed_items
 from exchange.v1 import sequencer_pb2, sequencer_pb2_grpc
-from sequencer.gate import READ_CHUNK, SequencingGate, to_proto
+from sequencer.gate import READ_CHUNK, SequencingGate, add_entries
 
 # Requests of one SequenceStream numbered and not yet answered (a node keeps fewer in flight: --gate-depth).
 STREAM_WINDOW = 16
@@ -61,7 +61,9 @@ class SequencerService(SequencingGate, sequencer_pb2_grpc.SequencerServicer):
             chunk = await self._entries(market, seq, min(end, seq + READ_CHUNK - 1))
             if not chunk:
                 break
-            yield sequencer_pb2.LogBatch(entries=[to_proto(e) for e in chunk])
+            batch = sequencer_pb2.LogBatch()
+            add_entries(batch.entries, chunk)
+            yield batch
             seq = chunk[-1].seq + 1
 
     @rpc
