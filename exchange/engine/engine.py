@@ -205,7 +205,7 @@ class Engine:
         orders are not read, so ``restore`` may still refuse it). ValueError if they are not a snapshot's."""
         version, body = _checked_body(data)
         with _invalid_as_value_error():
-            markets = _meta(body)["markets"] if version == SNAPSHOT_VERSION else json.loads(body)["markets"]
+            markets = _meta(body)[0]["markets"] if version == SNAPSHOT_VERSION else json.loads(body)["markets"]
             return {m["config"]["symbol"]: _int(m["last_seq"], "last_seq", 0) for m in markets}
 
     @classmethod
@@ -222,8 +222,7 @@ class Engine:
     @classmethod
     def _from_body(cls, body: bytes) -> Engine:
         """A version-3 body: its orders' values are read and checked a column at a time, not an order at a time."""
-        meta = _meta(body)
-        offset = _META_LENGTH.size + _META_LENGTH.unpack_from(body)[0]
+        meta, offset = _meta(body)
         accounts = meta["accounts"]
         if not isinstance(accounts, list) or any(type(a) is not str for a in accounts):
             raise ValueError("accounts must be a list of strings")
@@ -296,15 +295,16 @@ def _invalid_as_value_error() -> Iterator[None]:
         raise ValueError(f"invalid snapshot: {type(exc).__name__}: {exc}") from exc
 
 
-def _meta(body: bytes) -> dict:
-    """The JSON part of a version-3 body."""
+def _meta(body: bytes) -> tuple[dict, int]:
+    """The JSON part of a version-3 body, and the offset of the columns after it."""
     (length,) = _META_LENGTH.unpack_from(body)
-    if _META_LENGTH.size + length > len(body):
+    end = _META_LENGTH.size + length
+    if end > len(body):
         raise ValueError(f"the body announces {length} bytes of JSON, it holds fewer")
-    meta = json.loads(body[_META_LENGTH.size : _META_LENGTH.size + length])
+    meta = json.loads(body[_META_LENGTH.size : end])
     if not isinstance(meta, dict):
         raise ValueError("the JSON part is not an object")
-    return meta
+    return meta, end
 
 
 def _rest_columns(book: Book, side: Side, columns: list[tuple[int, ...]], accounts: list[str]) -> None:

@@ -336,8 +336,7 @@ class Replica:
         applied = self._engine.last_seq(market)
         if seq <= applied or seq in state.buffer:
             return False
-        if seq > state.known_seq:
-            state.known_seq = seq
+        self.note_known(market, seq)
         if seq != applied + 1:
             if seq - applied <= MAX_BUFFERED:
                 state.buffer[seq] = entry
@@ -409,10 +408,8 @@ class Replica:
             # oldest first, as when they rested one by one: ListOrders pages by order id
             by_account: dict[str, dict[int, RestingRecord]] = {}
             for order_id, account in engine.resting_owners(market):
-                orders = by_account.get(account)
-                if orders is None:
-                    orders = by_account[account] = {}
-                orders[order_id] = (types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(order_id, ""))
+                by_account.setdefault(account, {})[order_id] = (
+                    types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(order_id, ""))
             state.resting_by_account = by_account
         moved = {m: engine.last_seq(m) for m in self._states if engine.last_seq(m) != self.market_data.tape(m).seq}
         fresh = self.market_data.restore(market_data, moved)  # a market at the same sequence keeps its own
