@@ -174,10 +174,19 @@ def error_from_rpc(error: grpc.RpcError) -> ExchangeError:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    """Ends the call with the status for `error` (a bug: INTERNAL, and its traceback in the log). A call already
+    ended keeps its status: a long-lived stream ended from outside its handler (LongLivedStreams.end_all, as a
+    Sequencer steps down) often fails right after, and grpc refuses a second abort with a UsageError it logs as a
+    servicer's bug. The handler then ends quietly, and grpc finishes the call with the status it has."""
     if isinstance(error, ExchangeError):
-        await context.abort(status_of(error), str(error))
-    log.exception("unexpected error in %s", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}")
+        code, details = status_of(error), str(error)
+    else:
+        log.exception("unexpected error in %s", method, exc_info=error)
+        code, details = grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}"
+    if context.done():
+        log.debug("%s failed after its call had ended: %r", method, error)
+        return
+    await context.abort(code, details)
 
 
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:

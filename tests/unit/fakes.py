@@ -228,6 +228,10 @@ class FakeContext:
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self.metadata
 
+    def done(self) -> bool:
+        """False: tests use one context for several calls, each of them a call not yet ended."""
+        return False
+
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         await asyncio.sleep(0)
         raise Aborted(code, details)
