@@ -10,6 +10,8 @@ from typing import TypeVar
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange.entry_signing import entry_is_authentic
 from exchange.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -102,6 +104,29 @@ def test_a_repeated_request_is_stale_and_carries_its_numbered_commands_not_numbe
         assert not partly.granted and partly.current_seq == 3, "nothing of a repeating request is numbered"
 
     run_with_service(tmp_path / "log.db", scenario)
+
+
+NODE_NAMES = st.sampled_from(["", "a", "ab", "node-1", "node-10", "nœud-1", "M"])
+COMMANDS = st.builds(
+    lambda node, ref, coid: types_pb2.Command(market="M", origin_node=node, origin_ref=ref, client_order_id=coid),
+    NODE_NAMES, st.integers(0, 3), st.one_of(st.just(""), NODE_NAMES),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=st.lists(COMMANDS, min_size=1, max_size=3), stored=st.lists(COMMANDS, max_size=6))
+def test_the_repeat_check_finds_a_repeat_exactly_when_parsing_every_missing_entry_does(
+    request: list[types_pb2.Command], stored: list[types_pb2.Command],
+) -> None:
+    """The check skips parsing an entry whose bytes hold none of the request's node names: names that contain
+    one another, non-ASCII names, and names repeated in other fields must not change its answer."""
+    entries = [StoredEntry("M", seq, None, command.SerializeToString(), b"")
+               for seq, command in enumerate(stored, start=1)]
+    refs = {(command.origin_node, command.origin_ref) for command in request}
+    by_parsing_all = any(ref == 0 for _, ref in refs) or any(
+        (command.origin_node, command.origin_ref) in refs for command in stored)
+    asked = sequencer_pb2.SequenceRequest(market="M", commands=request)
+    assert gate_module._may_repeat_numbered_commands(asked, entries) is by_parsing_all
 
 
 def test_a_node_further_behind_than_one_answer_is_stale_then_granted_after_catching_up(
