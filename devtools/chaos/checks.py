@@ -55,11 +55,13 @@ class Checks:
             process.signal(signal.SIGCONT)
             if cluster.netns is not None and index in cluster.netns.impaired:
                 cluster.heal(index)
-        # Orders whose every attempt was ambiguous: ask again now that the cluster is whole.
+        # Orders whose every attempt was ambiguous: ask again now that the cluster is whole, with the key that
+        # placed them (another account's key would be another account's order: chaos seed 2405 placed a client's
+        # ambiguous order again as the probes' account, and the first had been numbered).
         unresolved = [r for r in self.ledger.orders if r.final == "AMBIGUOUS"]
         for number, record in enumerate(unresolved):
-            self.clients.place(self.clients.probe_stubs, record, number % len(cluster.nodes), attempts=MAX_ATTEMPTS,
-                               timeout=CALL_TIMEOUT)
+            self.clients.place(self.clients.shared_stubs(record.account), record, number % len(cluster.nodes),
+                               attempts=MAX_ATTEMPTS, timeout=CALL_TIMEOUT)
         self.ledger.stats.add("unresolved", sum(1 for r in self.ledger.orders if r.final == "AMBIGUOUS"))
         if self.ledger.expired.is_set():
             return {}

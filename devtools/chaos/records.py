@@ -43,6 +43,7 @@ class OrderRecord:
     """One new order and every attempt to place it (same client_order_id each time)."""
 
     client: str
+    account: str  # whose key placed it: every attempt, the settling one too, is made with it
     request: pb.CreateOrderRequest
     attempts: list[tuple[int, str]] = field(default_factory=list)  # (node index, status code name)
     response: pb.CreateOrderResponse | None = None
@@ -148,8 +149,8 @@ class Ledger:
     def note(self, message: str) -> None:
         self.out(f"[{time.monotonic() - self.started:7.1f}s] {message}")
 
-    def add_order(self, client: str, request: pb.CreateOrderRequest) -> OrderRecord:
-        record = OrderRecord(client, request)
+    def add_order(self, client: str, account: str, request: pb.CreateOrderRequest) -> OrderRecord:
+        record = OrderRecord(client, account, request)
         with self.lock:
             self.orders.append(record)
         self.stats.add("sent")

@@ -57,7 +57,8 @@ class Clients:
         self.stop = threading.Event()  # set when the load phase ends
         self.tickets = 0
         self.channels: list[grpc.Channel] = []
-        self.probe_stubs = self.stubs(DEFAULT_ACCOUNT)
+        self._shared: dict[str, Stubs] = {}
+        self.probe_stubs = self.shared_stubs(DEFAULT_ACCOUNT)
 
     @staticmethod
     def account(index: int) -> str:
@@ -71,6 +72,13 @@ class Clients:
             self.channels.append(channel)
             stubs.append(exchange_pb2_grpc.ExchangeNodeStub(channel))
         return stubs
+
+    def shared_stubs(self, account: str) -> Stubs:
+        """Stubs of `account` shared by the parts other than the client threads (the probes, and the last attempts
+        at ambiguous orders once the cluster is whole)."""
+        if account not in self._shared:
+            self._shared[account] = self.stubs(account)
+        return self._shared[account]
 
     def close(self) -> None:
         for channel in self.channels:
@@ -135,14 +143,15 @@ class Clients:
             market=self.markets[0], side=types_pb2.BUY, size=1, limit_price=PRICES[0] - 5,
             client_order_id=f"s{self.config.seed}-probe-{label}-{time.monotonic_ns() % 10**9}",
         )
-        record = self.ledger.add_order("probe", request)
+        record = self.ledger.add_order("probe", DEFAULT_ACCOUNT, request)
         self.place(self.probe_stubs, record, node, attempts=attempts, rotate=False, timeout=timeout)
         return record
 
     def client(self, index: int) -> None:
         """One client thread: until the load stops, new orders (70%), cancels and amends of its resting ones."""
         rng = random.Random(f"{self.config.seed}-client-{index}")
-        stubs = self.stubs(self.account(index))
+        account = self.account(index)
+        stubs = self.stubs(account)
         resting: list[tuple[str, int]] = []
         rate = self.config.orders / self.config.duration if self.config.orders else 0.0
         orders = self.workload.orders(rng, ids=f"s{self.config.seed}-c{index}-")
@@ -162,7 +171,7 @@ class Clients:
                 node = (node + 1) % len(stubs)
             choice = rng.random()
             if choice < 0.7 or not resting and choice < 0.9:
-                record = self.ledger.add_order(f"c{index}", orders.request())
+                record = self.ledger.add_order(f"c{index}", account, orders.request())
                 self.place(stubs, record, node)
                 for target, code in record.attempts:
                     if code in AMBIGUOUS_NAMES:
