@@ -48,7 +48,12 @@ async def applied_entries(replica: Replica, market: str, from_seq: int,
                 )
             for seq in range(from_seq, next_seq):
                 journaled = replica.journal_entry(market, seq)
-                assert journaled is not None  # between the oldest retained and the applied: journaled
+                if journaled is None:  # the journal moved on past it while the reader took the ones before
+                    raise OutOfRange(
+                        f"events of {market} from sequence {seq} left this node's journal while this stream "
+                        f"replayed the ones before (it keeps the last {replica.journal_size} commands of each "
+                        f"market); resume from {replica.oldest_journaled(market)} or later"
+                    )
                 yield journaled
             next_seq = max(next_seq, from_seq)
         while True:
@@ -57,7 +62,14 @@ async def applied_entries(replica: Replica, market: str, from_seq: int,
             applied = await queue.get()
             if applied.seq < next_seq:
                 continue
+            if applied.seq > next_seq:  # the replica adopted a peer's snapshot: it never applied the ones between
+                raise OutOfRange(
+                    f"this node has no events of {market} from sequence {next_seq} to {applied.seq - 1} (it "
+                    f"restored a peer's snapshot meanwhile); resume from {next_seq} on another node, or from "
+                    f"{applied.seq} here"
+                )
             still_allowed()
+            next_seq = applied.seq + 1
             yield applied
 
 

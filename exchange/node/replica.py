@@ -35,20 +35,23 @@ from exchange.engine.l2 import BookFeed, ViewDiff
 from exchange.errors import FailedPrecondition
 from exchange.node.market_data import MarketData
 from exchange.node.order_messages import engine_command, proto_side
+from exchange.node.order_records import (
+    RESTING,
+    FinishedRecord,
+    OrderState,
+    RestingRecord,
+    SizeAndPrice,
+    finished_state,
+    note_finished,
+)
 from exchange.node.pacing import Pulse, SharedMessages
-from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED = 200_000
 DEFAULT_JOURNAL_SIZE = 100_000  # commands per market: the window (`--journal-size`)
-FILLED, CANCELLED, REJECTED, RESTING = pb.FILLED, pb.CANCELLED, pb.REJECTED, pb.RESTING
-FinishedRecord = tuple[pb.OrderStatus, int, str]  # (status, cancelled size, account) of an order that left the book
-RestingRecord = tuple[types_pb2.OrderType, str]  # (order type, client_order_id) of a resting order ("": unknown)
-OrderFilled, OrderCancelled, OrderRejected, OrderRested = (
-    eng.OrderFilled, eng.OrderCancelled, eng.OrderRejected, eng.OrderRested)
-PlaceOrder = eng.PlaceOrder
+PlaceOrder, AmendOrder = eng.PlaceOrder, eng.AmendOrder
 Level = tuple[int, int, int]  # (price, total open size, order count)
 
 
@@ -104,26 +107,6 @@ class MarketView:
         return self.known_seq - self.applied_seq
 
 
-@dataclass(frozen=True, slots=True)
-class OrderState:
-    """What this node knows of one order: resting, or finished and still retained (GetOrder).
-
-    What the node does not know of an order resting since before the snapshot it started from (its order type,
-    its client_order_id if the snapshot had none) is unspecified or empty."""
-
-    market: str
-    order_id: int
-    status: pb.OrderStatus
-    side: types_pb2.Side
-    order_type: types_pb2.OrderType
-    price: int
-    size: int
-    filled: int
-    remaining: int
-    client_order_id: str
-    account: str
-
-
 # A journal record: the command's bytes as logged (parsed again only when asked for: a retried order,
 # GetOrder) and its events. Bytes rather than the parsed message: the journal holds up to `journal_size`
 # records per market, a parsed message is larger and is one more object for every full garbage collection to
@@ -146,6 +129,9 @@ class _MarketState:
     listeners: set[asyncio.Queue[Applied]] = field(default_factory=set)
     # order id -> how it left the book, for the orders whose submit is journaled (dropped with it)
     finished: dict[int, FinishedRecord] = field(default_factory=dict)
+    # order id -> its size and price, for the resting orders whose submit is journaled and whose size or price
+    # is no longer the submit's (dropped with the submit, or moved into `finished` when the order leaves)
+    changed: dict[int, SizeAndPrice] = field(default_factory=dict)
 
 
 class Replica:
@@ -226,13 +212,7 @@ class Replica:
         record = state.journal.get(order_id)
         if finished is None or record is None:
             return None
-        command = types_pb2.Command.FromString(record[0])
-        new_order = command.new_order
-        status, cancelled, owner = finished
-        size = new_order.size
-        filled = size - cancelled if status == CANCELLED else size if status == FILLED else 0
-        return OrderState(market, order_id, status, new_order.side, new_order.order_type, new_order.price, size,
-                          filled, 0, command.client_order_id, owner or command.account)
+        return finished_state(market, order_id, finished, types_pb2.Command.FromString(record[0]))
 
     def owner(self, market: str, order_id: int) -> str | None:
         """The account of a resting order (None if it does not rest here)."""
@@ -395,7 +375,7 @@ class Replica:
             applied = engine.last_seq(market)
             self.note_known(market, applied)
             state.buffer = {seq: entry for seq, entry in state.buffer.items() if seq > applied}
-            state.journal, state.finished, state.journal_start = {}, {}, applied + 1
+            state.journal, state.finished, state.changed, state.journal_start = {}, {}, {}, applied + 1
             window = DedupWindow(self.journal_size)
             resting_ids: dict[int, str] = {}
             for seq, account, client_order_id in sorted(keys[market]):
@@ -432,6 +412,8 @@ class Replica:
         data, seq = entry.command, entry.seq
         command = types_pb2.Command.FromString(data)
         order = engine_command(command, seq)
+        # what an amended order had filled before (its size and price after are in the events and the book)
+        before = self._engine.order(state.market, order.order_id) if type(order) is AmendOrder else None
         watchers = self._book_watchers.get(state.market)
         events = self._engine.apply(order) if watchers is None else self._apply_watched(order, watchers)
         traded = self.market_data.apply(state.market, seq, command.time_ms, events)
@@ -442,8 +424,11 @@ class Replica:
         if gone in journal:
             del journal[gone]
             state.finished.pop(gone, None)
+            if state.changed:
+                state.changed.pop(gone, None)
         new_order = type(order) is PlaceOrder
-        self._note_finished(state, command, new_order, events, max(state.journal_start, gone + 1))
+        note_finished(state.finished, state.resting_by_account, state.changed, self._engine, state.market, command,
+                      new_order, events, max(state.journal_start, gone + 1), before)
         window = state.client_order_ids
         window.note(seq, dedup_key(command) if new_order else None)
         window.forget_before(seq)
@@ -463,31 +448,3 @@ class Replica:
         feed.after(command, events, hint)
         watchers.pulse.notify()
         return events
-
-    def _note_finished(self, state: _MarketState, command: types_pb2.Command, new_order: bool,
-                       events: list[eng.Event], floor: int) -> None:
-        """Keeps each account's resting orders and how the window's orders (ids from `floor` on) finished."""
-        finished = state.finished
-        resting = state.resting_by_account
-        for event in events:
-            if type(event) is OrderFilled:
-                if event.maker_remaining == 0:
-                    if event.maker_order_id >= floor:
-                        finished[event.maker_order_id] = (FILLED, 0, event.maker_account)
-                    resting.get(event.maker_account, {}).pop(event.maker_order_id, None)
-                if event.taker_remaining == 0:
-                    if event.taker_order_id >= floor:
-                        finished[event.taker_order_id] = (FILLED, 0, event.taker_account)
-                    resting.get(event.taker_account, {}).pop(event.taker_order_id, None)
-            elif type(event) is OrderRested:
-                orders = resting.setdefault(event.account, {})
-                if event.order_id not in orders:  # an amend that re-queues keeps what its submit said
-                    orders[event.order_id] = (
-                        (command.new_order.order_type, command.client_order_id) if new_order
-                        else (types_pb2.ORDER_TYPE_UNSPECIFIED, ""))
-            elif type(event) is OrderCancelled:
-                if event.order_id >= floor:
-                    finished[event.order_id] = (CANCELLED, event.size, event.account)
-                resting.get(event.account, {}).pop(event.order_id, None)
-            elif type(event) is OrderRejected and event.order_id == event.seq and event.order_id >= floor:
-                finished[event.order_id] = (REJECTED, 0, event.account)

@@ -15,8 +15,9 @@ from exchange.errors import InvalidArgument, NotFound, PermissionDenied, rpc
 from exchange.node import order_messages
 from exchange.node.auth import AccessControl
 from exchange.node.lifecycle import NodeState
+from exchange.node.order_records import OrderState
 from exchange.node.reads import applied_entries
-from exchange.node.replica import OrderState, Replica
+from exchange.node.replica import Replica
 from exchange.v1 import exchange_pb2 as pb
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
@@ -50,6 +51,7 @@ class TraderViewRPCs:
         account = self._account(context)
         market = order_messages.resolve_market(self.markets, request.market).symbol
         order_messages.check_order_id(request.order_id)
+        self.node.require_serving()  # a node catching up would answer from a stale book (its answer has no seq)
         state = self.replica.order_state(market, request.order_id)
         if state is None:
             oldest = self.replica.oldest_journaled(market)
@@ -74,7 +76,7 @@ class TraderViewRPCs:
         if not 0 <= request.page_size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE} (0 means {DEFAULT_PAGE}), "
                                   f"got {request.page_size}")
-        if request.page_token and not request.page_token.isdigit():
+        if request.page_token and not (request.page_token.isascii() and request.page_token.isdigit()):
             raise InvalidArgument("page_token must be the next_page_token of a previous answer")
         self.node.require_serving()
         size = request.page_size or DEFAULT_PAGE
@@ -95,6 +97,8 @@ class TraderViewRPCs:
         market = order_messages.resolve_market(self.markets, request.market).symbol
         async for applied in applied_entries(self.replica, market, request.from_seq,
                                              lambda: self.access.account(caller)):  # a key disabled meanwhile
-            for event in order_messages.order_events(market, applied.seq, applied.events, account,
-                                              applied.command.client_order_id):
+            # another account's command (the taker that filled the caller's resting order) keeps its id to itself
+            command = applied.command
+            client_order_id = command.client_order_id if command.account == account else ""
+            for event in order_messages.order_events(market, applied.seq, applied.events, account, client_order_id):
                 yield event
