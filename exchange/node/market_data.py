@@ -188,13 +188,13 @@ class Tape:
         `before` reaches below what is retained and older trades existed."""
         trades = self.trades
         if not trades:
-            if before and self.first_trade_id != 1:
+            if before > 1 and self.first_trade_id != 1:
                 raise self._out_of_range(market, f"trades before trade id {before}")
             return []
         first, last = trades[0].trade_id, trades[-1].trade_id
         end = len(trades) if before == 0 or before > last else before - first
         if end <= 0:
-            if first == 1:  # retained from the market's first trade: there is nothing older
+            if first == 1 or before == 1:  # retained from the first trade, or asked before it: nothing is older
                 return []
             raise self._out_of_range(market, f"trades before trade id {before}")
         return [trades[i] for i in range(end - 1, max(end - limit, 0) - 1, -1)]

@@ -89,9 +89,9 @@ def check(tape: Tape, trades: list[PublicTrade], trade_retention: int, candle_re
     # GetTrades: every page, most recent first, paged back until the retention ends
     if kept:
         assert tape.trades_before("M", 0, 3) == kept[::-1][:3]
-        for before in [t.trade_id for t in kept] + [kept[-1].trade_id + 5]:
+        for before in [1] + [t.trade_id for t in kept] + [kept[-1].trade_id + 5]:
             page = [t for t in kept[::-1] if t.trade_id < before][:2]
-            if not page and kept[0].trade_id > 1:  # older trades existed: refused, not an empty page
+            if not page and kept[0].trade_id > 1 and before > 1:  # older trades existed: refused, not an empty page
                 with pytest.raises(OutOfRange):
                     tape.trades_before("M", before, 2)
             else:
