@@ -9,7 +9,7 @@ event what breaks them, because the log is the truth). Pure: no I/O.
 
 from __future__ import annotations
 
-from exchange.shared.markets import ORDER_TYPES, SIDES, MarketConfig, order_id_error
+from exchange.shared.markets import ORDER_TYPES, SELF_TRADE_PREVENTIONS, SIDES, MarketConfig, order_id_error
 from exchange.v1 import types_pb2
 
 MAX_CLIENT_ORDER_ID = 64
@@ -34,8 +34,10 @@ def command_error(command: types_pb2.Command, config: MarketConfig) -> str | Non
     if kind == "new_order":
         order = command.new_order
         side, order_type = SIDES.get(order.side), ORDER_TYPES.get(order.order_type)
-        reason = config.order_error(side, order_type, order.size, order.price or None)
-        what = f"new_order (side {order.side}, order_type {order.order_type}, size {order.size}, price {order.price})"
+        stp = SELF_TRADE_PREVENTIONS.get(order.self_trade_prevention or types_pb2.CANCEL_TAKER)  # unset: the default
+        reason = config.order_error(side, order_type, order.size, order.price or None, stp)
+        what = (f"new_order (side {order.side}, order_type {order.order_type}, size {order.size}, price {order.price}, "
+                f"self_trade_prevention {order.self_trade_prevention})")
     else:
         change = command.cancel_order if kind == "cancel_order" else command.amend_order
         if (error := order_id_error(change.order_id)) is not None:

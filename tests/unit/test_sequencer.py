@@ -390,3 +390,18 @@ def test_a_stream_numbers_a_pipelined_request_while_the_one_before_waits_for_its
 
     run_scenario(scenario())
     assert not failures
+
+
+def test_a_new_order_with_an_unknown_self_trade_prevention_never_enters_the_log(tmp_path: Path) -> None:
+    """The node refuses it; the Sequencer must too, for a caller that bypasses a node (security review)."""
+
+    async def scenario(service: SequencerService) -> None:
+        command = order()
+        command.new_order.self_trade_prevention = 99  # type: ignore[assignment]  # no mode, on purpose
+        with pytest.raises(InvalidArgument, match="INVALID_SELF_TRADE_PREVENTION"):
+            await ask(service, "a", 0, command)
+        assert service.markets["M"].current == 0
+        unset = order()  # unset is the default mode (CANCEL_TAKER), as the node sends it
+        assert (await ask(service, "a", 0, unset)).granted
+
+    run_with_service(tmp_path / "log.db", scenario)
