@@ -39,7 +39,7 @@ class LeaderRecord:
         try:
             data = json.loads(value or b"null")
             return cls(str(data["id"]), str(data["address"])) if isinstance(data, dict) else None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, RecursionError):
             return None
 
 
@@ -80,7 +80,7 @@ def verify_record(secret: bytes, key: str, value: bytes) -> dict[str, object] | 
     (forged, altered, copied from another key, unsigned, or not JSON)."""
     try:
         data = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     if not isinstance(data, dict) or not isinstance(data.get("mac"), str):
         return None

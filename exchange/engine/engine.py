@@ -291,7 +291,8 @@ def _invalid_as_value_error() -> Iterator[None]:
         yield
     except ValueError as exc:
         raise ValueError(f"invalid snapshot: {exc}") from exc
-    except (KeyError, TypeError, AssertionError, IndexError, struct.error) as exc:
+    except (KeyError, TypeError, AssertionError, IndexError, struct.error, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser goes (json raises it, not ValueError)
         raise ValueError(f"invalid snapshot: {type(exc).__name__}: {exc}") from exc
 
 

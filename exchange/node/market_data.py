@@ -314,7 +314,7 @@ class MarketData:
                 decoded = json.loads(data)
                 if decoded.get("version") == SNAPSHOT_VERSION:
                     found = dict(decoded["markets"])
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: nested too deep
                 found = {}
         fresh = []
         for market, position in positions.items():

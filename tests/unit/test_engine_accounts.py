@@ -610,3 +610,14 @@ def test_positions_are_read_without_the_books_in_every_version() -> None:
         Engine.positions(v3[:-1] + bytes([v3[-1] ^ 1]))
     with pytest.raises(ValueError, match="invalid snapshot"):
         Engine.positions(_framed(3, struct.pack(">I", 99) + b"{}"))
+
+
+def test_a_snapshot_nested_too_deep_for_the_json_parser_is_a_value_error() -> None:
+    """json raises RecursionError for a deep enough document; restore and positions promise ValueError (a node
+    that starts from a damaged file or a peer's snapshot must refuse it, not crash)."""
+    meta = b"[" * 100_000 + b"]" * 100_000
+    data = _framed(3, struct.pack(">I", len(meta)) + meta)
+    with pytest.raises(ValueError, match="invalid snapshot"):
+        Engine.restore(data)
+    with pytest.raises(ValueError, match="invalid snapshot"):
+        Engine.positions(data)

@@ -310,3 +310,14 @@ def test_replica_refuses_a_snapshot_behind_it_or_of_other_markets() -> None:
         ahead.adopt(*other.snapshot())
     with pytest.raises(ValueError):
         ahead.adopt(b"garbage", [])
+
+
+def test_a_peer_snapshot_whose_market_data_is_nested_too_deep_is_adopted_with_fresh_market_data() -> None:
+    """Market data the node cannot read starts afresh at the snapshot's sequence (its docstring); json's
+    RecursionError had escaped adopt, after it had already switched to the new engine."""
+    replica, peer = Replica([eng.MarketConfig("BTC-USD")]), Replica([eng.MarketConfig("BTC-USD")])
+    peer.offer(signed_entry("BTC-USD", 1, types_pb2.Command(market="BTC-USD", new_order=types_pb2.NewOrderCommand(
+        side=types_pb2.BUY, order_type=types_pb2.LIMIT, size=1, price=100))))
+    engine_snapshot, client_order_ids = peer.snapshot()
+    assert replica.adopt(engine_snapshot, client_order_ids, b"[" * 100_000 + b"]" * 100_000)
+    assert replica.applied_seq("BTC-USD") == 1 and replica.market_data.tape("BTC-USD").seq == 1
