@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -94,9 +95,12 @@ def list_accounts(kv: KeyValue, secret: bytes) -> tuple[list[Account], list[str]
 
 
 def add_account(kv: KeyValue, secret: bytes, name: str) -> str:
-    """Creates an active account with a new key; returns the key (its only appearance)."""
+    """Creates an active account with a new key; returns the key (its only appearance). Its version is the time
+    (milliseconds): above every record the name had before, so an account deleted and added again (the recovery
+    of a spoiled record) is taken by nodes that refuse replays of its old records."""
     key = new_api_key()
-    if not kv.create(ACCOUNTS_PREFIX + check_name(name), encode(secret, Account(name, True, (key_hash(key),)))):
+    account = Account(name, True, (key_hash(key),), time.time_ns() // 1_000_000)
+    if not kv.create(ACCOUNTS_PREFIX + check_name(name), encode(secret, account)):
         raise AccountError(f"account {name!r} exists already: add a key to it with `accounts add-key {name}`")
     return key
 

@@ -49,6 +49,9 @@ class AccountRegistry:
         self._keys: dict[str, tuple[str, bool]] | None = None  # None: never read
         self._accounts = 0
         self._good: dict[str, Account] = {}  # each account's last record that verified
+        # each account's highest version taken, kept after its record is deleted: a replay of an older record the
+        # cluster wrote is refused even after a delete (a new account's version is its creation time, above all)
+        self._versions: dict[str, int] = {}
         self._refused: dict[str, bytes] = {}  # the record last refused for each account (logged and counted once)
         self._watch: KeyWatch | None = None
 
@@ -67,11 +70,15 @@ class AccountRegistry:
             return
         good = {account.name: account for account in accounts}
         for account in accounts:
-            held = self._good.get(account.name)
-            if held is not None and account.version < held.version:
+            newest = self._versions.get(account.name, account.version)
+            if account.version < newest:
                 self._refuse(account.name, entries, f"is version {account.version}, older than the version "
-                                                    f"{held.version} this node holds (a replayed record)")
-                good[account.name] = held
+                                                    f"{newest} this node has taken (a replayed record)")
+                held = self._good.get(account.name)
+                if held is None:  # deleted since: the replay does not bring it back
+                    del good[account.name]
+                else:
+                    good[account.name] = held
         for name in forged:
             self._refuse(name, entries, "does not verify with the cluster secret (forged, altered, or written with "
                                         "another --cluster-secret)")
@@ -80,6 +87,8 @@ class AccountRegistry:
         self._refused = {name: value for name, value in self._refused.items()
                          if entries.get(ACCOUNTS_PREFIX + name) == value}
         self._good = good
+        for account in good.values():
+            self._versions[account.name] = max(self._versions.get(account.name, account.version), account.version)
         accounts = list(good.values())
         self._keys = {digest: (account.name, account.active) for account in accounts for digest in account.key_hashes}
         self._accounts = sum(1 for account in accounts if account.active)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
+from exchange.accounts import ACCOUNTS_PREFIX, Account, add_account, encode, key_hash, new_api_key
 from exchange.errors import ResourceExhausted, Unauthenticated, Unavailable
 from exchange.node.auth import AccountRegistry, RateLimiter
-from tests.unit.fakes import FakeContext
+from tests.unit.fakes import DictKeyValue, FakeContext
 
 ALICE, BOB = new_api_key(), new_api_key()
 SECRET = b"unit-cluster-secret"
@@ -110,3 +110,42 @@ def test_the_rate_limiter_allows_the_burst_then_the_rate_and_says_when_to_retry(
         limiter.take("alice")  # refilled to the burst, not beyond
     with pytest.raises(ResourceExhausted):
         limiter.take("alice")
+
+
+def test_a_replayed_older_record_after_a_delete_does_not_bring_a_disabled_account_back() -> None:
+    """Whoever writes Consul without the secret deletes bob's record, then puts back an older one the cluster
+    wrote (security review, 2026-12-02): the node keeps the versions it has taken."""
+    alice, bob = new_api_key(), new_api_key()
+    registry = AccountRegistry(SECRET)
+    alice_record = encode(SECRET, Account("alice", True, (key_hash(alice),)))
+    bob_v0 = encode(SECRET, Account("bob", True, (key_hash(bob),), 0))
+    bob_v1 = encode(SECRET, Account("bob", False, (key_hash(bob),), 1))  # bob disabled (a leaked key)
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record, ACCOUNTS_PREFIX + "bob": bob_v0})
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record, ACCOUNTS_PREFIX + "bob": bob_v1})
+    context = FakeContext((("authorization", f"Bearer {bob}"),))
+    with pytest.raises(Unauthenticated, match="disabled"):
+        registry.authenticate(context)
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record})
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record, ACCOUNTS_PREFIX + "bob": bob_v0})
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        registry.authenticate(context)
+    # the recovery the docs give (delete the record, add the account again): a new account is newer than any
+    kv = DictKeyValue()
+    key = add_account(kv, SECRET, "bob")
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record, **kv.list(ACCOUNTS_PREFIX)})
+    assert registry.authenticate(FakeContext((("authorization", f"Bearer {key}"),))).account == "bob"
+
+
+def test_a_record_nested_too_deep_is_refused_and_the_others_still_apply() -> None:
+    """json raises RecursionError, not ValueError, for a deep enough document: one such record in Consul KV had
+    stopped every registry update on every node (the read was dropped whole)."""
+    alice, bob = new_api_key(), new_api_key()
+    registry = AccountRegistry(SECRET)
+    alice_record = encode(SECRET, Account("alice", True, (key_hash(alice),)))
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record,
+                     ACCOUNTS_PREFIX + "bob": encode(SECRET, Account("bob", True, (key_hash(bob),), 0))})
+    registry.update({ACCOUNTS_PREFIX + "alice": alice_record,
+                     ACCOUNTS_PREFIX + "bob": encode(SECRET, Account("bob", False, (key_hash(bob),), 1)),
+                     ACCOUNTS_PREFIX + "zzz": b"[" * 100_000 + b"]" * 100_000})
+    with pytest.raises(Unauthenticated, match="disabled"):
+        registry.authenticate(FakeContext((("authorization", f"Bearer {bob}"),)))
