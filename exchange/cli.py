@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import sys
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from discovery import DiscoveryError
 from discovery.consul_kv import ConsulKV
@@ -37,6 +41,11 @@ from exchange.shared.tls import consul_endpoint
 
 ORDER_TYPES = [order_type.name for order_type in OrderType]
 
+
+T = TypeVar("T")
+# `exchange-cli fills` without --watch: the stream's silence that ends the listing (the replay of what happened
+# comes at once; only the caller's own events come at all)
+FILLS_QUIET_S = 2.0
 
 def format_book(book: Book) -> str:
     lines = [f"{book.market}  seq {book.seq}  checksum {book.checksum}"
@@ -135,16 +144,46 @@ def print_cluster_status(addresses: list[str], client: Client | None = None) -> 
     return 0 if agree and not failures else 1
 
 
-def print_fills(client: Client, market: str, from_seq: int, watch: bool, everything: bool) -> int:
-    """Your fills from `from_seq`; without `watch`, up to what has happened so far."""
+def print_fills(client: Client, market: str, from_seq: int, watch: bool, everything: bool,
+                quiet_s: float = FILLS_QUIET_S) -> int:
+    """Your fills from `from_seq`; without `watch`, up to what has happened so far: StreamOrders carries only your
+    own orders' events, so it may say nothing more once it has replayed them, and the listing then ends when the
+    stream has been quiet for `quiet_s` (or at an event of the market's current sequence)."""
     until = client.get_book(market, depth=1, timeout=5).seq
-    for event in client.order_events(market, from_seq):
+    events: Iterable[types.OrderEvent] = client.order_events(market, from_seq)
+    for event in events if watch else _until_quiet(events, quiet_s):
         if everything or isinstance(event, Fill):
             body = types.describe(event, skip=("market", "seq")).replace("\n", " ")
             print(f"{event.market} #{event.seq} {event.kind}: {body}", flush=True)
         if not watch and event.seq >= until:
             break
     return 0
+
+
+def _until_quiet(events: Iterable[T], quiet_s: float) -> Iterator[T]:
+    """The items of `events` until none comes for `quiet_s`. They are read in a daemon thread, which the blocked
+    stream leaves behind for the process's end (closing the client ends the call)."""
+    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for event in events:
+                items.put(("event", event))
+            items.put(("end", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the reader, which raises it
+            items.put(("error", error))
+
+    threading.Thread(target=pump, name="fills-stream", daemon=True).start()
+    while True:
+        try:
+            kind, item = items.get(timeout=quiet_s)
+        except queue.Empty:
+            return
+        if kind == "end":
+            return
+        if kind == "error":
+            raise item
+        yield item
 
 
 def manage_accounts(consul: str, token: str | None, secret: bytes, action: str, name: str | None,

@@ -399,10 +399,11 @@ class EntryWindow:
 
     def on_result(self, result: pb.OrderBatchResult) -> None:
         """The answer to the oldest batch in flight; orders that failed retriably go back to be sent again."""
-        batch = self.in_flight.popleft()
-        self.in_flight_orders -= len(batch)
-        if len(result.results) != len(batch):
+        batch = self.in_flight[0]
+        if len(result.results) != len(batch):  # the batch stays in flight: the broken stream sends it again
             raise Unavailable(f"a batch of {len(batch)} orders got {len(result.results)} results")
+        self.in_flight.popleft()
+        self.in_flight_orders -= len(batch)
         again = []
         accepted = limited = 0
         for index, item in zip(batch, result.results, strict=True):

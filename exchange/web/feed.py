@@ -343,17 +343,22 @@ class Feed:
     async def fills(self, client: AsyncClient, market: str, from_seq: int, quiet_s: float = 0.3,
                     limit: int = 200) -> tuple[list[dict[str, Any]], int]:
         """The caller's fills in `market` from `from_seq` (0: the recent ones) up to now, and where to go on from:
-        StreamOrders read until it has nothing more to say for `quiet_s`."""
+        StreamOrders read until it has nothing more to say for `quiet_s`, or until `limit` fills are read and the
+        next event is of a later command (the fills of one command are never split between two answers; the next
+        answer starts at that command)."""
         head = (await client.get_book(market, 1, timeout=5)).seq
         start = from_seq or max(1, head - 5000)
         fills: list[dict[str, Any]] = []
         events = client.order_events(market, start, timeout=5)
         next_seq = max(start, head + 1)
         try:
-            while len(fills) < limit:
+            while True:
                 try:
                     event = await asyncio.wait_for(anext(events), quiet_s)
                 except (TimeoutError, StopAsyncIteration):
+                    break
+                if len(fills) >= limit and event.seq > fills[-1]["seq"]:
+                    next_seq = event.seq  # not sent: the next answer starts with it
                     break
                 next_seq = max(next_seq, event.seq + 1)
                 if isinstance(event, types.Fill):

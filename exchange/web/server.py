@@ -133,7 +133,7 @@ def integer(body: dict[str, Any], name: str, required: bool = True) -> int | Non
     if value in (None, "") and not required:
         return None
     try:
-        if isinstance(value, bool) or value is None:
+        if isinstance(value, bool | float) or value is None:  # int(1.9) would be 1: a fraction is refused
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
