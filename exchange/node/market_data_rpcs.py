@@ -35,7 +35,8 @@ def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
 
 def candle_message(candle: Candle) -> pb.Candle:
     return pb.Candle(start_ms=candle.start_ms, open=candle.open, high=candle.high, low=candle.low,
-                     close=candle.close, volume=candle.volume, trade_count=candle.trade_count)
+                     close=candle.close, volume=order_messages.int64_total(candle.volume),
+                     trade_count=candle.trade_count)
 
 
 def check_limit(limit: int, what: str) -> None:
@@ -139,8 +140,8 @@ class MarketDataRPCs:
         bids, asks = self.replica.depth(market, 1)  # the same sequence as the tape: no await in between
         window = tape.window()
         ticker = pb.Ticker(market=market, seq=tape.seq, time_ms=tape.time_ms, open_24h=window.open,
-                           high_24h=window.high, low_24h=window.low, volume_24h=window.volume,
-                           trade_count_24h=window.trade_count)
+                           high_24h=window.high, low_24h=window.low,
+                           volume_24h=order_messages.int64_total(window.volume), trade_count_24h=window.trade_count)
         if tape.last_trade is not None:
             last = tape.last_trade
             ticker.last_price, ticker.last_size, ticker.last_trade_id = last.price, last.size, last.trade_id

@@ -309,5 +309,14 @@ def rejection(events: Iterable[eng.Event]) -> eng.OrderRejected | None:
     return None
 
 
+INT64_MAX = 2**63 - 1
+
+
+def int64_total(total: int) -> int:
+    """A sum of sizes as the API's int64 carries it: every size is in int64, but a level's total or a day's volume
+    of many may pass it; it then shows as INT64_MAX (protobuf would refuse the answer, and the call would fail)."""
+    return total if total <= INT64_MAX else INT64_MAX
+
+
 def book_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
-    return [pb.PriceLevel(price=p, size=s, order_count=n) for p, s, n in levels]
+    return [pb.PriceLevel(price=p, size=int64_total(s), order_count=n) for p, s, n in levels]
