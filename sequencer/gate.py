@@ -372,6 +372,9 @@ class SequencingGate:
                 )
             if (error := command_error(command, config)) is not None:
                 raise InvalidArgument(f"command {number}: {error}; nothing of the request was numbered")
+        if request.applied_seq < 0:
+            raise InvalidArgument(f"applied_seq {request.applied_seq} is negative: it is the last sequence number the "
+                                  "node has applied, 0 when none")
         if request.applied_seq > market.current:
             if self.store.suspect(f"node {request.node_id} has applied {market.market} up to {request.applied_seq}, "
                                   f"past this replica's {market.current}"):

@@ -128,12 +128,15 @@ async def serve(args: argparse.Namespace) -> None:
     if metrics_port is not None:
         REGISTRY.register(LoopCollector(asyncio.get_running_loop(), service.gauges))
         log.info("metrics on http://%s:%d/metrics", split_host_port(args.metrics_listen)[0], metrics_port)
+    if store.leads_at_start:  # the embedded log numbers from the first request: it must be ready to write by then
+        store.start(asyncio.get_running_loop(), service)
     await server.start()
     await server.set_serving(True)
     reporter = asyncio.create_task(service.report(args.stats_s))
     await asyncio.to_thread(registry.register, SEQUENCER_SERVICE, args.id, host, server.port,
                             {"role": "sequencer", "log": args.log, **metrics_meta(metrics_port)})
-    store.start(asyncio.get_running_loop(), service)  # a replica contends for the lead once it is registered
+    if not store.leads_at_start:  # a replica contends for the lead once it is registered
+        store.start(asyncio.get_running_loop(), service)
     positions = ", ".join(f"{m.market}@{m.current}" for m in service.markets.values())
     log.info("sequencer %s listening on %s:%d; %s; markets %s; %s", args.id, host, server.port, store.describe(),
              positions, grpc_transport())

@@ -70,7 +70,8 @@ class SequencerService(SequencingGate, sequencer_pb2_grpc.SequencerServicer):
     async def GetSequence(
         self, request: sequencer_pb2.GetSequenceRequest, context: grpc.aio.ServicerContext
     ) -> sequencer_pb2.GetSequenceResponse:
-        market = self.market(request.market)
+        # the contract's rule for every request: an empty market is the cluster's default (first) market
+        market = self.market(request.market or next(iter(self.configs)))
         return sequencer_pb2.GetSequenceResponse(
-            market=request.market, current_seq=market.durable, role="leader" if self.leading else "standby"
+            market=market.market, current_seq=market.durable, role="leader" if self.leading else "standby"
         )

@@ -9,7 +9,15 @@ from collections import deque
 
 from discovery import CheckSession, DiscoveryError, TransactionConflict
 from exchange.cluster_common import SEQUENCER_LEADER_KEY
-from sequencer.ha.records import STOPPING, Head, LogUnavailable, batch_count, batch_prefix, head_key
+from sequencer.ha.records import (
+    STOPPING,
+    Head,
+    LogUnavailable,
+    batch_count,
+    batch_firsts,
+    batch_prefix,
+    head_key,
+)
 from sequencer.ha.standby import Standby
 from sequencer.log import LeadershipLost
 from sequencer.metrics import SESSION_RENEWALS
@@ -132,7 +140,7 @@ class Election(Standby):
                     seq = Head.decode(head.value).seq if head is not None else 0
                     self._catch_up(market, seq)
                     market.head_index = head.index if head is not None else 0
-                    firsts = [int(key.rsplit("/", 1)[1]) for key in self.store.keys(batch_prefix(market.name))]
+                    firsts = batch_firsts(self.store.keys(batch_prefix(market.name)), market.name)
                     ends = [following - 1 for following in firsts[1:]] + [seq]
                     market.batches = deque(zip(firsts, ends[:len(firsts)], strict=True))
                     market.retained = sum(batch_count(batch) for batch in market.batches)

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -60,6 +60,14 @@ def batch_prefix(market: str) -> str:
 
 def batch_key(market: str, first: int) -> str:
     return f"{batch_prefix(market)}{first:020d}"
+
+
+def batch_firsts(keys: Iterable[str], market: str) -> list[int]:
+    """The first numbers of `market`'s batches among `keys` (a listing of its batch_prefix), in order. A market
+    whose symbol extends this one's past a '/' ("BTC/USD" of "BTC") lists its batches under the same prefix."""
+    prefix = batch_prefix(market)
+    digits = (key[len(prefix):] for key in keys if key.startswith(prefix))
+    return sorted(int(rest) for rest in digits if len(rest) == 20 and rest.isascii() and rest.isdigit())
 
 
 class Head(NamedTuple):

@@ -17,6 +17,7 @@ from sequencer.ha.records import (
     Head,
     LogUnavailable,
     MarketState,
+    batch_firsts,
     batch_key,
     batch_prefix,
     decode_batch,
@@ -108,7 +109,7 @@ class Standby(LogState):
 
     def _copy_from_peer(self, market: MarketState, to_seq: int) -> None:
         """Copies the entries between this archive's end and the store's oldest retained batch."""
-        firsts = [int(key.rsplit("/", 1)[1]) for key in self.store.keys(batch_prefix(market.name))]
+        firsts = batch_firsts(self.store.keys(batch_prefix(market.name)), market.name)
         oldest = min((first for first in firsts if first > market.position), default=to_seq + 1)
         if self.read_peer is None:
             raise LogUnavailable(f"{market.name}: entries {market.position + 1}..{oldest - 1} are no longer in "

@@ -155,6 +155,18 @@ def test_a_node_ahead_of_the_log_is_refused_and_nothing_is_numbered(tmp_path: Pa
     run_with_service(tmp_path / "log.db", scenario)
 
 
+@pytest.mark.parametrize("entries", [0, 3])
+def test_a_negative_applied_seq_is_refused_and_nothing_is_numbered(tmp_path: Path, entries: int) -> None:
+    async def scenario(service: SequencerService) -> None:
+        if entries:
+            await ask(service, "a", 0, *[order() for _ in range(entries)])
+        with pytest.raises(InvalidArgument, match="negative"):  # was: an endless loop on an empty log
+            await asyncio.wait_for(ask(service, "a", -1, order()), 5)
+        assert service.markets["M"].current == entries
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
 def test_a_failed_log_write_is_reported_and_its_numbers_are_never_answered(tmp_path: Path) -> None:
     failures: list[BaseException] = []
 
@@ -230,6 +242,15 @@ def test_a_market_the_cluster_does_not_trade_is_not_found_and_never_opened(tmp_p
             await service.GetSequence(sequencer_pb2.GetSequenceRequest(market="EVIL-12811"), FakeContext())
         assert refused.value.code == grpc.StatusCode.NOT_FOUND
         assert list(service.markets) == ["M"]
+
+    run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_get_sequence_of_an_empty_market_is_the_default_markets(tmp_path: Path) -> None:
+    async def scenario(service: SequencerService) -> None:
+        await ask(service, "a", 0, order(), order())
+        answer = await service.GetSequence(sequencer_pb2.GetSequenceRequest(market=""), FakeContext())
+        assert (answer.market, answer.current_seq) == ("M", 2)
 
     run_with_service(tmp_path / "log.db", scenario)
 

@@ -1,0 +1,76 @@
+"""The HA log's batches in the replicated store, over a dict standing in for Consul's KV (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from discovery import CompareAndSet, Delete, Put, Versioned
+from exchange.cluster_common import LeaderRecord
+from exchange.v1 import types_pb2
+from sequencer.ha.records import Head, batch_firsts, batch_key, batch_prefix, encode_batch, head_key
+from sequencer.log import StoredEntry
+from sequencer.replicated import ReplicatedLog
+from sequencer.store import LogStore
+from tests.unit.fakes import run_scenario
+
+
+class DictStore:
+    """What a takeover and a commit use of a ReplicatedStore: keys listed in order, as Consul lists them."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.last_txn: list[object] = []
+
+    def read(self, key: str, consistent: bool = False) -> Versioned | None:
+        return None if key not in self.values else Versioned(self.values[key], 7)
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(key for key in self.values if key.startswith(prefix))
+
+    def transact(self, ops: list[object]) -> dict[str, int]:
+        self.last_txn = ops
+        for op in ops:
+            if isinstance(op, CompareAndSet | Put):
+                self.values[op.key] = op.value
+            elif isinstance(op, Delete):
+                del self.values[op.key]
+        return {op.key: 8 for op in ops if isinstance(op, CompareAndSet)}
+
+
+def entries(market: str, first: int, last: int) -> list[StoredEntry]:
+    return [StoredEntry(market, seq, None, types_pb2.Command(market=market).SerializeToString(), b"m")
+            for seq in range(first, last + 1)]
+
+
+def test_batch_firsts_are_only_the_markets_own_in_order() -> None:
+    keys = [batch_key("BTC", 12), batch_key("BTC/USD", 1), batch_key("BTC", 3), f"{batch_prefix('BTC')}x",
+            batch_key("BTC/USD/X", 2), batch_key("ETH", 1)]
+    assert batch_firsts(keys, "BTC") == [3, 12]
+    assert batch_firsts(keys, "BTC/USD") == [1]
+
+
+def test_a_takeover_counts_only_its_markets_batches_when_another_symbol_extends_its_own(tmp_path: Path) -> None:
+    store = DictStore()
+    store.values[head_key("BTC")] = Head(2, 1, "old", (1,)).encode()
+    store.values[batch_key("BTC", 1)] = encode_batch(entries("BTC", 1, 2))
+    store.values[head_key("BTC/USD")] = Head(9, 7, "old", (1, 4, 7)).encode()
+    for first in (1, 4, 7):
+        store.values[batch_key("BTC/USD", first)] = encode_batch(entries("BTC/USD", first, first + 2))
+
+    class Gate:
+        def adopt(self, *_: object) -> None: ...
+        def lead(self) -> None: ...
+
+    async def scenario() -> None:
+        replica = ReplicatedLog(store, LogStore(tmp_path / "a.db"), ["BTC", "BTC/USD"],  # type: ignore[arg-type]
+                                LeaderRecord("r", "x:1"), [], tail_entries=1)
+        replica._loop, replica._gate, replica.session = asyncio.get_running_loop(), Gate(), "s1"  # type: ignore[assignment]
+        replica._take_over()
+        btc = replica._markets["BTC"]
+        assert list(btc.batches) == [(1, 2)]
+        replica._commit(btc, "s1", entries("BTC", 3, 3))  # past the tail of 1: BTC's own batch goes
+        assert [op.key for op in store.last_txn if isinstance(op, Delete)] == [batch_key("BTC", 1)]
+        assert all(batch_key("BTC/USD", first) in store.values for first in (1, 4, 7))
+
+    run_scenario(scenario())
