@@ -163,19 +163,22 @@ class RejectMalformedRequests(grpc.aio.ServerInterceptor):
     grpc decodes the body before any handler runs, and a decoding error would escape as UNKNOWN. The
     decoder is made safe and the handler refuses what did not decode. Request-streaming handlers marked
     with `receives_malformed_items` get the safe decoder too and answer each `Malformed` item themselves.
-    Wrapped handlers are cached per method, so a call pays one dict lookup.
+    Wrapped handlers are cached per served method, so a call pays one dict lookup; an unknown method name (any
+    caller can send any number of them) is not kept.
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Continuation,
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method in self._wrapped:
-            return self._wrapped[method]
+        if (wrapped := self._wrapped.get(method)) is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
-        if handler is not None and handler.request_deserializer is not None:
+        if handler is None:
+            return None
+        if handler.request_deserializer is not None:
             if not handler.request_streaming:
                 handler = _safely_decoding(handler, method)
             elif getattr(handler.stream_stream or handler.stream_unary, "receives_malformed_items", False):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -153,6 +155,17 @@ async def _ready(catch_up: asyncio.Future[None], accounts: AccountRegistry | Non
         await asyncio.sleep(0.05)
 
 
+async def _go_live(service: ExchangeNodeService, pipelines: dict[str, MarketPipeline], server: GrpcServer,
+                   register: Callable[[], None]) -> None:
+    """Once the node is current: its pipelines take orders, it serves, and Consul lists it as a peer."""
+    for pipeline in pipelines.values():
+        pipeline.start()
+    service.state = SERVING
+    await server.set_serving(True)
+    await asyncio.to_thread(register)
+    log.info("node %s serving", service.node.node_id)
+
+
 async def serve(args: argparse.Namespace) -> None:
     host, port = split_host_port(args.listen)
     secret = args.cluster_secret.encode()
@@ -203,21 +216,20 @@ async def serve(args: argparse.Namespace) -> None:
     snapshots = asyncio.ensure_future(_snapshots_after(catch_up, snapshotter))
     ready = asyncio.ensure_future(_ready(catch_up, accounts))
     await asyncio.wait([stop, ready], return_when=asyncio.FIRST_COMPLETED)
-    if ready.done():
-        for pipeline in pipelines.values():
-            pipeline.start()
-        service.state = SERVING
-        await server.set_serving(True)
-        await asyncio.to_thread(
+    # A catch-up that raised is a bug (what the Sequencer cannot answer yet is waited for): the replica is not the
+    # log's, so the node must not serve; it stops and the process exits with the error.
+    failed = ready.exception() if ready.done() else None
+    if failed is not None:
+        log.critical("the initial catch-up failed, the node will not serve: %r", failed)
+    elif ready.done():
+        await _go_live(service, pipelines, server, functools.partial(
             registry.register, PEER_SERVICE, node_id, host, server.port,
             {"node_id": node_id, **metrics_meta(metrics_port)},
-        )
-        log.info("node %s serving", node_id)
-    signal_name = await stop
-    ready.cancel()
-    catch_up.cancel()
-    snapshots.cancel()
-    log.info("%s received: stopping", signal_name)
+        ))
+    if failed is None:
+        log.info("%s received: stopping", await stop)
+    for task in (stop, ready, catch_up, snapshots):
+        task.cancel()
     service.state = STOPPING
     await server.set_serving(False)
     await asyncio.to_thread(registry.deregister, node_id)
@@ -225,13 +237,15 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop(grace=2)
     for pipeline in pipelines.values():
         await pipeline.stop()
-    if catch_up.done() and not catch_up.cancelled():  # else the state is the snapshot's it started from
+    if catch_up.done() and not catch_up.cancelled() and catch_up.exception() is None:  # else not the log's state
         snapshotter.save_now()
     await peers.close()
     await sequencer.close()
     registry.close()
     if accounts is not None:
         accounts.stop()
+    if failed is not None:
+        raise failed
 
 
 def main(argv: list[str] | None = None) -> None:

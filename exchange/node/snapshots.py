@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 KEEP = 2  # snapshots kept on disk: the newest, and one before it in case the newest cannot be read
 DEFAULT_EVERY = 100_000  # applied entries (all markets) between two snapshots
 _PREFIX, _SUFFIX = "snapshot-", ".pb"
+SET_ASIDE = "ahead-of-log-"  # before the name of a snapshot of another log: kept for a person, never adopted
 
 
 def replica_snapshot(node_id: str, replica: Replica, window_keys: bool = True) -> pb.ReplicaSnapshot:
@@ -93,12 +94,16 @@ class SnapshotStore:
                 log.warning("ignoring snapshot %s: %s", path, error)
 
     def restore(self, replica: Replica, current: Mapping[str, int]) -> Path | None:
-        """Adopts the newest usable snapshot that is not ahead of the log's `current` positions."""
+        """Adopts the newest usable snapshot that is not ahead of the log's `current` positions. One ahead is of
+        another log (another cluster's, or one that was reset): it is set aside (renamed with SET_ASIDE before
+        its name), never to be adopted once the new log passes its position nor to count among the last `keep`."""
         for path, snapshot in self.snapshots():
             try:
                 if any(current.get(market, 0) < seq for market, seq in _positions(snapshot).items()):
-                    log.warning("not using snapshot %s: it is ahead of the Sequencer's log %s (another cluster's, "
-                                "or a log that was reset)", path, dict(current))
+                    aside = path.with_name(f"{SET_ASIDE}{path.name}")
+                    log.warning("setting snapshot %s aside as %s: it is ahead of the Sequencer's log %s (another "
+                                "cluster's, or a log that was reset)", path, aside.name, dict(current))
+                    os.replace(path, aside)
                     continue
                 if adopt(replica, snapshot):
                     return path

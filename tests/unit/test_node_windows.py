@@ -159,12 +159,18 @@ def test_the_store_keeps_the_last_two_and_falls_back_on_a_damaged_one(tmp_path: 
     assert restored.applied_seq(M) == 20
 
 
-def test_a_snapshot_ahead_of_the_log_is_not_used(tmp_path: Path) -> None:
-    replica = fed(30)
-    Snapshotter(SnapshotStore(tmp_path), replica, "node-1").save_now()
+def test_a_snapshot_ahead_of_the_log_is_set_aside_for_good(tmp_path: Path) -> None:
+    for count in (30, 20):
+        Snapshotter(SnapshotStore(tmp_path), fed(count), "node-1").save_now()
     fresh = Replica([eng.MarketConfig(M)])
-    assert SnapshotStore(tmp_path).restore(fresh, {M: 29}) is None  # the log was reset, or is another cluster's
+    store = SnapshotStore(tmp_path, keep=2)
+    assert store.restore(fresh, {M: 10}) is None  # the log was reset, or is another cluster's
     assert fresh.applied_seq(M) == 0
+    # The new log passes them: they are still not its state, and a snapshot of it is not rotated out for them.
+    assert store.restore(fresh, {M: 40}) is None and fresh.applied_seq(M) == 0
+    written = store.save(Snapshotter(store, fed(12), "node-1")._data()[0], 12)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "ahead-of-log-snapshot-00000000000000000020.pb", "ahead-of-log-snapshot-00000000000000000030.pb", written.name]
 
 
 def test_a_stream_that_stops_reading_holds_at_most_its_limit_and_then_ends_unavailable() -> None:
