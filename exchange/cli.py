@@ -267,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         return manage_accounts(args.consul, args.consul_token, args.cluster_secret.encode(), args.action, args.name,
                                args.tls_dir)
 
-    # a person waits: give up after 30 s (5 s for reads), as the CLI always did
-    client = Client(args.node, connection=connection_from_arguments(args),
-                    policy=RetryPolicy(timeout=30, attempt_timeout=30))
+    try:
+        # a person waits: give up after 30 s (5 s for reads), as the CLI always did
+        client = Client(args.node, connection=connection_from_arguments(args),
+                        policy=RetryPolicy(timeout=30, attempt_timeout=30))
+    except (ExchangeError, ValueError) as error:  # no address in --node, an --api-key no key can be
+        print(f"exchange-cli: {error}", file=sys.stderr)
+        return 2
     try:
         return _run(client, args)
     except ExchangeError as error:

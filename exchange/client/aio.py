@@ -197,7 +197,7 @@ class AsyncClient(ClientBase):
             attempt = plan.next()
             if attempt.delay:
                 await asyncio.sleep(attempt.delay)
-            request = request_type(market=market, from_seq=position.resume())
+            request = t.request(request_type, market=market, from_seq=position.resume())
             try:
                 async for message in getattr(self.stub(attempt.address), method)(request, metadata=self._metadata):
                     plan.progress()
@@ -322,21 +322,22 @@ class AsyncBookSubscription(SubscriptionBase):
             await self._worker.pause(attempt.delay)
             self._address = attempt.address
             try:
-                self._call = client.stub(attempt.address).StreamBook(self._request(), metadata=client._metadata)
+                self._call = client.stub(attempt.address).StreamBook(self._request, metadata=client._metadata)
                 async for message in self._call:
                     async with self._changed:
                         tracker.on_message(message)
                     plan.succeeded(attempt)
                     plan.progress()
                 broken: ExchangeError | grpc.RpcError = Unavailable(f"{attempt.address} ended the stream")
-            except Diverged as diverged:
-                await self._resync(diverged.reason)
-                continue
+                reason = STREAM_ENDED
+            except Diverged as diverged:  # the node's failure too: a replica whose book never verifies is left
+                broken, reason = Unavailable(f"{attempt.address}'s book stream did not verify: {diverged}"), \
+                    diverged.reason
             except grpc.RpcError as failure:
                 if self._worker.stopped:
                     return
-                broken = failure
-            await self._resync(STREAM_ENDED)
+                broken, reason = failure, STREAM_ENDED
+            await self._resync(reason)
             try:
                 plan.failed(attempt, broken)
             except ExchangeError as final:

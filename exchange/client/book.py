@@ -117,6 +117,7 @@ class SubscriptionBase:
         self.market = market
         self.depth = depth
         self.timeout = timeout
+        self._request = t.request(pb.StreamBookRequest, market=market, depth=depth)  # InvalidArgument here, at once
         self._tracker = BookTracker(market, depth)
         self._call: Any = None  # the StreamBook call being followed
         self._address: str | None = None  # the node it comes from
@@ -124,9 +125,6 @@ class SubscriptionBase:
 
     def _guard(self) -> AbstractContextManager[Any]:
         return contextlib.nullcontext()
-
-    def _request(self) -> pb.StreamBookRequest:
-        return pb.StreamBookRequest(market=self.market, depth=self.depth)
 
     def book(self, depth: int | None = None) -> t.Book:
         """The local view (its `depth` levels per side by default); `checksum` is its verified top-10 checksum."""

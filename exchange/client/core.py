@@ -49,6 +49,7 @@ from exchange.errors import (
     ExchangeError,
     NotFound,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     error_from_rpc,
     error_from_status,
@@ -84,9 +85,15 @@ class Connection:
     it). `metadata`: further headers for every call. `options`: grpc channel options."""
 
     credentials: grpc.ChannelCredentials | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr that may be logged
     metadata: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, Any], ...] = tuple(CHANNEL_OPTIONS)
+
+    def __post_init__(self) -> None:
+        # grpc refuses any other character in metadata, with an error of its own core (not an RpcError)
+        if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable()):
+            raise Unauthenticated("the API key holds a character no API key has (they are printable ASCII): "
+                                  "check the key as it was given to you")
 
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
         auth = ((AUTHORIZATION, f"Bearer {self.api_key}"),) if self.api_key else ()
@@ -269,29 +276,29 @@ def cancel_order(order_id: int, market: str = "") -> Operation[t.CancelResult]:
             return t.CancelResult(market, order_id, None, None)
         raise error
 
-    return Operation("CancelOrder", pb.CancelOrderRequest(market=market, order_id=order_id),
+    return Operation("CancelOrder", t.request(pb.CancelOrderRequest, market=market, order_id=order_id),
                      t.cancel_result_from_pb, after_ambiguity=gone)
 
 
 def amend_order(order_id: int, size: int, price: int | None = None, market: str = "") -> Operation[t.AmendResult]:
-    request = pb.AmendOrderRequest(market=market, order_id=order_id, size=size, limit_price=price or 0)
+    request = t.request(pb.AmendOrderRequest, market=market, order_id=order_id, size=size, limit_price=price or 0)
     return Operation("AmendOrder", request, t.amend_result_from_pb, Safety.AT_MOST_ONCE)
 
 
 def get_order(order_id: int, market: str = "") -> Operation[t.Order]:
-    return Operation("GetOrder", pb.GetOrderRequest(market=market, order_id=order_id), t.order_from_pb)
+    return Operation("GetOrder", t.request(pb.GetOrderRequest, market=market, order_id=order_id), t.order_from_pb)
 
 
 def list_orders(market: str = "", page_token: str = "") -> Operation[tuple[list[t.Order], str]]:
     """One page of the caller's open orders, and the token of the next page ("" after the last)."""
-    return Operation("ListOrders", pb.ListOrdersRequest(market=market, page_token=page_token),
+    return Operation("ListOrders", t.request(pb.ListOrdersRequest, market=market, page_token=page_token),
                      lambda answer: ([t.order_from_pb(o) for o in answer.orders], answer.next_page_token))
 
 
 def get_book(market: str = "", depth: int = 10, all_levels: bool = False,
              include_orders: bool = False) -> Operation[t.Book]:
-    request = pb.GetOrderBookRequest(market=market, depth=depth, all_levels=all_levels,
-                                     include_orders=include_orders)
+    request = t.request(pb.GetOrderBookRequest, market=market, depth=depth, all_levels=all_levels,
+                        include_orders=include_orders)
     return Operation("GetOrderBook", request, t.book_from_pb)
 
 

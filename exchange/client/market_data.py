@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exchange.client.core import Operation
-from exchange.client.types import Side
+from exchange.client.types import Side, request
 from exchange.v1 import exchange_pb2 as pb
 
 INTERVALS = ("1m", "5m", "15m", "1h", "1d")
@@ -97,22 +97,23 @@ def ticker_from_pb(m: pb.Ticker) -> Ticker:
 
 
 def get_trades(market: str = "", limit: int = 100, before: int = 0) -> Operation[TradesPage]:
-    return Operation("GetTrades", pb.GetTradesRequest(market=market, limit=limit, before=before),
+    return Operation("GetTrades", request(pb.GetTradesRequest, market=market, limit=limit, before=before),
                      lambda m: TradesPage(m.market, m.seq, [public_trade_from_pb(t) for t in m.trades],
                                           m.oldest_trade_id))
 
 
 def get_candles(market: str = "", interval: str = "1m", from_ms: int = 0, to_ms: int = 0,
                 limit: int = 100) -> Operation[Candles]:
-    request = pb.GetCandlesRequest(market=market, interval=interval, from_ms=from_ms, to_ms=to_ms, limit=limit)
-    return Operation("GetCandles", request, lambda m: Candles(
+    message = request(pb.GetCandlesRequest, market=market, interval=interval, from_ms=from_ms, to_ms=to_ms,
+                      limit=limit)
+    return Operation("GetCandles", message, lambda m: Candles(
         m.market, m.interval, m.seq,
         [Candle(c.start_ms, c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in m.candles],
         m.retained_from_ms))
 
 
 def get_ticker(market: str = "") -> Operation[Ticker]:
-    return Operation("GetTicker", pb.GetTickerRequest(market=market), ticker_from_pb)
+    return Operation("GetTicker", request(pb.GetTickerRequest, market=market), ticker_from_pb)
 
 
 @dataclass
@@ -125,7 +126,7 @@ class TradePosition:
 
     def request(self, market: str) -> pb.StreamTradesRequest:
         """The request to (re)open the stream with."""
-        return pb.StreamTradesRequest(market=market, from_seq=self.seq if self.trade_id else self.from_seq)
+        return request(pb.StreamTradesRequest, market=market, from_seq=self.seq if self.trade_id else self.from_seq)
 
     def accept(self, message: pb.PublicTrade) -> bool:
         """Whether a trade is new (then it counts as seen)."""

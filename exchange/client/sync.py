@@ -198,7 +198,7 @@ class Client(ClientBase):
             attempt = plan.next()
             if attempt.delay:
                 time.sleep(attempt.delay)
-            request = request_type(market=market, from_seq=position.resume())
+            request = t.request(request_type, market=market, from_seq=position.resume())
             try:
                 for message in getattr(self.stub(attempt.address), method)(request, metadata=self._metadata):
                     plan.progress()
@@ -323,21 +323,22 @@ class BookSubscription(SubscriptionBase):
             self._worker.pause(attempt.delay)
             self._address = attempt.address
             try:
-                self._call = client.stub(attempt.address).StreamBook(self._request(), metadata=client._metadata)
+                self._call = client.stub(attempt.address).StreamBook(self._request, metadata=client._metadata)
                 for message in self._call:
                     with self._changed:
                         tracker.on_message(message)
                     plan.succeeded(attempt)
                     plan.progress()
                 broken: ExchangeError | grpc.RpcError = Unavailable(f"{attempt.address} ended the stream")
-            except Diverged as diverged:
-                self._resync(diverged.reason)
-                continue
+                reason = STREAM_ENDED
+            except Diverged as diverged:  # the node's failure too: a replica whose book never verifies is left
+                broken, reason = Unavailable(f"{attempt.address}'s book stream did not verify: {diverged}"), \
+                    diverged.reason
             except grpc.RpcError as failure:
                 if self._worker.stopped:
                     return
-                broken = failure
-            self._resync(STREAM_ENDED)
+                broken, reason = failure, STREAM_ENDED
+            self._resync(reason)
             try:
                 plan.failed(attempt, broken)
             except ExchangeError as final:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from exchange.errors import InvalidArgument
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -44,6 +46,23 @@ class OrderStatus(enum.IntEnum):
     REJECTED = pb.REJECTED
 
 
+M = TypeVar("M")
+
+
+def request(message: Callable[..., M], **fields: Any) -> M:
+    """`message(**fields)`, the one way the library builds a request: a value its field cannot hold (a number
+    beyond int64, a wrong type) is the caller's InvalidArgument naming the field, not protobuf's bare error."""
+    try:
+        return message(**fields)
+    except (ValueError, TypeError) as error:
+        for name, value in fields.items():
+            try:
+                message(**{name: value})
+            except (ValueError, TypeError) as wrong:
+                raise InvalidArgument(f"{name} {value!r} cannot be sent: {wrong}") from None
+        raise InvalidArgument(f"the request cannot be sent: {error}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class NewOrder:
     """An order to place. `size` is positive (lots); `price` (ticks) is required for every type but MARKET.
@@ -58,8 +77,8 @@ class NewOrder:
     self_trade_prevention: SelfTradePrevention | None = None  # None: the default, CANCEL_TAKER
 
     def to_pb(self, client_order_id: str) -> pb.CreateOrderRequest:
-        return pb.CreateOrderRequest(
-            market=self.market, size=self.size, limit_price=self.price or 0, side=self.side.name,
+        return request(
+            pb.CreateOrderRequest, market=self.market, size=self.size, limit_price=self.price or 0, side=self.side.name,
             order_type=self.order_type.name, client_order_id=client_order_id,
             self_trade_prevention=self.self_trade_prevention.name if self.self_trade_prevention else None,
         )

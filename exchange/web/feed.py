@@ -40,6 +40,7 @@ log = logging.getLogger("web.feed")
 TAPE_LENGTH = 100  # trades kept per market for a page that opens
 CANDLE_INTERVAL, CANDLES = "1m", 60  # the candle chart: the last hour of 1-minute candles
 LEADER_CHANGES = 20  # leader changes kept
+FILLS_REREAD = 1_000  # sequences before the head a fills page reads again (see Feed.fills)
 # a person waits for an order's answer: the library's failover within 10 s
 ORDER_POLICY = RetryPolicy(timeout=10, attempt_timeout=5)
 READ_POLICY = RetryPolicy(timeout=5, attempt_timeout=2)
@@ -345,12 +346,15 @@ class Feed:
         """The caller's fills in `market` from `from_seq` (0: the recent ones) up to now, and where to go on from:
         StreamOrders read until it has nothing more to say for `quiet_s`, or until `limit` fills are read and the
         next event is of a later command (the fills of one command are never split between two answers; the next
-        answer starts at that command)."""
+        answer starts at that command). The next answer may repeat fills of this one (FILLS_REREAD)."""
         head = (await client.get_book(market, 1, timeout=5)).seq
         start = from_seq or max(1, head - 5000)
         fills: list[dict[str, Any]] = []
         events = client.order_events(market, start, timeout=5)
-        next_seq = max(start, head + 1)
+        # Quiet is not proof that the stream's node has applied up to `head` (another node may have answered it):
+        # the next page reads the last FILLS_REREAD sequences again, so a fill a lagging node had not yet applied
+        # shows then (a page may repeat a fill; the console keeps one of each).
+        next_seq = max(start, head + 1 - FILLS_REREAD)
         try:
             while True:
                 try:

@@ -121,7 +121,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise InvalidArgument("send the request as application/json")
     try:
         body = await request.json()
-    except ValueError as error:
+    except (ValueError, LookupError) as error:  # LookupError: a charset Python does not know
         raise InvalidArgument(f"the body is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be a JSON object")
@@ -160,13 +160,15 @@ def order_json(order: Any) -> dict[str, Any]:
 
 async def with_trader(request: web.Request, call: Callable[[AsyncClient], Awaitable[dict[str, Any]]]) -> web.Response:
     """Runs `call` with a client carrying the request's key; an exchange error becomes its code and message."""
-    client = request.app[FEED].trader(api_key(request))
+    client: AsyncClient | None = None
     try:
+        client = request.app[FEED].trader(api_key(request))
         return web.json_response(await call(client))
     except ExchangeError as error:
         return error_response(error)
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
 
 
 # -- handlers --------------------------------------------------------------------------------------------------
