@@ -101,6 +101,10 @@ class Engine:
     def last_seq(self, market: str) -> int:
         return self._book(market).last_seq
 
+    def next_trade_id(self, market: str) -> int:
+        """The id the market's next trade gets (trade ids count up from 1 without gaps)."""
+        return self._book(market).next_trade_id
+
     def depth(self, market: str, levels: int) -> tuple[list[Level], list[Level]]:
         """(bids, asks), each best first, at most ``levels`` levels of (price, total size, order count)."""
         book = self._book(market)

@@ -47,6 +47,7 @@ from exchange.engine.model import (
     OrderRested,
     Side,
 )
+from exchange.shared.markets import int64_total
 
 CHECKSUM_LEVELS = 10  # levels per side the top checksum covers
 # the views a StreamBook subscriber may ask for: at least the levels the checksum covers (CONTRACT section 8: the
@@ -77,7 +78,7 @@ def top_checksum(asks: Iterable[tuple[int, int]], bids: Iterable[tuple[int, int]
         for count, (price, size) in enumerate(side):
             if count == CHECKSUM_LEVELS:
                 break
-            parts += (str(price), str(size))
+            parts += (str(price), str(int64_total(size)))
     return zlib.crc32(":".join(parts).encode("ascii"))
 
 

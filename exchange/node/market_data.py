@@ -90,8 +90,9 @@ class Tape:
     candle_retention: int
     seq: int = 0  # the last entry applied
     time_ms: int = 0  # its time: the latest log time of the market
-    # Every trade of a sequence >= complete_from_seq, and every trade id >= first_trade_id, is retained (None:
-    # from whichever trade comes next: a state started afresh at a snapshot's sequence).
+    # Every trade of a sequence >= complete_from_seq, and every trade id >= first_trade_id, is retained (a state
+    # started afresh at a snapshot's sequence: from the engine's next trade id; None in a snapshot written before
+    # it was kept: from whichever trade comes next).
     complete_from_seq: int = 1
     first_trade_id: int | None = 1
     last_trade: PublicTrade | None = None
@@ -164,7 +165,7 @@ class Tape:
                     return trade.trade_id - 1
         if self.last_trade is not None:
             return self.last_trade.trade_id
-        return 0 if self.first_trade_id == 1 else -1
+        return -1 if self.first_trade_id is None else self.first_trade_id - 1
 
     def trades_after(self, market: str, trade_id: int, limit: int) -> list[PublicTrade]:
         """At most `limit` retained trades with ids after `trade_id`, oldest first. OUT_OF_RANGE if some of
@@ -304,10 +305,11 @@ class MarketData:
                            "markets": {m: tape.encode() for m, tape in self.tapes.items()}},
                           separators=(",", ":"), sort_keys=True).encode()
 
-    def restore(self, data: bytes, positions: Mapping[str, int]) -> list[str]:
-        """Takes each market's state from a snapshot made at `positions` (the engine's sequences); a market the
-        snapshot lacks, or holds at another sequence, starts afresh there (its history before is not known).
-        Returns the markets started afresh."""
+    def restore(self, data: bytes, positions: Mapping[str, tuple[int, int]]) -> list[str]:
+        """Takes each market's state from a snapshot made at `positions` (the engine's sequence and next trade id
+        of each market); a market the snapshot lacks, or holds at another sequence, starts afresh there (its
+        history before is not known; its retained trades start at that next trade id). Returns the markets
+        started afresh."""
         found: dict[str, object] = {}
         if data:
             try:
@@ -317,7 +319,7 @@ class MarketData:
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: nested too deep
                 found = {}
         fresh = []
-        for market, position in positions.items():
+        for market, (position, next_trade_id) in positions.items():
             tape: Tape | None = None
             state = found.get(market)
             if isinstance(state, dict):
@@ -327,7 +329,7 @@ class MarketData:
                     tape = None
             if tape is None or tape.seq != position:
                 tape = Tape(self.trade_retention, self.candle_retention, seq=position,
-                            complete_from_seq=position + 1, first_trade_id=None)
+                            complete_from_seq=position + 1, first_trade_id=next_trade_id)
                 fresh.append(market)
             self.tapes[market] = tape
         return fresh

@@ -22,6 +22,7 @@ from exchange.node.lifecycle import NodeState
 from exchange.node.market_data import INTERVALS_MS, Candle, PublicTrade, Tape
 from exchange.node.pacing import Pulse, SharedMessages
 from exchange.node.replica import Applied, Replica
+from exchange.shared.markets import int64_total
 from exchange.v1 import exchange_pb2 as pb
 
 MAX_LIMIT = 1_000  # trades per GetTrades page, candles per GetCandles answer
@@ -35,7 +36,7 @@ def public_trade(market: str, trade: PublicTrade) -> pb.PublicTrade:
 
 def candle_message(candle: Candle) -> pb.Candle:
     return pb.Candle(start_ms=candle.start_ms, open=candle.open, high=candle.high, low=candle.low,
-                     close=candle.close, volume=order_messages.int64_total(candle.volume),
+                     close=candle.close, volume=int64_total(candle.volume),
                      trade_count=candle.trade_count)
 
 
@@ -141,14 +142,14 @@ class MarketDataRPCs:
         window = tape.window()
         ticker = pb.Ticker(market=market, seq=tape.seq, time_ms=tape.time_ms, open_24h=window.open,
                            high_24h=window.high, low_24h=window.low,
-                           volume_24h=order_messages.int64_total(window.volume), trade_count_24h=window.trade_count)
+                           volume_24h=int64_total(window.volume), trade_count_24h=window.trade_count)
         if tape.last_trade is not None:
             last = tape.last_trade
             ticker.last_price, ticker.last_size, ticker.last_trade_id = last.price, last.size, last.trade_id
             if window.trade_count:
                 ticker.change_24h = last.price - window.open
         if bids:
-            ticker.best_bid, ticker.best_bid_size = bids[0][0], bids[0][1]
+            ticker.best_bid, ticker.best_bid_size = bids[0][0], int64_total(bids[0][1])
         if asks:
-            ticker.best_ask, ticker.best_ask_size = asks[0][0], asks[0][1]
+            ticker.best_ask, ticker.best_ask_size = asks[0][0], int64_total(asks[0][1])
         return ticker

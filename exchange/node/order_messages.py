@@ -10,7 +10,7 @@ from typing import cast
 from exchange import engine as eng
 from exchange.commands import client_order_id_error
 from exchange.errors import InvalidArgument, NotFound
-from exchange.shared.markets import order_id_error
+from exchange.shared.markets import int64_total, order_id_error
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 
@@ -307,15 +307,6 @@ def rejection(events: Iterable[eng.Event]) -> eng.OrderRejected | None:
         if isinstance(event, eng.OrderRejected):
             return event
     return None
-
-
-INT64_MAX = 2**63 - 1
-
-
-def int64_total(total: int) -> int:
-    """A sum of sizes as the API's int64 carries it: every size is in int64, but a level's total or a day's volume
-    of many may pass it; it then shows as INT64_MAX (protobuf would refuse the answer, and the call would fail)."""
-    return total if total <= INT64_MAX else INT64_MAX
 
 
 def book_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:

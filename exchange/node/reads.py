@@ -20,6 +20,7 @@ from exchange.node.metrics import counters
 from exchange.node.replica import Applied, Replica
 from exchange.node.sequencer_link import Peers, Sequencer
 from exchange.node.sequencing import MarketPipeline
+from exchange.shared.markets import int64_total
 from exchange.v1 import exchange_pb2 as pb
 
 # Applied entries a StreamEvents subscriber may fall behind by before its stream is ended (it resumes).
@@ -117,16 +118,21 @@ class ReadRPCs:
     def _orders_by_level(self, market: str, levels: int) -> tuple[list[pb.PriceLevel], list[pb.PriceLevel]]:
         """The first `levels` levels of each side with their resting orders (L3), in priority order."""
         sides: dict[eng.Side, list[pb.PriceLevel]] = {eng.Side.BUY: [], eng.Side.SELL: []}
+        totals: dict[eng.Side, list[int]] = {eng.Side.BUY: [], eng.Side.SELL: []}  # exact, before the int64 cap
         for order in self.replica.resting_orders(market):
             side = sides[order.side]
             if not side or side[-1].price != order.price:
                 if len(side) == levels:
                     continue
                 side.append(pb.PriceLevel(price=order.price))
+                totals[order.side].append(0)
             level = side[-1]
-            level.size += order.remaining
+            totals[order.side][-1] += order.remaining
             level.order_count += 1
             level.orders.add(order_id=order.order_id, size=order.remaining)
+        for which in sides:
+            for level, total in zip(sides[which], totals[which], strict=True):
+                level.size = int64_total(total)
         return sides[eng.Side.BUY], sides[eng.Side.SELL]
 
     @rpc

@@ -391,7 +391,8 @@ class Replica:
                 by_account.setdefault(account, {})[order_id] = (
                     types_pb2.ORDER_TYPE_UNSPECIFIED, resting_ids.get(order_id, ""))
             state.resting_by_account = by_account
-        moved = {m: engine.last_seq(m) for m in self._states if engine.last_seq(m) != self.market_data.tape(m).seq}
+        moved = {m: (engine.last_seq(m), engine.next_trade_id(m)) for m in self._states
+                 if engine.last_seq(m) != self.market_data.tape(m).seq}
         fresh = self.market_data.restore(market_data, moved)  # a market at the same sequence keeps its own
         if fresh:
             log.warning("the snapshot holds no market data of %s at its sequence: their trades, candles and ticker "

@@ -14,6 +14,13 @@ from enum import IntEnum
 INT64_MAX = 2**63 - 1
 
 
+def int64_total(total: int) -> int:
+    """A sum of sizes as the API's int64 carries it: every size is in int64, but a level's total or a day's volume
+    of many may pass it; it then shows as INT64_MAX (protobuf would refuse the answer, and the call would fail).
+    The top-10 checksum is over the sizes as sent, so it uses this too."""
+    return total if total <= INT64_MAX else INT64_MAX
+
+
 class Side(IntEnum):
     BUY = 1
     SELL = 2

@@ -14,6 +14,7 @@ from exchange.node.lifecycle import SERVING, NodeState
 from exchange.node.market_data import MarketData
 from exchange.node.market_data_rpcs import MarketDataRPCs
 from exchange.node.replica import Replica
+from exchange.node.snapshots import adopt, replica_snapshot
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
 from tests.unit.fakes import Aborted, FakeContext, decoded, signed_entry
@@ -83,5 +84,36 @@ def test_a_live_subscriber_is_woken_by_the_next_trade_and_misses_none() -> None:
         await asyncio.sleep(0)
         feed.trades(1)
         assert [t.trade_id for t in decoded(await asyncio.wait_for(waiting, 5), pb.TradeBatch).trades] == [3]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("restored", [False, True])
+def test_a_subscriber_from_now_that_falls_behind_is_ended_even_on_a_node_restored_without_market_data(
+    restored: bool,
+) -> None:
+    """A node that adopted a snapshot without market data starts its tape afresh; its retained trades still start
+    at a known trade id (the engine's next), so a "from now" subscriber that falls behind is ended OUT_OF_RANGE
+    there too, not streamed the newest trades as if none were missed."""
+
+    async def scenario() -> None:
+        replica, rpcs = service(retention=5)
+        feed = Feed(replica)
+        if restored:
+            source = Replica([eng.MarketConfig(MARKET)])
+            Feed(source).trades(1)
+            snapshot = replica_snapshot("peer", source)
+            snapshot.market_data = b""  # a peer of an older version, or market data that did not decode
+            assert adopt(replica, snapshot)
+            feed.seq = 2
+        stream = rpcs.StreamTrades(pb.StreamTradesRequest(market=MARKET, from_seq=0), FakeContext())
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)  # subscribed, waiting for the first trade
+        assert not waiting.done()
+        feed.trades(20)  # before the subscriber runs again: 20 trades, 5 retained
+        with pytest.raises(Aborted) as behind:
+            await asyncio.wait_for(waiting, 5)
+        assert behind.value.code == grpc.StatusCode.OUT_OF_RANGE
+        await stream.aclose()
 
     asyncio.run(scenario())
