@@ -170,6 +170,7 @@ class PeerSet:
         self._broadcast_stubs: dict[str, BroadcastStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, PeerStream] = {}
+        self._closing: set[asyncio.Future[None]] = set()  # channels of peers that left, being closed
 
     def targets(self) -> list[str]:
         if self.static_peers is not None:
@@ -226,7 +227,19 @@ class PeerSet:
             stream.send(request)
         if len(self._streams) > len(targets):  # a peer left discovery: stop streaming to it
             for target in set(self._streams) - set(targets):
-                self._streams.pop(target).close()
+                self._forget(target)
+
+    def _forget(self, target: str) -> None:
+        """Closes the stream and the channel of a peer that left (a restarted node comes back on a new address:
+        channels kept per address ever seen would add up)."""
+        self._streams.pop(target).close()
+        self._stubs.pop(target, None)
+        self._broadcast_stubs.pop(target, None)
+        channel = self._channels.pop(target, None)
+        if channel is not None:
+            closing = asyncio.ensure_future(channel.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         if self.watch is not None:

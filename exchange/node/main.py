@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import math
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--gate-gather-ms must be 0 to 1000, got {args.gate_gather_ms}")
     if args.journal_size < 1 or args.snapshot_every < 0:
         parser.error("--journal-size must be at least 1 and --snapshot-every at least 0")
+    if not (0 < args.rate_limit < math.inf and 1 <= args.rate_burst < math.inf):
+        parser.error(f"--rate-limit must be above 0 and --rate-burst at least 1, both finite (a burst below one "
+                     f"order refuses every order), got {args.rate_limit:g} and {args.rate_burst:g}")
     if args.insecure_no_auth and not is_loopback(split_host_port(args.listen)[0]):
         parser.error("--insecure-no-auth is for development on loopback only: anyone could trade as anyone")
     return args

@@ -21,3 +21,15 @@ def test_a_gathering_time_out_of_bounds_is_refused_with_a_message(
         parse_args(["--gate-gather-ms", value])
     assert exit_.value.code == 2
     assert "--gate-gather-ms must be 0 to 1000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--rate-limit", "0"], ["--rate-limit", "-2"], ["--rate-limit", "inf"],
+                                  ["--rate-limit", "nan"], ["--rate-burst", "0.5"]])
+def test_a_rate_limit_that_could_not_work_is_refused_at_start(argv: list[str], capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    """A zero rate divided the retry hint by zero (INTERNAL for every account over its burst); a burst below one
+    order refused every order for ever."""
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    assert "--rate-limit must be above 0" in capsys.readouterr().err

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from exchange.node.broadcast import BroadcastStub, PeerStream
+import pytest
+
+from exchange.node import broadcast as broadcast_module
+from exchange.node.broadcast import BroadcastStub, PeerSet, PeerStream
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import run_scenario, signed_entry
+from tests.unit.fakes import SECRET, run_scenario, signed_entry
 
 
 class FakeCall:
@@ -69,3 +72,55 @@ def test_merged_broadcasts_stay_within_the_message_limit_and_the_one_that_would_
         return [[e.seq for e in request.commands] for call in stub.calls for request in call.written]
 
     assert run_scenario(scenario()) == [[1, 2], [3, 4], [5]]
+
+
+M = "BTC-USD"
+
+
+class FakeChannel:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.closed = False
+
+    def _method(self, method: str, request_serializer: object = None, response_deserializer: object = None,
+                **_: object) -> object:
+        def open_call(*args: object, **kwargs: object) -> FakeCall:
+            return FakeCall()
+        return open_call
+
+    unary_unary = unary_stream = stream_unary = stream_stream = _method
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_a_peer_that_left_discovery_does_not_keep_its_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peers come and go (restarts on new addresses, scale-in): the broadcast streams of departed peers are closed,
+    but their channels (and stubs) stay in PeerSet's maps, open, until the node stops: one per address ever seen."""
+    channels: list[FakeChannel] = []
+
+    def fake_channel(target: str, tls: object = None) -> FakeChannel:
+        channels.append(FakeChannel(target))
+        return channels[-1]
+
+    monkeypatch.setattr(broadcast_module, "aio_channel", fake_channel)
+    entry = signed_entry(M, 1, types_pb2.Command(market=M, cancel_order=types_pb2.CancelOrderCommand(order_id=1)))
+
+    async def scenario() -> None:
+        discovered: list[str] = []
+        peers = PeerSet(None, "node-1", SECRET, static_peers=discovered)
+        for n in range(50):  # one peer at a time, each on a new address (the one before left discovery)
+            discovered[:] = [f"127.0.0.1:{20000 + n}"]
+            peers.broadcast([entry])
+            await asyncio.sleep(0)
+        assert len(peers._streams) == 1, "streams of departed peers are closed (this part works)"
+        try:
+            left_open = [c.target for c in channels if not c.closed and c.target not in discovered]
+            assert not left_open and len(peers._channels) <= len(discovered), (
+                f"{len(left_open)} channels of peers that left discovery are still open and held "
+                f"({len(peers._channels)} channels for {len(discovered)} peer)"
+            )
+        finally:
+            await peers.close()
+
+    run_scenario(scenario())
