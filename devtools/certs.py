@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from devtools.consul_acl import write_private
 from exchange.shared.tls import CA_FILE, CERT_FILE, KEY_FILE
 
 CA_KEY_FILE = "ca-key.pem"
@@ -36,9 +37,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    if private:  # a private key: never world-readable, even between its creation and a chmod
+        write_private(path, data)
+    else:
+        path.write_bytes(data)
 
 
 def make_ca(directory: Path, common_name: str = "p2p-exchange cluster CA") -> tuple[x509.Certificate,

@@ -67,12 +67,12 @@ def _call(address: str, method: str, path: str, token: str | None = None, body: 
         return _Answer(status, raw.decode(errors="replace"))
 
 
-def write_private(path: Path, text: str) -> None:
-    """Writes `text` to `path`, readable by its owner only (created so: never world-readable, even briefly)."""
+def write_private(path: Path, content: str | bytes) -> None:
+    """Writes `content` to `path`, readable by its owner only (created so: never world-readable, even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content.encode() if isinstance(content, str) else content)
     path.chmod(0o600)
 
 

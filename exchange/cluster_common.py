@@ -45,6 +45,7 @@ class LeaderRecord:
 
 # The built-in development secret: fine on loopback, refused anywhere else.
 DEFAULT_SECRET = "p2p-exchange-dev-secret"
+MIN_SECRET_LENGTH = 16  # beyond loopback
 
 
 MARKET_FIELDS = ("tick_size", "lot_size", "min_price", "max_price", "min_size", "max_size")
@@ -85,7 +86,13 @@ def verify_record(secret: bytes, key: str, value: bytes) -> dict[str, object] | 
     if not isinstance(data, dict) or not isinstance(data.get("mac"), str):
         return None
     mac = data.pop("mac")
-    return data if hmac.compare_digest(record_mac(secret, key, data), mac) else None
+    if not (mac.isascii() and len(mac) == 64):  # compare_digest raises on non-ASCII text: a bad record, no crash
+        return None
+    try:
+        expected = record_mac(secret, key, data)
+    except (ValueError, TypeError, RecursionError):  # fields nested too deep to encode again, or not JSON's
+        return None
+    return data if hmac.compare_digest(expected, mac) else None
 
 
 def token_metadata(secret: bytes) -> tuple[tuple[str, str], ...]:
@@ -175,9 +182,16 @@ def is_loopback(host: str) -> bool:
 
 
 def refuse_development_secret(listen: str, secret: str) -> None:
-    """Stops a process that would listen beyond loopback with the built-in development secret: anyone who
-    knows it (it is in the source) could write the cluster's log."""
+    """Stops a process with an empty cluster secret, or one that would listen beyond loopback with the built-in
+    development secret (it is in the source) or a short one: anyone who knows or guesses it could write the
+    cluster's log."""
     host, _ = split_host_port(listen)
+    if not secret:  # an unset variable in an env file, say: its token and MACs would be anyone's to make
+        raise SystemExit("the cluster secret is empty: set --cluster-secret or EXCHANGE_CLUSTER_SECRET (the same on "
+                         "every process of the cluster)")
+    if len(secret) < MIN_SECRET_LENGTH and not is_loopback(host):
+        raise SystemExit(f"refusing to listen on {listen} with a cluster secret of {len(secret)} characters: use at "
+                         f"least {MIN_SECRET_LENGTH} (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
     if secret == DEFAULT_SECRET and not is_loopback(host):
         raise SystemExit(
             f"refusing to listen on {listen} with the built-in development cluster secret: set your own with "

@@ -117,7 +117,8 @@ async def serve(args: argparse.Namespace) -> None:
     if args.log == "consul":
         store = ReplicatedLog(
             kv, LogStore(args.data_dir / "archive.sqlite3", synchronous="NORMAL"), [m.symbol for m in markets],
-            LeaderRecord(args.id, f"{host}:{server.port}"), session_checks(args.id), tail_entries=args.consul_tail,
+            LeaderRecord(args.id, f"{host}:{server.port}"), session_checks(args.id), secret=secret,
+            tail_entries=args.consul_tail,
             session_ttl_s=args.session_ttl_s, lock_delay_s=args.lock_delay_s,
             read_peer=peer_reader(registry, args.id, secret, tls),
         )

@@ -22,15 +22,17 @@ class LogState:
 
     def __init__(
         self, store: ReplicatedStore, archive: LogStore, markets: list[str], identity: LeaderRecord,
-        checks: list[str], *, tail_entries: int = DEFAULT_TAIL_ENTRIES, session_ttl_s: float = 10.0,
+        checks: list[str], *, secret: bytes, tail_entries: int = DEFAULT_TAIL_ENTRIES, session_ttl_s: float = 10.0,
         lock_delay_s: float = 1.0, read_peer: PeerReader | None = None,
     ) -> None:
         """`checks`: the health checks the session is tied to (the agent's node and this replica's own gRPC
-        check: a crashed replica loses the lock within seconds). `read_peer`: copies entries this replica
-        lacks and the store no longer keeps from another replica's archive."""
+        check: a crashed replica loses the lock within seconds). `secret`: the cluster secret, to check the
+        entries read from the store. `read_peer`: copies entries this replica lacks and the store no longer
+        keeps from another replica's archive."""
         if tail_entries < 1:
             raise ValueError("the retained tail must hold at least one entry")
         self.store = store
+        self.secret = secret
         self.archive = archive
         self.identity = identity
         self.checks = checks

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from exchange.dedup import dedup_key
+from exchange.entry_signing import entry_is_authentic
 from exchange.runtime import log_fields
 from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.log import StoredEntry
@@ -93,10 +94,16 @@ def encode_batch(entries: list[StoredEntry]) -> bytes:
     ]).SerializeToString()
 
 
-def decode_batch(value: bytes) -> list[StoredEntry]:
+def decode_batch(value: bytes, secret: bytes, market: str) -> list[StoredEntry]:
+    """The entries of a batch read from the store, each checked against its MAC: the store is writable by more
+    than the Sequencer (a management token), and a replica that archived a forged entry would serve it."""
     parse = types_pb2.Command.FromString
-    return [StoredEntry(e.market, e.seq, dedup_key(parse(e.command)), e.command, e.mac)
-            for e in sequencer_pb2.LogBatch.FromString(value).entries]
+    entries = sequencer_pb2.LogBatch.FromString(value).entries
+    for entry in entries:
+        if entry.market != market or not entry_is_authentic(secret, entry):
+            raise LogUnavailable(f"{market}: entry {entry.seq} of a batch in the store is not signed with the "
+                                 "cluster secret for this market: it is not the log's (written by someone else)")
+    return [StoredEntry(e.market, e.seq, dedup_key(parse(e.command)), e.command, e.mac) for e in entries]
 
 
 class LogUnavailable(RuntimeError):

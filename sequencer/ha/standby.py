@@ -81,7 +81,7 @@ class Standby(LogState):
             return
         following: list[StoredEntry] = []  # archived and handed to the gate at once: one write, one post
         for first in wanted:
-            entries = decode_batch(found[batch_key(market.name, first)].value)
+            entries = decode_batch(found[batch_key(market.name, first)].value, self.secret, market.name)
             if not entries or entries[0].seq != market.position + len(following) + 1:
                 break
             following += entries
@@ -102,7 +102,7 @@ class Standby(LogState):
             if found is None:
                 self._copy_from_peer(market, to_seq)
                 continue
-            entries = decode_batch(found.value)
+            entries = decode_batch(found.value, self.secret, market.name)
             if not entries or entries[0].seq != first or entries[-1].seq != first + len(entries) - 1:
                 raise LogUnavailable(f"{market.name}: the batch at {first} in the store is not the log's next")
             self._archive(market, entries)

@@ -77,7 +77,7 @@ class Replica:
                  tail: int = 1_000, read_peer: Any = None, ttl: float = 10.0, clock: Any = None) -> None:
         self.store = TestStore(kv)
         self.log = ReplicatedLog(self.store, LogStore(archive, synchronous="NORMAL"), ["M"],
-                                 LeaderRecord(name, "127.0.0.1:1"), ["serfHealth"], tail_entries=tail,
+                                 LeaderRecord(name, "127.0.0.1:1"), ["serfHealth"], secret=SECRET, tail_entries=tail,
                                  lock_delay_s=0, read_peer=read_peer, session_ttl_s=ttl)
         self.service = SequencerService(self.log, SECRET, MARKETS, failures.append, dedup_window=window,
                                         **({"clock": clock} if clock is not None else {}))
@@ -241,7 +241,8 @@ def test_a_deposed_leaders_write_that_arrives_before_the_new_leader_commits_is_r
         taken = await ask(new.service, 1, order("taken", node="b", ref=1), node="b")
         assert seqs(taken) == [(2, False)] and new.service.leading, "the new leader numbers 2 and keeps leading"
         await old.until(lambda: old.service.markets["M"].durable == 2, "the old leader to adopt number 2")
-        in_consul = [entry for key in kv.keys(batch_prefix("M")) for entry in decode_batch(kv.get(key) or b"")]
+        in_consul = [entry for key in kv.keys(batch_prefix("M"))
+                     for entry in decode_batch(kv.get(key) or b"", SECRET, "M")]
         for entries in ([*in_consul], await read_all(new.service), await read_all(old.service)):
             assert [(e.seq, types_pb2.Command.FromString(e.command).client_order_id) for e in entries] == \
                 [(1, ""), (2, "taken")], "the deposed leader's entry is in the log"

@@ -5,10 +5,21 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from discovery import CompareAndSet, Delete, Put, Versioned
 from exchange.cluster_common import LeaderRecord
+from exchange.entry_signing import entry_mac
 from exchange.v1 import types_pb2
-from sequencer.ha.records import Head, batch_firsts, batch_key, batch_prefix, encode_batch, head_key
+from sequencer.ha.records import (
+    Head,
+    LogUnavailable,
+    batch_firsts,
+    batch_key,
+    batch_prefix,
+    encode_batch,
+    head_key,
+)
 from sequencer.log import StoredEntry
 from sequencer.replicated import ReplicatedLog
 from sequencer.store import LogStore
@@ -38,8 +49,19 @@ class DictStore:
         return {op.key: 8 for op in ops if isinstance(op, CompareAndSet)}
 
 
-def entries(market: str, first: int, last: int) -> list[StoredEntry]:
-    return [StoredEntry(market, seq, None, types_pb2.Command(market=market).SerializeToString(), b"m")
+SECRET = b"ha-batches-secret"
+
+
+class Gate:
+    """The gate's role callbacks, doing nothing."""
+
+    def adopt(self, *_: object) -> None: ...
+    def lead(self) -> None: ...
+
+
+def entries(market: str, first: int, last: int, secret: bytes = SECRET) -> list[StoredEntry]:
+    command = types_pb2.Command(market=market).SerializeToString()
+    return [StoredEntry(market, seq, None, command, entry_mac(secret, market, seq, command))
             for seq in range(first, last + 1)]
 
 
@@ -58,13 +80,9 @@ def test_a_takeover_counts_only_its_markets_batches_when_another_symbol_extends_
     for first in (1, 4, 7):
         store.values[batch_key("BTC/USD", first)] = encode_batch(entries("BTC/USD", first, first + 2))
 
-    class Gate:
-        def adopt(self, *_: object) -> None: ...
-        def lead(self) -> None: ...
-
     async def scenario() -> None:
         replica = ReplicatedLog(store, LogStore(tmp_path / "a.db"), ["BTC", "BTC/USD"],  # type: ignore[arg-type]
-                                LeaderRecord("r", "x:1"), [], tail_entries=1)
+                                LeaderRecord("r", "x:1"), [], secret=SECRET, tail_entries=1)
         replica._loop, replica._gate, replica.session = asyncio.get_running_loop(), Gate(), "s1"  # type: ignore[assignment]
         replica._take_over()
         btc = replica._markets["BTC"]
@@ -72,5 +90,29 @@ def test_a_takeover_counts_only_its_markets_batches_when_another_symbol_extends_
         replica._commit(btc, "s1", entries("BTC", 3, 3))  # past the tail of 1: BTC's own batch goes
         assert [op.key for op in store.last_txn if isinstance(op, Delete)] == [batch_key("BTC", 1)]
         assert all(batch_key("BTC/USD", first) in store.values for first in (1, 4, 7))
+
+    run_scenario(scenario())
+
+
+@pytest.mark.parametrize("forged", ["mac", "market"])
+def test_a_batch_in_the_store_not_signed_for_its_market_is_never_archived(tmp_path: Path, forged: str) -> None:
+    """The store is writable by more than the Sequencer (a management token): a replica that took a batch it
+    cannot verify into its archive would serve it to every node when it leads."""
+    store = DictStore()
+    good = entries("BTC", 1, 2)
+    bad = entries("BTC", 3, 3, secret=b"not the cluster's") if forged == "mac" else \
+        [entry._replace(market="ETH") for entry in entries("ETH", 3, 3)]
+    store.values[head_key("BTC")] = Head(3, 3, "old", (1, 3)).encode()
+    store.values[batch_key("BTC", 1)] = encode_batch(good)
+    store.values[batch_key("BTC", 3)] = encode_batch(bad)
+
+    async def scenario() -> None:
+        archive = LogStore(tmp_path / "a.db")
+        replica = ReplicatedLog(store, archive, ["BTC"], LeaderRecord("r", "x:1"), [],  # type: ignore[arg-type]
+                                secret=SECRET)
+        replica._loop, replica._gate, replica.session = asyncio.get_running_loop(), Gate(), "s1"  # type: ignore[assignment]
+        with pytest.raises(LogUnavailable, match="not signed"):
+            replica._catch_up(replica._markets["BTC"], 3)
+        assert replica._markets["BTC"].position == 2  # the good batch only
 
     run_scenario(scenario())
