@@ -289,6 +289,8 @@ class Book:
                     break
                 maker = queue[0]
                 if maker[6] == account and account:  # account: an own order, handled from the top
+                    if opp.tombs.get(price, 0) > SLACK:  # live orders left, tombstones not: see below
+                        opp.compact(price)
                     break
                 available = maker[0]
             else:  # the maker keeps a remainder; the taker is done
