@@ -192,7 +192,7 @@ def cluster_down() -> int:
 def cluster_status(addresses: list[str] | None = None) -> int:
     from exchange.cli import print_cluster_status
     from exchange.client import Client, connection_of
-
+    tls_dir = None
     if addresses is None:
         if not STATE_FILE.exists():
             print("no demo cluster is running; start one with `make cluster-up`")

@@ -107,7 +107,7 @@ class ConsulRegistry:
         host: str = "127.0.0.1",
         port: int = 8500,
         check_interval: str = "1s",
-        deregister_after: str = "30s",
+        deregister_after: str = "24h",
         *,
         check_timeout: str | None = None,
         wait: str = "30s",
@@ -128,7 +128,9 @@ class ConsulRegistry:
         the agent over HTTPS.
 
         ``deregister_after``: Consul reaps a service whose check stays critical that long
-        (Consul enforces a minimum of 1 minute and reaps every ~30 s).
+        (Consul enforces a minimum of 1 minute and reaps every ~30 s). Long by default: a crashed process
+        must stay a scrape target found through Consul, or its down alert resolves by itself while it is
+        down (a process stopped on purpose deregisters itself).
         """
         self.host = host
         self.port = port

@@ -250,11 +250,13 @@ class SequencingGate:
         if entries:  # times never decrease along the log: the last entry holds the highest
             state.last_time = max(state.last_time, entry_time(entries[-1]))
 
-    def lead(self) -> None:
+    def lead(self, resumed: bool = False) -> None:
         self.term += 1
         self.leading = True
-        LEADER_CHANGES.inc()
-        log.info("leading: numbering from %s", ", ".join(f"{m.market}@{m.current}" for m in self.markets.values()))
+        if not resumed:  # a pause that ended in a committed probe is not a change of leader
+            LEADER_CHANGES.inc()
+        log.info("%s: numbering from %s", "leading again after a pause" if resumed else "leading",
+                 ", ".join(f"{m.market}@{m.current}" for m in self.markets.values()))
 
     def pause(self, reason: str) -> None:
         self.term += 1

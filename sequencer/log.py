@@ -50,8 +50,9 @@ class RoleCallbacks(Protocol):
         """Entries another replica committed (this one is a standby): the next ones of the market, in order."""
         ...
 
-    def lead(self) -> None:
-        """This replica now leads: its positions are the store's heads; it may number commands."""
+    def lead(self, resumed: bool = False) -> None:
+        """This replica now leads: its positions are the store's heads; it may number commands. `resumed`: it
+        led all along and numbers again after a pause (no change of leader)."""
         ...
 
     def pause(self, reason: str) -> None:

@@ -128,7 +128,7 @@ class Election(Standby):
         log.info("%s, but the fenced probe committed: still leading", why)
         if self._paused:
             self._paused = False
-            self._post(self._gate.lead)
+            self._post(self._gate.lead, True)
 
     def _take_over(self) -> None:
         """Holding the lock: the heads (a consistent read), what the archive lacks of them, then lead."""
