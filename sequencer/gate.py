@@ -345,17 +345,21 @@ class SequencingGate:
     ) -> SequenceResponse:
         """A grant's answer, once `write` (the last one when it was numbered) is durable, in the same term."""
         await durable(write)
-        self._check_term(term)
-        response = SequenceResponse(granted=True, current_seq=market.current)
+        response = SequenceResponse(granted=True)
         add_entries(response.missing, missing)
         assign = response.assignments.add
         for assigned, duplicate in assignments:
-            if isinstance(assigned, int):
+            if isinstance(assigned, int):  # a duplicate's durable entry, read back
                 (entry,) = await self._entries(market, assigned, assigned)
             else:
                 entry = assigned
             assign(seq=entry.seq, duplicate=duplicate,
                    entry={"market": entry.market, "seq": entry.seq, "command": entry.command, "mac": entry.mac})
+        # No await from here on. The durable end, not the last number assigned: an answer never names a number a
+        # step-down could take back (the node raises its known_seq from it), and it is at least every number
+        # this answer names (`write`, the market's last when they were numbered, is durable).
+        self._check_term(term)
+        response.current_seq = market.durable
         return response
 
     def _check_request(self, request: sequencer_pb2.SequenceRequest, market: MarketLog) -> None:
@@ -415,7 +419,7 @@ class SequencingGate:
         market.stats.stale += 1
         await durable(write)
         self._check_term(term)
-        response = SequenceResponse(granted=False, current_seq=market.current)
+        response = SequenceResponse(granted=False, current_seq=market.durable)  # see _granted
         add_entries(response.missing, missing)
         return response
 

@@ -79,10 +79,11 @@ def peer_reader(registry: ConsulRegistry, own_id: str, secret: bytes, tls: TlsCo
     metadata = token_metadata(secret)
 
     def read(market: str, from_seq: int, to_seq: int) -> Iterator[list[StoredEntry]]:
+        wanted = from_seq  # the next entry to read: a replica that holds fewer leaves the rest to the next one
         for instance in registry.healthy(SEQUENCER_SERVICE):
             if instance.instance_id == own_id:
                 continue
-            request = sequencer_pb2.ReadLogRequest(market=market, from_seq=from_seq, to_seq=to_seq)
+            request = sequencer_pb2.ReadLogRequest(market=market, from_seq=wanted, to_seq=to_seq)
             try:
                 with sync_channel(instance.target, tls) as channel:
                     stub = sequencer_pb2_grpc.SequencerStub(channel)
@@ -90,9 +91,15 @@ def peer_reader(registry: ConsulRegistry, own_id: str, secret: bytes, tls: TlsCo
                         if not all(entry_is_authentic(secret, e) for e in batch.entries):
                             raise ValueError(f"{instance.instance_id} sent an entry that is not the log's")
                         parse = types_pb2.Command.FromString
-                        yield [StoredEntry(e.market, e.seq, dedup_key(parse(e.command)), e.command, e.mac)
-                               for e in batch.entries]
-                return
+                        entries = [StoredEntry(e.market, e.seq, dedup_key(parse(e.command)), e.command, e.mac)
+                                   for e in batch.entries]
+                        if entries:
+                            wanted = entries[-1].seq + 1
+                            yield entries
+                if wanted > to_seq:
+                    return
+                log.info("%s: %s holds entries up to %d only: asking another replica for the rest", market,
+                         instance.instance_id, wanted - 1)
             except (grpc.RpcError, ValueError) as error:
                 log.warning("reading %s %d..%d from %s failed: %s", market, from_seq, to_seq, instance.instance_id,
                             error)

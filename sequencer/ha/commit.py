@@ -10,6 +10,7 @@ import time
 from collections import deque
 
 from discovery import (
+    AccessDenied,
     CheckSession,
     CompareAndSet,
     Delete,
@@ -120,6 +121,7 @@ class Committer(Election):
         ops = [CheckSession(SEQUENCER_LEADER_KEY, session), CompareAndSet(key, head.encode(), market.head_index),
                Put(batch_key(market.name, first), encode_batch(entries)), *deletes]
         resent = False
+        backoff = 0.05  # between resends of a transaction whose outcome was unknown and is not committed
         while True:
             if self._stop.is_set():
                 raise Fenced(f"{market.name}: stopping before batch {first}..{last} committed")
@@ -139,7 +141,7 @@ class Committer(Election):
                     raise Fenced(str(error)) from error
                 market.head_index = found
                 break
-            except TransactionRejected:
+            except (TransactionRejected, AccessDenied):  # nothing applied, and sending it again cannot help
                 raise
             except DiscoveryError as error:  # the outcome is unknown: resolved before anything is answered
                 log.warning("%s: transaction of %d..%d has an unknown outcome (%s): resolving it with a "
@@ -149,8 +151,12 @@ class Committer(Election):
                 if found is not None:
                     market.head_index = found
                     break
-                resent = True  # not committed (yet): the same transaction again; its compare-and-set
-        market.batches = deque([*batches, (first, last)])  # lets at most one of the two commit
+                # Not committed (yet): the same transaction again (its compare-and-set lets at most one of the two
+                # commit), after a pause: a store that fails writes at once while its reads answer is not flooded.
+                resent = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        market.batches = deque([*batches, (first, last)])
         market.retained = retained
 
     def _head_after_unknown(self, market: MarketState, key: str, head: Head) -> int | None:

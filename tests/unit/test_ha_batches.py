@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
-from discovery import CompareAndSet, Delete, Put, Versioned
+from discovery import AccessDenied, CompareAndSet, Delete, DiscoveryError, Put, Versioned
 from exchange.cluster_common import LeaderRecord
 from exchange.entry_signing import entry_mac
 from exchange.v1 import types_pb2
 from sequencer.ha.records import (
+    Fenced,
     Head,
     LogUnavailable,
     batch_firsts,
@@ -116,3 +118,45 @@ def test_a_batch_in_the_store_not_signed_for_its_market_is_never_archived(tmp_pa
         assert replica._markets["BTC"].position == 2  # the good batch only
 
     run_scenario(scenario())
+
+
+@pytest.mark.parametrize("refusal", [AccessDenied("Consul refused a transaction: Permission denied"),
+                                     DiscoveryError("Consul answered 500")])
+def test_a_transaction_the_store_fails_at_once_is_not_sent_again_in_a_tight_loop(
+    tmp_path: Path, refusal: DiscoveryError,
+) -> None:
+    """A 403 applied nothing and sending it again cannot help: the write fails (it was taken for an unknown outcome
+    and sent ~11,000 times in 0.2 s). Any other failure whose head read says "not committed" is sent again, after a
+    growing pause."""
+
+    class FailingStore:
+        calls = 0
+
+        def transact(self, ops: list[object]) -> dict[str, int]:
+            FailingStore.calls += 1
+            raise refusal
+
+        def read(self, key: str, consistent: bool = False) -> None:
+            return None  # the head is not this transaction's: not committed
+
+    replica = ReplicatedLog(FailingStore(), LogStore(tmp_path / "a.db"), ["BTC"],  # type: ignore[arg-type]
+                            LeaderRecord("r", "x:1"), [], secret=SECRET)
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            replica._commit(replica._markets["BTC"], "s1", entries("BTC", 1, 1))
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - what the commit thread would see
+            outcome.append(error)
+
+    thread = threading.Thread(target=commit, daemon=True)
+    thread.start()
+    thread.join(0.3)
+    sent = FailingStore.calls
+    replica._stop.set()  # a commit still resending ends (Fenced) once stopping
+    thread.join(5)
+    if isinstance(refusal, AccessDenied):
+        assert sent == 1 and outcome == [refusal]
+    else:
+        assert 2 <= sent <= 4 and outcome and isinstance(outcome[0], Fenced), (sent, outcome)

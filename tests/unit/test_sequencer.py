@@ -426,3 +426,34 @@ def test_a_new_order_with_an_unknown_self_trade_prevention_never_enters_the_log(
         assert (await ask(service, "a", 0, unset)).granted
 
     run_with_service(tmp_path / "log.db", scenario)
+
+
+def test_a_grant_never_mentions_a_number_that_a_step_down_takes_back() -> None:
+    """gate.py:347 (and :416): an answer's current_seq is `market.current`, the highest number *assigned*, not
+    the durable end. A's grant is answered once its own write (number 1) is durable, but it names 2 (B's
+    number, still uncommitted) as the Sequencer's position; the step-down then takes 2 back, and the next
+    leader gives 2 to another command. The gate's docstring: "an answer never mentions a number that a lost
+    leadership took back"."""
+    failures: list[BaseException] = []
+
+    async def scenario() -> None:
+        log = HandHeldLog()
+        service = SequencerService(log, SECRET, MARKETS, failures.append)
+        first = asyncio.create_task(ask(service, "a", 0, from_node("a", 1)))
+        await until(lambda: len(log.writes) == 1)
+        later = asyncio.create_task(ask(service, "b", 0, from_node("b", 1)))
+        await until(lambda: len(log.writes) == 2)
+        log.finish(0)  # only number 1 is durable
+        answer = await first
+        service.pause("the test: another replica leads")
+        log.lose_leadership()
+        service.step_down({"M": 1}, "the test: another replica leads")  # 2 is taken back
+        with pytest.raises(Unavailable):
+            await later
+        assert service.markets["M"].current == 1
+        assert answer.current_seq <= 1, (
+            f"A's grant told the node the log reaches {answer.current_seq}; only 1 was ever durable and 2 was "
+            "taken back by the step-down")
+
+    run_scenario(scenario())
+    assert not failures
