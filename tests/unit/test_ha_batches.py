@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -160,3 +162,43 @@ def test_a_transaction_the_store_fails_at_once_is_not_sent_again_in_a_tight_loop
         assert sent == 1 and outcome == [refusal]
     else:
         assert 2 <= sent <= 4 and outcome and isinstance(outcome[0], Fenced), (sent, outcome)
+
+
+def test_a_replica_catching_up_from_peers_asks_the_next_for_what_the_first_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first peer that answered ended the read even when it held fewer entries than asked: the replica then
+    stayed unable to catch up while another peer held them."""
+    from exchange.v1 import sequencer_pb2, types_pb2
+    from sequencer import main
+
+    def signed(seq: int) -> types_pb2.SequencedCommand:
+        command = types_pb2.Command(market="BTC").SerializeToString()
+        return types_pb2.SequencedCommand(market="BTC", seq=seq, command=command,
+                                          mac=entry_mac(SECRET, "BTC", seq, command))
+
+    holdings = {"short:1": 5, "full:1": 9}  # each peer's archive ends there
+    asked: list[tuple[str, int]] = []
+
+    class Stub:
+        def __init__(self, target: str) -> None:
+            self.target = target
+
+        def ReadLog(self, request: sequencer_pb2.ReadLogRequest, **_: object) -> list[sequencer_pb2.LogBatch]:
+            asked.append((self.target, request.from_seq))
+            last = min(request.to_seq, holdings[self.target])
+            return [sequencer_pb2.LogBatch(entries=[signed(s) for s in range(request.from_seq, last + 1)])]
+
+    class Instance(NamedTuple):
+        instance_id: str
+        target: str
+
+    class Registry:
+        def healthy(self, service: str) -> list[Instance]:
+            return [Instance("me", "me:1"), Instance("short", "short:1"), Instance("full", "full:1")]
+
+    monkeypatch.setattr(main, "sync_channel", lambda target, tls: contextlib.nullcontext(target))
+    monkeypatch.setattr(main.sequencer_pb2_grpc, "SequencerStub", Stub)
+    read = main.peer_reader(Registry(), "me", SECRET, None)  # type: ignore[arg-type]
+    got = [entry.seq for batch in read("BTC", 3, 9) for entry in batch]
+    assert got == list(range(3, 10)) and asked == [("short:1", 3), ("full:1", 6)]
