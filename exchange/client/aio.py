@@ -191,6 +191,9 @@ class AsyncClient(ClientBase):
         self, method: str, request_type: Callable[..., Any], convert: Callable[[Any], E], market: str, from_seq: int,
         timeout: float | None,
     ) -> AsyncIterator[E]:
+        if not from_seq:  # "from now on": now is a sequence, so a stream that breaks before its first event
+            # resumes from there, not from a later "now" (the events between would be lost)
+            from_seq = (await self._run(core.get_book(market, 1), timeout)).seq + 1
         position = core.StreamPosition.starting_at(from_seq)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while True:

@@ -192,6 +192,9 @@ class Client(ClientBase):
         self, method: str, request_type: Callable[..., Any], convert: Callable[[Any], E], market: str, from_seq: int,
         timeout: float | None,
     ) -> Iterator[E]:
+        if not from_seq:  # "from now on": now is a sequence, so a stream that breaks before its first event
+            # resumes from there, not from a later "now" (the events between would be lost)
+            from_seq = (self._run(core.get_book(market, 1), timeout)).seq + 1
         position = core.StreamPosition.starting_at(from_seq)
         plan = RetryPlan(self.nodes, self.policy, Safety.IDEMPOTENT, timeout)
         while True:

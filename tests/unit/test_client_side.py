@@ -311,3 +311,38 @@ def test_web_fills_show_a_fill_the_node_streaming_them_had_not_yet_applied() -> 
         return [f["seq"] for f in first + second]
 
     assert run_scenario(scenario()) == [50]
+
+
+def test_an_event_stream_from_now_that_breaks_before_its_first_event_resumes_where_now_was() -> None:
+    """`events()` promises no event lost: opened "from now" (0) and broken before its first event, it resumed
+    "from now" again, and the events in between were lost. Now is the node's position when it is opened."""
+
+    class Node:
+        def __init__(self) -> None:
+            self.streams: list[int] = []
+
+        async def GetOrderBook(self, request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+            await asyncio.sleep(0)
+            return pb.GetOrderBookResponse(market="BTC-USD", seq=41)
+
+        async def _stream(self, number: int) -> Any:
+            await asyncio.sleep(0)
+            if number == 1:
+                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "the node went away")
+            yield pb.MarketEvent(market="BTC-USD", seq=42, order_cancelled=pb.OrderCancelled(order_id=7))
+            await asyncio.sleep(3600)
+
+        def StreamEvents(self, request: Any, metadata: Any = None) -> Any:
+            self.streams.append(request.from_seq)
+            return self._stream(len(self.streams))
+
+    async def scenario() -> tuple[int, list[int]]:
+        node = Node()
+        client = AsyncClient(["n1:1"], policy=FAST, stub_factory=lambda address: node)
+        events = client.events("BTC-USD")
+        first = await asyncio.wait_for(anext(events), 5)
+        await events.aclose()  # type: ignore[attr-defined]
+        return first.seq, node.streams
+
+    seq, streams = run_scenario(scenario())
+    assert seq == 42 and streams == [42, 42]
