@@ -62,7 +62,10 @@ class Checks:
         for number, record in enumerate(unresolved):
             self.clients.place(self.clients.shared_stubs(record.account), record, number % len(cluster.nodes),
                                attempts=MAX_ATTEMPTS, timeout=CALL_TIMEOUT)
-        self.ledger.stats.add("unresolved", sum(1 for r in self.ledger.orders if r.final == "AMBIGUOUS"))
+        still = sum(1 for r in self.ledger.orders if r.final == "AMBIGUOUS")
+        self.ledger.stats.add("unresolved", still)
+        if still:  # every fault healed and every node up: each order must get an answer now
+            self.ledger.violation(f"{still} orders got no answer from any node after the cluster was healed")
         if self.ledger.expired.is_set():
             return {}
         try:
@@ -149,17 +152,26 @@ class Checks:
                     violation(f"acknowledged order {record.coid} ({response.market}#{response.seq}) is not "
                               f"in the log at that sequence (log holds {seqs})")
                     continue
+                if (differs := _differs_from_request(command, record.request, record.account, market)) is not None:
+                    report.divergences += 1
+                    violation(f"acknowledged order {record.coid} is in the log at {response.market}#"
+                              f"{response.seq} with {differs}")
+                    continue
                 expected = result.expected_answer(response)
                 if expected != response:
                     report.divergences += 1
                     violation(f"the answer to {record.coid} differs from the log's replay: told "
                               f"{_short(response)}, replay gives {_short(expected)}")
+            elif record.final == "ABORTED":  # CONTRACT 3: an order is never invalidated for good by a stale view
+                violation(f"order {record.coid} was ABORTED (attempts {record.attempts})")
             elif record.final in DEFINITE_NAMES and seqs:
                 history = " after an ambiguous attempt" if any(
                     code in AMBIGUOUS_NAMES for _, code in record.attempts) else ""
                 violation(f"order {record.coid} was refused with {record.final}{history} but is in the "
                           f"log at {market}#{seqs} (attempts {record.attempts})")
         for change in self.ledger.changes:
+            if change.code == "ABORTED":
+                violation(f"{change.kind} of {change.market}#{change.order_id} was ABORTED")
             if change.code != "OK":
                 continue
             answer = change.response
@@ -173,6 +185,11 @@ class Checks:
                           f"log at {answer.seq}")
                 continue
             events = result.events[change.market][answer.seq]
+            if (rejected := order_messages.rejection(events)) is not None:
+                report.divergences += 1
+                violation(f"acknowledged {change.kind} of {change.market}#{change.order_id}: the replay rejects it "
+                          f"({rejected.reason.name})")
+                continue
             if isinstance(answer, pb.CancelOrderResponse):
                 cancelled = sum(e.size for e in events if isinstance(e, eng.OrderCancelled))
                 if cancelled != answer.cancelled_size:
@@ -265,3 +282,18 @@ def _short(response: pb.CreateOrderResponse | None) -> str:
     return (f"seq {response.seq} {pb.OrderStatus.Name(response.status)} filled {response.filled_size} "
             f"remaining {response.remaining_size} trades {trades}")
 
+
+def _differs_from_request(command: types_pb2.Command, request: pb.CreateOrderRequest, account: str,
+                          market: str) -> str | None:
+    """What of the logged `command` differs from the order the client sent (None: nothing), worked out here
+    from the contract's rules and not with the node's own conversion (a bug there would hide in both)."""
+    side = request.side or (types_pb2.BUY if request.size > 0 else types_pb2.SELL)
+    wanted = {"market": market, "account": account, "side": side, "size": abs(request.size),
+              "price": request.limit_price, "order_type": request.order_type or types_pb2.LIMIT,
+              "self_trade_prevention": request.self_trade_prevention or types_pb2.CANCEL_TAKER}
+    order = command.new_order
+    logged = {"market": command.market, "account": command.account, "side": order.side, "size": order.size,
+              "price": order.price, "order_type": order.order_type,
+              "self_trade_prevention": order.self_trade_prevention}
+    wrong = [f"{name} {logged[name]!r} (sent {wanted[name]!r})" for name in wanted if logged[name] != wanted[name]]
+    return ", ".join(wrong) or None
