@@ -105,13 +105,18 @@ class Replica:
 
 
 @pytest.fixture
-def consul(tmp_path: Path) -> Iterator[ConsulDevAgent]:
+def consul(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ConsulDevAgent]:
     binary = consul_or_skip("the HA log's tests (the replicated log's contract, fencing, unknown outcomes)",
                             "`.venv/bin/python -m pytest tests/integration/test_replicated_log.py`")
-    agent = ConsulDevAgent(binary, data_dir=tmp_path / "consul")
+    agent = ConsulDevAgent(binary, data_dir=tmp_path / "consul", log_file=tmp_path / "consul.log")
+    failed_before = request.session.testsfailed
     agent.start()
-    yield agent
-    agent.stop()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        if request.session.testsfailed > failed_before:  # the agent's side of a failure
+            print(f"---- consul log ({agent.log_file}) ----\n{agent.read_log()}")
 
 
 def kv_of(agent: ConsulDevAgent) -> ConsulKV:

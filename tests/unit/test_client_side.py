@@ -4,7 +4,6 @@ review found wrong (2026-12-02), each test failing before its fix."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +38,9 @@ def fill_event(seq: int, order_id: int = 1) -> pb.OrderEvent:
 # 1. exchange-cli fills (without --watch) never returns when the caller's last order event is before the head
 
 
-def test_cli_fills_without_watch_returns_once_it_has_shown_what_happened_so_far() -> None:
+def test_cli_fills_without_watch_returns_once_it_has_shown_what_happened_so_far(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     release = threading.Event()
 
     class Stub:
@@ -52,9 +53,13 @@ def test_cli_fills_without_watch_returns_once_it_has_shown_what_happened_so_far(
             raise FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "test over")
 
     client = Client(["n1:1"], policy=FAST, stub_factory=lambda address: Stub())
+    outcome: list[object] = []
+
     def fills() -> None:
-        with contextlib.suppress(Exception):  # the stream the test ends
-            cli.print_fills(client, "", 1, False, False)  # `exchange-cli fills` (no --watch)
+        try:
+            outcome.append(cli.print_fills(client, "", 1, False, False))  # `exchange-cli fills` (no --watch)
+        except Exception as error:  # noqa: BLE001 - what the listing ended with, for the assertion
+            outcome.append(error)
 
     worker = threading.Thread(target=fills, daemon=True)
     worker.start()
@@ -63,6 +68,8 @@ def test_cli_fills_without_watch_returns_once_it_has_shown_what_happened_so_far(
     release.set()
     worker.join(timeout=3)
     assert not hung, "`exchange-cli fills` (no --watch) still waits for events after the head (seq 10) after 3 s"
+    assert outcome == [0], outcome
+    assert "BTC-USD #3 fill" in capsys.readouterr().out
 
 
 # 2. the web console's /api/fills reports next_seq past fills it never returned (they are lost to the page)

@@ -141,27 +141,28 @@ def test_a_transaction_the_store_fails_at_once_is_not_sent_again_in_a_tight_loop
         def read(self, key: str, consistent: bool = False) -> None:
             return None  # the head is not this transaction's: not committed
 
+    class Pauses(threading.Event):
+        """The commit thread's stop event: records each pause and stops the commit after five of them."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pauses: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.pauses.append(timeout or 0.0)
+            if len(self.pauses) == 5:
+                self.set()
+            return self.is_set()
+
     replica = ReplicatedLog(FailingStore(), LogStore(tmp_path / "a.db"), ["BTC"],  # type: ignore[arg-type]
                             LeaderRecord("r", "x:1"), [], secret=SECRET)
-    outcome: list[BaseException | None] = []
-
-    def commit() -> None:
-        try:
-            replica._commit(replica._markets["BTC"], "s1", entries("BTC", 1, 1))
-            outcome.append(None)
-        except BaseException as error:  # noqa: BLE001 - what the commit thread would see
-            outcome.append(error)
-
-    thread = threading.Thread(target=commit, daemon=True)
-    thread.start()
-    thread.join(0.3)
-    sent = FailingStore.calls
-    replica._stop.set()  # a commit still resending ends (Fenced) once stopping
-    thread.join(5)
+    pauses = replica._stop = Pauses()
+    with pytest.raises(type(refusal) if isinstance(refusal, AccessDenied) else Fenced):
+        replica._commit(replica._markets["BTC"], "s1", entries("BTC", 1, 1))
     if isinstance(refusal, AccessDenied):
-        assert sent == 1 and outcome == [refusal]
+        assert FailingStore.calls == 1 and pauses.pauses == []
     else:
-        assert 2 <= sent <= 4 and outcome and isinstance(outcome[0], Fenced), (sent, outcome)
+        assert FailingStore.calls == 5 and pauses.pauses == [0.05, 0.1, 0.2, 0.4, 0.8]
 
 
 def test_a_replica_catching_up_from_peers_asks_the_next_for_what_the_first_lacks(

@@ -35,7 +35,7 @@ def test_every_open_stream_is_ended_even_when_one_had_already_ended() -> None:
         with streams.track(contexts[0]), streams.track(contexts[1]), streams.track(contexts[2]):
             await streams.end_all("stopping")
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
     assert [context.aborted for context in contexts] == [[grpc.StatusCode.UNAVAILABLE]] * 3
 
 

@@ -17,7 +17,7 @@ from exchange.node.replica import Replica
 from exchange.node.snapshots import adopt, replica_snapshot
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import Aborted, FakeContext, decoded, signed_entry
+from tests.unit.fakes import Aborted, FakeContext, decoded, run_scenario, signed_entry
 
 MARKET = "M"
 
@@ -67,7 +67,7 @@ def test_a_subscriber_that_stops_reading_is_ended_out_of_range_once_the_trades_i
             await anext(rpcs.StreamTrades(pb.StreamTradesRequest(market=MARKET, from_seq=first.seq), FakeContext()))
         assert resumed.value.code == grpc.StatusCode.OUT_OF_RANGE
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 def test_a_live_subscriber_is_woken_by_the_next_trade_and_misses_none() -> None:
@@ -85,7 +85,7 @@ def test_a_live_subscriber_is_woken_by_the_next_trade_and_misses_none() -> None:
         feed.trades(1)
         assert [t.trade_id for t in decoded(await asyncio.wait_for(waiting, 5), pb.TradeBatch).trades] == [3]
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 @pytest.mark.parametrize("restored", [False, True])
@@ -116,4 +116,4 @@ def test_a_subscriber_from_now_that_falls_behind_is_ended_even_on_a_node_restore
         assert behind.value.code == grpc.StatusCode.OUT_OF_RANGE
         await stream.aclose()
 
-    asyncio.run(scenario())
+    run_scenario(scenario())

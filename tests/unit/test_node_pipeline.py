@@ -170,13 +170,13 @@ def test_gathering_ends_at_its_deadline_and_a_lone_order_after_a_lone_answer_goe
         loop = asyncio.get_running_loop()
         started = loop.time()
         await pipeline.submit(buy(92))  # one of the two answered clients came back; the other never does
-        assert loop.time() - started >= 0.2, "the gate waited for the second one until its deadline"
+        assert loop.time() - started >= 0.6, "the gate waited for the second one until its deadline"
         started = loop.time()
         await pipeline.submit(buy(93))  # the last request answered one order, and one has come
-        assert loop.time() - started < 0.2, "a lone order after a lone answer is not held"
+        assert loop.time() - started < 0.6, "a lone order after a lone answer is not held (for the 0.6 s)"
         assert [len(r.commands) for r in sequencer.requests] == [2, 1, 1]
 
-    run(scenario, gate_depth=1, gather_s=0.25)
+    run(scenario, gate_depth=1, gather_s=0.6)
 
 
 def test_gathering_ends_when_its_timer_fires_even_if_the_clock_reads_a_hair_before_the_deadline() -> None:

@@ -25,7 +25,7 @@ from exchange.node.snapshots import SnapshotStore, Snapshotter
 from exchange.node.trader_view import TraderViewRPCs
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import types_pb2
-from tests.unit.fakes import Aborted, FakeContext, InMemorySequencer, RecordingPeers, signed_entry
+from tests.unit.fakes import Aborted, FakeContext, InMemorySequencer, RecordingPeers, run_scenario, signed_entry
 
 M = "BTC-USD"
 WINDOW = 4
@@ -58,7 +58,7 @@ def services(replica: Replica) -> tuple[TraderViewRPCs, ReadRPCs]:
 
 def get_order(replica: Replica, order_id: int) -> pb.Order:
     trader_view, _ = services(replica)
-    return asyncio.run(trader_view.GetOrder(pb.GetOrderRequest(market=M, order_id=order_id), FakeContext()))
+    return run_scenario(trader_view.GetOrder(pb.GetOrderRequest(market=M, order_id=order_id), FakeContext()))
 
 
 def first_streamed(replica: Replica, method: str, from_seq: int) -> Any:
@@ -71,7 +71,7 @@ def first_streamed(replica: Replica, method: str, from_seq: int) -> Any:
         stream: AsyncIterator[Any] = handler(request_type(market=M, from_seq=from_seq), FakeContext())
         return await asyncio.wait_for(stream.__anext__(), 5)
 
-    return asyncio.run(first())
+    return run_scenario(first())
 
 
 def test_every_structure_of_the_window_is_bounded_by_it() -> None:
@@ -200,7 +200,7 @@ def test_a_stream_that_stops_reading_holds_at_most_its_limit_and_then_ends_unava
         await slow.aclose()
         assert not replica._states[M].listeners
 
-    asyncio.run(scenario())
+    run_scenario(scenario())
 
 
 def test_after_a_restart_a_retry_from_before_the_snapshot_is_not_placed_again(tmp_path: Path) -> None:
@@ -230,5 +230,5 @@ def test_after_a_restart_a_retry_from_before_the_snapshot_is_not_placed_again(tm
         finally:
             await pipeline.stop()
 
-    asyncio.run(retry())
+    run_scenario(retry())
     assert sequencer.current(M) == 200, "nothing was placed"

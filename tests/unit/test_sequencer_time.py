@@ -14,6 +14,7 @@ from exchange.v1 import sequencer_pb2, types_pb2
 from sequencer.log import StoredEntry
 from sequencer.service import SequencerService
 from sequencer.store import LogStore
+from tests.unit.fakes import run_scenario
 from tests.unit.test_sequencer import MARKETS, SECRET, ask, order
 
 
@@ -45,7 +46,7 @@ def run(path: Path, clock: Clock, scenario: Callable[[SequencerService], Awaitab
         finally:
             store.close()
 
-    result = asyncio.run(main())
+    result = run_scenario(main())
     assert not failures
     return result
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import NamedTuple
 
 import grpc
 
 from exchange.runtime import RejectMalformedRequests
+from tests.unit.fakes import run_scenario
 
 
 class CallDetails(NamedTuple):
@@ -33,6 +33,6 @@ def test_unknown_method_names_are_not_remembered_and_a_served_method_is_looked_u
         assert first is again and first is not None and first is not served  # wrapped with the safe decoder
         return interceptor
 
-    interceptor = asyncio.run(scenario())
+    interceptor = run_scenario(scenario())
     assert looked_up.count("/exchange.v1.X/Served") == 1
     assert list(interceptor._wrapped) == ["/exchange.v1.X/Served"]
