@@ -316,12 +316,12 @@ class SequencingGate:
             first = request.applied_seq + len(missing) + 1
             if lacking > MAX_MISSING_PER_ANSWER:  # further behind than one answer may carry
                 missing += await self._entries(market, first, request.applied_seq + MAX_MISSING_PER_ANSWER)
-                return functools.partial(self._stale, market, missing, term, market.last_write)
+                return functools.partial(self._stale, market, missing, term, market.last_write, market.current)
             missing += await self._entries(market, first, market.current)
             self._check_term(term)
         # No await since the loop's last check: `missing` is exactly what the node lacks, up to `current`.
         if missing and _may_repeat_numbered_commands(request, missing):
-            return functools.partial(self._stale, market, missing, term, market.last_write)
+            return functools.partial(self._stale, market, missing, term, market.last_write, market.current)
 
         assignments, fresh = self._number(market, request.commands)
         stats = market.stats
@@ -337,13 +337,15 @@ class SequencingGate:
             write.add_done_callback(functools.partial(market.mark_durable, fresh[-1].seq))
             write.add_done_callback(self._check_write)
             market.last_write = write
-        return functools.partial(self._granted, market, missing, assignments, term, market.last_write)
+        return functools.partial(self._granted, market, missing, assignments, term, market.last_write,
+                                 market.current)
 
     async def _granted(
         self, market: MarketLog, missing: list[StoredEntry], assignments: list[tuple[StoredEntry | int, bool]],
-        term: int, write: asyncio.Future[None] | None,
+        term: int, write: asyncio.Future[None] | None, end: int,
     ) -> SequenceResponse:
-        """A grant's answer, once `write` (the last one when it was numbered) is durable, in the same term."""
+        """A grant's answer, once `write` (the last one when it was numbered, holding `end`, the market's last
+        number then) is durable, in the same term."""
         await durable(write)
         response = SequenceResponse(granted=True)
         add_entries(response.missing, missing)
@@ -357,9 +359,10 @@ class SequencingGate:
                    entry={"market": entry.market, "seq": entry.seq, "command": entry.command, "mac": entry.mac})
         # No await from here on. The durable end, not the last number assigned: an answer never names a number a
         # step-down could take back (the node raises its known_seq from it), and it is at least every number
-        # this answer names (`write`, the market's last when they were numbered, is durable).
+        # this answer names: `end` is durable with `write`, and `market.durable` may not know it yet (a finished
+        # write's callbacks run after `durable` saw it done).
         self._check_term(term)
-        response.current_seq = market.durable
+        response.current_seq = max(market.durable, end)
         return response
 
     def _check_request(self, request: sequencer_pb2.SequenceRequest, market: MarketLog) -> None:
@@ -414,12 +417,12 @@ class SequencingGate:
         return assignments, fresh
 
     async def _stale(self, market: MarketLog, missing: list[StoredEntry], term: int,
-                     write: asyncio.Future[None] | None) -> SequenceResponse:
+                     write: asyncio.Future[None] | None, end: int) -> SequenceResponse:
         """Grants nothing; the answer carries what the node lacks (at most MAX_MISSING_PER_ANSWER entries)."""
         market.stats.stale += 1
         await durable(write)
         self._check_term(term)
-        response = SequenceResponse(granted=False, current_seq=market.durable)  # see _granted
+        response = SequenceResponse(granted=False, current_seq=max(market.durable, end))  # see _granted
         add_entries(response.missing, missing)
         return response
 

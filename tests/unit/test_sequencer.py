@@ -457,3 +457,23 @@ def test_a_grant_never_mentions_a_number_that_a_step_down_takes_back() -> None:
 
     run_scenario(scenario())
     assert not failures
+
+
+def test_an_answer_names_its_own_numbers_when_the_write_was_durable_before_the_answer_looked() -> None:
+    """A write that finishes at once (a fast disk, a store answering before the gate awaits it) is done before
+    its callbacks ran: the answer's current_seq must still reach every number it grants (it read 0 for 1, and
+    the node took its own grant for a gap; CI of 2026-12-03)."""
+    failures: list[BaseException] = []
+
+    async def scenario() -> None:
+        log = HandHeldLog()
+        log.holding = False  # every write is durable within append
+        service = SequencerService(log, SECRET, MARKETS, failures.append)
+        granted = await ask(service, "a", 0, from_node("a", 1), from_node("a", 2))
+        assert granted.granted and [a.seq for a in granted.assignments] == [1, 2]
+        assert granted.current_seq == 2
+        repeated = await ask(service, "a", 0, from_node("a", 1))  # stale: carries 1..2, names the end
+        assert not repeated.granted and repeated.current_seq == 2
+
+    run_scenario(scenario())
+    assert not failures
