@@ -167,7 +167,11 @@ class ConsulRegistry:
         """Register (or update) with a gRPC health check on ``address:port``.
 
         If Consul is unreachable the registration is kept and made as soon as Consul answers
-        (a warning is logged); Consul rejecting the request (4xx) raises DiscoveryError.
+        (a warning is logged). If Consul's ACLs refuse it, it is kept and retried the same way, with an
+        error logged: a Consul agent may refuse a valid token for up to its token TTL (30 s by default)
+        after a Consul server restarted (it caches the "ACL not found" a server answered while catching
+        up), and a fixed token or policy takes effect without a restart. Consul rejecting the request
+        itself (another 4xx) raises DiscoveryError.
         """
         reg = _Registration(
             service, instance_id, address, int(port), {str(k): str(v) for k, v in (meta or {}).items()}
@@ -177,20 +181,15 @@ class ConsulRegistry:
             try:
                 self._put(reg)
             except (consul.ConsulException, OSError) as e:
-                if _is_client_error(e):
+                if acl_refused(e):
+                    log.error("could not register %s/%s, retrying every %g s: %s", service, instance_id,
+                              self.keeper_interval, describe_failure(e, self.token))
+                elif _is_client_error(e):
                     self._registrations.pop(instance_id, None)
-                    if acl_refused(e):
-                        raise AccessDenied(f"could not register {service}/{instance_id}: "
-                                           f"{describe_failure(e, self.token)}") from e
                     raise DiscoveryError(f"Consul rejected registration of {instance_id}: {e}") from e
-                log.warning(
-                    "Consul at %s:%s unreachable, will register %s/%s when it answers: %s",
-                    self.host,
-                    self.port,
-                    service,
-                    instance_id,
-                    e,
-                )
+                else:
+                    log.warning("Consul at %s:%s unreachable, will register %s/%s when it answers: %s",
+                                self.host, self.port, service, instance_id, e)
         self._ensure_keeper()
 
     def _put(self, reg: _Registration) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from devtools.local_cluster import Cluster, serving, wait_until
 from discovery import AccessDenied, Put
+from discovery.consul import ConsulRegistry
 from exchange.accounts import ACCOUNTS_PREFIX, Account, encode, key_hash, new_api_key
 from exchange.cluster_config import MARKETS_KEY
 from exchange.v1 import exchange_pb2 as pb
@@ -158,6 +159,31 @@ def test_a_node_whose_token_is_removed_fails_loudly_and_never_open(make_cluster:
     process.start()
     wait_until(lambda: "ACLs refused" in process.read_log(), 30, "the node to report the refused token")
     assert not serving(c.node_address(0), c.client_tls)
+
+
+def test_a_registration_the_acls_refuse_is_kept_and_made_once_the_token_works(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A Consul agent can refuse a valid token for a while after a Consul server restarted ("ACL not found",
+    cached for its token TTL): a process registering then must not exit (a restarted HA replica did, chaos seed
+    3712), and a token an operator fixes takes effect without a restart."""
+    c = make_cluster(nodes=1)
+    c.start()
+    c.consul_security.revoke(c.consul_address, "node")
+    host, port = c.consul_address.rsplit(":", 1)
+    management = c.consul_token("management")
+    with ConsulRegistry(host, int(port), token=c.consul_token("node"), keeper_interval=0.2) as registry:
+        registry.register("peer-server", "late-node", "127.0.0.1", 1)  # refused: kept, not raised
+
+        def registered() -> bool:
+            request = urllib.request.Request(f"http://{c.consul_address}/v1/agent/services",
+                                             headers={"X-Consul-Token": management})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return "late-node" in json.loads(response.read())
+
+        assert not registered()
+        c.restore_accounts()  # writes the ACLs back: the node role's token exists again
+        wait_until(registered, 30, "the kept registration to be made once the token works")
 
 
 def test_a_node_restarted_after_the_dev_agent_lost_everything_serves_again(
