@@ -141,8 +141,12 @@ class Committer(Election):
                     raise Fenced(str(error)) from error
                 market.head_index = found
                 break
-            except (TransactionRejected, AccessDenied):  # nothing applied, and sending it again cannot help
+            except TransactionRejected:  # nothing applied, and sending it again cannot help
                 raise
+            except AccessDenied as error:  # nor here; but a Consul agent may refuse a valid token for a while
+                # after a Consul server restarted (a cached "ACL not found"): this replica steps down (another may
+                # lead) and contends again once its token works, as its election does, instead of stopping.
+                raise Fenced(str(error)) from error
             except DiscoveryError as error:  # the outcome is unknown: resolved before anything is answered
                 log.warning("%s: transaction of %d..%d has an unknown outcome (%s): resolving it with a "
                             "consistent read of the head", market.name, first, last, error,
