@@ -33,6 +33,7 @@ BENIGN_RECORD = "ExecuteBatchError raised in core by servicer method"
 CHAINED = ("During handling of the above exception, another exception occurred:",
            "The above exception was the direct cause of the following exception:")
 DEFINITE_NAMES = frozenset(code.name for code in DEFINITE_FAILURES)
+REFUSALS_OF_INPUT = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})  # what a node answers only to a bad order
 
 View = dict[str, tuple[int, int]]  # market -> (seq, checksum)
 
@@ -143,6 +144,9 @@ class Checks:
         for record in self.ledger.orders:
             market = record.request.market or self.markets[0]
             seqs = places.get((market, record.coid), [])
+            if record.final in REFUSALS_OF_INPUT | {"OK"} and record.final != (record.expected_error or "OK"):
+                violation(f"order {record.coid} was answered {record.final}; the workload made it "
+                          f"{'to be refused with ' + record.expected_error if record.expected_error else 'valid'}")
             if record.final == "OK":
                 response = record.response
                 assert response is not None

@@ -45,6 +45,7 @@ class OrderRecord:
     client: str
     account: str  # whose key placed it: every attempt, the settling one too, is made with it
     request: pb.CreateOrderRequest
+    expected_error: str = ""  # the workload's: "" for a valid order, else the status it must be refused with
     attempts: list[tuple[int, str]] = field(default_factory=list)  # (node index, status code name)
     response: pb.CreateOrderResponse | None = None
     final: str = ""  # OK, a definite failure code name, or AMBIGUOUS (gave up)
@@ -149,8 +150,9 @@ class Ledger:
     def note(self, message: str) -> None:
         self.out(f"[{time.monotonic() - self.started:7.1f}s] {message}")
 
-    def add_order(self, client: str, account: str, request: pb.CreateOrderRequest) -> OrderRecord:
-        record = OrderRecord(client, account, request)
+    def add_order(self, client: str, account: str, request: pb.CreateOrderRequest, expected_error: str = "",
+                  ) -> OrderRecord:
+        record = OrderRecord(client, account, request, expected_error)
         with self.lock:
             self.orders.append(record)
         self.stats.add("sent")

@@ -171,7 +171,8 @@ class Clients:
                 node = (node + 1) % len(stubs)
             choice = rng.random()
             if choice < 0.7 or not resting and choice < 0.9:
-                record = self.ledger.add_order(f"c{index}", account, orders.request())
+                order = orders.next()
+                record = self.ledger.add_order(f"c{index}", account, order.request, order.error)
                 self.place(stubs, record, node)
                 for target, code in record.attempts:
                     if code in AMBIGUOUS_NAMES:

@@ -254,3 +254,32 @@ def test_control_refused_order_in_the_log_fails(monkeypatch: pytest.MonkeyPatch)
     record.final = "INVALID_ARGUMENT"
     logged = new_order("BTC-USD", REQUEST.client_order_id, **FAITHFUL)
     assert not run_check_log(monkeypatch, ledger, {"BTC-USD": [logged]}).ok
+
+
+@pytest.mark.parametrize(("expected", "final"), [("", "INVALID_ARGUMENT"), ("", "NOT_FOUND"),
+                                                 ("NOT_FOUND", "INVALID_ARGUMENT")])
+def test_an_order_refused_otherwise_than_the_workload_made_it_is_a_violation(
+    monkeypatch: pytest.MonkeyPatch, expected: str, final: str,
+) -> None:
+    """A valid order refused as bad input (a node answering "unknown market" while the markets record is written
+    back after a Consul restart, say) passed: only its absence from the log was checked."""
+    ledger = quiet_ledger()
+    record = ledger.add_order("c0", "trader-1", REQUEST, expected)
+    record.attempts.append((0, final))
+    record.final = final
+    assert not run_check_log(monkeypatch, ledger, {}).ok
+
+
+def test_a_bad_order_accepted_is_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = quiet_ledger()
+    logged = new_order("BTC-USD", REQUEST.client_order_id, **FAITHFUL)
+    acked(ledger, REQUEST, logged, 1).expected_error = "INVALID_ARGUMENT"
+    assert not run_check_log(monkeypatch, ledger, {"BTC-USD": [logged]}).ok
+
+
+def test_an_order_refused_as_the_workload_made_it_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = quiet_ledger()
+    record = ledger.add_order("c0", "trader-1", REQUEST, "NOT_FOUND")
+    record.attempts.append((0, "NOT_FOUND"))
+    record.final = "NOT_FOUND"
+    assert run_check_log(monkeypatch, ledger, {}).ok
