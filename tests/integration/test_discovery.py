@@ -124,8 +124,8 @@ def test_watch_follows_health_and_deregistration(
     registry.deregister("node-1")  # idempotent
 
     t = time.monotonic()
-    watch.stop()  # the thread sits in a 30 s blocking query
-    assert time.monotonic() - t < 1.5
+    watch.stop()  # the thread sits in a 30 s blocking query: stopping must not wait for it to end
+    assert time.monotonic() - t < 10, "stopping a watch waited for its blocking query"
 
 
 def test_instances_lists_every_registration_with_whether_it_passes(
@@ -200,7 +200,7 @@ def test_registry_tolerates_consul_down() -> None:
     reg.deregister("node-1")  # logged, not raised
     t = time.monotonic()
     reg.close()
-    assert time.monotonic() - t < 2.5
+    assert time.monotonic() - t < 10, "closing waited for a blocking query or a retry to end"
 
 
 def test_registration_made_while_consul_down_happens_when_it_starts(

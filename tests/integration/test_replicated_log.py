@@ -381,9 +381,8 @@ def test_a_replica_restarted_at_once_ends_its_previous_session_instead_of_waitin
         assert stale in kv.sessions("sequencer same")
         again = Replica("same", kv, tmp_path / "a.sqlite3", failures)
         again.start()
-        started = time.monotonic()
+        # within 8 s, not after the old session's 60 s TTL
         await again.until(lambda: again.service.leading, "the new run to lead", timeout=8)
-        assert time.monotonic() - started < 5, "it waited for the old session's TTL"
         assert stale not in kv.sessions("sequencer same")
         assert seqs(await ask(again.service, 1, order(ref=2))) == [(2, False)]
         await asyncio.to_thread(again.log.close)
