@@ -150,8 +150,8 @@ class Ledger:
     def note(self, message: str) -> None:
         self.out(f"[{time.monotonic() - self.started:7.1f}s] {message}")
 
-    def add_order(self, client: str, account: str, request: pb.CreateOrderRequest, expected_error: str = "",
-                  ) -> OrderRecord:
+    def add_order(self, client: str, account: str, request: pb.CreateOrderRequest,
+                  expected_error: str = "") -> OrderRecord:
         record = OrderRecord(client, account, request, expected_error)
         with self.lock:
             self.orders.append(record)
